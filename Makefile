@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv with the Python on PATH (3.11+) and install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,notebooks]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/abo-lake demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q tests
+	if ls notebooks/*.ipynb >/dev/null 2>&1; then $(BIN)/pytest -q --nbmake notebooks; fi
+
+bench: $(BIN)/.installed
+	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,57 @@
+"""Readers of source files: ``read(path) -> {dataset path in a release: xarray.Dataset}``.
+
+One module per format. Each exposes ``sniff(path) -> bool`` (a cheap look at the content, not
+the file name) and ``read(path) -> dict[str, xarray.Dataset]``. Readers are pure: they know
+nothing of the lake. Errors are :class:`~abo_lake.errors.SourceFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import xarray as xr
+
+from abo_lake.errors import SourceFileError
+
+__all__ = ["READERS", "detect_format", "read"]
+
+#: format name -> reader module, in the order they are tried by :func:`detect_format`.
+READERS: dict[str, str] = {
+    "vbo-ophys": "abo_lake.sources.vbo_ophys",
+    "vc2p-ophys": "abo_lake.sources.vc2p_ophys",
+    "vcn-ecephys": "abo_lake.sources.vcn_ecephys",
+    "celltypes": "abo_lake.sources.celltypes",
+    "ccf": "abo_lake.sources.ccf",
+}
+
+
+def _module(fmt: str) -> ModuleType:
+    return importlib.import_module(READERS[fmt])
+
+
+def detect_format(path: str | Path) -> str:
+    """Return the source format of ``path`` from its content.
+
+    Raises
+    ------
+    SourceFileError
+        If no reader recognises the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SourceFileError(f"{p}: no such file")
+    for fmt in READERS:
+        if _module(fmt).sniff(p):
+            return fmt
+    raise SourceFileError(
+        f"{p}: not a source abo_lake can read (tried {', '.join(READERS)}); expected an Allen "
+        "NWB 1/2 file, a CCF or connectivity NRRD volume, an ontology JSON or an SWC file"
+    )
+
+
+def read(path: str | Path, fmt: str | None = None) -> dict[str, xr.Dataset]:
+    """Read one source file into the Datasets it holds, keyed by their path in a release."""
+    fmt = fmt or detect_format(path)
+    return _module(fmt).read(Path(path))

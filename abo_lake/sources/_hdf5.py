@@ -1,0 +1,60 @@
+"""Lazy, picklable access to HDF5 datasets, shared by the NWB readers.
+
+``lazy_array(path, "/processing/ophys/dff/traces/data")`` is a dask array that opens the file
+only when a block is computed, so a Dataset built from it streams through a conversion on
+any scheduler (h5py objects themselves cannot be pickled to dask workers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import h5py
+import numpy as np
+
+__all__ = ["H5Lazy", "lazy_array", "read_str"]
+
+
+class H5Lazy:
+    """A picklable stand-in for one HDF5 dataset: opens the file per read.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file.
+    name
+        Absolute path of the dataset inside the file.
+    """
+
+    def __init__(self, path: str | Path, name: str) -> None:
+        self.path = str(path)
+        self.name = name
+        with h5py.File(self.path, "r") as f:
+            dset = f[name]
+            self.shape: tuple[int, ...] = dset.shape
+            self.dtype: np.dtype = dset.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[self.name][key])
+
+    def __repr__(self) -> str:
+        return f"H5Lazy({self.path!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def lazy_array(path: str | Path, name: str, chunks: Any = "auto") -> da.Array:
+    """Return a dask array over one HDF5 dataset, read block by block on demand."""
+    src = H5Lazy(path, name)
+    return da.from_array(src, chunks=chunks, lock=False, asarray=True, name=f"h5-{path}-{name}")
+
+
+def read_str(value: Any) -> str:
+    """Decode an HDF5 scalar or attribute that may be bytes, a 0-d array or a str."""
+    if isinstance(value, np.ndarray):
+        value = value[()] if value.ndim == 0 else value.ravel()[0]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
