@@ -1,0 +1,39 @@
+"""abo_lake: Allen Brain Observatory data as a cloud-native, versioned, chunked data lake.
+
+>>> import abo_lake
+>>> lake = abo_lake.open_lake()                        # doctest: +SKIP
+>>> ds = lake.release("latest").open("ophys/experiment/951980471")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from abo_lake.errors import (
+    AboLakeError,
+    DatasetNotFoundError,
+    IntegrityError,
+    ManifestError,
+    ReleaseExistsError,
+    ReleaseNotFoundError,
+    SchemaError,
+    SourceFileError,
+)
+from abo_lake.lake import Lake, Stage, open_lake
+from abo_lake.release import Release
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AboLakeError",
+    "DatasetNotFoundError",
+    "IntegrityError",
+    "Lake",
+    "ManifestError",
+    "Release",
+    "ReleaseExistsError",
+    "ReleaseNotFoundError",
+    "SchemaError",
+    "SourceFileError",
+    "Stage",
+    "__version__",
+    "open_lake",
+]

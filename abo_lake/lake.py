@@ -1,0 +1,532 @@
+"""A lake: immutable, versioned releases over content-addressed chunk objects.
+
+Layout (``DESIGN.md``)::
+
+    <lake>/cas/<2 hex>/<sha256>            chunk objects
+    <lake>/manifests/<2 hex>/<sha256>.json one per dataset version (fsspec reference format)
+    <lake>/releases/<name>/release.json    written last, put-if-absent
+    <lake>/stages/<id>/stage.json          work in progress, with a heartbeat
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import xarray as xr
+
+from abo_lake import cas
+from abo_lake.errors import ManifestError, ReleaseExistsError, ReleaseNotFoundError
+from abo_lake.manifest import MANIFEST_PREFIX, Manifest, manifest_key, root_hash
+from abo_lake.release import Release, ReleaseRecord
+from abo_lake.storage import Storage, default_lake_url
+from abo_lake.writer import write_dataset
+
+__all__ = ["PUBLISH_HOOKS", "Lake", "Stage", "open_lake"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+#: Called as ``hook(lake, record)`` when a release is about to be published, before its
+#: record is written (the catalog module registers the catalog writer here).
+PUBLISH_HOOKS: list[Callable[[Lake, ReleaseRecord], None]] = []
+
+
+def open_lake(url: str | None = None, **storage_options: Any) -> Lake:
+    """Open a lake.
+
+    Parameters
+    ----------
+    url
+        ``None`` for ``$ABO_LAKE_URL`` or the local default folder
+        (``~/.local/share/abo-lake/lake``); a local path; or any fsspec URL such as
+        ``"s3://bucket/prefix"``.
+    **storage_options
+        For the filesystem, e.g. ``anon=True`` for a public bucket, ``endpoint_url=...``
+        for an S3-compatible store.
+
+    Examples
+    --------
+    >>> lake = abo_lake.open_lake()  # doctest: +SKIP
+    >>> lake.releases()  # doctest: +SKIP
+    ['2026.1', '2026.2']
+    """
+    return Lake(Storage(url or default_lake_url(), **storage_options))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_duration(text: str | timedelta) -> timedelta:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"2d"`` or ``"0"`` -> timedelta."""
+    if isinstance(text, timedelta):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read duration {text!r}; use e.g. '90s', '30m', '1h', '2d'")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return timedelta(seconds=float(m.group(1)) * unit)
+
+
+class Lake:
+    """Releases, staging and maintenance of one lake. Use :func:`open_lake`."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._records: dict[str, ReleaseRecord] = {}
+        self._manifests: dict[str, Manifest] = {}
+
+    def __repr__(self) -> str:
+        return f"<abo_lake.Lake {self.storage.url!r}>"
+
+    @property
+    def url(self) -> str:
+        """The lake's URL."""
+        return self.storage.url
+
+    # -- releases --------------------------------------------------------------------------
+    def releases(self) -> list[str]:
+        """Published release names, oldest first."""
+        names = [k.split("/")[1] for k in self.storage.glob("releases/*/release.json")]
+        return sorted(names, key=lambda n: (self._record(n).created, n))
+
+    def _record(self, name: str) -> ReleaseRecord:
+        if name not in self._records:
+            key = f"releases/{name}/release.json"
+            try:
+                data = self.storage.read(key)
+            except FileNotFoundError:
+                raise self._not_found(name) from None
+            self._records[name] = ReleaseRecord.from_bytes(data, where=self.storage.url_of(key))
+        return self._records[name]
+
+    def _not_found(self, spec: str) -> ReleaseNotFoundError:
+        names = [k.split("/")[1] for k in self.storage.glob("releases/*/release.json")]
+        shown = ", ".join(sorted(names)[-10:]) or "none yet"
+        return ReleaseNotFoundError(f"no release {spec!r} in lake {self.url}; available: {shown}")
+
+    def release(self, spec: str = "latest") -> Release:
+        """A published release: ``"latest"``, a name, or ``"name@root"`` to pin content.
+
+        Raises
+        ------
+        ReleaseNotFoundError
+            Listing the available releases; also when a pinned root does not match.
+        """
+        name, _, root = spec.partition("@")
+        if name == "latest":
+            names = self.releases()
+            if not names:
+                raise self._not_found(spec)
+            name = names[-1]
+        record = self._record(name)
+        if root and not record.root.startswith(root.lower()):
+            raise ReleaseNotFoundError(
+                f"release {name!r} in lake {self.url} has root {record.root[:12]}, not "
+                f"{root!r}: its content is not what the pin {spec!r} expects"
+            )
+        return Release(self, record)
+
+    def _manifest(self, h: str, *, where: str) -> Manifest:
+        if h not in self._manifests:
+            key = manifest_key(h)
+            try:
+                data = self.storage.read(key)
+            except FileNotFoundError:
+                raise ManifestError(f"{where}: manifest {key} is missing from the lake") from None
+            if cas.digest(data) != h:
+                raise ManifestError(f"{where}: manifest {key} does not hash to its name")
+            self._manifests[h] = Manifest.from_bytes(data, where=f"{where} ({key})")
+        return self._manifests[h]
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def stage(self, name: str, *, notes: str = "") -> Iterator[Stage]:
+        """Stage a release; it is published on a clean exit and discarded on an error.
+
+        Raises
+        ------
+        ReleaseExistsError
+            If ``name`` is already published (at entry, or when another writer published it
+            first while this stage was open).
+        """
+        if not _NAME_RE.match(name) or name == "latest":
+            raise ValueError(
+                f"invalid release name {name!r}: use letters, digits, '.', '_' or '-' "
+                "(e.g. '2026.1'), and not 'latest'"
+            )
+        if self.storage.exists(f"releases/{name}/release.json"):
+            raise ReleaseExistsError(
+                f"release {name!r} already exists in lake {self.url}; releases are immutable, "
+                "publish a new name"
+            )
+        stage = Stage(self, name, notes)
+        stage._heartbeat()
+        try:
+            yield stage
+        except BaseException:
+            stage._discard()
+            raise
+        stage._publish()
+
+    def put_manifest(self, manifest: Manifest) -> str:
+        """Store a manifest (content-addressed, so idempotent); return its hash."""
+        data = manifest.to_bytes(self.storage.url)
+        h = cas.digest(data)
+        self.storage.put_if_absent(manifest_key(h), data)
+        self._manifests[h] = manifest
+        return h
+
+    # -- maintenance -----------------------------------------------------------------------
+    def diff(self, a: str, b: str) -> ReleaseDiff:
+        """What changed from release ``a`` to release ``b``, per dataset and array."""
+        ra, rb = self.release(a), self.release(b)
+        da_, db = ra.record.datasets, rb.record.datasets
+        a_hashes = {h for p in da_ for h in ra.manifest(p).chunks.values()}
+        rows = []
+        for path in sorted(set(da_) | set(db)):
+            if path not in db:
+                rows.append(DatasetChange(path, "removed"))
+            elif path not in da_:
+                m = rb.manifest(path)
+                new = {
+                    h: s
+                    for k, h in m.chunks.items()
+                    if h not in a_hashes
+                    for s in [m.sizes.get(k, 0)]
+                }
+                rows.append(DatasetChange(path, "added", bytes_to_fetch=sum(new.values())))
+            elif da_[path]["manifest"] == db[path]["manifest"]:
+                rows.append(DatasetChange(path, "unchanged"))
+            else:
+                rows.append(_dataset_change(path, ra.manifest(path), rb.manifest(path), a_hashes))
+        return ReleaseDiff(ra.pin, rb.pin, rows)
+
+    def stats(self) -> dict[str, Any]:
+        """Logical bytes (every release counted in full) against bytes stored, and the ratio."""
+        logical = 0
+        per_release = {}
+        referenced: set[str] = set()
+        for name in self.releases():
+            rel = self.release(name)
+            size = 0
+            for path in rel.datasets():
+                m = rel.manifest(path)
+                size += m.nbytes
+                referenced.update(m.chunks.values())
+            per_release[name] = size
+            logical += size
+        objects = self.storage.find(cas.CAS_PREFIX)
+        stored = sum(o["size"] for o in objects.values())
+        manifests = self.storage.find(MANIFEST_PREFIX)
+        return {
+            "lake": self.url,
+            "releases": per_release,
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "manifest_bytes": sum(o["size"] for o in manifests.values()),
+            "chunk_objects": len(objects),
+            "referenced_objects": len(referenced),
+            "dedup_ratio": (logical / stored) if stored else 1.0,
+        }
+
+    def verify(self, spec: str = "latest", *, batch: int = 64) -> VerifyReport:
+        """Re-hash every chunk a release references; report missing and corrupt ones."""
+        rel = self.release(spec)
+        where: dict[str, tuple[str, str]] = {}
+        for path in rel.datasets():
+            for key, h in rel.manifest(path).chunks.items():
+                where.setdefault(h, (path, key))
+        report = VerifyReport(rel.pin, checked=len(where))
+        hashes = sorted(where)
+        for i in range(0, len(hashes), batch):
+            part = hashes[i : i + batch]
+            got = self.storage.read_many([cas.key_of(h) for h in part])
+            for h in part:
+                data = got[cas.key_of(h)]
+                path, key = where[h]
+                if isinstance(data, Exception):
+                    report.missing.append((path, key, h))
+                elif cas.digest(data) != h:
+                    report.corrupt.append((path, key, h))
+                else:
+                    report.bytes += len(data)
+        return report
+
+    def gc(
+        self, *, grace: str | timedelta = "1h", dry_run: bool = True, now: datetime | None = None
+    ) -> GCReport:
+        """Delete chunk objects and manifests that no release references.
+
+        Never deletes anything referenced by a published release. While any stage younger
+        than ``grace`` (by its heartbeat) is open, no chunk object is deleted at all: an open
+        stage may be re-using an old unreferenced chunk at this very moment. Objects younger
+        than ``grace`` are kept too. Stale stages (older than ``grace``) are removed.
+        """
+        grace_td = parse_duration(grace)
+        now = now or _now()
+        cutoff = now - grace_td
+        keep_manifests: set[str] = set()
+        for name in self.releases():
+            keep_manifests.update(d["manifest"] for d in self._record(name).datasets.values())
+        live, stale = [], []
+        for key in self.storage.glob("stages/*/stage.json"):
+            try:
+                doc = json.loads(self.storage.read(key))
+                beat = datetime.fromisoformat(doc["heartbeat"])
+            except (FileNotFoundError, ValueError, KeyError):
+                continue
+            (live if beat >= cutoff else stale).append(key.split("/")[1])
+            if beat >= cutoff:
+                keep_manifests.update(doc.get("manifests", []))
+        keep_chunks: set[str] = set()
+        for h in keep_manifests:
+            try:
+                keep_chunks.update(self._manifest(h, where="gc").chunks.values())
+            except ManifestError:
+                continue
+        report = GCReport(dry_run=dry_run, live_stages=live, stale_stages=stale)
+        for key, info in self.storage.find(MANIFEST_PREFIX).items():
+            h = key.rsplit("/", 1)[-1].removesuffix(".json")
+            if h not in keep_manifests and info["mtime"] < cutoff:
+                report.manifests.append(key)
+        if not live:
+            for key, info in self.storage.find(cas.CAS_PREFIX).items():
+                h = key.rsplit("/", 1)[-1]
+                if h not in keep_chunks and info["mtime"] < cutoff and cas.HASH_RE.match(h):
+                    report.chunks.append(key)
+                    report.bytes += info["size"]
+        if not dry_run:
+            self.storage.delete(report.chunks + report.manifests)
+            for sid in stale:
+                self.storage.delete_prefix(f"stages/{sid}")
+        return report
+
+
+class Stage:
+    """A release being built. Write datasets, then leave the ``with`` block to publish."""
+
+    def __init__(self, lake: Lake, name: str, notes: str) -> None:
+        self.lake = lake
+        self.name = name
+        self.notes = notes
+        self.id = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        self.datasets: dict[str, dict[str, Any]] = {}
+        self.new_objects = 0
+        self.created = _now().isoformat()
+
+    def __repr__(self) -> str:
+        return f"<abo_lake.Stage {self.name!r} · {len(self.datasets)} datasets>"
+
+    def write(self, path: str, obj: xr.Dataset | xr.DataTree) -> str:
+        """Write one Dataset (or DataTree) at ``path``; dask-backed data streams.
+
+        Returns
+        -------
+        str
+            The manifest hash (equal data -> equal hash -> nothing new stored).
+        """
+        path = _check_path(path)
+        manifest, new = write_dataset(self.lake.storage, obj)
+        self.new_objects += new
+        kind = obj.attrs.get("abo_lake_kind")
+        return self.add(path, self.lake.put_manifest(manifest), kind=kind)
+
+    def add(self, path: str, manifest_hash: str, *, kind: str | None = None) -> str:
+        """Put an already-stored manifest in this release (e.g. from the resume ledger)."""
+        path = _check_path(path)
+        m = self.lake._manifest(manifest_hash, where=f"stage {self.name!r}, dataset {path!r}")
+        if kind is None:
+            root = json.loads(m.metadata["zarr.json"])
+            kind = (root.get("attributes") or {}).get("abo_lake_kind")
+        self.datasets[path] = {"manifest": manifest_hash, "kind": kind, "nbytes": m.nbytes}
+        self._heartbeat()
+        return manifest_hash
+
+    def _heartbeat(self) -> None:
+        doc = {
+            "name": self.name,
+            "created": self.created,
+            "heartbeat": _now().isoformat(),
+            "manifests": sorted({d["manifest"] for d in self.datasets.values()}),
+        }
+        self.lake.storage.write(f"stages/{self.id}/stage.json", json.dumps(doc).encode())
+
+    def _discard(self) -> None:
+        self.lake.storage.delete_prefix(f"stages/{self.id}")
+
+    def _publish(self) -> ReleaseRecord:
+        from abo_lake import __version__
+
+        record = ReleaseRecord(
+            name=self.name,
+            root=root_hash({p: d["manifest"] for p, d in self.datasets.items()}),
+            created=_now().isoformat(),
+            abo_lake_version=__version__,
+            notes=self.notes,
+            datasets=dict(sorted(self.datasets.items())),
+        )
+        try:
+            for hook in PUBLISH_HOOKS:
+                hook(self.lake, record)
+            written = self.lake.storage.put_if_absent(
+                f"releases/{self.name}/release.json", record.to_bytes()
+            )
+        finally:
+            self._discard()
+        if not written:
+            raise ReleaseExistsError(
+                f"release {self.name!r} was published by another writer while this stage was "
+                f"open; nothing of this stage is visible. Publish under a new name."
+            )
+        self.lake._records[self.name] = record
+        return record
+
+
+def _check_path(path: str) -> str:
+    path = path.strip("/")
+    if not _PATH_RE.match(path) or any(p in (".", "..") for p in path.split("/")):
+        raise ValueError(
+            f"invalid dataset path {path!r}: use '/'-separated names of letters, digits, "
+            "'_', '-' or '.', e.g. 'ophys/experiment/951980471'"
+        )
+    return path
+
+
+# -- reports ---------------------------------------------------------------------------------
+@dataclass
+class ArrayChange:
+    """Chunk-level change of one array between two releases."""
+
+    array: str
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    bytes_to_fetch: int = 0
+
+
+@dataclass
+class DatasetChange:
+    """How one dataset path differs between two releases."""
+
+    path: str
+    status: str  # added | removed | changed | unchanged
+    arrays: list[ArrayChange] = field(default_factory=list)
+    bytes_to_fetch: int = 0
+
+
+def _dataset_change(path: str, ma: Manifest, mb: Manifest, a_hashes: set[str]) -> DatasetChange:
+    arrays_a, arrays_b = ma.arrays(), mb.arrays()
+    change = DatasetChange(path, "changed")
+    for array in sorted(set(arrays_a) | set(arrays_b)):
+        ca, cb = arrays_a.get(array, {}), arrays_b.get(array, {})
+        ac = ArrayChange(array)
+        ac.added = len(cb.keys() - ca.keys())
+        ac.removed = len(ca.keys() - cb.keys())
+        ac.changed = sum(1 for k in ca.keys() & cb.keys() if ca[k] != cb[k])
+        ac.bytes_to_fetch = sum(
+            mb.sizes.get(k, 0) for k, h in cb.items() if h not in a_hashes and ca.get(k) != h
+        )
+        if ac.added or ac.removed or ac.changed:
+            change.arrays.append(ac)
+    change.bytes_to_fetch = sum(a.bytes_to_fetch for a in change.arrays)
+    return change
+
+
+@dataclass
+class ReleaseDiff:
+    """Result of :meth:`Lake.diff`."""
+
+    a: str
+    b: str
+    datasets: list[DatasetChange]
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        """Bytes a user holding release ``a`` must fetch to have release ``b``."""
+        return sum(d.bytes_to_fetch for d in self.datasets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        from dataclasses import asdict
+
+        return {
+            "a": self.a,
+            "b": self.b,
+            "bytes_to_fetch": self.bytes_to_fetch,
+            "datasets": [asdict(d) for d in self.datasets],
+        }
+
+    def __str__(self) -> str:
+        counts: dict[str, int] = {}
+        for d in self.datasets:
+            counts[d.status] = counts.get(d.status, 0) + 1
+        lines = [
+            f"{self.a} -> {self.b}: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + f"; {self.bytes_to_fetch / 1e6:.2f} MB to fetch"
+        ]
+        for d in self.datasets:
+            if d.status == "unchanged":
+                continue
+            lines.append(f"  {d.status:9} {d.path}  ({d.bytes_to_fetch / 1e6:.2f} MB)")
+            for a in d.arrays:
+                lines.append(f"            {a.array}: +{a.added} -{a.removed} ~{a.changed} chunks")
+        return "\n".join(lines)
+
+
+@dataclass
+class VerifyReport:
+    """Result of :meth:`Lake.verify`: (dataset, key, hash) of each bad chunk."""
+
+    release: str
+    checked: int = 0
+    bytes: int = 0
+    missing: list[tuple[str, str, str]] = field(default_factory=list)
+    corrupt: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if every referenced chunk is present and intact."""
+        return not self.missing and not self.corrupt
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.release}: {self.checked} chunk objects, {self.bytes / 1e6:.2f} MB "
+            f"checked; {len(self.missing)} missing, {len(self.corrupt)} corrupt"
+        )
+        rows = [f"  missing {p} {k} ({h[:12]})" for p, k, h in self.missing[:20]]
+        rows += [f"  corrupt {p} {k} ({h[:12]})" for p, k, h in self.corrupt[:20]]
+        return "\n".join([head, *rows])
+
+
+@dataclass
+class GCReport:
+    """Result of :meth:`Lake.gc`."""
+
+    dry_run: bool
+    live_stages: list[str] = field(default_factory=list)
+    stale_stages: list[str] = field(default_factory=list)
+    chunks: list[str] = field(default_factory=list)
+    manifests: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+    def __str__(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        text = (
+            f"gc {verb} {len(self.chunks)} chunk objects ({self.bytes / 1e6:.2f} MB), "
+            f"{len(self.manifests)} manifests, {len(self.stale_stages)} stale stages"
+        )
+        if self.live_stages:
+            text += (
+                f"; {len(self.live_stages)} open stage(s) younger than the grace period: "
+                "no chunk object deleted while they run"
+            )
+        return text

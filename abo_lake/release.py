@@ -1,0 +1,220 @@
+"""The read side of a published release: list its datasets, open them lazily."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import xarray as xr
+
+from abo_lake.errors import DatasetNotFoundError, ManifestError
+from abo_lake.manifest import Manifest, manifest_key, root_hash
+from abo_lake.stores import ManifestStore
+
+if TYPE_CHECKING:
+    from abo_lake.lake import Lake
+
+__all__ = ["Release", "ReleaseRecord"]
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """What ``releases/<name>/release.json`` holds (written last, never changed)."""
+
+    name: str
+    root: str
+    created: str
+    abo_lake_version: str
+    notes: str
+    datasets: dict[str, dict[str, Any]]  # path -> {"manifest": hash, "kind": ..., "nbytes": ...}
+
+    @property
+    def pin(self) -> str:
+        """``name@root`` with a 12-hex root: enough to pin a study to this exact content."""
+        return f"{self.name}@{self.root[:12]}"
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "name": self.name,
+            "root": self.root,
+            "created": self.created,
+            "abo_lake_version": self.abo_lake_version,
+            "notes": self.notes,
+            "datasets": self.datasets,
+        }
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str) -> ReleaseRecord:
+        """Parse and check a release record (its root hash must match its datasets)."""
+        try:
+            doc = json.loads(data)
+            record = cls(
+                name=str(doc["name"]),
+                root=str(doc["root"]),
+                created=str(doc["created"]),
+                abo_lake_version=str(doc.get("abo_lake_version", "")),
+                notes=str(doc.get("notes", "")),
+                datasets={str(k): dict(v) for k, v in doc["datasets"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            raise ManifestError(f"{where}: unreadable release record ({err!r})") from err
+        expected = root_hash({p: d["manifest"] for p, d in record.datasets.items()})
+        if expected != record.root:
+            raise ManifestError(
+                f"{where}: root hash {record.root[:12]} does not match its datasets "
+                f"({expected[:12]}); the record was altered"
+            )
+        return record
+
+
+class Release:
+    """One published, immutable release of a lake.
+
+    Obtained from :meth:`abo_lake.lake.Lake.release`; never constructed directly.
+    """
+
+    def __init__(self, lake: Lake, record: ReleaseRecord) -> None:
+        self.lake = lake
+        self.record = record
+
+    def __repr__(self) -> str:
+        return (
+            f"<abo_lake.Release {self.record.pin} · {len(self.record.datasets)} datasets · "
+            f"created {self.record.created[:19]}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The release name, e.g. ``"2026.1"``."""
+        return self.record.name
+
+    @property
+    def root(self) -> str:
+        """The root hash over the release's manifests."""
+        return self.record.root
+
+    @property
+    def pin(self) -> str:
+        """``name@root`` (short root) for reproducible studies."""
+        return self.record.pin
+
+    def datasets(self, prefix: str = "") -> list[str]:
+        """Dataset paths in this release, optionally only those under ``prefix``."""
+        return sorted(p for p in self.record.datasets if p.startswith(prefix))
+
+    def kind(self, path: str) -> str | None:
+        """The ``abo_lake_kind`` recorded for a dataset."""
+        return self._entry(path).get("kind")
+
+    def _entry(self, path: str) -> dict[str, Any]:
+        path = path.strip("/")
+        entry = self.record.datasets.get(path)
+        if entry is None:
+            paths = list(self.record.datasets)
+            near = difflib.get_close_matches(path, paths, n=5, cutoff=0.6)
+            near += [p for p in paths if p.startswith(path) and p not in near][:5]
+            hint = f"; did you mean {near!r}?" if near else f"; it has {len(paths)} datasets"
+            raise DatasetNotFoundError(
+                f"no dataset {path!r} in release {self.pin}{hint} (see Release.datasets())"
+            )
+        return entry
+
+    def manifest(self, path: str) -> Manifest:
+        """The manifest of one dataset (validated)."""
+        h = self._entry(path)["manifest"]
+        return self.lake._manifest(h, where=f"release {self.name}, dataset {path!r}")
+
+    def store(self, path: str, *, verify: bool = False) -> ManifestStore:
+        """A read-only Zarr store of one dataset (for zarr users; xarray users call open)."""
+        return ManifestStore(
+            self.lake.storage, self.manifest(path), label=f"{self.pin}:{path}", verify=verify
+        )
+
+    def open(
+        self, path: str, *, group: str | None = None, verify: bool = False, chunks: Any = None
+    ) -> xr.Dataset:
+        """Open one dataset lazily (dask-backed); only the chunks you compute are read.
+
+        Parameters
+        ----------
+        path
+            Dataset path, e.g. ``"ophys/experiment/951980471"``.
+        group
+            A sub-group of the dataset (multiscale level, ``raw/...``).
+        verify
+            Hash-check every chunk as it is read; raises :class:`IntegrityError` on mismatch.
+        chunks
+            Dask chunks; default: one dask chunk per stored chunk.
+
+        Returns
+        -------
+        xarray.Dataset
+            With ``attrs["abo_lake_release"]``, ``["abo_lake_release_root"]`` and
+            ``["abo_lake_dataset"]`` recording exactly what was opened.
+        """
+        store = self.store(path, verify=verify)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
+            ds = xr.open_zarr(
+                store,
+                group=group,
+                consolidated=True,
+                chunks={} if chunks is None else chunks,
+                zarr_format=3,
+            )
+        return self._stamp(ds, path)
+
+    def open_datatree(self, path: str, *, verify: bool = False) -> xr.DataTree:
+        """Open a dataset with all its groups (multiscale levels, raw carry-over) lazily."""
+        store = self.store(path, verify=verify)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
+            tree = xr.open_datatree(
+                store, engine="zarr", consolidated=True, chunks={}, zarr_format=3
+            )
+        for node in tree.subtree:
+            node.attrs.update(self._stamp_attrs(path))
+        return tree
+
+    def _stamp_attrs(self, path: str) -> dict[str, str]:
+        return {
+            "abo_lake_release": self.name,
+            "abo_lake_release_root": self.root,
+            "abo_lake_dataset": path,
+        }
+
+    def _stamp(self, ds: xr.Dataset, path: str) -> xr.Dataset:
+        ds.attrs.update(self._stamp_attrs(path))
+        return ds
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Stored bytes of all datasets (what downloading the whole release would move)."""
+        return sum(int(d.get("nbytes", 0)) for d in self.record.datasets.values())
+
+    def storage_options(self) -> dict[str, Any]:
+        """``storage_options`` for opening a dataset with plain xarray + fsspec (no abo_lake).
+
+        Examples
+        --------
+        >>> so = rel.storage_options()  # doctest: +SKIP
+        >>> so["fo"] = rel.manifest_url("ophys/experiment/1")  # doctest: +SKIP
+        >>> xr.open_dataset("reference://", engine="zarr", storage_options=so)  # doctest: +SKIP
+        """
+        st = self.lake.storage
+        remote = "file" if st.local else st.protocol
+        return {
+            "remote_protocol": remote,
+            "remote_options": {**st.storage_options, "asynchronous": True},
+            "target_protocol": remote,
+            "target_options": dict(st.storage_options),
+        }
+
+    def manifest_url(self, path: str) -> str:
+        """URL of a dataset's manifest (a standard fsspec reference file)."""
+        return self.lake.storage.url_of(manifest_key(self._entry(path)["manifest"]))

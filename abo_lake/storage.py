@@ -1,0 +1,186 @@
+"""Where a lake lives: one URL -> an fsspec filesystem, and the few operations the lake needs.
+
+This is the only module that knows local folders from S3. Everything else passes strings
+(``"s3://bucket/lake"``, ``"/data/lake"``) and calls :class:`Storage` methods with keys
+relative to the lake root (``"cas/ab/ab12..."``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import zarr.storage
+from fsspec.core import url_to_fs
+
+__all__ = ["DEFAULT_LAKE", "Storage", "default_lake_url"]
+
+#: Used when neither an explicit URL nor ``$ABO_LAKE_URL`` is given.
+DEFAULT_LAKE = Path.home() / ".local" / "share" / "abo-lake" / "lake"
+
+
+def default_lake_url() -> str:
+    """Return ``$ABO_LAKE_URL`` if set, else the embedded local default folder."""
+    return os.environ.get("ABO_LAKE_URL") or str(DEFAULT_LAKE)
+
+
+class Storage:
+    """A lake root on any fsspec filesystem.
+
+    Parameters
+    ----------
+    url
+        A local path or ``file://`` URL (the default kind), or any fsspec URL such as
+        ``s3://bucket/prefix``.
+    **storage_options
+        Passed to the fsspec filesystem (for S3: ``endpoint_url``, ``key``, ``secret``,
+        ``anon=True`` for public buckets, ...). For S3, ``max_concurrency=1`` is the default:
+        it saves one HEAD request per chunk read.
+    """
+
+    def __init__(self, url: str | Path, **storage_options: Any) -> None:
+        url = str(url)
+        self.protocol = fsspec.utils.get_protocol(url)
+        if self.protocol in ("s3", "s3a"):
+            storage_options.setdefault("max_concurrency", 1)
+        self.storage_options = storage_options
+        self.fs, root = url_to_fs(url, **storage_options)
+        self.local = self.protocol in ("file", "local")
+        if self.local:
+            root = str(Path(root).expanduser().resolve())
+        self.root = root.rstrip("/")
+        self.url = self.root if self.local else f"{self.protocol}://{self.root}"
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (self.url, self.storage_options))
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        """Full path of ``key`` in the filesystem."""
+        return f"{self.root}/{key}" if key else self.root
+
+    def url_of(self, key: str) -> str:
+        """Full URL of ``key`` (what a reference manifest points to)."""
+        return f"{self.url}/{key}"
+
+    # -- reads ---------------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        """Return the bytes of ``key``; raise FileNotFoundError if absent."""
+        return self.fs.cat_file(self.path(key))
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
+        """Read many objects at once (concurrently on S3); missing ones map to an exception."""
+        if not keys:
+            return {}
+        paths = [self.path(k) for k in keys]
+        got = self.fs.cat(paths, on_error="return")
+        if not isinstance(got, dict):  # a single path
+            got = {paths[0]: got}
+        by_path = {self.fs._strip_protocol(p): v for p, v in got.items()}
+        return {
+            k: by_path.get(self.fs._strip_protocol(p), FileNotFoundError(p))
+            for k, p in zip(keys, paths)
+        }
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        return self.fs.exists(self.path(key))
+
+    def find(self, prefix: str) -> dict[str, dict]:
+        """Every object under ``prefix`` (recursive): key -> {"size", "mtime"}."""
+        base = self.path(prefix)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        strip = len(self.root) + 1
+        for path, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            out[path[strip:] if path.startswith(self.root) else path] = {
+                "size": int(info.get("size") or 0),
+                "mtime": _mtime(info),
+            }
+        return out
+
+    def glob(self, pattern: str) -> list[str]:
+        """Keys matching a glob relative to the root."""
+        strip = len(self.root) + 1
+        return sorted(p[strip:] for p in self.fs.glob(self.path(pattern)))
+
+    # -- writes --------------------------------------------------------------------------
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` unless it exists; atomic. Return True if written.
+
+        Local: write a temporary file, then ``os.link`` it into place (fails if present).
+        S3: ``PutObject`` with ``IfNoneMatch="*"``. Two writers never both succeed, and a
+        reader never sees a partial object.
+        """
+        if self.local:
+            final = Path(self.path(key))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.partial"
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:
+            self.fs.pipe_file(self.path(key), data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write (or overwrite) ``key`` atomically."""
+        if self.local:
+            final = Path(self.path(key))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.partial"
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        else:
+            self.fs.pipe_file(self.path(key), data)
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete objects; absent ones are ignored."""
+        if keys:
+            self.fs.rm([self.path(k) for k in keys])
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete everything under ``prefix``."""
+        if self.fs.exists(self.path(prefix)):
+            self.fs.rm(self.path(prefix), recursive=True)
+
+    # -- zarr ----------------------------------------------------------------------------
+    def zarr_store(self, prefix: str) -> zarr.abc.store.Store:
+        """A read-only zarr store rooted at ``prefix`` (zarr's own I/O: LocalStore/FsspecStore)."""
+        if self.local:
+            return zarr.storage.LocalStore(self.path(prefix), read_only=True)
+        return zarr.storage.FsspecStore.from_url(
+            self.url_of(prefix), storage_options=self.storage_options, read_only=True
+        )
+
+
+def _rebuild(url: str, storage_options: dict) -> Storage:
+    return Storage(url, **storage_options)
+
+
+def _mtime(info: dict) -> datetime:
+    value = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if value is None:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(float(value), tz=UTC)
