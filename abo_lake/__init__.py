@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from abo_lake.errors import (
     AboLakeError,
     DatasetNotFoundError,
@@ -21,6 +23,10 @@ from abo_lake.lake import Lake, Stage, open_lake
 from abo_lake.release import Release
 
 __version__ = "0.1.0"
+
+# Tables keep fixed-width strings exactly (``<U``); zarr warns that their Zarr 3 encoding is
+# not yet in the spec. It reads back with zarr-python, which is what a release needs.
+warnings.filterwarnings("ignore", message=r"The data type \(FixedLengthUTF32")
 
 __all__ = [
     "AboLakeError",

@@ -1,0 +1,339 @@
+"""The lake: round trips, deduplication, atomic publishing, integrity, bad input.
+
+Every test in ``TestLake`` runs twice: on a local folder lake and on the moto S3 server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+import abo_lake
+from abo_lake import cas
+from abo_lake.errors import (
+    DatasetNotFoundError,
+    IntegrityError,
+    ManifestError,
+    ReleaseExistsError,
+    ReleaseNotFoundError,
+)
+from abo_lake.manifest import manifest_key
+from abo_lake.testing import raise_if_dask_computes
+
+
+def make_dataset(seed: int = 0, n_cells: int = 24, n_time: int = 6000) -> xr.Dataset:
+    """An ophys-like Dataset with every kind of variable a converter produces."""
+    rng = np.random.default_rng(seed)
+    ds = xr.Dataset(
+        {
+            "dff": (("cell_specimen_id", "time"), rng.normal(size=(n_cells, n_time))),
+            "events": (
+                ("cell_specimen_id", "time"),
+                np.where(rng.random((n_cells, n_time)) > 0.99, 1.0, 0.0).astype("float32"),
+            ),
+            "valid_roi": ("cell_specimen_id", rng.random(n_cells) > 0.2),
+            "cre_note": ("cell_specimen_id", np.array([f"cell {i}" for i in range(n_cells)])),
+            "max_projection": (("y", "x"), rng.integers(0, 4000, (64, 64)).astype("uint16")),
+            "frame_rate": 31.0,
+        },
+        coords={
+            "cell_specimen_id": np.arange(n_cells, dtype="int64") + 1_086_000_000,
+            "cell_roi_id": ("cell_specimen_id", np.arange(n_cells, dtype="int64") + 1_080_000),
+            "time": np.arange(n_time) / 31.0,
+        },
+        attrs={"abo_lake_kind": "ophys_experiment", "imaging_depth": 175, "cre_line": "Sst"},
+    )
+    ds["time"].attrs["units"] = "s"
+    ds["dff"].encoding["chunks"] = (8, 2000)  # 3 x 3 = 9 chunks
+    ds["events"].encoding["chunks"] = (24, 6000)
+    return ds
+
+
+def chunk_objects(lake: abo_lake.Lake) -> set[str]:
+    return set(lake.storage.find("cas"))
+
+
+class TestLake:
+    def test_round_trip_is_identical_and_lazy(self, lake):
+        ds = make_dataset()
+        with lake.stage("2026.1") as stage:
+            stage.write("ophys/experiment/1", ds)
+        rel = lake.release("2026.1")
+        with raise_if_dask_computes():
+            opened = rel.open("ophys/experiment/1")
+        assert opened["dff"].chunks == ((8, 8, 8), (2000, 2000, 2000))
+        loaded = opened.compute()
+        for key in ("abo_lake_release", "abo_lake_release_root", "abo_lake_dataset"):
+            del loaded.attrs[key]
+        xr.testing.assert_identical(loaded, ds)
+        assert opened.attrs["abo_lake_release"] == "2026.1"
+        assert opened.attrs["abo_lake_release_root"] == rel.root
+
+    def test_one_chunk_read_reads_one_object(self, lake):
+        with lake.stage("r1") as stage:
+            stage.write("ophys/experiment/1", make_dataset())
+        store = lake.release("r1").store("ophys/experiment/1")
+        opened = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
+        # metadata is inline; opening reads only the index coordinates (one chunk each)
+        assert store.chunk_reads == 2
+        with dask.config.set(scheduler="synchronous"):
+            opened["dff"].isel(cell_specimen_id=slice(0, 8), time=slice(0, 2000)).values
+        assert store.chunk_reads == 3
+
+    def test_same_data_twice_adds_no_object_and_one_changed_chunk_adds_one(self, lake):
+        ds = make_dataset()
+        with lake.stage("r1") as stage:
+            stage.write("ophys/experiment/1", ds)
+        before = chunk_objects(lake)
+        with lake.stage("r2") as stage:
+            h2 = stage.write("ophys/experiment/1", make_dataset())
+        assert chunk_objects(lake) == before
+        assert lake.release("r1").record.datasets["ophys/experiment/1"]["manifest"] == h2
+        changed = make_dataset()
+        changed["dff"][0, 0] = 1e6  # one value in one chunk of one array
+        with lake.stage("r3") as stage:
+            stage.write("ophys/experiment/1", changed)
+        assert len(chunk_objects(lake) - before) == 1
+        diff = lake.diff("r1", "r3")
+        (dataset,) = diff.datasets
+        assert dataset.status == "changed"
+        assert [(a.array, a.changed) for a in dataset.arrays] == [("dff", 1)]
+        assert 0 < diff.bytes_to_fetch < 8 * 2000 * 8
+
+    def test_reopened_dataset_rewrites_to_the_same_manifest(self, lake):
+        with lake.stage("r1") as stage:
+            h1 = stage.write("a/1", make_dataset())
+        reopened = lake.release("r1").open("a/1")
+        reopened.attrs = {
+            k: v for k, v in reopened.attrs.items() if "abo_lake_" not in k or k == "abo_lake_kind"
+        }
+        with lake.stage("r2") as stage:
+            assert stage.write("a/1", reopened) == h1
+
+    def test_datatree_groups_round_trip(self, lake):
+        tree = xr.DataTree.from_dict(
+            {"/": make_dataset(), "/raw/general": xr.Dataset({"x": ("n", np.arange(5))})}
+        )
+        with lake.stage("r1") as stage:
+            stage.write("a/1", tree)
+        back = lake.release("r1").open_datatree("a/1")
+        np.testing.assert_array_equal(back["raw/general"]["x"].values, np.arange(5))
+        assert lake.release("r1").open("a/1", group="raw/general")["x"].sum() == 10
+
+    def test_latest_and_pins(self, lake):
+        for name in ("2026.1", "2026.2"):
+            with lake.stage(name) as stage:
+                stage.write("a/1", make_dataset(seed=int(name[-1])))
+        assert lake.releases() == ["2026.1", "2026.2"]
+        assert lake.release("latest").name == "2026.2"
+        pinned = lake.release("2026.1").pin
+        assert lake.release(pinned).name == "2026.1"
+        with pytest.raises(ReleaseNotFoundError, match="not what the pin"):
+            lake.release("2026.1@" + lake.release("2026.2").root[:12])
+
+    def test_error_in_stage_publishes_nothing(self, lake):
+        with pytest.raises(RuntimeError, match="boom"), lake.stage("r1") as stage:
+            stage.write("a/1", make_dataset())
+            raise RuntimeError("boom")
+        assert lake.releases() == []
+        assert lake.storage.glob("stages/*") == []
+        with lake.stage("r1") as stage:  # the name is still free
+            stage.write("a/1", make_dataset())
+        assert lake.releases() == ["r1"]
+
+    def test_concurrent_publishers_of_one_name(self, lake):
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def publish(seed: int) -> None:
+            try:
+                with lake.stage("2026.1") as stage:
+                    stage.write("a/1", make_dataset(seed=seed, n_time=2000))
+                    barrier.wait(timeout=30)  # both are staged before either publishes
+                outcomes.append("published")
+            except ReleaseExistsError:
+                outcomes.append("exists")
+
+        threads = [threading.Thread(target=publish, args=(s,)) for s in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["exists", "published"]
+        assert lake.releases() == ["2026.1"]
+        assert lake.verify("2026.1").ok
+        assert lake.storage.glob("stages/*") == []
+
+    def test_flipped_byte_and_missing_chunk(self, lake):
+        with lake.stage("r1") as stage:
+            stage.write("a/1", make_dataset())
+        rel = lake.release("r1")
+        manifest = rel.manifest("a/1")
+        key, h = sorted(manifest.chunks.items())[0]
+        data = bytearray(lake.storage.read(cas.key_of(h)))
+        data[len(data) // 2] ^= 0xFF
+        lake.storage.write(cas.key_of(h), bytes(data))
+        report = lake.verify("r1")
+        assert report.corrupt == [("a/1", key, h)]
+        assert not report.missing
+        with pytest.raises(IntegrityError, match=rf"r1@\w+:a/1: chunk '{key}' is corrupt"):
+            rel.open("a/1", verify=True).load()
+        lake.storage.delete([cas.key_of(h)])
+        report = lake.verify("r1")
+        assert report.missing == [("a/1", key, h)]
+        with pytest.raises(IntegrityError, match=f"chunk '{key}' is missing"):
+            rel.open("a/1").load()
+
+    def test_dedup_stats(self, lake):
+        with lake.stage("r1") as stage:
+            stage.write("a/1", make_dataset())
+        with lake.stage("r2") as stage:
+            stage.write("a/1", make_dataset())
+        stats = lake.stats()
+        assert stats["logical_bytes"] == 2 * lake.release("r1").nbytes
+        assert stats["dedup_ratio"] == pytest.approx(2.0, rel=0.01)
+
+
+class TestLakeErrors:
+    def test_unknown_release_lists_available(self, local_lake):
+        with local_lake.stage("2026.1") as stage:
+            stage.write("a/1", make_dataset(n_time=100))
+        with pytest.raises(ReleaseNotFoundError, match=r"no release '2025.9'.*available: 2026.1"):
+            local_lake.release("2025.9")
+        with pytest.raises(ReleaseNotFoundError, match="none yet"):
+            abo_lake.open_lake(str(local_lake.storage.root) + "-empty").release("latest")
+
+    def test_unknown_dataset_suggests_near_matches(self, local_lake):
+        with local_lake.stage("r1") as stage:
+            stage.write("ophys/experiment/951980471", make_dataset(n_time=100))
+        with pytest.raises(DatasetNotFoundError, match="did you mean.*951980471"):
+            local_lake.release("r1").open("ophys/experiment/951980417")
+
+    def test_existing_release_name_is_refused(self, local_lake):
+        with local_lake.stage("r1") as stage:
+            stage.write("a/1", make_dataset(n_time=100))
+        with pytest.raises(ReleaseExistsError, match="immutable"), local_lake.stage("r1"):
+            pass
+
+    @pytest.mark.parametrize(
+        ("edit", "message"),
+        [
+            (lambda r: r.update({"../../etc/zarr.json": "{}"}), "not a plain relative"),
+            (lambda r: r.update({"dff/c/0/0": ["s3://elsewhere/x"]}), "outside|under the lake"),
+            (lambda r: r.update({"dff/c/0/0": ["{{lake}}/cas/00/" + "1" * 64]}), "cas/"),
+            (lambda r: r.update({"dff/c/0/0": "inline data"}), "non-metadata key"),
+        ],
+    )
+    def test_bad_manifest_is_refused(self, local_lake, edit, message):
+        with local_lake.stage("r1") as stage:
+            h = stage.write("a/1", make_dataset(n_time=100))
+        doc = json.loads(local_lake.storage.read(manifest_key(h)))
+        edit(doc["refs"])
+        bad = json.dumps(doc).encode()
+        bad_hash = cas.digest(bad)
+        local_lake.storage.write(manifest_key(bad_hash), bad)
+        record = json.loads(local_lake.storage.read("releases/r1/release.json"))
+        record["name"] = "evil"
+        record["datasets"]["a/1"]["manifest"] = bad_hash
+        from abo_lake.manifest import root_hash
+
+        record["root"] = root_hash({"a/1": bad_hash})
+        local_lake.storage.write("releases/evil/release.json", json.dumps(record).encode())
+        with pytest.raises(ManifestError, match=message):
+            local_lake.release("evil").open("a/1")
+
+    def test_unreadable_release_record(self, local_lake):
+        local_lake.storage.write("releases/broken/release.json", b"{not json")
+        with pytest.raises(ManifestError, match="unreadable release record"):
+            local_lake.release("broken")
+
+    def test_altered_release_record(self, local_lake):
+        with local_lake.stage("r1") as stage:
+            stage.write("a/1", make_dataset(n_time=100))
+        record = json.loads(local_lake.storage.read("releases/r1/release.json"))
+        record["datasets"]["a/2"] = record["datasets"]["a/1"]
+        local_lake.storage.write("releases/r1/release.json", json.dumps(record).encode())
+        with pytest.raises(ManifestError, match="does not match its datasets"):
+            abo_lake.open_lake(local_lake.url).release("r1")
+
+    def test_bad_names(self, local_lake):
+        with pytest.raises(ValueError, match="invalid release name"), local_lake.stage("../x"):
+            pass
+        with local_lake.stage("ok") as stage, pytest.raises(ValueError, match="dataset path"):
+            stage.write("a/../b", make_dataset(n_time=10))
+
+
+def test_killed_stage_leaves_no_release_and_rerun_succeeds(local_lake, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, numpy as np, xarray as xr, abo_lake
+        lake = abo_lake.open_lake({local_lake.url!r})
+        ds = xr.Dataset({{"x": ("t", np.arange(100000.0))}})
+        with lake.stage("r1") as stage:
+            stage.write("a/1", ds)
+            os.kill(os.getpid(), 9)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    lake = abo_lake.open_lake(local_lake.url)
+    assert lake.releases() == []
+    assert len(lake.storage.glob("stages/*")) == 1  # left behind, invisible to readers
+    with lake.stage("r1") as stage:
+        stage.write("a/1", xr.Dataset({"x": ("t", np.arange(100000.0))}))
+    assert lake.releases() == ["r1"]
+    report = lake.gc(grace="0s", dry_run=False)
+    assert len(report.stale_stages) == 1
+    assert lake.verify("r1").ok
+
+
+def test_plain_xarray_opens_a_release_without_abo_lake(local_lake):
+    ds = make_dataset()
+    with local_lake.stage("r1") as stage:
+        stage.write("ophys/experiment/1", ds)
+    rel = local_lake.release("r1")
+    url = rel.manifest_url("ophys/experiment/1")
+    script = textwrap.dedent(
+        f"""
+        import sys, xarray as xr
+        ds = xr.open_dataset(
+            "reference://", engine="zarr", chunks={{}}, consolidated=True, zarr_format=3,
+            storage_options={{"fo": {url!r}, "remote_protocol": "file",
+                             "remote_options": {{"asynchronous": True}}}},
+        )
+        assert "abo_lake" not in sys.modules
+        print(float(ds["dff"].sum()), ds["cre_note"].values[3])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    assert float(out[0]) == pytest.approx(float(ds["dff"].sum()))
+    assert out[1:] == ["cell", "3"]
+
+
+def test_plain_xarray_opens_an_s3_release(s3_bucket, s3_options):
+    lake = abo_lake.open_lake(f"s3://{s3_bucket}/lake", **s3_options)
+    ds = make_dataset()
+    with lake.stage("r1") as stage:
+        stage.write("a/1", ds)
+    rel = lake.release("r1")
+    so = rel.storage_options()
+    so["fo"] = rel.manifest_url("a/1")
+    opened = xr.open_dataset(
+        "reference://",
+        engine="zarr",
+        chunks={},
+        consolidated=True,
+        zarr_format=3,
+        storage_options=so,
+    )
+    np.testing.assert_array_equal(opened["dff"].values, ds["dff"].values)
