@@ -10,6 +10,7 @@ Layout (``DESIGN.md``)::
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pandas as pd
 import xarray as xr
 
 from abo_lake import cas
@@ -28,7 +30,10 @@ from abo_lake.release import Release, ReleaseRecord
 from abo_lake.storage import Storage, default_lake_url
 from abo_lake.writer import write_dataset
 
-__all__ = ["PUBLISH_HOOKS", "Lake", "Stage", "open_lake"]
+__all__ = ["LEDGER_PREFIX", "PUBLISH_HOOKS", "Lake", "Stage", "open_lake"]
+
+#: Conversion resume records: ``ledger/<source content hash>.json``.
+LEDGER_PREFIX = "ledger"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
@@ -274,8 +279,11 @@ class Lake:
         now = now or _now()
         cutoff = now - grace_td
         keep_manifests: set[str] = set()
+        keep_objects: set[str] = set()
         for name in self.releases():
-            keep_manifests.update(d["manifest"] for d in self._record(name).datasets.values())
+            record = self._record(name)
+            keep_manifests.update(d["manifest"] for d in record.datasets.values())
+            keep_objects.update(t["object"] for t in record.tables.values())
         live, stale = [], []
         for key in self.storage.glob("stages/*/stage.json"):
             try:
@@ -286,13 +294,29 @@ class Lake:
             (live if beat >= cutoff else stale).append(key.split("/")[1])
             if beat >= cutoff:
                 keep_manifests.update(doc.get("manifests", []))
-        keep_chunks: set[str] = set()
+                keep_objects.update(doc.get("objects", []))
+        stale_ledger = []
+        for key, info in self.storage.find(LEDGER_PREFIX).items():
+            try:
+                entry = json.loads(self.storage.read(key))
+            except (FileNotFoundError, ValueError):
+                continue
+            hashes = set(entry.get("manifests", []))
+            if hashes <= keep_manifests:
+                continue
+            if info["mtime"] >= cutoff:
+                keep_manifests.update(hashes)  # a young resume record protects its work
+            else:
+                stale_ledger.append(key)  # forget it, so no resume trusts deleted work
+        keep_chunks: set[str] = set(keep_objects)
         for h in keep_manifests:
             try:
                 keep_chunks.update(self._manifest(h, where="gc").chunks.values())
             except ManifestError:
                 continue
-        report = GCReport(dry_run=dry_run, live_stages=live, stale_stages=stale)
+        report = GCReport(
+            dry_run=dry_run, live_stages=live, stale_stages=stale, ledger=stale_ledger
+        )
         for key, info in self.storage.find(MANIFEST_PREFIX).items():
             h = key.rsplit("/", 1)[-1].removesuffix(".json")
             if h not in keep_manifests and info["mtime"] < cutoff:
@@ -304,7 +328,7 @@ class Lake:
                     report.chunks.append(key)
                     report.bytes += info["size"]
         if not dry_run:
-            self.storage.delete(report.chunks + report.manifests)
+            self.storage.delete(report.ledger + report.chunks + report.manifests)
             for sid in stale:
                 self.storage.delete_prefix(f"stages/{sid}")
         return report
@@ -319,6 +343,7 @@ class Stage:
         self.notes = notes
         self.id = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         self.datasets: dict[str, dict[str, Any]] = {}
+        self.tables: dict[str, dict[str, Any]] = {}
         self.new_objects = 0
         self.created = _now().isoformat()
 
@@ -339,6 +364,22 @@ class Stage:
         kind = obj.attrs.get("abo_lake_kind")
         return self.add(path, self.lake.put_manifest(manifest), kind=kind)
 
+    def write_table(self, name: str, table: pd.DataFrame) -> str:
+        """Store a metadata table as one Parquet object (fast to load and search)."""
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid table name {name!r}")
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=True, compression="zstd")
+        h, new = cas.put(self.lake.storage, buf.getvalue())
+        self.new_objects += int(new)
+        self.tables[name] = {
+            "object": h,
+            "rows": len(table),
+            "columns": list(map(str, table.columns)),
+        }
+        self._heartbeat()
+        return h
+
     def add(self, path: str, manifest_hash: str, *, kind: str | None = None) -> str:
         """Put an already-stored manifest in this release (e.g. from the resume ledger)."""
         path = _check_path(path)
@@ -356,6 +397,7 @@ class Stage:
             "created": self.created,
             "heartbeat": _now().isoformat(),
             "manifests": sorted({d["manifest"] for d in self.datasets.values()}),
+            "objects": sorted(t["object"] for t in self.tables.values()),
         }
         self.lake.storage.write(f"stages/{self.id}/stage.json", json.dumps(doc).encode())
 
@@ -367,11 +409,15 @@ class Stage:
 
         record = ReleaseRecord(
             name=self.name,
-            root=root_hash({p: d["manifest"] for p, d in self.datasets.items()}),
+            root=root_hash(
+                {p: d["manifest"] for p, d in self.datasets.items()},
+                {n: t["object"] for n, t in self.tables.items()},
+            ),
             created=_now().isoformat(),
             abo_lake_version=__version__,
             notes=self.notes,
             datasets=dict(sorted(self.datasets.items())),
+            tables=dict(sorted(self.tables.items())),
         )
         try:
             for hook in PUBLISH_HOOKS:
@@ -516,6 +562,7 @@ class GCReport:
     stale_stages: list[str] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
+    ledger: list[str] = field(default_factory=list)
     bytes: int = 0
 
     def __str__(self) -> str:

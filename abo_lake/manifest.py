@@ -34,9 +34,13 @@ def manifest_key(h: str) -> str:
     return f"{MANIFEST_PREFIX}/{h[:2]}/{h}.json"
 
 
-def root_hash(datasets: dict[str, str]) -> str:
-    """Hash over a release's ``{dataset path: manifest hash}``; what ``name@root`` pins."""
+def root_hash(datasets: dict[str, str], tables: dict[str, str] | None = None) -> str:
+    """Hash over a release's ``{dataset path: manifest hash}`` (and ``{table: object hash}``).
+
+    This is what ``name@root`` pins: equal roots mean byte-identical content.
+    """
     text = "".join(f"{path}\t{h}\n" for path, h in sorted(datasets.items()))
+    text += "".join(f"table:{name}\t{h}\n" for name, h in sorted((tables or {}).items()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

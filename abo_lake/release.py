@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import xarray as xr
 
-from abo_lake.errors import DatasetNotFoundError, ManifestError
+from abo_lake import cas
+from abo_lake.errors import DatasetNotFoundError, IntegrityError, ManifestError
 from abo_lake.manifest import Manifest, manifest_key, root_hash
 from abo_lake.stores import ManifestStore
 
@@ -31,6 +34,7 @@ class ReleaseRecord:
     abo_lake_version: str
     notes: str
     datasets: dict[str, dict[str, Any]]  # path -> {"manifest": hash, "kind": ..., "nbytes": ...}
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"object", "rows"}
 
     @property
     def pin(self) -> str:
@@ -45,6 +49,7 @@ class ReleaseRecord:
             "abo_lake_version": self.abo_lake_version,
             "notes": self.notes,
             "datasets": self.datasets,
+            "tables": self.tables,
         }
         return json.dumps(doc, indent=1, sort_keys=True).encode()
 
@@ -60,10 +65,14 @@ class ReleaseRecord:
                 abo_lake_version=str(doc.get("abo_lake_version", "")),
                 notes=str(doc.get("notes", "")),
                 datasets={str(k): dict(v) for k, v in doc["datasets"].items()},
+                tables={str(k): dict(v) for k, v in (doc.get("tables") or {}).items()},
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
             raise ManifestError(f"{where}: unreadable release record ({err!r})") from err
-        expected = root_hash({p: d["manifest"] for p, d in record.datasets.items()})
+        expected = root_hash(
+            {p: d["manifest"] for p, d in record.datasets.items()},
+            {n: t["object"] for n, t in record.tables.items()},
+        )
         if expected != record.root:
             raise ManifestError(
                 f"{where}: root hash {record.root[:12]} does not match its datasets "
@@ -106,6 +115,26 @@ class Release:
     def datasets(self, prefix: str = "") -> list[str]:
         """Dataset paths in this release, optionally only those under ``prefix``."""
         return sorted(p for p in self.record.datasets if p.startswith(prefix))
+
+    def tables(self) -> list[str]:
+        """Names of the release's metadata tables (``ophys_experiments``, ``units``, ...)."""
+        return sorted(self.record.tables)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Load one metadata table (one Parquet object) as a DataFrame."""
+        entry = self.record.tables.get(name)
+        if entry is None:
+            raise DatasetNotFoundError(
+                f"no table {name!r} in release {self.pin}; tables: {self.tables()}"
+            )
+        data = self.lake.storage.read(cas.key_of(entry["object"]))
+        if cas.digest(data) != entry["object"]:
+            raise IntegrityError(f"{self.pin}: table {name!r} is corrupt")
+        return pd.read_parquet(io.BytesIO(data))
+
+    def table_url(self, name: str) -> str:
+        """URL of a table's Parquet object (readable by pandas without abo_lake)."""
+        return self.lake.storage.url_of(cas.key_of(self.record.tables[name]["object"]))
 
     def kind(self, path: str) -> str | None:
         """The ``abo_lake_kind`` recorded for a dataset."""
