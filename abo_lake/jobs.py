@@ -1,0 +1,396 @@
+"""Conversion jobs: many source files -> one staged release, on dask.distributed.
+
+``plan`` expands sources; ``convert_file`` (one task per file, on a worker) reads a file,
+validates it, writes its Datasets as chunk objects and manifests, checks fidelity, and
+records the result in the resume ledger; ``run`` maps it over a cluster, shows progress,
+builds the release metadata tables and publishes only if every file succeeded.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import pandas as pd
+import xarray as xr
+
+from abo_lake import schema, sources
+from abo_lake.errors import AboLakeError
+from abo_lake.lake import LEDGER_PREFIX, Lake
+from abo_lake.storage import Storage
+from abo_lake.writer import write_dataset
+
+__all__ = ["FileResult", "JobReport", "convert_file", "plan", "run"]
+
+_SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
+
+
+@dataclass
+class FileResult:
+    """What converting one source file did."""
+
+    source: str
+    format: str = ""
+    source_sha256: str = ""
+    datasets: dict[str, str] = field(default_factory=dict)  # path -> manifest hash
+    kinds: dict[str, str] = field(default_factory=dict)
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> metadata attrs
+    bytes_in: int = 0
+    new_objects: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+    error: str = ""
+
+
+def plan(specs: Sequence[str | Path]) -> list[str]:
+    """Expand files, folders (recursively) and globs into a sorted list of source files."""
+    files: set[str] = set()
+    for spec in map(str, specs):
+        if "://" in spec:
+            import fsspec
+
+            _, _, paths = fsspec.get_fs_token_paths(spec)
+            proto = spec.split("://")[0]
+            files.update(f"{proto}://{p}" for p in paths)
+            continue
+        matches = globlib.glob(spec, recursive=True) if any(c in spec for c in "*?[") else [spec]
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                files.update(
+                    str(f)
+                    for f in p.rglob("*")
+                    if f.is_file()
+                    and f.suffix.lower() in _SOURCE_SUFFIXES
+                    and not f.name.endswith(".truth.json")
+                )
+            elif p.is_file():
+                files.add(str(p))
+            else:
+                raise FileNotFoundError(f"{m}: no such file or folder")
+    return sorted(files)
+
+
+def _local_copy(source: str) -> str:
+    """A local path for ``source``: remote files (``s3://...``) are fetched to a temp folder."""
+    if "://" not in source or source.startswith("file://"):
+        return source.removeprefix("file://")
+    import tempfile
+
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(source)
+    local = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).name
+    fs.get(path, str(local))
+    return str(local)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _attrs_json(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in attrs.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            out[k] = str(v)
+    return out
+
+
+def _with_raw(path: str, fmt: str, obj: xr.Dataset | xr.DataTree) -> xr.Dataset | xr.DataTree:
+    """Attach the lossless raw copy of what the reader did not map (HDF5 sources)."""
+    module = sources._module(fmt)
+    mapped = getattr(module, "MAPPED_HDF5", None)
+    if mapped is None or not isinstance(obj, xr.Dataset):
+        return obj
+    from abo_lake.sources.hdf5_raw import read_raw
+
+    raw = read_raw(path, skip=mapped)
+    tree = xr.DataTree(dataset=obj)
+    tree["raw"] = raw
+    return tree
+
+
+def convert_file(
+    source: str,
+    lake_url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    raw: bool = True,
+    fidelity: bool = True,
+) -> FileResult:
+    """Convert one source file into the lake (chunks + manifests) and record it in the ledger.
+
+    Never raises for a bad file: the error is in ``FileResult.error`` so other files go on.
+    Rerunning on an unchanged file finds its ledger record and converts nothing.
+    """
+    t0 = time.perf_counter()
+    result = FileResult(source=source)
+    storage = Storage(lake_url, **(storage_options or {}))
+    try:
+        source = _local_copy(source)
+        result.bytes_in = Path(source).stat().st_size
+        result.source_sha256 = _sha256_file(source)
+        ledger_key = f"{LEDGER_PREFIX}/{result.source_sha256}.json"
+        if storage.exists(ledger_key):
+            done = json.loads(storage.read(ledger_key))
+            result.format = done["format"]
+            result.datasets = done["datasets"]
+            result.kinds = done["kinds"]
+            result.attrs = done["attrs"]
+            result.resumed = True
+            return result
+        result.format = sources.detect_format(source)
+        lake = Lake(storage)
+        with dask.config.set(scheduler="threads"):  # inside a worker: stream with its threads
+            _convert(source, storage, lake, result, raw=raw, fidelity=fidelity)
+        storage.write(
+            ledger_key,
+            json.dumps(
+                {
+                    "source": Path(source).name,
+                    "format": result.format,
+                    "datasets": result.datasets,
+                    "manifests": sorted(result.datasets.values()),
+                    "kinds": result.kinds,
+                    "attrs": result.attrs,
+                },
+                sort_keys=True,
+            ).encode(),
+        )
+    except (AboLakeError, OSError, ValueError, KeyError, TypeError) as err:
+        result.error = f"{type(err).__name__}: {err}"
+    except Exception as err:
+        result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+    finally:
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _convert(
+    source: str, storage: Storage, lake: Lake, result: FileResult, *, raw: bool, fidelity: bool
+) -> None:
+    for path, obj in sources.read(source, result.format).items():
+        kind = obj.attrs.get(schema.KIND_ATTR)
+        if kind in schema.LAYOUTS and isinstance(obj, xr.Dataset):
+            schema.validate(obj, kind)
+        obj.attrs["source_file"] = Path(source).name
+        obj.attrs["source_sha256"] = result.source_sha256
+        stored = _with_raw(source, result.format, obj) if raw else obj
+        manifest, new = write_dataset(storage, stored)
+        if fidelity and stored is not obj:
+            _check_fidelity(source, lake, manifest, result.format)
+        result.datasets[path] = lake.put_manifest(manifest)
+        result.new_objects += new
+        result.kinds[path] = kind or ""
+        result.attrs[path] = _attrs_json(obj.attrs)
+
+
+def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
+    """Compare the stored raw group with the source, bit for bit (reading back from the lake)."""
+    from abo_lake.fidelity import assert_faithful, check_raw
+    from abo_lake.stores import ManifestStore
+
+    store = ManifestStore(lake.storage, manifest, label=f"conversion of {Path(source).name}")
+    tree = xr.open_datatree(store, engine="zarr", consolidated=True, chunks={}, zarr_format=3)
+    skip = getattr(sources._module(fmt), "MAPPED_HDF5", ())
+    assert_faithful(check_raw(source, tree["raw"], skip=skip), source=source)
+
+
+@dataclass
+class JobReport:
+    """Outcome of :func:`run`."""
+
+    release: str
+    files: list[FileResult]
+    published: bool = False
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[FileResult]:
+        """Files that could not be converted."""
+        return [f for f in self.files if f.error]
+
+    def summary(self) -> str:
+        """The table printed at the end of a job."""
+        ok = [f for f in self.files if not f.error]
+        bytes_in = sum(f.bytes_in for f in self.files)
+        new = sum(f.new_objects for f in ok)
+        resumed = sum(f.resumed for f in ok)
+        lines = [
+            f"release {self.release}: {'published' if self.published else 'NOT published'}",
+            f"  files      {len(self.files)} ({len(ok)} ok, {resumed} already converted, "
+            f"{len(self.failures)} failed)",
+            f"  datasets   {sum(len(f.datasets) for f in ok)}",
+            f"  bytes in   {bytes_in / 1e6:.1f} MB",
+            f"  new chunk objects {new}",
+            f"  time       {self.seconds:.1f} s",
+        ]
+        for f in self.failures:
+            lines.append(f"  FAILED {f.source}: {f.error.splitlines()[0]}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "release": self.release,
+            "published": self.published,
+            "seconds": self.seconds,
+            "files": [asdict(f) for f in self.files],
+        }
+
+
+#: Release metadata tables: name -> (dataset kind, id column).
+TABLES = {
+    "ophys_experiments": ("ophys_experiment", "ophys_experiment_id"),
+    "ecephys_sessions": ("ecephys_session", "ecephys_session_id"),
+    "celltypes_specimens": ("celltypes_ephys", "specimen_id"),
+    "connectivity_experiments": ("connectivity_experiment", "id"),
+}
+
+
+def build_tables(
+    results: Sequence[FileResult], metadata: Sequence[str | Path] = ()
+) -> dict[str, pd.DataFrame]:
+    """Metadata tables from what was converted (dataset attrs), joined with project CSVs."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+    for f in results:
+        for path, kind in f.kinds.items():
+            for name, (table_kind, _) in TABLES.items():
+                if kind == table_kind:
+                    attrs = {
+                        k: v for k, v in f.attrs[path].items() if not isinstance(v, list | dict)
+                    }
+                    rows[name].append({**attrs, "dataset_path": path})
+    tables = {}
+    for name, (_, id_col) in TABLES.items():
+        if not rows[name]:
+            continue
+        df = pd.DataFrame(rows[name])
+        for csv in metadata:
+            extra = pd.read_csv(csv)
+            if id_col in extra.columns and id_col in df.columns:
+                extra = extra[[c for c in extra.columns if c == id_col or c not in df.columns]]
+                df = df.merge(extra, on=id_col, how="left")
+        if id_col in df.columns:
+            df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
+        tables[name] = df
+    return tables
+
+
+def run(
+    specs: Sequence[str | Path],
+    lake: Lake,
+    release: str,
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    publish: bool = True,
+    metadata: Sequence[str | Path] = (),
+    notes: str = "",
+    progress: bool | None = None,
+) -> JobReport:
+    """Convert sources into a release on dask.distributed; publish if every file succeeded.
+
+    Parameters
+    ----------
+    specs
+        Files, folders or globs.
+    lake
+        Target lake.
+    release
+        Name of the release to stage (must not exist).
+    scheduler
+        Address of a running dask scheduler (``tcp://...``, a dask-gateway cluster's
+        address); default: a LocalCluster of ``workers`` processes.
+    publish
+        Publish when everything succeeded (otherwise only convert; a rerun resumes).
+    metadata
+        Project metadata CSVs joined into the release tables by id.
+    progress
+        Show a progress bar (default: when stderr is a terminal).
+    """
+    import distributed
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    files = plan(specs)
+    if not files:
+        raise FileNotFoundError(f"no source files found in {list(map(str, specs))}")
+    sizes = {f: _size(f) for f in files}
+    show = sys.stderr.isatty() if progress is None else progress
+    cluster = None
+    if scheduler is None:
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    client = distributed.Client(cluster or scheduler, set_as_default=False)
+    results: list[FileResult] = []
+    try:
+        with lake.stage(release, notes=notes) as stage:
+            futures = client.map(
+                convert_file,
+                files,
+                lake_url=lake.url,
+                storage_options=lake.storage.storage_options,
+                pure=False,
+            )
+            bar = tqdm(
+                total=sum(sizes.values()),
+                unit="B",
+                unit_scale=True,
+                disable=not show,
+                desc=f"converting {len(files)} files",
+            )
+            for future in distributed.as_completed(futures):
+                res = future.result()
+                results.append(res)
+                bar.update(sizes[res.source])
+                bar.set_postfix(files=len(results), failed=sum(bool(r.error) for r in results))
+            bar.close()
+            results.sort(key=lambda r: r.source)
+            for res in results:
+                for path, h in res.datasets.items():
+                    stage.add(path, h, kind=res.kinds.get(path) or None)
+            for name, table in build_tables(results, metadata).items():
+                stage.write_table(name, table)
+            if any(r.error for r in results) or not publish:
+                raise _NotPublished
+    except _NotPublished:
+        pass
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    report = JobReport(release, results, seconds=time.perf_counter() - t0)
+    report.published = release in lake.releases()
+    return report
+
+
+def _size(source: str) -> int:
+    if "://" in source:
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(source)
+        return int(fs.size(path) or 0)
+    return Path(source).stat().st_size
+
+
+class _NotPublished(Exception):
+    """Leave the stage without publishing (a file failed, or publish=False)."""
