@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import h5py
 import pandas as pd
 import xarray as xr
 
@@ -66,18 +67,37 @@ def plan(specs: Sequence[str | Path]) -> list[str]:
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                files.update(
-                    str(f)
-                    for f in p.rglob("*")
-                    if f.is_file()
-                    and f.suffix.lower() in _SOURCE_SUFFIXES
-                    and not f.name.endswith(".truth.json")
-                )
+                files.update(_sources_in(p))
             elif p.is_file():
                 files.add(str(p))
             else:
                 raise FileNotFoundError(f"{m}: no such file or folder")
     return sorted(files)
+
+
+def _sources_in(folder: Path) -> list[str]:
+    """Source files in a folder, one per Dataset group; auxiliary JSON files are skipped.
+
+    Files that look like sources (``.nwb``, ``.nrrd``, ``.swc``, ``.h5``) are kept even when
+    unreadable, so that a broken file fails the job instead of vanishing from it.
+    """
+    candidates = sorted(
+        f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in _SOURCE_SUFFIXES
+    )
+    out: list[str] = []
+    covered: set[Path] = set()
+    for f in candidates:
+        if f in covered:
+            continue
+        try:
+            group = sources.members(f)
+        except AboLakeError:
+            if f.suffix.lower() == ".json":
+                continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
+            group = [f]
+        covered.update(group)
+        out.append(str(group[0]))
+    return out
 
 
 def _local_copy(source: str) -> str:
@@ -117,7 +137,7 @@ def _with_raw(path: str, fmt: str, obj: xr.Dataset | xr.DataTree) -> xr.Dataset 
     """Attach the lossless raw copy of what the reader did not map (HDF5 sources)."""
     module = sources._module(fmt)
     mapped = getattr(module, "MAPPED_HDF5", None)
-    if mapped is None or not isinstance(obj, xr.Dataset):
+    if mapped is None or not isinstance(obj, xr.Dataset) or not h5py.is_hdf5(path):
         return obj
     from abo_lake.sources.hdf5_raw import read_raw
 
@@ -145,8 +165,14 @@ def convert_file(
     storage = Storage(lake_url, **(storage_options or {}))
     try:
         source = _local_copy(source)
-        result.bytes_in = Path(source).stat().st_size
-        result.source_sha256 = _sha256_file(source)
+        group = sources.members(source) if Path(source).is_file() else [Path(source)]
+        result.bytes_in = sum(Path(p).stat().st_size for p in group)
+        digests = [_sha256_file(str(p)) for p in group]
+        result.source_sha256 = (
+            digests[0]
+            if len(digests) == 1
+            else hashlib.sha256("".join(digests).encode()).hexdigest()
+        )
         ledger_key = f"{LEDGER_PREFIX}/{result.source_sha256}.json"
         if storage.exists(ledger_key):
             done = json.loads(storage.read(ledger_key))
@@ -208,9 +234,12 @@ def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
     from abo_lake.stores import ManifestStore
 
     store = ManifestStore(lake.storage, manifest, label=f"conversion of {Path(source).name}")
-    tree = xr.open_datatree(store, engine="zarr", consolidated=True, chunks={}, zarr_format=3)
+    # open the raw group as its own root: no coordinates inherited from the curated Dataset
+    raw = xr.open_datatree(
+        store, engine="zarr", group="raw", consolidated=True, chunks={}, zarr_format=3
+    )
     skip = getattr(sources._module(fmt), "MAPPED_HDF5", ())
-    assert_faithful(check_raw(source, tree["raw"], skip=skip), source=source)
+    assert_faithful(check_raw(source, raw, skip=skip), source=source)
 
 
 @dataclass
@@ -290,8 +319,21 @@ def build_tables(
                 df = df.merge(extra, on=id_col, how="left")
         if id_col in df.columns:
             df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
-        tables[name] = df
+        tables[name] = _uniform_columns(df)
     return tables
+
+
+def _uniform_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Give each column one type (sources disagree: "910 nm" vs 910.0), so Parquet can hold it."""
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        values = df[col].dropna()
+        if len(values) and all(isinstance(v, int | float | bool) for v in values):
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+        else:
+            df[col] = df[col].astype("string")
+    return df
 
 
 def run(
@@ -358,7 +400,7 @@ def run(
                 disable=not show,
                 desc=f"converting {len(files)} files",
             )
-            for future in distributed.as_completed(futures):
+            for future in distributed.as_completed(futures, loop=client.loop):
                 res = future.result()
                 results.append(res)
                 bar.update(sizes[res.source])

@@ -15,7 +15,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 
-__all__ = ["READERS", "detect_format", "read"]
+__all__ = ["READERS", "detect_format", "members", "read"]
 
 #: format name -> reader module, in the order they are tried by :func:`detect_format`.
 READERS: dict[str, str] = {
@@ -55,3 +55,10 @@ def read(path: str | Path, fmt: str | None = None) -> dict[str, xr.Dataset]:
     """Read one source file into the Datasets it holds, keyed by their path in a release."""
     fmt = fmt or detect_format(path)
     return _module(fmt).read(Path(path))
+
+
+def members(path: str | Path, fmt: str | None = None) -> list[Path]:
+    """Files that together make what ``read(path)`` returns (usually just ``path``)."""
+    fmt = fmt or detect_format(path)
+    module = _module(fmt)
+    return module.members(Path(path)) if hasattr(module, "members") else [Path(path)]

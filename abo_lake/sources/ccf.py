@@ -1,0 +1,522 @@
+"""Reader of CCF volumes, the structure ontology and Mouse Connectivity experiments.
+
+Three kinds of source, told apart by content (NRRD magic or JSON fields), then by Allen's file
+names (``ALLEN_DATA.md`` §4):
+
+- ``annotation_<res>.nrrd`` (uint32 ids) and ``average_template_<res>.nrrd`` (uint16) →
+  ``{"ccf/<version>/annotation" | "ccf/<version>/template": DataTree}``: a multiscale group
+  whose children ``"<res>um"`` are the file's level plus coarser levels made in ×2 steps down
+  to 200 µm (stride, i.e. nearest neighbour, for the annotation as AllenSDK's ``downsample``;
+  a 2×2×2 block mean for the template).
+- ``structures.json`` (flat list, ``{"msg": [...]}`` or nested ``children``) →
+  ``{"ccf/<version>/structures": Dataset}`` along ``structure_id``.
+- ``experiment_<id>/{projection_density,injection_density,injection_fraction,data_mask}_<res>.nrrd``
+  or its ``metadata.json`` → ``{"connectivity/experiment/<id>": Dataset}``. Any one of the
+  five files gives the same Dataset: the reader loads all four volumes beside it, at the
+  finest resolution where all four exist, plus the metadata as attrs, so a job that meets
+  every file of the folder gets equal Datasets under one path and keeps one.
+
+Coordinates ``ap``, ``dv``, ``lr`` are ``index × resolution`` in µm: Allen's voxel-to-µm
+mapping (``space origin`` 0), i.e. the voxel's anterior/dorsal/left corner, so a stride-2
+level keeps the coordinates of the voxels it keeps. Volumes are loaded eagerly (gzip NRRD
+cannot be read by block) and chunked 64³ through ``encoding["chunks"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import nrrd
+import numpy as np
+import xarray as xr
+
+from abo_lake.errors import SourceFileError
+
+__all__ = [
+    "CCF_SHAPES",
+    "CCF_VERSION",
+    "CONNECTIVITY_VOLUMES",
+    "read",
+    "read_structures",
+    "read_volume",
+    "sniff",
+]
+
+#: Default CCF version of the dataset paths (``ccf/<version>/...``).
+CCF_VERSION = "ccf_2017"
+#: resolution (µm) -> volume shape (AP, DV, LR) of the CCF v3 grid.
+CCF_SHAPES: dict[int, tuple[int, int, int]] = {
+    10: (1320, 800, 1140),
+    25: (528, 320, 456),
+    50: (264, 160, 228),
+    100: (132, 80, 114),
+}
+CONNECTIVITY_VOLUMES = (
+    "projection_density",
+    "injection_density",
+    "injection_fraction",
+    "data_mask",
+)
+_DIMS = ("ap", "dv", "lr")
+_CHUNK = 64
+_COARSEST_UM = 200
+_MAX_JSON_BYTES = 64 * 2**20
+_NAME_RE = re.compile(
+    r"^(?P<volume>annotation|average_template|template|" + "|".join(CONNECTIVITY_VOLUMES) + r")"
+    r"_(?P<res>\d+)\.nrrd$"
+)
+_EXPERIMENT_RE = re.compile(r"^experiment_(\d+)$")
+
+
+def sniff(path: str | Path) -> bool:
+    """Return True for an NRRD file, a structure ontology JSON or a connectivity metadata JSON."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            head = f.read(8)
+        if head.startswith(b"NRRD000"):
+            return True
+        if head.lstrip()[:1] not in (b"[", b"{") or p.stat().st_size > _MAX_JSON_BYTES:
+            return False
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False
+    return _is_metadata(doc) or bool(_ontology_nodes(doc))
+
+
+def read(path: str | Path, *, ccf_version: str = CCF_VERSION) -> dict[str, Any]:
+    """Read one CCF, ontology or connectivity source file.
+
+    Parameters
+    ----------
+    path
+        An annotation/template NRRD, ``structures.json``, or any file of an
+        ``experiment_<id>/`` folder.
+    ccf_version
+        The version in the ``ccf/<version>/...`` dataset paths.
+
+    Returns
+    -------
+    dict
+        Dataset path -> ``xarray.DataTree`` (CCF volumes) or ``xarray.Dataset``.
+
+    Raises
+    ------
+    SourceFileError
+        Naming the file: unreadable header, shape disagreeing with the resolution, unknown
+        volume kind, missing connectivity volumes.
+    """
+    p = Path(path)
+    if not sniff(p):
+        raise SourceFileError(
+            f"{p}: not a CCF NRRD volume, ontology JSON or connectivity metadata JSON"
+        )
+    if p.suffix.lower() == ".json" or not _is_nrrd(p):
+        doc = json.loads(p.read_text())
+        if _is_metadata(doc):
+            return _read_experiment(p.parent, p)
+        return {f"ccf/{ccf_version}/structures": read_structures(p, ccf_version=ccf_version)}
+    header = _header(p)
+    volume, _ = _volume_kind(p, header)
+    if volume in CONNECTIVITY_VOLUMES:
+        return _read_experiment(p.parent, p)
+    return {f"ccf/{ccf_version}/{volume}": read_volume(p, ccf_version=ccf_version)}
+
+
+# -- NRRD volumes ------------------------------------------------------------------------------
+
+
+def _is_nrrd(p: Path) -> bool:
+    with p.open("rb") as f:
+        return f.read(7) == b"NRRD000"
+
+
+def _header(p: Path) -> dict[str, Any]:
+    try:
+        header = nrrd.read_header(str(p))
+    except (nrrd.NRRDError, OSError, ValueError, TypeError, UnicodeDecodeError) as err:
+        raise SourceFileError(f"{p}: broken NRRD header ({err})") from err
+    if header.get("dimension") != 3 or len(header.get("sizes", ())) != 3:
+        raise SourceFileError(
+            f"{p}: a CCF volume is 3-D; found dimension {header.get('dimension')!r}, "
+            f"sizes {list(header.get('sizes', []))}"
+        )
+    return header
+
+
+def _resolution(p: Path, header: dict[str, Any], name_res: int | None) -> int:
+    """Isotropic voxel size (µm) from ``space directions`` (else the file name), checked."""
+    dirs = header.get("space directions")
+    if dirs is not None:
+        try:
+            mat = np.asarray(dirs, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise SourceFileError(f"{p}: unreadable 'space directions' {dirs!r}") from err
+        steps = np.abs(np.diag(mat)) if mat.shape == (3, 3) else np.array([np.nan])
+        if (
+            mat.shape != (3, 3)
+            or not np.allclose(mat, np.diag(np.diag(mat)))
+            or not np.allclose(steps, steps[0])
+        ):
+            raise SourceFileError(
+                f"{p}: 'space directions' must be an isotropic diagonal in µm; found {dirs!r}"
+            )
+        res = round(float(steps[0]))
+        if name_res is not None and name_res != res:
+            raise SourceFileError(
+                f"{p}: the file name says {name_res} µm but 'space directions' say {res} µm"
+            )
+    elif name_res is not None:
+        res = name_res
+    else:
+        raise SourceFileError(f"{p}: no 'space directions' and no '_<res>.nrrd' in the name")
+    sizes = tuple(int(s) for s in header["sizes"])
+    if res not in CCF_SHAPES:
+        raise SourceFileError(
+            f"{p}: resolution {res} µm is not a CCF v3 grid; expected one of {sorted(CCF_SHAPES)}"
+        )
+    if sizes != CCF_SHAPES[res]:
+        raise SourceFileError(
+            f"{p}: volume shape {sizes} disagrees with its declared resolution {res} µm; the "
+            f"CCF v3 grid at {res} µm is {CCF_SHAPES[res]} (AP, DV, LR)"
+        )
+    return res
+
+
+def _volume_kind(p: Path, header: dict[str, Any]) -> tuple[str, int | None]:
+    """(``annotation`` | ``template`` | a connectivity volume, resolution in the name)."""
+    kind = str(header.get("type", ""))
+    m = _NAME_RE.match(p.name)
+    integer = kind in {"uint32", "unsigned int", "uint", "int32", "int", "uint64", "int64"}
+    if m:
+        volume = "template" if m["volume"].endswith("template") else m["volume"]
+        res: int | None = int(m["res"])
+    else:
+        by_type = {"uint16": "template", "unsigned short": "template", "float": "float"}
+        volume = "annotation" if integer else by_type.get(kind, "")
+        res = None
+        if volume in ("", "float"):
+            raise SourceFileError(
+                f"{p}: cannot tell which CCF volume this is (NRRD type {kind!r}); name it like "
+                "Allen: annotation_<res>.nrrd, average_template_<res>.nrrd or "
+                "experiment_<id>/projection_density_<res>.nrrd"
+            )
+    if volume == "annotation" and not integer:
+        raise SourceFileError(f"{p}: an annotation holds integer structure ids; found {kind!r}")
+    if volume in CONNECTIVITY_VOLUMES and kind not in {"float", "double"}:
+        raise SourceFileError(f"{p}: {volume} is a float volume in [0, 1]; found {kind!r}")
+    return volume, res
+
+
+def _load(p: Path) -> tuple[np.ndarray, int, str]:
+    header = _header(p)
+    volume, name_res = _volume_kind(p, header)
+    res = _resolution(p, header, name_res)
+    try:
+        data, _ = nrrd.read(str(p), index_order="F")
+    except Exception as err:  # pynrrd raises zlib, ValueError, NRRDError... on broken data
+        raise SourceFileError(f"{p}: cannot read the NRRD data ({err})") from err
+    return data, res, volume
+
+
+def _coords(shape: tuple[int, ...], res: int) -> dict[str, xr.Variable]:
+    return {
+        dim: xr.Variable(dim, np.arange(n, dtype=np.float64) * res, {"units": "um"})
+        for dim, n in zip(_DIMS, shape)
+    }
+
+
+def _level(name: str, data: np.ndarray, res: int, attrs: dict[str, Any]) -> xr.Dataset:
+    var = xr.Variable(_DIMS, data)
+    var.encoding["chunks"] = tuple(min(_CHUNK, n) for n in data.shape)
+    ds = xr.Dataset({name: var}, coords=_coords(data.shape, res))
+    ds.attrs = {**attrs, "resolution_um": res}
+    return ds
+
+
+def _block_mean(data: np.ndarray) -> np.ndarray:
+    """Mean over 2×2×2 blocks (edge blocks averaged over the voxels they have)."""
+    pad = [(0, n % 2) for n in data.shape]
+    vals = np.pad(data.astype(np.float64), pad)
+    weight = np.pad(np.ones(data.shape, dtype=np.float64), pad)
+    shape = [s // 2 for s in vals.shape]
+    fold = (shape[0], 2, shape[1], 2, shape[2], 2)
+    total = vals.reshape(fold).sum(axis=(1, 3, 5))
+    count = weight.reshape(fold).sum(axis=(1, 3, 5))
+    out = total / count
+    if np.issubdtype(data.dtype, np.integer):
+        out = np.rint(out)
+    return out.astype(data.dtype)
+
+
+def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataTree:
+    """Read an annotation or average template NRRD into a multiscale DataTree.
+
+    Parameters
+    ----------
+    path
+        ``annotation_<res>.nrrd`` or ``average_template_<res>.nrrd``.
+    ccf_version
+        Recorded in the attrs.
+
+    Returns
+    -------
+    xarray.DataTree
+        Root attrs ``abo_lake_kind="ccf_volume"`` and OME-Zarr 0.4 ``multiscales``; children
+        ``"<res>um"``, each a ``ccf_volume`` Dataset with one variable, ``annotation`` (uint32)
+        or ``template`` (uint16), dims (ap, dv, lr).
+    """
+    p = Path(path)
+    data, res, volume = _load(p)
+    if volume not in ("annotation", "template"):
+        raise SourceFileError(f"{p}: a {volume} volume belongs to a connectivity experiment")
+    if volume == "annotation":
+        data = data.astype(np.uint32, copy=False)
+    attrs = {
+        "abo_lake_kind": "ccf_volume",
+        "source_file": p.name,
+        "ccf_version": ccf_version,
+        "volume": volume,
+    }
+    levels = {f"{res}um": _level(volume, np.ascontiguousarray(data), res, attrs)}
+    while res * 2 <= _COARSEST_UM:
+        data = data[::2, ::2, ::2] if volume == "annotation" else _block_mean(data)
+        data = np.ascontiguousarray(data)
+        res *= 2
+        levels[f"{res}um"] = _level(volume, data, res, attrs)
+    multiscales = [
+        {
+            "version": "0.4",
+            "name": volume,
+            "type": "stride" if volume == "annotation" else "mean",
+            "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in _DIMS],
+            "datasets": [
+                {
+                    "path": key,
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [float(ds.attrs["resolution_um"])] * 3}
+                    ],
+                }
+                for key, ds in levels.items()
+            ],
+        }
+    ]
+    root = xr.Dataset(attrs={**attrs, "multiscales": multiscales})
+    return xr.DataTree.from_dict({"/": root, **levels})
+
+
+# -- connectivity ------------------------------------------------------------------------------
+
+
+def _is_metadata(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and "id" in doc
+        and ("injection_structures" in doc or "primary_injection_structure" in doc)
+    )
+
+
+def _attr_value(value: Any) -> Any:
+    """A JSON value as an attrs-safe value (scalars and flat lists; the rest as JSON text)."""
+    if value is None:
+        return ""
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(v, str | bool | int | float) and not isinstance(v, dict) for v in value
+    ):
+        return list(value)
+    return json.dumps(value)
+
+
+def _read_experiment(folder: Path, entry: Path) -> dict[str, xr.Dataset]:
+    meta_path = folder / "metadata.json"
+    meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as err:
+            raise SourceFileError(f"{meta_path}: not valid JSON ({err})") from err
+    m = _EXPERIMENT_RE.match(folder.name)
+    exp_id = int(meta["id"]) if "id" in meta else int(m[1]) if m else None
+    if exp_id is None:
+        raise SourceFileError(
+            f"{entry}: cannot tell the experiment id; expected a folder experiment_<id> or a "
+            "metadata.json with 'id' beside it"
+        )
+    if m and int(m[1]) != exp_id:
+        raise SourceFileError(f"{meta_path}: id {exp_id} disagrees with the folder {folder.name}")
+    found: dict[int, set[str]] = {}
+    for f in folder.glob("*.nrrd"):
+        n = _NAME_RE.match(f.name)
+        if n and n["volume"] in CONNECTIVITY_VOLUMES:
+            found.setdefault(int(n["res"]), set()).add(n["volume"])
+    complete = sorted(r for r, names in found.items() if names == set(CONNECTIVITY_VOLUMES))
+    if not complete:
+        raise SourceFileError(
+            f"{entry}: a connectivity experiment needs {', '.join(CONNECTIVITY_VOLUMES)} "
+            f"_<res>.nrrd in {folder}; found {sorted(f.name for f in folder.glob('*.nrrd'))}"
+        )
+    res = complete[0]
+    data_vars = {}
+    for name in CONNECTIVITY_VOLUMES:
+        data, _, _ = _load(folder / f"{name}_{res}.nrrd")
+        var = xr.Variable(_DIMS, np.ascontiguousarray(data, dtype=np.float32))
+        var.encoding["chunks"] = tuple(min(_CHUNK, n) for n in data.shape)
+        data_vars[name] = var
+    shape = data_vars["projection_density"].shape
+    attrs = {k: _attr_value(v) for k, v in meta.items()}
+    attrs.update(
+        abo_lake_kind="connectivity_experiment",
+        source_file=f"projection_density_{res}.nrrd",
+        source_files=[f"{name}_{res}.nrrd" for name in CONNECTIVITY_VOLUMES]
+        + (["metadata.json"] if meta else []),
+        experiment_id=exp_id,
+        resolution_um=res,
+    )
+    ds = xr.Dataset(data_vars, coords=_coords(shape, res), attrs=attrs)
+    return {f"connectivity/experiment/{exp_id}": ds}
+
+
+# -- ontology ----------------------------------------------------------------------------------
+
+
+def _ontology_nodes(doc: Any) -> list[dict[str, Any]]:
+    """Flat list of structure nodes from a list, an Allen API ``{"msg": [...]}`` or a tree."""
+    if isinstance(doc, dict):
+        doc = doc.get("msg", [doc] if "children" in doc else None)
+    if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
+        return []
+    if not {"id", "acronym"} <= doc[0].keys():
+        return []
+    if not ({"structure_id_path", "children", "parent_structure_id"} & doc[0].keys()):
+        return []
+    flat: list[dict[str, Any]] = []
+    stack = list(reversed(doc))
+    while stack:
+        node = stack.pop()
+        flat.append(node)
+        stack.extend(reversed(node.get("children") or []))
+    return flat
+
+
+def _ragged(values: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    flat = np.array([v for row in values for v in row], dtype=np.int64)
+    index = np.cumsum([len(row) for row in values], dtype=np.int64)
+    return flat, index
+
+
+def read_structures(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.Dataset:
+    """Read the structure ontology (``structures.json``) into a table along ``structure_id``.
+
+    Parameters
+    ----------
+    path
+        A flat list of nodes, an Allen API response (``{"msg": [...]}``) or a nested tree.
+    ccf_version
+        Recorded in the attrs.
+
+    Returns
+    -------
+    xarray.Dataset
+        Kind ``ccf_structures``: acronym, name, parent_structure_id (−1 for the root), depth,
+        graph_order, color_hex_triplet, rgb_triplet (structure_id, rgb) uint8 and the ragged
+        structure_id_path (+ structure_set_ids when present) with their ``_index``.
+    """
+    p = Path(path)
+    try:
+        nodes = _ontology_nodes(json.loads(p.read_text()))
+    except (OSError, ValueError) as err:
+        raise SourceFileError(f"{p}: not a readable JSON file ({err})") from err
+    if not nodes:
+        raise SourceFileError(f"{p}: no structure nodes (id, acronym, structure_id_path)")
+    ids = [int(n["id"]) for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise SourceFileError(f"{p}: structure ids are not unique ({len(ids)} nodes)")
+    parent_of = {int(n["id"]): n.get("parent_structure_id") for n in nodes}
+    paths = []
+    for n in nodes:
+        if n.get("structure_id_path"):
+            path_ids = [int(i) for i in n["structure_id_path"]]
+        else:  # walk the parents
+            path_ids, cur = [], int(n["id"])
+            while cur is not None and cur in parent_of and len(path_ids) <= len(nodes):
+                path_ids.insert(0, cur)
+                cur = parent_of[cur]
+        if path_ids[-1] != int(n["id"]):
+            raise SourceFileError(f"{p}: structure {n['id']} has a path not ending in itself")
+        paths.append(path_ids)
+    rgb = []
+    hexes = []
+    for n in nodes:
+        if n.get("rgb_triplet"):
+            triplet = [int(c) for c in n["rgb_triplet"]]
+        else:
+            h = str(n.get("color_hex_triplet") or "FFFFFF")
+            triplet = [int(h[i : i + 2], 16) for i in (0, 2, 4)]
+        rgb.append(triplet)
+        hexes.append(str(n.get("color_hex_triplet") or "".join(f"{c:02X}" for c in triplet)))
+    path_flat, path_index = _ragged(paths)
+    data_vars: dict[str, Any] = {
+        "acronym": ("structure_id", np.array([str(n["acronym"]) for n in nodes])),
+        "name": ("structure_id", np.array([str(n.get("name") or "") for n in nodes])),
+        "parent_structure_id": (
+            "structure_id",
+            np.array([pth[-2] if len(pth) > 1 else -1 for pth in paths], dtype=np.int64),
+        ),
+        "depth": ("structure_id", np.array([len(pth) - 1 for pth in paths], dtype=np.int64)),
+        "graph_order": (
+            "structure_id",
+            np.array([int(n.get("graph_order", i)) for i, n in enumerate(nodes)], dtype=np.int64),
+        ),
+        "color_hex_triplet": ("structure_id", np.array(hexes)),
+        "rgb_triplet": (("structure_id", "rgb"), np.array(rgb, dtype=np.uint8)),
+        "structure_id_path": ("path_element", path_flat),
+        "structure_id_path_index": ("structure_id", path_index),
+    }
+    if any("structure_set_ids" in n for n in nodes):
+        set_flat, set_index = _ragged([list(n.get("structure_set_ids") or []) for n in nodes])
+        data_vars["structure_set_ids"] = ("structure_set_element", set_flat)
+        data_vars["structure_set_ids_index"] = ("structure_id", set_index)
+    if any("graph_id" in n for n in nodes):
+        graph_ids = [int(n.get("graph_id") or 1) for n in nodes]
+        data_vars["graph_id"] = ("structure_id", np.array(graph_ids, dtype=np.int64))
+    ds = xr.Dataset(
+        data_vars, coords={"structure_id": ("structure_id", np.array(ids, dtype=np.int64))}
+    )
+    ds.attrs = {
+        "abo_lake_kind": "ccf_structures",
+        "source_file": p.name,
+        "ccf_version": ccf_version,
+    }
+    return ds
+
+
+def members(path: str | Path) -> list[Path]:
+    """The files that together make the Dataset(s) ``read(path)`` returns.
+
+    A connectivity experiment is one Dataset built from its folder: the four volumes at the
+    finest complete resolution plus ``metadata.json``. Every other source is its own file. The
+    conversion job converts each group once (from its first member) and keys its resume
+    record on the content of all members, so changing any one of them re-converts.
+    """
+    p = Path(path)
+    n = _NAME_RE.match(p.name)
+    in_experiment = (n and n["volume"] in CONNECTIVITY_VOLUMES) or p.name == "metadata.json"
+    if not in_experiment:
+        return [p]
+    found: dict[int, set[str]] = {}
+    for f in p.parent.glob("*.nrrd"):
+        m = _NAME_RE.match(f.name)
+        if m and m["volume"] in CONNECTIVITY_VOLUMES:
+            found.setdefault(int(m["res"]), set()).add(m["volume"])
+    complete = sorted(r for r, names in found.items() if names == set(CONNECTIVITY_VOLUMES))
+    if not complete:
+        return [p]
+    out = [p.parent / f"{name}_{complete[0]}.nrrd" for name in CONNECTIVITY_VOLUMES]
+    if (p.parent / "metadata.json").is_file():
+        out.append(p.parent / "metadata.json")
+    return out

@@ -1,0 +1,484 @@
+"""Reader of Visual Behavior 2P ``behavior_ophys_experiment_<id>.nwb`` files (NWB 2).
+
+Reads with h5py at fixed paths (no pynwb object construction); big arrays stay lazy through
+:func:`~abo_lake.sources._hdf5.lazy_array`. Returns one ``ophys_experiment`` Dataset:
+
+- dims ``cell_specimen_id`` (coord; ``cell_roi_id`` along it), ``time`` (ophys timestamps, s),
+  ``y``, ``x`` (pixel centres in µm).
+- ``dff``, ``corrected_fluorescence``, ``neuropil_fluorescence``, ``demixed_fluorescence``,
+  ``events`` (``cell_specimen_id``, ``time``) float64, transposed lazily from the file's (T, N);
+  ``event_lambda``, ``event_noise_std``, ``r``, ``RMSE`` along the cell dim.
+- cell table columns along ``cell_specimen_id`` (Allen names, except ``x``/``y`` -> ``roi_x``/
+  ``roi_y``, which would clash with the image dims); ``roi_mask`` (cell, y, x) bool;
+  ``max_projection``, ``average_projection``, ``segmentation_mask_image`` (y, x);
+  ``motion_correction.x``/``.y`` along ``time``.
+- ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``; ``trials.<col>`` along
+  ``trials_id`` (``trials.lick_times`` flat along ``trials.lick`` + ``trials.lick_times_index``);
+  ``licks.*`` along ``lick``; ``rewards.*`` along ``reward``; ``running_speed.*`` along
+  ``running_speed_time``; ``eye_tracking.*`` along ``eye_tracking_time``; ``stimulus_timestamps``
+  along ``stimulus_frame``.
+
+Unmatched ROIs have ``cell_specimen_id == -1`` in Allen files; so that the dim stays unique,
+such ROIs get ``cell_specimen_id = -cell_roi_id`` (still negative; ``cell_roi_id`` is kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import h5py
+import numpy as np
+import xarray as xr
+
+from abo_lake.errors import SourceFileError
+from abo_lake.sources._hdf5 import lazy_array, read_str
+
+__all__ = ["MAPPED_HDF5", "read", "sniff"]
+
+_OPHYS = "processing/ophys"
+_TABLE = f"{_OPHYS}/image_segmentation/cell_specimen_table"
+_DFF = f"{_OPHYS}/dff/traces"
+_TRACES = {
+    "dff": _DFF,
+    "corrected_fluorescence": f"{_OPHYS}/corrected_fluorescence/traces",
+    "neuropil_fluorescence": f"{_OPHYS}/neuropil_trace/traces",
+    "demixed_fluorescence": f"{_OPHYS}/demixed_trace/traces",
+    "events": f"{_OPHYS}/event_detection",
+}
+_IMAGES = {
+    "max_projection": "max_projection",
+    "average_projection": "average_image",
+    "segmentation_mask_image": "segmentation_mask_image",
+}
+_EYE = {"eye_tracking": "eye", "pupil_tracking": "pupil", "corneal_reflection_tracking": "cr"}
+_TARGET_BYTES = 2**21  # ~2 MB chunks
+
+#: fnmatch globs of the absolute HDF5 dataset paths this reader maps (for the raw copier).
+MAPPED_HDF5: tuple[str, ...] = (
+    "/identifier",
+    "/session_start_time",
+    "/general/session_id",
+    "/general/subject/*",
+    "/general/metadata/*",
+    "/general/optophysiology/imaging_plane_1/*",
+    "/scratch/metadata/*",
+    "/scratch/task_parameters/*",
+    f"/{_TABLE}/*",
+    f"/{_OPHYS}/dff/traces/*",
+    f"/{_OPHYS}/corrected_fluorescence/*",
+    f"/{_OPHYS}/neuropil_trace/traces/*",
+    f"/{_OPHYS}/demixed_trace/traces/*",
+    f"/{_OPHYS}/event_detection/*",
+    f"/{_OPHYS}/images/*",
+    f"/{_OPHYS}/ophys_motion_correction_x/*",
+    f"/{_OPHYS}/ophys_motion_correction_y/*",
+    "/intervals/*_presentations/*",
+    "/intervals/trials/*",
+    "/processing/licking/licks/*",
+    "/processing/rewards/*",
+    "/processing/running/*",
+    "/processing/stimulus/timestamps/*",
+    "/acquisition/v_sig/*",
+    "/acquisition/v_in/*",
+    "/acquisition/EyeTracking/*",
+)
+
+
+def sniff(path: str | Path) -> bool:
+    """Return True if ``path`` looks like a Visual Behavior ophys NWB 2 file (never raises)."""
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            return _is_vbo(f)
+    except Exception:
+        return False
+
+
+def _is_vbo(f: h5py.File) -> bool:
+    version = read_str(f.attrs.get("nwb_version", ""))
+    return version.startswith("2") and f"{_DFF}/data" in f and f"{_TABLE}/id" in f
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[h5py.File]:
+    expected = "expected a Visual Behavior 2P NWB 2 file (behavior_ophys_experiment_<id>.nwb)"
+    if not path.is_file():
+        raise SourceFileError(f"{path}: no such file; {expected}")
+    if not h5py.is_hdf5(path):
+        with path.open("rb") as fh:
+            head = fh.read(8)
+        raise SourceFileError(
+            f"{path}: not an HDF5 file (starts with {head!r}, expected b'\\x89HDF\\r\\n\\x1a\\n'); "
+            f"{expected}"
+        )
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise SourceFileError(
+            f"{path}: cannot open as HDF5 ({err}); the file is truncated or corrupt "
+            f"(size {path.stat().st_size} bytes); {expected}; download it again"
+        ) from err
+    with f:
+        if not _is_vbo(f):
+            modules = sorted(f["processing"]) if "processing" in f else []
+            raise SourceFileError(
+                f"{path}: not a Visual Behavior ophys NWB file; found nwb_version "
+                f"{read_str(f.attrs.get('nwb_version', ''))!r} and processing modules "
+                f"{modules!r}, expected /{_DFF}/data and /{_TABLE}"
+            )
+        try:
+            yield f
+        except (KeyError, OSError, ValueError, IndexError) as err:
+            if isinstance(err, SourceFileError):
+                raise
+            raise SourceFileError(f"{path}: cannot read the ophys experiment: {err}") from err
+
+
+def _column(dset: h5py.Dataset) -> np.ndarray:
+    """Read a small dataset eagerly; strings become a plain ``<U`` array."""
+    if h5py.check_string_dtype(dset.dtype) is not None:
+        values = dset.asstr()[()]
+        return np.asarray(values, dtype=str) if np.ndim(values) else np.asarray(str(values))
+    return np.asarray(dset[()])
+
+
+def _scalar(value: Any) -> Any:
+    """Make an HDF5 scalar JSON-friendly (str, int, float, bool)."""
+    if isinstance(value, bytes | np.bytes_ | str):
+        return read_str(value)
+    arr = np.asarray(value)
+    if arr.size != 1:
+        return [_scalar(v) for v in arr.ravel()]
+    item = arr.ravel()[0].item()
+    return read_str(item) if isinstance(item, bytes) else item
+
+
+def _metadata(f: h5py.File, path: Path) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    plane = f.get("general/optophysiology/imaging_plane_1")
+    if plane is not None:
+        for key, name in (
+            ("location", "targeted_structure"),
+            ("indicator", "indicator"),
+            ("imaging_rate", "ophys_frame_rate"),
+            ("excitation_lambda", "excitation_lambda"),
+        ):
+            if key in plane:
+                attrs[name] = _scalar(plane[key][()])
+        if "channel_1/emission_lambda" in plane:
+            attrs["emission_lambda"] = _scalar(plane["channel_1/emission_lambda"][()])
+    subject = f.get("general/subject")
+    if subject is not None:
+        for key in ("genotype", "sex", "age", "subject_id", "driver_line", "reporter_line"):
+            if key in subject and isinstance(subject[key], h5py.Dataset):
+                attrs[key] = _scalar(subject[key][()])
+    if "identifier" in f:
+        attrs["ophys_experiment_id"] = _scalar(f["identifier"][()])
+    if "general/session_id" in f:
+        attrs["ophys_session_id"] = _scalar(f["general/session_id"][()])
+    real = f.get("general/metadata")  # OphysBehaviorMetadata in Allen's own files
+    if isinstance(real, h5py.Group):
+        for key, obj in real.items():
+            if isinstance(obj, h5py.Dataset) and obj.size == 1:
+                attrs[key] = _scalar(obj[()])
+    for table, prefix in (
+        ("scratch/metadata", ""),
+        ("scratch/task_parameters", "task_parameters."),
+    ):
+        group = f.get(table)
+        if isinstance(group, h5py.Group):
+            for key in group.attrs.get("colnames", []):
+                key = read_str(key)
+                attrs[prefix + key] = _scalar(_column(group[key])[0])
+    if isinstance(attrs.get("driver_line"), str):
+        attrs["driver_line"] = [d for d in attrs["driver_line"].split(";") if d]
+    for key in ("ophys_experiment_id", "ophys_session_id"):
+        if isinstance(attrs.get(key), str) and attrs[key].isdigit():
+            attrs[key] = int(attrs[key])
+    if "ophys_experiment_id" not in attrs:
+        raise SourceFileError(f"{path}: no ophys_experiment_id (NWB identifier) in the file")
+    attrs["source_file"] = path.name
+    attrs["abo_lake_kind"] = "ophys_experiment"
+    return attrs
+
+
+def _chunk(n: int, other: int, itemsize: int) -> int:
+    return int(max(1, min(n, _TARGET_BYTES // max(1, other * itemsize))))
+
+
+def _roi_order(f: h5py.File, group: str, n_cells: int, path: Path) -> np.ndarray | None:
+    """Row of the cell table for each column of a (T, N') series; None when it is 0..N-1."""
+    if f"{group}/rois" not in f:
+        return None
+    rows = np.asarray(f[f"{group}/rois"][()], dtype=np.int64)
+    if len(rows) == n_cells and np.array_equal(rows, np.arange(n_cells)):
+        return None
+    if rows.min(initial=0) < 0 or rows.max(initial=-1) >= n_cells:
+        raise SourceFileError(f"{path}: /{group}/rois points outside the {n_cells}-row cell table")
+    return rows
+
+
+def _trace(path: Path, f: h5py.File, group: str, n_cells: int, n_time: int) -> da.Array:
+    """(cell, time) lazy view of a (T, N') series, NaN for cells the series lacks."""
+    dset = f[f"{group}/data"]
+    if dset.ndim != 2 or dset.shape[0] != n_time:
+        raise SourceFileError(
+            f"{path}: /{group}/data has shape {dset.shape}, expected ({n_time}, n_rois)"
+        )
+    n_rois = dset.shape[1]
+    t_chunk = min(n_time, 8192)
+    c_chunk = _chunk(n_rois, t_chunk, dset.dtype.itemsize)
+    arr = lazy_array(path, f"/{group}/data", chunks=(t_chunk, c_chunk)).T
+    rows = _roi_order(f, group, n_cells, path)
+    if rows is None and n_rois == n_cells:
+        return arr
+    if rows is None:
+        raise SourceFileError(f"{path}: /{group}/data has {n_rois} ROIs, expected {n_cells}")
+    where = np.full(n_cells, n_rois)
+    where[rows] = np.arange(n_rois)
+    pad = da.full((1, n_time), np.nan, dtype=np.float64, chunks=(1, t_chunk))
+    return da.concatenate([arr.astype(np.float64), pad], axis=0)[where]
+
+
+def _per_cell(f: h5py.File, name: str, group: str, n_cells: int, path: Path) -> np.ndarray:
+    """A per-ROI dataset ``name`` ordered like the cell table, via the ``rois`` of ``group``."""
+    values = np.asarray(f[name][()], dtype=np.float64)
+    rows = _roi_order(f, group, n_cells, path)
+    if rows is None:
+        return values
+    out = np.full(n_cells, np.nan)
+    out[rows] = values
+    return out
+
+
+def _table(f: h5py.File, group: str, prefix: str, dim: str) -> dict[str, xr.Variable]:
+    """Columns of a DynamicTable as ``<prefix>.<col>`` variables (ragged ones flat + index)."""
+    g = f[group]
+    out: dict[str, xr.Variable] = {}
+    for col in (read_str(c) for c in g.attrs.get("colnames", [])):
+        dset = g.get(col)
+        if not isinstance(dset, h5py.Dataset) or (
+            dset.dtype.kind in "OV" and (h5py.check_string_dtype(dset.dtype) is None)
+        ):
+            continue  # references and compound columns are left to the raw copy
+        if f"{col}_index" in g:
+            flat_dim = f"{prefix}.{'lick' if col == 'lick_times' else col + '_item'}"
+            out[f"{prefix}.{col}"] = xr.Variable(flat_dim, _column(dset))
+            index = np.asarray(g[f"{col}_index"][()], dtype=np.int64)
+            out[f"{prefix}.{col}_index"] = xr.Variable(dim, index)
+        else:
+            out[f"{prefix}.{col}"] = xr.Variable(dim, _column(dset))
+    for name, var in out.items():
+        if name.endswith("_time") or name.endswith("lick_times"):
+            var.attrs["units"] = "s"
+    return out
+
+
+def _series_1d(path: Path, f: h5py.File, name: str, dim: str) -> xr.Variable:
+    dset = f[name]
+    arr = lazy_array(path, f"/{name}", chunks=_chunk(dset.shape[0], 1, dset.dtype.itemsize))
+    var = xr.Variable(dim, arr)
+    var.encoding["chunks"] = arr.chunksize
+    return var
+
+
+def _behavior(path: Path, f: h5py.File) -> tuple[dict[str, xr.Variable], dict[str, Any]]:
+    data: dict[str, xr.Variable] = {}
+    coords: dict[str, Any] = {}
+    tables = sorted(k for k in f.get("intervals", {}) if k.endswith("_presentations"))
+    if tables:
+        parts = [_table(f, f"intervals/{t}", "stimulus_presentations", "p") for t in tables]
+        if len(parts) == 1:
+            merged = parts[0]
+        else:
+            names = set.intersection(*(set(p) for p in parts))
+            merged = {
+                n: xr.Variable("p", np.concatenate([p[n].values for p in parts]))
+                for n in names
+                if parts[0][n].dims == ("p",)
+            }
+        order = np.argsort(merged["stimulus_presentations.start_time"].values, kind="stable")
+        for name, var in merged.items():
+            data[name] = xr.Variable("stimulus_presentation_id", var.values[order], var.attrs)
+        coords["stimulus_presentation_id"] = np.arange(len(order), dtype=np.int64)
+    if "intervals/trials" in f:
+        data.update(_table(f, "intervals/trials", "trials", "trials_id"))
+        coords["trials_id"] = np.asarray(f["intervals/trials/id"][()], dtype=np.int64)
+    # no licks or rewards (passive sessions) -> zero-length variables, same layout
+    licks = f.get("processing/licking/licks")
+    data["licks.timestamps"] = xr.Variable(
+        "lick", _column(licks["timestamps"]) if licks is not None else np.zeros(0), {"units": "s"}
+    )
+    data["licks.frame"] = xr.Variable(
+        "lick",
+        _column(licks["data"]).astype(np.int64) if licks is not None else np.zeros(0, np.int64),
+    )
+    rewards = f.get("processing/rewards")
+    for name, key, dtype, units in (
+        ("timestamps", "volume/timestamps", np.float64, "s"),
+        ("volume", "volume/data", np.float64, "mL"),
+        ("autorewarded", "autorewarded/data", bool, None),
+    ):
+        values = (
+            _column(rewards[key]).astype(dtype) if rewards is not None and key in rewards else None
+        )
+        if values is None:
+            values = np.zeros(0, dtype)
+        data[f"rewards.{name}"] = xr.Variable("reward", values, {"units": units} if units else {})
+    if "processing/running/speed" in f:
+        times = f["processing/running/speed/timestamps"][()]
+        coords["running_speed_time"] = xr.Variable("running_speed_time", times, {"units": "s"})
+        for name, group in [(n, f"processing/running/{n}") for n in f["processing/running"]] + [
+            (n, f"acquisition/{n}") for n in ("v_sig", "v_in") if f"acquisition/{n}" in f
+        ]:
+            if f[f"{group}/data"].shape == times.shape:
+                var = _series_1d(path, f, f"{group}/data", "running_speed_time")
+                var.attrs["units"] = read_str(f[f"{group}/data"].attrs.get("unit", ""))
+                data[f"running_speed.{name}"] = var
+    if "processing/stimulus/timestamps/timestamps" in f:
+        var = _series_1d(path, f, "processing/stimulus/timestamps/timestamps", "stimulus_frame")
+        var.attrs["units"] = "s"
+        data["stimulus_timestamps"] = var
+    if "acquisition/EyeTracking/eye_tracking/timestamps" in f:
+        g = f["acquisition/EyeTracking"]
+        times = g["eye_tracking/timestamps"][()]
+        coords["eye_tracking_time"] = xr.Variable("eye_tracking_time", times, {"units": "s"})
+        for series, short in _EYE.items():
+            if series not in g:
+                continue
+            centre = lazy_array(path, f"/acquisition/EyeTracking/{series}/data", chunks=(2**17, 2))
+            for j, axis in enumerate("xy"):
+                data[f"eye_tracking.{short}_center_{axis}"] = xr.Variable(
+                    "eye_tracking_time", centre[:, j], {"units": "pixels"}
+                )
+            for key, col in (
+                ("area", "area"),
+                ("area_raw", "area_raw"),
+                ("width", "width"),
+                ("height", "height"),
+                ("angle", "phi"),
+            ):
+                if key in g[series]:
+                    name = f"acquisition/EyeTracking/{series}/{key}"
+                    data[f"eye_tracking.{short}_{col}"] = _series_1d(
+                        path, f, name, "eye_tracking_time"
+                    )
+        if "likely_blink/data" in g:
+            blink = g["likely_blink/data"][()].astype(bool)
+            data["eye_tracking.likely_blink"] = xr.Variable("eye_tracking_time", blink)
+    return data, coords
+
+
+def read(path: str | Path) -> dict[str, xr.Dataset]:
+    """Read one VBO ``behavior_ophys_experiment_<id>.nwb`` into a lazy Dataset.
+
+    Parameters
+    ----------
+    path
+        The NWB file.
+
+    Returns
+    -------
+    dict
+        ``{"ophys/experiment/<ophys_experiment_id>": Dataset}`` of kind ``ophys_experiment``.
+
+    Raises
+    ------
+    SourceFileError
+        If the file is missing, not HDF5, truncated, of another modality or inconsistent.
+
+    Examples
+    --------
+    >>> read("behavior_ophys_experiment_951980471.nwb")  # doctest: +SKIP
+    """
+    p = Path(path)
+    with _open(p) as f:
+        attrs = _metadata(f, p)
+        time = np.asarray(f[f"{_DFF}/timestamps"][()], dtype=np.float64)
+        roi_id = np.asarray(f[f"{_TABLE}/id"][()], dtype=np.int64)
+        n, n_t = len(roi_id), len(time)
+        table = f[_TABLE]
+        specimen = (
+            np.asarray(table["cell_specimen_id"][()], dtype=np.int64)
+            if "cell_specimen_id" in table
+            else np.full(n, -1, np.int64)
+        )
+        specimen = np.where(specimen < 0, -roi_id, specimen)
+        if len(np.unique(specimen)) != n:
+            raise SourceFileError(f"{p}: duplicate cell_specimen_id in /{_TABLE}")
+        cell = "cell_specimen_id"
+        data: dict[str, Any] = {}
+        for name, group in _TRACES.items():
+            if f"{group}/data" in f:
+                var = xr.Variable((cell, "time"), _trace(p, f, group, n, n_t))
+                var.encoding["chunks"] = var.data.chunksize
+                data[name] = var
+        if "events" in data:
+            group = _TRACES["events"]
+            for key, name in (("lambdas", "event_lambda"), ("noise_stds", "event_noise_std")):
+                if key in f[group]:
+                    values = _per_cell(f, f"{group}/{key}", group, n, p)
+                    data[name] = xr.Variable(cell, values)
+        group = f"{_OPHYS}/corrected_fluorescence"
+        for key in ("r", "RMSE"):
+            if f"{group}/{key}" in f:
+                values = _per_cell(f, f"{group}/{key}", f"{group}/traces", n, p)
+                data[key] = xr.Variable(cell, values)
+        for col in (read_str(c) for c in table.attrs.get("colnames", [])):
+            if col in {"image_mask", "cell_specimen_id"} or not isinstance(
+                table.get(col), h5py.Dataset
+            ):
+                continue
+            values = _column(table[col])
+            if values.shape[:1] == (n,) and values.ndim == 1:
+                data[{"x": "roi_x", "y": "roi_y"}.get(col, col)] = xr.Variable(cell, values)
+        if "image_mask" in table:
+            mask = table["image_mask"]
+            c = _chunk(n, mask.shape[1] * mask.shape[2], 1)
+            arr = lazy_array(p, f"/{_TABLE}/image_mask", chunks=(c, *mask.shape[1:]))
+            data["roi_mask"] = xr.Variable((cell, "y", "x"), arr.astype(bool))
+            data["roi_mask"].encoding["chunks"] = arr.chunksize
+        for name, key in _IMAGES.items():
+            if f"{_OPHYS}/images/{key}" in f:
+                image = np.asarray(f[f"{_OPHYS}/images/{key}"][()])
+                data[name] = xr.Variable(("y", "x"), image)
+        for axis in "xy":
+            group = f"{_OPHYS}/ophys_motion_correction_{axis}/data"
+            if group in f and f[group].shape == (n_t,):
+                data[f"motion_correction.{axis}"] = xr.Variable(
+                    "time", f[group][()], {"units": "pixels"}
+                )
+        extra, coords = _behavior(p, f)
+        data.update(extra)
+        spacing = _pixel_um(f)
+        ny, nx = data["roi_mask"].shape[1:] if "roi_mask" in data else (0, 0)
+        coords.update(
+            {
+                cell: xr.Variable(cell, specimen),
+                "cell_roi_id": xr.Variable(cell, roi_id),
+                "time": xr.Variable("time", time, {"units": "s"}),
+                "y": xr.Variable("y", (np.arange(ny) + 0.5) * spacing, {"units": "um"}),
+                "x": xr.Variable("x", (np.arange(nx) + 0.5) * spacing, {"units": "um"}),
+            }
+        )
+        attrs.setdefault("field_of_view_width", int(nx))
+        attrs.setdefault("field_of_view_height", int(ny))
+    if "roi_mask" not in data or "max_projection" not in data:
+        raise SourceFileError(f"{p}: no image_mask or max_projection under /{_OPHYS}")
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    return {f"ophys/experiment/{attrs['ophys_experiment_id']}": ds}
+
+
+def _pixel_um(f: h5py.File) -> float:
+    grid = "general/optophysiology/imaging_plane_1/grid_spacing"
+    if grid in f:
+        spacing = np.asarray(f[grid][()], dtype=np.float64).ravel()
+        unit = read_str(f[grid].attrs.get("unit", "micrometers"))
+        scale = {"meters": 1e6, "millimeters": 1e3}.get(unit, 1.0)
+        return float(spacing[0] * scale)
+    return 400.0 / 512.0

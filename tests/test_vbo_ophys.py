@@ -1,0 +1,383 @@
+"""Tests of the VBO ophys synthetic writer and the VBO ophys NWB reader."""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import pickle
+from pathlib import Path
+
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+
+from abo_lake import schema
+from abo_lake.errors import SourceFileError
+from abo_lake.sources import vbo_ophys as reader
+from abo_lake.synthetic import vbo_ophys as writer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SEED, N_EXP = 0, 4  # rows 0-2 are Mesoscope (11 Hz), row 3 is a passive CAM2P.4 (31 Hz) session
+TRACES = {
+    "dff": "processing/ophys/dff/traces/data",
+    "corrected_fluorescence": "processing/ophys/corrected_fluorescence/traces/data",
+    "neuropil_fluorescence": "processing/ophys/neuropil_trace/traces/data",
+    "demixed_fluorescence": "processing/ophys/demixed_trace/traces/data",
+    "events": "processing/ophys/event_detection/data",
+}
+EVENT_PATHS = {f"processing/ophys/event_detection/{k}" for k in ("data", "lambdas", "noise_stds")}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return writer.write(tmp_path_factory.mktemp("v1"), seed=SEED, n_experiments=N_EXP)
+
+
+@pytest.fixture(scope="module")
+def files_again(tmp_path_factory):
+    return writer.write(tmp_path_factory.mktemp("v1b"), seed=SEED, n_experiments=N_EXP)
+
+
+@pytest.fixture(scope="module")
+def files_v2(tmp_path_factory):
+    return writer.write(
+        tmp_path_factory.mktemp("v2"), seed=SEED, n_experiments=N_EXP, event_detection_version=2
+    )
+
+
+@pytest.fixture(scope="module")
+def datasets(files):
+    out = []
+    for path in files:
+        (item,) = reader.read(path).items()
+        out.append(item)
+    return out
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return writer.ground_truth(SEED, n_experiments=N_EXP)
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+
+    def visit(name, obj):
+        if (isinstance(obj, h5py.Dataset) and obj.dtype.kind != "O") or (
+            isinstance(obj, h5py.Dataset) and h5py.check_string_dtype(obj.dtype) is not None
+        ):
+            out[name] = obj.asstr()[()] if obj.dtype.kind == "O" else obj[()]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return out
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind == "O" or b.dtype.kind == "O":
+        return a.shape == b.shape and a.tolist() == b.tolist()
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_writer_names_files_by_experiment_id_and_keeps_them_small(files, truth):
+    assert [p.name for p in files] == [
+        f"behavior_ophys_experiment_{t['ophys_experiment_id']}.nwb" for t in truth
+    ]
+    assert all(p.stat().st_size < 8e6 for p in files)
+
+
+def test_read_key_kind_and_schema(datasets, truth):
+    for (key, ds), gt in zip(datasets, truth):
+        assert key == f"ophys/experiment/{gt['ophys_experiment_id']}"
+        assert ds.attrs["abo_lake_kind"] == "ophys_experiment"
+        assert schema.validate(ds, "ophys_experiment") is ds
+        json.dumps(ds.attrs)  # attrs must be JSON-serialisable
+
+
+def test_traces_equal_hdf5_and_are_lazy(files, datasets):
+    for path, (_, ds) in zip(files, datasets):
+        with h5py.File(path, "r") as f:
+            n_t, n = f[TRACES["dff"]].shape
+            assert ds.sizes["time"] == n_t
+            assert ds.sizes["cell_specimen_id"] == n
+            for name, h5path in TRACES.items():
+                assert isinstance(ds[name].data, da.Array)
+                assert ds[name].dims == ("cell_specimen_id", "time")
+                assert ds[name].dtype == np.float64
+                np.testing.assert_array_equal(ds[name].values, f[h5path][()].T)
+                assert ds[name].encoding["chunks"] == ds[name].data.chunksize
+            np.testing.assert_array_equal(
+                ds["time"].values, f["processing/ophys/dff/traces/timestamps"][()]
+            )
+            mask = f["processing/ophys/image_segmentation/cell_specimen_table/image_mask"][()]
+            assert ds.roi_mask.dtype == bool
+            assert ds.roi_mask.dims == ("cell_specimen_id", "y", "x")
+            np.testing.assert_array_equal(ds.roi_mask.values, mask)
+            ed = f["processing/ophys/event_detection"]
+            np.testing.assert_array_equal(ds.event_lambda.values, ed["lambdas"][()])
+            np.testing.assert_array_equal(ds.event_noise_std.values, ed["noise_stds"][()])
+            np.testing.assert_array_equal(
+                ds.max_projection.values, f["processing/ophys/images/max_projection"][()]
+            )
+            np.testing.assert_array_equal(
+                ds.average_projection.values, f["processing/ophys/images/average_image"][()]
+            )
+            np.testing.assert_array_equal(
+                ds["motion_correction.x"].values,
+                f["processing/ophys/ophys_motion_correction_x/data"][()],
+            )
+    pickle.loads(pickle.dumps(datasets[0][1]))  # picklable for dask.distributed
+
+
+def test_cell_table_and_unmatched_rois(files, datasets, truth):
+    for path, (_, ds), gt in zip(files, datasets, truth):
+        np.testing.assert_array_equal(ds.cell_roi_id.values, gt["cell_roi_id"])
+        valid = np.array(gt["valid_roi"])
+        np.testing.assert_array_equal(ds.valid_roi.values, valid)
+        specimen = ds.cell_specimen_id.values
+        np.testing.assert_array_equal(specimen[valid], np.array(gt["cell_specimen_id"])[valid])
+        np.testing.assert_array_equal(specimen[~valid], -ds.cell_roi_id.values[~valid])
+        assert len(np.unique(specimen)) == len(specimen)
+        with h5py.File(path, "r") as f:
+            table = f["processing/ophys/image_segmentation/cell_specimen_table"]
+            np.testing.assert_array_equal(ds.roi_x.values, table["x"][()])
+            np.testing.assert_array_equal(ds.height.values, table["height"][()])
+        # the bounding box encloses each mask
+        for i in range(ds.sizes["cell_specimen_id"]):
+            ys, xs = np.nonzero(ds.roi_mask.values[i])
+            assert xs.min() == ds.roi_x.values[i]
+            assert ys.min() == ds.roi_y.values[i]
+            assert xs.max() - xs.min() + 1 == ds.width.values[i]
+
+
+def test_metadata_attrs_come_from_the_vbo_table(datasets):
+    data = importlib.resources.files("abo_lake.synthetic") / "data"
+    with (data / "vbo_ophys_experiments_sample.csv").open(encoding="utf-8") as fh:
+        rows = {int(r["ophys_experiment_id"]): r for r in csv.DictReader(fh)}
+    for _, ds in datasets:
+        row = rows[ds.attrs["ophys_experiment_id"]]
+        for key in (
+            "ophys_session_id",
+            "behavior_session_id",
+            "ophys_container_id",
+            "imaging_depth",
+        ):
+            assert ds.attrs[key] == int(row[key])
+        for key in (
+            "targeted_structure",
+            "cre_line",
+            "reporter_line",
+            "session_type",
+            "equipment_name",
+            "experience_level",
+            "project_code",
+            "indicator",
+        ):
+            assert ds.attrs[key] == row[key]
+        rate = 11.0 if row["equipment_name"] == "MESO.1" else 31.0
+        assert ds.attrs["ophys_frame_rate"] == rate
+        assert np.median(np.diff(ds.time.values)) == pytest.approx(1 / rate, rel=1e-3)
+        assert ds.attrs["field_of_view_width"] == ds.sizes["x"] == 512
+        assert ds.x.attrs["units"] == "um"
+        assert ds.x.values[-1] < 400.0
+
+
+def test_behavior_tables_equal_hdf5(files, datasets):
+    path, (_, ds) = files[0], datasets[0]
+    with h5py.File(path, "r") as f:
+        sp = f["intervals/stimulus_presentations"]
+        np.testing.assert_array_equal(
+            ds["stimulus_presentations.start_time"].values, sp["start_time"][()]
+        )
+        assert ds["stimulus_presentations.image_name"].dtype.kind == "U"
+        assert list(ds["stimulus_presentations.image_name"].values) == list(
+            sp["image_name"].asstr()[()]
+        )
+        tr = f["intervals/trials"]
+        np.testing.assert_array_equal(ds["trials.lick_times"].values, tr["lick_times"][()])
+        np.testing.assert_array_equal(
+            ds["trials.lick_times_index"].values, tr["lick_times_index"][()]
+        )
+        assert ds["trials.lick_times"].dims == ("trials.lick",)
+        np.testing.assert_array_equal(
+            ds["licks.timestamps"].values, f["processing/licking/licks/timestamps"][()]
+        )
+        np.testing.assert_array_equal(
+            ds["rewards.volume"].values, f["processing/rewards/volume/data"][()]
+        )
+        np.testing.assert_array_equal(
+            ds["running_speed.speed"].values, f["processing/running/speed/data"][()]
+        )
+        np.testing.assert_array_equal(
+            ds["eye_tracking.pupil_area"].values,
+            f["acquisition/EyeTracking/pupil_tracking/area"][()],
+        )
+    assert ds["eye_tracking.pupil_center_x"].dims == ("eye_tracking_time",)
+    assert ds["eye_tracking.likely_blink"].dtype == bool
+    # blinks are NaN in area but not in area_raw
+    blink = ds["eye_tracking.likely_blink"].values
+    assert blink.any()
+    assert np.isnan(ds["eye_tracking.pupil_area"].values[blink]).all()
+    assert not np.isnan(ds["eye_tracking.pupil_area_raw"].values).any()
+
+
+def test_change_detection_semantics(datasets):
+    for _, ds in datasets:
+        sp = {k.split(".", 1)[1]: ds[k].values for k in ds if k.startswith("stimulus_pres")}
+        assert np.allclose(np.diff(sp["start_time"]), 0.75, atol=0.002)
+        assert np.allclose(sp["duration"], 0.25, atol=0.002)
+        assert np.all(np.diff(sp["start_frame"]) == 45)
+        assert np.array_equal(sp["image_name"] == "omitted", sp["omitted"])
+        assert np.array_equal(sp["image_index"] == 8, sp["omitted"])
+        assert 0.01 < sp["omitted"].mean() < 0.1
+        assert not (sp["omitted"] & sp["is_change"]).any()
+        assert (sp["flashes_since_change"][sp["is_change"]] == 0).all()
+        assert set(np.unique(sp["image_name"][~sp["omitted"]])) == set(
+            writer.IMAGE_SETS[ds.attrs["image_set"]][1]
+        )
+        tr = {k.split(".", 1)[1]: ds[k].values for k in ds if k.startswith("trials.")}
+        go = tr["go"]
+        change_starts = sp["start_time"][sp["is_change"]]
+        assert np.allclose(np.sort(tr["change_time"][go]), change_starts[: go.sum()])
+        assert np.array_equal(tr["hit"] | tr["miss"], go)
+        assert not (tr["go"] & tr["catch"]).any()
+        if ds.attrs["passive"]:
+            assert not tr["hit"].any()
+            assert ds.sizes["reward"] == 0
+        else:
+            assert np.isclose(tr["reward_volume"].sum(), ds["rewards.volume"].values.sum())
+
+
+def test_events_are_sparse_nonnegative_transients(datasets):
+    for _, ds in datasets:
+        events = ds.events.values
+        assert (events >= 0).all()
+        assert 0 < (events > 0).mean() < 0.1
+        # dF/F rises after events: mean dF/F 0.3 s after an event beats the overall mean
+        lag = round(0.3 * ds.attrs["ophys_frame_rate"])
+        cells, frames = np.nonzero(events[:, :-lag] > 0)
+        after = ds.dff.values[cells, frames + lag].mean()
+        assert after > ds.dff.values.mean() + 0.05
+
+
+def test_tuning_is_recoverable(datasets, truth):
+    hits, total = 0, 0
+    for (_, ds), gt in zip(datasets, truth):
+        dff, t = ds.dff.values, ds.time.values
+        starts = ds["stimulus_presentations.start_time"].values
+        names = ds["stimulus_presentations.image_name"].values
+        resp = np.array(
+            [
+                dff[:, (t >= s) & (t < s + 0.5)].mean(1) - dff[:, (t >= s - 0.25) & (t < s)].mean(1)
+                for s in starts
+            ]
+        )
+        mean = np.array([resp[names == im].mean(0) for im in gt["image_names"]]).T
+        best = np.array(gt["image_names"])[mean.argmax(1)]
+        for pred, want, responsive in zip(best, gt["preferred_image_name"], gt["image_responsive"]):
+            if responsive:
+                hits, total = hits + (pred == want), total + 1
+        omission = np.array(gt["omission_responsive"])
+        if omission.any() and (~omission).any():
+            om = resp[names == "omitted"].mean(0)
+            assert om[omission].mean() > om[~omission].mean()
+    assert total >= 10
+    assert hits / total >= 0.8
+
+
+def test_ground_truth_matches_files(datasets, truth):
+    for (_, ds), gt in zip(datasets, truth):
+        assert ds.attrs["ophys_experiment_id"] == gt["ophys_experiment_id"]
+        assert len(gt["preferred_image_name"]) == ds.sizes["cell_specimen_id"]
+
+
+def test_same_seed_gives_identical_arrays(files, files_again):
+    for a, b in zip(files, files_again):
+        da_, db = _datasets(a), _datasets(b)
+        assert da_.keys() == db.keys()
+        different = [k for k in da_ if not _same(da_[k], db[k])]
+        assert different == []
+
+
+def test_event_detection_version_2_changes_only_events(files, files_v2):
+    for a, b in zip(files, files_v2):
+        da_, db = _datasets(a), _datasets(b)
+        assert da_.keys() == db.keys()
+        different = {k for k in da_ if not _same(da_[k], db[k])}
+        assert different == EVENT_PATHS
+        (ds1,), (ds2,) = reader.read(a).values(), reader.read(b).values()
+        assert (ds2.events.values > 0).sum() < (ds1.events.values > 0).sum()
+
+
+def test_nwbinspector_finds_no_errors(files):
+    from nwbinspector import Importance, inspect_nwbfile
+
+    bad = {Importance.CRITICAL, Importance.PYNWB_VALIDATION, Importance.ERROR}
+    for path in files:
+        messages = [
+            m for m in inspect_nwbfile(nwbfile_path=path) if m is not None and m.importance in bad
+        ]
+        assert messages == [], [m.message for m in messages]
+
+
+def test_sniff(files, tmp_path):
+    assert all(reader.sniff(p) for p in files)
+    text = tmp_path / "notes.nwb"
+    text.write_text("not hdf5")
+    assert not reader.sniff(text)
+    assert not reader.sniff(tmp_path / "missing.nwb")
+    truncated = tmp_path / "truncated.nwb"
+    truncated.write_bytes(files[0].read_bytes()[:50_000])
+    assert not reader.sniff(truncated)
+    for name in (
+        "dandi_sub_anm00239123_ecephys_and_ogen.nwb",
+        "brain_observatory_496908818_nwb1_truncated.nwb",
+    ):
+        if (SHARED / "nwb" / name).exists():
+            assert not reader.sniff(SHARED / "nwb" / name)
+
+
+class TestVboOphysErrors:
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(SourceFileError, match="missing.nwb: no such file"):
+            reader.read(tmp_path / "missing.nwb")
+
+    def test_not_hdf5(self, tmp_path):
+        path = tmp_path / "x.nwb"
+        path.write_text("hello")
+        with pytest.raises(SourceFileError, match=r"x\.nwb: not an HDF5 file"):
+            reader.read(path)
+
+    def test_truncated(self, files, tmp_path):
+        path = tmp_path / "cut.nwb"
+        path.write_bytes(files[0].read_bytes()[: files[0].stat().st_size // 2])
+        with pytest.raises(SourceFileError, match=r"cut\.nwb: cannot open as HDF5.*truncated"):
+            reader.read(path)
+
+    def test_other_nwb_modality(self, tmp_path):
+        from pynwb import NWBHDF5IO
+        from pynwb.testing.mock.file import mock_NWBFile
+
+        path = tmp_path / "other.nwb"
+        with NWBHDF5IO(str(path), "w") as io:
+            io.write(mock_NWBFile())
+        with pytest.raises(SourceFileError, match=r"other\.nwb: not a Visual Behavior ophys"):
+            reader.read(path)
+
+    def test_real_ecephys_nwb(self):
+        path = SHARED / "nwb" / "dandi_sub_anm00239123_ecephys_and_ogen.nwb"
+        if not path.exists():
+            pytest.skip(f"{path} not present (needs /work/shared/data)")
+        with pytest.raises(SourceFileError, match="expected /processing/ophys/dff/traces/data"):
+            reader.read(path)
+
+    def test_writer_rejects_bad_options(self, tmp_path):
+        with pytest.raises(ValueError, match="unknown scale"):
+            writer.write(tmp_path, scale="huge")
+        with pytest.raises(ValueError, match="event_detection_version"):
+            writer.write(tmp_path, event_detection_version=3)
+        with pytest.raises(ValueError, match="n_experiments"):
+            writer.write(tmp_path, n_experiments=0)
