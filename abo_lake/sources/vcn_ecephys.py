@@ -1,0 +1,679 @@
+"""Reader of Visual Coding Neuropixels NWB 2 files (session files and probe LFP files).
+
+h5py at fixed paths (``ALLEN_DATA.md`` §1), no pynwb object construction: building pynwb objects
+is what makes AllenSDK's loads slow. Big arrays (spike times and amplitudes, mean waveforms, LFP,
+CSD) stay lazy through :func:`abo_lake.sources._hdf5.lazy_array`.
+
+A session file gives ``{"ecephys/session/<id>": ds}`` (kind ``ecephys_session``); a probe LFP file
+gives ``{"ecephys/probe/<pid>/lfp": ds, "ecephys/probe/<pid>/csd": ds}`` (``ecephys_lfp`` and
+``ecephys_csd``). An NWB 2 ecephys file that is not an Allen VCN session (no
+``intervals/*_presentations``, no Allen electrode columns) raises :class:`SourceFileError`
+naming what is missing: its units alone do not make an ``ecephys_session``.
+
+Layout choices (AllenSDK names where it has one):
+
+- ``units`` along ``unit_id``: every scalar column of the NWB table verbatim, joined with the peak
+  channel (``anterior_posterior_ccf_coordinate``, ..., ``probe_vertical_position``) and the probe
+  (``probe_id``, ``probe_description``); the structure acronym is both ``structure_acronym`` and
+  ``ecephys_structure_acronym`` (AllenSDK's NWB reader gives the first, its analysis code wants
+  the second). Acronyms '' and 'None' become '' and sub-regions are dropped (``DG-mo`` -> ``DG``).
+- ``spike_times``/``spike_amplitudes`` flat along ``spike`` with ``spike_times_index`` (int64 end
+  offsets along ``unit_id``); ``waveform_mean`` (unit_id, channel, waveform_sample), ``channel``
+  being the on-probe channel number.
+- ``channels.<col>`` along ``channel_id``; ``probes.<col>`` along ``probe`` (its values are the
+  probe ids; ``probe_id`` is a units column, so it cannot also be a dim).
+- ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``: all presentation tables,
+  sorted by start time, ids 0..n-1, with ``duration`` and ``stimulus_condition_id`` as AllenSDK
+  computes them; missing string parameters are "null", missing numbers NaN.
+- ``invalid_times.<col>`` along ``invalid_time_id`` (``tags`` ragged along ``invalid_time_tag``),
+  ``running_speed.<col>`` along ``running_speed_time``, ``optogenetic_stimulation.<col>`` along
+  ``optogenetic_stimulation_id``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from abo_lake.errors import SourceFileError
+from abo_lake.sources._hdf5 import lazy_array, read_str
+
+__all__ = ["MAPPED_HDF5", "read", "sniff"]
+
+_ELECTRODES = "general/extracellular_ephys/electrodes"
+_PARAMETERS = (
+    "color",
+    "contrast",
+    "frame",
+    "mask",
+    "opacity",
+    "orientation",
+    "phase",
+    "pos",
+    "size",
+    "spatial_frequency",
+    "temporal_frequency",
+    "units",
+    "x_position",
+    "y_position",
+    "Dir",
+    "Speed",
+    "coherence",
+    "dotLife",
+    "dotSize",
+    "fieldPos",
+    "fieldShape",
+    "fieldSize",
+    "nDots",
+)
+_PRESENTATION_COLUMNS = (
+    "id",
+    "start_time",
+    "stop_time",
+    "stimulus_name",
+    "stimulus_block",
+    "stimulus_index",
+    *_PARAMETERS,
+)
+_CHANNEL_RENAMES = {
+    "x": "anterior_posterior_ccf_coordinate",
+    "y": "dorsal_ventral_ccf_coordinate",
+    "z": "left_right_ccf_coordinate",
+    "local_index": "probe_channel_number",
+}
+_CHANNEL_COLUMNS = (
+    "id",
+    "x",
+    "y",
+    "z",
+    "location",
+    "imp",
+    "filtering",
+    "group_name",
+    "probe_vertical_position",
+    "probe_horizontal_position",
+    "probe_id",
+    "valid_data",
+    "probe_channel_number",
+    "local_index",
+)
+_UNIT_QC = (
+    "PT_ratio",
+    "amplitude",
+    "amplitude_cutoff",
+    "cluster_id",
+    "cumulative_drift",
+    "d_prime",
+    "firing_rate",
+    "isi_violations",
+    "isolation_distance",
+    "l_ratio",
+    "local_index",
+    "max_drift",
+    "nn_hit_rate",
+    "nn_miss_rate",
+    "peak_channel_id",
+    "presence_ratio",
+    "quality",
+    "recovery_slope",
+    "repolarization_slope",
+    "silhouette_score",
+    "snr",
+    "spread",
+    "velocity_above",
+    "velocity_below",
+    "waveform_duration",
+    "waveform_halfwidth",
+)
+_NOT_CONDITION = ("start_time", "stop_time", "duration", "stimulus_block", "stimulus_index")
+
+#: fnmatch globs of the absolute HDF5 dataset paths this reader maps into its Datasets.
+MAPPED_HDF5: tuple[str, ...] = (
+    *(
+        f"/units/{c}"
+        for c in (
+            "id",
+            "spike_times",
+            "spike_times_index",
+            "spike_amplitudes",
+            "spike_amplitudes_index",
+            "waveform_mean",
+            "waveform_mean_index",
+            *_UNIT_QC,
+        )
+    ),
+    *(f"/{_ELECTRODES}/{c}" for c in _CHANNEL_COLUMNS),
+    *(f"/intervals/*_presentations/{c}" for c in _PRESENTATION_COLUMNS),
+    "/intervals/invalid_times/*",
+    "/processing/running/running_speed/*",
+    "/processing/running/running_speed_end_times/*",
+    "/processing/optotagging/optogenetic_stimulation/*",
+    "/acquisition/probe_*_lfp/probe_*_lfp_data/data",
+    "/acquisition/probe_*_lfp/probe_*_lfp_data/timestamps",
+    "/acquisition/probe_*_lfp/probe_*_lfp_data/electrodes",
+    "/processing/current_source_density/ecephys_csd/*",
+)
+
+_SPIKE_CHUNK = 524_288  # float64 -> 4 MB
+_TARGET_BYTES = 4 * 2**20
+
+
+def sniff(path: str | Path) -> bool:
+    """Return True if ``path`` is a VCN session or probe LFP NWB 2 file; never raises."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not read_str(f.attrs.get("nwb_version", "")).startswith("2"):
+                return False
+            if _lfp_group(f) is not None:
+                return True
+            return (
+                "units" in f
+                and f"{_ELECTRODES}/probe_vertical_position" in f
+                and bool(_presentation_tables(f))
+            )
+    except Exception:
+        return False
+
+
+def read(path: str | Path) -> dict[str, xr.Dataset]:
+    """Read a VCN session file or probe LFP file into lazy Datasets keyed by release path.
+
+    Parameters
+    ----------
+    path
+        ``session_<id>.nwb`` or ``probe_<pid>_lfp.nwb``.
+
+    Returns
+    -------
+    dict of str to xarray.Dataset
+        ``{"ecephys/session/<id>": ...}`` or ``{"ecephys/probe/<pid>/lfp": ...,
+        "ecephys/probe/<pid>/csd": ...}``.
+
+    Raises
+    ------
+    SourceFileError
+        If the file is not HDF5, is truncated, or is not a VCN NWB 2 file; the message names the
+        file and what is missing.
+    """
+    p = Path(path)
+    try:
+        f = h5py.File(p, "r")
+    except OSError as err:
+        raise SourceFileError(
+            f"{p}: cannot open as HDF5 ({err}); expected a Visual Coding Neuropixels NWB 2 file"
+        ) from err
+    try:
+        with f:
+            version = read_str(f.attrs.get("nwb_version", ""))
+            if not version.startswith("2"):
+                raise SourceFileError(
+                    f"{p}: nwb_version is {version!r}, expected 2.x; a Visual Coding "
+                    "Neuropixels file is NWB 2"
+                )
+            group = _lfp_group(f)
+            if group is not None:
+                return _read_probe(p, f, group)
+            missing = [
+                what
+                for what, ok in [
+                    ("units", "units" in f),
+                    (
+                        f"{_ELECTRODES}/probe_vertical_position",
+                        f"{_ELECTRODES}/probe_vertical_position" in f,
+                    ),
+                    ("intervals/*_presentations", bool(_presentation_tables(f))),
+                ]
+                if not ok
+            ]
+            if missing:
+                raise SourceFileError(
+                    f"{p}: not an Allen Visual Coding Neuropixels session or probe LFP file; "
+                    f"missing {missing}, found top-level groups {sorted(f)}"
+                )
+            return _read_session(p, f)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        if isinstance(err, SourceFileError):
+            raise
+        raise SourceFileError(
+            f"{p}: unreadable or inconsistent VCN NWB file ({type(err).__name__}: {err})"
+        ) from err
+
+
+# --- helpers shared by both file kinds ---------------------------------------------------------
+
+
+def _lfp_group(f: h5py.File) -> str | None:
+    for name in f.get("acquisition", {}):
+        if fnmatch.fnmatch(name, "probe_*_lfp") and isinstance(f["acquisition"][name], h5py.Group):
+            inner = f"acquisition/{name}/{name}_data/data"
+            if inner in f:
+                return f"acquisition/{name}/{name}_data"
+    return None
+
+
+def _presentation_tables(f: h5py.File) -> list[str]:
+    return sorted(n for n in f.get("intervals", {}) if n.endswith("_presentations"))
+
+
+def _column(dset: h5py.Dataset) -> np.ndarray:
+    """Read a 1-D table column: strings as ``<U``, numbers as they are stored."""
+    if h5py.check_string_dtype(dset.dtype) is not None:
+        return np.asarray(dset.asstr()[:], dtype=str)
+    if dset.dtype.kind == "O":
+        return np.asarray([read_str(v) for v in dset[:]], dtype=str)
+    return np.asarray(dset[:])
+
+
+def _colnames(group: h5py.Group) -> list[str]:
+    names = group.attrs.get("colnames", [])
+    return [read_str(n) for n in np.atleast_1d(names)]
+
+
+def _table(group: h5py.Group, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The scalar (1-D, non-ragged, non-reference) columns of a DynamicTable."""
+    n = group["id"].shape[0]
+    out = {}
+    for name in _colnames(group):
+        if name in skip or f"{name}_index" in group or name not in group:
+            continue
+        dset = group[name]
+        if (
+            dset.ndim != 1
+            or dset.shape[0] != n
+            or (dset.dtype.kind in "OV" and (h5py.check_string_dtype(dset.dtype) is None))
+        ):
+            continue  # references, compound and multi-dimensional columns
+        out[name] = _column(dset)
+    return out
+
+
+def _acronym(values: np.ndarray) -> np.ndarray:
+    """AllenSDK's cleaning: '' or 'None' -> '', sub-region suffix dropped ('DG-mo' -> 'DG')."""
+    return np.array([("" if v in ("", "None", "nan") else v.split("-")[0]) for v in values], str)
+
+
+def _units_attr(var: xr.Variable | xr.DataArray, units: str) -> None:
+    var.attrs["units"] = units
+
+
+def _channels(f: h5py.File, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Electrode columns with AllenSDK's channel names (CCF coordinates, structure acronym)."""
+    cols = _table(f[_ELECTRODES], skip=("group",))
+    cols["id"] = np.asarray(f[f"{_ELECTRODES}/id"][:], dtype=np.int64)
+    if "probe_channel_number" in cols and "local_index" in cols:
+        raise SourceFileError(
+            f"{f.filename}: electrodes has both 'probe_channel_number' and 'local_index'; "
+            "expected one of them"
+        )
+    out = {_CHANNEL_RENAMES.get(k, k): v for k, v in cols.items()}
+    if "location" in out:
+        out["structure_acronym"] = _acronym(out.pop("location"))
+        out["ecephys_structure_acronym"] = out["structure_acronym"]
+    if rows is not None:
+        out = {k: v[rows] for k, v in out.items()}
+    return out
+
+
+def _meta(p: Path, f: h5py.File) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "source_file": p.name,
+        "nwb_version": read_str(f.attrs["nwb_version"]),
+        "identifier": read_str(f["identifier"][()]),
+        "session_start_time": read_str(f["session_start_time"][()]),
+    }
+    if "general/stimulus" in f:
+        attrs["session_type"] = read_str(f["general/stimulus"][()])
+    for key in (
+        "specimen_name",
+        "age",
+        "age_in_days",
+        "genotype",
+        "sex",
+        "strain",
+        "species",
+        "subject_id",
+    ):
+        if f"general/subject/{key}" in f:
+            value = f[f"general/subject/{key}"][()]
+            attrs[key] = float(value) if key == "age_in_days" else read_str(value)
+    return attrs
+
+
+def _chunks(n: int, row_bytes: int) -> int:
+    return int(max(1, min(n, _TARGET_BYTES // max(row_bytes, 1))))
+
+
+# --- session files -----------------------------------------------------------------------------
+
+
+def _read_session(p: Path, f: h5py.File) -> dict[str, xr.Dataset]:
+    attrs = _meta(p, f)
+    try:
+        session_id = int(attrs["identifier"])
+    except ValueError as err:
+        raise SourceFileError(
+            f"{p}: identifier {attrs['identifier']!r} is not an ecephys_session_id"
+        ) from err
+    attrs.update(abo_lake_kind="ecephys_session", ecephys_session_id=session_id)
+    ds = xr.Dataset(attrs=attrs)
+    channels = _channels(f)
+    probes = _probes(f, channels)
+    _add_units(p, f, ds, channels, probes)
+    for k, v in channels.items():
+        if k != "id":
+            ds[f"channels.{k}"] = ("channel_id", v)
+    ds.coords["channel_id"] = ("channel_id", channels["id"])
+    for k in (
+        "anterior_posterior_ccf_coordinate",
+        "dorsal_ventral_ccf_coordinate",
+        "left_right_ccf_coordinate",
+        "probe_vertical_position",
+        "probe_horizontal_position",
+    ):
+        if f"channels.{k}" in ds:
+            _units_attr(ds[f"channels.{k}"], "um")
+    for k, v in probes.items():
+        if k != "probe_id":
+            ds[f"probes.{k}"] = ("probe", v)
+    ds.coords["probe"] = ("probe", probes["probe_id"])
+    ds.coords["probe"].attrs["description"] = "probe_id"
+    ds = ds.merge(_stimulus_presentations(p, f))
+    ds = ds.merge(_intervals(f))
+    return {f"ecephys/session/{session_id}": ds}
+
+
+def _probes(f: h5py.File, channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names, first = np.unique(channels["group_name"], return_index=True)
+    names = names[np.argsort(first)]
+    rows: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "probe_id",
+            "description",
+            "location",
+            "sampling_rate",
+            "lfp_sampling_rate",
+            "has_lfp_data",
+        )
+    }
+    for name in names:
+        dev = f.get(f"general/devices/{name}")
+        grp = f.get(f"general/extracellular_ephys/{name}")
+        dattrs = dict(dev.attrs) if dev is not None else {}
+        gattrs = dict(grp.attrs) if grp is not None else {}
+        if "probe_id" in channels:
+            pid = int(channels["probe_id"][channels["group_name"] == name][0])
+        else:
+            pid = int(dattrs.get("probe_id", gattrs.get("probe_id", -1)))
+        rows["probe_id"].append(pid)
+        rows["description"].append(str(name))
+        location = grp["location"][()] if grp is not None and "location" in grp else ""
+        rows["location"].append(read_str(gattrs.get("location", location)))
+        rows["sampling_rate"].append(float(dattrs.get("sampling_rate", np.nan)))
+        rows["lfp_sampling_rate"].append(float(gattrs.get("lfp_sampling_rate", np.nan)))
+        rows["has_lfp_data"].append(bool(gattrs.get("has_lfp_data", False)))
+    out = {k: np.asarray(v) for k, v in rows.items()}
+    out["probe_id"] = out["probe_id"].astype(np.int64)
+    out["description"] = out["description"].astype(str)
+    out["location"] = out["location"].astype(str)
+    return out
+
+
+def _ragged_index(f: h5py.File, name: str, n: int) -> np.ndarray:
+    idx = np.asarray(f[name][:], dtype=np.int64)
+    if idx.shape != (n,) or (n and np.any(np.diff(np.r_[0, idx]) < 0)):
+        raise SourceFileError(
+            f"{f.filename}: {name} must hold {n} non-decreasing end offsets; found shape "
+            f"{idx.shape}"
+        )
+    return idx
+
+
+def _add_units(p: Path, f: h5py.File, ds: xr.Dataset, channels: dict, probes: dict) -> None:
+    g = f["units"]
+    unit_id = np.asarray(g["id"][:], dtype=np.int64)
+    n = unit_id.size
+    ds.coords["unit_id"] = ("unit_id", unit_id)
+    for k, v in _table(g, skip=("waveform_mean",)).items():
+        ds[k] = ("unit_id", v)
+    if "peak_channel_id" in ds:
+        lookup = pd.Index(channels["id"])
+        pos = lookup.get_indexer(ds["peak_channel_id"].values)
+        if np.any(pos < 0):
+            bad = ds["peak_channel_id"].values[pos < 0][:10].tolist()
+            raise SourceFileError(f"{p}: units/peak_channel_id {bad} not in {_ELECTRODES}/id")
+        for k, v in channels.items():
+            if k not in ("id", "group_name", "filtering", "imp") and k not in ds:
+                ds[k] = ("unit_id", v[pos])
+        ppos = pd.Index(probes["probe_id"]).get_indexer(channels["probe_id"][pos])
+        ds["probe_description"] = ("unit_id", probes["description"][ppos])
+        ds["probe_sampling_rate"] = ("unit_id", probes["sampling_rate"][ppos])
+        ds["probe_lfp_sampling_rate"] = ("unit_id", probes["lfp_sampling_rate"][ppos])
+
+    idx = _ragged_index(f, "units/spike_times_index", n)
+    n_spikes = int(idx[-1]) if n else 0
+    if g["spike_times"].shape != (n_spikes,):
+        raise SourceFileError(
+            f"{p}: units/spike_times has {g['spike_times'].shape[0]} values but "
+            f"spike_times_index ends at {n_spikes}; the file may be truncated"
+        )
+    chunk = max(1, min(n_spikes, _SPIKE_CHUNK))
+    ds["spike_times"] = ("spike", lazy_array(p, "/units/spike_times", chunks=(chunk,)))
+    ds["spike_times"].attrs.update(units="s", description="sorted within each unit")
+    ds["spike_times"].encoding["chunks"] = (chunk,)
+    ds["spike_times_index"] = ("unit_id", idx)
+    ds["spike_times_index"].attrs["description"] = "end offset of each unit in spike_times"
+    if "spike_amplitudes" in g:
+        amp_idx = _ragged_index(f, "units/spike_amplitudes_index", n)
+        if not np.array_equal(amp_idx, idx) or g["spike_amplitudes"].shape != (n_spikes,):
+            raise SourceFileError(
+                f"{p}: units/spike_amplitudes is not aligned with units/spike_times"
+            )
+        ds["spike_amplitudes"] = (
+            "spike",
+            lazy_array(p, "/units/spike_amplitudes", chunks=(chunk,)),
+        )
+        ds["spike_amplitudes"].attrs["units"] = "V"
+        ds["spike_amplitudes"].encoding["chunks"] = (chunk,)
+    if "waveform_mean" in g:
+        _add_waveforms(p, f, ds, n)
+
+
+def _add_waveforms(p: Path, f: h5py.File, ds: xr.Dataset, n: int) -> None:
+    dset = f["units/waveform_mean"]
+    if "waveform_mean_index" in f["units"]:
+        idx = _ragged_index(f, "units/waveform_mean_index", n)
+        per = int(idx[0]) if n else 0
+        if n == 0 or not np.array_equal(idx, per * np.arange(1, n + 1)) or dset.ndim != 2:
+            raise SourceFileError(
+                f"{p}: units/waveform_mean_index must give every unit the same number of "
+                f"channels (Allen stacks n_units·384 rows); found first offsets {idx[:3]}"
+            )
+        samples = dset.shape[1]
+        per_chunk = _chunks(n, per * samples * dset.dtype.itemsize)
+        arr = lazy_array(p, "/units/waveform_mean", chunks=(per * per_chunk, samples))
+        ds["waveform_mean"] = (
+            ("unit_id", "channel", "waveform_sample"),
+            arr.reshape(n, per, samples),
+        )
+        ds["waveform_mean"].encoding["chunks"] = (per_chunk, per, samples)
+        ds["waveform_mean"].attrs.update(
+            units="uV", description="channel = on-probe channel number (0 = tip)"
+        )
+    elif dset.ndim == 2 and dset.shape[0] == n:
+        ds["waveform_mean"] = (("unit_id", "waveform_sample"), lazy_array(p, dset.name))
+
+
+def _stimulus_presentations(p: Path, f: h5py.File) -> xr.Dataset:
+    tables = []
+    for name in _presentation_tables(f):
+        g = f[f"intervals/{name}"]
+        cols = _table(g, skip=("tags", "timeseries", "id"))
+        for k in ("start_time", "stop_time"):
+            if k not in cols:
+                raise SourceFileError(f"{p}: intervals/{name} has no {k!r} column")
+        tables.append(cols)
+    names = list(dict.fromkeys(k for t in tables for k in t))
+    n = sum(t["start_time"].size for t in tables)
+    merged: dict[str, np.ndarray] = {}
+    for col in names:
+        is_str = any(t[col].dtype.kind == "U" for t in tables if col in t)
+        parts = []
+        for t in tables:
+            m = t["start_time"].size
+            if col not in t:
+                parts.append(np.full(m, "null") if is_str else np.full(m, np.nan))
+            elif is_str and t[col].dtype.kind != "U":
+                parts.append(
+                    np.array(
+                        ["null" if pd.isna(v) else repr(v) for v in t[col].astype(float).tolist()]
+                    )
+                )
+            elif is_str:
+                parts.append(np.where(t[col] == "", "null", t[col]))
+            else:
+                parts.append(t[col].astype(np.float64))
+        merged[col] = np.concatenate(parts) if parts else np.empty(0)
+    order = np.argsort(merged["start_time"], kind="stable")
+    merged = {k: v[order] for k, v in merged.items()}
+    merged["duration"] = merged["stop_time"] - merged["start_time"]
+    params = [c for c in names if c not in _NOT_CONDITION]
+    frame = pd.DataFrame({c: merged[c] for c in params})
+    merged["stimulus_condition_id"] = (
+        frame.groupby(params, sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    )
+    out = xr.Dataset(
+        {f"stimulus_presentations.{k}": ("stimulus_presentation_id", v) for k, v in merged.items()},
+        coords={"stimulus_presentation_id": np.arange(n, dtype=np.int64)},
+    )
+    for k in ("start_time", "stop_time", "duration"):
+        _units_attr(out[f"stimulus_presentations.{k}"], "s")
+    return out
+
+
+def _intervals(f: h5py.File) -> xr.Dataset:
+    out = xr.Dataset()
+    if "intervals/invalid_times" in f:
+        g = f["intervals/invalid_times"]
+        for k, v in _table(g, skip=("id",)).items():
+            out[f"invalid_times.{k}"] = ("invalid_time_id", v)
+        out.coords["invalid_time_id"] = ("invalid_time_id", np.asarray(g["id"][:], np.int64))
+        if "tags" in g and "tags_index" in g:
+            out["invalid_times.tags"] = ("invalid_time_tag", _column(g["tags"]))
+            out["invalid_times.tags_index"] = (
+                "invalid_time_id",
+                np.asarray(g["tags_index"][:], np.int64),
+            )
+    run = "processing/running/running_speed"
+    if f"{run}/data" in f:
+        start = np.asarray(f[f"{run}/timestamps"][:], np.float64)
+        end_key = "processing/running/running_speed_end_times/timestamps"
+        end = np.asarray(f[end_key][:], np.float64) if end_key in f else np.full_like(start, np.nan)
+        out.coords["running_speed_time"] = ("running_speed_time", start, {"units": "s"})
+        out["running_speed.start_time"] = ("running_speed_time", start, {"units": "s"})
+        out["running_speed.end_time"] = ("running_speed_time", end, {"units": "s"})
+        out["running_speed.velocity"] = (
+            "running_speed_time",
+            np.asarray(f[f"{run}/data"][:], np.float64),
+            {"units": "cm/s"},
+        )
+    opto = "processing/optotagging/optogenetic_stimulation"
+    if opto in f:
+        g = f[opto]
+        for k, v in _table(g, skip=("id", "tags", "timeseries")).items():
+            out[f"optogenetic_stimulation.{k}"] = ("optogenetic_stimulation_id", v)
+        out.coords["optogenetic_stimulation_id"] = (
+            "optogenetic_stimulation_id",
+            np.asarray(g["id"][:], np.int64),
+        )
+    return out
+
+
+# --- probe LFP files ---------------------------------------------------------------------------
+
+
+def _read_probe(p: Path, f: h5py.File, series: str) -> dict[str, xr.Dataset]:
+    attrs = _meta(p, f)
+    match = re.fullmatch(r"acquisition/probe_(\d+)_lfp/.*", series)
+    probe_id = int(match.group(1)) if match else int(attrs["identifier"])
+    attrs["probe_id"] = probe_id
+    data = f[f"{series}/data"]
+    if data.ndim != 2:
+        raise SourceFileError(
+            f"{p}: {series}/data has shape {data.shape}, expected (time, channel)"
+        )
+    n_t, n_c = data.shape
+    if f"{series}/timestamps" in f:
+        time = np.asarray(f[f"{series}/timestamps"][:], np.float64)
+    else:
+        st = f[f"{series}/starting_time"]
+        time = float(st[()]) + np.arange(n_t) / float(st.attrs["rate"])
+    if time.shape != (n_t,):
+        raise SourceFileError(
+            f"{p}: {series}/timestamps has {time.size} values for {n_t} LFP samples; "
+            "the file may be truncated"
+        )
+    rows = np.asarray(f[f"{series}/electrodes"][:], np.int64)
+    if rows.shape != (n_c,):
+        raise SourceFileError(f"{p}: {series}/electrodes has {rows.size} rows for {n_c} channels")
+    ct = _chunks(n_t, n_c * data.dtype.itemsize)
+    if data.chunks:
+        ct = max(data.chunks[0], ct // data.chunks[0] * data.chunks[0])
+        ct = min(ct, n_t)
+    lfp = lazy_array(p, f"/{series}/data", chunks=(ct, n_c))
+    conversion = float(data.attrs.get("conversion", 1.0))
+    if conversion != 1.0 or data.dtype != np.float32:
+        lfp = (lfp * conversion).astype(np.float32)
+    channels = _channels(f, rows)
+    ds = xr.Dataset(
+        {"lfp": (("time", "channel"), lfp, {"units": "V"})},
+        coords={"time": ("time", time, {"units": "s"}), "channel": ("channel", channels["id"])},
+        attrs={**attrs, "abo_lake_kind": "ecephys_lfp"},
+    )
+    ds["lfp"].encoding["chunks"] = (ct, n_c)
+    for k, v in channels.items():
+        if k not in ("id", "group_name", "filtering", "imp"):
+            ds.coords[k] = ("channel", v)
+    out = {f"ecephys/probe/{probe_id}/lfp": ds}
+    csd = _read_csd(p, f, attrs)
+    if csd is not None:
+        out[f"ecephys/probe/{probe_id}/csd"] = csd
+    return out
+
+
+def _read_csd(p: Path, f: h5py.File, attrs: dict[str, Any]) -> xr.Dataset | None:
+    base = "processing/current_source_density/ecephys_csd"
+    if base not in f:
+        return None
+    g = f[base]
+    ts = [k for k in g if isinstance(g[k], h5py.Group) and "data" in g[k]]
+    if not ts or "virtual_electrode_y_positions" not in g:
+        raise SourceFileError(
+            f"{p}: {base} needs a TimeSeries and virtual_electrode_y_positions; found {list(g)}"
+        )
+    name = f"/{base}/{ts[0]}"
+    n_t, n_v = g[f"{ts[0]}/data"].shape
+    time = np.asarray(g[f"{ts[0]}/timestamps"][:], np.float64)
+    y = np.asarray(g["virtual_electrode_y_positions"][:], np.float64)
+    x_key = "virtual_electrode_x_positions"
+    x = np.asarray(g[x_key][:], np.float64) if x_key in g else np.full(n_v, np.nan)
+    data = lazy_array(p, f"{name}/data", chunks=(n_t, n_v)).T
+    ds = xr.Dataset(
+        {"csd": (("virtual_channel_index", "time"), data, {"units": "V/cm^2"})},
+        coords={
+            "virtual_channel_index": np.arange(n_v, dtype=np.int64),
+            "time": ("time", time, {"units": "s", "description": "relative to flash onset"}),
+            "vertical_position": ("virtual_channel_index", y, {"units": "um"}),
+            "horizontal_position": ("virtual_channel_index", x, {"units": "um"}),
+        },
+        attrs={**attrs, "abo_lake_kind": "ecephys_csd"},
+    )
+    ds["csd"].encoding["chunks"] = (n_v, n_t)
+    return ds
