@@ -312,6 +312,7 @@ def build_tables(
         if not rows[name]:
             continue
         df = pd.DataFrame(rows[name])
+        df = df[sorted(df.columns)]  # the same table from fresh and from resumed results
         for csv in metadata:
             extra = pd.read_csv(csv)
             if id_col in extra.columns and id_col in df.columns:

@@ -1,0 +1,212 @@
+"""Conversion jobs on a real dask.distributed LocalCluster: publish, dedup, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import abo_lake
+from abo_lake import jobs
+from abo_lake.synthetic import synthesize
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vbo_sources(tmp_path_factory):
+    """Two tiny VBO experiments, and the same files with only event detection changed."""
+    root = tmp_path_factory.mktemp("vbo")
+    v1 = synthesize("vbo-ophys", root / "v1", seed=3, n_experiments=2)
+    v2 = synthesize("vbo-ophys", root / "v2", seed=3, n_experiments=2, event_detection_version=2)
+    return root / "v1", root / "v2", v1, v2
+
+
+@pytest.fixture(scope="module")
+def mixed_sources(tmp_path_factory):
+    """One source of several kinds, in one folder tree."""
+    root = tmp_path_factory.mktemp("mixed")
+    synthesize("vc2p-ophys", root / "vc2p", seed=1)
+    synthesize("celltypes", root / "celltypes", seed=1)
+    synthesize("connectivity", root / "connectivity", seed=1, n_experiments=1)
+    return root
+
+
+def test_plan_groups_sources_and_skips_auxiliary_json(mixed_sources):
+    files = jobs.plan([mixed_sources])
+    names = sorted(f.rsplit("/", 1)[1] for f in files)
+    # one entry per connectivity experiment (4 volumes + metadata.json), no ephys_sweeps.json
+    assert len(names) == 4
+    assert {"ephys.nwb", "reconstruction.swc", "projection_density_100.nrrd"} < set(names)
+    assert not any(f.endswith(".json") for f in files)
+
+
+def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_path):
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([mixed_sources], lake, "r1", workers=2, progress=False)
+    assert report.published, report.summary()
+    rel = lake.release("r1")
+    kinds = {rel.kind(p) for p in rel.datasets()}
+    assert kinds == {
+        "ophys_experiment",
+        "celltypes_ephys",
+        "celltypes_morphology",
+        "connectivity_experiment",
+    }
+    assert set(rel.tables()) == {
+        "ophys_experiments",
+        "celltypes_specimens",
+        "connectivity_experiments",
+    }
+    table = rel.table("ophys_experiments")
+    assert table["dataset_path"].tolist() == rel.datasets("ophys/")
+    # the lossless raw group is in the same dataset and was checked against the source
+    ophys = rel.datasets("ophys/")[0]
+    raw = rel.open(ophys, group="raw/general")
+    assert raw.sizes or raw.data_vars or raw.attrs
+    objects = set(lake.storage.find("cas"))
+    again = jobs.run([mixed_sources], lake, "r2", workers=2, progress=False)
+    assert again.published
+    assert all(f.resumed for f in again.files)
+    assert set(lake.storage.find("cas")) - objects == set()
+    assert lake.release("r2").record.datasets == rel.record.datasets
+
+
+def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path):
+    v1, v2, _, _ = vbo_sources
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    assert jobs.run([v1], lake, "2026.1", progress=False).published
+    before = set(lake.storage.find("cas"))
+    assert jobs.run([v2], lake, "2026.2", progress=False).published
+    new = set(lake.storage.find("cas")) - before
+    diff = lake.diff("2026.1", "2026.2")
+    changed_arrays = {a.array for d in diff.datasets for a in d.arrays}
+    # only the events and their per-cell parameters (and the raw copies of nothing else)
+    assert changed_arrays <= {"events", "event_lambda", "event_noise_std"}, changed_arrays
+    assert "events" in changed_arrays
+    n_changed = sum(a.changed + a.added for d in diff.datasets for a in d.arrays)
+    rel1, rel2 = lake.release("2026.1"), lake.release("2026.2")
+    # plus the experiments table, whose source_sha256 column changed
+    tables = {t["object"] for t in rel2.record.tables.values()} - {
+        t["object"] for t in rel1.record.tables.values()
+    }
+    assert len(tables) == 1
+    assert len(new) == n_changed + 1
+    path = rel1.datasets("ophys/")[0]
+    np.testing.assert_array_equal(rel1.open(path)["dff"].values, rel2.open(path)["dff"].values)
+    assert not np.array_equal(rel1.open(path)["events"].values, rel2.open(path)["events"].values)
+
+
+def test_a_bad_file_fails_alone_and_blocks_the_release(vbo_sources, tmp_path):
+    v1, _, files, _ = vbo_sources
+    src = tmp_path / "src"
+    shutil.copytree(v1, src)
+    broken = src / "behavior_ophys_experiment_1.nwb"
+    broken.write_bytes(files[0].read_bytes()[:50_000])  # a truncated download
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([src], lake, "r1", progress=False)
+    assert not report.published
+    assert lake.releases() == []
+    (failure,) = report.failures
+    assert failure.source == str(broken)
+    assert "behavior_ophys_experiment_1.nwb" in failure.error
+    assert "FAILED" in report.summary()
+    # the good files were converted and are remembered: a fixed rerun converts only the bad one
+    broken.unlink()
+    again = jobs.run([src], lake, "r1", progress=False)
+    assert again.published
+    assert all(f.resumed for f in again.files)
+
+
+def test_killed_job_resumes_to_the_identical_release(vbo_sources, tmp_path):
+    v1, *_ = vbo_sources
+    lake_url = str(tmp_path / "lake")
+    script = textwrap.dedent(
+        f"""
+        import abo_lake
+        from abo_lake import jobs
+        jobs.run([{str(v1)!r}], abo_lake.open_lake({lake_url!r}), "r1", workers=1,
+                 progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.time() + 120
+    lake = abo_lake.open_lake(lake_url)
+    while time.time() < deadline and not lake.storage.glob("ledger/*.json"):
+        time.sleep(0.2)
+    import os
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its workers, mid-run
+    proc.wait()
+    assert lake.releases() == []
+    done = len(lake.storage.glob("ledger/*.json"))
+    assert done >= 1
+    report = jobs.run([v1], lake, "r1", workers=1, progress=False)
+    assert report.published
+    assert sum(f.resumed for f in report.files) >= done
+    clean = abo_lake.open_lake(tmp_path / "clean")
+    assert jobs.run([v1], clean, "r1", progress=False).published
+    resumed, fresh = lake.release("r1"), clean.release("r1")
+    assert resumed.datasets() == fresh.datasets()
+    for path in fresh.datasets():  # identical content, chunk for chunk (lake URLs differ)
+        assert resumed.manifest(path).chunks == fresh.manifest(path).chunks
+        assert resumed.manifest(path).metadata == fresh.manifest(path).metadata
+
+
+def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
+    v1, v2, *_ = vbo_sources
+    lake = str(tmp_path / "lake")
+    cli = [sys.executable, "-m", "abo_lake.cli"]
+    out = subprocess.run(
+        [*cli, "convert", str(v1), "--lake", lake, "--release", "a", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["published"] is True
+    subprocess.run(
+        [*cli, "convert", str(v2), "--lake", lake, "--release", "b"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    releases = json.loads(
+        subprocess.run(
+            [*cli, "releases", "--lake", lake, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert [r["name"] for r in releases] == ["a", "b"]
+    diff = subprocess.run(
+        [*cli, "diff", "a", "b", "--lake", lake], capture_output=True, text=True, check=True
+    ).stdout
+    assert "events" in diff
+    assert "changed" in diff
+    stats = json.loads(
+        subprocess.run(
+            [*cli, "stats", "--lake", lake, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert stats["dedup_ratio"] > 1.5
+    assert subprocess.run([*cli, "verify", "b", "--lake", lake]).returncode == 0
+    # corrupt one chunk: verify exits non-zero and names it
+    obj = next(p for p in (tmp_path / "lake" / "cas").rglob("*") if p.is_file())
+    data = bytearray(obj.read_bytes())
+    data[0] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    bad = subprocess.run([*cli, "verify", "a", "--lake", lake], capture_output=True, text=True)
+    bad_b = subprocess.run([*cli, "verify", "b", "--lake", lake], capture_output=True, text=True)
+    assert 1 in (bad.returncode, bad_b.returncode)
+    assert "corrupt" in bad.stdout + bad_b.stdout
+    unknown = subprocess.run(
+        [*cli, "diff", "a", "zz", "--lake", lake], capture_output=True, text=True
+    )
+    assert unknown.returncode == 2
+    assert "available: a, b" in unknown.stderr
