@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 
+from abo_lake import accessors  # noqa: F401  (registers .ophys, .ecephys, .ccf)
 from abo_lake.errors import (
     AboLakeError,
     DatasetNotFoundError,

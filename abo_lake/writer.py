@@ -64,6 +64,14 @@ def _streamable(var: xr.Variable) -> bool:
     return var.dtype.kind in "biufc" and var.size > 0 and var.ndim > 0
 
 
+def _chunked(var: xr.Variable, chunks: tuple[int, ...]) -> xr.Variable:
+    """Dask-chunk ``var`` as stored; in-memory data gets a random graph name (no hashing)."""
+    if isinstance(var.data, da.Array):
+        return var.chunk(dict(zip(var.dims, chunks)))
+    data = da.from_array(var.data, chunks=chunks, name=False)
+    return xr.Variable(var.dims, data, var.attrs, var.encoding)
+
+
 _PLACEMENT_KEYS = ("chunks", "preferred_chunks", "compressors", "shards", "serializer")
 
 
@@ -83,7 +91,7 @@ def _prepare(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
         if name in ds.indexes:
             new = var.copy(deep=False)
         elif _streamable(var):
-            new = var.chunk(dict(zip(var.dims, chunks)))
+            new = _chunked(var, chunks)
         else:
             new = var.load() if isinstance(var.data, da.Array) else var.copy(deep=False)
         new.encoding = {k: v for k, v in var.encoding.items() if k not in _PLACEMENT_KEYS}

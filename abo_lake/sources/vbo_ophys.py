@@ -4,7 +4,7 @@ Reads with h5py at fixed paths (no pynwb object construction); big arrays stay l
 :func:`~abo_lake.sources._hdf5.lazy_array`. Returns one ``ophys_experiment`` Dataset:
 
 - dims ``cell_specimen_id`` (coord; ``cell_roi_id`` along it), ``time`` (ophys timestamps, s),
-  ``y``, ``x`` (pixel centres in µm).
+  ``y``, ``x`` (pixel index × pixel size in µm, as the Visual Coding reader).
 - ``dff``, ``corrected_fluorescence``, ``neuropil_fluorescence``, ``demixed_fluorescence``,
   ``events`` (``cell_specimen_id``, ``time``) float64, transposed lazily from the file's (T, N);
   ``event_lambda``, ``event_noise_std``, ``r``, ``RMSE`` along the cell dim.
@@ -231,7 +231,7 @@ def _trace(path: Path, f: h5py.File, group: str, n_cells: int, n_time: int) -> d
             f"{path}: /{group}/data has shape {dset.shape}, expected ({n_time}, n_rois)"
         )
     n_rois = dset.shape[1]
-    t_chunk = min(n_time, 8192)
+    t_chunk = min(n_time, 32768)  # ~8 cells x 32768 frames: one cell over all time is cheap
     c_chunk = _chunk(n_rois, t_chunk, dset.dtype.itemsize)
     arr = lazy_array(path, f"/{group}/data", chunks=(t_chunk, c_chunk)).T
     rows = _roi_order(f, group, n_cells, path)
@@ -462,8 +462,8 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
                 cell: xr.Variable(cell, specimen),
                 "cell_roi_id": xr.Variable(cell, roi_id),
                 "time": xr.Variable("time", time, {"units": "s"}),
-                "y": xr.Variable("y", (np.arange(ny) + 0.5) * spacing, {"units": "um"}),
-                "x": xr.Variable("x", (np.arange(nx) + 0.5) * spacing, {"units": "um"}),
+                "y": xr.Variable("y", np.arange(ny) * spacing, {"units": "um"}),
+                "x": xr.Variable("x", np.arange(nx) * spacing, {"units": "um"}),
             }
         )
         attrs.setdefault("field_of_view_width", int(nx))

@@ -1,0 +1,163 @@
+"""The ``.ophys`` accessor of ``ophys_experiment`` Datasets (Visual Behavior and Visual Coding 2P).
+
+Thin: ``__init__`` validates the layout (dims and variable names only, no data read) and every
+member delegates to :mod:`abo_lake.ophys`.
+
+>>> ds.ophys                                   # doctest: +SKIP
+<ophys_experiment 951980471 · 12 cells · 1980 frames at 11.00 Hz · 121 µm · VISal · ...>
+>>> ds.ophys.trial_responses(window=(-0.5, 1.0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from abo_lake import ophys, schema
+from abo_lake.errors import SchemaError
+
+__all__ = ["OphysAccessor"]
+
+_KIND = "ophys_experiment"
+
+
+@xr.register_dataset_accessor("ophys")
+class OphysAccessor:
+    """Analysis of one two-photon imaging plane; see :mod:`abo_lake.ophys`.
+
+    Raises
+    ------
+    SchemaError
+        If the Dataset is not an ``ophys_experiment`` (open ``ophys/experiment/<id>``).
+    """
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        try:
+            schema.validate(ds, _KIND)
+        except SchemaError as err:
+            raise SchemaError(
+                f".ophys needs an {_KIND!r} Dataset (open 'ophys/experiment/<id>' from a "
+                f"release): {err}"
+            ) from err
+        self._ds = ds
+
+    def __repr__(self) -> str:
+        a = self._ds.attrs
+        cre = a.get("cre_line") or ";".join(a.get("driver_line") or []) or "?"
+        stimuli = a.get("stimulus_names") or a.get("session_type") or "?"
+        if isinstance(stimuli, list):
+            stimuli = ", ".join(map(str, stimuli))
+        n_t = self._ds.sizes["time"]
+        rate = f"{ophys.frame_rate(self._ds):.2f} Hz" if n_t > 1 else "? Hz"
+        return (
+            f"<ophys_experiment {a.get('ophys_experiment_id', '?')} · "
+            f"{self._ds.sizes['cell_specimen_id']} cells · {n_t} frames at {rate} · "
+            f"depth {a.get('imaging_depth', '?')} µm · {a.get('targeted_structure', '?')} · "
+            f"{cre} · stimuli: {stimuli}>"
+        )
+
+    # ----------------------------------------------------------------- data
+    @property
+    def dff(self) -> xr.DataArray:
+        """ΔF/F (cell_specimen_id, time), lazy."""
+        return self._ds["dff"]
+
+    @property
+    def events(self) -> xr.DataArray:
+        """Detected events (cell_specimen_id, time), lazy (Visual Behavior only)."""
+        if "events" not in self._ds.data_vars:
+            raise SchemaError(
+                "this ophys_experiment has no 'events' (detected events exist in Visual "
+                "Behavior 2P files only)"
+            )
+        return self._ds["events"]
+
+    @property
+    def roi_masks(self) -> xr.DataArray:
+        """ROI masks (cell_specimen_id, y, x) bool over the full field of view, lazy."""
+        return self._ds["roi_mask"]
+
+    @property
+    def max_projection(self) -> xr.DataArray:
+        """Maximum intensity projection (y, x)."""
+        return self._ds["max_projection"]
+
+    @property
+    def timestamps(self) -> xr.DataArray:
+        """Ophys frame timestamps (s)."""
+        return self._ds["time"]
+
+    @property
+    def frame_rate(self) -> float:
+        """Ophys frame rate (Hz) measured from the timestamps."""
+        return ophys.frame_rate(self._ds)
+
+    @property
+    def stimulus_presentations(self) -> pd.DataFrame:
+        """Stimulus table indexed by stimulus_presentation_id."""
+        return ophys.stimulus_presentations(self._ds)
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """Behaviour trials indexed by trials_id (Visual Behavior)."""
+        return ophys.trials(self._ds)
+
+    @property
+    def running_speed(self) -> xr.DataArray:
+        """Running speed (cm/s) interpolated onto the ophys timestamps, lazy."""
+        return ophys.running_speed(self._ds)
+
+    # ----------------------------------------------------------------- analyses
+    def trial_responses(
+        self,
+        *,
+        window: Sequence[float] = (-0.5, 1.0),
+        presentations: Any = None,
+        trace: str = "dff",
+    ) -> xr.DataArray:
+        """See :func:`abo_lake.ophys.trial_responses`."""
+        return ophys.trial_responses(
+            self._ds, window=window, presentations=presentations, trace=trace
+        )
+
+    def mean_response(
+        self,
+        *,
+        by: str | Sequence[str] = ("image_name",),
+        window: Sequence[float] = (0.0, 0.5),
+        baseline: Sequence[float] | None = None,
+        presentations: Any = None,
+        trace: str = "dff",
+    ) -> xr.DataArray:
+        """See :func:`abo_lake.ophys.mean_response`."""
+        return ophys.mean_response(
+            self._ds,
+            by=by,
+            window=window,
+            baseline=baseline,
+            presentations=presentations,
+            trace=trace,
+        )
+
+    def change_responses(
+        self, *, window: Sequence[float] = (-0.5, 1.0), trace: str = "dff"
+    ) -> xr.DataArray:
+        """See :func:`abo_lake.ophys.change_responses`."""
+        return ophys.change_responses(self._ds, window=window, trace=trace)
+
+    def omission_responses(
+        self, *, window: Sequence[float] = (-0.5, 1.0), trace: str = "dff"
+    ) -> xr.DataArray:
+        """See :func:`abo_lake.ophys.omission_responses`."""
+        return ophys.omission_responses(self._ds, window=window, trace=trace)
+
+    def drifting_grating_metrics(self) -> pd.DataFrame:
+        """See :func:`abo_lake.ophys.drifting_grating_metrics`."""
+        return ophys.drifting_grating_metrics(self._ds)
+
+    def to_pynapple(self, *, trace: str = "dff") -> Any:
+        """See :func:`abo_lake.ophys.to_pynapple`."""
+        return ophys.to_pynapple(self._ds, trace=trace)

@@ -1,0 +1,645 @@
+"""Lazy, chunk-aware analysis of two-photon ``ophys_experiment`` Datasets (VBO and VC2P).
+
+Pure functions behind the ``.ophys`` accessor. Traces stay dask arrays: a windowed query slices
+only the time chunks its windows overlap (one small task per group of presentations that fall in
+one time chunk) and interpolates there. The small stimulus and trial tables are read eagerly, in
+the calling process, because the shape of every graph depends on them (as AllenSDK does).
+
+Names and semantics follow AllenSDK (``ALLEN_DATA.md`` §2-3): ``stimulus_presentations`` and
+``trials`` tables indexed by ``stimulus_presentation_id`` / ``trials_id``; responses with dims
+(``stimulus_presentation_id``, ``time_relative_to_stimulus_onset``, ``cell_specimen_id``); the 2016
+drifting-grating metrics (``osi_dg``, ``dsi_dg``, ``ptest_dg``, ``peak_dff_dg``) from percent
+ΔF/F sweeps of the corrected fluorescence.
+
+Windows that leave the recording are never filled with NaN: those presentations are dropped with
+a :class:`UserWarning` naming them, and a selection with nothing left raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from abo_lake.errors import SchemaError
+
+__all__ = [
+    "change_responses",
+    "drifting_grating_metrics",
+    "frame_rate",
+    "mean_response",
+    "omission_responses",
+    "running_speed",
+    "stimulus_presentations",
+    "to_pynapple",
+    "trial_responses",
+    "trials",
+]
+
+CELL, TIME = "cell_specimen_id", "time"
+PRESENTATION = "stimulus_presentation_id"
+RELATIVE_TIME = "time_relative_to_stimulus_onset"
+_OUT_CHUNK_BYTES = 8 * 2**20
+#: Brain Observatory 2016 drifting-grating windows in ophys frames (sweep, inter, extra).
+DG_SWEEP, DG_INTER, DG_EXTRA = 60, 30, 0
+
+
+class _NotFoundError(KeyError):
+    """A KeyError whose message is not quoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _suggest(value: Any, choices: Iterable[Any]) -> str:
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.5)
+    hint = f"; did you mean {close!r}?" if close else ""
+    shown = names[:10] + (["..."] if len(names) > 10 else [])
+    return f"{hint} (valid: {', '.join(shown)})"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _load(variables: Sequence[xr.Variable]) -> list[np.ndarray]:
+    """Values of small variables; dask-backed ones are read here, in one synchronous pass.
+
+    Table columns decide the shape of every graph, so they are read in the calling process
+    (never on a cluster) with the synchronous scheduler; traces are never passed here.
+    """
+    lazy = [i for i, v in enumerate(variables) if isinstance(v.data, da.Array)]
+    values: list[Any] = [v.data for v in variables]
+    if lazy:
+        done = dask.compute(*(values[i] for i in lazy), scheduler="synchronous")
+        for i, arr in zip(lazy, done):
+            values[i] = arr
+    return [np.asarray(v) for v in values]
+
+
+def _table(ds: xr.Dataset, prefix: str, dim: str) -> pd.DataFrame:
+    """``<prefix>.<column>`` variables along ``dim`` as a DataFrame; ragged ones as arrays."""
+    names = [
+        n for n in ds.variables if n.startswith(prefix + ".") and ds.variables[n].dims == (dim,)
+    ]
+    ragged = [n.removesuffix("_index") for n in names if n.endswith("_index")]
+    ragged = [n for n in ragged if n in ds.variables]
+    cols = [n for n in names if n not in {r + "_index" for r in ragged}]
+    loaded = _load([ds.variables[n] for n in [*cols, *ragged, *(r + "_index" for r in ragged)]])
+    out: dict[str, Any] = {n.removeprefix(prefix + "."): v for n, v in zip(cols, loaded)}
+    for k, name in enumerate(ragged):
+        data = loaded[len(cols) + k]
+        ends = loaded[len(cols) + len(ragged) + k].astype(np.int64)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        out[name.removeprefix(prefix + ".")] = [data[a:b] for a, b in zip(starts, ends)]
+    if dim in ds.indexes:
+        index = pd.Index(np.asarray(ds.indexes[dim]), name=dim)
+    else:
+        index = pd.RangeIndex(ds.sizes[dim], name=dim)
+    table = pd.DataFrame(out, index=index)
+    for col in table.columns:  # zarr gives numpy StringDType; users get plain str columns
+        if getattr(table[col].dtype, "kind", "") in "TU":
+            table[col] = table[col].astype(str)
+    return table
+
+
+def stimulus_presentations(ds: xr.Dataset) -> pd.DataFrame:
+    """The stimulus table, indexed by ``stimulus_presentation_id`` (small columns, read now).
+
+    Raises
+    ------
+    SchemaError
+        If the Dataset has no ``stimulus_presentations.*`` variables.
+    """
+    if PRESENTATION not in ds.dims:
+        raise SchemaError(
+            "this ophys_experiment has no stimulus table (no 'stimulus_presentation_id' dim, no "
+            "'stimulus_presentations.<column>' variables)"
+        )
+    table = _table(ds, "stimulus_presentations", PRESENTATION)
+    if "start_time" in table and "stop_time" in table and "duration" not in table:
+        table["duration"] = table["stop_time"] - table["start_time"]
+    return table
+
+
+def trials(ds: xr.Dataset) -> pd.DataFrame:
+    """The behaviour trials table (Visual Behavior), indexed by ``trials_id``.
+
+    ``lick_times`` comes back as one array per trial, as in AllenSDK.
+    """
+    if "trials_id" not in ds.dims:
+        raise SchemaError(
+            "this ophys_experiment has no trials table ('trials_id' dim); trials exist only in "
+            "Visual Behavior 2P experiments (behavior_ophys_experiment NWB files)"
+        )
+    return _table(ds, "trials", "trials_id")
+
+
+def frame_rate(ds: xr.Dataset) -> float:
+    """Ophys frame rate (Hz) measured from the timestamps (no data read)."""
+    t = np.asarray(ds.indexes[TIME])
+    if len(t) < 2:
+        raise ValueError(f"cannot measure a frame rate from {len(t)} timestamp(s)")
+    return float(1.0 / np.median(np.diff(t)))
+
+
+# --------------------------------------------------------------------------- sampling kernel
+
+
+def _take(block: np.ndarray, *, i0: np.ndarray, i1: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Linear interpolation of a (time, cell) block at local indices -> (n, k, cell)."""
+    a = block[i0]
+    b = block[i1]
+    out = a + (b - a) * frac[..., None]
+    return out.astype(block.dtype if block.dtype.kind == "f" else np.float64, copy=False)
+
+
+def _sample(arr: da.Array, i0: np.ndarray, frac: np.ndarray) -> da.Array:
+    """Sample a lazy (cell, time) array at fractional time indices, chunk by chunk.
+
+    Parameters
+    ----------
+    arr
+        (cell, time) dask array.
+    i0, frac
+        (n, k) left sample index and fraction towards ``i0 + 1`` for each of ``n`` items at
+        ``k`` points; frac 0 takes the sample exactly, NaN gives NaN.
+
+    Returns
+    -------
+    dask.array.Array
+        (n, k, cell). Consecutive items whose windows start in the same time chunk share one
+        task per cell chunk, which reads only the time range those windows cover.
+    """
+    n, k = i0.shape
+    i1 = np.where(np.nan_to_num(frac) > 0, i0 + 1, i0)
+    lo, hi = i0.min(axis=1), i1.max(axis=1) + 1
+    bounds = np.cumsum((0, *arr.chunks[1]))
+    chunk_of = np.searchsorted(bounds, lo, side="right") - 1
+    dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
+    cap = max(1, _OUT_CHUNK_BYTES // max(1, k * max(arr.chunks[0]) * dtype.itemsize))
+    cuts = [0]
+    for j in range(1, n):
+        if chunk_of[j] != chunk_of[j - 1] or j - cuts[-1] >= cap:
+            cuts.append(j)
+    cuts.append(n)
+    parts = []
+    for a, b in itertools.pairwise(cuts):
+        start, stop = int(lo[a:b].min()), int(hi[a:b].max())
+        piece = arr[:, start:stop].T.rechunk({0: -1})
+        parts.append(
+            da.map_blocks(
+                _take,
+                piece,
+                i0=i0[a:b] - start,
+                i1=i1[a:b] - start,
+                frac=frac[a:b],
+                new_axis=0,
+                chunks=((b - a,), (k,), piece.chunks[1]),
+                dtype=dtype,
+                meta=np.empty((0, 0, 0), dtype),
+            )
+        )
+    return da.concatenate(parts, axis=0)
+
+
+def _fractional(t: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left index and fraction of query times ``q`` in sorted ``t`` (NaN fraction outside)."""
+    i0 = np.clip(np.searchsorted(t, q, side="right") - 1, 0, max(len(t) - 2, 0))
+    step = t[np.minimum(i0 + 1, len(t) - 1)] - t[i0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(step > 0, (q - t[i0]) / step, 0.0)
+    frac = np.where((q >= t[0]) & (q <= t[-1]), np.clip(frac, 0.0, 1.0), np.nan)
+    return i0.astype(np.int64), frac
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _trace(ds: xr.Dataset, trace: str) -> xr.DataArray:
+    traces = [n for n, v in ds.data_vars.items() if v.dims == (CELL, TIME)]
+    if trace not in traces:
+        raise _NotFoundError(
+            f"no trace {trace!r} with dims ({CELL}, {TIME}) in this Dataset"
+            + _suggest(trace, traces)
+        )
+    data = ds[trace].data
+    return ds[trace].copy(data=data if isinstance(data, da.Array) else da.from_array(data))
+
+
+def _selection(table: pd.DataFrame, presentations: Any) -> pd.DataFrame:
+    if presentations is None:
+        selected = table
+    elif isinstance(presentations, pd.DataFrame):
+        selected = _selection(table, presentations.index)
+    else:
+        values = np.asarray(presentations)
+        if values.dtype == bool:
+            if values.shape != (len(table),):
+                raise ValueError(
+                    f"a boolean presentation mask must have one value per presentation "
+                    f"({len(table)}), got shape {values.shape}"
+                )
+            selected = table[values]
+        else:
+            ids = np.atleast_1d(values)
+            missing = ~np.isin(ids, table.index)
+            if missing.any():
+                bad = ids[missing][:5].tolist()
+                raise _NotFoundError(
+                    f"unknown {PRESENTATION} {bad!r} (ids run {table.index.min()}.."
+                    f"{table.index.max()})" + _suggest(bad[0], table.index[:2000])
+                )
+            selected = table.loc[ids]
+    if len(selected) == 0:
+        raise ValueError(f"no stimulus presentations selected (of {len(table)}); nothing to do")
+    return selected
+
+
+def _check_window(window: Sequence[float], name: str = "window") -> tuple[float, float]:
+    try:
+        w0, w1 = (float(w) for w in window)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be (start, stop) in seconds, got {window!r}") from err
+    if not (np.isfinite(w0) and np.isfinite(w1) and w0 < w1):
+        raise ValueError(f"{name} must be finite with start < stop, got {window!r}")
+    return w0, w1
+
+
+def _drop_outside(ids: np.ndarray, ok: np.ndarray, what: str) -> None:
+    if not ok.any():
+        raise ValueError(
+            f"every selected presentation's window ({len(ids)}) falls outside the recording "
+            f"({what}); choose a shorter window or other presentations"
+        )
+    if not ok.all():
+        bad = ids[~ok]
+        warnings.warn(
+            f"dropped {len(bad)} of {len(ids)} presentation(s) whose window falls outside the "
+            f"recording ({what}): {PRESENTATION} {bad[:10].tolist()}"
+            + (" ..." if len(bad) > 10 else ""),
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def trial_responses(
+    ds: xr.Dataset,
+    *,
+    window: Sequence[float] = (-0.5, 1.0),
+    presentations: Any = None,
+    trace: str = "dff",
+) -> xr.DataArray:
+    """Each presentation's response, interpolated onto a regular grid at the frame rate.
+
+    Parameters
+    ----------
+    ds
+        An ``ophys_experiment`` Dataset.
+    window
+        (start, stop) in seconds relative to each ``start_time``; grid points are the multiples
+        of the frame period inside it (both ends included), so 0 is always a grid point.
+    presentations
+        ``stimulus_presentation_id`` values, a boolean mask over the table, or a (filtered)
+        ``stimulus_presentations`` DataFrame; default all.
+    trace
+        Any (``cell_specimen_id``, ``time``) variable: ``"dff"``, ``"events"``, ...
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims (``stimulus_presentation_id``, ``time_relative_to_stimulus_onset``,
+        ``cell_specimen_id``), linear interpolation of the trace.
+
+    Raises
+    ------
+    KeyError
+        Unknown trace or presentation ids.
+    ValueError
+        Bad or empty window, empty selection, or no window inside the recording. Presentations
+        whose window leaves the recording are dropped with a ``UserWarning``.
+
+    Examples
+    --------
+    >>> ds.ophys.trial_responses(window=(-0.5, 1.0)).mean(PRESENTATION)  # doctest: +SKIP
+    """
+    return _trial_responses(ds, stimulus_presentations(ds), window, presentations, trace)
+
+
+def _trial_responses(
+    ds: xr.Dataset, table: pd.DataFrame, window: Sequence[float], presentations: Any, trace: str
+) -> xr.DataArray:
+    w0, w1 = _check_window(window)
+    arr = _trace(ds, trace)
+    selected = _selection(table, presentations)
+    rate = frame_rate(ds)
+    steps = np.arange(np.ceil(w0 * rate - 1e-6), np.floor(w1 * rate + 1e-6) + 1)
+    if len(steps) == 0:
+        raise ValueError(f"window {window!r} holds no frame at {rate:.3f} Hz; widen it")
+    offsets = steps / rate
+    t = np.asarray(ds.indexes[TIME], dtype=np.float64)
+    onset = selected["start_time"].to_numpy(dtype=np.float64)
+    ids = selected.index.to_numpy()
+    ok = np.isfinite(onset) & (onset + offsets[0] >= t[0]) & (onset + offsets[-1] <= t[-1])
+    _drop_outside(ids, ok, f"{t[0]:.3f}..{t[-1]:.3f} s, window {w0:g}..{w1:g} s")
+    i0, frac = _fractional(t, onset[ok][:, None] + offsets[None, :])
+    data = _sample(arr.data, i0, frac)
+    return xr.DataArray(
+        data,
+        dims=(PRESENTATION, RELATIVE_TIME, CELL),
+        coords={
+            PRESENTATION: ids[ok],
+            RELATIVE_TIME: xr.Variable(RELATIVE_TIME, offsets, {"units": "s"}),
+            CELL: ds.indexes[CELL],
+        },
+        name=trace,
+        attrs={"units": arr.attrs.get("units", ""), "trace": trace, "window": [w0, w1]},
+    )
+
+
+def _flagged(
+    ds: xr.Dataset, column: str, window: Sequence[float], trace: str, why: str
+) -> xr.DataArray:
+    table = stimulus_presentations(ds)
+    if column not in table:
+        raise SchemaError(
+            f"{why} needs the Visual Behavior column stimulus_presentations.{column!r}; this "
+            f"experiment's table has {sorted(table.columns)!r}"
+        )
+    return _trial_responses(ds, table, window, table[column].to_numpy(dtype=bool), trace)
+
+
+def change_responses(
+    ds: xr.Dataset, *, window: Sequence[float] = (-0.5, 1.0), trace: str = "dff"
+) -> xr.DataArray:
+    """:func:`trial_responses` on the image-change flashes (``is_change``), Visual Behavior."""
+    return _flagged(ds, "is_change", window, trace, "change_responses")
+
+
+def omission_responses(
+    ds: xr.Dataset, *, window: Sequence[float] = (-0.5, 1.0), trace: str = "dff"
+) -> xr.DataArray:
+    """:func:`trial_responses` on the omitted flashes (``omitted``), Visual Behavior."""
+    return _flagged(ds, "omitted", window, trace, "omission_responses")
+
+
+def mean_response(
+    ds: xr.Dataset,
+    *,
+    by: str | Sequence[str] = ("image_name",),
+    window: Sequence[float] = (0.0, 0.5),
+    baseline: Sequence[float] | None = None,
+    presentations: Any = None,
+    trace: str = "dff",
+) -> xr.DataArray:
+    """Mean response per condition per cell.
+
+    Each presentation's response is the mean of the interpolated trace over ``window``
+    (half-open, seconds after onset) minus, if ``baseline`` is given, its mean over
+    ``baseline``; responses are then averaged over presentations sharing the ``by`` values.
+
+    Parameters
+    ----------
+    by
+        Stimulus table column(s) defining a condition, e.g. ``"image_name"`` or
+        ``["orientation", "temporal_frequency"]``. Missing values (NaN) are a condition too.
+    window, baseline
+        (start, stop) in seconds relative to onset.
+    presentations, trace
+        As in :func:`trial_responses`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims (*by, ``cell_specimen_id``) over every combination of the observed values;
+        coord ``n_presentations`` (dims *by) counts the presentations averaged: combinations
+        never shown are NaN with ``n_presentations == 0``.
+
+    Examples
+    --------
+    >>> ds.ophys.mean_response(by="image_name", baseline=(-0.5, 0.0)).compute()  # doctest: +SKIP
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not by:
+        raise ValueError("by must name at least one stimulus_presentations column")
+    table = stimulus_presentations(ds)
+    for col in by:
+        if col not in table:
+            raise _NotFoundError(
+                f"no stimulus_presentations column {col!r}" + _suggest(col, table.columns)
+            )
+    w0, w1 = _check_window(window)
+    span = [w0, w1]
+    if baseline is not None:
+        b0, b1 = _check_window(baseline, "baseline")
+        span = [min(w0, b0), max(w1, b1)]
+    tr = _trial_responses(ds, table, span, presentations, trace)
+    rel = tr[RELATIVE_TIME].values
+
+    def mean_over(a: float, b: float, what: str) -> xr.DataArray:
+        inside = (rel >= a - 1e-9) & (rel < b - 1e-9)
+        if not inside.any():
+            raise ValueError(f"{what} {a:g}..{b:g} s holds no frame of the response grid")
+        return tr.isel({RELATIVE_TIME: np.flatnonzero(inside)}).mean(RELATIVE_TIME)
+
+    response = mean_over(w0, w1, "window")
+    if baseline is not None:
+        response = response - mean_over(b0, b1, "baseline")
+    keys = table.loc[tr[PRESENTATION].values, by]
+    codes, levels = [], []
+    for col in by:
+        code, uniques = pd.factorize(keys[col], sort=True, use_na_sentinel=False)
+        codes.append(code)
+        levels.append(np.asarray(uniques))
+    shape = tuple(len(u) for u in levels)
+    flat = np.ravel_multi_index(codes, shape)
+    n_cond = int(np.prod(shape))
+    counts = np.bincount(flat, minlength=n_cond)
+    weights = np.zeros((n_cond, len(flat)))
+    weights[flat, np.arange(len(flat))] = 1.0 / counts[flat]
+    summed = da.tensordot(weights, response.data, axes=(1, 0))
+    summed = da.where((counts > 0)[:, None], summed, np.nan).reshape(*shape, -1)
+    return xr.DataArray(
+        summed,
+        dims=(*by, CELL),
+        coords={
+            **dict(zip(by, levels)),
+            CELL: ds.indexes[CELL],
+            "n_presentations": (tuple(by), counts.reshape(shape)),
+        },
+        name="mean_response",
+        attrs={
+            "units": tr.attrs.get("units", ""),
+            "trace": trace,
+            "window": [w0, w1],
+            "baseline": [] if baseline is None else [b0, b1],
+        },
+    )
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def running_speed(ds: xr.Dataset) -> xr.DataArray:
+    """Running speed (cm/s) linearly interpolated onto the ophys timestamps, lazily.
+
+    Frames before the wheel record starts or after it ends are NaN (there is no data there).
+    """
+    if "running_speed.speed" not in ds.variables:
+        raise SchemaError(
+            "this ophys_experiment has no running speed ('running_speed.speed' along "
+            "'running_speed_time')"
+        )
+    src = ds["running_speed.speed"]
+    src_t = np.asarray(ds.indexes[src.dims[0]], dtype=np.float64)
+    data = src.data if isinstance(src.data, da.Array) else da.from_array(np.asarray(src.data))
+    t = np.asarray(ds.indexes[TIME], dtype=np.float64)
+    i0, frac = _fractional(src_t, t)
+    speed = _sample(data[None, :], i0[:, None], frac[:, None])[:, 0, 0]
+    return xr.DataArray(
+        speed,
+        dims=(TIME,),
+        coords={TIME: ds.indexes[TIME]},
+        name="running_speed",
+        attrs={"units": src.attrs.get("units", "cm/s")},
+    )
+
+
+# --------------------------------------------------------------------------- drifting gratings
+
+
+def _dg_sweeps(ds: xr.Dataset) -> tuple[pd.DataFrame, da.Array]:
+    """DG presentations kept and their lazy mean sweep response (presentation, cell), in %."""
+    if "corrected_fluorescence" not in ds.data_vars:
+        raise SchemaError(
+            "drifting_grating_metrics needs 'corrected_fluorescence' (cell_specimen_id, time), "
+            "as Brain Observatory 2016 analysis does; this Dataset has "
+            f"{sorted(n for n, v in ds.data_vars.items() if v.dims == (CELL, TIME))!r}"
+        )
+    table = stimulus_presentations(ds)
+    if "stimulus_name" not in table:
+        raise ValueError(
+            "no drifting_gratings presentations: the stimulus table has no 'stimulus_name' "
+            "(a Visual Behavior experiment?); drifting_grating_metrics needs a Visual Coding 2P "
+            "three_session_A experiment"
+        )
+    names = table["stimulus_name"]
+    dg = table[names == "drifting_gratings"]
+    if dg.empty:
+        raise ValueError(
+            "no drifting_gratings presentations in this experiment (a Visual Coding 2P "
+            f"three_session_A); its stimuli are {sorted(set(names))!r}"
+        )
+    start = dg["start_frame"].to_numpy(dtype=np.int64)
+    n_t = ds.sizes[TIME]
+    ok = (start - DG_INTER >= 0) & (start + DG_SWEEP + DG_INTER <= n_t)
+    _drop_outside(dg.index.to_numpy(), ok, f"frames 0..{n_t - 1}, sweep window ±30 frames")
+    dg = dg[ok]
+    frames = np.arange(-DG_INTER, DG_SWEEP + DG_INTER)
+    i0 = dg["start_frame"].to_numpy(dtype=np.int64)[:, None] + frames[None, :]
+    arr = _trace(ds, "corrected_fluorescence").data
+    sweeps = _sample(arr, i0, np.zeros(i0.shape)).astype(np.float64)
+    pre = sweeps[:, :DG_INTER].mean(axis=1, keepdims=True)
+    percent = 100.0 * (sweeps / pre - 1.0)
+    mean_sweep = percent[:, DG_INTER : DG_INTER + DG_SWEEP + DG_EXTRA].mean(axis=1)
+    return dg, mean_sweep
+
+
+def drifting_grating_metrics(ds: xr.Dataset) -> pd.DataFrame:
+    """Brain Observatory 2016 drifting-grating metrics per cell (reads the DG windows once).
+
+    Sweep response: corrected fluorescence in each presentation's window of 30 + 60 + 30
+    frames as percent ΔF/F relative to the mean of the 30 pre frames; its mean over the 60
+    sweep frames is the trial response. Condition means over (orientation, temporal frequency)
+    give the preferred condition (argmax); ``osi_dg`` = (pref − orth)/(pref + orth) with orth
+    the mean of ±90°, ``dsi_dg`` = (pref − null)/(pref + null) with null at +180°, both at the
+    preferred TF; ``ptest_dg`` is the one-way ANOVA p over every condition plus the blank.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``cell_specimen_id``: ``pref_ori_dg`` (direction, deg), ``pref_tf_dg`` (Hz),
+        ``osi_dg``, ``dsi_dg``, ``peak_dff_dg`` (% ΔF/F), ``ptest_dg``.
+
+    Raises
+    ------
+    SchemaError
+        Without ``corrected_fluorescence``.
+    ValueError
+        Without drifting-grating presentations (only three_session_A has them).
+
+    Examples
+    --------
+    >>> ds.ophys.drifting_grating_metrics().query("ptest_dg < 0.05")  # doctest: +SKIP
+    """
+    dg, mean_sweep = _dg_sweeps(ds)
+    (msr,) = dask.compute(mean_sweep)
+    ori = dg["orientation"].to_numpy(dtype=np.float64)
+    tf = dg["temporal_frequency"].to_numpy(dtype=np.float64)
+    blank = np.isnan(tf) | np.isnan(ori)
+    if "blank_sweep" in dg:
+        blank |= dg["blank_sweep"].to_numpy(dtype=np.float64) == 1
+    orivals, tfvals = np.unique(ori[~blank]), np.unique(tf[~blank])
+    response = np.full((len(orivals), len(tfvals), msr.shape[1]), np.nan)
+    groups = []
+    for i, o in enumerate(orivals):
+        for j, f in enumerate(tfvals):
+            rows = (ori == o) & (tf == f) & ~blank
+            if rows.any():
+                response[i, j] = msr[rows].mean(axis=0)
+                groups.append(msr[rows])
+    if blank.any():
+        groups.append(msr[blank])
+    records = []
+    for c in range(msr.shape[1]):
+        tuning = response[:, :, c]
+        i, j = np.unravel_index(np.nanargmax(tuning), tuning.shape)
+        pref = tuning[i, j]
+
+        def at(delta: float, j: int = j, i: int = i, c: int = c) -> float:
+            k = np.flatnonzero(np.isclose(orivals, (orivals[i] + delta) % 360.0))
+            return float(response[k[0], j, c]) if len(k) else np.nan
+
+        orth = (at(90.0) + at(-90.0)) / 2.0
+        null = at(180.0)
+        p = stats.f_oneway(*(g[:, c] for g in groups)).pvalue if len(groups) > 1 else np.nan
+        records.append(
+            {
+                "pref_ori_dg": float(orivals[i]),
+                "pref_tf_dg": float(tfvals[j]),
+                "osi_dg": (pref - orth) / (pref + orth),
+                "dsi_dg": (pref - null) / (pref + null),
+                "peak_dff_dg": float(pref),
+                "ptest_dg": float(p),
+            }
+        )
+    return pd.DataFrame(records, index=pd.Index(ds.indexes[CELL], name=CELL))
+
+
+# --------------------------------------------------------------------------- interop
+
+
+def to_pynapple(ds: xr.Dataset, *, trace: str = "dff") -> Any:
+    """The trace as a ``pynapple.TsdFrame`` (time × cell; loads it). Needs pynapple."""
+    try:
+        import pynapple as nap
+    except ImportError as err:
+        raise ImportError(
+            "to_pynapple needs pynapple, which is not installed; install it with "
+            "`pip install pynapple` (or `conda install -c conda-forge pynapple`)"
+        ) from err
+    arr = _trace(ds, trace)
+    return nap.TsdFrame(
+        t=np.asarray(ds.indexes[TIME]),
+        d=np.asarray(arr.transpose(TIME, CELL).values),
+        columns=np.asarray(ds.indexes[CELL]),
+    )
