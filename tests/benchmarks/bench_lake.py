@@ -103,7 +103,7 @@ def bench_open_s3() -> None:
     calls: Counter = Counter()
     original = s3fs.S3FileSystem._call_s3
 
-    async def counting(self, method, *args, **kwargs):  # noqa: ANN001, ANN202
+    async def counting(self, method, *args, **kwargs):
         calls[method] += 1
         return await original(self, method, *args, **kwargs)
 
