@@ -381,7 +381,7 @@ def run(
     cluster = None
     if scheduler is None:
         cluster = distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
     client = distributed.Client(cluster or scheduler, set_as_default=False)
     results: list[FileResult] = []

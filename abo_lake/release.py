@@ -196,6 +196,7 @@ class Release:
                 chunks={} if chunks is None else chunks,
                 zarr_format=3,
             )
+        ds.encoding["abo_lake_store"] = store  # store.chunk_reads: chunk objects read so far
         return self._stamp(ds, path)
 
     def open_datatree(self, path: str, *, verify: bool = False) -> xr.DataTree:
