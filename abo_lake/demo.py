@@ -17,7 +17,7 @@ from abo_lake.lake import Lake, open_lake
 from abo_lake.release import Release
 from abo_lake.synthetic import synthesize
 
-__all__ = ["run_demo"]
+__all__ = ["demo_lake", "run_demo"]
 
 #: kind -> options for the demo's tiny sources
 SOURCES = {
@@ -59,11 +59,11 @@ def _sources(work: Path) -> tuple[Path, Path]:
     return v1, v2
 
 
-def _release(lake: Lake, name: str, sources: Path, notes: str) -> None:
+def _release(lake: Lake, name: str, sources: Path, notes: str, progress: bool = True) -> None:
     if name in lake.releases():
         print(f"  {name} already published in {lake.url}: reusing it")
         return
-    report = jobs.run([sources], lake, name, workers=2, notes=notes, progress=True)
+    report = jobs.run([sources], lake, name, workers=2, notes=notes, progress=progress)
     print(report.summary())
     if not report.published:
         raise SystemExit(f"demo: release {name} was not published (see failures above)")
@@ -158,6 +158,22 @@ def _analysis(rel: Release, out: Path) -> list[Path]:
         "drifting-grating presentations computed"
     )
     return figures
+
+
+def demo_lake(work: str | Path = "abo_lake_work", lake_url: str | None = None) -> Lake:
+    """The demo's lake with releases ``demo.1`` and ``demo.2``, built if absent.
+
+    The notebooks start with this: a fresh machine builds the lake in about half a minute;
+    afterwards it is reused.
+    """
+    work = Path(work).resolve()
+    lake = open_lake(lake_url or str(work / "lake"))
+    if {"demo.1", "demo.2"} <= set(lake.releases()):
+        return lake
+    v1, v2 = _sources(work)
+    _release(lake, "demo.1", v1, "abo-lake demo, first release", progress=False)
+    _release(lake, "demo.2", v2, "abo-lake demo: event detection fix", progress=False)
+    return lake
 
 
 def run_demo(work: Path = Path("abo_lake_work"), lake_url: str | None = None) -> None:

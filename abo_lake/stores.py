@@ -186,6 +186,7 @@ class ManifestStore(_KeyMapStore):
         self._cas = storage.zarr_store(cas.CAS_PREFIX)
         self._reads = itertools.count()
         self.chunk_reads = 0
+        self.bytes_read = 0
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -238,6 +239,7 @@ class ManifestStore(_KeyMapStore):
                     f"{cas.key_of(h)} does not hash to its name"
                 )
             buf = prototype.buffer.from_bytes(_slice(data, byte_range))
+        self.bytes_read += len(buf)
         return buf
 
     async def set(self, key: str, value: Buffer) -> None:

@@ -1,0 +1,122 @@
+"""The ``.ecephys`` accessor: thin delegates to :mod:`abo_lake.ecephys`.
+
+Works on the three Visual Coding Neuropixels kinds: ``ecephys_session`` (units, spikes,
+stimuli), ``ecephys_lfp`` and ``ecephys_csd``. ``__init__`` checks the kind from dims and
+variables only (no data read) and raises :class:`~abo_lake.errors.SchemaError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from abo_lake import ecephys, schema
+from abo_lake.errors import SchemaError
+
+__all__ = ["EcephysAccessor"]
+
+_KINDS = ("ecephys_session", "ecephys_lfp", "ecephys_csd")
+
+
+def _kind(ds: xr.Dataset) -> str:
+    recorded = schema.kind_of(ds)
+    candidates = [recorded] if recorded in _KINDS else [] if recorded else list(_KINDS)
+    problems = []
+    for kind in candidates:
+        try:
+            schema.validate(ds, kind)
+            return kind
+        except SchemaError as err:
+            problems.append(str(err))
+    found = f"a {recorded!r} Dataset" if recorded else "a Dataset without abo_lake_kind"
+    raise SchemaError(
+        f".ecephys needs an ecephys_session, ecephys_lfp or ecephys_csd Dataset (open "
+        f"'ecephys/session/<id>' or 'ecephys/probe/<id>/lfp|csd'); got {found}"
+        + (f": {'; '.join(problems)}" if problems else "")
+    )
+
+
+@xr.register_dataset_accessor("ecephys")
+class EcephysAccessor:
+    """Visual Coding Neuropixels analysis with AllenSDK's names and semantics.
+
+    On a session: :attr:`units`, :meth:`units_in`, :meth:`spike_times`,
+    :meth:`presentationwise_spike_counts`, :meth:`presentationwise_spike_times`,
+    :meth:`conditionwise_spike_statistics`, :meth:`psth`, :meth:`drifting_gratings_metrics`.
+    On a probe: :meth:`lfp` and :attr:`csd`.
+    """
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+        self._kind = _kind(ds)
+
+    def __repr__(self) -> str:
+        ds, kind = self._ds, self._kind
+        if kind == "ecephys_session":
+            return (
+                f"<.ecephys session {ds.attrs.get('ecephys_session_id', '?')}: "
+                f"{ds.sizes['unit_id']} units, {ds.sizes['spike']:,} spikes, "
+                f"{ds.sizes['stimulus_presentation_id']} stimulus presentations>"
+            )
+        if kind == "ecephys_lfp":
+            return (
+                f"<.ecephys LFP of probe {ds.attrs.get('probe_id', '?')}: "
+                f"{ds.sizes['channel']} channels × {ds.sizes['time']:,} samples>"
+            )
+        return (
+            f"<.ecephys CSD of probe {ds.attrs.get('probe_id', '?')}: "
+            f"{ds.sizes['virtual_channel_index']} virtual channels × {ds.sizes['time']} samples>"
+        )
+
+    def _need(self, kind: str) -> xr.Dataset:
+        if self._kind != kind:
+            raise SchemaError(f"this needs an {kind!r} Dataset; this one is {self._kind!r}")
+        return self._ds
+
+    @property
+    def units(self) -> pd.DataFrame:
+        """Units passing AllenSDK's default QC filter (see :func:`abo_lake.ecephys.units`)."""
+        return ecephys.units(self._need("ecephys_session"))
+
+    def filtered_units(self, **filters: Any) -> pd.DataFrame:
+        """Units with overridden QC filters (``amplitude_cutoff_maximum=...``, ...)."""
+        return ecephys.units(self._need("ecephys_session"), **filters)
+
+    def units_in(self, structure_acronym: str, **filters: Any) -> pd.DataFrame:
+        """Units in one CCF structure (``ecephys_structure_acronym``)."""
+        return ecephys.units_in(self._need("ecephys_session"), structure_acronym, **filters)
+
+    def spike_times(self, unit_id: int) -> xr.DataArray:
+        """One unit's spike times (lazy)."""
+        return ecephys.spike_times(self._need("ecephys_session"), unit_id)
+
+    def presentationwise_spike_counts(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`abo_lake.ecephys.presentationwise_spike_counts` (lazy)."""
+        return ecephys.presentationwise_spike_counts(self._need("ecephys_session"), **kwargs)
+
+    def presentationwise_spike_times(self, **kwargs: Any) -> pd.DataFrame:
+        """See :func:`abo_lake.ecephys.presentationwise_spike_times`."""
+        return ecephys.presentationwise_spike_times(self._need("ecephys_session"), **kwargs)
+
+    def conditionwise_spike_statistics(self, **kwargs: Any) -> pd.DataFrame:
+        """See :func:`abo_lake.ecephys.conditionwise_spike_statistics`."""
+        return ecephys.conditionwise_spike_statistics(self._need("ecephys_session"), **kwargs)
+
+    def psth(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`abo_lake.ecephys.psth` (lazy)."""
+        return ecephys.psth(self._need("ecephys_session"), **kwargs)
+
+    def drifting_gratings_metrics(self, **kwargs: Any) -> pd.DataFrame:
+        """See :func:`abo_lake.ecephys.drifting_gratings_metrics`."""
+        return ecephys.drifting_gratings_metrics(self._need("ecephys_session"), **kwargs)
+
+    def lfp(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`abo_lake.ecephys.lfp` (lazy)."""
+        return ecephys.lfp(self._need("ecephys_lfp"), **kwargs)
+
+    @property
+    def csd(self) -> xr.DataArray:
+        """The CSD DataArray (lazy), see :func:`abo_lake.ecephys.csd`."""
+        return ecephys.csd(self._need("ecephys_csd"))
