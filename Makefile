@@ -6,10 +6,12 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt pins the versions this project is tested with (pip freeze of a working
+# environment): without it pip can spend many minutes backtracking through boto3/botocore.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,notebooks]"
+	$(BIN)/pip install --quiet -e ".[test,notebooks]" -c constraints.txt
 	touch $@
 
 demo: $(BIN)/.installed
