@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 from abo_lake import accessors  # noqa: F401  (registers .ophys, .ecephys, .ccf)
+from abo_lake.catalog import Table, open_catalog, release_table, root_catalog
 from abo_lake.errors import (
     AboLakeError,
     DatasetNotFoundError,
@@ -41,6 +42,10 @@ __all__ = [
     "SchemaError",
     "SourceFileError",
     "Stage",
+    "Table",
     "__version__",
+    "open_catalog",
     "open_lake",
+    "release_table",
+    "root_catalog",
 ]

@@ -97,6 +97,18 @@ class Release:
             f"created {self.record.created[:19]}>"
         )
 
+    def __getattr__(self, name: str) -> Any:
+        """Metadata tables as attributes: ``rel.ophys_experiments.search(cre_line="Sst")``."""
+        record = self.__dict__.get("record")
+        if name.startswith("_") or record is None or name not in record.tables:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        from abo_lake.catalog import release_table
+
+        return release_table(self, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self.record.tables})
+
     @property
     def name(self) -> str:
         """The release name, e.g. ``"2026.1"``."""

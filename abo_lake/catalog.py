@@ -1,0 +1,747 @@
+"""Intake catalogs of releases, and table-first search over release metadata tables.
+
+Publishing a release writes ``releases/<name>/catalog.yaml``, an intake 2 (V2) catalog that
+plain ``intake`` opens without abo_lake, and refreshes the lake's root ``catalog.yaml``.
+A release catalog has:
+
+- one entry per dataset (``ophys_experiment_951980471``), read lazily by intake's built-in
+  ``XArrayDatasetReader`` through ``reference://`` and that release's own manifest;
+- one entry per modality chosen by id through a catalog-level user parameter
+  (``cat(ophys_experiment_id=951980471).ophys_experiment.read()``). A manifest URL is the hash
+  of its content, so no template on the id can reach it; these entries read per-release
+  copies of the manifests at ``releases/<name>/refs/<root12>/<dataset path>.json``;
+- one entry per metadata table (intake's ``PandasParquet``).
+
+Stored catalogs never hold credentials: users give them through their environment (or to
+:func:`open_catalog`, which adds them in memory only).
+
+:class:`Table` is the search side: ``release_table(rel, "ophys_experiments").search(...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+import warnings
+from collections import OrderedDict
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import xarray as xr
+import yaml
+
+from abo_lake.errors import DatasetNotFoundError
+from abo_lake.lake import PUBLISH_HOOKS, Lake, open_lake
+from abo_lake.release import Release, ReleaseRecord
+
+if TYPE_CHECKING:
+    from intake.readers.entry import Catalog
+
+__all__ = [
+    "PARAMETRISED",
+    "Table",
+    "catalog_dict",
+    "open_catalog",
+    "parse_value",
+    "release_table",
+    "root_catalog",
+    "root_catalog_dict",
+    "search_table",
+    "write_catalog",
+]
+
+CATALOG_KEY = "catalog.yaml"
+_READER = "intake.readers.readers:XArrayDatasetReader"
+_OPTIONS_UP = "intake.readers.user_parameters:OptionsUserParameter"
+_SECRET_RE = re.compile(r"key$|access_key|secret|token|passw|credential|^auth|private|sas$")
+
+#: Entry name -> (dataset path template, its parameter). ``ccf_annotation`` and
+#: ``ccf_template`` also take ``resolution_um`` (the multiscale level).
+PARAMETRISED: dict[str, tuple[str, str]] = {
+    "ophys_experiment": ("ophys/experiment/{ophys_experiment_id}", "ophys_experiment_id"),
+    "ecephys_session": ("ecephys/session/{ecephys_session_id}", "ecephys_session_id"),
+    "ecephys_lfp": ("ecephys/probe/{probe_id}/lfp", "probe_id"),
+    "ecephys_csd": ("ecephys/probe/{probe_id}/csd", "probe_id"),
+    "celltypes_ephys": ("celltypes/specimen/{specimen_id}/ephys", "specimen_id"),
+    "celltypes_morphology": ("celltypes/specimen/{specimen_id}/morphology", "specimen_id"),
+    "connectivity_experiment": (
+        "connectivity/experiment/{connectivity_experiment_id}",
+        "connectivity_experiment_id",
+    ),
+    "ccf_annotation": ("ccf/{ccf_version}/annotation", "ccf_version"),
+    "ccf_template": ("ccf/{ccf_version}/template", "ccf_version"),
+    "ccf_structures": ("ccf/{ccf_version}/structures", "ccf_version"),
+}
+_MULTISCALE = ("ccf_annotation", "ccf_template")
+_LEVEL_RE = re.compile(r"^(\d+)um/zarr\.json$")
+
+
+# -- writing catalogs ----------------------------------------------------------------------
+def _public(options: dict[str, Any]) -> dict[str, Any]:
+    """Storage options without anything secret (keys, secrets, tokens, passwords)."""
+    out = {}
+    for k, v in options.items():
+        if _SECRET_RE.search(str(k).lower()):
+            continue
+        out[k] = _public(v) if isinstance(v, dict) else v
+    return out
+
+
+def _options(lake: Lake) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(reference-filesystem options without ``fo``, plain file options), credential-free."""
+    st = lake.storage
+    plain = _public(st.storage_options)
+    ref = {
+        "remote_protocol": "file" if st.local else st.protocol,
+        "remote_options": {**plain, "asynchronous": True},
+    }
+    if plain:  # how to read the manifest itself (its protocol comes from its URL)
+        ref["target_options"] = plain
+    return ref, plain
+
+
+def _refs_key(record: ReleaseRecord, path: str) -> str:
+    return f"releases/{record.name}/refs/{record.root[:12]}/{path}.json"
+
+
+def _entry_name(path: str, taken: set[str]) -> str:
+    name = re.sub(r"[^0-9A-Za-z_]", "_", path)
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+_PATTERNS = {
+    entry: re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(t)) + "$")
+    for entry, (t, _) in PARAMETRISED.items()
+}
+
+
+def _match(path: str) -> tuple[str, dict[str, str]] | None:
+    """(parametrised entry, {parameter: value}) a dataset path belongs to, if any."""
+    for entry, pattern in _PATTERNS.items():
+        m = pattern.match(path)
+        if m:
+            return entry, m.groupdict()
+    return None
+
+
+def _levels(lake: Lake, record: ReleaseRecord, path: str) -> list[int]:
+    h = record.datasets[path]["manifest"]
+    metadata = lake._manifest(h, where=f"catalog of {record.name}, {path!r}").metadata
+    return sorted(int(m.group(1)) for k in metadata if (m := _LEVEL_RE.match(k)))
+
+
+def _reader(data: str, meta: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return {
+        "reader": _READER,
+        "kwargs": {
+            "data": f"{{data({data})}}",
+            "chunks": {},
+            "consolidated": True,
+            "zarr_format": 3,
+            **kwargs,
+        },
+        "metadata": meta,
+        "user_parameters": {},
+        "output_instance": "xarray:Dataset",
+    }
+
+
+def _zarr(fo: str, ref_options: dict[str, Any], root: str = "") -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"url": "reference://", "storage_options": {"fo": fo, **ref_options}}
+    if root:
+        kwargs["root"] = root
+    return {
+        "datatype": "intake.readers.datatypes:Zarr",
+        "kwargs": kwargs,
+        "metadata": {},
+        "user_parameters": {},
+    }
+
+
+def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
+    """The intake V2 catalog of a release, as the plain dict that is stored as YAML."""
+    rel = Release(lake, record)
+    ref_options, plain = _options(lake)
+    pin = {"abo_lake_release": record.name, "abo_lake_release_root": record.root}
+    data: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
+    taken: set[str] = set(PARAMETRISED) | set(record.tables)
+    ids: dict[str, set[str]] = {}
+    found: dict[str, set[str]] = {}
+    levels: set[int] = set()
+    for path in rel.datasets():
+        entry = record.datasets[path]
+        name = _entry_name(path, taken)
+        meta = {
+            **pin,
+            "abo_lake_dataset": path,
+            "abo_lake_kind": entry.get("kind"),
+            "nbytes": int(entry.get("nbytes", 0)),
+        }
+        match = _match(path)
+        root = ""
+        if match and match[0] in _MULTISCALE:
+            res = _levels(lake, record, path)
+            levels.update(res)
+            if res:
+                root = f"{res[0]}um"
+                meta["resolutions_um"] = res
+        data[f"{name}_zarr"] = _zarr(rel.manifest_url(path), ref_options, root)
+        entries[name] = _reader(f"{name}_zarr", meta)
+        if match:
+            found.setdefault(match[0], set()).add(path)
+            for param, value in match[1].items():
+                ids.setdefault(param, set()).add(value)
+    user_parameters: dict[str, Any] = {}
+    for param, values in sorted(ids.items()):
+        numeric = all(v.isdigit() for v in values)
+        options = sorted(int(v) for v in values) if numeric else sorted(values)
+        user_parameters[param] = {
+            "cls": _OPTIONS_UP,
+            "options": options,
+            "dtype": "int" if numeric else "str",
+            "default": options[0],
+            "description": f"{param} ({len(options)} in release {record.name})",
+        }
+    if levels:
+        user_parameters["resolution_um"] = {
+            "cls": _OPTIONS_UP,
+            "options": sorted(levels),
+            "dtype": "int",
+            "default": min(levels),
+            "description": "CCF multiscale level (µm per voxel)",
+        }
+    refs_base = lake.storage.url_of(f"releases/{record.name}/refs/{record.root[:12]}")
+    for entry_name, (template, param) in PARAMETRISED.items():
+        if entry_name not in found:
+            continue
+        fo = f"{refs_base}/{template}.json"
+        root = "{resolution_um}um" if entry_name in _MULTISCALE and levels else ""
+        data[f"{entry_name}_by_id"] = _zarr(fo, ref_options, root)
+        meta = {
+            **pin,
+            "abo_lake_dataset": template,
+            "parameters": [param],
+            "datasets": len(found[entry_name]),
+        }
+        if root:
+            meta["parameters"].append("resolution_um")
+        entries[entry_name] = _reader(f"{entry_name}_by_id", meta)
+    for table, info in sorted(record.tables.items()):
+        data[f"{table}_parquet"] = {
+            "datatype": "intake.readers.datatypes:Parquet",
+            "kwargs": {"url": rel.table_url(table), "storage_options": plain or None},
+            "metadata": {},
+            "user_parameters": {},
+        }
+        entries[table] = {
+            "reader": "intake.readers.readers:PandasParquet",
+            "kwargs": {"data": f"{{data({table}_parquet)}}"},
+            "metadata": {**pin, "rows": info.get("rows"), "columns": info.get("columns", [])},
+            "user_parameters": {},
+            "output_instance": "pandas:DataFrame",
+        }
+    return {
+        "version": 2,
+        "metadata": {
+            "description": f"abo_lake release {record.name} of lake {lake.url}",
+            **pin,
+            "created": record.created,
+            "abo_lake_version": record.abo_lake_version,
+            "notes": record.notes,
+            "lake": lake.url,
+        },
+        "aliases": {name: name for name in entries},
+        "user_parameters": user_parameters,
+        "data": data,
+        "entries": entries,
+    }
+
+
+def _write_many(lake: Lake, items: dict[str, bytes]) -> None:
+    if lake.storage.local:
+        for key, value in items.items():
+            lake.storage.write(key, value)
+    elif items:
+        lake.storage.fs.pipe({lake.storage.path(k): v for k, v in items.items()})
+
+
+def write_catalog(lake: Lake, record: ReleaseRecord) -> None:
+    """Write a release's catalog, its per-id manifest copies, and refresh the root catalog.
+
+    Registered in :data:`abo_lake.lake.PUBLISH_HOOKS`: runs just before ``release.json`` is
+    written, so a visible release always has its catalog.
+    """
+    doc = catalog_dict(lake, record)
+    paths = [p for p in record.datasets if _match(p)]
+    for i in range(0, len(paths), 256):
+        part = paths[i : i + 256]
+        keys = {
+            p: f"manifests/{record.datasets[p]['manifest'][:2]}/"
+            f"{record.datasets[p]['manifest']}.json"
+            for p in part
+        }
+        got = lake.storage.read_many(list(keys.values()))
+        copies = {}
+        for p in part:
+            value = got[keys[p]]
+            if isinstance(value, Exception):
+                raise value
+            copies[_refs_key(record, p)] = value
+        _write_many(lake, copies)
+    lake.storage.write(f"releases/{record.name}/{CATALOG_KEY}", _dump(doc))
+    names = [n for n in lake.releases() if n != record.name] + [record.name]
+    lake.storage.write(CATALOG_KEY, _dump(root_catalog_dict(lake, names)))
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=True).encode()
+
+
+def root_catalog_dict(lake: Lake, names: list[str]) -> dict[str, Any]:
+    """The lake's root catalog: one nested catalog entry per release, ``latest`` and ``release``."""
+    _, plain = _options(lake)
+    data, entries = {}, {}
+
+    def nested(key: str, url: str, meta: dict[str, Any]) -> None:
+        data[f"{key}_yaml"] = {
+            "datatype": "intake.readers.datatypes:CatalogFile",
+            "kwargs": {"url": url, "storage_options": plain or None},
+            "metadata": {},
+            "user_parameters": {},
+        }
+        entries[key] = {
+            "reader": "intake.readers.readers:YAMLCatalogReader",
+            "kwargs": {"data": f"{{data({key}_yaml)}}"},
+            "metadata": meta,
+            "user_parameters": {},
+            "output_instance": "intake.readers.entry:Catalog",
+        }
+
+    for name in names:
+        url = lake.storage.url_of(f"releases/{name}/{CATALOG_KEY}")
+        nested(name, url, {"abo_lake_release": name})
+    ups = {}
+    if names:
+        latest = names[-1]
+        url = lake.storage.url_of(f"releases/{latest}/{CATALOG_KEY}")
+        nested("latest", url, {"abo_lake_release": latest, "note": "newest when written"})
+        if "release" not in names:
+            nested("release", lake.storage.url_of(f"releases/{{release}}/{CATALOG_KEY}"), {})
+        ups["release"] = {
+            "cls": _OPTIONS_UP,
+            "options": list(names),
+            "dtype": "str",
+            "default": latest,
+            "description": "release name",
+        }
+    return {
+        "version": 2,
+        "metadata": {
+            "description": f"abo_lake lake {lake.url}",
+            "lake": lake.url,
+            "releases": list(names),
+        },
+        "aliases": {k: k for k in entries},
+        "user_parameters": ups,
+        "data": data,
+        "entries": entries,
+    }
+
+
+PUBLISH_HOOKS.append(write_catalog)
+
+
+# -- opening catalogs ----------------------------------------------------------------------
+@cache
+def _pinned_classes() -> tuple[type, type]:
+    """(reader, catalog) subclasses of intake's that stamp the release in Dataset attrs."""
+    from intake.readers.entry import Catalog
+    from intake.readers.readers import XArrayDatasetReader
+
+    class PinnedXArrayReader(XArrayDatasetReader):
+        """XArrayDatasetReader recording the release in the opened Dataset's attrs."""
+
+        def _read(self, data: Any, **kw: Any) -> xr.Dataset:
+            ds = super()._read(data, **kw)
+            ds.attrs.update({k: v for k, v in self.metadata.items() if k.startswith("abo_lake_")})
+            return ds
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            new = super().__call__(*args, **kwargs)
+            new.metadata = {**self.metadata, **new.metadata}
+            return new
+
+    class ReleaseCatalog(Catalog):
+        """An intake catalog whose xarray entries stamp the release in the attrs."""
+
+        def __getitem__(self, item: str) -> Any:
+            reader = super().__getitem__(item)
+            if type(reader) is not XArrayDatasetReader:
+                return reader
+            meta = dict(reader.metadata)
+            template = meta.get("abo_lake_dataset", "")
+            if "{" in template:
+                values = {k: getattr(v, "default", v) for k, v in self.user_parameters.items()}
+                for k, v in self._up_overrides.items():
+                    up = self.user_parameters.get(k)
+                    values[k] = up.coerce(v) if hasattr(up, "coerce") else v
+                meta["abo_lake_dataset"] = template.format_map(values)
+            return PinnedXArrayReader(metadata=meta, **reader.kwargs)
+
+        def __call__(self, **kwargs: Any) -> Any:
+            new = super().__call__(**kwargs)
+            new.__class__ = type(self)
+            return new
+
+    return PinnedXArrayReader, ReleaseCatalog
+
+
+def _with_credentials(doc: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Add runtime storage options (credentials) to every data entry, in memory only."""
+    if not options:
+        return doc
+    for desc in doc["data"].values():
+        so = desc["kwargs"].get("storage_options")
+        if isinstance(so, dict) and "fo" in so:
+            so = dict(so)
+            so["remote_options"] = {**so.get("remote_options", {}), **options}
+            so["target_options"] = {**so.get("target_options", {}), **options}
+            so["remote_options"]["asynchronous"] = True
+        elif "url" in desc["kwargs"]:
+            so = {**(so or {}), **options}
+        desc["kwargs"] = {**desc["kwargs"], "storage_options": so}
+    return doc
+
+
+def _warn_if_not_newest(rel: Release, stacklevel: int = 3) -> None:
+    names = rel.lake.releases()
+    if names and names[-1] != rel.name:
+        newest = names[-1]
+        warnings.warn(
+            f"release {rel.pin} is not the newest in lake {rel.lake.url}: {newest!r} is. "
+            f"See what changed with lake.diff({rel.name!r}, {newest!r}).",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def open_catalog(
+    url: str | None = None, release: str | None = "latest", **storage_options: Any
+) -> Catalog:
+    """Open the intake catalog of a release (or, with ``release=None``, of the whole lake).
+
+    Parameters
+    ----------
+    url
+        The lake (as for :func:`abo_lake.open_lake`).
+    release
+        ``"latest"`` (resolved to a concrete name), a name, ``"name@root"``, or ``None``
+        for the root catalog listing every release.
+    **storage_options
+        For the lake's filesystem (credentials stay in memory; never written).
+
+    Returns
+    -------
+    intake.readers.entry.Catalog
+        Entries open lazily; Datasets carry ``abo_lake_release`` and ``..._root`` attrs.
+
+    Examples
+    --------
+    >>> cat = open_catalog(release="2026.1")  # doctest: +SKIP
+    >>> ds = cat(ophys_experiment_id=951980471).ophys_experiment.read()  # doctest: +SKIP
+    """
+    from intake.readers.entry import Catalog
+
+    lake = open_lake(url, **storage_options)
+    secrets = dict(lake.storage.storage_options)
+    if release is None:
+        doc = root_catalog_dict(lake, lake.releases())
+        return Catalog.from_dict(_with_credentials(doc, secrets))
+    rel = lake.release(release)
+    _warn_if_not_newest(rel)
+    if not lake.storage.exists(f"releases/{rel.name}/{CATALOG_KEY}"):
+        _backfill(lake, rel.record)
+    # Built from the verified release record (same content as the stored YAML, which is
+    # for plain intake; parsing thousands of YAML entries takes seconds).
+    doc = catalog_dict(lake, rel.record)
+    return _pinned_classes()[1].from_dict(_with_credentials(doc, secrets))
+
+
+def _backfill(lake: Lake, record: ReleaseRecord) -> None:
+    """Write the catalog of a release published without one (if the lake is writable)."""
+    try:
+        write_catalog(lake, record)
+    except OSError as err:
+        warnings.warn(
+            f"release {record.name!r} has no stored catalog and it cannot be written "
+            f"({type(err).__name__}: {err}); entries chosen by id will not open",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def root_catalog(url: str | None = None, **storage_options: Any) -> Catalog:
+    """The lake's root catalog (every release as a nested catalog), built now."""
+    return open_catalog(url, release=None, **storage_options)
+
+
+# -- tables --------------------------------------------------------------------------------
+_TABLE_CACHE: OrderedDict[str, pd.DataFrame] = OrderedDict()
+
+
+def release_table(release: Release, name: str) -> Table:
+    """A release's metadata table as a searchable :class:`Table` (cached by content hash)."""
+    entry = release.record.tables.get(name)
+    h = entry["object"] if entry else None
+    if h not in _TABLE_CACHE:
+        df = release.table(name)  # raises DatasetNotFoundError listing the tables
+        _TABLE_CACHE[h] = df
+        while len(_TABLE_CACHE) > 16:
+            _TABLE_CACHE.popitem(last=False)
+    _TABLE_CACHE.move_to_end(h)
+    return Table(_TABLE_CACHE[h].copy(), release=release, name=name)
+
+
+def search_table(release: Release, name: str, **query: Any) -> pd.DataFrame:
+    """Rows of a release table matching ``query`` (see :meth:`Table.search`)."""
+    return release_table(release, name).search(**query).df
+
+
+_NUM_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(text: str) -> int | float | None:
+    if not _NUM_RE.match(text):
+        return None
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value: ``"100:300"`` -> (100, 300), ``"a,b"`` -> list, ``"175"`` -> 175, ``"x"``.
+
+    Open ranges keep ``None``: ``"100:"`` -> (100, None). ``true``/``false`` become bools.
+    """
+    text = text.strip()
+    if "," in text:
+        return [parse_value(t) for t in text.split(",") if t.strip()]
+    lo, sep, hi = text.partition(":")
+    if sep and (lo.strip() or hi.strip()):
+        bounds = [_number(t.strip()) if t.strip() else None for t in (lo, hi)]
+        if all(b is not None or not t.strip() for b, t in zip(bounds, (lo, hi))):
+            return tuple(bounds)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    n = _number(text)
+    return text if n is None else n
+
+
+def _mask(series: pd.Series, value: Any, column: str) -> pd.Series:
+    if callable(value):
+        return pd.Series(value(series), index=series.index).fillna(False).astype(bool)
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"range for {column!r} must be (lo, hi); got {value!r}")
+        lo, hi = value
+        mask = series.notna()
+        if lo is not None:
+            mask &= series >= lo
+        if hi is not None:
+            mask &= series <= hi
+        return mask.fillna(False).astype(bool)
+    if isinstance(value, list | set | frozenset):
+        mask = pd.Series(False, index=series.index)
+        for v in value:
+            mask |= _mask(series, v, column)
+        return mask
+    if isinstance(value, str):
+        if pd.api.types.is_bool_dtype(series) and value.lower() in ("true", "false"):
+            return series == (value.lower() == "true")
+        if pd.api.types.is_numeric_dtype(series):
+            n = _number(value)
+            if n is None:
+                raise ValueError(
+                    f"column {column!r} is numeric ({series.dtype}); cannot match {value!r}"
+                )
+            return series == n
+        text = series if pd.api.types.is_string_dtype(series) else series.astype("string")
+        found = text.str.contains(value, case=False, regex=False)
+        return found.fillna(False).astype(bool)
+    if pd.api.types.is_string_dtype(series) or series.dtype == object:
+        return series.astype("string") == str(value)
+    return (series == value).fillna(False).astype(bool)
+
+
+class Table:
+    """A release metadata table you can search, summarise, and open datasets from.
+
+    Parameters
+    ----------
+    df
+        The rows (index: the id, e.g. ``ophys_experiment_id``; a ``dataset_path`` column).
+    release
+        The release the table belongs to.
+    name
+        The table name, e.g. ``"ophys_experiments"``.
+    total
+        Rows of the whole release table (for the repr); default ``len(df)``.
+
+    Examples
+    --------
+    >>> t = release_table(rel, "ophys_experiments")  # doctest: +SKIP
+    >>> t.search(cre_line="Sst", imaging_depth=(100, 300))  # doctest: +SKIP
+    <Table ophys_experiments: 12 of 127 rows>
+    """
+
+    def __init__(
+        self, df: pd.DataFrame, *, release: Release, name: str, total: int | None = None
+    ) -> None:
+        self._df = df
+        self.release = release
+        self.name = name
+        self.total = len(df) if total is None else total
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"<Table {self.name}: {len(self._df)} of {self.total} rows>"
+
+    def __len__(self) -> int:
+        return len(self._df)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        return self._df[column]
+
+    def _ipython_key_completions_(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The rows as a DataFrame."""
+        return self._df
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The rows as a DataFrame (a copy)."""
+        return self._df.copy()
+
+    @property
+    def columns(self) -> list[str]:
+        """Searchable columns (the index name first)."""
+        names = [self._df.index.name] if self._df.index.name else []
+        return names + [str(c) for c in self._df.columns]
+
+    def _column(self, column: str) -> pd.Series:
+        if column in self._df.columns:
+            return self._df[column]
+        if column == self._df.index.name:
+            return self._df.index.to_series(index=self._df.index)
+        near = difflib.get_close_matches(column, self.columns, n=3, cutoff=0.5)
+        hint = f"did you mean {near!r}? " if near else ""
+        raise DatasetNotFoundError(
+            f"table {self.name!r} of release {self.release.pin} has no column {column!r}; "
+            f"{hint}columns: {self.columns}"
+        )
+
+    def search(self, **query: Any) -> Table:
+        """Rows matching every condition; a smaller Table (empty if nothing matches).
+
+        A value is matched by its kind: a string is a case-insensitive substring (numbers
+        and bools in text are compared as such); a list is any of its values; a
+        ``(lo, hi)`` tuple is an inclusive range (``None`` for an open end); a callable
+        gets the column and returns a boolean mask; anything else is equality.
+
+        Raises
+        ------
+        DatasetNotFoundError
+            For an unknown column, listing the columns.
+        """
+        mask = pd.Series(True, index=self._df.index)
+        for column, value in query.items():
+            mask &= _mask(self._column(column), value, column).to_numpy(dtype=bool)
+        return Table(
+            self._df[mask.to_numpy()], release=self.release, name=self.name, total=self.total
+        )
+
+    def unique(self, column: str | None = None) -> list[Any] | pd.DataFrame:
+        """Sorted distinct values of one column, or a per-column summary (``nunique``)."""
+        if column is not None:
+            values = self._column(column).dropna().unique().tolist()
+            try:
+                return sorted(values)
+            except TypeError:
+                return values
+        rows = {}
+        for c in self.columns:
+            s = self._column(c).dropna()
+            shown = s.unique().tolist()[:5]
+            rows[c] = {"nunique": int(s.nunique()), "values": shown}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def _repr_html_(self) -> str:
+        head = (
+            f"<p><b>{html.escape(self.name)}</b>: {len(self._df)} of {self.total} rows · "
+            f"release <code>{html.escape(self.release.pin)}</code></p>"
+        )
+        summary = self.unique().to_html(max_rows=40) if len(self.columns) else ""
+        return head + summary + self._df.head(10).to_html()
+
+    # -- opening data ----------------------------------------------------------------------
+    def _path(self, id_: Any) -> tuple[Any, str]:
+        full = self._df if id_ in self._df.index else release_table(self.release, self.name).df
+        index = full.index
+        key = id_
+        if key not in index and isinstance(id_, str) and _number(id_) is not None:
+            key = _number(id_)
+        if key not in index:
+            ids = index.tolist()
+            if pd.api.types.is_numeric_dtype(index) and _number(str(id_)) is not None:
+                target = float(_number(str(id_)))
+                near = sorted(ids, key=lambda i: abs(float(i) - target))[:5]
+            else:
+                near = difflib.get_close_matches(str(id_), list(map(str, ids)), n=5, cutoff=0)
+            raise DatasetNotFoundError(
+                f"no {index.name or 'id'} {id_!r} in table {self.name!r} of release "
+                f"{self.release.pin}; nearest: {near}"
+            )
+        path = full.loc[key].get("dataset_path") if "dataset_path" in full.columns else None
+        if isinstance(path, pd.Series):
+            path = path.iloc[0]
+        if not isinstance(path, str) or path not in self.release.record.datasets:
+            raise DatasetNotFoundError(
+                f"{index.name or 'id'} {key!r} is listed in table {self.name!r} but release "
+                f"{self.release.pin} has no data for it (dataset_path {path!r}); "
+                f"it may be metadata-only, or converted in another release"
+            )
+        return key, path
+
+    def open(self, id_: Any, **kwargs: Any) -> xr.Dataset:
+        """Open one row's dataset lazily (``Release.open``; attrs record the release)."""
+        _, path = self._path(id_)
+        if not self._warned:
+            self._warned = True
+            _warn_if_not_newest(self.release)
+        return self.release.open(path, **kwargs)
+
+    def to_dataset_dict(self, *, skip_missing: bool = False) -> dict[Any, xr.Dataset]:
+        """``{id: lazy Dataset}`` for every row; rows without data raise unless skipped."""
+        out, missing = {}, []
+        for id_ in self._df.index:
+            try:
+                out[id_] = self.open(id_)
+            except DatasetNotFoundError:
+                if not skip_missing:
+                    raise
+                missing.append(id_)
+        if missing:
+            warnings.warn(
+                f"{len(missing)} rows of {self.name!r} have no data in release "
+                f"{self.release.pin}: {missing[:10]}",
+                UserWarning,
+                stacklevel=2,
+            )
+        return out
