@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from abo_lake import jobs
+from abo_lake.catalog import open_catalog
 from abo_lake.lake import Lake, open_lake
 from abo_lake.release import Release
 from abo_lake.synthetic import synthesize
@@ -78,21 +79,24 @@ def _analysis(rel: Release, out: Path) -> list[Path]:
     import numpy as np
 
     out.mkdir(parents=True, exist_ok=True)
-    experiments = rel.table("ophys_experiments")
+    catalog = open_catalog(rel.lake.url, release=rel.name)
     print(
-        f"  {rel.pin}: {len(rel.datasets())} datasets; ophys_experiments table "
-        f"({len(experiments)} rows):"
+        f"  intake catalog of {rel.pin}: {len(list(catalog))} entries, e.g. "
+        f"{', '.join(list(catalog)[:3])}"
     )
+    experiments = rel.ophys_experiments
+    print(f"  {experiments!r}:")
     print(
-        experiments[["cre_line", "targeted_structure", "imaging_depth", "session_type"]].to_string(
-            max_rows=10
-        )
+        experiments.df[
+            ["cre_line", "targeted_structure", "imaging_depth", "session_type"]
+        ].to_string(max_rows=10)
     )
-    vbo = experiments[experiments["session_type"].astype(str).str.startswith("OPHYS")]
+    vbo = experiments.search(session_type="OPHYS").df
     row = vbo.iloc[0]
+    found = experiments.search(cre_line=row.cre_line, targeted_structure=row.targeted_structure)
     print(
-        f"  search: cre_line == {row.cre_line!r} and targeted_structure == "
-        f"{row.targeted_structure!r} -> experiment {vbo.index[0]}"
+        f"  rel.ophys_experiments.search(cre_line={row.cre_line!r}, targeted_structure="
+        f"{row.targeted_structure!r}) -> {found!r}"
     )
     ds = rel.open(row.dataset_path)
     store = ds.encoding["abo_lake_store"]

@@ -1,0 +1,891 @@
+"""CCF analyses: the structure ontology, structure masks and Mouse Connectivity unionizes.
+
+Pure, lazy functions over the Datasets of :mod:`abo_lake.sources.ccf` (``ALLEN_DATA.md`` §4):
+
+- the ontology (kind ``ccf_structures``) as an :class:`Ontology`: ids, acronyms, ancestors and
+  descendants (from ``structure_id_path``), colours;
+- annotation volumes (kind ``ccf_volume``, multiscale DataTree levels): :func:`structure_mask`
+  (one sorted-lookup gather per chunk), :func:`structure_at` (reads only the chunks holding the
+  points), :func:`voxel_counts` and :func:`choose_level`;
+- connectivity experiments (kind ``connectivity_experiment``): :func:`unionize` gives AllenSDK's
+  structure unionize records in one pass over the chunks (a ``bincount`` per chunk over compact
+  label keys, then a propagation to ancestors), :func:`projection_matrix` the matrix of
+  ``MouseConnectivityCache.get_projection_matrix``.
+
+Hemispheres follow AllenSDK: left (``hemisphere_id`` 1) is LR index < ``round(n_lr / 2)``,
+right is 2 and both is 3.
+
+The ontology is small and is loaded into memory when an :class:`Ontology` is built; the volumes
+stay lazy (dask) until the caller computes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from abo_lake.errors import AboLakeError, SchemaError
+from abo_lake.schema import validate
+
+__all__ = [
+    "HEMISPHERE_IDS",
+    "UNIONIZE_FIELDS",
+    "Ontology",
+    "StructureNotFoundError",
+    "ancestor_ids",
+    "choose_level",
+    "descendant_ids",
+    "direct_unionize",
+    "levels",
+    "projection_matrix",
+    "rgb_triplet",
+    "structure_at",
+    "structure_id",
+    "structure_mask",
+    "unionize",
+    "voxel_counts",
+]
+
+#: AllenSDK hemisphere ids: 1 = left, 2 = right, 3 = both.
+HEMISPHERE_IDS = (1, 2, 3)
+#: Columns of :func:`unionize`, in AllenSDK's names.
+UNIONIZE_FIELDS = (
+    "experiment_id",
+    "hemisphere_id",
+    "structure_id",
+    "is_injection",
+    "sum_pixels",
+    "sum_projection_pixels",
+    "sum_pixel_intensity",
+    "sum_projection_pixel_intensity",
+    "projection_density",
+    "projection_energy",
+    "projection_intensity",
+    "volume",
+    "projection_volume",
+    "normalized_projection_volume",
+    "max_voxel_density",
+    "max_voxel_x",
+    "max_voxel_y",
+    "max_voxel_z",
+)
+_DIMS = ("ap", "dv", "lr")
+_HLABEL = {1: "-L", 2: "-R", 3: ""}
+_LUT_IDS = 2**16  # ids below this get a dense lookup table (at most 64 kB per mask)
+# per-voxel sums of one chunk: injection record, then projection record
+_SUMS = ("sum_pixels", "sum_projection_pixels", "sum_projection_pixel_intensity",
+         "sum_pixel_intensity")  # fmt: skip
+_NSUM = 2 * len(_SUMS)
+_NSTAT = _NSUM + 4  # + (max density, flat index) of the injection and the projection record
+
+
+class StructureNotFoundError(AboLakeError, KeyError):
+    """A structure id or acronym is not in the ontology."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+# -- ontology ------------------------------------------------------------------------------------
+
+
+class Ontology:
+    """The CCF structure tree, in memory, from a ``ccf_structures`` Dataset.
+
+    Parameters
+    ----------
+    structures
+        The ontology Dataset (``ccf/<version>/structures``); it is loaded (a few hundred kB).
+
+    Examples
+    --------
+    >>> onto = Ontology(rel.open("ccf/ccf_2017/structures"))  # doctest: +SKIP
+    >>> onto.descendant_ids("VISp")[:3]  # doctest: +SKIP
+    [385, 593, 821]
+    """
+
+    def __init__(self, structures: xr.Dataset) -> None:
+        validate(structures, "ccf_structures")
+        if "structure_id_path" not in structures or "structure_id_path_index" not in structures:
+            raise SchemaError("the ontology Dataset has no ragged 'structure_id_path' (+ _index)")
+        self.ids = np.asarray(structures["structure_id"].values, dtype=np.int64)
+        self.acronyms = np.asarray(structures["acronym"].values).astype(str)
+        self.names = np.asarray(structures["name"].values).astype(str)
+        flat = np.asarray(structures["structure_id_path"].values, dtype=np.int64)
+        ends = np.asarray(structures["structure_id_path_index"].values, dtype=np.int64)
+        self._paths = np.split(flat, ends[:-1])
+        self._owner = np.repeat(np.arange(self.ids.size), np.diff(ends, prepend=0))
+        self._flat = flat
+        if "rgb_triplet" in structures:
+            self.rgb = np.asarray(structures["rgb_triplet"].values, dtype=np.uint8)
+        else:
+            self.rgb = np.full((self.ids.size, 3), 255, dtype=np.uint8)
+        self._row = {int(i): r for r, i in enumerate(self.ids)}
+        self._by_acronym = {str(a): int(i) for a, i in zip(self.acronyms, self.ids)}
+        self._by_lower = {k.lower(): v for k, v in self._by_acronym.items()}
+
+    def __repr__(self) -> str:
+        root = self.acronym(int(self._flat[0])) if self._flat.size else "?"
+        return f"<abo_lake.ccf.Ontology · {self.ids.size} structures · root {root!r}>"
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def __contains__(self, structure: object) -> bool:
+        try:
+            self.structure_id(structure)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
+    def structure_id(self, structure: int | str) -> int:
+        """The id of a structure given by id or acronym (exact, else case-insensitive).
+
+        Raises
+        ------
+        StructureNotFoundError
+            With up to five close acronyms.
+        """
+        if isinstance(structure, str):
+            sid = self._by_acronym.get(structure, self._by_lower.get(structure.lower()))
+            if sid is not None:
+                return sid
+            near = difflib.get_close_matches(structure, list(self._by_acronym), n=5, cutoff=0.5)
+            hint = f"; did you mean {near}?" if near else ""
+            raise StructureNotFoundError(
+                f"no structure with acronym {structure!r} in the ontology "
+                f"({self.ids.size} structures){hint}"
+            )
+        if isinstance(structure, bool) or not isinstance(structure, int | np.integer):
+            raise TypeError(f"a structure is an int id or a str acronym; got {structure!r}")
+        if int(structure) not in self._row:
+            raise StructureNotFoundError(
+                f"no structure with id {int(structure)} in the ontology ({self.ids.size} "
+                f"structures; e.g. {self.ids[:5].tolist()})"
+            )
+        return int(structure)
+
+    def structure_ids(self, structures: int | str | Iterable[int | str]) -> list[int]:
+        """Ids of one structure or a list of structures (ids or acronyms)."""
+        if isinstance(structures, str | int | np.integer):
+            structures = [structures]
+        return [self.structure_id(s) for s in structures]
+
+    def _r(self, structure: int | str) -> int:
+        return self._row[self.structure_id(structure)]
+
+    def acronym(self, structure: int | str) -> str:
+        """The acronym of a structure."""
+        return str(self.acronyms[self._r(structure)])
+
+    def name(self, structure: int | str) -> str:
+        """The full name of a structure."""
+        return str(self.names[self._r(structure)])
+
+    def ancestor_ids(self, structure: int | str) -> list[int]:
+        """The structure_id_path: root first, the structure itself last."""
+        return self._paths[self._r(structure)].tolist()
+
+    def parent_id(self, structure: int | str) -> int | None:
+        """The parent's id, or None for the root."""
+        path = self._paths[self._r(structure)]
+        return int(path[-2]) if path.size > 1 else None
+
+    def descendant_ids(self, structure: int | str) -> list[int]:
+        """The structure and all its descendants (AllenSDK ``descendant_ids``), in tree order."""
+        rows = np.unique(self._owner[self._flat == self.structure_id(structure)])
+        return self.ids[rows].tolist()
+
+    def child_ids(self, structure: int | str) -> list[int]:
+        """The direct children."""
+        sid = self.structure_id(structure)
+        return [i for i in self.descendant_ids(sid) if self.parent_id(i) == sid]
+
+    def rgb_triplet(self, structure: int | str) -> tuple[int, int, int]:
+        """The structure's colour as (r, g, b) in 0..255."""
+        r, g, b = self.rgb[self._r(structure)].tolist()
+        return (r, g, b)
+
+    def colormap(self) -> dict[int, list[int]]:
+        """id -> [r, g, b] for every structure (AllenSDK ``get_colormap``)."""
+        return {int(i): c for i, c in zip(self.ids, self.rgb.tolist())}
+
+    def id_acronym_map(self) -> dict[str, int]:
+        """acronym -> id (AllenSDK ``get_id_acronym_map``)."""
+        return dict(self._by_acronym)
+
+    def _selection(self, structures: Iterable[int], descendants: bool) -> np.ndarray:
+        """Sorted unique ids of ``structures`` (and their descendants)."""
+        ids = np.asarray(list(structures), dtype=np.int64)
+        if descendants:
+            ids = self.ids[np.unique(self._owner[np.isin(self._flat, ids)])]
+        return np.unique(ids)
+
+    def _ancestor_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ancestor row, descendant row) for every structure and each id on its path."""
+        order = np.argsort(self.ids)
+        return order[np.searchsorted(self.ids, self._flat, sorter=order)], self._owner
+
+    def _propagate_sum(self, values: np.ndarray) -> np.ndarray:
+        """Per-structure totals over each subtree of per-structure ``values`` (ontology order)."""
+        up, down = self._ancestor_pairs()
+        return np.bincount(up, weights=values[down], minlength=self.ids.size)
+
+    def _propagate_max(self, values: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-structure subtree maximum of ``values`` and its ``at`` (lowest ``at`` on ties)."""
+        up, down = self._ancestor_pairs()
+        order = np.lexsort((at[down], -values[down], up))
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = up[order][1:] != up[order][:-1]
+        best = np.full(self.ids.size, -np.inf)
+        where = np.full(self.ids.size, np.inf)
+        best[up[order][first]] = values[down][order][first]
+        where[up[order][first]] = at[down][order][first]
+        return best, where
+
+
+def _ontology(ontology: Ontology | xr.Dataset) -> Ontology:
+    if isinstance(ontology, Ontology):
+        return ontology
+    if isinstance(ontology, xr.Dataset):
+        return Ontology(ontology)
+    raise TypeError(
+        "ontology must be a 'ccf_structures' Dataset (rel.open('ccf/<version>/structures')) or "
+        f"an abo_lake.ccf.Ontology; got {type(ontology).__name__}"
+    )
+
+
+def structure_id(ontology: Ontology | xr.Dataset, structure: int | str) -> int:
+    """The id of a structure given by id or acronym; KeyError with close matches."""
+    return _ontology(ontology).structure_id(structure)
+
+
+def ancestor_ids(ontology: Ontology | xr.Dataset, structure: int | str) -> list[int]:
+    """Root-to-self ids of a structure (its ``structure_id_path``)."""
+    return _ontology(ontology).ancestor_ids(structure)
+
+
+def descendant_ids(ontology: Ontology | xr.Dataset, structure: int | str) -> list[int]:
+    """A structure and all its descendants."""
+    return _ontology(ontology).descendant_ids(structure)
+
+
+def rgb_triplet(ontology: Ontology | xr.Dataset, structure: int | str) -> tuple[int, int, int]:
+    """A structure's (r, g, b) colour."""
+    return _ontology(ontology).rgb_triplet(structure)
+
+
+# -- volumes -------------------------------------------------------------------------------------
+
+
+def levels(tree: xr.DataTree) -> dict[float, str]:
+    """Resolution (µm) -> child name of a multiscale ``ccf_volume`` DataTree, finest first."""
+    out = {}
+    for name, child in tree.children.items():
+        res = child.attrs.get("resolution_um")
+        if res is None and "ap" in child.coords and child.sizes.get("ap", 0) > 1:
+            res = float(child["ap"].values[1] - child["ap"].values[0])
+        if res is not None:
+            out[float(res)] = name
+    if not out:
+        raise SchemaError(
+            f"this DataTree has no multiscale levels (children {list(tree.children)}); "
+            "expected a 'ccf_volume' group like ccf/<version>/annotation"
+        )
+    return dict(sorted(out.items()))
+
+
+def choose_level(tree: xr.DataTree, resolution_um: float | None = None) -> xr.Dataset:
+    """The level to use for ``resolution_um``: the coarsest at least as fine as requested.
+
+    Parameters
+    ----------
+    tree
+        A multiscale ``ccf_volume`` DataTree (children ``"<res>um"``).
+    resolution_um
+        Wanted voxel size; None gives the finest level. When every level is coarser than
+        requested, the finest one is returned.
+
+    Returns
+    -------
+    xarray.Dataset
+        The chosen level (lazy), a ``ccf_volume`` Dataset.
+    """
+    by_res = levels(tree)
+    fine = [r for r in by_res if resolution_um is not None and r <= resolution_um + 1e-9]
+    res = max(fine) if fine else min(by_res)
+    return tree[by_res[res]].to_dataset()
+
+
+def resolution_um(ds: xr.Dataset) -> float:
+    """Isotropic voxel size (µm) of a volume Dataset, from attrs or the ``ap`` coordinate."""
+    if "resolution_um" in ds.attrs:
+        return float(ds.attrs["resolution_um"])
+    ap = ds["ap"].values
+    if ap.size < 2:
+        raise SchemaError("cannot tell the resolution: no 'resolution_um' attr and one AP plane")
+    return float(ap[1] - ap[0])
+
+
+def _annotation(volume: xr.Dataset | xr.DataTree | xr.DataArray) -> xr.DataArray:
+    """The annotation DataArray of a volume, dask-backed."""
+    if isinstance(volume, xr.DataTree):
+        volume = choose_level(volume)
+    if isinstance(volume, xr.Dataset):
+        validate(volume, "ccf_volume")
+        if "annotation" not in volume:
+            raise SchemaError(
+                f"this ccf_volume holds {list(volume.data_vars)}, not 'annotation'; open "
+                "ccf/<version>/annotation for structure masks and lookups"
+            )
+        volume = volume["annotation"]
+    if tuple(volume.dims) != _DIMS:
+        raise SchemaError(f"an annotation has dims {_DIMS}; found {volume.dims}")
+    if not np.issubdtype(volume.dtype, np.integer):
+        raise SchemaError(f"an annotation holds integer ids; found dtype {volume.dtype}")
+    if not isinstance(volume.data, da.Array):
+        chunks = volume.encoding.get("chunks") or 64
+        volume = volume.copy(data=da.from_array(volume.data, chunks=chunks))
+    return volume
+
+
+def _side(n_lr: int, hemisphere_id: int) -> slice:
+    if hemisphere_id not in HEMISPHERE_IDS:
+        raise ValueError(
+            f"hemisphere_id must be 1 (left), 2 (right) or 3 (both); got {hemisphere_id!r}"
+        )
+    mid = int(np.round(n_lr / 2))
+    return {1: slice(0, mid), 2: slice(mid, n_lr), 3: slice(0, n_lr)}[hemisphere_id]
+
+
+def _lut(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense boolean LUT of the selected small ids, and the sorted large ones.
+
+    The LUT covers ids below ``_LUT_IDS`` and ends with a False entry; the few late CCF ids
+    (~10⁸) are looked up with ``searchsorted``.
+    """
+    small = table[table < _LUT_IDS]
+    lut = np.zeros(int(small.max()) + 2 if small.size else 1, dtype=bool)
+    lut[small] = True
+    return lut, table[table >= _LUT_IDS]
+
+
+def _in_lut(
+    block: np.ndarray,
+    lut: np.ndarray,
+    big: np.ndarray,
+    side: slice | None,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Voxels whose label is selected, as one LUT gather per chunk.
+
+    Ids past the LUT clip onto its False end; voxels labelled ``>= _LUT_IDS`` are then
+    looked up with ``searchsorted``.
+    """
+    out = lut.take(block, mode="clip")
+    if big.size:
+        cand = block >= _LUT_IDS
+        if cand.any():
+            vals = block[cand]
+            out[cand] = big[np.minimum(np.searchsorted(big, vals), big.size - 1)] == vals
+    if side is not None:  # one hemisphere
+        lo, hi = block_info[None]["array-location"][2]
+        lr = np.arange(lo, hi)
+        out &= ((lr >= side.start) & (lr < side.stop))[None, None, :]
+    return out
+
+
+def structure_mask(
+    volume: xr.Dataset | xr.DataTree,
+    structure: int | str | Sequence[int | str],
+    *,
+    ontology: Ontology | xr.Dataset,
+    descendants: bool = True,
+    hemisphere_id: int = 3,
+) -> xr.DataArray:
+    """Lazy boolean mask of a structure (and, by default, all its descendants).
+
+    AllenSDK's ``ReferenceSpace.make_structure_mask`` (``direct_only = not descendants``), as a
+    bool volume computed chunk by chunk: one gather per chunk from a boolean lookup table of
+    the selected ids, never a pass per structure.
+
+    Parameters
+    ----------
+    volume
+        An annotation ``ccf_volume`` Dataset (or its multiscale DataTree: the finest level).
+    structure
+        An id, an acronym, or a list of them (their union).
+    ontology
+        The ``ccf_structures`` Dataset or an :class:`Ontology`.
+    descendants
+        Include every descendant (True), or only voxels labelled with the id itself.
+    hemisphere_id
+        1 left, 2 right, 3 both.
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, dims (ap, dv, lr), dask-backed, chunked like the annotation.
+    """
+    onto = _ontology(ontology)
+    ids = onto.structure_ids(structure)
+    ann = _annotation(volume)
+    lut, big = _lut(onto._selection(ids, descendants))
+    side = _side(ann.sizes["lr"], hemisphere_id) if hemisphere_id != 3 else None
+    data = da.map_blocks(
+        _in_lut, ann.data, lut=lut, big=big, side=side, meta=np.array((), dtype=bool)
+    )
+    attrs = {
+        "structure_id": ids,
+        "acronym": [onto.acronym(i) for i in ids],
+        "descendants": bool(descendants),
+        "hemisphere_id": int(hemisphere_id),
+    }
+    return xr.DataArray(data, coords=ann.coords, dims=_DIMS, name="structure_mask", attrs=attrs)
+
+
+def structure_at(volume: xr.Dataset | xr.DataTree, points_um: Any) -> xr.DataArray:
+    """Structure ids at points, reading only the chunks that hold them (lazy).
+
+    Parameters
+    ----------
+    volume
+        An annotation ``ccf_volume`` Dataset (or its DataTree: the finest level).
+    points_um
+        (n, 3) or (3,) array of (ap, dv, lr) positions in µm; a point falls in the voxel
+        ``floor((p - origin) / resolution)``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``structure_id`` along ``point`` (0 = outside the brain), with the points as coords.
+
+    Raises
+    ------
+    ValueError
+        If points are not (n, 3) or lie outside the volume.
+    """
+    ann = _annotation(volume)
+    pts = np.asarray(points_um, dtype=np.float64)
+    if pts.ndim == 1:
+        pts = pts[None, :]
+    if pts.ndim != 2 or pts.shape[1] != 3 or not np.isfinite(pts).all():
+        raise ValueError(f"points_um must be finite (n, 3) (ap, dv, lr) µm; got shape {pts.shape}")
+    res = resolution_um(volume if isinstance(volume, xr.Dataset) else ann.to_dataset())
+    origin = np.array([float(ann[d].values[0]) for d in _DIMS])
+    idx = np.floor((pts - origin) / res).astype(np.int64)
+    shape = np.array(ann.shape)
+    bad = np.nonzero(((idx < 0) | (idx >= shape)).any(axis=1))[0]
+    if bad.size:
+        extent = (origin + shape * res).tolist()
+        raise ValueError(
+            f"{bad.size} of {len(pts)} points lie outside the volume (extent {origin.tolist()} to "
+            f"{extent} µm), e.g. point {int(bad[0])} at {pts[bad[0]].tolist()}"
+        )
+    data = ann.data.vindex[idx[:, 0], idx[:, 1], idx[:, 2]] if len(pts) else da.zeros(0, ann.dtype)
+    coords = {d: ("point", pts[:, k], {"units": "um"}) for k, d in enumerate(_DIMS)}
+    return xr.DataArray(data, dims=("point",), coords=coords, name="structure_id")
+
+
+def _unique_counts(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.unique(block, return_counts=True)
+
+
+def _merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> pd.Series:
+    ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    counts = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    uniq, inv = np.unique(ids, return_inverse=True)
+    total = np.bincount(inv, weights=counts, minlength=uniq.size).astype(np.int64)
+    return pd.Series(total, index=pd.Index(uniq, name="structure_id"), name="voxel_count")
+
+
+def voxel_counts(
+    volume: xr.Dataset | xr.DataTree,
+    *,
+    ontology: Ontology | xr.Dataset | None = None,
+    descendants: bool = False,
+    hemisphere_id: int = 3,
+) -> pd.Series:
+    """Voxels per structure id (eager: one pass over the chunks, one dask compute).
+
+    Parameters
+    ----------
+    volume
+        An annotation ``ccf_volume`` Dataset (or its DataTree: the finest level).
+    ontology
+        Needed with ``descendants=True``.
+    descendants
+        Count each structure with its descendants (every ontology structure with voxels).
+    hemisphere_id
+        1 left, 2 right, 3 both.
+
+    Returns
+    -------
+    pandas.Series
+        ``voxel_count`` indexed by ``structure_id`` (label 0, outside the brain, left out).
+    """
+    ann = _annotation(volume)
+    arr = ann.data[:, :, _side(ann.sizes["lr"], hemisphere_id)]
+    parts = [dask.delayed(_unique_counts)(b) for b in arr.to_delayed().ravel()]
+    (counts,) = dask.compute(dask.delayed(_merge_counts)(parts))
+    counts = counts.drop(0, errors="ignore")
+    if not descendants:
+        return counts
+    if ontology is None:
+        raise ValueError("descendants=True needs the ontology (ontology=<ccf_structures>)")
+    onto = _ontology(ontology)
+    direct = counts.reindex(onto.ids, fill_value=0).to_numpy().astype(np.float64)
+    total = np.rint(onto._propagate_sum(direct)).astype(np.int64)
+    out = pd.Series(total, index=pd.Index(onto.ids, name="structure_id"), name="voxel_count")
+    return out[out > 0]
+
+
+# -- connectivity unionizes -----------------------------------------------------------------------
+
+
+def _chunk_stats(
+    ann: np.ndarray,
+    pd_: np.ndarray,
+    inj_d: np.ndarray,
+    inj_f: np.ndarray,
+    mask: np.ndarray,
+    *energies: np.ndarray,
+    table: np.ndarray,
+    mid: int,
+    shape: tuple[int, int, int],
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Per (label key, side) sums and maxima of one chunk; shape (1, 1, 1, n_keys, _NSTAT)."""
+    loc = block_info[0]["array-location"]
+    n_keys = 2 * (table.size + 2)
+    pos = np.searchsorted(table, ann)
+    found = table[np.minimum(pos, table.size - 1)] == ann
+    # key 0: outside / no data, 1: a label unknown to the ontology, 2 + i: table[i]
+    key = np.where(found, pos + 2, np.where(ann == 0, 0, 1))
+    key[~(mask > 0)] = 0  # AllenSDK: voxels outside the data mask are unannotated
+    lr = np.arange(*loc[2])
+    key = (2 * key + (lr >= mid)[None, None, :]).ravel()
+    keep = key >= 2
+    key = key[keep]
+    f_ = inj_f.ravel()[keep].astype(np.float64)
+    d_ = inj_d.ravel()[keep].astype(np.float64)
+    p_ = pd_.ravel()[keep].astype(np.float64)
+    e_inj, e_all, i_inj, i_all = (
+        (e.ravel()[keep].astype(np.float64) for e in energies) if energies else (d_, p_, d_, p_)
+    )
+    fields = [f_, d_, e_inj, i_inj, 1.0 - f_, p_ - d_, e_all - e_inj, i_all - i_inj]
+    out = np.zeros((n_keys, _NSTAT))
+    for k, w in enumerate(fields):
+        out[:, k] = np.bincount(key, weights=w, minlength=n_keys)
+    (a0, a1), (d0, d1), (l0, l1) = loc
+    ap = np.arange(a0, a1)[:, None, None] * (shape[1] * shape[2])
+    flat = (ap + np.arange(d0, d1)[None, :, None] * shape[2] + np.arange(l0, l1)).ravel()[keep]
+    for k, dens in enumerate((d_, p_ * (1.0 - f_))):
+        best = np.full(n_keys, -np.inf)
+        np.maximum.at(best, key, dens)
+        at = np.full(n_keys, np.inf)
+        top = dens == best[key]
+        np.minimum.at(at, key[top], flat[top].astype(np.float64))
+        out[:, _NSUM + 2 * k] = best
+        out[:, _NSUM + 2 * k + 1] = at
+    return out[None, None, None]
+
+
+def _experiment_arrays(
+    experiment: xr.Dataset, annotation: xr.Dataset | xr.DataTree | xr.DataArray
+) -> tuple[xr.DataArray, list[da.Array], float]:
+    validate(experiment, "connectivity_experiment")
+    res = resolution_um(experiment)
+    if isinstance(annotation, xr.DataTree):
+        by_res = levels(annotation)
+        if res not in by_res:
+            raise ValueError(
+                f"the annotation has no {res:g} µm level (it has {sorted(by_res)}); the "
+                "experiment and the annotation must share one grid"
+            )
+        annotation = annotation[by_res[res]].to_dataset()
+    ann = _annotation(annotation)
+    if ann.shape != experiment["projection_density"].shape:
+        raise ValueError(
+            f"annotation shape {ann.shape} differs from the experiment grid "
+            f"{experiment['projection_density'].shape} ({res:g} µm); use the annotation level "
+            "of the experiment's resolution"
+        )
+    names = ["projection_density", "injection_density", "injection_fraction", "data_mask"]
+    energy = ["injection_energy", "projection_energy"]
+    intensity = ["injection_sum_pixel_intensities", "sum_pixel_intensities"]
+    if all(n in experiment for n in energy):
+        names += energy + (intensity if all(n in experiment for n in intensity) else energy)
+    arrays = []
+    for n in names:
+        a = experiment[n].data
+        a = a if isinstance(a, da.Array) else da.from_array(a, chunks=ann.data.chunks)
+        arrays.append(a.rechunk(ann.data.chunks))
+    return ann, arrays, res
+
+
+def direct_unionize(
+    experiment: xr.Dataset,
+    *,
+    annotation: xr.Dataset | xr.DataTree | xr.DataArray,
+    ontology: Ontology | xr.Dataset,
+) -> xr.Dataset:
+    """Lazy per-label, per-hemisphere sums of one experiment (the input of :func:`unionize`).
+
+    One task per chunk: the labels are mapped to compact keys with one ``searchsorted`` over
+    the ontology ids, then every sum is one ``bincount`` and each maximum one
+    ``maximum.at``; the chunk results are summed (maxima: max, ties -> lowest flat index).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``label`` (the ontology ids, plus -1 for labels unknown to it) and ``hemisphere_id``
+        (1, 2); variables ``injection.<sum>`` and ``projection.<sum>`` for the four AllenSDK
+        sums, and ``<record>.max_voxel_density`` / ``<record>.max_voxel_index`` (C-order flat).
+    """
+    onto = _ontology(ontology)
+    ann, arrays, _ = _experiment_arrays(experiment, annotation)
+    table = np.sort(onto.ids)
+    n_keys = 2 * (table.size + 2)
+    stats = da.map_blocks(
+        _chunk_stats,
+        ann.data,
+        *arrays,
+        table=table,
+        mid=int(np.round(ann.sizes["lr"] / 2)),
+        shape=ann.shape,
+        new_axis=[3, 4],
+        chunks=(*((1,) * len(c) for c in ann.data.chunks), (n_keys,), (_NSTAT,)),
+        meta=np.array((), dtype=np.float64),
+    )
+    sums = stats[..., :_NSUM].sum(axis=(0, 1, 2))
+    best = stats[..., _NSUM::2].max(axis=(0, 1, 2))
+    at = da.where(stats[..., _NSUM::2] == best, stats[..., _NSUM + 1 :: 2], np.inf)
+    at = at.min(axis=(0, 1, 2))
+    # keys 2*k + side; drop k = 0 (outside); k = 1 (unknown labels) becomes label -1
+    label = np.concatenate([[-1], table])
+    dims = ("label", "hemisphere_id")
+    data_vars = {}
+    for r, record in enumerate(("injection", "projection")):
+        for k, name in enumerate(_SUMS):
+            v = sums[:, r * len(_SUMS) + k].reshape(-1, 2)[1:]
+            data_vars[f"{record}.{name}"] = (dims, v)
+        data_vars[f"{record}.max_voxel_density"] = (dims, best[:, r].reshape(-1, 2)[1:])
+        data_vars[f"{record}.max_voxel_index"] = (dims, at[:, r].reshape(-1, 2)[1:])
+    attrs = {
+        "experiment_id": int(experiment.attrs.get("experiment_id", experiment.attrs.get("id", -1))),
+        "resolution_um": resolution_um(experiment),
+        "shape": list(ann.shape),
+    }
+    coords = {"label": label, "hemisphere_id": [1, 2]}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _records(direct: xr.Dataset, onto: Ontology) -> pd.DataFrame:
+    """AllenSDK unionize records from computed direct sums (propagated to ancestors)."""
+    res = float(direct.attrs["resolution_um"])
+    scale = (res / 1000.0) ** 3
+    shape = tuple(direct.attrs["shape"])
+    labels = direct["label"].values
+    rows = np.searchsorted(labels, onto.ids)  # labels are [-1, *sorted ids]
+    total_injection = float(direct["injection.sum_projection_pixels"].values.sum()) * scale
+    frames = []
+    for record in ("injection", "projection"):
+        sums = {n: direct[f"{record}.{n}"].values[rows] for n in _SUMS}  # (n_ids, 2)
+        best = direct[f"{record}.max_voxel_density"].values[rows]
+        at = direct[f"{record}.max_voxel_index"].values[rows]
+        for hid in HEMISPHERE_IDS:
+            cols = [0, 1] if hid == 3 else [hid - 1]
+            s = {n: onto._propagate_sum(v[:, cols].sum(axis=1)) for n, v in sums.items()}
+            b, a = best[:, cols[0]], at[:, cols[0]]
+            if len(cols) == 2:  # both sides: the larger, the lower index on ties
+                right = (best[:, 1] > b) | ((best[:, 1] == b) & (at[:, 1] < a))
+                b, a = np.where(right, best[:, 1], b), np.where(right, at[:, 1], a)
+            top, a = onto._propagate_max(b, a)
+            has = s["sum_projection_pixels"] > 0  # AllenSDK sets the max voxel only then
+            top = np.where(has, top, 0.0)
+            idx = np.where(has & np.isfinite(a), a, 0).astype(np.int64)
+            xyz = np.unravel_index(idx, shape)
+            px, ppx = s["sum_pixels"], s["sum_projection_pixels"]
+            ppi = s["sum_projection_pixel_intensity"]
+            frame = pd.DataFrame(
+                {
+                    "experiment_id": direct.attrs["experiment_id"],
+                    "hemisphere_id": hid,
+                    "structure_id": onto.ids,
+                    "is_injection": record == "injection",
+                    "sum_pixels": px,
+                    "sum_projection_pixels": ppx,
+                    "sum_pixel_intensity": s["sum_pixel_intensity"],
+                    "sum_projection_pixel_intensity": ppi,
+                    "projection_density": _ratio(ppx, px),
+                    "projection_energy": _ratio(ppi, px),
+                    "projection_intensity": _ratio(ppi, ppx),
+                    "volume": px * scale,
+                    "projection_volume": ppx * scale,
+                    "normalized_projection_volume": (
+                        ppx * scale / total_injection if total_injection > 0 else 0.0
+                    ),
+                    "max_voxel_density": top,
+                    "max_voxel_x": xyz[0] * res,
+                    "max_voxel_y": xyz[1] * res,
+                    "max_voxel_z": xyz[2] * res,
+                }
+            )
+            frames.append(frame[frame["sum_pixels"] > 0])
+    out = pd.concat(frames, ignore_index=True)
+    return out.astype({"experiment_id": np.int64, "hemisphere_id": np.int64})
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (AllenSDK leaves such ratios at their initial 0)."""
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _filter(
+    records: pd.DataFrame,
+    onto: Ontology,
+    structure_ids: Sequence[int | str] | None,
+    include_descendants: bool,
+    hemisphere_ids: Sequence[int] | None,
+    is_injection: bool | None,
+) -> pd.DataFrame:
+    keep = np.ones(len(records), dtype=bool)
+    if structure_ids is not None:
+        ids = onto.structure_ids(structure_ids)
+        ids = onto._selection(ids, include_descendants) if include_descendants else ids
+        keep &= records["structure_id"].isin(ids).to_numpy()
+    if hemisphere_ids is not None:
+        bad = set(hemisphere_ids) - set(HEMISPHERE_IDS)
+        if bad:
+            raise ValueError(f"hemisphere_ids must be among {HEMISPHERE_IDS}; got {sorted(bad)}")
+        keep &= records["hemisphere_id"].isin(hemisphere_ids).to_numpy()
+    if is_injection is not None:
+        keep &= (records["is_injection"] == bool(is_injection)).to_numpy()
+    return records[keep].reset_index(drop=True)
+
+
+def unionize(
+    experiment: xr.Dataset,
+    *,
+    annotation: xr.Dataset | xr.DataTree | xr.DataArray,
+    ontology: Ontology | xr.Dataset,
+    structure_ids: Sequence[int | str] | None = None,
+    include_descendants: bool = False,
+    hemisphere_ids: Sequence[int] | None = None,
+    is_injection: bool | None = None,
+) -> pd.DataFrame:
+    """AllenSDK structure unionize records of one connectivity experiment.
+
+    Reads every chunk once (one dask compute of :func:`direct_unionize`), then propagates the
+    per-label sums to every ancestor in the ontology, as AllenSDK's ``TissuecyteUnionizer``.
+
+    Definitions (AllenSDK ``tissuecyte_unionize_record``), on the downloadable grids: one voxel
+    with ``data_mask > 0`` is one "pixel" (``sum_pixels`` per voxel = 1; masked-out voxels are
+    unannotated); the injection record sums ``injection_fraction`` (pixels) and
+    ``injection_density`` (projection pixels), the projection record sums ``1 -
+    injection_fraction`` and ``projection_density - injection_density`` (the injection region is
+    subtracted). Intensities use ``injection_energy``/``projection_energy`` (and
+    ``*sum_pixel_intensities``) when the Dataset has them; the public grids do not, so the
+    density stands in for the energy (each projection pixel has intensity 1): then
+    ``projection_energy == projection_density`` and ``projection_intensity == 1``. Ratios are 0
+    where the denominator is 0; ``normalized_projection_volume`` divides by the injection
+    ``projection_volume`` summed over both hemispheres; the max voxel (``max_voxel_x/y/z`` =
+    AP/DV/LR index × resolution, µm) is the densest (projection: ``density × (1 -
+    injection_fraction)``) voxel, first in C order on ties, and 0 when there is no signal.
+    Records with ``sum_pixels == 0`` are dropped.
+
+    Parameters
+    ----------
+    experiment
+        A ``connectivity_experiment`` Dataset.
+    annotation
+        The annotation on the same grid: a ``ccf_volume`` Dataset, or the multiscale DataTree
+        (the level at the experiment's resolution is used).
+    ontology
+        The ``ccf_structures`` Dataset or an :class:`Ontology`.
+    structure_ids, include_descendants, hemisphere_ids, is_injection
+        Filters, as AllenSDK's ``get_structure_unionizes`` (None keeps all).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (hemisphere_id, structure_id, is_injection); columns :data:`UNIONIZE_FIELDS`.
+    """
+    onto = _ontology(ontology)
+    direct = direct_unionize(experiment, annotation=annotation, ontology=onto)
+    (direct,) = dask.compute(direct)
+    records = _records(direct, onto)
+    return _filter(records, onto, structure_ids, include_descendants, hemisphere_ids, is_injection)
+
+
+def projection_matrix(
+    experiments: Sequence[xr.Dataset] | Mapping[int, xr.Dataset],
+    *,
+    annotation: xr.Dataset | xr.DataTree | xr.DataArray,
+    ontology: Ontology | xr.Dataset,
+    structure_ids: Sequence[int | str],
+    hemisphere_ids: Sequence[int] = (3,),
+    parameter: str = "projection_volume",
+) -> dict[str, Any]:
+    """AllenSDK's ``get_projection_matrix``: one row per experiment, one column per structure.
+
+    All experiments are read in one dask compute.
+
+    Parameters
+    ----------
+    experiments
+        ``connectivity_experiment`` Datasets (a list, or experiment id -> Dataset).
+    annotation, ontology
+        As :func:`unionize`.
+    structure_ids
+        Projection structures (ids or acronyms), each with its descendants' signal.
+    hemisphere_ids
+        Column blocks, in this order: 1 left, 2 right, 3 both.
+    parameter
+        A numeric column of :func:`unionize` (projection records).
+
+    Returns
+    -------
+    dict
+        ``matrix`` (n_experiments × n_structures·n_hemispheres, NaN where the experiment has no
+        record: the structure has no pixels there), ``rows`` (experiment ids) and ``columns``
+        (dicts of hemisphere_id, structure_id, label as ``"VISp-L"``).
+    """
+    onto = _ontology(ontology)
+    if parameter not in UNIONIZE_FIELDS[4:]:
+        raise ValueError(f"parameter must be one of {list(UNIONIZE_FIELDS[4:])}; got {parameter!r}")
+    if isinstance(experiments, Mapping):
+        exp_ids, exps = list(experiments), list(experiments.values())
+    else:
+        exps = list(experiments)
+        exp_ids = [
+            int(e.attrs.get("experiment_id", e.attrs.get("id", i))) for i, e in enumerate(exps)
+        ]
+    if not exps:
+        raise ValueError("projection_matrix needs at least one experiment")
+    sids = onto.structure_ids(structure_ids)
+    directs = dask.compute(
+        *[direct_unionize(e, annotation=annotation, ontology=onto) for e in exps]
+    )
+    columns = [
+        {"hemisphere_id": h, "structure_id": s, "label": onto.acronym(s) + _HLABEL[h]}
+        for h in hemisphere_ids
+        for s in sids
+    ]
+    matrix = np.full((len(exps), len(columns)), np.nan)
+    for r, direct in enumerate(directs):
+        rec = _filter(_records(direct, onto), onto, sids, False, list(hemisphere_ids), False)
+        value = {(h, s): v for h, s, v in zip(rec.hemisphere_id, rec.structure_id, rec[parameter])}
+        for c, col in enumerate(columns):
+            matrix[r, c] = value.get((col["hemisphere_id"], col["structure_id"]), np.nan)
+    return {"matrix": matrix, "rows": exp_ids, "columns": columns}

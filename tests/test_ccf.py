@@ -1,0 +1,629 @@
+"""The ``.ccf`` accessor and :mod:`abo_lake.ccf`: ontology, masks, point lookups, unionizes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import abo_lake
+import abo_lake.accessors
+from abo_lake import ccf
+from abo_lake.errors import SchemaError
+from abo_lake.sources import read
+from abo_lake.synthetic import synthesize
+from abo_lake.testing import raise_if_dask_computes
+
+ANN = "ccf/ccf_2017/annotation"
+STRUCT = "ccf/ccf_2017/structures"
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ccf_src")
+    synthesize("ccf", out)
+    synthesize("connectivity", out / "conn", n_experiments=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tree(src):
+    return read(src / "annotation_100.nrrd")[ANN]
+
+
+@pytest.fixture(scope="module")
+def ann(tree):
+    """The 100 µm level, chunked once as the lake stores it (64³)."""
+    return tree["100um"].to_dataset().chunk({"ap": 64, "dv": 64, "lr": 64})
+
+
+@pytest.fixture(scope="module")
+def ann_np(ann):
+    return ann["annotation"].values
+
+
+@pytest.fixture(scope="module")
+def structures(src):
+    return read(src / "structures.json")[STRUCT]
+
+
+@pytest.fixture(scope="module")
+def onto(structures):
+    return ccf.Ontology(structures)
+
+
+@pytest.fixture(scope="module")
+def nodes(src):
+    return json.loads((src / "structures.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def exps(src):
+    out = []
+    for meta in sorted((src / "conn").glob("experiment_*/metadata.json")):
+        (ds,) = read(meta).values()
+        out.append(ds)
+    return out
+
+
+def _desc(nodes, sid):
+    return [n["id"] for n in nodes if sid in n["structure_id_path"]]
+
+
+# -- ontology ------------------------------------------------------------------------------------
+
+
+def test_ontology_lookup_by_id_and_acronym(onto, nodes):
+    by_acr = {n["acronym"]: n for n in nodes}
+    assert onto.structure_id("VISp") == by_acr["VISp"]["id"] == 385
+    assert onto.structure_id("visp") == 385  # case-insensitive fallback
+    assert onto.structure_id(np.int64(385)) == 385
+    assert onto.acronym(385) == "VISp"
+    assert onto.name("VISp") == by_acr["VISp"]["name"]
+    assert "VISp" in onto
+    assert "nope" not in onto
+    assert len(onto) == len(nodes)
+    assert "840 structures" in repr(onto)
+    assert onto.id_acronym_map()["CA1"] == by_acr["CA1"]["id"]
+
+
+def test_ancestors_descendants_colours_match_the_json(onto, structures, nodes):
+    for n in nodes[::37]:
+        sid = n["id"]
+        assert onto.ancestor_ids(sid) == n["structure_id_path"]
+        assert ccf.ancestor_ids(structures, n["acronym"]) == n["structure_id_path"]
+        assert sorted(onto.descendant_ids(sid)) == sorted(_desc(nodes, sid))
+        assert onto.descendant_ids(sid)[0] == sid
+        assert ccf.rgb_triplet(structures, sid) == tuple(n["rgb_triplet"])
+        parent = n["structure_id_path"][-2] if len(n["structure_id_path"]) > 1 else None
+        assert onto.parent_id(sid) == parent
+    kids = onto.child_ids("VISp")
+    assert kids
+    assert all(onto.parent_id(k) == 385 for k in kids)
+    assert sorted(ccf.descendant_ids(onto, "VISp")) == sorted([385, *kids])  # layers are leaves
+    assert onto.colormap()[385] == list(onto.rgb_triplet(385))
+    assert ccf.structure_id(structures, "Isocortex") == 315
+
+
+class TestOntologyErrors:
+    def test_unknown_acronym_suggests_close_matches(self, onto):
+        with pytest.raises(KeyError, match=r"'VISpp'.*did you mean.*'VISp'"):
+            onto.structure_id("VISpp")
+        with pytest.raises(ccf.StructureNotFoundError):
+            ccf.descendant_ids(onto, "Isocortx")
+
+    def test_unknown_id_and_bad_type(self, onto):
+        with pytest.raises(KeyError, match="no structure with id 123456789"):
+            onto.ancestor_ids(123456789)
+        with pytest.raises(TypeError, match="int id or a str acronym"):
+            onto.structure_id(3.5)
+
+    def test_wrong_dataset_kind(self, ann):
+        with pytest.raises(SchemaError, match="ccf_structures"):
+            ccf.Ontology(ann)
+        with pytest.raises(TypeError, match="ccf_structures"):
+            ccf.structure_id({"a": 1}, "VISp")
+
+
+def test_real_ontology_descendants(shared_data):
+    path = shared_data / "ccf" / "structures.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    (structures,) = read(path).values()
+    onto = ccf.Ontology(structures)
+    nodes = list(_flatten(json.loads(path.read_text())))
+    for acronym in ("Isocortex", "VISp", "TH", "root"):
+        sid = onto.structure_id(acronym)
+        assert sorted(onto.descendant_ids(sid)) == sorted(_desc(nodes, sid))
+
+
+def _flatten(doc):
+    doc = doc.get("msg", doc) if isinstance(doc, dict) else doc
+    stack = list(doc if isinstance(doc, list) else [doc])
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(n.get("children") or [])
+
+
+# -- masks, lookups, counts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acronym", ["root", "grey", "Isocortex", "VISp", "TH", "CA1", "DG"])
+def test_structure_mask_equals_isin(ann, ann_np, onto, nodes, acronym):
+    sid = onto.structure_id(acronym)
+    mask = ccf.structure_mask(ann, acronym, ontology=onto)
+    assert mask.dtype == bool
+    assert mask.dims == ("ap", "dv", "lr")
+    assert mask.chunks == ((64, 64, 4), (64, 16), (64, 50))
+    ref = np.isin(ann_np, _desc(nodes, sid))
+    assert ref.any()
+    np.testing.assert_array_equal(mask.values, ref)
+    direct = ccf.structure_mask(ann, sid, ontology=onto, descendants=False)
+    np.testing.assert_array_equal(direct.values, ann_np == sid)
+
+
+def test_structure_mask_of_large_ids(ann, ann_np, onto):
+    big = [int(i) for i in np.unique(ann_np) if i >= 2**16]  # past the dense lookup table
+    assert big
+    for ids in (big, [*big[:1], 385, 593]):
+        mask = ccf.structure_mask(ann, ids, ontology=onto, descendants=False).values
+        np.testing.assert_array_equal(mask, np.isin(ann_np, ids))
+    with_parents = [onto.parent_id(i) for i in big]
+    mask = ccf.structure_mask(ann, with_parents, ontology=onto).values
+    np.testing.assert_array_equal(
+        mask, np.isin(ann_np, [d for p in with_parents for d in onto.descendant_ids(p)])
+    )
+
+
+def test_structure_mask_of_a_list_is_the_union(ann, ann_np, onto):
+    mask = ann.ccf.structure_mask(["VISp", "LGd"], ontology=onto).values
+    both = np.isin(ann_np, onto.descendant_ids("VISp") + onto.descendant_ids("LGd"))
+    np.testing.assert_array_equal(mask, both)
+
+
+def test_child_masks_lie_inside_parent_masks(ann, ann_np, onto):
+    present = set(np.unique(ann_np).tolist()) - {0}
+    pairs = [(sid, onto.parent_id(sid)) for sid in sorted(present) if onto.parent_id(sid)]
+    ids = sorted({i for pair in pairs for i in pair})
+    masks = dask.compute(*[ccf.structure_mask(ann, i, ontology=onto).data for i in ids])
+    mask = dict(zip(ids, masks))
+    assert len(pairs) > 40
+    for child, parent in pairs:
+        assert mask[child].any()
+        assert not (mask[child] & ~mask[parent]).any()
+    for acronym in ("Isocortex", "VISp", "TH", "HPF"):  # a parent is its children plus itself
+        union = ccf.structure_mask(ann, acronym, ontology=onto, descendants=False).values
+        for kid in onto.child_ids(acronym):
+            union |= ccf.structure_mask(ann, kid, ontology=onto).values
+        np.testing.assert_array_equal(union, ccf.structure_mask(ann, acronym, ontology=onto).values)
+
+
+def test_hemispheres_are_mirror_images_and_partition(ann, onto):
+    both = ccf.structure_mask(ann, "VISp", ontology=onto).values
+    left = ccf.structure_mask(ann, "VISp", ontology=onto, hemisphere_id=1).values
+    right = ccf.structure_mask(ann, "VISp", ontology=onto, hemisphere_id=2).values
+    mid = round(ann.sizes["lr"] / 2)
+    assert mid == 57
+    assert not left[:, :, mid:].any()
+    assert not right[:, :, :mid].any()
+    np.testing.assert_array_equal(left | right, both)
+    assert not (left & right).any()
+    np.testing.assert_array_equal(left[:, :, :mid], right[:, :, mid:][:, :, ::-1])
+
+
+def test_structure_at_equals_indexing(ann, ann_np):
+    rng = np.random.default_rng(3)
+    n = np.array(ann_np.shape)
+    idx = rng.integers(0, n, size=(200, 3))
+    pts = (idx + rng.uniform(0, 1, size=idx.shape)) * 100.0
+    out = ccf.structure_at(ann, pts)
+    assert out.dims == ("point",)
+    assert out.name == "structure_id"
+    np.testing.assert_array_equal(out.values, ann_np[idx[:, 0], idx[:, 1], idx[:, 2]])
+    np.testing.assert_array_equal(out["ap"].values, pts[:, 0])
+    one = ann.ccf.structure_at([8000.0, 2000.0, 3000.0])
+    assert one.values.tolist() == [int(ann_np[80, 20, 30])]
+    assert one.values[0] != 0
+
+
+def test_voxel_counts(ann, ann_np, onto):
+    counts = ann.ccf.voxel_counts()
+    ids, ref = np.unique(ann_np, return_counts=True)
+    expected = pd.Series(ref[ids != 0], index=ids[ids != 0])
+    np.testing.assert_array_equal(counts.index.to_numpy(), expected.index.to_numpy())
+    np.testing.assert_array_equal(counts.to_numpy(), expected.to_numpy())
+    deep = ccf.voxel_counts(ann, ontology=onto, descendants=True)
+    for acronym in ("Isocortex", "root", "VISp", "HPF"):
+        sid = onto.structure_id(acronym)
+        assert deep[sid] == np.isin(ann_np, onto.descendant_ids(sid)).sum()
+    left = ccf.voxel_counts(ann, hemisphere_id=1)
+    right = ccf.voxel_counts(ann, hemisphere_id=2)
+    pd.testing.assert_series_equal(left, right)  # mirror images
+    pd.testing.assert_series_equal(left + right, counts)
+
+
+def test_choose_level_and_tree_accessor(tree, onto):
+    assert list(ccf.levels(tree)) == [100.0, 200.0]
+    assert ccf.choose_level(tree, 100).attrs["resolution_um"] == 100
+    assert ccf.choose_level(tree, 150).attrs["resolution_um"] == 100
+    assert ccf.choose_level(tree, 200).attrs["resolution_um"] == 200
+    assert ccf.choose_level(tree, 1000).attrs["resolution_um"] == 200
+    assert ccf.choose_level(tree, 25).attrs["resolution_um"] == 100  # finer than any: nearest
+    assert ccf.choose_level(tree).attrs["resolution_um"] == 100
+    assert "levels [100.0, 200.0]" in repr(tree.ccf)
+    # the 200 µm annotation is a stride-2 subsample, so its masks are too
+    m200 = tree.ccf.structure_mask("Isocortex", ontology=onto, resolution_um=200)
+    m100 = tree.ccf.structure_mask("Isocortex", ontology=onto)
+    assert m200.shape == (66, 40, 57)
+    np.testing.assert_array_equal(m200.values, m100.values[::2, ::2, ::2])
+    pts = [[8050.0, 2050.0, 3050.0]]  # voxel (80, 20, 30) at 100 µm, (40, 10, 15) at 200 µm
+    at200 = tree.ccf.structure_at(pts, resolution_um=200).values
+    assert at200[0] == tree.ccf.structure_at(pts).values[0] != 0
+    ann200 = tree["200um"]["annotation"].values
+    assert tree.ccf.voxel_counts(resolution_um=200).sum() == (ann200 != 0).sum()
+
+
+class TestVolumeErrors:
+    def test_points_outside_the_volume(self, ann):
+        with pytest.raises(ValueError, match=r"1 of 2 points lie outside the volume"):
+            ccf.structure_at(ann, [[100.0, 100.0, 100.0], [-5.0, 0.0, 0.0]])
+        with pytest.raises(ValueError, match=r"\(n, 3\)"):
+            ccf.structure_at(ann, [[1.0, 2.0]])
+
+    def test_counts_with_descendants_need_the_ontology(self, ann):
+        with pytest.raises(ValueError, match="descendants=True needs the ontology"):
+            ccf.voxel_counts(ann, descendants=True)
+
+    def test_bad_hemisphere(self, ann, onto):
+        with pytest.raises(ValueError, match="hemisphere_id must be 1"):
+            ccf.structure_mask(ann, "VISp", ontology=onto, hemisphere_id=4)
+
+    def test_wrong_kind_for_the_method(self, ann, structures, exps, onto):
+        with pytest.raises(SchemaError, match="structure_mask needs a 'ccf_volume'"):
+            structures.ccf.structure_mask("VISp", ontology=onto)
+        with pytest.raises(SchemaError, match="unionize needs a 'connectivity_experiment'"):
+            ann.ccf.unionize(annotation=ann, ontology=onto)
+        with pytest.raises(SchemaError, match="ontology needs a 'ccf_structures'"):
+            _ = exps[0].ccf.ontology
+
+    def test_wrong_dataset_kind(self):
+        ds = xr.Dataset({"dff": (("cell_specimen_id", "time"), np.zeros((2, 3)))})
+        ds.attrs["abo_lake_kind"] = "ophys_experiment"
+        with pytest.raises(SchemaError, match=r"\.ccf needs a 'ccf_volume'"):
+            _ = ds.ccf
+        with pytest.raises(SchemaError, match=r"\.ccf needs"):
+            _ = xr.Dataset({"x": ("t", [1.0])}).ccf
+
+    def test_template_is_not_an_annotation(self, src, onto):
+        tpl = read(src / "average_template_100.nrrd")["ccf/ccf_2017/template"]["100um"]
+        tpl = tpl.to_dataset()
+        assert "100 µm" in repr(tpl.ccf)
+        with pytest.raises(ValueError, match="not 'annotation'"):
+            tpl.ccf.structure_mask("VISp", ontology=onto)
+
+
+def test_accessor_reprs(ann, structures, exps):
+    assert repr(ann.ccf) == "<.ccf volume ['annotation'] · 132×80×114 voxels at 100 µm>"
+    assert repr(structures.ccf) == "<.ccf ontology · 840 structures>"
+    assert repr(exps[0].ccf).startswith(f"<.ccf connectivity experiment {exps[0].attrs['id']}")
+    assert structures.ccf.descendant_ids("VISp")[0] == 385
+    assert structures.ccf.ancestor_ids("VISp")[-1] == 385
+    assert structures.ccf.structure_id("VISp") == 385
+    assert structures.ccf.rgb_triplet("VISp") == ccf.rgb_triplet(structures, 385)
+
+
+# -- laziness and partial reads -------------------------------------------------------------------
+
+
+def test_building_results_computes_nothing(ann, tree, onto, exps):
+    with raise_if_dask_computes():
+        mask = ccf.structure_mask(ann, "Isocortex", ontology=onto, hemisphere_id=2)
+        at = ccf.structure_at(ann, [[8000.0, 2000.0, 3000.0]])
+        direct = ccf.direct_unionize(exps[0], annotation=tree, ontology=onto)
+        tree.ccf.structure_mask("VISp", ontology=onto, resolution_um=200)
+    assert isinstance(mask.data, dask.array.Array)
+    assert isinstance(at.data, dask.array.Array)
+    assert all(isinstance(v.data, dask.array.Array) for v in direct.data_vars.values())
+    # unionize reads every chunk in exactly one compute
+    with raise_if_dask_computes(max_computes=1) as sched:
+        ccf.unionize(exps[0], annotation=tree, ontology=onto)
+    assert sched.total == 1
+
+
+@pytest.fixture(scope="module")
+def local_release(tmp_path_factory, tree, structures, exps):
+    lake = abo_lake.open_lake(str(tmp_path_factory.mktemp("ccf_lake")))
+    with lake.stage("r1") as st:
+        st.write(ANN, tree)
+        st.write(STRUCT, structures)
+        st.write(f"connectivity/experiment/{exps[0].attrs['id']}", exps[0])
+    return lake.release("r1")
+
+
+def _open_level(rel, group="100um"):
+    store = rel.store(ANN)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        ds = xr.open_zarr(store, group=group, consolidated=True, chunks={}, zarr_format=3)
+    return ds, store
+
+
+def test_point_query_reads_only_the_chunks_holding_the_points(local_release, ann_np):
+    ds, store = _open_level(local_release)
+    assert ds["annotation"].chunks == ((64, 64, 4), (64, 16), (64, 50))
+    pts = np.array([[100.0, 100.0, 100.0], [7000.0, 6000.0, 6000.0], [6300.0, 6100.0, 6200.0]])
+    with dask.config.set(scheduler="synchronous"):
+        before = store.chunk_reads
+        out = ds.ccf.structure_at(pts).values
+        reads = store.chunk_reads - before
+    idx = (pts // 100).astype(int)
+    np.testing.assert_array_equal(out, ann_np[idx[:, 0], idx[:, 1], idx[:, 2]])
+    assert reads == 2  # chunks (0, 0, 0) and (1, 0, 0) of the 12
+
+
+def _isocortex(ann_np, onto):
+    return np.isin(ann_np, onto.descendant_ids("Isocortex"))
+
+
+def test_mask_window_reads_only_overlapping_chunks(local_release, structures, ann_np):
+    ds, store = _open_level(local_release)
+    onto = ccf.Ontology(structures)
+    with dask.config.set(scheduler="synchronous"):
+        before = store.chunk_reads
+        mask = ds.ccf.structure_mask("Isocortex", ontology=onto)
+        window = mask.isel(ap=slice(0, 40)).values
+        reads = store.chunk_reads - before
+    assert reads == 4  # one AP block of 3: (1 × 2 × 2) chunks
+    opened = local_release.open_datatree(ANN)
+    assert list(opened.ccf.levels) == [100.0, 200.0]
+    with raise_if_dask_computes():
+        coarse = opened.ccf.structure_mask("Isocortex", ontology=onto, resolution_um=200)
+    np.testing.assert_array_equal(coarse.values, _isocortex(ann_np, onto)[::2, ::2, ::2])
+    np.testing.assert_array_equal(window, np.isin(ann_np[:40], onto.descendant_ids("Isocortex")))
+
+
+# -- unionize ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ref_arrays(exps, ann_np, onto):
+    out = []
+    for exp in exps:
+        arrays = {
+            n: exp[n].values.astype(np.float64)
+            for n in ("projection_density", "injection_density", "injection_fraction")
+        }
+        arrays["valid"] = exp["data_mask"].values > 0
+        labelled = np.isin(ann_np, onto.ids) & arrays["valid"]
+        arrays["total_injection"] = arrays["injection_density"][labelled].sum() * 1e-3
+        out.append(arrays)
+    return out
+
+
+def _ref_record(arrays, dom, injection, shape, res=100.0):
+    """AllenSDK's definitions, directly on the full NumPy arrays, one domain at a time."""
+    pdens = arrays["projection_density"]
+    idens = arrays["injection_density"]
+    ifrac = arrays["injection_fraction"]
+    if injection:
+        px, ppx, dens = ifrac[dom].sum(), idens[dom].sum(), idens
+    else:
+        px, ppx = (1 - ifrac[dom]).sum(), (pdens[dom] - idens[dom]).sum()
+        dens = pdens * (1 - ifrac)
+    vox = (res / 1000) ** 3
+    rec = {
+        "sum_pixels": px,
+        "sum_projection_pixels": ppx,
+        "sum_projection_pixel_intensity": ppx,
+        "sum_pixel_intensity": ppx,
+        "projection_density": ppx / px if px > 0 else 0.0,
+        "projection_energy": ppx / px if px > 0 else 0.0,
+        "projection_intensity": 1.0 if ppx > 0 else 0.0,
+        "volume": px * vox,
+        "projection_volume": ppx * vox,
+        "normalized_projection_volume": ppx * vox / arrays["total_injection"],
+        "max_voxel_density": 0.0,
+        "max_voxel_x": 0.0,
+        "max_voxel_y": 0.0,
+        "max_voxel_z": 0.0,
+    }
+    if ppx > 0:
+        flat = int(np.argmax(np.where(dom, dens, -np.inf)))
+        a, d, l_ = np.unravel_index(flat, shape)
+        rec.update(
+            max_voxel_density=dens.flat[flat],
+            max_voxel_x=a * res,
+            max_voxel_y=d * res,
+            max_voxel_z=l_ * res,
+        )
+    return rec
+
+
+@pytest.fixture(scope="module")
+def records(exps, tree, onto):
+    return [ccf.unionize(e, annotation=tree, ontology=onto) for e in exps]
+
+
+@pytest.mark.parametrize("acronym", ["root", "Isocortex", "VISp", "VISp4", "LP", "CP"])
+def test_unionize_matches_a_direct_numpy_reference(
+    exps, records, ref_arrays, ann_np, onto, acronym
+):
+    sid = onto.structure_id(acronym)
+    region = np.isin(ann_np, onto.descendant_ids(sid))
+    lr = np.arange(ann_np.shape[2])
+    sides = {1: lr < 57, 2: lr >= 57, 3: lr >= 0}
+    for exp, rec, arrays in zip(exps, records, ref_arrays):
+        assert list(rec.columns) == list(ccf.UNIONIZE_FIELDS)
+        for hid in (1, 2, 3):
+            dom = region & arrays["valid"] & sides[hid][None, None, :]
+            for injection in (True, False):
+                ref = _ref_record(arrays, dom, injection, ann_np.shape)
+                row = rec[
+                    (rec.structure_id == sid)
+                    & (rec.hemisphere_id == hid)
+                    & (rec.is_injection == injection)
+                ]
+                if ref["sum_pixels"] <= 0:
+                    assert row.empty
+                    continue
+                assert len(row) == 1
+                got = row.iloc[0]
+                assert got["experiment_id"] == exp.attrs["id"]
+                for key, value in ref.items():
+                    np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_unionize_known_by_construction(exps, records, onto):
+    for exp, rec in zip(exps, records):
+        source = exp.attrs["structure_id"]
+        inj = rec[rec.is_injection]
+        # the injection is in the right hemisphere only
+        assert set(inj.hemisphere_id) == {2, 3}
+        # the injected area has the largest injection volume among structures of its depth
+        depth = len(onto.ancestor_ids(source))
+        peers = [i for i in onto.ids.tolist() if len(onto.ancestor_ids(i)) == depth]
+        both = inj[(inj.hemisphere_id == 3) & inj.structure_id.isin(peers)]
+        assert both.loc[both.sum_pixels.idxmax(), "structure_id"] == source
+        # its injection max voxel lies inside the injected area
+        row = both[both.structure_id == source].iloc[0]
+        assert row.max_voxel_density > 0.5
+        # the whole-brain injection record normalises to 1
+        root = inj[(inj.structure_id == 997) & (inj.hemisphere_id == 3)].iloc[0]
+        assert root.normalized_projection_volume == pytest.approx(1.0)
+        # ipsilateral (right) projections are denser than contralateral ones
+        proj = rec[~rec.is_injection].set_index(["structure_id", "hemisphere_id"])
+        for acronym, ipsi, contra in zip(
+            exp.attrs["target_structure_acronyms"],
+            exp.attrs["target_strength_ipsi"],
+            exp.attrs["target_strength_contra"],
+        ):
+            if acronym == exp.attrs["structure_abbrev"] or ipsi <= contra:
+                continue
+            sid = onto.structure_id(acronym)
+            assert (
+                proj.loc[(sid, 2), "projection_density"] > proj.loc[(sid, 1), "projection_density"]
+            )
+        # both hemispheres add up
+        for field in ("sum_pixels", "sum_projection_pixels", "volume", "projection_volume"):
+            wide = rec.pivot_table(
+                index=["structure_id", "is_injection"],
+                columns="hemisphere_id",
+                values=field,
+                fill_value=0.0,
+            )
+            np.testing.assert_allclose(wide[1] + wide[2], wide[3], rtol=1e-9, atol=1e-12)
+
+
+def test_unionize_filters(exps, tree, onto, records):
+    rec = ccf.unionize(
+        exps[0],
+        annotation=tree,
+        ontology=onto,
+        structure_ids=["VISp"],
+        include_descendants=True,
+        hemisphere_ids=[2],
+        is_injection=False,
+    )
+    assert set(rec.structure_id) <= set(onto.descendant_ids("VISp"))
+    assert 385 in set(rec.structure_id)
+    assert set(rec.hemisphere_id) == {2}
+    assert not rec.is_injection.any()
+    full = records[0]
+    sel = full[(full.structure_id.isin(rec.structure_id)) & (full.hemisphere_id == 2)]
+    sel = sel[~sel.is_injection].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rec, sel)
+    only = exps[0].ccf.unionize(annotation=tree, ontology=onto, structure_ids=[385])
+    assert set(only.structure_id) == {385}
+
+
+def test_projection_matrix(exps, tree, onto, records):
+    targets = ["VISp", "VISl", "LP", "CP", "MOs"]
+    out = ccf.projection_matrix(
+        exps, annotation=tree, ontology=onto, structure_ids=targets, hemisphere_ids=(1, 2)
+    )
+    assert out["rows"] == [e.attrs["id"] for e in exps]
+    assert out["matrix"].shape == (2, 10)
+    assert out["columns"][0] == {"hemisphere_id": 1, "structure_id": 385, "label": "VISp-L"}
+    assert out["columns"][5]["label"] == "VISp-R"
+    for r, rec in enumerate(records):
+        proj = rec[~rec.is_injection].set_index(["hemisphere_id", "structure_id"])
+        for c, col in enumerate(out["columns"]):
+            key = (col["hemisphere_id"], col["structure_id"])
+            assert out["matrix"][r, c] == proj.loc[key, "projection_volume"]
+    by_id = ccf.projection_matrix(
+        {7: exps[0]},
+        annotation=tree,
+        ontology=onto,
+        structure_ids=["VISp"],
+        parameter="projection_density",
+    )
+    assert by_id["rows"] == [7]
+    assert by_id["columns"] == [{"hemisphere_id": 3, "structure_id": 385, "label": "VISp"}]
+
+
+class TestUnionizeErrors:
+    def test_grid_mismatch(self, exps, tree, onto):
+        with pytest.raises(ValueError, match=r"annotation shape \(66, 40, 57\) differs"):
+            ccf.unionize(exps[0], annotation=tree["200um"].to_dataset(), ontology=onto)
+        coarse = (
+            exps[0]
+            .isel(ap=slice(None, None, 2), dv=slice(None, None, 2), lr=slice(None, None, 2))
+            .assign_attrs(resolution_um=50)
+        )
+        with pytest.raises(ValueError, match="no 50 µm level"):
+            ccf.unionize(coarse, annotation=tree, ontology=onto)
+
+    def test_bad_arguments(self, exps, tree, onto):
+        with pytest.raises(ValueError, match="parameter must be one of"):
+            ccf.projection_matrix(
+                exps, annotation=tree, ontology=onto, structure_ids=[385], parameter="nope"
+            )
+        with pytest.raises(ValueError, match="at least one experiment"):
+            ccf.projection_matrix([], annotation=tree, ontology=onto, structure_ids=[385])
+        with pytest.raises(ValueError, match="hemisphere_ids must be among"):
+            ccf.unionize(exps[0], annotation=tree, ontology=onto, hemisphere_ids=[4])
+        with pytest.raises(KeyError, match="did you mean"):
+            ccf.unionize(exps[0], annotation=tree, ontology=onto, structure_ids=["VISpq"])
+        with pytest.raises(SchemaError, match="connectivity_experiment"):
+            ccf.unionize(tree["100um"].to_dataset(), annotation=tree, ontology=onto)
+
+
+# -- on a cluster, from S3 ------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_unionize_on_a_cluster_from_s3_equals_threaded(
+    dask_client, s3_bucket, s3_options, tree, structures, exps
+):
+    lake = abo_lake.open_lake(f"s3://{s3_bucket}/lake", **s3_options)
+    path = f"connectivity/experiment/{exps[0].attrs['id']}"
+    # the writer computes the in-memory source arrays: keep that off the cluster
+    with lake.stage("r1") as st, dask.config.set(scheduler="threads"):
+        st.write(ANN, tree)
+        st.write(STRUCT, structures)
+        st.write(path, exps[0])
+    rel = lake.release("r1")
+    ann = rel.open(ANN, group="100um")
+    exp = rel.open(path)
+    onto = ccf.Ontology(rel.open(STRUCT).load())
+    on_cluster = exp.ccf.unionize(annotation=ann, ontology=onto)
+    mask_cluster = ann.ccf.structure_mask("VISp", ontology=onto).sum().values
+    n_tasks = len(
+        exp.ccf.direct_unionize(annotation=ann, ontology=onto)[
+            "projection.sum_pixels"
+        ].data.__dask_graph__()
+    )
+    with dask.config.set(scheduler="threads"):
+        threaded = exp.ccf.unionize(annotation=ann, ontology=onto)
+        mask_threaded = ann.ccf.structure_mask("VISp", ontology=onto).sum().values
+    pd.testing.assert_frame_equal(on_cluster, threaded)
+    assert mask_cluster == mask_threaded > 0
+    assert len(on_cluster) > 100
+    assert n_tasks < 20 * 12  # ∝ the 12 chunks, not the voxels or the structures
