@@ -135,12 +135,31 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         query[key] = catalog.parse_value(value)
     table = catalog.search_table(rel, args.table, **query)
+    shown = table
+    if not args.json:
+        columns = args.columns or [c for c in _BROWSE_COLUMNS if c in table.columns]
+        shown = table[columns or list(table.columns[:8])]
     _emit(
         args,
         json.loads(table.to_json(orient="table")),
-        table.to_string(max_rows=50) if len(table) else "no matching rows",
+        shown.to_string(max_rows=50) if len(table) else "no matching rows",
     )
     return 0
+
+
+#: Columns ``abo-lake catalog`` shows by default (all of them with --json or --columns).
+_BROWSE_COLUMNS = [
+    "cre_line",
+    "targeted_structure",
+    "imaging_depth",
+    "session_type",
+    "experience_level",
+    "equipment_name",
+    "specimen_id",
+    "structure_abbrev",
+    "injection_structures",
+    "dataset_path",
+]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -205,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     c = lake_cmd("catalog", "search a release's metadata tables")
     c.add_argument("--release", default="latest")
     c.add_argument("--table", default="ophys_experiments")
+    c.add_argument("--columns", nargs="*", help="columns to show (default: the usual ones)")
     c.add_argument(
         "--search",
         nargs="*",
