@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
+import sys.util
 import warnings
 
 import dask
@@ -444,10 +444,19 @@ class TestOphysErrors:
         with pytest.raises(ValueError, match="holds no frame"):
             vbo.ophys.trial_responses(window=(0.01, 0.02))
 
-    @pytest.mark.skipif(importlib.util.find_spec("pynapple") is not None, reason="installed")
-    def test_to_pynapple_without_pynapple(self, vbo):
+    def test_to_pynapple_without_pynapple(self, vbo, monkeypatch):
+        monkeypatch.setitem(sys.modules, "pynapple", None)  # as if it were not installed
         with pytest.raises(ImportError, match="pip install pynapple"):
             vbo.ophys.to_pynapple()
+
+
+def test_to_pynapple(vbo):
+    nap = pytest.importorskip("pynapple")
+    frame = vbo.ophys.to_pynapple(trace="dff")
+    assert isinstance(frame, nap.TsdFrame)
+    np.testing.assert_array_equal(frame.t, vbo["time"].values)
+    np.testing.assert_array_equal(frame.columns, vbo["cell_specimen_id"].values)
+    np.testing.assert_array_equal(np.asarray(frame.values), vbo["dff"].values.T)
 
 
 def test_no_nan_from_dropped_rows_in_mean_response(vbo):
