@@ -15,7 +15,11 @@ from typing import Any
 
 from abo_lake.errors import AboLakeError
 
-__all__ = ["main"]
+__all__ = ["main", "reference"]
+
+
+def _Formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=92)
 
 
 def _lake(args: argparse.Namespace):
@@ -170,11 +174,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="abo-lake", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="abo-lake",
+        description="Allen Brain Observatory data as a versioned, chunked data lake.",
+        formatter_class=_Formatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def lake_cmd(name: str, help: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
+        c = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
         c.add_argument(
             "--lake",
             default=None,
@@ -190,7 +198,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--work", default="abo_lake_work", help="folder for sources, lake, figures")
     c.set_defaults(func=_cmd_demo)
 
-    c = sub.add_parser("synth", help="write synthetic Allen-format source files")
+    c = sub.add_parser(
+        "synth",
+        help="write synthetic Allen-format source files",
+        description="write synthetic Allen-format source files",
+        formatter_class=_Formatter,
+    )
     c.add_argument("kind", help="vbo-ophys, vc2p-ophys, vcn-ecephys, celltypes, ccf, connectivity")
     c.add_argument("--out", required=True)
     c.add_argument("--scale", default="tiny", choices=["tiny", "realistic"])
@@ -233,6 +246,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_cmd_catalog)
     return p
+
+
+def reference() -> str:
+    """The CLI reference as Markdown, from each command's ``--help`` (kept in the README)."""
+    parser = _parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parts = ["```", parser.format_help().rstrip(), "```"]
+    for name, command in sub.choices.items():
+        parts += ["", f"### `abo-lake {name}`", "", "```", command.format_help().rstrip(), "```"]
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
