@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import io
 import json
 import sys
 import time
@@ -24,7 +25,7 @@ import h5py
 import pandas as pd
 import xarray as xr
 
-from abo_lake import schema, sources
+from abo_lake import cas, schema, sources
 from abo_lake.errors import AboLakeError
 from abo_lake.lake import LEDGER_PREFIX, Lake
 from abo_lake.storage import Storage
@@ -45,6 +46,7 @@ class FileResult:
     datasets: dict[str, str] = field(default_factory=dict)  # path -> manifest hash
     kinds: dict[str, str] = field(default_factory=dict)
     attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> metadata attrs
+    tables: dict[str, list[str]] = field(default_factory=dict)  # table -> Parquet object hashes
     bytes_in: int = 0
     new_objects: int = 0
     seconds: float = 0.0
@@ -180,6 +182,7 @@ def convert_file(
             result.datasets = done["datasets"]
             result.kinds = done["kinds"]
             result.attrs = done["attrs"]
+            result.tables = done.get("tables", {})
             result.resumed = True
             return result
         result.format = sources.detect_format(source)
@@ -196,6 +199,7 @@ def convert_file(
                     "manifests": sorted(result.datasets.values()),
                     "kinds": result.kinds,
                     "attrs": result.attrs,
+                    "tables": result.tables,
                 },
                 sort_keys=True,
             ).encode(),
@@ -226,6 +230,52 @@ def _convert(
         result.new_objects += new
         result.kinds[path] = kind or ""
         result.attrs[path] = _attrs_json(obj.attrs)
+        for name, table in _row_tables(obj, kind).items():
+            result.tables.setdefault(name, []).append(_put_table(storage, table))
+
+
+#: Per-file tables (name -> (dataset kind, row dim, variable prefix, id column added)).
+ROW_TABLES = {
+    "units": ("ecephys_session", "unit_id", "", "ecephys_session_id"),
+    "channels": ("ecephys_session", "channel_id", "channels.", "ecephys_session_id"),
+    "probes": ("ecephys_session", "probe", "probes.", "ecephys_session_id"),
+    "cells": ("ophys_experiment", "cell_specimen_id", "", "ophys_experiment_id"),
+}
+
+
+def _row_tables(obj: xr.Dataset | xr.DataTree, kind: str | None) -> dict[str, pd.DataFrame]:
+    """The small one-row-per-thing tables of a Dataset (units, channels, probes, cells)."""
+    if not isinstance(obj, xr.Dataset):
+        return {}
+    out = {}
+    for name, (table_kind, dim, prefix, owner) in ROW_TABLES.items():
+        if kind != table_kind or dim not in obj.dims:
+            continue
+        names = [
+            n
+            for n, v in obj.variables.items()
+            if v.dims == (dim,)
+            and n != dim
+            and n.startswith(prefix)
+            and "." not in n[len(prefix) :]
+            and not n.endswith("_index")
+        ]
+        df = (
+            obj[names].reset_coords().to_dataframe()
+            if names
+            else pd.DataFrame(index=obj.indexes[dim])
+        )
+        df.columns = [c[len(prefix) :] for c in df.columns]
+        df.insert(0, owner, obj.attrs.get(owner))
+        out[name] = _uniform_columns(df[[df.columns[0], *sorted(df.columns[1:])]])
+    return out
+
+
+def _put_table(storage: Storage, table: pd.DataFrame) -> str:
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=True, compression="zstd")
+    h, _ = cas.put(storage, buf.getvalue())
+    return h
 
 
 def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
@@ -295,9 +345,16 @@ TABLES = {
 
 
 def build_tables(
-    results: Sequence[FileResult], metadata: Sequence[str | Path] = ()
+    results: Sequence[FileResult],
+    metadata: Sequence[str | Path] = (),
+    storage: Storage | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Metadata tables from what was converted (dataset attrs), joined with project CSVs."""
+    """Metadata tables from what was converted, joined with project metadata CSVs.
+
+    One row per dataset from its attrs (``ophys_experiments``, ``ecephys_sessions``, ...),
+    plus the per-file row tables (``units``, ``channels``, ``probes``, ``cells``) that each
+    conversion stored as Parquet objects in ``storage``.
+    """
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
     for f in results:
         for path, kind in f.kinds.items():
@@ -321,6 +378,14 @@ def build_tables(
         if id_col in df.columns:
             df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
         tables[name] = _uniform_columns(df)
+    if storage is not None:
+        for name in sorted({n for f in results for n in f.tables}):
+            parts = [
+                pd.read_parquet(io.BytesIO(storage.read(cas.key_of(h))))
+                for f in results
+                for h in f.tables.get(name, [])
+            ]
+            tables[name] = _uniform_columns(pd.concat(parts).sort_index())
     return tables
 
 
@@ -411,7 +476,7 @@ def run(
             for res in results:
                 for path, h in res.datasets.items():
                     stage.add(path, h, kind=res.kinds.get(path) or None)
-            for name, table in build_tables(results, metadata).items():
+            for name, table in build_tables(results, metadata, lake.storage).items():
                 stage.write_table(name, table)
             if any(r.error for r in results) or not publish:
                 raise _NotPublished

@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import abo_lake
@@ -210,3 +211,59 @@ def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
     )
     assert unknown.returncode == 2
     assert "available: a, b" in unknown.stderr
+
+
+def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, shared_data):
+    v1, *_ = vbo_sources
+    src = tmp_path / "src"
+    shutil.copytree(v1, src / "vbo")
+    synthesize("vcn-ecephys", src / "vcn", seed=2)
+    csv = shared_data / "vbo_metadata" / "ophys_experiment_table.csv"
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([src], lake, "r1", metadata=[csv], progress=False)
+    assert report.published, report.summary()
+    rel = lake.release("r1")
+    experiments = rel.table("ophys_experiments")
+    real = pd.read_csv(csv).set_index("ophys_experiment_id")
+    # file_path is only in the project CSV: the join brought it in, for the right rows
+    assert experiments["file_path"].tolist() == real.loc[experiments.index, "file_path"].tolist()
+    assert len(experiments) == 2
+    session_id = rel.table("ecephys_sessions").index[0]
+    units = rel.table("units")
+    session = rel.open(f"ecephys/session/{session_id}")
+    assert sorted(units.index) == sorted(session["unit_id"].values.tolist())
+    assert (units["ecephys_session_id"] == session_id).all()
+    assert set(units["ecephys_structure_acronym"]) == set(
+        session["ecephys_structure_acronym"].values.tolist()
+    )
+    assert len(rel.table("channels")) == session.sizes["channel_id"]
+    cells = rel.table("cells")
+    assert set(cells["ophys_experiment_id"]) == set(experiments.index)
+
+
+def test_convert_from_a_job_specification(vbo_sources, tmp_path):
+    v1, *_ = vbo_sources
+    spec = tmp_path / "spec" / "2026.1.yaml"
+    spec.parent.mkdir()
+    shutil.copytree(v1, tmp_path / "spec" / "data")
+    spec.write_text("release: '2026.1'\nsources: [data]\nmetadata: []\n")
+    lake = tmp_path / "lake"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abo_lake.cli",
+            "convert",
+            "--spec",
+            str(spec),
+            "--lake",
+            str(lake),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert abo_lake.open_lake(lake).releases() == ["2026.1"]
+    assert len(abo_lake.open_lake(lake).release("2026.1").datasets("ophys/")) == 2
