@@ -94,3 +94,25 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (the read-only shared/ folder beside the clone)")
     return SHARED_DATA
+
+
+class _TinySources(dict):
+    """Kind -> folder of tiny synthetic sources, each generated on first use, once a session."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, kind: str) -> Path:
+        from abo_lake.synthetic import synthesize
+
+        folder = self.root / kind
+        synthesize(kind, folder, scale="tiny", seed=1)
+        self[kind] = folder
+        return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sources(tmp_path_factory):
+    """Tiny sources of every kind (``tiny_sources["vbo-ophys"]`` -> folder), shared by tests."""
+    return _TinySources(tmp_path_factory.mktemp("tiny_sources"))

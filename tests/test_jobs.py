@@ -30,27 +30,25 @@ def vbo_sources(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mixed_sources(tmp_path_factory):
-    """One source of several kinds, in one folder tree."""
-    root = tmp_path_factory.mktemp("mixed")
-    synthesize("vc2p-ophys", root / "vc2p", seed=1)
-    synthesize("celltypes", root / "celltypes", seed=1)
-    synthesize("connectivity", root / "connectivity", seed=1, n_experiments=1)
-    return root
+def mixed_sources(tiny_sources):
+    """One source of several kinds (the session's tiny sources)."""
+    return [tiny_sources[k] for k in ("vc2p-ophys", "celltypes", "connectivity")]
 
 
 def test_plan_groups_sources_and_skips_auxiliary_json(mixed_sources):
-    files = jobs.plan([mixed_sources])
+    files = jobs.plan(mixed_sources)
     names = sorted(f.rsplit("/", 1)[1] for f in files)
-    # one entry per connectivity experiment (4 volumes + metadata.json), no ephys_sweeps.json
-    assert len(names) == 4
+    # one entry per connectivity experiment (4 volumes + metadata.json; 2 experiments),
+    # no ephys_sweeps.json
+    assert len(names) == 5
+    assert names.count("projection_density_100.nrrd") == 2
     assert {"ephys.nwb", "reconstruction.swc", "projection_density_100.nrrd"} < set(names)
     assert not any(f.endswith(".json") for f in files)
 
 
 def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_path):
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([mixed_sources], lake, "r1", workers=2, progress=False)
+    report = jobs.run(mixed_sources, lake, "r1", workers=2, progress=False)
     assert report.published, report.summary()
     rel = lake.release("r1")
     kinds = {rel.kind(p) for p in rel.datasets()}
@@ -64,6 +62,7 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
         "ophys_experiments",
         "celltypes_specimens",
         "connectivity_experiments",
+        "cells",
     }
     table = rel.table("ophys_experiments")
     assert table["dataset_path"].tolist() == rel.datasets("ophys/")
@@ -72,7 +71,7 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
     raw = rel.open(ophys, group="raw/general")
     assert raw.sizes or raw.data_vars or raw.attrs
     objects = set(lake.storage.find("cas"))
-    again = jobs.run([mixed_sources], lake, "r2", workers=2, progress=False)
+    again = jobs.run(mixed_sources, lake, "r2", workers=2, progress=False)
     assert again.published
     assert all(f.resumed for f in again.files)
     assert set(lake.storage.find("cas")) - objects == set()
