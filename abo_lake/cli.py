@@ -125,6 +125,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         workers=args.workers,
         publish=args.publish,
         metadata=metadata,
+        source_options=json.loads(args.source_options) if args.source_options else None,
     )
     _emit(args, report.to_dict(), report.summary())
     return 0 if not report.failures else 1
@@ -217,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--spec", default=None, help="a job specification YAML (conversion/)")
     c.add_argument("--metadata", nargs="*", help="project metadata CSVs joined by id")
     c.add_argument("--scheduler", default=None, help="address of a running dask scheduler")
+    c.add_argument(
+        "--source-options", default=None, help="JSON storage options for s3:// (etc.) sources"
+    )
     c.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     c.add_argument("--publish", action=argparse.BooleanOptionalAction, default=True)
     c.set_defaults(func=_cmd_convert)

@@ -54,16 +54,26 @@ class FileResult:
     error: str = ""
 
 
-def plan(specs: Sequence[str | Path]) -> list[str]:
-    """Expand files, folders (recursively) and globs into a sorted list of source files."""
+def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = None) -> list[str]:
+    """Expand files, folders (recursively) and globs into a sorted list of source files.
+
+    Remote specs (``s3://bucket/raw/*.nwb``, ``s3://bucket/raw/``) are listed with fsspec;
+    a remote folder yields the files in it that look like sources.
+    """
     files: set[str] = set()
     for spec in map(str, specs):
         if "://" in spec:
             import fsspec
 
-            _, _, paths = fsspec.get_fs_token_paths(spec)
+            fs, _, paths = fsspec.get_fs_token_paths(spec, storage_options=source_options)
             proto = spec.split("://")[0]
-            files.update(f"{proto}://{p}" for p in paths)
+            for p in paths:
+                found = fs.find(p) if fs.isdir(p) else [p]
+                files.update(
+                    f"{proto}://{f}"
+                    for f in found
+                    if Path(f).suffix.lower() in _SOURCE_SUFFIXES and Path(f).suffix != ".json"
+                )
             continue
         matches = globlib.glob(spec, recursive=True) if any(c in spec for c in "*?[") else [spec]
         for m in matches:
@@ -102,16 +112,23 @@ def _sources_in(folder: Path) -> list[str]:
     return out
 
 
-def _local_copy(source: str) -> str:
-    """A local path for ``source``: remote files (``s3://...``) are fetched to a temp folder."""
+def _local_copy(source: str, options: dict[str, Any] | None) -> str:
+    """A local path for ``source``: remote files (``s3://...``) are fetched to a temp folder.
+
+    HDF5 is read from a local copy: readers seek all over the file, and over S3 that costs
+    far more requests than one download (ALLEN_DATA.md §10).
+    """
     if "://" not in source or source.startswith("file://"):
         return source.removeprefix("file://")
     import tempfile
 
     from fsspec.core import url_to_fs
 
-    fs, path = url_to_fs(source)
-    local = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).name
+    fs, path = url_to_fs(source, **(options or {}))
+    # keep the parent folder's name: readers take ids from it (specimen_<id>/, experiment_<id>/)
+    local = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).parent.name
+    local.mkdir()
+    local = local / Path(path).name
     fs.get(path, str(local))
     return str(local)
 
@@ -156,17 +173,23 @@ def convert_file(
     *,
     raw: bool = True,
     fidelity: bool = True,
+    source_options: dict[str, Any] | None = None,
 ) -> FileResult:
     """Convert one source file into the lake (chunks + manifests) and record it in the ledger.
 
     Never raises for a bad file: the error is in ``FileResult.error`` so other files go on.
-    Rerunning on an unchanged file finds its ledger record and converts nothing.
+    Rerunning on an unchanged file finds its ledger record and converts nothing. Remote
+    sources (``s3://...``, opened with ``source_options``) are fetched to a temporary file.
     """
     t0 = time.perf_counter()
     result = FileResult(source=source)
     storage = Storage(lake_url, **(storage_options or {}))
+    fetched = ""
     try:
-        source = _local_copy(source)
+        local = _local_copy(source, source_options)
+        if local != source:
+            fetched = local
+        source = local
         group = sources.members(source) if Path(source).is_file() else [Path(source)]
         result.bytes_in = sum(Path(p).stat().st_size for p in group)
         digests = [_sha256_file(str(p)) for p in group]
@@ -210,6 +233,10 @@ def convert_file(
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
     finally:
         result.seconds = time.perf_counter() - t0
+        if fetched:
+            import shutil
+
+            shutil.rmtree(Path(fetched).parent.parent, ignore_errors=True)
     return result
 
 
@@ -413,6 +440,7 @@ def run(
     metadata: Sequence[str | Path] = (),
     notes: str = "",
     progress: bool | None = None,
+    source_options: dict[str, Any] | None = None,
 ) -> JobReport:
     """Convert sources into a release on dask.distributed; publish if every file succeeded.
 
@@ -438,10 +466,10 @@ def run(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    files = plan(specs)
+    files = plan(specs, source_options)
     if not files:
         raise FileNotFoundError(f"no source files found in {list(map(str, specs))}")
-    sizes = {f: _size(f) for f in files}
+    sizes = {f: _size(f, source_options) for f in files}
     show = sys.stderr.isatty() if progress is None else progress
     cluster = None
     if scheduler is None:
@@ -457,6 +485,7 @@ def run(
                 files,
                 lake_url=lake.url,
                 storage_options=lake.storage.storage_options,
+                source_options=source_options,
                 pure=False,
             )
             bar = tqdm(
@@ -491,11 +520,11 @@ def run(
     return report
 
 
-def _size(source: str) -> int:
+def _size(source: str, options: dict[str, Any] | None = None) -> int:
     if "://" in source:
         from fsspec.core import url_to_fs
 
-        fs, path = url_to_fs(source)
+        fs, path = url_to_fs(source, **(options or {}))
         return int(fs.size(path) or 0)
     return Path(source).stat().st_size
 

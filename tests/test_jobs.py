@@ -266,3 +266,25 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path):
     assert out.returncode == 0, out.stderr
     assert abo_lake.open_lake(lake).releases() == ["2026.1"]
     assert len(abo_lake.open_lake(lake).release("2026.1").datasets("ophys/")) == 2
+
+
+@pytest.mark.s3
+def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_options, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    local = [tiny_sources["celltypes"], tiny_sources["vc2p-ophys"]]
+    for folder in local:
+        fs.put(str(folder), f"{s3_bucket}/raw/{folder.name}", recursive=True)
+    remote = abo_lake.open_lake(tmp_path / "from_s3")
+    report = jobs.run(
+        [f"s3://{s3_bucket}/raw/"], remote, "r1", progress=False, source_options=s3_options
+    )
+    assert report.published, report.summary()
+    assert all(f.source.startswith("s3://") for f in report.files)
+    here = abo_lake.open_lake(tmp_path / "from_disk")
+    assert jobs.run(local, here, "r1", progress=False).published
+    a, b = remote.release("r1"), here.release("r1")
+    assert a.datasets() == b.datasets()
+    for path in a.datasets():
+        assert a.manifest(path).chunks == b.manifest(path).chunks
