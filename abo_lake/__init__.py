@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from abo_lake import accessors  # noqa: F401  (registers .ophys, .ecephys, .ccf)
-from abo_lake.catalog import Table, open_catalog, release_table, root_catalog
+from abo_lake.catalog import open_catalog, root_catalog
 from abo_lake.errors import (
     AboLakeError,
     DatasetNotFoundError,
@@ -20,9 +20,11 @@ from abo_lake.errors import (
     ReleaseNotFoundError,
     SchemaError,
     SourceFileError,
+    StructureNotFoundError,
 )
 from abo_lake.lake import Lake, Stage, open_lake
 from abo_lake.release import Release
+from abo_lake.tables import Table, release_table
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "SchemaError",
     "SourceFileError",
     "Stage",
+    "StructureNotFoundError",
     "Table",
     "__version__",
     "open_catalog",

@@ -3,7 +3,8 @@
 Pure, lazy functions over the Datasets of :mod:`abo_lake.sources.ccf` (``ALLEN_DATA.md`` §4):
 
 - the ontology (kind ``ccf_structures``) as an :class:`Ontology`: ids, acronyms, ancestors and
-  descendants (from ``structure_id_path``), colours;
+  descendants (from ``structure_id_path``), colours (defined in :mod:`abo_lake.ontology`,
+  re-exported here);
 - annotation volumes (kind ``ccf_volume``, multiscale DataTree levels): :func:`structure_mask`
   (one sorted-lookup gather per chunk), :func:`structure_at` (reads only the chunks holding the
   points), :func:`voxel_counts` and :func:`choose_level`;
@@ -21,8 +22,7 @@ stay lazy (dask) until the caller computes.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask
@@ -31,7 +31,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake.errors import AboLakeError, SchemaError
+from abo_lake.errors import SchemaError, StructureNotFoundError
+from abo_lake.ontology import (
+    Ontology,
+    _ontology,
+    ancestor_ids,
+    descendant_ids,
+    rgb_triplet,
+    structure_id,
+)
 from abo_lake.schema import validate
 
 __all__ = [
@@ -84,202 +92,6 @@ _SUMS = ("sum_pixels", "sum_projection_pixels", "sum_projection_pixel_intensity"
          "sum_pixel_intensity")  # fmt: skip
 _NSUM = 2 * len(_SUMS)
 _NSTAT = _NSUM + 4  # + (max density, flat index) of the injection and the projection record
-
-
-class StructureNotFoundError(AboLakeError, KeyError):
-    """A structure id or acronym is not in the ontology."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
-
-
-# -- ontology ------------------------------------------------------------------------------------
-
-
-class Ontology:
-    """The CCF structure tree, in memory, from a ``ccf_structures`` Dataset.
-
-    Parameters
-    ----------
-    structures
-        The ontology Dataset (``ccf/<version>/structures``); it is loaded (a few hundred kB).
-
-    Examples
-    --------
-    >>> onto = Ontology(rel.open("ccf/ccf_2017/structures"))  # doctest: +SKIP
-    >>> onto.descendant_ids("VISp")[:3]  # doctest: +SKIP
-    [385, 593, 821]
-    """
-
-    def __init__(self, structures: xr.Dataset) -> None:
-        validate(structures, "ccf_structures")
-        if "structure_id_path" not in structures or "structure_id_path_index" not in structures:
-            raise SchemaError("the ontology Dataset has no ragged 'structure_id_path' (+ _index)")
-        self.ids = np.asarray(structures["structure_id"].values, dtype=np.int64)
-        self.acronyms = np.asarray(structures["acronym"].values).astype(str)
-        self.names = np.asarray(structures["name"].values).astype(str)
-        flat = np.asarray(structures["structure_id_path"].values, dtype=np.int64)
-        ends = np.asarray(structures["structure_id_path_index"].values, dtype=np.int64)
-        self._paths = np.split(flat, ends[:-1])
-        self._owner = np.repeat(np.arange(self.ids.size), np.diff(ends, prepend=0))
-        self._flat = flat
-        if "rgb_triplet" in structures:
-            self.rgb = np.asarray(structures["rgb_triplet"].values, dtype=np.uint8)
-        else:
-            self.rgb = np.full((self.ids.size, 3), 255, dtype=np.uint8)
-        self._row = {int(i): r for r, i in enumerate(self.ids)}
-        self._by_acronym = {str(a): int(i) for a, i in zip(self.acronyms, self.ids)}
-        self._by_lower = {k.lower(): v for k, v in self._by_acronym.items()}
-
-    def __repr__(self) -> str:
-        root = self.acronym(int(self._flat[0])) if self._flat.size else "?"
-        return f"<abo_lake.ccf.Ontology · {self.ids.size} structures · root {root!r}>"
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-    def __contains__(self, structure: object) -> bool:
-        try:
-            self.structure_id(structure)  # type: ignore[arg-type]
-        except KeyError:
-            return False
-        return True
-
-    def structure_id(self, structure: int | str) -> int:
-        """The id of a structure given by id or acronym (exact, else case-insensitive).
-
-        Raises
-        ------
-        StructureNotFoundError
-            With up to five close acronyms.
-        """
-        if isinstance(structure, str):
-            sid = self._by_acronym.get(structure, self._by_lower.get(structure.lower()))
-            if sid is not None:
-                return sid
-            near = difflib.get_close_matches(structure, list(self._by_acronym), n=5, cutoff=0.5)
-            hint = f"; did you mean {near}?" if near else ""
-            raise StructureNotFoundError(
-                f"no structure with acronym {structure!r} in the ontology "
-                f"({self.ids.size} structures){hint}"
-            )
-        if isinstance(structure, bool) or not isinstance(structure, int | np.integer):
-            raise TypeError(f"a structure is an int id or a str acronym; got {structure!r}")
-        if int(structure) not in self._row:
-            raise StructureNotFoundError(
-                f"no structure with id {int(structure)} in the ontology ({self.ids.size} "
-                f"structures; e.g. {self.ids[:5].tolist()})"
-            )
-        return int(structure)
-
-    def structure_ids(self, structures: int | str | Iterable[int | str]) -> list[int]:
-        """Ids of one structure or a list of structures (ids or acronyms)."""
-        if isinstance(structures, str | int | np.integer):
-            structures = [structures]
-        return [self.structure_id(s) for s in structures]
-
-    def _r(self, structure: int | str) -> int:
-        return self._row[self.structure_id(structure)]
-
-    def acronym(self, structure: int | str) -> str:
-        """The acronym of a structure."""
-        return str(self.acronyms[self._r(structure)])
-
-    def name(self, structure: int | str) -> str:
-        """The full name of a structure."""
-        return str(self.names[self._r(structure)])
-
-    def ancestor_ids(self, structure: int | str) -> list[int]:
-        """The structure_id_path: root first, the structure itself last."""
-        return self._paths[self._r(structure)].tolist()
-
-    def parent_id(self, structure: int | str) -> int | None:
-        """The parent's id, or None for the root."""
-        path = self._paths[self._r(structure)]
-        return int(path[-2]) if path.size > 1 else None
-
-    def descendant_ids(self, structure: int | str) -> list[int]:
-        """The structure and all its descendants (AllenSDK ``descendant_ids``), in tree order."""
-        rows = np.unique(self._owner[self._flat == self.structure_id(structure)])
-        return self.ids[rows].tolist()
-
-    def child_ids(self, structure: int | str) -> list[int]:
-        """The direct children."""
-        sid = self.structure_id(structure)
-        return [i for i in self.descendant_ids(sid) if self.parent_id(i) == sid]
-
-    def rgb_triplet(self, structure: int | str) -> tuple[int, int, int]:
-        """The structure's colour as (r, g, b) in 0..255."""
-        r, g, b = self.rgb[self._r(structure)].tolist()
-        return (r, g, b)
-
-    def colormap(self) -> dict[int, list[int]]:
-        """id -> [r, g, b] for every structure (AllenSDK ``get_colormap``)."""
-        return {int(i): c for i, c in zip(self.ids, self.rgb.tolist())}
-
-    def id_acronym_map(self) -> dict[str, int]:
-        """acronym -> id (AllenSDK ``get_id_acronym_map``)."""
-        return dict(self._by_acronym)
-
-    def _selection(self, structures: Iterable[int], descendants: bool) -> np.ndarray:
-        """Sorted unique ids of ``structures`` (and their descendants)."""
-        ids = np.asarray(list(structures), dtype=np.int64)
-        if descendants:
-            ids = self.ids[np.unique(self._owner[np.isin(self._flat, ids)])]
-        return np.unique(ids)
-
-    def _ancestor_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ancestor row, descendant row) for every structure and each id on its path."""
-        order = np.argsort(self.ids)
-        return order[np.searchsorted(self.ids, self._flat, sorter=order)], self._owner
-
-    def _propagate_sum(self, values: np.ndarray) -> np.ndarray:
-        """Per-structure totals over each subtree of per-structure ``values`` (ontology order)."""
-        up, down = self._ancestor_pairs()
-        return np.bincount(up, weights=values[down], minlength=self.ids.size)
-
-    def _propagate_max(self, values: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-structure subtree maximum of ``values`` and its ``at`` (lowest ``at`` on ties)."""
-        up, down = self._ancestor_pairs()
-        order = np.lexsort((at[down], -values[down], up))
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = up[order][1:] != up[order][:-1]
-        best = np.full(self.ids.size, -np.inf)
-        where = np.full(self.ids.size, np.inf)
-        best[up[order][first]] = values[down][order][first]
-        where[up[order][first]] = at[down][order][first]
-        return best, where
-
-
-def _ontology(ontology: Ontology | xr.Dataset) -> Ontology:
-    if isinstance(ontology, Ontology):
-        return ontology
-    if isinstance(ontology, xr.Dataset):
-        return Ontology(ontology)
-    raise TypeError(
-        "ontology must be a 'ccf_structures' Dataset (rel.open('ccf/<version>/structures')) or "
-        f"an abo_lake.ccf.Ontology; got {type(ontology).__name__}"
-    )
-
-
-def structure_id(ontology: Ontology | xr.Dataset, structure: int | str) -> int:
-    """The id of a structure given by id or acronym; KeyError with close matches."""
-    return _ontology(ontology).structure_id(structure)
-
-
-def ancestor_ids(ontology: Ontology | xr.Dataset, structure: int | str) -> list[int]:
-    """Root-to-self ids of a structure (its ``structure_id_path``)."""
-    return _ontology(ontology).ancestor_ids(structure)
-
-
-def descendant_ids(ontology: Ontology | xr.Dataset, structure: int | str) -> list[int]:
-    """A structure and all its descendants."""
-    return _ontology(ontology).descendant_ids(structure)
-
-
-def rgb_triplet(ontology: Ontology | xr.Dataset, structure: int | str) -> tuple[int, int, int]:
-    """A structure's (r, g, b) colour."""
-    return _ontology(ontology).rgb_triplet(structure)
 
 
 # -- volumes -------------------------------------------------------------------------------------

@@ -132,14 +132,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
-    from abo_lake import catalog
+    from abo_lake import tables
 
     rel = _lake(args).release(args.release)
     query = {}
     for item in args.search or []:
         key, _, value = item.partition("=")
-        query[key] = catalog.parse_value(value)
-    table = catalog.search_table(rel, args.table, **query)
+        query[key] = tables.parse_value(value)
+    table = tables.search_table(rel, args.table, **query)
     shown = table
     if not args.json:
         columns = args.columns or [c for c in _BROWSE_COLUMNS if c in table.columns]

@@ -15,6 +15,7 @@ __all__ = [
     "ReleaseNotFoundError",
     "SchemaError",
     "SourceFileError",
+    "StructureNotFoundError",
 ]
 
 
@@ -32,6 +33,13 @@ class ReleaseExistsError(AboLakeError, FileExistsError):
 
 class DatasetNotFoundError(AboLakeError, KeyError):
     """A dataset path is not in the release."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class StructureNotFoundError(AboLakeError, KeyError):
+    """A structure id or acronym is not in the ontology."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""

@@ -102,7 +102,7 @@ class Release:
         record = self.__dict__.get("record")
         if name.startswith("_") or record is None or name not in record.tables:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        from abo_lake.catalog import release_table
+        from abo_lake.tables import release_table
 
         return release_table(self, name)
 

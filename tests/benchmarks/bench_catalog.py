@@ -22,7 +22,7 @@ import pandas as pd
 import xarray as xr
 
 import abo_lake
-from abo_lake import catalog
+from abo_lake import catalog, tables
 from abo_lake.lake import _now
 from abo_lake.manifest import root_hash
 from abo_lake.release import ReleaseRecord
@@ -80,7 +80,7 @@ def bench_tables(lake: abo_lake.Lake) -> None:
         query = QUERIES[csv.stem]
 
         def lake_search(name: str = csv.stem, query: dict = query) -> int:
-            catalog._TABLE_CACHE.clear()  # measure the Parquet load, not the cache
+            tables._TABLE_CACHE.clear()  # measure the Parquet load, not the cache
             return len(catalog.release_table(rel, name).search(**query))
 
         hits = lake_search()
