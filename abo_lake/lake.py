@@ -302,10 +302,10 @@ class Lake:
             except (FileNotFoundError, ValueError):
                 continue
             hashes = set(entry.get("manifests", []))
-            if hashes <= keep_manifests:
-                continue
-            if info["mtime"] >= cutoff:
-                keep_manifests.update(hashes)  # a young resume record protects its work
+            parts = {h for part in (entry.get("tables") or {}).values() for h in part}
+            if hashes <= keep_manifests or info["mtime"] >= cutoff:
+                keep_manifests.update(hashes)  # a kept or young resume record protects its work
+                keep_objects.update(parts)  # including its per-file table parts
             else:
                 stale_ledger.append(key)  # forget it, so no resume trusts deleted work
         keep_chunks: set[str] = set(keep_objects)

@@ -11,6 +11,7 @@ data back.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import dask
@@ -28,7 +29,7 @@ from abo_lake.manifest import Manifest
 from abo_lake.storage import Storage
 from abo_lake.stores import CaptureStore, is_metadata_key
 
-__all__ = ["DEFAULT_COMPRESSORS", "TARGET_CHUNK_BYTES", "write_dataset"]
+__all__ = ["DEFAULT_COMPRESSORS", "TARGET_CHUNK_BYTES", "groups", "write_dataset"]
 
 #: Deterministic (same input -> same bytes -> same object), fast, and good on shuffled floats.
 DEFAULT_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
@@ -36,9 +37,12 @@ DEFAULT_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
 TARGET_CHUNK_BYTES = 4 * 2**20
 
 
-def _groups(obj: xr.Dataset | xr.DataTree) -> dict[str, xr.Dataset]:
+def groups(obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]) -> dict[str, xr.Dataset]:
+    """Group path ("" for the root) -> the Dataset stored there."""
     if isinstance(obj, xr.Dataset):
         return {"": obj}
+    if isinstance(obj, Mapping) and not isinstance(obj, xr.DataTree):
+        return dict(obj)
     if isinstance(obj, xr.DataTree):
         out = {}
         for node in obj.subtree:
@@ -131,12 +135,16 @@ def _block_tasks(data: da.Array, meta: bytes, storage: Storage, prefix: str) -> 
             slice(int(s[i]), int(s[i]) + int(c[i])) for s, c, i in zip(starts, data.chunks, index)
         )
         tasks.append(
-            dask.delayed(_encode_block, pure=True)(blocks[index], meta, region, storage, prefix)
+            # pure=False: content addressing makes reruns idempotent anyway, and tokenizing the
+            # arguments (the storage object) for every block cost seconds on many-group trees
+            dask.delayed(_encode_block, pure=False)(blocks[index], meta, region, storage, prefix)
         )
     return tasks
 
 
-def write_dataset(storage: Storage, obj: xr.Dataset | xr.DataTree) -> tuple[Manifest, int]:
+def write_dataset(
+    storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
+) -> tuple[Manifest, int]:
     """Store ``obj``'s chunks in ``storage``'s CAS and return its manifest.
 
     Parameters
@@ -144,7 +152,8 @@ def write_dataset(storage: Storage, obj: xr.Dataset | xr.DataTree) -> tuple[Mani
     storage
         The lake.
     obj
-        A Dataset, or a DataTree (each node becomes a Zarr group). Variables are chunked by
+        A Dataset, a DataTree (each node becomes a Zarr group), or a mapping of group path
+        (``""`` for the root, parents before children) to Dataset. Variables are chunked by
         their ``encoding["chunks"]`` or else to ~4 MB; compressed with Blosc-zstd unless
         ``encoding["compressors"]`` says otherwise. Dask-backed data is streamed.
 
@@ -158,10 +167,12 @@ def write_dataset(storage: Storage, obj: xr.Dataset | xr.DataTree) -> tuple[Mani
         return _write(storage, obj)
 
 
-def _write(storage: Storage, obj: xr.Dataset | xr.DataTree) -> tuple[Manifest, int]:
+def _write(
+    storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
+) -> tuple[Manifest, int]:
     capture = CaptureStore(storage)
     tasks: list[dask.delayed] = []
-    for group, ds in _groups(obj).items():
+    for group, ds in groups(obj).items():
         prepared, encoding = _prepare(ds)
         prepared.to_zarr(
             capture,

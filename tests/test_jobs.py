@@ -92,12 +92,25 @@ def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path)
     assert "events" in changed_arrays
     n_changed = sum(a.changed + a.added for d in diff.datasets for a in d.arrays)
     rel1, rel2 = lake.release("2026.1"), lake.release("2026.2")
-    # plus the experiments table, whose source_sha256 column changed
-    tables = {t["object"] for t in rel2.record.tables.values()} - {
-        t["object"] for t in rel1.record.tables.values()
+    referenced = {h for p in rel2.datasets() for h in rel2.manifest(p).chunks.values()}
+    new_hashes = {k.rsplit("/", 1)[1] for k in new}
+    assert len(new_hashes & referenced) == n_changed  # chunk objects: only the changed chunks
+    # the rest are Parquet tables: experiments (source_sha256 changed), cells (event_lambda
+    # changed) and the per-file cells parts they are built from
+    changed_tables = {
+        name
+        for name, t in rel2.record.tables.items()
+        if t["object"] != rel1.record.tables[name]["object"]
     }
-    assert len(tables) == 1
-    assert len(new) == n_changed + 1
+    assert changed_tables == {"ophys_experiments", "cells"}
+    parts = {
+        h
+        for key in lake.storage.glob("ledger/*.json")
+        for hashes in json.loads(lake.storage.read(key)).get("tables", {}).values()
+        for h in hashes
+    }
+    tables = {t["object"] for t in rel2.record.tables.values()}
+    assert new_hashes - referenced <= tables | parts
     path = rel1.datasets("ophys/")[0]
     np.testing.assert_array_equal(rel1.open(path)["dff"].values, rel2.open(path)["dff"].values)
     assert not np.array_equal(rel1.open(path)["events"].values, rel2.open(path)["events"].values)
@@ -288,3 +301,25 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     assert a.datasets() == b.datasets()
     for path in a.datasets():
         assert a.manifest(path).chunks == b.manifest(path).chunks
+
+
+def test_the_real_brain_observatory_file_converts_faithfully(shared_data, tmp_path):
+    """A real NWB 1.0.5 file (arrays truncated by its publisher): curated + raw, checked."""
+    source = shared_data / "nwb" / "brain_observatory_496908818_nwb1_truncated.nwb"
+    result = jobs.convert_file(str(source), str(tmp_path / "lake"))
+    assert result.error == ""
+    assert list(result.datasets) == ["ophys/experiment/496908818"]
+    assert result.attrs["ophys/experiment/496908818"]["session_type"] == "three_session_B"
+
+
+def test_gc_keeps_what_resume_records_need(vbo_sources, tmp_path):
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    src = [vbo_sources[0]]  # two experiments: the cells table is built from two parts
+    assert jobs.run(src, lake, "r1", progress=False).published
+    report = lake.gc(grace="0s", dry_run=False)
+    assert report.chunks == []  # everything is referenced by r1 or by the ledger
+    again = jobs.run(src, lake, "r2", progress=False)  # resumes: reuses manifests and parts
+    assert again.published
+    assert all(f.resumed for f in again.files)
+    assert lake.verify("r2").ok
+    assert lake.release("r2").table("cells").equals(lake.release("r1").table("cells"))

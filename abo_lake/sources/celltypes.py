@@ -381,6 +381,7 @@ def _scaled(conversion: float) -> Callable[[np.ndarray], np.ndarray]:
 
 def fidelity_mappings(
     ds: xr.Dataset,
+    path: str | Path | None = None,
 ) -> list[tuple[dict[str, slice], dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]]]:
     """Per sweep, the slice of ``ds`` and the HDF5 datasets it holds, for a fidelity check.
 
@@ -394,6 +395,9 @@ def fidelity_mappings(
     ----------
     ds
         A ``celltypes_ephys`` Dataset from :func:`read`.
+    path
+        The source file; unused (everything needed is in ``ds``), accepted so that all readers
+        share the signature :func:`abo_lake.fidelity_mapped.check_reader` calls.
 
     Returns
     -------

@@ -80,7 +80,7 @@ __all__ = [
 KIND = "hdf5_raw"
 
 #: Datasets bigger than this stay lazy (dask over the file); smaller ones are read at once.
-LAZY_BYTES = 1 << 20
+LAZY_BYTES = 1 << 18  # 256 KiB: per-ROI 1 MiB masks stay lazy (bounded memory)
 #: Target size of a stored chunk; HDF5 chunks are grown (by whole multiples) up to it.
 CHUNK_BYTES = 4 << 20
 
@@ -488,11 +488,11 @@ def _variables(path: Path, tr: Translator, dset: h5py.Dataset, m: Member) -> dic
     bases = [f"{name}_dim_{i}" for i in range(len(shape))]
     dtype = dset.dtype
     plain = dtype.kind in "biufc" and not dtype.names and h5py.check_dtype(vlen=dtype) is None
-    if plain and dset.size * dtype.itemsize > LAZY_BYTES:
+    if plain and dset.size * dtype.itemsize >= LAZY_BYTES:
         chunks = _chunks(dset, shape, dtype.itemsize)
         return {name: _Var(lazy_array(path, m.path, chunks=chunks), bases, attrs, chunks)}
     strings = h5py.check_string_dtype(dtype) is not None
-    if strings and dset.size * max(dtype.itemsize, 16) > LAZY_BYTES:
+    if strings and dset.size * max(dtype.itemsize, 16) >= LAZY_BYTES:
         chunks = _chunks(dset, shape, max(dtype.itemsize, 16))
         raw = lazy_array(path, m.path, chunks=chunks)
         text = np.dtypes.StringDType()

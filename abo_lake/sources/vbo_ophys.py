@@ -24,6 +24,7 @@ such ROIs get ``cell_specimen_id = -cell_roi_id`` (still negative; ``cell_roi_id
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,9 +36,10 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
+from abo_lake.fidelity import blockwise
 from abo_lake.sources._hdf5 import lazy_array, read_str
 
-__all__ = ["MAPPED_HDF5", "read", "sniff"]
+__all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
 _OPHYS = "processing/ophys"
 _TABLE = f"{_OPHYS}/image_segmentation/cell_specimen_table"
@@ -57,34 +59,54 @@ _IMAGES = {
 _EYE = {"eye_tracking": "eye", "pupil_tracking": "pupil", "corneal_reflection_tracking": "cr"}
 _TARGET_BYTES = 2**21  # ~2 MB chunks
 
+
+def _not_id(group: str) -> tuple[str, ...]:
+    """Globs of the datasets of ``group`` other than its ``id`` (left to the raw copy)."""
+    return (f"{group}/[!i]*", f"{group}/i", f"{group}/i[!d]*", f"{group}/id?*")
+
+
+_PLANE = "/general/optophysiology/imaging_plane_1"
+_SERIES_DATA = ("data", "timestamps")
+
 #: fnmatch globs of the absolute HDF5 dataset paths this reader maps (for the raw copier).
+#: Only what the Dataset holds: ROI index datasets (``rois``), descriptions, ``grid_spacing``,
+#: ``reference_frame``, table ``id`` columns that are not stored and the like go to raw.
 MAPPED_HDF5: tuple[str, ...] = (
     "/identifier",
-    "/session_start_time",
     "/general/session_id",
-    "/general/subject/*",
+    *(
+        f"/general/subject/{k}"
+        for k in ("genotype", "sex", "age", "subject_id", "driver_line", "reporter_line")
+    ),
     "/general/metadata/*",
-    "/general/optophysiology/imaging_plane_1/*",
-    "/scratch/metadata/*",
-    "/scratch/task_parameters/*",
+    *(f"{_PLANE}/{k}" for k in ("location", "indicator", "imaging_rate", "excitation_lambda")),
+    f"{_PLANE}/channel_1/emission_lambda",
+    *_not_id("/scratch/metadata"),
+    *_not_id("/scratch/task_parameters"),
     f"/{_TABLE}/*",
-    f"/{_OPHYS}/dff/traces/*",
-    f"/{_OPHYS}/corrected_fluorescence/*",
-    f"/{_OPHYS}/neuropil_trace/traces/*",
-    f"/{_OPHYS}/demixed_trace/traces/*",
-    f"/{_OPHYS}/event_detection/*",
-    f"/{_OPHYS}/images/*",
-    f"/{_OPHYS}/ophys_motion_correction_x/*",
-    f"/{_OPHYS}/ophys_motion_correction_y/*",
-    "/intervals/*_presentations/*",
+    *(f"/{g}/{k}" for g in _TRACES.values() for k in _SERIES_DATA),
+    *(f"/{_OPHYS}/event_detection/{k}" for k in ("lambdas", "noise_stds")),
+    *(f"/{_OPHYS}/corrected_fluorescence/{k}" for k in ("r", "RMSE")),
+    *(f"/{_OPHYS}/images/{k}" for k in _IMAGES.values()),
+    f"/{_OPHYS}/ophys_motion_correction_x/data",
+    f"/{_OPHYS}/ophys_motion_correction_y/data",
+    *_not_id("/intervals/*_presentations"),
     "/intervals/trials/*",
-    "/processing/licking/licks/*",
-    "/processing/rewards/*",
-    "/processing/running/*",
-    "/processing/stimulus/timestamps/*",
-    "/acquisition/v_sig/*",
-    "/acquisition/v_in/*",
-    "/acquisition/EyeTracking/*",
+    *(f"/processing/licking/licks/{k}" for k in _SERIES_DATA),
+    "/processing/rewards/volume/data",
+    "/processing/rewards/volume/timestamps",
+    "/processing/rewards/autorewarded/data",
+    *(f"/processing/running/*/{k}" for k in _SERIES_DATA),
+    "/processing/stimulus/timestamps/timestamps",
+    "/acquisition/v_sig/data",
+    "/acquisition/v_in/data",
+    "/acquisition/EyeTracking/eye_tracking/timestamps",
+    "/acquisition/EyeTracking/likely_blink/data",
+    *(
+        f"/acquisition/EyeTracking/{series}/{k}"
+        for series in _EYE
+        for k in ("data", "area", "area_raw", "width", "height", "angle")
+    ),
 )
 
 
@@ -233,7 +255,12 @@ def _trace(path: Path, f: h5py.File, group: str, n_cells: int, n_time: int) -> d
     n_rois = dset.shape[1]
     t_chunk = min(n_time, 32768)  # ~8 cells x 32768 frames: one cell over all time is cheap
     c_chunk = _chunk(n_rois, t_chunk, dset.dtype.itemsize)
-    arr = lazy_array(path, f"/{group}/data", chunks=(t_chunk, c_chunk)).T
+    # read whole HDF5 chunks (each gzip chunk decompressed once), then split into stored chunks
+    h5_cols = dset.chunks[1] if dset.chunks else n_rois
+    read_cols = min(n_rois, -(-c_chunk // h5_cols) * h5_cols)
+    arr = lazy_array(path, f"/{group}/data", chunks=(t_chunk, read_cols)).T
+    if read_cols != c_chunk:
+        arr = arr.rechunk((c_chunk, t_chunk))
     rows = _roi_order(f, group, n_cells, path)
     if rows is None and n_rois == n_cells:
         return arr
@@ -482,3 +509,249 @@ def _pixel_um(f: h5py.File) -> float:
         scale = {"meters": 1e6, "millimeters": 1e3}.get(unit, 1.0)
         return float(spacing[0] * scale)
     return 400.0 / 512.0
+
+
+# --- fidelity ----------------------------------------------------------------------------------
+
+
+def _as(dtype: Any) -> Any:
+    return blockwise(lambda a: np.asarray(a).astype(dtype))
+
+
+def _strings_or(a: np.ndarray) -> np.ndarray:
+    """Decoded strings as ``<U`` (numbers pass through)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "OST":
+        return np.asarray([read_str(v) for v in a.ravel()], dtype=str).reshape(a.shape)
+    return a
+
+
+def _traces_view(ds: xr.Dataset, rows: dict[str, np.ndarray | None]) -> xr.Dataset:
+    """Traces back in the source's (time, ROI) order; per-cell values in the ``rois`` order."""
+    cell = "cell_specimen_id"
+    out = {}
+    for name, order in rows.items():
+        var = ds[name]
+        if var.ndim == 2:
+            var = var.transpose("time", cell)
+        out[name] = var if order is None else var.isel({cell: order})
+    return xr.Dataset(out)
+
+
+def _roi_specimen(roi_id: np.ndarray) -> Any:
+    """``cell_specimen_id``: -1 (unmatched ROI) is stored as ``-cell_roi_id``."""
+
+    def transform(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.int64)
+        return np.where(a < 0, -roi_id, a)
+
+    return transform
+
+
+def _eye_view(ds: xr.Dataset, shorts: tuple[str, ...]) -> xr.Dataset:
+    """Each series' ``<short>_center_x``/``_y`` stacked back into the source's (T, 2) data."""
+    out = {}
+    for short in shorts:
+        axes = [ds[f"eye_tracking.{short}_center_{a}"] for a in "xy"]
+        out[short] = xr.concat(axes, dim="axis").transpose("eye_tracking_time", "axis")
+    return xr.Dataset(out)
+
+
+def _attrs_view(ds: xr.Dataset, keys: tuple[str, ...]) -> xr.Dataset:
+    """The attributes ``keys`` as variables ``attrs.<key>`` (missing ones are left out)."""
+    return xr.Dataset({f"attrs.{k}": np.asarray(ds.attrs[k]) for k in keys if k in ds.attrs})
+
+
+def _attr_value(key: str, first: bool, a: np.ndarray) -> np.ndarray:
+    """What :func:`_metadata` makes of one source value stored as attribute ``key``."""
+    a = np.asarray(a)
+    value = _scalar(_strings_or(a).ravel()[0] if first else _strings_or(a))
+    if key == "driver_line" and isinstance(value, str):
+        value = [d for d in value.split(";") if d]
+    if key in ("ophys_experiment_id", "ophys_session_id") and isinstance(value, str):
+        value = int(value) if value.isdigit() else value
+    return np.asarray(value)
+
+
+def _presentation_rows(f: h5py.File) -> dict[str, np.ndarray]:
+    """For each presentation table, the stored rows of its source rows (concat, then sorted)."""
+    tables = sorted(k for k in f.get("intervals", {}) if k.endswith("_presentations"))
+    starts = [np.asarray(f[f"intervals/{t}/start_time"][()]) for t in tables]
+    if not starts:
+        return {}
+    order = np.argsort(np.concatenate(starts), kind="stable")
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))
+    bounds = np.cumsum([0, *(len(s) for s in starts)])
+    return {t: where[bounds[i] : bounds[i + 1]] for i, t in enumerate(tables)}
+
+
+def _metadata_mapping(f: h5py.File) -> dict[str, Any]:
+    """Source datasets stored as attributes: ``{path: (attrs key, first row only?)}``."""
+    out: dict[str, Any] = {}
+    plane = _PLANE.lstrip("/")
+    for key, name in (
+        ("location", "targeted_structure"),
+        ("indicator", "indicator"),
+        ("imaging_rate", "ophys_frame_rate"),
+        ("excitation_lambda", "excitation_lambda"),
+        ("channel_1/emission_lambda", "emission_lambda"),
+    ):
+        out[f"/{plane}/{key}"] = (name, False)
+    for key in ("genotype", "sex", "age", "subject_id", "driver_line", "reporter_line"):
+        out[f"/general/subject/{key}"] = (key, False)
+    out["/identifier"] = ("ophys_experiment_id", False)
+    out["/general/session_id"] = ("ophys_session_id", False)
+    real = f.get("general/metadata")
+    if isinstance(real, h5py.Group):
+        for key, obj in real.items():
+            if isinstance(obj, h5py.Dataset) and obj.size == 1:
+                out[f"/general/metadata/{key}"] = (key, False)
+    for table, prefix in (
+        ("scratch/metadata", ""),
+        ("scratch/task_parameters", "task_parameters."),
+    ):
+        group = f.get(table)
+        if isinstance(group, h5py.Group):
+            for key in group.attrs.get("colnames", []):
+                out[f"/{table}/{read_str(key)}"] = (prefix + read_str(key), True)
+    return {k: v for k, v in out.items() if k in f and isinstance(f[k], h5py.Dataset)}
+
+
+def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
+    """How each dataset matched by :data:`MAPPED_HDF5` is held by ``ds``, for a fidelity check.
+
+    Used by :func:`abo_lake.fidelity_mapped.check_reader` (which explains ``view`` and
+    ``mapping``). Documented transforms: the (T, N) traces are compared with the stored
+    (cell, time) arrays transposed back and, when a series has a ``rois`` region, with the
+    cells it names in its order (float64 then, since missing cells are NaN-padded); per-ROI
+    ``lambdas``/``noise_stds``/``r``/``RMSE`` likewise; cell table ``id`` -> ``cell_roi_id``,
+    ``cell_specimen_id`` with -1 -> ``-cell_roi_id``, ``x``/``y`` -> ``roi_x``/``roi_y``,
+    ``image_mask`` -> ``roi_mask`` as bool (not invertible for non-binary masks); each
+    presentation table with its own rows of the concatenated, start-time-sorted
+    ``stimulus_presentations``; licks ``data`` -> ``licks.frame`` (int64), rewards
+    ``autorewarded`` and ``likely_blink`` as bool; eye tracking ``data`` (T, 2) ->
+    ``<short>_center_x``/``_y``, ``angle`` -> ``<short>_phi``; metadata datasets -> attributes
+    as :func:`read` makes them (one-row scratch tables: their row; ``driver_line`` split on
+    ';'; digit-only ids as int). A value overwritten by another source of the same attribute
+    is reported.
+
+    Parameters
+    ----------
+    ds
+        The ``ophys_experiment`` Dataset :func:`read` made of ``path`` (maybe re-opened).
+    path
+        The source file.
+
+    Returns
+    -------
+    list of (view, mapping)
+        Pairs for :func:`abo_lake.fidelity.check_mapped`.
+    """
+    p = Path(path)
+    out: list[tuple[Any, dict[str, Any]]] = []
+    with h5py.File(p, "r") as f:
+        n = f[f"{_TABLE}/id"].shape[0]
+        roi_id = np.asarray(f[f"{_TABLE}/id"][()], dtype=np.int64)
+        # traces and per-ROI values, in the source's ROI order
+        rows: dict[str, np.ndarray | None] = {}
+        traces: dict[str, Any] = {}
+        for name, group in _TRACES.items():
+            if f"{group}/data" not in f:
+                continue
+            order = _roi_order(f, group, n, p)
+            n_rois = f[f"{group}/data"].shape[1]
+            rows[name] = order
+            plain = order is None and n_rois == n
+            traces[f"/{group}/data"] = (name, None if plain else _as(np.float64))
+            if f"{group}/timestamps" in f:
+                traces[f"/{group}/timestamps"] = ("time", _as(np.float64))
+        for key, name, group in (
+            ("lambdas", "event_lambda", _TRACES["events"]),
+            ("noise_stds", "event_noise_std", _TRACES["events"]),
+            ("r", "r", f"{_OPHYS}/corrected_fluorescence/traces"),
+            ("RMSE", "RMSE", f"{_OPHYS}/corrected_fluorescence/traces"),
+        ):
+            parent = group if key in ("lambdas", "noise_stds") else group.rsplit("/", 1)[0]
+            if f"{parent}/{key}" in f:
+                rows[name] = _roi_order(f, group, n, p)
+                traces[f"/{parent}/{key}"] = (name, _as(np.float64))
+        out.append((functools.partial(_traces_view, rows=rows), traces))
+        # cell table, images, motion correction, behaviour tables and series
+        main: dict[str, Any] = {
+            f"/{_TABLE}/id": ("cell_roi_id", _as(np.int64)),
+            f"/{_TABLE}/image_mask": ("roi_mask", _as(bool)),
+        }
+        if f"{_TABLE}/cell_specimen_id" in f:
+            main[f"/{_TABLE}/cell_specimen_id"] = ("cell_specimen_id", _roi_specimen(roi_id))
+        for col, obj in f[_TABLE].items():
+            if col in {"image_mask", "cell_specimen_id", "id"} or not isinstance(obj, h5py.Dataset):
+                continue
+            main[f"/{_TABLE}/{col}"] = ({"x": "roi_x", "y": "roi_y"}.get(col, col), _strings_or)
+        for name, key in _IMAGES.items():
+            main[f"/{_OPHYS}/images/{key}"] = (name, None)
+        for axis in "xy":
+            main[f"/{_OPHYS}/ophys_motion_correction_{axis}/data"] = (
+                f"motion_correction.{axis}",
+                None,
+            )
+        if "intervals/trials" in f:
+            g = f["intervals/trials"]
+            main["/intervals/trials/id"] = ("trials_id", _as(np.int64))
+            for col, obj in g.items():
+                if isinstance(obj, h5py.Dataset) and col != "id":
+                    func = _as(np.int64) if col.endswith("_index") else _strings_or
+                    main[f"/intervals/trials/{col}"] = (f"trials.{col}", func)
+        main["/processing/licking/licks/timestamps"] = ("licks.timestamps", None)
+        main["/processing/licking/licks/data"] = ("licks.frame", _as(np.int64))
+        main["/processing/rewards/volume/timestamps"] = ("rewards.timestamps", _as(np.float64))
+        main["/processing/rewards/volume/data"] = ("rewards.volume", _as(np.float64))
+        main["/processing/rewards/autorewarded/data"] = ("rewards.autorewarded", _as(bool))
+        for group in f.get("processing/running", {}):
+            main[f"/processing/running/{group}/data"] = (f"running_speed.{group}", None)
+            main[f"/processing/running/{group}/timestamps"] = ("running_speed_time", None)
+        for name in ("v_sig", "v_in"):
+            main[f"/acquisition/{name}/data"] = (f"running_speed.{name}", None)
+        main["/processing/stimulus/timestamps/timestamps"] = ("stimulus_timestamps", None)
+        eye = "/acquisition/EyeTracking"
+        main[f"{eye}/eye_tracking/timestamps"] = ("eye_tracking_time", None)
+        main[f"{eye}/likely_blink/data"] = ("eye_tracking.likely_blink", _as(bool))
+        shorts = []
+        for series, short in _EYE.items():
+            if f"{eye}/{series}/data" in f:
+                shorts.append(short)
+            for key, col in (
+                ("area", "area"),
+                ("area_raw", "area_raw"),
+                ("width", "width"),
+                ("height", "height"),
+                ("angle", "phi"),
+            ):
+                main[f"{eye}/{series}/{key}"] = (f"eye_tracking.{short}_{col}", None)
+        out.append(({}, {k: v for k, v in main.items() if k in f}))
+        out.append(
+            (
+                functools.partial(_eye_view, shorts=tuple(shorts)),
+                {f"{eye}/{s}/data": (short, None) for s, short in _EYE.items() if short in shorts},
+            )
+        )
+        for table, where in _presentation_rows(f).items():
+            g = f[f"intervals/{table}"]
+            items = {
+                f"/intervals/{table}/{col}": (f"stimulus_presentations.{col}", _strings_or)
+                for col, obj in g.items()
+                if isinstance(obj, h5py.Dataset) and col != "id"
+            }
+            out.append((functools.partial(_presentations_view, rows=where), items))
+        meta = _metadata_mapping(f)
+    attrs = {
+        hpath: (f"attrs.{key}", functools.partial(_attr_value, key, first))
+        for hpath, (key, first) in meta.items()
+    }
+    keys = tuple(key for key, _ in meta.values())
+    out.append((functools.partial(_attrs_view, keys=keys), attrs))
+    return out
+
+
+def _presentations_view(ds: xr.Dataset, rows: np.ndarray) -> xr.Dataset:
+    return ds.isel(stimulus_presentation_id=rows)

@@ -38,6 +38,7 @@ Duplicate ``cell_specimen_id`` values (not seen in Brain Observatory files) are 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,10 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
+from abo_lake.fidelity import blockwise
 from abo_lake.sources._hdf5 import lazy_array, read_str
 
-__all__ = ["MAPPED_HDF5", "read", "sniff"]
+__all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
 _PIPE = "/processing/brain_observatory_pipeline"
 _DFF = f"{_PIPE}/DfOverF/imaging_plane_1"
@@ -309,7 +311,7 @@ def _stimulus_table(p: Path, f: h5py.File, ts: np.ndarray) -> dict[str, xr.Varia
                 features = [read_str(v) for v in np.atleast_1d(g["features"][()])]
                 data2 = data.reshape(len(data), -1)
                 for j, feat in enumerate(features[: data2.shape[1]]):
-                    if feat.isidentifier():
+                    if feat.strip(".") and "/" not in feat:  # "1.0" in the real truncated file
                         cols[feat] = data2[:, j].astype(np.float64)
             else:
                 cols["frame"] = data.astype(np.float64)
@@ -490,3 +492,143 @@ def _build(p: Path, f: h5py.File) -> xr.Dataset:
         "stimulus_names": [str(s) for s in names],
     }
     return ds
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def _as(dtype: Any) -> Any:
+    return blockwise(lambda a: np.asarray(a).astype(dtype))
+
+
+def _single_column(a: np.ndarray) -> np.ndarray:
+    """Running speed is stored 1-D; an (n, 1) source becomes its column (wider ones do not)."""
+    return a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
+
+
+def _xy_view(ds: xr.Dataset) -> xr.Dataset:
+    """``motion_correction.x``/``.y`` stacked back into the source's (frames, 2) array."""
+    axes = [ds[f"motion_correction.{a}"] for a in "xy" if f"motion_correction.{a}" in ds]
+    xy = xr.concat(axes, dim="axis").transpose("motion_correction_time", "axis")
+    return xr.Dataset({"xy": xy})
+
+
+def _xy_source(a: np.ndarray) -> np.ndarray:
+    return a[:, None] if a.ndim == 1 else a
+
+
+def _stimulus_view(ds: xr.Dataset, name: str, features: tuple[str, ...]) -> xr.Dataset:
+    """Rows of stimulus ``name`` (stored order) as the source's data/features/frame_duration."""
+    col = "stimulus_presentations."
+    rows = np.flatnonzero(np.asarray(ds[f"{col}stimulus_name"].values).astype(str) == name)
+    part = ds.isel(stimulus_presentation_id=rows)
+    dim = "stimulus_presentation_id"
+    frames = np.stack([part[f"{col}start_frame"].values, part[f"{col}end_frame"].values], axis=1)
+    out = {"frame_duration": ((dim, "pair"), frames)}
+    if features:
+        held = [f for f in features if f"{col}{f}" in part]
+        cols = [part[f"{col}{f}"].values for f in held]
+        out["features"] = ("feature", np.asarray(held, dtype=str))
+        out["data"] = (
+            (dim, "feature"),
+            np.stack(cols, axis=1) if cols else np.zeros((len(rows), 0)),
+        )
+    elif f"{col}frame" in part:
+        out["data"] = (dim, part[f"{col}frame"].values)
+    return xr.Dataset(out)
+
+
+def _stable_order(fd: np.ndarray) -> np.ndarray:
+    return np.argsort(np.atleast_2d(fd)[:, 0].astype(np.int64), kind="stable")
+
+
+def _frames_source(a: np.ndarray) -> np.ndarray:
+    fd = np.atleast_2d(a)
+    start = fd[:, 0].astype(np.int64)
+    end = fd[:, 1].astype(np.int64) if fd.shape[1] > 1 else np.full(len(fd), -1, np.int64)
+    return np.stack([start, end], axis=1)[_stable_order(fd)]
+
+
+def _data_source(order: np.ndarray, afs: bool, a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return (a.reshape(len(a), -1) if afs else a)[order].astype(np.float64)
+
+
+def _features_source(a: np.ndarray) -> np.ndarray:
+    return np.asarray([read_str(v) for v in np.atleast_1d(a)], dtype=str)
+
+
+def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
+    """How each dataset matched by :data:`MAPPED_HDF5` is held by ``ds``, for a fidelity check.
+
+    Used by :func:`abo_lake.fidelity_mapped.check_reader` (which explains ``view`` and
+    ``mapping``). Traces, r/rmse, images and timestamps are stored as they are (ids and
+    times cast to int64/float64). Documented transforms: ``running_speed/data`` of shape
+    (n, 1) is stored as its column; ``xy_translation/data`` is split into
+    ``motion_correction.x``/``.y`` (compared stacked back); each stimulus's rows are those of
+    ``stimulus_presentations`` with its ``stimulus_name``, stored ordered by start frame (the
+    source rows are compared in that stable order): ``frame_duration`` -> ``start_frame``/
+    ``end_frame`` (int64, -1 for a missing end), ``data`` -> the feature columns
+    (AbstractFeatureSeries, float64) or ``frame`` (float64), ``features`` -> the names of the
+    feature columns. Spontaneous intervals, ``repeat`` and the times looked up from frames are
+    derived, not mapped.
+
+    Parameters
+    ----------
+    ds
+        The ``ophys_experiment`` Dataset :func:`read` made of ``path`` (maybe re-opened).
+    path
+        The source file.
+
+    Returns
+    -------
+    list of (view, mapping)
+        Pairs for :func:`abo_lake.fidelity.check_mapped`.
+    """
+    mapping: dict[str, Any] = {
+        f"{_DFF}/data": ("dff", None),
+        f"{_DFF}/timestamps": ("time", _as(np.float64)),
+        f"{_FL}/r": ("r", None),
+        f"{_FL}/rmse": ("rmse", None),
+        f"{_FL}_neuropil_response/data": ("neuropil_fluorescence", None),
+        f"{_FL}_demixed_signal/data": ("demixed_fluorescence", None),
+        f"{_SEG}/cell_specimen_ids": ("cell_specimen_id", _as(np.int64)),
+        f"{_REF}/maximum_intensity_projection_image/data": ("max_projection", None),
+        f"{_REF}/average_image/data": ("average_projection", None),
+        f"{_RUN}/data": ("running_speed.speed", blockwise(_single_column)),
+        f"{_RUN}/timestamps": ("running_speed_time", _as(np.float64)),
+    }
+    with h5py.File(path, "r") as f:
+        out: list[tuple[Any, dict[str, Any]]] = [({}, {k: v for k, v in mapping.items() if k in f})]
+        mc = f.get(f"{_PIPE}/MotionCorrection/2p_image_series")
+        for key in mc if isinstance(mc, h5py.Group) else ():
+            if key.startswith("xy_translation") and "data" in mc[key]:
+                out.append(
+                    (
+                        _xy_view,
+                        {
+                            f"{mc.name}/{key}/data": ("xy", _xy_source),
+                            f"{mc.name}/{key}/timestamps": ("motion_correction_time", None),
+                        },
+                    )
+                )
+        for key in sorted(f[_STIM]) if _STIM in f else []:
+            g = f[f"{_STIM}/{key}"]
+            if not isinstance(g, h5py.Group) or "data" not in g or "frame_duration" not in g:
+                continue
+            afs = _series_kind(g) == "afs"
+            if _series_kind(g) == "interval":
+                continue
+            order = _stable_order(g["frame_duration"][()])
+            features = _features_source(g["features"][()]) if "features" in g else []
+            view = functools.partial(
+                _stimulus_view, name=key.removesuffix("_stimulus"), features=tuple(features)
+            )
+            items = {
+                f"{g.name}/frame_duration": ("frame_duration", _frames_source),
+                f"{g.name}/data": ("data", functools.partial(_data_source, order, afs)),
+            }
+            if "features" in g:
+                items[f"{g.name}/features"] = ("features", _features_source)
+            out.append((view, items))
+    return out

@@ -25,6 +25,9 @@ Layout choices (AllenSDK names where it has one):
 - ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``: all presentation tables,
   sorted by start time, ids 0..n-1, with ``duration`` and ``stimulus_condition_id`` as AllenSDK
   computes them; missing string parameters are "null", missing numbers NaN.
+- a probe LFP Dataset has ``lfp`` (time, channel) with the channel columns of its rows as
+  coordinates, plus the whole electrode table verbatim as ``channels.<col>`` along
+  ``channel_id`` (the LFP holds a subset of its rows).
 - ``invalid_times.<col>`` along ``invalid_time_id`` (``tags`` ragged along ``invalid_time_tag``),
   ``running_speed.<col>`` along ``running_speed_time``, ``optogenetic_stimulation.<col>`` along
   ``optogenetic_stimulation_id``.
@@ -33,6 +36,7 @@ Layout choices (AllenSDK names where it has one):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -43,9 +47,10 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
+from abo_lake.fidelity import blockwise
 from abo_lake.sources._hdf5 import lazy_array, read_str
 
-__all__ = ["MAPPED_HDF5", "read", "sniff"]
+__all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
 _ELECTRODES = "general/extracellular_ephys/electrodes"
 _PARAMETERS = (
@@ -73,8 +78,9 @@ _PARAMETERS = (
     "fieldSize",
     "nDots",
 )
+#: Mapped presentation columns. The source ``id`` is not: presentations are renumbered 0..n-1
+#: after sorting (as AllenSDK does), so the ids are left to the raw copy.
 _PRESENTATION_COLUMNS = (
-    "id",
     "start_time",
     "stop_time",
     "stimulus_name",
@@ -151,10 +157,22 @@ MAPPED_HDF5: tuple[str, ...] = (
     ),
     *(f"/{_ELECTRODES}/{c}" for c in _CHANNEL_COLUMNS),
     *(f"/intervals/*_presentations/{c}" for c in _PRESENTATION_COLUMNS),
-    "/intervals/invalid_times/*",
-    "/processing/running/running_speed/*",
-    "/processing/running/running_speed_end_times/*",
-    "/processing/optotagging/optogenetic_stimulation/*",
+    *(f"/intervals/invalid_times/{c}" for c in ("id", "start_time", "stop_time", "tags")),
+    "/intervals/invalid_times/tags_index",
+    *(f"/processing/running/running_speed/{c}" for c in ("data", "timestamps")),
+    "/processing/running/running_speed_end_times/timestamps",  # its data are NaN filler: raw
+    *(
+        f"/processing/optotagging/optogenetic_stimulation/{c}"
+        for c in (
+            "id",
+            "start_time",
+            "stop_time",
+            "condition",
+            "level",
+            "duration",
+            "stimulus_name",
+        )
+    ),
     "/acquisition/probe_*_lfp/probe_*_lfp_data/data",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/timestamps",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/electrodes",
@@ -641,6 +659,11 @@ def _read_probe(p: Path, f: h5py.File, series: str) -> dict[str, xr.Dataset]:
     for k, v in channels.items():
         if k not in ("id", "group_name", "filtering", "imp"):
             ds.coords[k] = ("channel", v)
+    # the whole electrode table, verbatim (the LFP holds a subset of its rows)
+    table = _table(f[_ELECTRODES], skip=("group",))
+    for k, v in table.items():
+        ds[f"channels.{_CHANNEL_RENAMES.get(k, k)}"] = ("channel_id", v)
+    ds.coords["channel_id"] = ("channel_id", np.asarray(f[f"{_ELECTRODES}/id"][:], np.int64))
     out = {f"ecephys/probe/{probe_id}/lfp": ds}
     csd = _read_csd(p, f, attrs)
     if csd is not None:
@@ -677,3 +700,197 @@ def _read_csd(p: Path, f: h5py.File, attrs: dict[str, Any]) -> xr.Dataset | None
     )
     ds["csd"].encoding["chunks"] = (n_v, n_t)
     return ds
+
+
+# --- fidelity ----------------------------------------------------------------------------------
+
+
+def _as(dtype: Any) -> Any:
+    return blockwise(lambda a: np.asarray(a).astype(dtype))
+
+
+def _strings(a: np.ndarray) -> np.ndarray:
+    return np.asarray([read_str(v) for v in np.asarray(a).ravel()], dtype=str).reshape(a.shape)
+
+
+def _table_mapping(f: h5py.File, group: str, prefix: str, skip: tuple[str, ...]) -> dict:
+    """``{hdf5 path: (prefix + column, transform)}`` for the columns :func:`_table` keeps."""
+    g = f[group]
+    cols = _table(g, skip=skip)
+    return {
+        f"/{group}/{k}": (prefix + k, _strings if v.dtype.kind == "U" else None)
+        for k, v in cols.items()
+    }
+
+
+def _electrode_mapping(f: h5py.File, *, verbatim_location: bool) -> dict[str, Any]:
+    """The electrode columns as ``channels.<AllenSDK name>`` (``location`` see below)."""
+    out = {}
+    for hpath, (name, func) in _table_mapping(f, _ELECTRODES, "", skip=("group",)).items():
+        if name == "location" and not verbatim_location:
+            out[hpath] = ("channels.structure_acronym", lambda a: _acronym(_strings(a)))
+        else:
+            out[hpath] = (f"channels.{_CHANNEL_RENAMES.get(name, name)}", func)
+    return out
+
+
+def _waveform_view(ds: xr.Dataset) -> xr.Dataset:
+    """``waveform_mean`` back as the source's (units·channels, samples) rows and their index."""
+    var = ds["waveform_mean"].variable
+    if var.ndim == 2:
+        return xr.Dataset({"waveform_mean": var})
+    n, per, samples = var.shape
+    rows = xr.Variable(("row", "waveform_sample"), var.data.reshape(n * per, samples))
+    index = per * np.arange(1, n + 1, dtype=np.int64)
+    return xr.Dataset({"waveform_mean": rows, "waveform_mean_index": ("unit_id", index)})
+
+
+def _presentations_view(ds: xr.Dataset, rows: np.ndarray) -> xr.Dataset:
+    return ds.isel(stimulus_presentation_id=rows)
+
+
+def _to_text(a: np.ndarray) -> np.ndarray:
+    """A numeric column of a table whose other tables hold text: ``repr`` or "null" for NaN."""
+    values = np.asarray(a).astype(float).tolist()
+    return np.array(["null" if pd.isna(v) else repr(v) for v in values], dtype=str)
+
+
+def _null_empty(a: np.ndarray) -> np.ndarray:
+    return np.where(_strings(a) == "", "null", _strings(a))
+
+
+def _session_mappings(f: h5py.File) -> list[tuple[Any, dict[str, Any]]]:
+    main: dict[str, Any] = {"/units/id": ("unit_id", _as(np.int64))}
+    main.update(_table_mapping(f, "units", "", skip=("waveform_mean",)))
+    for col in ("spike_times", "spike_amplitudes"):
+        if f"units/{col}" in f:
+            main[f"/units/{col}"] = (col, None)
+            main[f"/units/{col}_index"] = ("spike_times_index", _as(np.int64))
+    main.update(_electrode_mapping(f, verbatim_location=False))
+    main[f"/{_ELECTRODES}/id"] = ("channel_id", _as(np.int64))
+    if "intervals/invalid_times" in f:
+        main.update(_table_mapping(f, "intervals/invalid_times", "invalid_times.", skip=("id",)))
+        main["/intervals/invalid_times/id"] = ("invalid_time_id", _as(np.int64))
+        if "intervals/invalid_times/tags_index" in f:
+            main["/intervals/invalid_times/tags"] = ("invalid_times.tags", _strings)
+            main["/intervals/invalid_times/tags_index"] = (
+                "invalid_times.tags_index",
+                _as(np.int64),
+            )
+    run = "/processing/running/running_speed"
+    if f"{run}/data" in f:
+        main[f"{run}/data"] = ("running_speed.velocity", _as(np.float64))
+        main[f"{run}/timestamps"] = ("running_speed_time", _as(np.float64))
+        end = "/processing/running/running_speed_end_times"
+        if f"{end}/timestamps" in f:
+            main[f"{end}/timestamps"] = ("running_speed.end_time", _as(np.float64))
+    opto = "processing/optotagging/optogenetic_stimulation"
+    if opto in f:
+        skip = ("id", "tags", "timeseries")
+        main.update(_table_mapping(f, opto, "optogenetic_stimulation.", skip=skip))
+        main[f"/{opto}/id"] = ("optogenetic_stimulation_id", _as(np.int64))
+    out: list[tuple[Any, dict[str, Any]]] = [({}, main)]
+    if "units/waveform_mean" in f:
+        wave = {"/units/waveform_mean": ("waveform_mean", None)}
+        if "units/waveform_mean_index" in f:
+            wave["/units/waveform_mean_index"] = ("waveform_mean_index", _as(np.int64))
+        out.append((_waveform_view, wave))
+    # presentation tables: concatenated in name order, then stably sorted by start time
+    tables = {
+        name: _table(f[f"intervals/{name}"], skip=("tags", "timeseries", "id"))
+        for name in _presentation_tables(f)
+    }
+    starts = [np.asarray(t["start_time"], np.float64) for t in tables.values()]
+    order = np.argsort(np.concatenate(starts) if starts else np.zeros(0), kind="stable")
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))
+    text = {k for t in tables.values() for k, v in t.items() if v.dtype.kind == "U"}
+    offset = 0
+    for (name, cols), start in zip(tables.items(), starts, strict=True):
+        rows = where[offset : offset + len(start)]
+        offset += len(start)
+        mapping = {}
+        for col, values in cols.items():
+            if col not in text:
+                func = _as(np.float64)
+            else:
+                func = _null_empty if values.dtype.kind == "U" else _to_text
+            mapping[f"/intervals/{name}/{col}"] = (f"stimulus_presentations.{col}", func)
+        out.append((functools.partial(_presentations_view, rows=rows), mapping))
+    return out
+
+
+def _csd_view(ds: xr.Dataset) -> xr.Dataset:
+    return ds.transpose("time", "virtual_channel_index")
+
+
+def _probe_mappings(f: h5py.File, kind: str) -> list[tuple[Any, dict[str, Any]]]:
+    series = _lfp_group(f)
+    lfp: dict[str, Any] = {}
+    if series is not None:
+        data = f[f"{series}/data"]
+        conversion = float(data.attrs.get("conversion", 1.0))
+        scale = None
+        if conversion != 1.0 or data.dtype != np.float32:
+            scale = blockwise(lambda a: (np.asarray(a) * conversion).astype(np.float32))
+        ids = np.asarray(f[f"{_ELECTRODES}/id"][:], np.int64)
+        lfp = {
+            f"/{series}/data": ("lfp", scale),
+            f"/{series}/timestamps": ("time", _as(np.float64)),
+            f"/{series}/electrodes": ("channel", lambda a: ids[np.asarray(a, np.int64)]),
+        }
+        lfp.update(_electrode_mapping(f, verbatim_location=True))
+        lfp[f"/{_ELECTRODES}/id"] = ("channel_id", _as(np.int64))
+    base = "/processing/current_source_density/ecephys_csd"
+    csd: dict[str, Any] = {}
+    if base in f:
+        g = f[base]
+        ts = [k for k in g if isinstance(g[k], h5py.Group) and "data" in g[k]]
+        for key in ts[:1]:
+            csd[f"{base}/{key}/data"] = ("csd", None)
+            csd[f"{base}/{key}/timestamps"] = ("time", _as(np.float64))
+        csd[f"{base}/virtual_electrode_y_positions"] = ("vertical_position", _as(np.float64))
+        if "virtual_electrode_x_positions" in g:
+            csd[f"{base}/virtual_electrode_x_positions"] = (
+                "horizontal_position",
+                _as(np.float64),
+            )
+    if kind == "ecephys_csd":
+        return [(_csd_view, csd), (None, lfp)]
+    return [({}, lfp), (None, csd)]
+
+
+def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
+    """How each dataset matched by :data:`MAPPED_HDF5` is held by ``ds``, for a fidelity check.
+
+    Used by :func:`abo_lake.fidelity_mapped.check_reader` (which explains ``view`` and
+    ``mapping``). Numbers are stored as they are, ids and times cast to int64/float64, strings
+    decoded. Documented transforms: electrode ``location`` -> ``structure_acronym`` with
+    AllenSDK's cleaning ('None' -> '', ``DG-mo`` -> ``DG``; not invertible; the probe LFP
+    Dataset keeps it verbatim as ``channels.location``); ``spike_amplitudes_index`` must equal
+    ``spike_times_index``; ``waveform_mean`` (units·channels, samples) is compared with the
+    stored (unit, channel, sample) array reshaped back, its index with the one the shape
+    implies; each presentation table is compared with its own rows of the concatenated,
+    start-time-sorted ``stimulus_presentations`` (numbers as float64, '' -> "null", numbers of
+    a column that is text in another table -> ``repr`` or "null"); the LFP ``electrodes`` rows are
+    compared as the electrode ids they point to, ``data`` as ``data * conversion`` in float32
+    when it is not float32 with conversion 1; ``csd`` transposed back to (time, channel). A
+    probe file's LFP and CSD Datasets each list the other's datasets with view ``None``.
+
+    Parameters
+    ----------
+    ds
+        A Dataset :func:`read` made of ``path`` (maybe re-opened).
+    path
+        The source file.
+
+    Returns
+    -------
+    list of (view, mapping)
+        Pairs for :func:`abo_lake.fidelity.check_mapped`.
+    """
+    kind = ds.attrs.get("abo_lake_kind")
+    with h5py.File(path, "r") as f:
+        if kind in ("ecephys_lfp", "ecephys_csd"):
+            return _probe_mappings(f, kind)
+        return _session_mappings(f)

@@ -1,0 +1,431 @@
+"""Conversion benchmarks (issue: conversion jobs). Prints numbers side by side, as ratios.
+
+On realistic sources (Visual Behavior 2P and Visual Coding 2P NWB files from
+``abo_lake.synthetic``):
+
+1. **Per core**: ``jobs.convert_file`` in one process with one dask thread, into a fresh local
+   lake, in MB/s of source file bytes, against the *ceiling* measured in the same run on the
+   same file: h5py ``read_direct`` of every numeric HDF5 dataset over 1 MB in ~4 MB row blocks
+   plus ``numcodecs.Blosc`` zstd L3 shuffle encoding of each block, single thread, no lake.
+   Ratio = ceiling seconds / our seconds (aim >= 0.7). Measured for the full conversion
+   (curated + raw copy + fidelity check) and for the curated Dataset only
+   (``raw=False, fidelity=False``), plus the pieces in between (hashing the source, raw copy
+   without the fidelity check) to show where time goes. Each measurement runs in a fresh
+   spawned process, which also gives its peak RSS. When a ratio is below 0.7, one file is
+   profiled (cProfile, synchronous dask scheduler, top lines by cumulative time).
+2. **Peak memory per worker**: ``jobs.run`` on a ``distributed.LocalCluster`` of 1 and of 2
+   worker processes (``threads_per_worker=1``) into fresh lakes; peak RSS of each worker
+   (``getrusage``) against the largest source file.
+3. **Speed-up**: wall time of ``jobs.run`` with 1 worker over 2 workers on the same files,
+   against the best speed-up the file sizes allow.
+
+Timings are best of ``--repeat`` runs (the machine is shared and noisy); the source files are
+in the page cache (warm reads). Run::
+
+    python tests/benchmarks/bench_conversion.py [--src DIR] [--repeat 2] [--no-profile]
+                                                [--jobs-only]
+
+``--src DIR`` caches the generated sources, so reruns skip generation (~40 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import multiprocessing
+import os
+import pstats
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+MB = 1e6
+BLOCK_BYTES = 4 * 2**20
+#: (kind, seed, writer options): 2 VBO MESO.1 experiments (~290 MB each) and 1 VC2P (~420 MB).
+SOURCES = [("vbo-ophys", 0, {"n_experiments": 2}), ("vc2p-ophys", 0, {})]
+#: Single-process variants: name -> convert_file keywords (None: hash the source only).
+VARIANTS: dict[str, dict[str, bool] | None] = {
+    "sha256": None,
+    "curated": {"raw": False, "fidelity": False},
+    "+raw": {"raw": True, "fidelity": False},
+    "full": {"raw": True, "fidelity": True},
+}
+AIM = 0.7
+
+
+def _sources(src: Path) -> list[Path]:
+    """The realistic source files, generated once into ``src`` (a ``.done`` file marks a kind)."""
+    from abo_lake.synthetic import synthesize
+
+    files: list[Path] = []
+    for kind, seed, options in SOURCES:
+        folder = src / f"{kind}-s{seed}"
+        done = folder / ".done"
+        if done.exists():
+            files += [folder / name for name in json.loads(done.read_text())]
+            continue
+        t0 = time.perf_counter()
+        written = synthesize(kind, folder, scale="realistic", seed=seed, **options)
+        done.write_text(json.dumps([p.name for p in written]))
+        print(
+            f"  generated {kind} seed={seed}: {len(written)} files in "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
+        files += written
+    return sorted(files, key=lambda p: p.name)
+
+
+def _maxrss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
+
+
+def _numeric_datasets(path: Path) -> list[str]:
+    """Numeric and boolean HDF5 datasets of more than 1 MB (10^6 bytes)."""
+    import h5py
+
+    names: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if (
+            isinstance(obj, h5py.Dataset)
+            and obj.dtype.kind in "biuf"
+            and obj.ndim > 0
+            and obj.size * obj.dtype.itemsize > MB
+        ):
+            names.append(name)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return names
+
+
+def ceiling(path: str) -> dict[str, Any]:
+    """Read every big numeric dataset with h5py and Blosc-zstd encode it: no lake, one thread."""
+    import h5py
+    import numcodecs
+    import numpy as np
+
+    numcodecs.blosc.use_threads = False
+    codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+    names = _numeric_datasets(Path(path))
+    t0, c0 = time.perf_counter(), time.process_time()
+    decoded = encoded = 0
+    with h5py.File(path, "r") as f:
+        for name in names:
+            dset = f[name]
+            row_bytes = max(1, dset.size // dset.shape[0] * dset.dtype.itemsize)
+            rows = max(1, min(dset.shape[0], BLOCK_BYTES // row_bytes))
+            buf = np.zeros((rows, *dset.shape[1:]), dtype=dset.dtype)  # pre-touched
+            for start in range(0, dset.shape[0], rows):
+                n = min(rows, dset.shape[0] - start)
+                dset.read_direct(buf, np.s_[start : start + n], np.s_[0:n])
+                encoded += len(codec.encode(buf[:n]))
+                decoded += buf[:n].nbytes
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu": time.process_time() - c0,
+        "datasets": len(names),
+        "decoded": decoded,
+        "encoded": encoded,
+        "rss": _maxrss_mb(),
+    }
+
+
+def convert_once(path: str, lake_dir: str, options: dict[str, bool] | None) -> dict[str, Any]:
+    """``convert_file`` into a fresh local lake with one dask thread (``None``: sha256 only)."""
+    import dask
+
+    from abo_lake import jobs
+
+    if options is None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        jobs._sha256_file(path)
+        return {
+            "seconds": time.perf_counter() - t0,
+            "cpu": time.process_time() - c0,
+            "rss": _maxrss_mb(),
+            "error": "",
+            "new_objects": 0,
+        }
+    import abo_lake
+
+    lake = abo_lake.open_lake(lake_dir)
+    t0, c0 = time.perf_counter(), time.process_time()
+    # convert_file sets scheduler="threads" itself; num_workers=1 keeps it to one dask thread
+    with dask.config.set(num_workers=1):
+        res = jobs.convert_file(path, lake.url, **options)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu": time.process_time() - c0,
+        "rss": _maxrss_mb(),
+        "error": res.error,
+        "new_objects": res.new_objects,
+    }
+
+
+def profile_once(path: str, lake_dir: str, top: int = 14) -> str:
+    """cProfile of a full conversion (hash + ``jobs._convert``) on the synchronous scheduler.
+
+    ``convert_file`` forces the threaded scheduler, whose work cProfile cannot see, so this
+    calls its two steps directly (same code, same order).
+    """
+    import dask
+
+    import abo_lake
+    from abo_lake import jobs, sources
+
+    lake = abo_lake.open_lake(lake_dir)
+    prof = cProfile.Profile()
+    prof.enable()
+    with dask.config.set(scheduler="synchronous"):
+        result = jobs.FileResult(source=path)
+        result.source_sha256 = jobs._sha256_file(path)
+        result.format = sources.detect_format(path)
+        jobs._convert(path, lake.storage, lake, result, raw=True, fidelity=True)
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    out.write("\n-- by own time --\n")
+    stats.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def _fresh(func: Callable[..., Any], *args: Any) -> Any:
+    """Run ``func(*args)`` in a freshly spawned process (clean heap, its own peak RSS)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(func, *args).result()
+
+
+def _note(message: str) -> None:
+    """Progress on stderr, so a long run is not silent (the table goes to stdout)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def _worker_stats() -> dict[str, float]:
+    return {"peak": _maxrss_mb(), "cpu": time.process_time()}
+
+
+def job(files: list[Path], workers: int, lake_dir: str) -> dict[str, Any]:
+    """``jobs.run`` on our own LocalCluster (so its workers can be asked for their peak RSS)."""
+    import distributed
+
+    import abo_lake
+    from abo_lake import jobs
+
+    lake = abo_lake.open_lake(lake_dir)
+    _note(f"jobs.run, {workers} worker(s), load average {os.getloadavg()[0]:.1f}")
+    load = os.getloadavg()[0]
+    with (
+        distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        start = client.run(_worker_stats)
+        report = jobs.run(
+            [str(f) for f in files],
+            lake,
+            "bench",
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
+        end = client.run(_worker_stats)
+    if report.failures:
+        raise RuntimeError(report.summary())
+    return {
+        "seconds": report.seconds,
+        "published": report.published,
+        "load": load,
+        "start_rss": sorted(v["peak"] for v in start.values()),
+        "peak_rss": sorted(v["peak"] for v in end.values()),
+        "cores": sum(end[w]["cpu"] - start[w]["cpu"] for w in end) / report.seconds,
+        "per_file": {Path(f.source).name: f.seconds for f in report.files},
+    }
+
+
+def _ideal_speedup(seconds: list[float], workers: int = 2, *, largest_first: bool) -> float:
+    """Speed-up with perfect scaling, limited only by how the files split over the workers.
+
+    Files go to the first free worker in the given order (``jobs.run`` submits them in
+    ``plan`` order, sorted by path), or largest first (the best list schedule).
+    """
+    order = sorted(seconds, reverse=True) if largest_first else seconds
+    loads = [0.0] * workers
+    for s in order:
+        loads[loads.index(min(loads))] += s
+    return sum(seconds) / max(loads)
+
+
+def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable[[], str]) -> float:
+    """Section 1: one-core conversion against the ceiling; returns the full conversion s."""
+    sizes = {f.name: f.stat().st_size for f in files}
+    # 1. per core -----------------------------------------------------------------------
+    print(
+        "\n1. one core: convert_file (one dask thread) vs ceiling (h5py read_direct + "
+        "Blosc zstd L3 shuffle, 1 thread, no lake)"
+    )
+    print(
+        f"   MB/s are source file MB per wall second; ratio = ceiling s / ours s "
+        f"(aim >= {AIM}); best of {repeat}"
+    )
+    per_file: dict[str, dict[str, dict[str, Any]]] = {}
+    for f in files:
+        rows = per_file[f.name] = {}
+        _note(f"{f.name}: ceiling")
+        rows["ceiling"] = _best([_fresh(ceiling, str(f)) for _ in range(repeat)])
+        for name, options in VARIANTS.items():
+            _note(f"{f.name}: {name}")
+            runs = [_fresh(convert_once, str(f), fresh_lake(), options) for _ in range(repeat)]
+            if any(r["error"] for r in runs):
+                raise RuntimeError(f"{f.name} {name}: {runs[0]['error'] or runs[-1]['error']}")
+            rows[name] = _best(runs)
+    head = (
+        f"   {'file':42s} {'MB':>6s} {'what':>8s} {'s':>7s} {'MB/s':>7s} "
+        f"{'ratio':>6s} {'cpu/wall':>8s} {'peak RSS MB':>11s}"
+    )
+    print(head)
+    for f in files:
+        rows = per_file[f.name]
+        ceil_s = rows["ceiling"]["seconds"]
+        for name, r in rows.items():
+            ratio = "" if name == "ceiling" else f"{ceil_s / r['seconds']:6.2f}"
+            label = f.name if name == "ceiling" else ""
+            print(
+                f"   {label:42s} {sizes[f.name] / MB:6.0f} {name:>8s} {r['seconds']:7.2f} "
+                f"{sizes[f.name] / MB / r['seconds']:7.1f} {ratio:>6s} "
+                f"{r['cpu'] / r['seconds']:8.2f} {r['rss']:11.0f}"
+            )
+        c = rows["ceiling"]
+        print(
+            f"   {'':42s} ceiling covers {c['datasets']} datasets, "
+            f"{c['decoded'] / MB:.0f} MB decoded -> {c['encoded'] / MB:.0f} MB Blosc"
+        )
+    total = sum(sizes.values())
+    t_ceil = sum(per_file[n]["ceiling"]["seconds"] for n in sizes)
+    print("   all files:")
+    for name in ["ceiling", *VARIANTS]:
+        t = sum(per_file[n][name]["seconds"] for n in sizes)
+        ratio = "" if name == "ceiling" else f"ratio {t_ceil / t:.2f}"
+        print(f"     {name:>8s} {t:7.2f} s {total / MB / t:7.1f} MB/s  {ratio}")
+    t_hash = sum(per_file[n]["sha256"]["seconds"] for n in sizes)
+    t_cur = sum(per_file[n]["curated"]["seconds"] for n in sizes)
+    t_raw = sum(per_file[n]["+raw"]["seconds"] for n in sizes)
+    t_full = sum(per_file[n]["full"]["seconds"] for n in sizes)
+    print(
+        f"   where the full conversion's {t_full:.1f} s go (differences of the variants): "
+        f"hash {t_hash:.1f} s, curated {t_cur - t_hash:.1f} s, raw copy "
+        f"{t_raw - t_cur:.1f} s, fidelity check {t_full - t_raw:.1f} s"
+    )
+
+    worst = min(
+        files,
+        key=lambda f: per_file[f.name]["ceiling"]["seconds"] / per_file[f.name]["full"]["seconds"],
+    )
+    worst_ratio = (
+        per_file[worst.name]["ceiling"]["seconds"] / per_file[worst.name]["full"]["seconds"]
+    )
+    if profile and worst_ratio < AIM:
+        print(
+            f"\n   profile of the full conversion of {worst.name} (ratio {worst_ratio:.2f}; "
+            "synchronous scheduler, cProfile):"
+        )
+        text = _fresh(profile_once, str(worst), fresh_lake())
+        print("\n".join("     " + line for line in text.splitlines() if line.strip()))
+    return t_full
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", type=Path, help="folder caching the generated sources")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement (best kept)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile section")
+    parser.add_argument("--jobs-only", action="store_true", help="only sections 2 and 3")
+    args = parser.parse_args()
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    t_start = time.perf_counter()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)")
+
+    with tempfile.TemporaryDirectory(prefix="bench-conv-") as tmp:
+        src = args.src or Path(tmp) / "src"
+        files = _sources(src)
+        sizes = {f.name: f.stat().st_size for f in files}
+        work = Path(tmp) / "lakes"
+
+        def fresh_lake() -> str:
+            if work.exists():
+                shutil.rmtree(work)
+            return str(work)
+
+        total = sum(sizes.values())
+        t_full = (
+            None
+            if args.jobs_only
+            else per_core(files, args.repeat, not args.no_profile, fresh_lake)
+        )
+
+        # 2 + 3. jobs on a LocalCluster -----------------------------------------------------
+        print(
+            f"\n2./3. jobs.run on a LocalCluster ({len(files)} files, "
+            f"{total / MB:.0f} MB; fresh lake each run; best of {args.repeat})"
+        )
+        jobs_out = {}
+        for workers in (1, 2):
+            jobs_out[workers] = _best(
+                [job(files, workers, fresh_lake()) for _ in range(args.repeat)]
+            )
+        largest = max(sizes.values()) / MB
+        for workers, r in jobs_out.items():
+            peaks = ", ".join(f"{p:.0f}" for p in r["peak_rss"])
+            starts = ", ".join(f"{p:.0f}" for p in r["start_rss"])
+            print(
+                f"   workers={workers}: {r['seconds']:6.1f} s  {total / MB / r['seconds']:6.1f} "
+                f"MB/s  peak RSS per worker {peaks} MB (idle {starts} MB); "
+                f"largest source {largest:.0f} MB -> peak/largest "
+                f"{max(r['peak_rss']) / largest:.2f}; cores used (worker CPU s / wall s) "
+                f"{r['cores']:.2f}; load average before {r['load']:.1f}"
+            )
+        one = jobs_out[1]
+        times = list(one["per_file"].values())  # in plan order
+        in_order = _ideal_speedup(times, largest_first=False)
+        best = _ideal_speedup(times, largest_first=True)
+        speedup = one["seconds"] / jobs_out[2]["seconds"]
+        print(
+            f"   speed-up 2 workers over 1: {speedup:.2f}x; ideal for these files in plan "
+            f"order (as run submits them) {in_order:.2f}x (efficiency {speedup / in_order:.2f}), "
+            f"largest first {best:.2f}x"
+        )
+        if t_full is not None:
+            print(
+                f"   workers=1 job vs the same files converted in one process (section 1, full): "
+                f"{one['seconds']:.1f} s vs {t_full:.1f} s"
+            )
+        for workers, r in jobs_out.items():
+            print(
+                f"   per-file seconds with {workers} worker(s): "
+                + ", ".join(f"{n} {s:.1f}" for n, s in r["per_file"].items())
+            )
+
+    print(
+        f"\nload average at end: {os.getloadavg()[0]:.2f}; "
+        f"benchmark took {time.perf_counter() - t_start:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
