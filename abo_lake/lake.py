@@ -14,7 +14,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -350,8 +350,10 @@ class Stage:
     def __repr__(self) -> str:
         return f"<abo_lake.Stage {self.name!r} · {len(self.datasets)} datasets>"
 
-    def write(self, path: str, obj: xr.Dataset | xr.DataTree) -> str:
-        """Write one Dataset (or DataTree) at ``path``; dask-backed data streams.
+    def write(
+        self, path: str, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
+    ) -> str:
+        """Write one Dataset (or DataTree, or {group: Dataset}) at ``path``; dask data streams.
 
         Returns
         -------
@@ -361,7 +363,8 @@ class Stage:
         path = _check_path(path)
         manifest, new = write_dataset(self.lake.storage, obj)
         self.new_objects += new
-        kind = obj.attrs.get("abo_lake_kind")
+        root = obj.get("", xr.Dataset()) if isinstance(obj, Mapping) else obj
+        kind = root.attrs.get("abo_lake_kind")
         return self.add(path, self.lake.put_manifest(manifest), kind=kind)
 
     def write_table(self, name: str, table: pd.DataFrame) -> str:

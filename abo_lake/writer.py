@@ -128,7 +128,7 @@ def _encode_block(
 
 def _block_tasks(data: da.Array, meta: bytes, storage: Storage, prefix: str) -> list[dask.delayed]:
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks]
-    blocks = data.to_delayed()
+    blocks = data.to_delayed(optimize_graph=False)  # fuse in the one merged graph, not per array
     tasks = []
     for index in np.ndindex(*blocks.shape):
         region = tuple(

@@ -337,3 +337,36 @@ def test_plain_xarray_opens_an_s3_release(s3_bucket, s3_options):
         storage_options=so,
     )
     np.testing.assert_array_equal(opened["dff"].values, ds["dff"].values)
+
+
+def test_many_lazy_hdf5_arrays_in_one_write_keep_their_own_data(tmp_path, local_lake):
+    """Many lazy HDF5 arrays written together each store their own data.
+
+    A conversion once stored one ROI's mask for another's (intermittently; the fidelity check
+    caught it) when lazy HDF5 arrays had untokenized graph names and each was optimized
+    separately before one merged compute. This checks the end result on the same shape of data.
+    """
+    import h5py
+
+    from abo_lake.sources.hdf5_raw import read_raw
+
+    path = tmp_path / "masks.h5"
+    rng = np.random.default_rng(0)
+    masks = {}
+    for i in range(120):  # sparse 512 x 512 masks, like Brain Observatory ROIs
+        mask = np.zeros((512, 512), "float32")
+        y, x = rng.integers(0, 500, 2)
+        mask[y : y + 12, x : x + 12] = rng.random((12, 12))
+        masks[f"roi_{i:04d}"] = mask
+    with h5py.File(path, "w") as f:
+        for name, mask in masks.items():
+            f[f"/seg/{name}/img_mask"] = mask
+            f[f"/seg/{name}/pix_mask"] = np.argwhere(mask > 0)
+    from abo_lake.writer import groups
+
+    tree = groups(read_raw(path))  # lazy HDF5 arrays, one group per ROI
+    with local_lake.stage("r1") as stage:
+        stage.write("a/1", tree)
+    rel = local_lake.release("r1")
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(rel.open("a/1", group=f"seg/{name}")["img_mask"], mask)

@@ -13,6 +13,7 @@ from typing import Any
 import dask.array as da
 import h5py
 import numpy as np
+from dask.base import tokenize
 
 __all__ = ["H5Lazy", "lazy_array", "read_str"]
 
@@ -46,9 +47,17 @@ class H5Lazy:
 
 
 def lazy_array(path: str | Path, name: str, chunks: Any = "auto") -> da.Array:
-    """Return a dask array over one HDF5 dataset, read block by block on demand."""
+    """Return a dask array over one HDF5 dataset, read block by block on demand.
+
+    The graph name is ``h5-<token>`` with a token of the file (path, size, mtime), the dataset
+    and the chunks: a name made of the paths alone is split by dask's key heuristics into the
+    same prefix for every dataset, and fused graphs of different datasets then collided (one
+    ROI's mask was stored for another's; the fidelity check caught it).
+    """
     src = H5Lazy(path, name)
-    return da.from_array(src, chunks=chunks, lock=False, asarray=True, name=f"h5-{path}-{name}")
+    stat = Path(path).stat()
+    token = tokenize(str(path), stat.st_size, stat.st_mtime_ns, name, chunks)
+    return da.from_array(src, chunks=chunks, lock=False, asarray=True, name=f"h5-{token}")
 
 
 def read_str(value: Any) -> str:
