@@ -185,6 +185,7 @@ class ManifestStore(_KeyMapStore):
         self._chunks = manifest.chunks
         self._cas = storage.zarr_store(cas.CAS_PREFIX)
         self._reads = itertools.count()
+        self._token: str | None = None
         self.chunk_reads = 0
         self.bytes_read = 0
 
@@ -196,6 +197,13 @@ class ManifestStore(_KeyMapStore):
         )
 
     __hash__ = object.__hash__
+
+    def __dask_tokenize__(self) -> tuple:
+        """A cheap, stable token (xarray tokenizes the store once per group it opens)."""
+        if self._token is None:
+            items = sorted(self._chunks.items())
+            self._token = cas.digest(repr((items, sorted(self._meta.items()))).encode())
+        return ("abo_lake.ManifestStore", self.storage.url, self._token, self.verify)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
