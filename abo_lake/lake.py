@@ -350,9 +350,7 @@ class Stage:
     def __repr__(self) -> str:
         return f"<abo_lake.Stage {self.name!r} · {len(self.datasets)} datasets>"
 
-    def write(
-        self, path: str, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
-    ) -> str:
+    def write(self, path: str, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]) -> str:
         """Write one Dataset (or DataTree, or {group: Dataset}) at ``path``; dask data streams.
 
         Returns
