@@ -331,7 +331,7 @@ def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
     store = ManifestStore(lake.storage, manifest, label=f"conversion of {Path(source).name}")
     # open the raw group as its own root: no coordinates inherited from the curated Dataset
     raw = xr.open_datatree(
-        store, engine="zarr", group="raw", consolidated=True, chunks={}, zarr_format=3
+        store, engine="zarr", group="raw", consolidated=True, chunks=None, zarr_format=3
     )
     skip = getattr(sources._module(fmt), "MAPPED_HDF5", ())
     curated = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)

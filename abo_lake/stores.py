@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import weakref
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import (
     ByteRequest,
@@ -89,6 +90,16 @@ class _KeyMapStore(Store):
                     yield child
 
 
+_LIVE_CAPTURES: weakref.WeakValueDictionary[int, CaptureStore] = weakref.WeakValueDictionary()
+
+
+def _live_capture(ident: int) -> CaptureStore:
+    try:
+        return _LIVE_CAPTURES[ident]
+    except KeyError:
+        raise TypeError("a CaptureStore cannot leave the process that writes with it") from None
+
+
 class CaptureStore(_KeyMapStore):
     """A writable store that puts every chunk into the lake's CAS and keeps metadata inline.
 
@@ -111,6 +122,14 @@ class CaptureStore(_KeyMapStore):
         return other is self
 
     __hash__ = object.__hash__
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        # A capture collects one write in this process. Pickling (dask tokenizes the store
+        # graph xarray builds with compute=False, which the writer discards) refers to the
+        # live object instead of copying everything captured so far: with many groups that
+        # copying grew quadratically.
+        _LIVE_CAPTURES[id(self)] = self
+        return _live_capture, (id(self),)
 
     def record(self, key: str, h: str, size: int, written: bool) -> None:
         """Record that chunk ``key`` is the object ``h`` (written by a task elsewhere)."""

@@ -370,3 +370,80 @@ def test_many_lazy_hdf5_arrays_in_one_write_keep_their_own_data(tmp_path, local_
     rel = local_lake.release("r1")
     for name, mask in masks.items():
         np.testing.assert_array_equal(rel.open("a/1", group=f"seg/{name}")["img_mask"], mask)
+
+
+def test_chunk_objects_are_the_bytes_zarr_itself_writes(tmp_path, local_lake):
+    """The writer's synchronous chunk encoding gives exactly the chunks ``to_zarr`` writes.
+
+    Covers float/int/bool/uint8 dtypes, NaN and integer fill values, edge chunks (padded) and
+    all-fill chunks (which Zarr does not store), 1-D to 3-D.
+    """
+    rng = np.random.default_rng(3)
+    vol = rng.integers(0, 200, (70, 33, 20)).astype("uint8")
+    vol[:64, :32] = 0  # whole chunks of fill value: not stored
+    dff = rng.normal(size=(13, 1001)).astype("float32")
+    dff[:, :500] = np.nan
+    ds = xr.Dataset(
+        {
+            "dff": (("cell", "time"), dff),
+            "spikes": ("spike", rng.integers(-(2**40), 2**40, 12345)),
+            "mask": (("cell", "y", "x"), rng.random((13, 40, 41)) > 0.7),
+            "vol": (("ap", "dv", "lr"), vol),
+            "amp": ("spike", rng.random(12345)),
+        }
+    )
+    ds["dff"].encoding["chunks"] = (4, 250)
+    ds["spikes"].encoding["chunks"] = (5000,)
+    ds["mask"].encoding["chunks"] = (5, 16, 16)
+    ds["vol"].encoding["chunks"] = (32, 16, 16)
+    ds["amp"].encoding["chunks"] = (4096,)
+    with local_lake.stage("r1") as stage:
+        stage.write("a/1", ds)
+    manifest = local_lake.release("r1").manifest("a/1")
+    ours = {
+        key: local_lake.storage.read(cas.key_of(ref))
+        for key, ref in manifest.chunks.items()
+        if not key.endswith("zarr.json")
+    }
+
+    from abo_lake.writer import DEFAULT_COMPRESSORS, _prepare
+
+    prepared, encoding = _prepare(ds)
+    for enc in encoding.values():
+        enc["compressors"] = DEFAULT_COMPRESSORS
+    prepared.compute().to_zarr(tmp_path / "plain.zarr", encoding=encoding, zarr_format=3)
+    plain = {
+        str(p.relative_to(tmp_path / "plain.zarr")): p.read_bytes()
+        for p in (tmp_path / "plain.zarr").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    }
+    assert set(ours) == set(plain)
+    assert all(ours[k] == plain[k] for k in plain)
+    assert not any(k.startswith("vol/c/0/0/") or k.startswith("vol/c/0/1/") for k in ours)
+
+
+def test_metadata_is_what_to_zarr_writes(local_lake):
+    """The writer's metadata pass (xarray's to_zarr steps without the store graph) writes the
+    same Zarr documents as ``to_zarr(compute=False)``, for a Dataset with every kind of
+    variable (dask and numpy, strings, bools, scalars, coordinates, attributes)."""
+    from abo_lake.stores import CaptureStore
+    from abo_lake.writer import _prepare, _write_metadata
+
+    ds = make_dataset()
+    ds["t0"] = xr.DataArray(np.datetime64("2021-03-01T12:00:00", "ns"))
+    ds["dff"].attrs["units"] = "1"
+    prepared, encoding = _prepare(ds)
+    ours, theirs = CaptureStore(local_lake.storage), CaptureStore(local_lake.storage)
+    _write_metadata(prepared, ours, "sub/group", encoding)
+    prepared.to_zarr(
+        theirs,
+        group="sub/group",
+        mode="w",
+        compute=False,
+        consolidated=False,
+        zarr_format=3,
+        encoding=encoding,
+    )
+    assert ours._meta
+    assert ours._meta == theirs._meta
+    assert ours._chunks == theirs._chunks  # the in-memory variables' chunks

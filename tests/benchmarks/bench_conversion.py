@@ -3,10 +3,11 @@
 On realistic sources (Visual Behavior 2P and Visual Coding 2P NWB files from
 ``abo_lake.synthetic``):
 
-1. **Per core**: ``jobs.convert_file`` in one process with one dask thread, into a fresh local
-   lake, in MB/s of source file bytes, against the *ceiling* measured in the same run on the
+1. **Per core**: ``jobs.convert_file`` in one process pinned to one CPU (one dask thread;
+   zarr's and Blosc's threads share that CPU), into a fresh local lake, in MB/s of source file bytes, against the *ceiling* measured in the same run on the
    same file: h5py ``read_direct`` of every numeric HDF5 dataset over 1 MB in ~4 MB row blocks
-   plus ``numcodecs.Blosc`` zstd L3 shuffle encoding of each block, single thread, no lake.
+   plus ``numcodecs.Blosc`` zstd L3 shuffle encoding of each block, on the same one CPU, no
+   lake.
    Ratio = ceiling seconds / our seconds (aim >= 0.7). Measured for the full conversion
    (curated + raw copy + fidelity check) and for the curated Dataset only
    (``raw=False, fidelity=False``), plus the pieces in between (hashing the source, raw copy
@@ -84,6 +85,13 @@ def _sources(src: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.name)
 
 
+def _one_cpu() -> None:
+    """Pin this process (all its threads: dask's, zarr's event loop, Blosc's) to one CPU,
+    so "per core" means one core, not one dask thread."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def _maxrss_mb() -> float:
     """Peak resident set size of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
@@ -115,6 +123,7 @@ def ceiling(path: str) -> dict[str, Any]:
     import numcodecs
     import numpy as np
 
+    _one_cpu()
     numcodecs.blosc.use_threads = False
     codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
     names = _numeric_datasets(Path(path))
@@ -147,6 +156,7 @@ def convert_once(path: str, lake_dir: str, options: dict[str, bool] | None) -> d
 
     from abo_lake import jobs
 
+    _one_cpu()
     if options is None:
         t0, c0 = time.perf_counter(), time.process_time()
         jobs._sha256_file(path)
@@ -277,7 +287,7 @@ def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable
     sizes = {f.name: f.stat().st_size for f in files}
     # 1. per core -----------------------------------------------------------------------
     print(
-        "\n1. one core: convert_file (one dask thread) vs ceiling (h5py read_direct + "
+        "\n1. one core: convert_file pinned to one CPU vs ceiling (h5py read_direct + "
         "Blosc zstd L3 shuffle, 1 thread, no lake)"
     )
     print(
