@@ -15,7 +15,6 @@ multi-GB array. :func:`assert_faithful` turns their findings into an
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import json
 import math
@@ -28,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import IntegrityError
-from abo_lake.sources.hdf5_raw import Translator, escape_name, iter_members, node_path
+from abo_lake.sources.hdf5_raw import Translator, escape_name, iter_members, matches, node_path
 
 __all__ = ["assert_faithful", "blockwise", "check_mapped", "check_raw"]
 
@@ -126,7 +125,7 @@ def check_raw(path: str | Path, tree: xr.DataTree, *, skip: Sequence[str] = ()) 
                 else:
                     problems += _check_attrs(tr, f[m.path], node, m.path)
             elif m.kind == "dataset":
-                if not any(fnmatch.fnmatchcase(m.path, g) for g in skip):
+                if not matches(m.path, skip):
                     problems += _check_dataset(tr, f[m.path], m.path, parent)
             else:
                 key = f"abo_lake_link.{m.name}"

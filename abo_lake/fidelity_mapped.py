@@ -19,7 +19,6 @@ layout nor the raw copy.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import xarray as xr
 
 from abo_lake import sources
 from abo_lake.fidelity import Transform, check_mapped
+from abo_lake.sources.hdf5_raw import matches
 
 __all__ = ["View", "check_reader", "mapped_datasets"]
 
@@ -37,7 +37,8 @@ View = Mapping[str, Any] | Callable[[xr.Dataset], xr.Dataset] | None
 
 
 def mapped_datasets(path: str | Path, globs: Sequence[str]) -> list[str]:
-    """Absolute paths of the HDF5 datasets of ``path`` matched by the fnmatch ``globs``.
+    """Absolute paths of the HDF5 datasets of ``path`` the ``globs`` select (see
+    :func:`abo_lake.sources.hdf5_raw.matches`: fnmatch, ``"!glob"`` deselects).
 
     Examples
     --------
@@ -48,7 +49,7 @@ def mapped_datasets(path: str | Path, globs: Sequence[str]) -> list[str]:
 
     def visit(name: str, obj: Any) -> None:
         full = "/" + name
-        if isinstance(obj, h5py.Dataset) and any(fnmatch.fnmatchcase(full, g) for g in globs):
+        if isinstance(obj, h5py.Dataset) and matches(full, globs):
             found.append(full)
 
     with h5py.File(path, "r") as f:

@@ -374,7 +374,9 @@ def _flagged(
             f"{why} needs the Visual Behavior column stimulus_presentations.{column!r}; this "
             f"experiment's table has {sorted(table.columns)!r}"
         )
-    return _trial_responses(ds, table, window, table[column].to_numpy(dtype=bool), trace)
+    # NaN (rows of another stimulus's table, where the column does not apply) is not a flag
+    flags = pd.to_numeric(table[column], errors="coerce").fillna(0).to_numpy() != 0
+    return _trial_responses(ds, table, window, flags, trace)
 
 
 def change_responses(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -82,7 +84,7 @@ def test_every_mapped_dataset_of_a_session_is_checked(stored):
             0,
             "stimulus_presentations.image_name",
             (3,),
-            "/intervals/stimulus_presentations/image_name",
+            "/intervals/*_presentations/image_name",
         ),
         (
             "vc2p-ophys",
@@ -126,7 +128,9 @@ def test_one_changed_value_is_reported(stored, fmt, which, name, index, hpath):
         hpath = "/stimulus/presentation/drifting_gratings_stimulus/data"
     problems = check_reader(path, fmt, _changed(back, name, index))
     assert len(problems) == 1, problems
-    assert problems[0].startswith(f"{hpath}: 1 of "), problems
+    where, what = problems[0].split(": ", 1)
+    assert fnmatch.fnmatchcase(where, hpath), problems
+    assert what.startswith("1 of "), problems
 
 
 def test_a_changed_attribute_is_reported(stored):

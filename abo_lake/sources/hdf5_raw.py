@@ -71,6 +71,7 @@ __all__ = [
     "escape_attr_key",
     "escape_name",
     "iter_members",
+    "matches",
     "node_path",
     "read_raw",
     "unescape_attr_key",
@@ -394,6 +395,25 @@ def _chunks(dset: h5py.Dataset, shape: tuple[int, ...], itemsize: int) -> tuple[
 # ---------------------------------------------------------------------------------- read
 
 
+def matches(path: str, globs: Sequence[str]) -> bool:
+    """Whether ``fnmatch`` globs select the HDF5 path; ``"!glob"`` deselects, last match wins.
+
+    Examples
+    --------
+    >>> globs = ["/intervals/*_presentations/*", "!/intervals/*/tags*"]
+    >>> matches("/intervals/a_presentations/start_time", globs)
+    True
+    >>> matches("/intervals/a_presentations/tags_index", globs)
+    False
+    """
+    selected = False
+    for glob in globs:
+        negated = glob.startswith("!")
+        if fnmatch.fnmatchcase(path, glob[1:] if negated else glob):
+            selected = not negated
+    return selected
+
+
 def read_raw(path: str | Path, *, skip: Sequence[str] = ()) -> xr.DataTree:
     """Read every group, dataset, attribute and link of an HDF5 file into a DataTree.
 
@@ -403,7 +423,8 @@ def read_raw(path: str | Path, *, skip: Sequence[str] = ()) -> xr.DataTree:
         The HDF5 (NWB 1 or 2, or any) file.
     skip
         ``fnmatch`` globs of absolute dataset paths not to copy (what a converter maps), e.g.
-        ``"/processing/ophys/dff/traces/data"``; recorded in ``attrs["abo_lake_skipped"]``.
+        ``"/processing/ophys/dff/traces/data"``, as :func:`matches` reads them (``"!glob"``
+        copies what earlier globs skipped); recorded in ``attrs["abo_lake_skipped"]``.
 
     Returns
     -------
@@ -440,7 +461,7 @@ def read_raw(path: str | Path, *, skip: Sequence[str] = ()) -> xr.DataTree:
                 nodes[m.path] = {"attrs": tr.attrs(f[m.path]), "vars": {}}
                 order.append(m.path)
             elif m.kind == "dataset":
-                if any(fnmatch.fnmatchcase(m.path, g) for g in skip):
+                if matches(m.path, skip):
                     skipped.append(m.path)
                     continue
                 parent["vars"].update(_variables(path, tr, f[m.path], m))

@@ -62,7 +62,12 @@ _TARGET_BYTES = 2**21  # ~2 MB chunks
 
 def _not_id(group: str) -> tuple[str, ...]:
     """Globs of the datasets of ``group`` other than its ``id`` (left to the raw copy)."""
-    return (f"{group}/[!i]*", f"{group}/i", f"{group}/i[!d]*", f"{group}/id?*")
+    return (f"{group}/*", f"!{group}/id")
+
+
+#: Presentation table columns left to the raw copy: row ids (presentations are renumbered in
+#: start-time order), pynwb's ragged ``tags`` and the ``timeseries`` references.
+_PRESENTATION_RAW = ("id", "tags", "tags_index", "timeseries", "timeseries_index")
 
 
 _PLANE = "/general/optophysiology/imaging_plane_1"
@@ -90,7 +95,8 @@ MAPPED_HDF5: tuple[str, ...] = (
     *(f"/{_OPHYS}/images/{k}" for k in _IMAGES.values()),
     f"/{_OPHYS}/ophys_motion_correction_x/data",
     f"/{_OPHYS}/ophys_motion_correction_y/data",
-    *_not_id("/intervals/*_presentations"),
+    "/intervals/*_presentations/*",
+    *(f"!/intervals/*_presentations/{c}" for c in _PRESENTATION_RAW),
     "/intervals/trials/*",
     *(f"/processing/licking/licks/{k}" for k in _SERIES_DATA),
     "/processing/rewards/volume/data",
@@ -283,12 +289,16 @@ def _per_cell(f: h5py.File, name: str, group: str, n_cells: int, path: Path) -> 
     return out
 
 
-def _table(f: h5py.File, group: str, prefix: str, dim: str) -> dict[str, xr.Variable]:
+def _table(
+    f: h5py.File, group: str, prefix: str, dim: str, skip: tuple[str, ...] = ()
+) -> dict[str, xr.Variable]:
     """Columns of a DynamicTable as ``<prefix>.<col>`` variables (ragged ones flat + index)."""
     g = f[group]
     out: dict[str, xr.Variable] = {}
     for col in (read_str(c) for c in g.attrs.get("colnames", [])):
         dset = g.get(col)
+        if col in skip:
+            continue
         if not isinstance(dset, h5py.Dataset) or (
             dset.dtype.kind in "OV" and (h5py.check_string_dtype(dset.dtype) is None)
         ):
@@ -306,6 +316,39 @@ def _table(f: h5py.File, group: str, prefix: str, dim: str) -> dict[str, xr.Vari
     return out
 
 
+def _presentations(f: h5py.File, tables: list[str]) -> dict[str, xr.Variable]:
+    """All ``<stimulus>_presentations`` tables (in name order) as one table, columns united.
+
+    A column some tables lack is filled on their rows with "null" (text) or NaN (numbers,
+    then float64), as the ecephys reader and AllenSDK's ``stimulus_presentations`` do.
+    Ragged columns other than the raw-copied ``tags`` are not supported.
+    """
+    parts = []
+    for t in tables:
+        cols = _table(f, f"intervals/{t}", "stimulus_presentations", "p", _PRESENTATION_RAW)
+        ragged = [n for n, v in cols.items() if v.dims != ("p",)]
+        if ragged or "stimulus_presentations.start_time" not in cols:
+            what = f"ragged column(s) {ragged}" if ragged else "no start_time column"
+            raise SourceFileError(f"{f.filename}: intervals/{t} has {what}")
+        parts.append(cols)
+    if len(parts) == 1:
+        return parts[0]
+    merged = {}
+    for name in dict.fromkeys(n for p in parts for n in p):
+        have = [p[name] for p in parts if name in p]
+        text = any(v.dtype.kind in "OSU" for v in have)
+        pieces = []
+        for p in parts:
+            n_rows = p["stimulus_presentations.start_time"].size
+            if name in p:
+                values = p[name].values
+                pieces.append(values if len(have) == len(parts) or text else values.astype(float))
+            else:
+                pieces.append(np.full(n_rows, "null") if text else np.full(n_rows, np.nan))
+        merged[name] = xr.Variable("p", np.concatenate(pieces), have[0].attrs)
+    return merged
+
+
 def _series_1d(path: Path, f: h5py.File, name: str, dim: str) -> xr.Variable:
     dset = f[name]
     arr = lazy_array(path, f"/{name}", chunks=_chunk(dset.shape[0], 1, dset.dtype.itemsize))
@@ -319,16 +362,7 @@ def _behavior(path: Path, f: h5py.File) -> tuple[dict[str, xr.Variable], dict[st
     coords: dict[str, Any] = {}
     tables = sorted(k for k in f.get("intervals", {}) if k.endswith("_presentations"))
     if tables:
-        parts = [_table(f, f"intervals/{t}", "stimulus_presentations", "p") for t in tables]
-        if len(parts) == 1:
-            merged = parts[0]
-        else:
-            names = set.intersection(*(set(p) for p in parts))
-            merged = {
-                n: xr.Variable("p", np.concatenate([p[n].values for p in parts]))
-                for n in names
-                if parts[0][n].dims == ("p",)
-            }
+        merged = _presentations(f, tables)
         order = np.argsort(merged["stimulus_presentations.start_time"].values, kind="stable")
         for name, var in merged.items():
             data[name] = xr.Variable("stimulus_presentation_id", var.values[order], var.attrs)
@@ -524,6 +558,19 @@ def _strings_or(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind in "OST":
         return np.asarray([read_str(v) for v in a.ravel()], dtype=str).reshape(a.shape)
     return a
+
+
+def _strings_as(stored: xr.DataArray | None) -> Any:
+    """:func:`_strings_or`, then numbers as the stored column (float64 when tables lacking
+    the column made it NaN-padded)."""
+
+    def transform(a: np.ndarray) -> np.ndarray:
+        a = _strings_or(a)
+        if stored is not None and a.dtype.kind in "biuf" and stored.dtype.kind == "f":
+            return a.astype(stored.dtype)
+        return a
+
+    return transform
 
 
 def _traces_view(ds: xr.Dataset, rows: dict[str, np.ndarray | None]) -> xr.Dataset:
@@ -738,9 +785,12 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
         for table, where in _presentation_rows(f).items():
             g = f[f"intervals/{table}"]
             items = {
-                f"/intervals/{table}/{col}": (f"stimulus_presentations.{col}", _strings_or)
+                f"/intervals/{table}/{col}": (
+                    f"stimulus_presentations.{col}",
+                    _strings_as(ds.get(f"stimulus_presentations.{col}")),
+                )
                 for col, obj in g.items()
-                if isinstance(obj, h5py.Dataset) and col != "id"
+                if isinstance(obj, h5py.Dataset) and col not in _PRESENTATION_RAW
             }
             out.append((functools.partial(_presentations_view, rows=where), items))
         meta = _metadata_mapping(f)

@@ -23,7 +23,9 @@ those types add are written as plain HDF5 datasets at the real paths. HDF5 paths
   zeros) with extra datasets ``lambdas`` and ``noise_stds`` (N,).
 - ``processing/ophys/images/{max_projection,average_image,segmentation_mask_image}`` (uint16).
 - ``processing/ophys/ophys_motion_correction_{x,y}`` (TimeSeries, pixels).
-- ``intervals/stimulus_presentations`` and ``intervals/trials`` (``lick_times`` ragged).
+- ``intervals/<image set>_presentations`` (one table per stimulus, named by its
+  ``stimulus_name`` as AllenSDK does, with pynwb's ragged ``tags`` and ``timeseries``
+  references into the stimulus frame times) and ``intervals/trials`` (``lick_times`` ragged).
 - ``processing/licking/licks`` (data = stimulus frame), ``processing/rewards/{volume,
   autorewarded}`` (both left out when empty, as in passive sessions),
   ``processing/running/{dx,speed,speed_unfiltered}``, ``acquisition/{v_sig,v_in}``,
@@ -52,7 +54,7 @@ import numpy as np
 from hdmf.backends.hdf5 import H5DataIO
 from hdmf.common import DynamicTable, VectorData, VectorIndex
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
-from pynwb.base import Images
+from pynwb.base import Images, TimeSeriesReference, TimeSeriesReferenceVectorData
 from pynwb.behavior import EyeTracking
 from pynwb.epoch import TimeIntervals
 from pynwb.file import Subject
@@ -481,7 +483,9 @@ def _gzip(data: np.ndarray, chunks: tuple[int, ...] | None = None) -> H5DataIO:
     return H5DataIO(data, compression="gzip", compression_opts=4, chunks=chunks or True)
 
 
-def _table(name: str, description: str, values: dict[str, Any], cls=DynamicTable):
+def _table(
+    name: str, description: str, values: dict[str, Any], cls=DynamicTable, extra: tuple = ()
+):
     columns: list = []
     for key, value in values.items():
         if key == "lick_times":
@@ -493,7 +497,27 @@ def _table(name: str, description: str, values: dict[str, Any], cls=DynamicTable
         arr = np.asarray(value)
         data = arr.tolist() if arr.dtype.kind == "U" else arr
         columns.append(VectorData(name=key, description=key.replace("_", " "), data=data))
-    return cls(name=name, description=description, columns=columns)
+    return cls(name=name, description=description, columns=[*columns, *extra])
+
+
+def _tags_and_timeseries(
+    tag: str, start: np.ndarray, stop: np.ndarray, series: TimeSeries
+) -> list[VectorData | VectorIndex]:
+    """pynwb's optional TimeIntervals columns: one tag per row and the row's frames of
+    ``series``, each ragged with its ``_index``."""
+    ends = np.arange(1, len(start) + 1, dtype=np.int64)
+    tags = VectorData(name="tags", description="user-defined tags", data=[tag] * len(start))
+    refs = TimeSeriesReferenceVectorData(
+        name="timeseries",
+        description="index into a TimeSeries object",
+        data=[TimeSeriesReference(int(a), int(b - a), series) for a, b in zip(start, stop)],
+    )
+    return [
+        tags,
+        VectorIndex(name="tags_index", data=ends, target=tags),
+        refs,
+        VectorIndex(name="timeseries_index", data=ends, target=refs),
+    ]
 
 
 def _metadata_row(row: dict[str, str], rate: float, seed: int) -> dict[str, list]:
@@ -694,17 +718,6 @@ def _write_one(
             )
         )
 
-    pres = dict(beh["pres"])
-    pres["duration"] = pres["stop_time"] - pres["start_time"]
-    pres["active"] = np.full(len(pres["start_time"]), not beh["passive"])
-    pres["stimulus_block"] = np.zeros(len(pres["start_time"]), np.int64)
-    block = "change_detection_passive" if beh["passive"] else "change_detection_behavior"
-    pres["stimulus_block_name"] = np.full(len(pres["start_time"]), block)
-    nwb.add_time_intervals(
-        _table("stimulus_presentations", "change detection image flashes", pres, TimeIntervals)
-    )
-    nwb.trials = _table("trials", "change detection trials", beh["trials"], TimeIntervals)
-
     stim_ts = TimeSeries(
         name="timestamps",
         data=np.arange(len(beh["stim_t"]), dtype=np.int64),
@@ -713,6 +726,24 @@ def _write_one(
         description="stimulus frame index at each 60 Hz frame time",
     )
     nwb.create_processing_module("stimulus", "stimulus frame times").add(stim_ts)
+    # as AllenSDK writes them: one table per stimulus, named <stimulus_name>_presentations,
+    # with pynwb's tags and a timeseries reference into the stimulus frame times
+    pres = dict(beh["pres"])
+    n_flash = len(pres["start_time"])
+    stimulus = IMAGE_SETS[row["image_set"]][0]
+    pres["stimulus_name"] = np.full(n_flash, stimulus)
+    pres["duration"] = pres["stop_time"] - pres["start_time"]
+    pres["active"] = np.full(n_flash, not beh["passive"])
+    pres["stimulus_block"] = np.zeros(n_flash, np.int64)
+    block = "change_detection_passive" if beh["passive"] else "change_detection_behavior"
+    pres["stimulus_block_name"] = np.full(n_flash, block)
+    extra = _tags_and_timeseries(stimulus, pres["start_frame"], pres["end_frame"], stim_ts)
+    name = f"{stimulus}_presentations"
+    nwb.add_time_intervals(
+        _table(name, "change detection image flashes", pres, TimeIntervals, tuple(extra))
+    )
+    nwb.trials = _table("trials", "change detection trials", beh["trials"], TimeIntervals)
+
     if len(beh["lick_times"]):  # empty TimeSeries crash nwbinspector; passive mice rarely lick
         nwb.create_processing_module("licking", "licks").add(
             TimeSeries(

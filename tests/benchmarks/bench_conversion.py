@@ -4,10 +4,10 @@ On realistic sources (Visual Behavior 2P and Visual Coding 2P NWB files from
 ``abo_lake.synthetic``):
 
 1. **Per core**: ``jobs.convert_file`` in one process pinned to one CPU (one dask thread;
-   zarr's and Blosc's threads share that CPU), into a fresh local lake, in MB/s of source file bytes, against the *ceiling* measured in the same run on the
-   same file: h5py ``read_direct`` of every numeric HDF5 dataset over 1 MB in ~4 MB row blocks
-   plus ``numcodecs.Blosc`` zstd L3 shuffle encoding of each block, on the same one CPU, no
-   lake.
+   zarr's and Blosc's threads share that CPU), into a fresh local lake, in MB/s of source
+   file bytes, against the *ceiling* measured in the same run on the same file: h5py
+   ``read_direct`` of every numeric HDF5 dataset over 1 MB in ~4 MB row blocks plus
+   ``numcodecs.Blosc`` zstd L3 shuffle encoding of each block, on the same CPU, no lake.
    Ratio = ceiling seconds / our seconds (aim >= 0.7). Measured for the full conversion
    (curated + raw copy + fidelity check) and for the curated Dataset only
    (``raw=False, fidelity=False``), plus the pieces in between (hashing the source, raw copy
