@@ -57,7 +57,9 @@ def mapped_datasets(path: str | Path, globs: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def check_reader(path: str | Path, fmt: str, ds: xr.Dataset) -> list[str]:
+def check_reader(
+    path: str | Path, fmt: str, ds: xr.Dataset, *, chunked: xr.Dataset | None = None
+) -> list[str]:
     """Compare the mapped HDF5 datasets of ``path`` with the curated Dataset ``ds``.
 
     Parameters
@@ -69,6 +71,12 @@ def check_reader(path: str | Path, fmt: str, ds: xr.Dataset) -> list[str]:
     ds
         One curated Dataset the reader made of ``path``, possibly re-opened from the lake
         (lazy variables are streamed, block by block where the transform allows it).
+    chunked
+        The same Dataset with dask-backed variables, when ``ds`` is opened without dask:
+        callable views (transposes, concatenations) then read through it chunk by chunk,
+        while direct mappings read ``ds`` straight through zarr, without a dask graph per
+        block (xarray turns a transposed lazy array into pointwise indexing, which zarr
+        serves slowly).
 
     Returns
     -------
@@ -97,7 +105,10 @@ def check_reader(path: str | Path, fmt: str, ds: xr.Dataset) -> list[str]:
         covered.update(mapping)
         if view is None:
             continue  # held by another Dataset of the same file
-        part = ds.isel(view) if isinstance(view, Mapping) else view(ds)
+        if isinstance(view, Mapping):
+            part = ds.isel(view) if view else ds
+        else:
+            part = view(ds if chunked is None else chunked)
         problems += check_mapped(path, part, mapping)
     for hpath in mapped_datasets(path, globs):
         if hpath not in covered:

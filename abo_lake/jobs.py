@@ -334,8 +334,13 @@ def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
         store, engine="zarr", group="raw", consolidated=True, chunks=None, zarr_format=3
     )
     skip = getattr(sources._module(fmt), "MAPPED_HDF5", ())
-    curated = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
-    problems = check_raw(source, raw, skip=skip) + check_reader(source, fmt, curated)
+    curated, chunked = (
+        xr.open_zarr(store, consolidated=True, chunks=chunks, zarr_format=3)
+        for chunks in (None, {})
+    )
+    problems = check_raw(source, raw, skip=skip) + check_reader(
+        source, fmt, curated, chunked=chunked
+    )
     assert_faithful(problems, source=source)
 
 

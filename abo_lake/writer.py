@@ -123,6 +123,16 @@ def _chunk_encoder(meta: bytes) -> tuple[Any, Any, list[Any]] | None:
     return arr.metadata, arr.config, codecs
 
 
+def _maybe_all(data: np.ndarray, fill: Any) -> bool:
+    """False if ``data`` is certainly not all ``fill`` (its first value differs): spares the
+    full comparison (a NaN-aware pass over the chunk) for most chunks."""
+    first = data.flat[0] if data.size else fill
+    try:
+        return bool(first == fill or (np.isnan(first) and np.isnan(fill)))
+    except TypeError:
+        return True
+
+
 def _encode_chunk(
     block: np.ndarray, meta: bytes, index: tuple[int, ...]
 ) -> tuple[str, bytes] | None:
@@ -140,7 +150,8 @@ def _encode_chunk(
         padded[tuple(slice(0, n) for n in data.shape)] = data
         data = padded
     buf: Any = default_buffer_prototype().nd_buffer.from_numpy_array(data)
-    if not config.write_empty_chunks and buf.all_equal(spec.fill_value):
+    fill = spec.fill_value
+    if not config.write_empty_chunks and _maybe_all(data, fill) and buf.all_equal(fill):
         return None
     for codec in codecs:
         buf = codec._encode_sync(buf, spec)

@@ -2,11 +2,16 @@
 
 ``lazy_array(path, "/processing/ophys/dff/traces/data")`` is a dask array that opens the file
 only when a block is computed, so a Dataset built from it streams through a conversion on
-any scheduler (h5py objects themselves cannot be pickled to dask workers).
+any scheduler (h5py objects themselves cannot be pickled to dask workers). Each thread keeps
+its last few files open (keyed by path, size, mtime and inode, so a rewritten file is
+reopened): a raw copy reads hundreds of small datasets of one file.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +23,28 @@ from dask.base import tokenize
 __all__ = ["H5Lazy", "lazy_array", "read_str"]
 
 
+_OPEN = threading.local()
+#: Files each thread keeps open.
+KEEP_OPEN = 4
+
+
+def _open(path: str) -> h5py.File:
+    """This thread's open handle of ``path`` (reopened if the file changed)."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    files: OrderedDict[tuple, h5py.File] = _OPEN.__dict__.setdefault("files", OrderedDict())
+    f = files.get(key)
+    if f is not None and f.id.valid:
+        files.move_to_end(key)
+        return f
+    files[key] = f = h5py.File(path, "r")
+    while len(files) > KEEP_OPEN:
+        files.popitem(last=False)[1].close()
+    return f
+
+
 class H5Lazy:
-    """A picklable stand-in for one HDF5 dataset: opens the file per read.
+    """A picklable stand-in for one HDF5 dataset: reads through this thread's open file.
 
     Parameters
     ----------
@@ -32,15 +57,13 @@ class H5Lazy:
     def __init__(self, path: str | Path, name: str) -> None:
         self.path = str(path)
         self.name = name
-        with h5py.File(self.path, "r") as f:
-            dset = f[name]
-            self.shape: tuple[int, ...] = dset.shape
-            self.dtype: np.dtype = dset.dtype
+        dset = _open(self.path)[name]
+        self.shape: tuple[int, ...] = dset.shape
+        self.dtype: np.dtype = dset.dtype
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
-            return np.asarray(f[self.name][key])
+        return np.asarray(_open(self.path)[self.name][key])
 
     def __repr__(self) -> str:
         return f"H5Lazy({self.path!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"

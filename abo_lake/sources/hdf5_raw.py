@@ -257,10 +257,17 @@ class Translator:
 
     def __init__(self, f: h5py.File) -> None:
         self.f = f
-        self._paths: dict[tuple[int, int], str] = {_token(f): "/"}
-        for m in iter_members(f):
-            if m.kind in ("group", "dataset"):
-                self._paths[_token(f[m.path])] = m.path
+        self._paths: dict[tuple[int, int], str] | None = None  # built at the first reference
+
+    @property
+    def paths(self) -> dict[tuple[int, int], str]:
+        """Object token -> the path :func:`iter_members` first meets it under."""
+        if self._paths is None:
+            self._paths = {_token(self.f): "/"}
+            for m in iter_members(self.f):
+                if m.kind in ("group", "dataset"):
+                    self._paths[_token(self.f[m.path])] = m.path
+        return self._paths
 
     def ref(self, ref: Any) -> str:
         """Path of a reference's target (``""`` if null), plus its selection if a region."""
@@ -270,7 +277,7 @@ class Translator:
             obj = self.f[ref]
         except (KeyError, ValueError, RuntimeError):
             return "?unresolved"
-        target = self._paths.get(_token(obj), obj.name or "")
+        target = self.paths.get(_token(obj), obj.name or "")
         if isinstance(ref, h5py.RegionReference):
             space = h5py.h5r.get_region(ref, self.f.id)
             sel = space.get_select_type()
