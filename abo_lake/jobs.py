@@ -8,14 +8,16 @@ builds the release metadata tables and publishes only if every file succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,36 @@ def _sources_in(folder: Path) -> list[str]:
         covered.update(group)
         out.append(str(group[0]))
     return out
+
+
+#: glibc malloc settings for conversion workers. distributed's default for its workers,
+#: MALLOC_TRIM_THRESHOLD_=65536, also freezes glibc's mmap threshold at 128 KiB, so every
+#: chunk-sized buffer is a fresh mmap whose pages fault in again: a Visual Behavior file's
+#: conversion took 33 % more CPU (5.8 s vs 4.4 s). Buffers up to 64 MiB now come from the
+#: heap, and up to 128 MiB of free heap is kept before it is returned to the system.
+WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(64 << 20)}
+
+
+@contextlib.contextmanager
+def worker_malloc() -> Iterator[None]:
+    """Start dask workers in this context to give them :data:`WORKER_MALLOC`.
+
+    distributed sets ``distributed.nanny.pre-spawn-environ`` in the parent's environment
+    before spawning a worker, and an existing variable there wins over the configuration, so
+    both are set here and the parent's environment is restored afterwards.
+    """
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    os.environ.update(WORKER_MALLOC)
+    prefix = "distributed.nanny.pre-spawn-environ"
+    try:
+        with dask.config.set({f"{prefix}.{k}": v for k, v in WORKER_MALLOC.items()}):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _threads() -> int:
@@ -498,9 +530,10 @@ def run(
     show = sys.stderr.isatty() if progress is None else progress
     cluster = None
     if scheduler is None:
-        cluster = distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
+        with worker_malloc():
+            cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
     client = distributed.Client(cluster or scheduler, set_as_default=False)
     results: list[FileResult] = []
     try:

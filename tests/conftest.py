@@ -74,9 +74,13 @@ def local_lake(tmp_path):
 def dask_cluster():
     """A real distributed LocalCluster with two worker processes, for the whole session."""
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
+    from abo_lake.jobs import worker_malloc
+
+    with worker_malloc():  # as jobs.run starts its workers
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    with cluster:
         yield cluster
 
 

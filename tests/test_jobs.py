@@ -323,3 +323,23 @@ def test_gc_keeps_what_resume_records_need(vbo_sources, tmp_path):
     assert all(f.resumed for f in again.files)
     assert lake.verify("r2").ok
     assert lake.release("r2").table("cells").equals(lake.release("r1").table("cells"))
+
+
+def test_workers_get_the_malloc_settings_and_the_parent_environment_is_restored(dask_client):
+    """Job workers start with :data:`jobs.WORKER_MALLOC` (distributed's default trim setting
+    made every chunk buffer a fresh mmap), whatever the parent's environment held."""
+    import os
+
+    def environ() -> dict[str, str | None]:
+        return {k: os.environ.get(k) for k in jobs.WORKER_MALLOC}
+
+    for env in dask_client.run(environ).values():
+        assert env == jobs.WORKER_MALLOC
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"  # as an earlier distributed nanny leaves it
+    try:
+        with jobs.worker_malloc():
+            assert environ() == jobs.WORKER_MALLOC
+        assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+        assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    finally:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_")

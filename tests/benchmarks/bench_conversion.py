@@ -3,8 +3,8 @@
 On realistic sources (Visual Behavior 2P and Visual Coding 2P NWB files from
 ``abo_lake.synthetic``):
 
-1. **Per core**: ``jobs.convert_file`` in one process pinned to one CPU (one dask thread;
-   zarr's and Blosc's threads share that CPU), into a fresh local lake, in MB/s of source
+1. **Per core**: ``jobs.convert_file`` in one process pinned to one CPU (its dask threads,
+   zarr's and Blosc's share that CPU), into a fresh local lake, in MB/s of source
    file bytes, against the *ceiling* measured in the same run on the same file: h5py
    ``read_direct`` of every numeric HDF5 dataset over 1 MB in ~4 MB row blocks plus
    ``numcodecs.Blosc`` zstd L3 shuffle encoding of each block, on the same CPU, no lake.
@@ -87,7 +87,7 @@ def _sources(src: Path) -> list[Path]:
 
 def _one_cpu() -> None:
     """Pin this process (all its threads: dask's, zarr's event loop, Blosc's) to one CPU,
-    so "per core" means one core, not one dask thread (``--no-pin``: one dask thread only)."""
+    so "per core" means one core (``--no-pin``: unpinned, convert_file's two dask threads)."""
     if hasattr(os, "sched_setaffinity") and not os.environ.get("ABO_BENCH_NO_PIN"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
@@ -171,8 +171,7 @@ def ceiling(path: str) -> dict[str, Any]:
 
 
 def convert_once(path: str, lake_dir: str, options: dict[str, bool] | None) -> dict[str, Any]:
-    """``convert_file`` into a fresh local lake with one dask thread (``None``: sha256 only)."""
-    import dask
+    """``convert_file`` into a fresh local lake, on one CPU (``None``: sha256 only)."""
 
     from abo_lake import jobs
 
@@ -191,9 +190,8 @@ def convert_once(path: str, lake_dir: str, options: dict[str, bool] | None) -> d
 
     lake = abo_lake.open_lake(lake_dir)
     t0, c0 = time.perf_counter(), time.process_time()
-    # convert_file sets scheduler="threads" itself; num_workers=1 keeps it to one dask thread
-    with dask.config.set(num_workers=1):
-        res = jobs.convert_file(path, lake.url, **options)
+    # convert_file streams on dask threads (two outside a worker); pinned, they share one CPU
+    res = jobs.convert_file(path, lake.url, **options)
     return {
         "seconds": time.perf_counter() - t0,
         "cpu": time.process_time() - c0,
@@ -252,7 +250,8 @@ def _worker_stats() -> dict[str, float]:
 
 
 def job(files: list[Path], workers: int, lake_dir: str) -> dict[str, Any]:
-    """``jobs.run`` on our own LocalCluster (so its workers can be asked for their peak RSS)."""
+    """``jobs.run`` on our own LocalCluster (so its workers can be asked for their peak RSS),
+    started as ``jobs.run`` starts one (:func:`abo_lake.jobs.worker_malloc`)."""
     import distributed
 
     import abo_lake
@@ -261,12 +260,11 @@ def job(files: list[Path], workers: int, lake_dir: str) -> dict[str, Any]:
     lake = abo_lake.open_lake(lake_dir)
     _note(f"jobs.run, {workers} worker(s), load average {os.getloadavg()[0]:.1f}")
     load = os.getloadavg()[0]
-    with (
-        distributed.LocalCluster(
+    with jobs.worker_malloc():  # as jobs.run starts its own workers
+        cluster = distributed.LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+        )
+    with cluster, distributed.Client(cluster) as client:
         start = client.run(_worker_stats)
         report = jobs.run(
             [str(f) for f in files],
@@ -442,9 +440,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile section")
     parser.add_argument("--jobs-only", action="store_true", help="only sections 2 and 3")
     parser.add_argument("--per-core-only", action="store_true", help="only section 1")
-    parser.add_argument(
-        "--no-pin", action="store_true", help="section 1 with one dask thread, not one CPU"
-    )
+    parser.add_argument("--no-pin", action="store_true", help="section 1 not pinned to one CPU")
     args = parser.parse_args()
     if args.no_pin:
         os.environ["ABO_BENCH_NO_PIN"] = "1"  # inherited by the spawned processes
