@@ -400,7 +400,8 @@ class TestVboOphysErrors:
 def test_several_presentation_tables_are_united_and_convert_faithfully(files, tmp_path):
     """Sessions with more than one stimulus have one ``<stimulus>_presentations`` table each,
     with different columns: the reader unites them in start-time order (text columns a
-    table lacks are "null", numbers NaN), and a conversion passes the fidelity check."""
+    table lacks are "null", numbers NaN), and a conversion passes the fidelity check. pynwb
+    ``tags`` (here also on the trials) go to the raw copy."""
     import shutil
 
     from pynwb import NWBHDF5IO
@@ -430,6 +431,8 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
                 timeseries=[frames],
             )
         nwb.add_time_intervals(gray)
+        n_trials = len(nwb.trials)
+        nwb.trials.add_column("tags", "tags", data=[["go"]] * n_trials, index=True)
         io.write(nwb)
 
     ((_, ds),) = reader.read(path).items()
@@ -442,6 +445,7 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
     assert sp["is_change"][1:-1].sum() == n_change
     np.testing.assert_array_equal(sp["stimulus_block"][[0, -1]], [1, 3])
     assert "tags" not in "".join(ds.data_vars)
+    assert "trials.start_time" in ds
     # analyses: the gray-screen rows' NaN is_change is no change
     changes = ophys.change_responses(ds, window=(-0.2, 0.2))
     assert changes.sizes["stimulus_presentation_id"] == n_change

@@ -65,9 +65,10 @@ def _not_id(group: str) -> tuple[str, ...]:
     return (f"{group}/*", f"!{group}/id")
 
 
-#: Presentation table columns left to the raw copy: row ids (presentations are renumbered in
-#: start-time order), pynwb's ragged ``tags`` and the ``timeseries`` references.
-_PRESENTATION_RAW = ("id", "tags", "tags_index", "timeseries", "timeseries_index")
+#: TimeIntervals columns left to the raw copy: pynwb's ragged ``tags`` and the ``timeseries``
+#: references (and, for presentations, the row ids: they are renumbered in start-time order).
+_INTERVALS_RAW = ("tags", "tags_index", "timeseries", "timeseries_index")
+_PRESENTATION_RAW = ("id", *_INTERVALS_RAW)
 
 
 _PLANE = "/general/optophysiology/imaging_plane_1"
@@ -98,6 +99,7 @@ MAPPED_HDF5: tuple[str, ...] = (
     "/intervals/*_presentations/*",
     *(f"!/intervals/*_presentations/{c}" for c in _PRESENTATION_RAW),
     "/intervals/trials/*",
+    *(f"!/intervals/trials/{c}" for c in _INTERVALS_RAW),
     *(f"/processing/licking/licks/{k}" for k in _SERIES_DATA),
     "/processing/rewards/volume/data",
     "/processing/rewards/volume/timestamps",
@@ -368,7 +370,7 @@ def _behavior(path: Path, f: h5py.File) -> tuple[dict[str, xr.Variable], dict[st
             data[name] = xr.Variable("stimulus_presentation_id", var.values[order], var.attrs)
         coords["stimulus_presentation_id"] = np.arange(len(order), dtype=np.int64)
     if "intervals/trials" in f:
-        data.update(_table(f, "intervals/trials", "trials", "trials_id"))
+        data.update(_table(f, "intervals/trials", "trials", "trials_id", _INTERVALS_RAW))
         coords["trials_id"] = np.asarray(f["intervals/trials/id"][()], dtype=np.int64)
     # no licks or rewards (passive sessions) -> zero-length variables, same layout
     licks = f.get("processing/licking/licks")
@@ -746,7 +748,7 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
             g = f["intervals/trials"]
             main["/intervals/trials/id"] = ("trials_id", _as(np.int64))
             for col, obj in g.items():
-                if isinstance(obj, h5py.Dataset) and col != "id":
+                if isinstance(obj, h5py.Dataset) and col not in ("id", *_INTERVALS_RAW):
                     func = _as(np.int64) if col.endswith("_index") else _strings_or
                     main[f"/intervals/trials/{col}"] = (f"trials.{col}", func)
         main["/processing/licking/licks/timestamps"] = ("licks.timestamps", None)
