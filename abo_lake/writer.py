@@ -265,6 +265,20 @@ def _write_metadata(
     dump_to_store(ds, store, ArrayWriter(), encoding=encoding)
 
 
+#: In-memory arrays up to this size that are one chunk are encoded in the writing process.
+INLINE_BYTES = 1 << 20
+
+
+def _inline(original: xr.Variable, prepared: xr.Variable) -> bool:
+    """Whether ``original`` is in memory and stored as one small chunk."""
+    return (
+        not isinstance(original.data, da.Array)
+        and isinstance(original.data, np.ndarray)
+        and original.nbytes <= INLINE_BYTES
+        and all(len(c) == 1 for c in prepared.chunks)
+    )
+
+
 def _write(
     storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
 ) -> tuple[Manifest, int]:
@@ -277,8 +291,17 @@ def _write(
         for name, var in prepared.variables.items():
             if not isinstance(var.data, da.Array):
                 continue
-            encoded = encode_zarr_variable(var, name=name, zarr_format=3)
             meta = capture._meta[f"{prefix}{name}/zarr.json"]
+            original = ds.variables[name]
+            if _inline(original, var):
+                # one small in-memory chunk: encoded here, a dask task would cost more
+                encoded = encode_zarr_variable(original, name=name, zarr_format=3)
+                region = tuple(slice(0, n) for n in var.shape)
+                block = np.asarray(encoded.data)
+                for result in _encode_block(block, meta, region, storage, f"{prefix}{name}/"):
+                    capture.record(*result)
+                continue
+            encoded = encode_zarr_variable(var, name=name, zarr_format=3)
             tasks += _block_tasks(encoded.data, meta, storage, f"{prefix}{name}/")
     for results in dask.compute(*tasks):
         for key, h, size, written in results:

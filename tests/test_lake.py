@@ -376,7 +376,7 @@ def test_chunk_objects_are_the_bytes_zarr_itself_writes(tmp_path, local_lake):
     """The writer's synchronous chunk encoding gives exactly the chunks ``to_zarr`` writes.
 
     Covers float/int/bool/uint8 dtypes, NaN and integer fill values, edge chunks (padded) and
-    all-fill chunks (which Zarr does not store), 1-D to 3-D.
+    all-fill chunks (which Zarr does not store), 1-D to 3-D, and small one-chunk arrays.
     """
     rng = np.random.default_rng(3)
     vol = rng.integers(0, 200, (70, 33, 20)).astype("uint8")
@@ -390,6 +390,10 @@ def test_chunk_objects_are_the_bytes_zarr_itself_writes(tmp_path, local_lake):
             "mask": (("cell", "y", "x"), rng.random((13, 40, 41)) > 0.7),
             "vol": (("ap", "dv", "lr"), vol),
             "amp": ("spike", rng.random(12345)),
+            # small one-chunk arrays: encoded in the writing process, not by a dask task
+            "roi_x": ("cell", np.where(rng.random(13) > 0.8, np.nan, rng.random(13))),
+            "valid": ("cell", rng.random(13) > 0.5),
+            "t0": ((), 3.5),
         }
     )
     ds["dff"].encoding["chunks"] = (4, 250)
@@ -418,6 +422,7 @@ def test_chunk_objects_are_the_bytes_zarr_itself_writes(tmp_path, local_lake):
         if p.is_file() and p.name != "zarr.json"
     }
     assert set(ours) == set(plain)
+    assert {"roi_x/c/0", "valid/c/0"} <= set(ours)
     assert all(ours[k] == plain[k] for k in plain)
     assert not any(k.startswith("vol/c/0/0/") or k.startswith("vol/c/0/1/") for k in ours)
 
