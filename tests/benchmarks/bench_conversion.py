@@ -16,9 +16,12 @@ On realistic sources (Visual Behavior 2P and Visual Coding 2P NWB files from
    profiled (cProfile, synchronous dask scheduler, top lines by cumulative time).
 2. **Peak memory per worker**: ``jobs.run`` on a ``distributed.LocalCluster`` of 1 and of 2
    worker processes (``threads_per_worker=1``) into fresh lakes; peak RSS of each worker
-   (``getrusage``) against the largest source file.
+   (``VmHWM``) against the largest source file.
 3. **Speed-up**: wall time of ``jobs.run`` with 1 worker over 2 workers on the same files,
    against the best speed-up the file sizes allow.
+4. **Memory against file size**: peak RSS of a full ``convert_file`` (fresh process, one
+   CPU) of two Visual Behavior files of ~290 and ~690 MB: streaming means the peak does not
+   follow the file size.
 
 Timings are best of ``--repeat`` runs (the machine is shared and noisy); the source files are
 in the page cache (warm reads). Run::
@@ -53,6 +56,9 @@ MB = 1e6
 BLOCK_BYTES = 4 * 2**20
 #: (kind, seed, writer options): 2 VBO MESO.1 experiments (~290 MB each) and 1 VC2P (~420 MB).
 SOURCES = [("vbo-ophys", 0, {"n_experiments": 2}), ("vc2p-ophys", 0, {})]
+#: Section 4: the same kind at two sizes. Rows 0-2 of the VBO table are Mesoscope (11 Hz,
+#: ~290 MB files), row 3 a CAM2P session at 31 Hz (~690 MB).
+MEMORY_SOURCES = [("vbo-ophys", 0, {"n_experiments": 4})]
 #: Single-process variants: name -> convert_file keywords (None: hash the source only).
 VARIANTS: dict[str, dict[str, bool] | None] = {
     "sha256": None,
@@ -63,13 +69,14 @@ VARIANTS: dict[str, dict[str, bool] | None] = {
 AIM = 0.7
 
 
-def _sources(src: Path) -> list[Path]:
+def _sources(src: Path, which: list = SOURCES) -> list[Path]:
     """The realistic source files, generated once into ``src`` (a ``.done`` file marks a kind)."""
     from abo_lake.synthetic import synthesize
 
     files: list[Path] = []
-    for kind, seed, options in SOURCES:
-        folder = src / f"{kind}-s{seed}"
+    for kind, seed, options in which:
+        suffix = "".join(f"-{k[0]}{v}" for k, v in options.items() if which is not SOURCES)
+        folder = src / f"{kind}-s{seed}{suffix}"
         done = folder / ".done"
         if done.exists():
             files += [folder / name for name in json.loads(done.read_text())]
@@ -93,7 +100,18 @@ def _one_cpu() -> None:
 
 
 def _maxrss_mb() -> float:
-    """Peak resident set size of this process (Linux reports KiB)."""
+    """Peak resident set size of this process image.
+
+    Linux's ``VmHWM`` starts afresh at ``execve``; ``getrusage``'s ``ru_maxrss`` (the fallback
+    elsewhere) keeps the peak of the process it was forked from, so a spawned measurement
+    process would report the parent's peak (e.g. after generating a source in memory).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / MB  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
 
 
@@ -383,6 +401,41 @@ def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable
     return t_full
 
 
+def full_once(path: str, lake_dir: str) -> dict[str, Any]:
+    """A full ``convert_file`` on one CPU in this (fresh) process: seconds and peak RSS."""
+    _one_cpu()
+    from abo_lake import jobs
+
+    t0 = time.perf_counter()
+    res = jobs.convert_file(path, lake_dir)
+    return {"seconds": time.perf_counter() - t0, "rss": _maxrss_mb(), "error": res.error}
+
+
+def memory_section(src: Path, fresh_lake: Callable[[], str]) -> None:
+    """Section 4: peak RSS of full conversions of the same kind at two file sizes."""
+    files = _sources(src, MEMORY_SOURCES)
+    by_size = sorted(files, key=lambda f: f.stat().st_size)
+    small, big = by_size[0], by_size[-1]
+    print("\n4. memory against file size: full convert_file in a fresh process, one CPU")
+    rows = {}
+    for f in (small, big):
+        _note(f"{f.name}: full, for peak RSS")
+        r = rows[f] = _fresh(full_once, str(f), fresh_lake())
+        if r["error"]:
+            raise RuntimeError(f"{f.name}: {r['error']}")
+        print(
+            f"   {f.name:42s} {f.stat().st_size / MB:6.0f} MB  {r['seconds']:6.1f} s  "
+            f"peak RSS {r['rss']:5.0f} MB"
+        )
+    grow = (rows[big]["rss"] - rows[small]["rss"]) / (
+        (big.stat().st_size - small.stat().st_size) / MB
+    )
+    print(
+        f"   peak RSS grows by {grow:.2f} MB per MB of source between them "
+        "(1 or more if memory followed file size; about 0 if bounded)"
+    )
+
+
 def jobs_section(
     files: list[Path], repeat: int, fresh_lake: Callable[[], str], t_full: float | None
 ) -> None:
@@ -460,6 +513,7 @@ def main() -> None:
 
         if not args.per_core_only:
             jobs_section(files, args.repeat, fresh_lake, t_full)
+            memory_section(src, fresh_lake)
 
     print(
         f"\nload average at end: {os.getloadavg()[0]:.2f}; "
