@@ -277,7 +277,9 @@ class Translator:
             obj = self.f[ref]
         except (KeyError, ValueError, RuntimeError):
             return "?unresolved"
-        target = self.paths.get(_token(obj), obj.name or "")
+        target = self.paths.get(_token(obj))
+        if target is None:  # (obj.name costs a quarter millisecond: not for every reference)
+            target = obj.name or ""
         if isinstance(ref, h5py.RegionReference):
             space = h5py.h5r.get_region(ref, self.f.id)
             sel = space.get_select_type()
