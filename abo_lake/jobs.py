@@ -30,6 +30,7 @@ import xarray as xr
 from abo_lake import cas, schema, sources
 from abo_lake.errors import AboLakeError
 from abo_lake.lake import LEDGER_PREFIX, Lake
+from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
 from abo_lake.writer import write_dataset
 
@@ -278,6 +279,7 @@ def convert_file(
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
     finally:
         result.seconds = time.perf_counter() - t0
+        close_files(source)
         if fetched:
             import shutil
 

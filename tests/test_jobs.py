@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -310,6 +311,21 @@ def test_the_real_brain_observatory_file_converts_faithfully(shared_data, tmp_pa
     assert result.error == ""
     assert list(result.datasets) == ["ophys/experiment/496908818"]
     assert result.attrs["ophys/experiment/496908818"]["session_type"] == "three_session_B"
+
+
+def test_a_conversion_leaves_no_handle_open_on_its_source(vbo_sources, tmp_path):
+    """Readers keep HDF5 files open per thread while converting; when the file is done they
+    are closed, so a fetched temporary copy's disk space is freed."""
+    import os
+
+    source = shutil.copy(vbo_sources[2][0], tmp_path / "copy.nwb")
+    result = jobs.convert_file(str(source), str(tmp_path / "lake"))
+    assert result.error == ""
+    fds = Path("/proc/self/fd")
+    if not fds.exists():
+        pytest.skip("needs /proc")
+    open_files = {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
+    assert os.path.realpath(source) not in open_files
 
 
 def test_gc_keeps_what_resume_records_need(vbo_sources, tmp_path):

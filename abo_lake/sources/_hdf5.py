@@ -20,16 +20,19 @@ import h5py
 import numpy as np
 from dask.base import tokenize
 
-__all__ = ["H5Lazy", "lazy_array", "read_str"]
+__all__ = ["H5Lazy", "close_files", "lazy_array", "read_str"]
 
 
 _OPEN = threading.local()
 #: Files each thread keeps open.
 KEEP_OPEN = 4
+#: Every kept handle by path, so :func:`close_files` reaches other threads' handles too.
+_KEPT: dict[str, list[h5py.File]] = {}
+_KEPT_LOCK = threading.Lock()
 
 
 def _open(path: str) -> h5py.File:
-    """This thread's open handle of ``path`` (reopened if the file changed)."""
+    """This thread's open handle of ``path`` (reopened if the file changed or was closed)."""
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
     files: OrderedDict[tuple, h5py.File] = _OPEN.__dict__.setdefault("files", OrderedDict())
@@ -38,9 +41,21 @@ def _open(path: str) -> h5py.File:
         files.move_to_end(key)
         return f
     files[key] = f = h5py.File(path, "r")
+    with _KEPT_LOCK:
+        _KEPT.setdefault(path, []).append(f)
     while len(files) > KEEP_OPEN:
         files.popitem(last=False)[1].close()
     return f
+
+
+def close_files(path: str | os.PathLike) -> None:
+    """Close every kept handle of ``path``, in all threads (a conversion calls this when it
+    is done with a source, so a fetched temporary copy's disk space is freed)."""
+    with _KEPT_LOCK:
+        handles = _KEPT.pop(str(path), [])
+    for f in handles:
+        if f.id.valid:
+            f.close()
 
 
 class H5Lazy:
