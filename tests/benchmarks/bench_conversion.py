@@ -360,23 +360,23 @@ def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable
             f"{c['decoded'] / MB:.0f} MB decoded -> {c['encoded'] / MB:.0f} MB Blosc"
         )
     total = sum(sizes.values())
-    t_ceil = sum(per_file[n]["ceiling"]["seconds"] for n in sizes)
+
+    def summed(variant: str, field: str = "seconds") -> float:
+        return sum(per_file[n][variant][field] for n in sizes)
+
+    t_ceil = summed("ceiling")
     print("   all files:")
     for name in ["ceiling", *VARIANTS]:
-        t = sum(per_file[n][name]["seconds"] for n in sizes)
+        t = summed(name)
         ratio = "" if name == "ceiling" else f"ratio {t_ceil / t:.2f}"
         print(f"     {name:>8s} {t:7.2f} s {total / MB / t:7.1f} MB/s  {ratio}")
-    t_hash = sum(per_file[n]["sha256"]["seconds"] for n in sizes)
-    t_cur = sum(per_file[n]["curated"]["seconds"] for n in sizes)
-    t_raw = sum(per_file[n]["+raw"]["seconds"] for n in sizes)
-    t_full = sum(per_file[n]["full"]["seconds"] for n in sizes)
+    t_hash, t_cur, t_raw, t_full = (summed(v) for v in ("sha256", "curated", "+raw", "full"))
     print(
         f"   where the full conversion's {t_full:.1f} s go (differences of the variants): "
         f"hash {t_hash:.1f} s, curated {t_cur - t_hash:.1f} s, raw copy "
         f"{t_raw - t_cur:.1f} s, fidelity check {t_full - t_raw:.1f} s"
     )
-    t_again = sum(per_file[n]["ceiling"]["read_again"] for n in sizes)
-    t_decode = sum(per_file[n]["ceiling"]["decode"] for n in sizes)
+    t_again, t_decode = summed("ceiling", "read_again"), summed("ceiling", "decode")
     print(
         f"   best a full conversion can do with zero overhead: ceiling {t_ceil:.1f} s + hash "
         f"{t_hash:.1f} s + the check's second source read {t_again:.1f} s + lake decode "
