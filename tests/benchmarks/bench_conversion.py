@@ -12,7 +12,9 @@ On realistic sources (Visual Behavior 2P and Visual Coding 2P NWB files from
    (curated + raw copy + fidelity check) and for the curated Dataset only
    (``raw=False, fidelity=False``), plus the pieces in between (hashing the source, raw copy
    without the fidelity check) to show where time goes. Each measurement runs in a fresh
-   spawned process, which also gives its peak RSS. When a ratio is below 0.7, one file is
+   spawned process, which also gives its peak RSS, after an untimed conversion of a tiny file
+   of the same kind: the steady state of a worker, which pays the first-use imports of dask,
+   xarray, zarr and pandas once, not per file. When a ratio is below 0.7, one file is
    profiled (cProfile, synchronous dask scheduler, top lines by cumulative time).
 2. **Peak memory per worker**: ``jobs.run`` on a ``distributed.LocalCluster`` of 1 and of 2
    worker processes (``threads_per_worker=1``) into fresh lakes; peak RSS of each worker
@@ -188,8 +190,36 @@ def ceiling(path: str) -> dict[str, Any]:
     }
 
 
-def convert_once(path: str, lake_dir: str, options: dict[str, bool] | None) -> dict[str, Any]:
-    """``convert_file`` into a fresh local lake, on one CPU (``None``: sha256 only)."""
+def _warmup_file(src: Path, path: Path) -> str:
+    """A tiny file of ``path``'s kind (generated once under ``src/warmup``)."""
+    from abo_lake import sources
+    from abo_lake.synthetic import synthesize
+
+    kind = sources.detect_format(path)
+    folder = src / "warmup" / kind
+    if not (folder / ".done").exists():
+        written = synthesize(kind, folder, scale="tiny", seed=1)
+        (folder / ".done").write_text(json.dumps([p.name for p in written]))
+    return str(folder / json.loads((folder / ".done").read_text())[0])
+
+
+def _warm_up(warmup: str, lake_dir: str, options: dict[str, bool]) -> None:
+    """Convert a tiny file first, untimed: a worker's steady state (dask, xarray, zarr and
+    pandas import parts of themselves at first use, once per process)."""
+    from abo_lake import jobs
+
+    target = lake_dir + "-warmup"
+    shutil.rmtree(target, ignore_errors=True)  # else the ledger would skip the conversion
+    res = jobs.convert_file(warmup, target, **options)
+    if res.error:
+        raise RuntimeError(f"warm-up {warmup}: {res.error}")
+
+
+def convert_once(
+    path: str, lake_dir: str, options: dict[str, bool] | None, warmup: str
+) -> dict[str, Any]:
+    """``convert_file`` into a fresh local lake, on one CPU, after a warm-up conversion
+    (``None``: sha256 only)."""
 
     from abo_lake import jobs
 
@@ -206,6 +236,7 @@ def convert_once(path: str, lake_dir: str, options: dict[str, bool] | None) -> d
         }
     import abo_lake
 
+    _warm_up(warmup, lake_dir, options)
     lake = abo_lake.open_lake(lake_dir)
     t0, c0 = time.perf_counter(), time.process_time()
     # convert_file streams on dask threads (two outside a worker); pinned, they share one CPU
@@ -315,7 +346,13 @@ def _ideal_speedup(seconds: list[float], workers: int = 2) -> float:
     return sum(seconds) / max(loads)
 
 
-def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable[[], str]) -> float:
+def per_core(
+    files: list[Path],
+    repeat: int,
+    profile: bool,
+    fresh_lake: Callable[[], str],
+    warmups: dict[str, str],
+) -> float:
     """Section 1: one-core conversion against the ceiling; returns the full conversion s."""
     sizes = {f.name: f.stat().st_size for f in files}
     # 1. per core -----------------------------------------------------------------------
@@ -334,7 +371,10 @@ def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable
         rows["ceiling"] = _best([_fresh(ceiling, str(f)) for _ in range(repeat)])
         for name, options in VARIANTS.items():
             _note(f"{f.name}: {name}")
-            runs = [_fresh(convert_once, str(f), fresh_lake(), options) for _ in range(repeat)]
+            runs = [
+                _fresh(convert_once, str(f), fresh_lake(), options, warmups[f.name])
+                for _ in range(repeat)
+            ]
             if any(r["error"] for r in runs):
                 raise RuntimeError(f"{f.name} {name}: {runs[0]['error'] or runs[-1]['error']}")
             rows[name] = _best(runs)
@@ -401,11 +441,13 @@ def per_core(files: list[Path], repeat: int, profile: bool, fresh_lake: Callable
     return t_full
 
 
-def full_once(path: str, lake_dir: str) -> dict[str, Any]:
-    """A full ``convert_file`` on one CPU in this (fresh) process: seconds and peak RSS."""
+def full_once(path: str, lake_dir: str, warmup: str) -> dict[str, Any]:
+    """A full ``convert_file`` on one CPU in this (fresh) process, after a warm-up conversion:
+    seconds and peak RSS."""
     _one_cpu()
     from abo_lake import jobs
 
+    _warm_up(warmup, lake_dir, {})
     t0 = time.perf_counter()
     res = jobs.convert_file(path, lake_dir)
     return {"seconds": time.perf_counter() - t0, "rss": _maxrss_mb(), "error": res.error}
@@ -420,7 +462,7 @@ def memory_section(src: Path, fresh_lake: Callable[[], str]) -> None:
     rows = {}
     for f in (small, big):
         _note(f"{f.name}: full, for peak RSS")
-        r = rows[f] = _fresh(full_once, str(f), fresh_lake())
+        r = rows[f] = _fresh(full_once, str(f), fresh_lake(), _warmup_file(src, f))
         if r["error"]:
             raise RuntimeError(f"{f.name}: {r['error']}")
         print(
@@ -508,7 +550,13 @@ def main() -> None:
         t_full = (
             None
             if args.jobs_only
-            else per_core(files, args.repeat, not args.no_profile, fresh_lake)
+            else per_core(
+                files,
+                args.repeat,
+                not args.no_profile,
+                fresh_lake,
+                {f.name: _warmup_file(src, f) for f in files},
+            )
         )
 
         if not args.per_core_only:
