@@ -416,8 +416,10 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
         (flashes,) = [t for t in nwb.intervals.values() if t.name.endswith("_presentations")]
         first, last = float(flashes.start_time[0]), float(flashes.stop_time[-1])
         n, n_change = len(flashes), int(np.sum(flashes["is_change"].data[:]))
+        first_image = int(flashes["image_index"].data[0])
         gray = TimeIntervals(name="spontaneous_presentations", description="gray screen")
-        for column in ("stimulus_name", "stimulus_block", "duration"):
+        # image_index: numbers in the flashes' table, text here (as a parameter can be)
+        for column in ("stimulus_name", "stimulus_block", "duration", "image_index"):
             gray.add_column(column, column)
         frames = nwb.processing["stimulus"]["timestamps"]
         for i, (start, stop) in enumerate([(0.5, first), (last, last + 2.0)]):
@@ -427,6 +429,7 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
                 stimulus_name="spontaneous",
                 stimulus_block=2 * i + 1,
                 duration=stop - start,
+                image_index="gray",
                 tags=["spontaneous"],
                 timeseries=[frames],
             )
@@ -444,6 +447,7 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
     assert np.isnan(sp["is_change"][[0, -1]]).all()  # bool column NaN-padded, so float
     assert sp["is_change"][1:-1].sum() == n_change
     np.testing.assert_array_equal(sp["stimulus_block"][[0, -1]], [1, 3])
+    assert list(sp["image_index"][:2]) == ["gray", str(first_image)]  # text wins
     assert "tags" not in "".join(ds.data_vars)
     assert "trials.start_time" in ds
     # analyses: the gray-screen rows' NaN is_change is no change

@@ -322,7 +322,8 @@ def _presentations(f: h5py.File, tables: list[str]) -> dict[str, xr.Variable]:
     """All ``<stimulus>_presentations`` tables (in name order) as one table, columns united.
 
     A column some tables lack is filled on their rows with "null" (text) or NaN (numbers,
-    then float64), as the ecephys reader and AllenSDK's ``stimulus_presentations`` do.
+    then float64), as the ecephys reader and AllenSDK's ``stimulus_presentations`` do; numbers
+    in a column that another table holds as text become text.
     Ragged columns other than the raw-copied ``tags`` are not supported.
     """
     parts = []
@@ -344,7 +345,11 @@ def _presentations(f: h5py.File, tables: list[str]) -> dict[str, xr.Variable]:
             n_rows = p["stimulus_presentations.start_time"].size
             if name in p:
                 values = p[name].values
-                pieces.append(values if len(have) == len(parts) or text else values.astype(float))
+                if text and values.dtype.kind not in "OSU":
+                    values = values.astype(str)  # numbers in a column other tables hold as text
+                elif not text and len(have) < len(parts):
+                    values = values.astype(float)
+                pieces.append(values)
             else:
                 pieces.append(np.full(n_rows, "null") if text else np.full(n_rows, np.nan))
         merged[name] = xr.Variable("p", np.concatenate(pieces), have[0].attrs)
@@ -563,13 +568,13 @@ def _strings_or(a: np.ndarray) -> np.ndarray:
 
 
 def _strings_as(stored: xr.DataArray | None) -> Any:
-    """:func:`_strings_or`, then numbers as the stored column (float64 when tables lacking
-    the column made it NaN-padded)."""
+    """:func:`_strings_or`, then numbers as the stored column holds them: float64 when tables
+    lacking the column made it NaN-padded, text when other tables hold it as text."""
 
     def transform(a: np.ndarray) -> np.ndarray:
         a = _strings_or(a)
-        if stored is not None and a.dtype.kind in "biuf" and stored.dtype.kind == "f":
-            return a.astype(stored.dtype)
+        if stored is not None and a.dtype.kind in "biuf" and stored.dtype.kind in "fU":
+            return a.astype(stored.dtype if stored.dtype.kind == "f" else str)
         return a
 
     return transform
