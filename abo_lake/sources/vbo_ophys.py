@@ -12,7 +12,10 @@ Reads with h5py at fixed paths (no pynwb object construction); big arrays stay l
   ``roi_y``, which would clash with the image dims); ``roi_mask`` (cell, y, x) bool;
   ``max_projection``, ``average_projection``, ``segmentation_mask_image`` (y, x);
   ``motion_correction.x``/``.y`` along ``time``.
-- ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``; ``trials.<col>`` along
+- ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``: every
+  ``intervals/<stimulus>_presentations`` table (AllenSDK writes one per stimulus) in start-time
+  order, columns united ("null" / NaN where a table lacks one); pynwb's ``tags`` and
+  ``timeseries`` columns stay in the raw copy, here and in the trials; ``trials.<col>`` along
   ``trials_id`` (``trials.lick_times`` flat along ``trials.lick`` + ``trials.lick_times_index``);
   ``licks.*`` along ``lick``; ``rewards.*`` along ``reward``; ``running_speed.*`` along
   ``running_speed_time``; ``eye_tracking.*`` along ``eye_tracking_time``; ``stimulus_timestamps``
