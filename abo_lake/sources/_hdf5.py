@@ -20,7 +20,9 @@ import h5py
 import numpy as np
 from dask.base import tokenize
 
-__all__ = ["H5Lazy", "close_files", "lazy_array", "read_str"]
+from abo_lake.errors import SourceFileError
+
+__all__ = ["H5Lazy", "close_files", "lazy_array", "open_hdf5", "read_str"]
 
 
 _OPEN = threading.local()
@@ -56,6 +58,20 @@ def close_files(path: str | os.PathLike) -> None:
     for f in handles:
         if f.id.valid:
             f.close()
+
+
+def open_hdf5(path: str | os.PathLike, expected: str) -> h5py.File:
+    """Open ``path`` read-only, or raise :class:`~abo_lake.errors.SourceFileError` naming the
+    file, why it cannot be opened (truncated or corrupt) and what was ``expected``."""
+    path = Path(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise SourceFileError(
+            f"{path}: cannot open as HDF5 ({err}); the file is truncated or corrupt "
+            f"(size {path.stat().st_size if path.exists() else 0} bytes); {expected}; "
+            "download it again"
+        ) from err
 
 
 class H5Lazy:

@@ -61,8 +61,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from abo_lake.errors import SourceFileError
-from abo_lake.sources._hdf5 import lazy_array
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5
 
 __all__ = [
     "KIND",
@@ -453,13 +452,7 @@ def read_raw(path: str | Path, *, skip: Sequence[str] = ()) -> xr.DataTree:
     '/general/extracellular_ephys/shank0'
     """
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise SourceFileError(
-            f"{path}: cannot open as HDF5 ({err}); expected an HDF5 file"
-        ) from err
-    with f:
+    with open_hdf5(path, "expected an HDF5 file") as f:
         tr = Translator(f)
         nodes: dict[str, dict[str, Any]] = {"/": {"attrs": tr.attrs(f), "vars": {}}}
         order = ["/"]

@@ -40,7 +40,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, read_str
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -149,14 +149,7 @@ def _open(path: Path) -> Iterator[h5py.File]:
             f"{path}: not an HDF5 file (starts with {head!r}, expected b'\\x89HDF\\r\\n\\x1a\\n'); "
             f"{expected}"
         )
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise SourceFileError(
-            f"{path}: cannot open as HDF5 ({err}); the file is truncated or corrupt "
-            f"(size {path.stat().st_size} bytes); {expected}; download it again"
-        ) from err
-    with f:
+    with open_hdf5(path, expected) as f:
         if not _is_vbo(f):
             modules = sorted(f["processing"]) if "processing" in f else []
             raise SourceFileError(

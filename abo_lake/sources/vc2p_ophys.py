@@ -50,7 +50,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, read_str
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -139,14 +139,7 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
         raise SourceFileError(f"{p}: no such file; {expected}")
     if not h5py.is_hdf5(p):
         raise SourceFileError(f"{p}: not an HDF5 file; {expected}")
-    try:
-        f = h5py.File(p, "r")
-    except OSError as err:
-        raise SourceFileError(
-            f"{p}: cannot be opened as HDF5 ({err}); the file is truncated or corrupt, "
-            "download it again"
-        ) from err
-    with f:
+    with open_hdf5(p, expected) as f:
         version = _nwb_version(f)
         if not version.startswith("NWB-1") or _PIPE not in f:
             raise SourceFileError(

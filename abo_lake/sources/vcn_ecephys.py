@@ -48,7 +48,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, read_str
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -221,12 +221,7 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
         file and what is missing.
     """
     p = Path(path)
-    try:
-        f = h5py.File(p, "r")
-    except OSError as err:
-        raise SourceFileError(
-            f"{p}: cannot open as HDF5 ({err}); expected a Visual Coding Neuropixels NWB 2 file"
-        ) from err
+    f = open_hdf5(p, "expected a Visual Coding Neuropixels NWB 2 file")
     try:
         with f:
             version = read_str(f.attrs.get("nwb_version", ""))
