@@ -359,6 +359,7 @@ def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
     transforms (``fidelity_mappings``), including a check that every mapped HDF5 dataset is
     covered. Big arrays are compared block by block.
     """
+    from abo_lake.chunk_codec import chunked_as_stored, read_in_thread
     from abo_lake.fidelity import assert_faithful, check_raw
     from abo_lake.fidelity_mapped import check_reader
     from abo_lake.stores import ManifestStore
@@ -369,10 +370,11 @@ def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
         store, engine="zarr", group="raw", consolidated=True, chunks=None, zarr_format=3
     )
     skip = getattr(sources._module(fmt), "MAPPED_HDF5", ())
-    curated, chunked = (
-        xr.open_zarr(store, consolidated=True, chunks=chunks, zarr_format=3)
-        for chunks in (None, {})
-    )
+    curated = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=3)
+    # reads decode in this thread: no event-loop hops per (often tiny) array or dask block
+    read_in_thread(raw, store.read_chunk)
+    read_in_thread(curated, store.read_chunk)
+    chunked = chunked_as_stored(curated)
     problems = check_raw(source, raw, skip=skip) + check_reader(
         source, fmt, curated, chunked=chunked
     )

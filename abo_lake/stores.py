@@ -254,20 +254,42 @@ class ManifestStore(_KeyMapStore):
         obj = f"{h[:2]}/{h}"
         buf = await self._cas.get(obj, prototype, None if self.verify else byte_range)
         if buf is None:
-            raise IntegrityError(
-                f"{self.label}: chunk {key!r} is missing from the lake "
-                f"({self.storage.url_of(cas.key_of(h))}); run `abo-lake verify` on this release"
-            )
+            raise self._missing(key, h)
         if self.verify:
-            data = buf.to_bytes()
-            if cas.digest(data) != h:
-                raise IntegrityError(
-                    f"{self.label}: chunk {key!r} is corrupt: the object "
-                    f"{cas.key_of(h)} does not hash to its name"
-                )
+            data = self._verified(key, h, buf.to_bytes())
             buf = prototype.buffer.from_bytes(_slice(data, byte_range))
         self.bytes_read += len(buf)
         return buf
+
+    def read_chunk(self, key: str) -> bytes | None:
+        """The stored bytes of chunk ``key``, read in the calling thread (no event loop);
+        None if it was never written. Checked like :meth:`get`."""
+        h = self._chunks.get(key)
+        if h is None:
+            return None
+        self.chunk_reads = next(self._reads) + 1
+        try:
+            data = self.storage.read(cas.key_of(h))
+        except FileNotFoundError:
+            raise self._missing(key, h) from None
+        if self.verify:
+            data = self._verified(key, h, data)
+        self.bytes_read += len(data)
+        return data
+
+    def _missing(self, key: str, h: str) -> IntegrityError:
+        return IntegrityError(
+            f"{self.label}: chunk {key!r} is missing from the lake "
+            f"({self.storage.url_of(cas.key_of(h))}); run `abo-lake verify` on this release"
+        )
+
+    def _verified(self, key: str, h: str, data: bytes) -> bytes:
+        if cas.digest(data) != h:
+            raise IntegrityError(
+                f"{self.label}: chunk {key!r} is corrupt: the object "
+                f"{cas.key_of(h)} does not hash to its name"
+            )
+        return data
 
     async def set(self, key: str, value: Buffer) -> None:
         raise PermissionError(f"{self.label}: releases are immutable")

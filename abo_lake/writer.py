@@ -10,7 +10,6 @@ data back.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -22,11 +21,11 @@ import xarray as xr
 import zarr
 from dask.array.core import normalize_chunks
 from xarray.backends.zarr import encode_zarr_variable
-from zarr.abc.codec import SupportsSyncCodec
 from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 
 from abo_lake import cas
+from abo_lake.chunk_codec import array_codecs, encode_chunk
 from abo_lake.manifest import Manifest
 from abo_lake.storage import Storage
 from abo_lake.stores import CaptureStore, is_metadata_key
@@ -110,67 +109,18 @@ def _prepare(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
     return out, encoding
 
 
-@functools.lru_cache(maxsize=256)
-def _chunk_encoder(meta: bytes) -> tuple[Any, Any, list[Any]] | None:
-    """``(metadata, array config, codecs)`` of the Zarr array ``meta`` describes, if every
-    codec can encode synchronously (no event loop hop per chunk); else None."""
-    mem = zarr.storage.MemoryStore()
-    mem._store_dict["zarr.json"] = default_buffer_prototype().buffer.from_bytes(meta)
-    arr = zarr.open_array(mem, mode="r", zarr_format=3)._async_array
-    codecs = list(arr.codec_pipeline)
-    if not all(isinstance(c, SupportsSyncCodec) for c in codecs):
-        return None
-    return arr.metadata, arr.config, codecs
-
-
-def _maybe_all(data: np.ndarray, fill: Any) -> bool:
-    """False if ``data`` is certainly not all ``fill`` (its first value differs): spares the
-    full comparison (a NaN-aware pass over the chunk) for most chunks."""
-    first = data.flat[0] if data.size else fill
-    try:
-        return bool(first == fill or (np.isnan(first) and np.isnan(fill)))
-    except TypeError:
-        return True
-
-
-def _encode_chunk(
-    block: np.ndarray, meta: bytes, index: tuple[int, ...]
-) -> tuple[str, bytes] | None:
-    """Zarr's encoding of ``block`` as chunk ``index`` of the array ``meta`` describes:
-    ``(chunk key, bytes)``, or None when Zarr would not store it (all fill value).
-
-    The same codec objects and steps as ``Array.__setitem__`` (edge chunks padded with the
-    fill value, empty chunks skipped), called synchronously.
-    """
-    metadata, config, codecs = _chunk_encoder(meta)  # type: ignore[misc]
-    spec = metadata.get_chunk_spec(index, config, default_buffer_prototype())
-    data = np.asarray(block, dtype=spec.dtype.to_native_dtype())
-    if data.shape != spec.shape:  # an edge chunk
-        padded = np.full(spec.shape, spec.fill_value, dtype=data.dtype)
-        padded[tuple(slice(0, n) for n in data.shape)] = data
-        data = padded
-    buf: Any = default_buffer_prototype().nd_buffer.from_numpy_array(data)
-    fill = spec.fill_value
-    if not config.write_empty_chunks and _maybe_all(data, fill) and buf.all_equal(fill):
-        return None
-    for codec in codecs:
-        buf = codec._encode_sync(buf, spec)
-        spec = codec.resolve_metadata(spec)
-    return metadata.encode_chunk_key(index), buf.to_bytes()
-
-
 def _encode_block(
     block: np.ndarray, meta: bytes, region: tuple[slice, ...], storage: Storage, prefix: str
 ) -> list[tuple[str, str, int, bool]]:
     """Encode one block with Zarr into its chunk objects; put them; return (key, hash, size)."""
-    encoder = _chunk_encoder(meta)
+    encoder = array_codecs(meta)
     chunks = getattr(encoder[0].chunk_grid, "chunk_shape", None) if encoder else None
     if chunks is not None and all(
         s.start % c == 0 and s.stop - s.start <= c for s, c in zip(region, chunks)
     ):
         index = tuple(s.start // c for s, c in zip(region, chunks))
         # the usual case: the block is exactly one chunk (blocks follow the Zarr chunks)
-        one = _encode_chunk(block, meta, index)
+        one = encode_chunk(block, meta, index)
         encoded = [] if one is None else [one]
     else:
         mem = zarr.storage.MemoryStore()

@@ -1,0 +1,211 @@
+"""Zarr's chunk encoding and decoding, called synchronously in the calling thread.
+
+Zarr 3 runs every read and write as a coroutine on its own event loop thread, and hands each
+codec call to yet another thread: three thread hops per chunk, which cost more than the
+decoding itself for the many small arrays of a raw copy. The conversion writer and the
+fidelity check use the same codec objects and chunk keys as Zarr (so the bytes are Zarr's),
+but call them directly:
+
+- :func:`encode_chunk` encodes one chunk as ``Array.__setitem__`` would;
+- :class:`SyncArray` serves basic selections of a stored array by decoding its chunks in the
+  calling thread, and :func:`read_in_thread` puts it under the lazy variables xarray opened.
+
+Arrays whose codecs cannot run synchronously (sharding) keep Zarr's own path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.abc.codec import SupportsSyncCodec
+from zarr.core.array_spec import parse_array_config
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.codec_pipeline import fill_value_or_default
+from zarr.core.indexing import BasicIndexer
+from zarr.core.metadata.v3 import ArrayV3Metadata
+
+__all__ = [
+    "SyncArray",
+    "array_codecs",
+    "chunked_as_stored",
+    "decode_chunk",
+    "encode_chunk",
+    "read_in_thread",
+]
+
+
+@functools.lru_cache(maxsize=1024)
+def array_codecs(meta: bytes) -> tuple[Any, Any, list[Any]] | None:
+    """``(metadata, array config, codecs)`` of the Zarr array the ``zarr.json`` document
+    ``meta`` describes, if every codec can run synchronously; else None.
+
+    Built as ``zarr.open_array`` builds them (the metadata evolves each codec for the
+    array's dtype, as its codec pipeline holds them), without a trip through Zarr's loop.
+    """
+    metadata = ArrayV3Metadata.from_dict(json.loads(meta))
+    codecs = list(metadata.codecs)
+    if not all(isinstance(c, SupportsSyncCodec) for c in codecs):
+        return None
+    return metadata, parse_array_config(None), codecs
+
+
+def _maybe_all(data: np.ndarray, fill: Any) -> bool:
+    """False if ``data`` is certainly not all ``fill`` (its first value differs): spares the
+    full comparison (a NaN-aware pass over the chunk) for most chunks."""
+    first = data.flat[0] if data.size else fill
+    try:
+        return bool(first == fill or (np.isnan(first) and np.isnan(fill)))
+    except TypeError:
+        return True
+
+
+def encode_chunk(
+    block: np.ndarray, meta: bytes, index: tuple[int, ...]
+) -> tuple[str, bytes] | None:
+    """Zarr's encoding of ``block`` as chunk ``index`` of the array ``meta`` describes:
+    ``(chunk key, bytes)``, or None when Zarr would not store it (all fill value).
+
+    The same codec objects and steps as ``Array.__setitem__`` (edge chunks padded with the
+    fill value, empty chunks skipped), called synchronously.
+    """
+    metadata, config, codecs = array_codecs(meta)  # type: ignore[misc]
+    spec = metadata.get_chunk_spec(index, config, default_buffer_prototype())
+    data = np.asarray(block, dtype=spec.dtype.to_native_dtype())
+    if data.shape != spec.shape:  # an edge chunk
+        padded = np.full(spec.shape, spec.fill_value, dtype=data.dtype)
+        padded[tuple(slice(0, n) for n in data.shape)] = data
+        data = padded
+    buf: Any = default_buffer_prototype().nd_buffer.from_numpy_array(data)
+    fill = spec.fill_value
+    if not config.write_empty_chunks and _maybe_all(data, fill) and buf.all_equal(fill):
+        return None
+    for codec in codecs:
+        buf = codec._encode_sync(buf, spec)
+        spec = codec.resolve_metadata(spec)
+    return metadata.encode_chunk_key(index), buf.to_bytes()
+
+
+def decode_chunk(data: bytes, meta: bytes, index: tuple[int, ...]) -> np.ndarray:
+    """The values of chunk ``index`` of the array ``meta`` describes, from its stored bytes:
+    Zarr's codecs applied in reverse, each with the chunk spec it encoded with."""
+    metadata, config, codecs = array_codecs(meta)  # type: ignore[misc]
+    spec = metadata.get_chunk_spec(index, config, default_buffer_prototype())
+    specs = []
+    for codec in codecs:
+        specs.append(spec)
+        spec = codec.resolve_metadata(spec)
+    buf: Any = default_buffer_prototype().buffer.from_bytes(data)
+    for codec, spec in zip(reversed(codecs), reversed(specs)):
+        buf = codec._decode_sync(buf, spec)
+    return buf.as_numpy_array()
+
+
+class SyncArray:
+    """A stand-in for a read-only ``zarr.Array`` whose basic selections (ints and slices)
+    decode chunks in the calling thread; other selections go to the Zarr array.
+
+    Parameters
+    ----------
+    array
+        The Zarr array (its metadata, path and fill value).
+    get
+        ``get(store key) -> bytes | None``: a chunk's stored bytes, None if never written.
+    """
+
+    def __init__(self, array: zarr.Array, get: Callable[[str], bytes | None]) -> None:
+        self._array = array
+        self._get = get
+        self._meta = array.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"]
+        self._meta = self._meta.to_bytes()
+        self._prefix = f"{array.path}/" if array.path else ""
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.oindex = _Orthogonal(self)
+        self.vindex = array.vindex
+        self._async_array = array._async_array  # xarray's async reads
+
+    def __getitem__(self, selection: Any) -> Any:
+        codecs = array_codecs(self._meta)
+        if codecs is None:
+            return self._array[selection]
+        metadata, config, _ = codecs
+        indexer = BasicIndexer(selection, self.shape, metadata.chunk_grid)
+        spec = metadata.get_chunk_spec((0,) * len(self.shape), config, default_buffer_prototype())
+        out = np.empty(indexer.shape, dtype=spec.dtype.to_native_dtype())
+        for coords, chunk_sel, out_sel, _ in indexer:
+            key = metadata.encode_chunk_key(coords)
+            data = self._get(self._prefix + key)
+            if data is None:
+                out[out_sel] = fill_value_or_default(spec)
+            else:
+                values = decode_chunk(data, self._meta, coords)[chunk_sel]
+                if indexer.drop_axes:
+                    values = values.squeeze(axis=indexer.drop_axes)
+                out[out_sel] = values
+        return out[()] if indexer.shape == () else out
+
+
+class _Orthogonal:
+    """``SyncArray.oindex``: selections of ints and slices only are basic selections."""
+
+    def __init__(self, array: SyncArray) -> None:
+        self._array = array
+
+    def __getitem__(self, selection: Any) -> Any:
+        key = selection if isinstance(selection, tuple) else (selection,)
+        if all(isinstance(k, (int, np.integer, slice)) for k in key):
+            return self._array[selection]
+        return self._array._array.oindex[selection]
+
+
+def _zarr_wrappers(data: Any) -> Iterator[Any]:
+    """The ``ZarrArrayWrapper`` objects under xarray's lazy indexing and decoding layers."""
+    from xarray.backends.zarr import ZarrArrayWrapper
+
+    seen = 0
+    while data is not None and seen < 20:
+        if isinstance(data, ZarrArrayWrapper):
+            yield data
+            return
+        data = getattr(data, "array", None)
+        seen += 1
+
+
+def read_in_thread(obj: xr.Dataset | xr.DataTree, get: Callable[[str], bytes | None]) -> int:
+    """Make the lazy (not dask) variables of ``obj``, opened by xarray's Zarr backend,
+    decode their chunks in the calling thread (see :class:`SyncArray`).
+
+    Returns how many variables were switched; the others keep Zarr's path.
+    """
+    datasets = [n.dataset for n in obj.subtree] if isinstance(obj, xr.DataTree) else [obj]
+    switched = 0
+    for ds in datasets:
+        for var in ds.variables.values():
+            for wrapper in _zarr_wrappers(getattr(var, "_data", None)):
+                if not isinstance(wrapper._array, SyncArray):
+                    wrapper._array = SyncArray(wrapper._array, get)
+                switched += 1
+    return switched
+
+
+def chunked_as_stored(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (opened lazily, without dask) with each non-index variable dask-chunked as
+    stored, as ``open_zarr(chunks={})`` would; reads keep the variables' backend arrays
+    (e.g. :class:`SyncArray` after :func:`read_in_thread`)."""
+
+    def chunk(var: xr.Variable) -> xr.Variable:
+        preferred = var.encoding.get("preferred_chunks")
+        if not preferred or not var.ndim:
+            return var
+        # a random graph name: tokenizing would pickle the backend array
+        return var.chunk(preferred, from_array_kwargs={"name": False})
+
+    return ds.copy(data=None).assign(
+        {n: chunk(v) for n, v in ds.variables.items() if n not in ds.indexes}
+    )
