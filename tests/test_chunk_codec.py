@@ -64,7 +64,8 @@ def test_sync_array_reads_what_zarr_reads(stored, name):
         want, got = arr[sel], sync[sel]
         assert np.shape(got) == np.shape(want), (name, sel)
         if np.ndim(want):
-            assert type(got) is type(want) and got.dtype == want.dtype, (name, sel)
+            assert type(got) is type(want), (name, sel)
+            assert got.dtype == want.dtype, (name, sel)
         else:  # one value (Zarr may give a 0-d array or a scalar; the width of a str varies)
             assert np.asarray(got).dtype.kind == np.asarray(want).dtype.kind, (name, sel)
         np.testing.assert_array_equal(got, want)
