@@ -51,7 +51,9 @@ class FileResult:
     attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> metadata attrs
     tables: dict[str, list[str]] = field(default_factory=dict)  # table -> Parquet object hashes
     bytes_in: int = 0
+    bytes_stored: int = 0  # chunk bytes its datasets reference, deduplicated or not
     new_objects: int = 0
+    new_bytes: int = 0  # bytes of the chunk objects that were new to the lake
     seconds: float = 0.0
     resumed: bool = False
     error: str = ""
@@ -251,6 +253,7 @@ def convert_file(
             result.kinds = done["kinds"]
             result.attrs = done["attrs"]
             result.tables = done.get("tables", {})
+            result.bytes_stored = done.get("bytes_stored", 0)
             result.resumed = True
             return result
         result.format = sources.detect_format(source)
@@ -269,6 +272,7 @@ def convert_file(
                     "kinds": result.kinds,
                     "attrs": result.attrs,
                     "tables": result.tables,
+                    "bytes_stored": result.bytes_stored,
                 },
                 sort_keys=True,
             ).encode(),
@@ -297,11 +301,13 @@ def _convert(
         obj.attrs["source_file"] = Path(source).name
         obj.attrs["source_sha256"] = result.source_sha256
         stored = _with_raw(source, result.format, obj) if raw else obj
-        manifest, new = write_dataset(storage, stored)
+        manifest, new, new_bytes = write_dataset(storage, stored)
         if fidelity and isinstance(stored, dict):
             _check_fidelity(source, lake, manifest, result.format)
         result.datasets[path] = lake.put_manifest(manifest)
         result.new_objects += new
+        result.new_bytes += new_bytes
+        result.bytes_stored += manifest.nbytes
         result.kinds[path] = kind or ""
         result.attrs[path] = _attrs_json(obj.attrs)
         for name, table in _row_tables(obj, kind).items():
@@ -400,14 +406,18 @@ class JobReport:
         ok = [f for f in self.files if not f.error]
         bytes_in = sum(f.bytes_in for f in self.files)
         new = sum(f.new_objects for f in ok)
+        stored, new_bytes = sum(f.bytes_stored for f in ok), sum(f.new_bytes for f in ok)
         resumed = sum(f.resumed for f in ok)
+        dedup = f"{1 - new_bytes / stored:.0%}" if stored else "-"
         lines = [
             f"release {self.release}: {'published' if self.published else 'NOT published'}",
             f"  files      {len(self.files)} ({len(ok)} ok, {resumed} already converted, "
             f"{len(self.failures)} failed)",
             f"  datasets   {sum(len(f.datasets) for f in ok)}",
             f"  bytes in   {bytes_in / 1e6:.1f} MB",
-            f"  new chunk objects {new}",
+            f"  stored     {stored / 1e6:.1f} MB of chunks",
+            f"  new        {new_bytes / 1e6:.1f} MB in {new} new chunk objects",
+            f"  dedup      {dedup} of the stored bytes were already in the lake",
             f"  time       {self.seconds:.1f} s",
         ]
         for f in self.failures:

@@ -345,6 +345,7 @@ class Stage:
         self.datasets: dict[str, dict[str, Any]] = {}
         self.tables: dict[str, dict[str, Any]] = {}
         self.new_objects = 0
+        self.new_bytes = 0
         self.created = _now().isoformat()
 
     def __repr__(self) -> str:
@@ -359,8 +360,9 @@ class Stage:
             The manifest hash (equal data -> equal hash -> nothing new stored).
         """
         path = _check_path(path)
-        manifest, new = write_dataset(self.lake.storage, obj)
+        manifest, new, new_bytes = write_dataset(self.lake.storage, obj)
         self.new_objects += new
+        self.new_bytes += new_bytes
         root = obj.get("", xr.Dataset()) if isinstance(obj, Mapping) else obj
         kind = root.attrs.get("abo_lake_kind")
         return self.add(path, self.lake.put_manifest(manifest), kind=kind)
@@ -371,8 +373,10 @@ class Stage:
             raise ValueError(f"invalid table name {name!r}")
         buf = io.BytesIO()
         table.to_parquet(buf, index=True, compression="zstd")
-        h, new = cas.put(self.lake.storage, buf.getvalue())
+        data = buf.getvalue()
+        h, new = cas.put(self.lake.storage, data)
         self.new_objects += int(new)
+        self.new_bytes += len(data) if new else 0
         self.tables[name] = {
             "object": h,
             "rows": len(table),

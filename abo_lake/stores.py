@@ -117,6 +117,7 @@ class CaptureStore(_KeyMapStore):
         self._chunks = {}
         self.sizes: dict[str, int] = {}
         self.new_objects = 0
+        self.new_bytes = 0
 
     def __eq__(self, other: object) -> bool:
         return other is self
@@ -136,6 +137,7 @@ class CaptureStore(_KeyMapStore):
         self._chunks[key] = h
         self.sizes[key] = size
         self.new_objects += int(written)
+        self.new_bytes += size if written else 0
 
     async def get(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -30,12 +30,22 @@ from abo_lake.manifest import Manifest
 from abo_lake.storage import Storage
 from abo_lake.stores import CaptureStore, is_metadata_key
 
-__all__ = ["DEFAULT_COMPRESSORS", "TARGET_CHUNK_BYTES", "groups", "write_dataset"]
+__all__ = ["DEFAULT_COMPRESSORS", "TARGET_CHUNK_BYTES", "Written", "groups", "write_dataset"]
 
 #: Deterministic (same input -> same bytes -> same object), fast, and good on shuffled floats.
 DEFAULT_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
 #: Chunk size aimed at when a variable does not say (``encoding["chunks"]``).
 TARGET_CHUNK_BYTES = 4 * 2**20
+
+
+class Written(NamedTuple):
+    """What :func:`write_dataset` stored."""
+
+    manifest: Manifest
+    #: Chunk objects that were not in the lake before (the others were deduplicated).
+    new_objects: int
+    #: Their bytes.
+    new_bytes: int
 
 
 def groups(obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]) -> dict[str, xr.Dataset]:
@@ -157,7 +167,7 @@ def _block_tasks(data: da.Array, meta: bytes, storage: Storage, prefix: str) -> 
 
 def write_dataset(
     storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
-) -> tuple[Manifest, int]:
+) -> Written:
     """Store ``obj``'s chunks in ``storage``'s CAS and return its manifest.
 
     Parameters
@@ -172,8 +182,9 @@ def write_dataset(
 
     Returns
     -------
-    (Manifest, int)
-        The manifest (not yet stored) and how many chunk objects were new to the lake.
+    Written
+        The manifest (not yet stored), and how many chunk objects (and bytes) were new to
+        the lake; ``manifest.nbytes`` is all the stored bytes.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
@@ -229,9 +240,7 @@ def _inline(original: xr.Variable, prepared: xr.Variable) -> bool:
     )
 
 
-def _write(
-    storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
-) -> tuple[Manifest, int]:
+def _write(storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]) -> Written:
     capture = CaptureStore(storage)
     tasks: list[dask.delayed] = []
     for group, ds in groups(obj).items():
@@ -257,4 +266,4 @@ def _write(
         for key, h, size, written in results:
             capture.record(key, h, size, written)
     zarr.consolidate_metadata(capture, zarr_format=3)
-    return capture.manifest(), capture.new_objects
+    return Written(capture.manifest(), capture.new_objects, capture.new_bytes)

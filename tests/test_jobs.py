@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import abo_lake
-from abo_lake import jobs
+from abo_lake import cas, jobs
 from abo_lake.synthetic import synthesize
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,11 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
     assert all(f.resumed for f in again.files)
     assert set(lake.storage.find("cas")) - objects == set()
     assert lake.release("r2").record.datasets == rel.record.datasets
+    # the summary's bytes: the same stored bytes (from the ledger), none of them new
+    stored = sum(rel.manifest(p).nbytes for p in rel.datasets())
+    assert sum(f.bytes_stored for f in again.files) == stored > 0
+    assert sum(f.new_bytes for f in again.files) == 0
+    assert "dedup      100% of the stored bytes" in again.summary()
 
 
 def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path):
@@ -84,7 +89,8 @@ def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path)
     lake = abo_lake.open_lake(tmp_path / "lake")
     assert jobs.run([v1], lake, "2026.1", progress=False).published
     before = set(lake.storage.find("cas"))
-    assert jobs.run([v2], lake, "2026.2", progress=False).published
+    second = jobs.run([v2], lake, "2026.2", progress=False)
+    assert second.published
     new = set(lake.storage.find("cas")) - before
     diff = lake.diff("2026.1", "2026.2")
     changed_arrays = {a.array for d in diff.datasets for a in d.arrays}
@@ -96,6 +102,13 @@ def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path)
     referenced = {h for p in rel2.datasets() for h in rel2.manifest(p).chunks.values()}
     new_hashes = {k.rsplit("/", 1)[1] for k in new}
     assert len(new_hashes & referenced) == n_changed  # chunk objects: only the changed chunks
+    # the job's summary counts exactly those objects and their bytes as new
+    new_size = sum(len(lake.storage.read(cas.key_of(h))) for h in new_hashes & referenced)
+    assert sum(f.new_objects for f in second.files) == n_changed
+    assert sum(f.new_bytes for f in second.files) == new_size
+    stored = sum(f.bytes_stored for f in second.files)
+    assert stored == sum(rel2.manifest(p).nbytes for p in rel2.datasets())
+    assert f"dedup      {1 - new_size / stored:.0%}" in second.summary()
     # the rest are Parquet tables: experiments (source_sha256 changed), cells (event_lambda
     # changed) and the per-file cells parts they are built from
     changed_tables = {
