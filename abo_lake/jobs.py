@@ -451,8 +451,9 @@ def build_tables(
     """Metadata tables from what was converted, joined with project metadata CSVs.
 
     One row per dataset from its attrs (``ophys_experiments``, ``ecephys_sessions``, ...),
-    plus the per-file row tables (``units``, ``channels``, ``probes``, ``cells``) that each
-    conversion stored as Parquet objects in ``storage``.
+    ``ophys_sessions`` grouped from the ophys experiments, plus the per-file row tables
+    (``units``, ``channels``, ``probes``, ``cells``) that each conversion stored as Parquet
+    objects in ``storage``. Each table is joined with the CSVs that have its id column.
     """
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
     for f in results:
@@ -463,15 +464,18 @@ def build_tables(
                         k: v for k, v in f.attrs[path].items() if not isinstance(v, list | dict)
                     }
                     rows[name].append({**attrs, "dataset_path": path})
+    frames = {name: pd.DataFrame(rows[name]) for name in TABLES if rows[name]}
+    if "ophys_experiments" in frames:
+        sessions = _ophys_sessions(frames["ophys_experiments"])
+        if len(sessions):
+            frames["ophys_sessions"] = sessions
     tables = {}
-    for name, (_, id_col) in TABLES.items():
-        if not rows[name]:
-            continue
-        df = pd.DataFrame(rows[name])
+    for name, df in frames.items():
+        id_col = TABLES[name][1] if name in TABLES else "ophys_session_id"
         df = df[sorted(df.columns)]  # the same table from fresh and from resumed results
         for csv in metadata:
             extra = pd.read_csv(csv)
-            if id_col in extra.columns and id_col in df.columns:
+            if _joinable(df, extra, id_col):
                 extra = extra[[c for c in extra.columns if c == id_col or c not in df.columns]]
                 df = df.merge(extra, on=id_col, how="left")
         if id_col in df.columns:
@@ -486,6 +490,46 @@ def build_tables(
             ]
             tables[name] = _uniform_columns(pd.concat(parts).sort_index())
     return tables
+
+
+def _joinable(df: pd.DataFrame, extra: pd.DataFrame, id_col: str) -> bool:
+    """Whether a project CSV is keyed by this table's id: it has the column, with values of
+    the same kind (the session table's ``ophys_experiment_id`` holds lists, as text)."""
+    if id_col not in extra.columns or id_col not in df.columns:
+        return False
+    numeric = pd.api.types.is_numeric_dtype
+    return numeric(df[id_col]) == numeric(extra[id_col])
+
+
+#: Per-experiment columns of ``ophys_sessions`` given as the sorted list of their values.
+SESSION_LISTS = ("ophys_experiment_id", "targeted_structure", "imaging_depth", "dataset_path")
+
+
+def _ophys_sessions(experiments: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``ophys_session_id`` (a Mesoscope session images several planes, each an
+    experiment): the columns every experiment of every session agrees on, the experiments'
+    ids, areas, depths and dataset paths as lists (text, like the Allen session table's
+    ``ophys_experiment_id``), and their number. Experiments without a session id (Visual
+    Coding's files name only the experiment) are left out."""
+    if "ophys_session_id" not in experiments.columns:
+        return pd.DataFrame()
+    df = experiments.dropna(subset=["ophys_session_id"])
+    if not len(df):
+        return pd.DataFrame()
+    groups = df.groupby("ophys_session_id", sort=True)
+    shared = [
+        c
+        for c in df.columns
+        if c not in SESSION_LISTS
+        and c not in {"ophys_session_id", "source_file", "source_sha256"}
+        and (groups[c].nunique(dropna=False) <= 1).all()
+    ]
+    out = groups[shared].first()
+    out["n_experiments"] = groups.size()
+    for col in SESSION_LISTS:
+        if col in df.columns:
+            out[col] = groups[col].agg(lambda v: str(sorted(v.dropna().tolist())))
+    return out.reset_index()
 
 
 def _uniform_columns(df: pd.DataFrame) -> pd.DataFrame:

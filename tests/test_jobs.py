@@ -245,8 +245,9 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     shutil.copytree(v1, src / "vbo")
     synthesize("vcn-ecephys", src / "vcn", seed=2)
     csv = shared_data / "vbo_metadata" / "ophys_experiment_table.csv"
+    session_csv = shared_data / "vbo_metadata" / "ophys_session_table.csv"
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([src], lake, "r1", metadata=[csv], progress=False)
+    report = jobs.run([src], lake, "r1", metadata=[csv, session_csv], progress=False)
     assert report.published, report.summary()
     rel = lake.release("r1")
     experiments = rel.table("ophys_experiments")
@@ -265,6 +266,19 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     assert len(rel.table("channels")) == session.sizes["channel_id"]
     cells = rel.table("cells")
     assert set(cells["ophys_experiment_id"]) == set(experiments.index)
+    # ophys sessions: grouped from the experiments, joined with the real session table
+    sessions = rel.table("ophys_sessions")
+    assert sorted(sessions.index) == sorted(set(experiments["ophys_session_id"]))
+    assert sessions["n_experiments"].sum() == len(experiments)
+    for sid, row in sessions.iterrows():
+        ids = sorted(experiments.index[experiments["ophys_session_id"] == sid])
+        assert row["ophys_experiment_id"] == str(ids)
+        assert row["mouse_id"] == experiments.loc[ids[0], "mouse_id"]
+    real_sessions = pd.read_csv(session_csv).set_index("ophys_session_id")
+    assert (
+        sessions["num_depths_per_area"].tolist()
+        == real_sessions.loc[sessions.index, "num_depths_per_area"].tolist()
+    )
 
 
 def test_convert_from_a_job_specification(vbo_sources, tmp_path):
