@@ -17,7 +17,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import xarray as xr
 from abo_lake import cas, schema, sources
 from abo_lake.errors import AboLakeError
 from abo_lake.lake import LEDGER_PREFIX, Lake
+from abo_lake.progress import BytesDone, FileProgress
 from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
 from abo_lake.writer import write_dataset
@@ -221,12 +223,15 @@ def convert_file(
     raw: bool = True,
     fidelity: bool = True,
     source_options: dict[str, Any] | None = None,
+    progress_topic: str | None = None,
 ) -> FileResult:
     """Convert one source file into the lake (chunks + manifests) and record it in the ledger.
 
     Never raises for a bad file: the error is in ``FileResult.error`` so other files go on.
     Rerunning on an unchanged file finds its ledger record and converts nothing. Remote
     sources (``s3://...``, opened with ``source_options``) are fetched to a temporary file.
+    On a ``distributed`` worker, the fraction done is sent as events on ``progress_topic``
+    (see :mod:`abo_lake.progress`).
     """
     t0 = time.perf_counter()
     result = FileResult(source=source)
@@ -260,7 +265,8 @@ def convert_file(
         lake = Lake(storage)
         # inside a worker, stream with as many threads as the worker has (not cpu_count + 4)
         with dask.config.set(scheduler="threads", num_workers=_threads()):
-            _convert(source, storage, lake, result, raw=raw, fidelity=fidelity)
+            report = FileProgress(result.source, progress_topic)
+            _convert(source, storage, lake, result, raw=raw, fidelity=fidelity, report=report)
         storage.write(
             ledger_key,
             json.dumps(
@@ -291,19 +297,41 @@ def convert_file(
     return result
 
 
+#: Share of a dataset's progress given to writing it (the fidelity check has the rest).
+WRITE_SHARE = 0.6
+
+
 def _convert(
-    source: str, storage: Storage, lake: Lake, result: FileResult, *, raw: bool, fidelity: bool
+    source: str,
+    storage: Storage,
+    lake: Lake,
+    result: FileResult,
+    *,
+    raw: bool,
+    fidelity: bool,
+    report: Callable[..., None] = lambda *a, **k: None,
 ) -> None:
-    for path, obj in sources.read(source, result.format).items():
+    datasets = sources.read(source, result.format)
+    n = len(datasets)
+    for i, (path, obj) in enumerate(datasets.items()):
         kind = obj.attrs.get(schema.KIND_ATTR)
         if kind in schema.LAYOUTS and isinstance(obj, xr.Dataset):
             schema.validate(obj, kind)
         obj.attrs["source_file"] = Path(source).name
         obj.attrs["source_sha256"] = result.source_sha256
         stored = _with_raw(source, result.format, obj) if raw else obj
-        manifest, new, new_bytes = write_dataset(storage, stored)
+        manifest, new, new_bytes = write_dataset(
+            storage, stored, progress=lambda f, i=i: report((i + WRITE_SHARE * f) / n)
+        )
         if fidelity and isinstance(stored, dict):
-            _check_fidelity(source, lake, manifest, result.format)
+            _check_fidelity(
+                source,
+                lake,
+                manifest,
+                result.format,
+                lambda f, i=i: report((i + WRITE_SHARE + (1 - WRITE_SHARE) * f) / n),
+            )
+        report((i + 1) / n, force=True)
         result.datasets[path] = lake.put_manifest(manifest)
         result.new_objects += new
         result.new_bytes += new_bytes
@@ -358,7 +386,13 @@ def _put_table(storage: Storage, table: pd.DataFrame) -> str:
     return h
 
 
-def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
+def _check_fidelity(
+    source: str,
+    lake: Lake,
+    manifest: Any,
+    fmt: str,
+    report: Callable[[float], None] = lambda f: None,
+) -> None:
     """Compare what the lake holds with every dataset of the source, reading back from the lake.
 
     The raw group bit for bit; the curated Dataset through each reader's documented
@@ -381,9 +415,9 @@ def _check_fidelity(source: str, lake: Lake, manifest: Any, fmt: str) -> None:
     read_in_thread(raw, store.read_chunk)
     read_in_thread(curated, store.read_chunk)
     chunked = chunked_as_stored(curated)
-    problems = check_raw(source, raw, skip=skip) + check_reader(
-        source, fmt, curated, chunked=chunked
-    )
+    problems = check_raw(source, raw, skip=skip)
+    report(0.5)  # the raw group checked; the curated layout next
+    problems += check_reader(source, fmt, curated, chunked=chunked)
     assert_faithful(problems, source=source)
 
 
@@ -555,7 +589,7 @@ def run(
     publish: bool = True,
     metadata: Sequence[str | Path] = (),
     notes: str = "",
-    progress: bool | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
     source_options: dict[str, Any] | None = None,
 ) -> JobReport:
     """Convert sources into a release on dask.distributed; publish if every file succeeded.
@@ -576,7 +610,8 @@ def run(
     metadata
         Project metadata CSVs joined into the release tables by id.
     progress
-        Show a progress bar (default: when stderr is a terminal).
+        Show a progress bar of source bytes done, moving within files too (default: when
+        stderr is a terminal), or call ``progress(bytes done, bytes in all)`` instead.
     """
     import distributed
     from tqdm.auto import tqdm
@@ -586,7 +621,7 @@ def run(
     if not files:
         raise FileNotFoundError(f"no source files found in {list(map(str, specs))}")
     sizes = {f: _size(f, source_options) for f in files}
-    show = sys.stderr.isatty() if progress is None else progress
+    show = sys.stderr.isatty() if progress is None else bool(progress)
     cluster = None
     if scheduler is None:
         with worker_malloc():
@@ -597,26 +632,33 @@ def run(
     results: list[FileResult] = []
     try:
         with lake.stage(release, notes=notes) as stage:
+            bar = tqdm(
+                total=sum(sizes.values()),
+                unit="B",
+                unit_scale=True,
+                disable=not show or callable(progress),
+                desc=f"converting {len(files)} files",
+            )
+            done = BytesDone(
+                sizes, progress if callable(progress) else lambda n, _: bar.update(n - bar.n)
+            )
+            topic = f"abo_lake.progress.{uuid.uuid4().hex}"  # this job's files only
+            client.subscribe_topic(topic, done.event)
             futures = client.map(
                 convert_file,
                 sorted(files, key=sizes.__getitem__, reverse=True),  # largest first
                 lake_url=lake.url,
                 storage_options=lake.storage.storage_options,
                 source_options=source_options,
+                progress_topic=topic,
                 pure=False,
-            )
-            bar = tqdm(
-                total=sum(sizes.values()),
-                unit="B",
-                unit_scale=True,
-                disable=not show,
-                desc=f"converting {len(files)} files",
             )
             for future in distributed.as_completed(futures, loop=client.loop):
                 res = future.result()
                 results.append(res)
-                bar.update(sizes[res.source])
+                done.finished(res.source)
                 bar.set_postfix(files=len(results), failed=sum(bool(r.error) for r in results))
+            client.unsubscribe_topic(topic)
             bar.close()
             results.sort(key=lambda r: r.source)
             for res in results:

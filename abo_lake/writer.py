@@ -10,8 +10,9 @@ data back.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import dask
@@ -27,6 +28,7 @@ from zarr.core.buffer import default_buffer_prototype
 from abo_lake import cas
 from abo_lake.chunk_codec import array_codecs, encode_chunk
 from abo_lake.manifest import Manifest
+from abo_lake.progress import TaskFraction
 from abo_lake.storage import Storage
 from abo_lake.stores import CaptureStore, is_metadata_key
 
@@ -166,7 +168,10 @@ def _block_tasks(data: da.Array, meta: bytes, storage: Storage, prefix: str) -> 
 
 
 def write_dataset(
-    storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]
+    storage: Storage,
+    obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset],
+    *,
+    progress: Callable[[float], None] | None = None,
 ) -> Written:
     """Store ``obj``'s chunks in ``storage``'s CAS and return its manifest.
 
@@ -179,6 +184,8 @@ def write_dataset(
         (``""`` for the root, parents before children) to Dataset. Variables are chunked by
         their ``encoding["chunks"]`` or else to ~4 MB; compressed with Blosc-zstd unless
         ``encoding["compressors"]`` says otherwise. Dask-backed data is streamed.
+    progress
+        Called with the fraction of the chunk-encoding tasks done, as they finish.
 
     Returns
     -------
@@ -188,7 +195,7 @@ def write_dataset(
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
-        return _write(storage, obj)
+        return _write(storage, obj, progress)
 
 
 def _write_metadata(
@@ -240,7 +247,11 @@ def _inline(original: xr.Variable, prepared: xr.Variable) -> bool:
     )
 
 
-def _write(storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]) -> Written:
+def _write(
+    storage: Storage,
+    obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset],
+    progress: Callable[[float], None] | None = None,
+) -> Written:
     capture = CaptureStore(storage)
     tasks: list[dask.delayed] = []
     for group, ds in groups(obj).items():
@@ -262,7 +273,9 @@ def _write(storage: Storage, obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dat
                 continue
             encoded = encode_zarr_variable(var, name=name, zarr_format=3)
             tasks += _block_tasks(encoded.data, meta, storage, f"{prefix}{name}/")
-    for results in dask.compute(*tasks):
+    with TaskFraction(progress) if progress else contextlib.nullcontext():
+        computed = dask.compute(*tasks)
+    for results in computed:
         for key, h, size, written in results:
             capture.record(key, h, size, written)
     zarr.consolidate_metadata(capture, zarr_format=3)

@@ -386,3 +386,36 @@ def test_workers_get_the_malloc_settings_and_the_parent_environment_is_restored(
         assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
     finally:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_progress_moves_within_files_and_ends_at_all_bytes(vbo_sources, tmp_path):
+    """Workers report the fraction of each file done (writes by chunk task, then the check),
+    so the job's progress passes through values that are not whole files."""
+    v1, *_ = vbo_sources
+    files = jobs.plan([v1])
+    sizes = [Path(f).stat().st_size for f in files]
+    seen: list[tuple[int, int]] = []
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([v1], lake, "r1", progress=lambda done, total: seen.append((done, total)))
+    assert report.published, report.summary()
+    done = [d for d, _ in seen]
+    assert {t for _, t in seen} == {sum(sizes)}
+    assert done == sorted(done)
+    assert done[-1] == sum(sizes)
+    whole_files = {0, *sizes, sum(sizes)}
+    assert any(d not in whole_files for d in done), done
+
+
+def test_bytes_done_adds_up_fractions_of_files():
+    from abo_lake.progress import BytesDone
+
+    shown: list[int] = []
+    done = BytesDone({"a.nwb": 1000, "b.nwb": 3000}, lambda n, total: shown.append(n))
+    done.event((0.0, {"source": "a.nwb", "fraction": 0.5}))
+    done.event((0.0, {"source": "b.nwb", "fraction": 0.1}))
+    done.event((0.0, {"source": "a.nwb", "fraction": 0.25}))  # late, smaller: ignored
+    done.event((0.0, {"source": "other job's file", "fraction": 0.9}))
+    done.finished("a.nwb")
+    done.event((0.0, {"source": "a.nwb", "fraction": 0.8}))  # after its end: ignored
+    done.finished("b.nwb")
+    assert shown == [500, 800, 1300, 4000]
