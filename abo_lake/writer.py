@@ -199,17 +199,30 @@ def write_dataset(
 
 
 def _write_metadata(
-    ds: xr.Dataset, capture: CaptureStore, group: str, encoding: dict[str, dict[str, Any]]
+    ds: xr.Dataset,
+    capture: CaptureStore,
+    group: str,
+    encoding: dict[str, dict[str, Any]],
+    *,
+    in_thread: bool = True,
 ) -> None:
     """What ``ds.to_zarr(capture, compute=False)`` writes: every Zarr metadata document, and
     the chunks of the in-memory (non-dask) variables.
 
-    ``to_zarr(compute=False)`` also builds a dask graph storing each dask variable, which the
-    writer never runs (its own tasks encode those chunks); on a 200-group raw copy building
-    and discarding it took longer than encoding the data. So this runs the steps of xarray's
-    ``to_zarr`` without that last one, falling back to ``to_zarr`` if xarray moved them.
-    ``test_metadata_is_what_to_zarr_writes`` checks both give the same documents.
+    With ``in_thread``, :func:`abo_lake.zarr_docs.write_group` makes them without Zarr's event
+    loop (xarray still encodes). Otherwise, or for what it does not handle, this runs the
+    steps of xarray's ``to_zarr`` except the last: ``to_zarr(compute=False)`` also builds a
+    dask graph storing each dask variable, which the writer never runs (its own tasks encode
+    those chunks). ``test_metadata_is_what_to_zarr_writes`` checks all give the same documents.
     """
+    if in_thread:
+        try:
+            from abo_lake.zarr_docs import write_group
+        except ImportError:  # pragma: no cover - other Zarr or xarray internals
+            pass
+        else:
+            if write_group(ds, capture, group, encoding):
+                return
     try:
         from xarray.backends.common import ArrayWriter
         from xarray.backends.writers import dump_to_store, get_writable_zarr_store

@@ -427,28 +427,87 @@ def test_chunk_objects_are_the_bytes_zarr_itself_writes(tmp_path, local_lake):
     assert not any(k.startswith("vol/c/0/0/") or k.startswith("vol/c/0/1/") for k in ours)
 
 
-def test_metadata_is_what_to_zarr_writes(local_lake):
-    """The writer's metadata pass (xarray's to_zarr steps without the store graph) writes the
-    same Zarr documents as ``to_zarr(compute=False)``, for a Dataset with every kind of
-    variable (dask and numpy, strings, bools, scalars, coordinates, attributes)."""
+def _both_ways(storage, groups_: dict, in_thread: bool) -> tuple[dict, dict]:
+    """The documents and in-memory chunks our metadata pass and ``to_zarr`` write."""
     from abo_lake.stores import CaptureStore
     from abo_lake.writer import _prepare, _write_metadata
+    from abo_lake.zarr_docs import write_group
 
+    ours, theirs = CaptureStore(storage), CaptureStore(storage)
+    for group, ds in groups_.items():
+        prepared, encoding = _prepare(ds)
+        if in_thread:
+            assert write_group(prepared, ours, group, encoding)  # no fallback to Zarr's path
+        else:
+            _write_metadata(prepared, ours, group, encoding, in_thread=False)
+        prepared.to_zarr(
+            theirs,
+            group=group or None,
+            mode="w",
+            compute=False,
+            consolidated=False,
+            zarr_format=3,
+            encoding=encoding,
+        )
+    return (ours._meta, ours._chunks), (theirs._meta, theirs._chunks)
+
+
+@pytest.mark.parametrize("in_thread", [True, False])
+def test_metadata_is_what_to_zarr_writes(local_lake, in_thread):
+    """The writer's metadata pass (built in this thread by ``abo_lake.zarr_docs``, or
+    xarray's to_zarr steps without the store graph) writes the same Zarr documents and
+    in-memory chunks as ``to_zarr(compute=False)``, for a Dataset with every kind of variable
+    (dask and numpy, strings, bools, scalars, datetimes, coordinates, attributes)."""
     ds = make_dataset()
     ds["t0"] = xr.DataArray(np.datetime64("2021-03-01T12:00:00", "ns"))
     ds["dff"].attrs["units"] = "1"
-    prepared, encoding = _prepare(ds)
-    ours, theirs = CaptureStore(local_lake.storage), CaptureStore(local_lake.storage)
-    _write_metadata(prepared, ours, "sub/group", encoding)
+    ds["flag"] = xr.DataArray(np.uint8(3), attrs={"_FillValue": np.uint8(255)})
+    ds["names"] = ("cell_specimen_id", np.array([f"c{i}" * i for i in range(24)]))
+    ours, theirs = _both_ways(local_lake.storage, {"sub/group": ds}, in_thread)
+    assert ours[0]
+    assert ours[0] == theirs[0]
+    assert ours[1] == theirs[1]  # the in-memory variables' chunks
+
+
+def test_metadata_of_a_real_raw_copy_is_what_to_zarr_writes(local_lake, shared_data):
+    """Group by group, the raw copy of the real Brain Observatory NWB 1 file (hundreds of
+    small datasets: strings, references, scalars, attributes) gets ``to_zarr``'s documents."""
+    from abo_lake.sources.hdf5_raw import read_raw
+    from abo_lake.writer import groups
+
+    nwb = shared_data / "nwb" / "brain_observatory_496908818_nwb1_truncated.nwb"
+    raw = groups(read_raw(nwb))
+    assert len(raw) > 50
+    ours, theirs = _both_ways(local_lake.storage, raw, True)
+    assert len(ours[0]) > 200
+    assert len(ours[1]) > 50
+    assert ours[0] == theirs[0]
+    assert ours[1] == theirs[1]
+
+
+def test_metadata_pass_leaves_what_it_does_not_handle_to_zarr(local_lake):
+    """An encoding the in-thread pass does not build (here a chunk key encoding) makes it
+    step back with the capture untouched, and the writer then gets Zarr's own documents."""
+    from abo_lake.stores import CaptureStore
+    from abo_lake.writer import _prepare, _write_metadata
+    from abo_lake.zarr_docs import write_group
+
+    prepared, encoding = _prepare(make_dataset())
+    encoding["frame_rate"]["chunk_key_encoding"] = {"name": "default", "separator": "."}
+    capture = CaptureStore(local_lake.storage)
+    assert not write_group(prepared, capture, "g", encoding)
+    assert capture._meta == {}
+    assert capture._chunks == {}
+    _write_metadata(prepared, capture, "g", encoding)
+    theirs = CaptureStore(local_lake.storage)
     prepared.to_zarr(
         theirs,
-        group="sub/group",
+        group="g",
         mode="w",
         compute=False,
         consolidated=False,
         zarr_format=3,
         encoding=encoding,
     )
-    assert ours._meta
-    assert ours._meta == theirs._meta
-    assert ours._chunks == theirs._chunks  # the in-memory variables' chunks
+    assert capture._meta == theirs._meta
+    assert '"separator": "."' in capture._meta["g/frame_rate/zarr.json"].decode()
