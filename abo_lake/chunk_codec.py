@@ -94,14 +94,18 @@ def encode_chunk(
 def decode_chunk(data: bytes, meta: bytes, index: tuple[int, ...]) -> np.ndarray:
     """The values of chunk ``index`` of the array ``meta`` describes, from its stored bytes:
     Zarr's codecs applied in reverse, each with the chunk spec it encoded with."""
-    metadata, config, codecs = array_codecs(meta)  # type: ignore[misc]
+    return _decode(data, array_codecs(meta), index)  # type: ignore[arg-type]
+
+
+def _decode(data: bytes, codecs: tuple[Any, Any, list[Any]], index: tuple[int, ...]) -> Any:
+    metadata, config, chain = codecs
     spec = metadata.get_chunk_spec(index, config, default_buffer_prototype())
     specs = []
-    for codec in codecs:
+    for codec in chain:
         specs.append(spec)
         spec = codec.resolve_metadata(spec)
     buf: Any = default_buffer_prototype().buffer.from_bytes(data)
-    for codec, spec in zip(reversed(codecs), reversed(specs)):
+    for codec, spec in zip(reversed(chain), reversed(specs)):
         buf = codec._decode_sync(buf, spec)
     return buf.as_numpy_array()
 
@@ -121,8 +125,11 @@ class SyncArray:
     def __init__(self, array: zarr.Array, get: Callable[[str], bytes | None]) -> None:
         self._array = array
         self._get = get
-        self._meta = array.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"]
-        self._meta = self._meta.to_bytes()
+        chain = list(array.metadata.codecs)
+        synchronous = array.metadata.zarr_format == 3 and all(
+            isinstance(c, SupportsSyncCodec) for c in chain
+        )
+        self._codecs = (array.metadata, array._async_array.config, chain) if synchronous else None
         self._prefix = f"{array.path}/" if array.path else ""
         self.shape = array.shape
         self.dtype = array.dtype
@@ -131,20 +138,18 @@ class SyncArray:
         self._async_array = array._async_array  # xarray's async reads
 
     def __getitem__(self, selection: Any) -> Any:
-        codecs = array_codecs(self._meta)
-        if codecs is None:
+        if self._codecs is None:
             return self._array[selection]
-        metadata, config, _ = codecs
+        metadata, config, _ = self._codecs
         indexer = BasicIndexer(selection, self.shape, metadata.chunk_grid)
         spec = metadata.get_chunk_spec((0,) * len(self.shape), config, default_buffer_prototype())
         out = np.empty(indexer.shape, dtype=spec.dtype.to_native_dtype())
         for coords, chunk_sel, out_sel, _ in indexer:
-            key = metadata.encode_chunk_key(coords)
-            data = self._get(self._prefix + key)
+            data = self._get(self._prefix + metadata.encode_chunk_key(coords))
             if data is None:
                 out[out_sel] = fill_value_or_default(spec)
             else:
-                values = decode_chunk(data, self._meta, coords)[chunk_sel]
+                values = _decode(data, self._codecs, coords)[chunk_sel]
                 if indexer.drop_axes:
                     values = values.squeeze(axis=indexer.drop_axes)
                 out[out_sel] = values
