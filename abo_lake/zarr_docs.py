@@ -76,8 +76,8 @@ class _DocArray:
     def __setitem__(self, region: Any, value: Any) -> None:
         """Write a whole in-memory array (what xarray's ArrayWriter does with numpy data)."""
         shape = self.metadata.shape
-        whole = region is Ellipsis or all(
-            isinstance(s, slice) and s == slice(None) for s in np.atleast_1d(region)
+        whole = region is Ellipsis or (
+            isinstance(region, tuple) and all(s == slice(None) for s in region)
         )
         if not whole:
             raise _Unsupported(f"{self.path}: a region write")
