@@ -50,9 +50,20 @@ def array_codecs(meta: bytes) -> tuple[Any, Any, list[Any]] | None:
     """
     metadata = ArrayV3Metadata.from_dict(json.loads(meta))
     codecs = list(metadata.codecs)
-    if not all(isinstance(c, SupportsSyncCodec) for c in codecs):
+    if not _synchronous(codecs):
         return None
     return metadata, parse_array_config(None), codecs
+
+
+def _synchronous(codecs: list[Any]) -> bool:
+    """Whether every codec can encode and decode without Zarr's event loop."""
+    return all(_sync_type(type(c)) for c in codecs)
+
+
+@functools.lru_cache(maxsize=64)
+def _sync_type(cls: type) -> bool:
+    # an isinstance check against a runtime Protocol walks its attributes each time (~10 µs)
+    return issubclass(cls, SupportsSyncCodec)
 
 
 def _maybe_all(data: np.ndarray, fill: Any) -> bool:
@@ -126,9 +137,7 @@ class SyncArray:
         self._array = array
         self._get = get
         chain = list(array.metadata.codecs)
-        synchronous = array.metadata.zarr_format == 3 and all(
-            isinstance(c, SupportsSyncCodec) for c in chain
-        )
+        synchronous = array.metadata.zarr_format == 3 and _synchronous(chain)
         self._codecs = (array.metadata, array._async_array.config, chain) if synchronous else None
         self._prefix = f"{array.path}/" if array.path else ""
         self.shape = array.shape
