@@ -567,16 +567,25 @@ def _ophys_sessions(experiments: pd.DataFrame) -> pd.DataFrame:
 
 
 def _uniform_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Give each column one type (sources disagree: "910 nm" vs 910.0), so Parquet can hold it."""
+    """Give each column one type (sources disagree: "910 nm" vs 910.0), so Parquet can hold it;
+    ids stay integers where some rows lack them (nullable Int64, not float)."""
     for col in df.columns:
-        if df[col].dtype != object:
-            continue
-        values = df[col].dropna()
-        if len(values) and all(isinstance(v, int | float | bool) for v in values):
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-        else:
-            df[col] = df[col].astype("string")
+        if df[col].dtype == object:
+            values = df[col].dropna()
+            if len(values) and all(isinstance(v, int | float | bool) for v in values):
+                df[col] = pd.to_numeric(df[col], errors="coerce")
+            else:
+                df[col] = df[col].astype("string")
+        if str(col).endswith("_id") and df[col].dtype.kind == "f" and _integral(df[col]):
+            df[col] = df[col].astype("Int64")
+    if str(df.index.name).endswith("_id") and df.index.dtype.kind == "f" and _integral(df.index):
+        df.index = df.index.astype("Int64")
     return df
+
+
+def _integral(values: pd.Series | pd.Index) -> bool:
+    present = values.dropna()
+    return bool(len(present)) and bool((present == present.round()).all())
 
 
 def run(

@@ -419,3 +419,35 @@ def test_bytes_done_adds_up_fractions_of_files():
     done.event((0.0, {"source": "a.nwb", "fraction": 0.8}))  # after its end: ignored
     done.finished("b.nwb")
     assert shown == [500, 800, 1300, 4000]
+
+
+def test_tables_keep_integer_ids_when_some_rows_lack_them():
+    """Visual Coding experiments have no ophys_session_id: the experiments table keeps the
+    column as integers (nullable), and ophys_sessions groups only the experiments that have
+    one, by integer id."""
+
+    def experiment(eid, **attrs):
+        path = f"ophys/experiment/{eid}"
+        return jobs.FileResult(
+            source=f"{eid}.nwb",
+            kinds={path: "ophys_experiment"},
+            attrs={path: {"ophys_experiment_id": eid, "mouse_id": 4, **attrs}},
+        )
+
+    results = [
+        experiment(11, ophys_session_id=1, imaging_depth=150.0, targeted_structure="VISp"),
+        experiment(12, ophys_session_id=1, imaging_depth=250.0, targeted_structure="VISl"),
+        experiment(13, imaging_depth=175.0, targeted_structure="VISam"),  # Visual Coding
+    ]
+    tables = jobs.build_tables(results)
+    experiments, sessions = tables["ophys_experiments"], tables["ophys_sessions"]
+    assert str(experiments["ophys_session_id"].dtype) == "Int64"
+    assert experiments["ophys_session_id"].isna().tolist() == [False, False, True]
+    assert experiments["imaging_depth"].dtype == float  # not an id: stays as it was
+    assert sessions.index.tolist() == [1]
+    assert str(sessions.index.dtype) == "Int64"
+    row = sessions.loc[1]
+    assert row["n_experiments"] == 2
+    assert row["ophys_experiment_id"] == "[11, 12]"
+    assert row["targeted_structure"] == "['VISl', 'VISp']"
+    assert row["mouse_id"] == 4
