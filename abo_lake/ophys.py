@@ -34,6 +34,7 @@ from abo_lake.errors import SchemaError
 __all__ = [
     "change_responses",
     "drifting_grating_metrics",
+    "filtered_events",
     "frame_rate",
     "mean_response",
     "omission_responses",
@@ -224,8 +225,81 @@ def _fractional(t: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- responses
 
 
+#: AllenSDK's defaults for ``filtered_events`` (``BehaviorOphysExperiment.from_nwb_path``).
+EVENTS_FILTER_SCALE_SECONDS, EVENTS_FILTER_N_TIME_STEPS = 2 / 31, 20
+
+
+def filtered_events(
+    ds: xr.Dataset,
+    *,
+    filter_scale_seconds: float = EVENTS_FILTER_SCALE_SECONDS,
+    n_time_steps: int = EVENTS_FILTER_N_TIME_STEPS,
+) -> xr.DataArray:
+    """Detected events smoothed by AllenSDK's causal half-Gaussian filter, lazily.
+
+    As ``BehaviorOphysExperiment.events["filtered_events"]``: each cell's events convolved
+    with the half-normal pdf at ``0 .. n_time_steps - 1`` frames (scale
+    ``filter_scale_seconds`` x the ophys frame rate, normalised to sum 1), keeping the first
+    ``len(trace)`` samples, i.e. a causal filter with zeros before the first frame. The frame
+    rate is the metadata's ``ophys_frame_rate`` (else measured from the timestamps). Each time
+    chunk is filtered with the ``n_time_steps - 1`` frames before it, so a window reads only
+    its own chunks and one neighbour.
+
+    Returns
+    -------
+    xarray.DataArray
+        (``cell_specimen_id``, ``time``) float64, dask-backed, named ``filtered_events``.
+
+    Examples
+    --------
+    >>> ds.ophys.filtered_events().isel(cell_specimen_id=0)  # doctest: +SKIP
+    """
+    if "events" not in ds.data_vars:
+        raise SchemaError(
+            "this ophys_experiment has no 'events' to filter (detected events exist in Visual "
+            "Behavior 2P files only)"
+        )
+    if n_time_steps < 1:
+        raise ValueError(f"n_time_steps must be at least 1, not {n_time_steps}")
+    if not filter_scale_seconds > 0:
+        raise ValueError(f"filter_scale_seconds must be > 0, not {filter_scale_seconds}")
+    from scipy.stats import halfnorm
+
+    rate = float(ds.attrs.get("ophys_frame_rate") or frame_rate(ds))
+    kernel = halfnorm(loc=0, scale=filter_scale_seconds * rate).pdf(np.arange(n_time_steps))
+    kernel = kernel / kernel.sum()
+    events = _trace(ds, "events").transpose(CELL, TIME)
+    data = events.data.astype(np.float64)
+    if n_time_steps > 1:
+        data = data.map_overlap(
+            _causal_filter,
+            depth={0: 0, 1: (n_time_steps - 1, 0)},  # only the past: a causal filter
+            boundary="none",  # before the first frame: lfilter's zero state, as np.convolve
+            kernel=kernel,
+            dtype=np.float64,
+        )
+    else:
+        data = data * kernel[0]
+    out = events.copy(data=data)
+    out.name = "filtered_events"
+    out.attrs = {
+        "long_name": "filtered events",
+        "filter": f"causal half-normal, scale {filter_scale_seconds:g} s x {rate:g} Hz, "
+        f"{n_time_steps} frames",
+    }
+    return out
+
+
+def _causal_filter(block: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    return lfilter(kernel, 1.0, block, axis=-1)
+
+
 def _trace(ds: xr.Dataset, trace: str) -> xr.DataArray:
     traces = [n for n, v in ds.data_vars.items() if v.dims == (CELL, TIME)]
+    if trace == "filtered_events" and trace not in traces and "events" in traces:
+        return filtered_events(ds)
     if trace not in traces:
         raise _NotFoundError(
             f"no trace {trace!r} with dims ({CELL}, {TIME}) in this Dataset"
@@ -311,7 +385,8 @@ def trial_responses(
         ``stimulus_presentation_id`` values, a boolean mask over the table, or a (filtered)
         ``stimulus_presentations`` DataFrame; default all.
     trace
-        Any (``cell_specimen_id``, ``time``) variable: ``"dff"``, ``"events"``, ...
+        Any (``cell_specimen_id``, ``time``) variable: ``"dff"``, ``"events"``, ..., or
+        ``"filtered_events"`` (:func:`filtered_events` with AllenSDK's defaults)
 
     Returns
     -------

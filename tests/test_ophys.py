@@ -464,3 +464,47 @@ def test_no_nan_from_dropped_rows_in_mean_response(vbo):
         warnings.simplefilter("error")  # every flash fits the default window: no warning
         got = vbo.ophys.mean_response(by="is_change")
     assert np.isfinite(got.values).all()
+
+
+def _ref_filtered_events(ds, scale_seconds=2 / 31, n=20):
+    """AllenSDK's filter_events_array: np.convolve with the normalised half-normal pdf."""
+    filt = stats.halfnorm(loc=0, scale=scale_seconds * ds.attrs["ophys_frame_rate"]).pdf(
+        np.arange(n)
+    )
+    filt = filt / filt.sum()
+    events = ds["events"].values.astype(np.float64)
+    return np.stack([np.convolve(trace, filt)[: len(trace)] for trace in events])
+
+
+def test_filtered_events_are_allensdks_and_read_only_nearby_chunks(lake_vbo):
+    store, ds = _open(lake_vbo)
+    time_chunks = ds["events"].chunks[1]
+    assert time_chunks[0] == 256
+    assert len(time_chunks) > 3
+    with raise_if_dask_computes():
+        fe = ds.ophys.filtered_events()
+    assert fe.dims == ("cell_specimen_id", "time")
+    assert fe.name == "filtered_events"
+    np.testing.assert_allclose(fe.values, _ref_filtered_events(ds), rtol=1e-12, atol=1e-15)
+    wider = ds.ophys.filtered_events(filter_scale_seconds=0.5, n_time_steps=40)
+    np.testing.assert_allclose(
+        wider.values, _ref_filtered_events(ds, 0.5, 40), rtol=1e-12, atol=1e-15
+    )
+    # a window in time chunk 2 reads that chunk and the one before it (the filter's past)
+    store.keys_read.clear()
+    fe.isel(time=slice(600, 700)).compute()
+    chunks = {int(k.rsplit("/", 1)[1]) for k in store.keys_read if k.startswith("events/c/")}
+    assert chunks == {1, 2}
+    # and as a trace for the response functions, equal to the same values stored
+    window, ids = (-0.3, 0.6), ds["stimulus_presentation_id"].values[:40]
+    by_name = ds.ophys.trial_responses(window=window, presentations=ids, trace="filtered_events")
+    stored = ds.assign(fe=(("cell_specimen_id", "time"), _ref_filtered_events(ds)))
+    by_value = stored.ophys.trial_responses(window=window, presentations=ids, trace="fe")
+    np.testing.assert_allclose(by_name.values, by_value.values, rtol=1e-12, atol=1e-15)
+
+
+def test_filtered_events_need_events(vc):
+    with pytest.raises(SchemaError, match="no 'events' to filter"):
+        vc.ophys.filtered_events()
+    with pytest.raises(ValueError, match="n_time_steps"):
+        abo_lake.ophys.filtered_events(vc.assign(events=vc["dff"]), n_time_steps=0)

@@ -75,6 +75,18 @@ class OphysAccessor:
             )
         return self._ds["events"]
 
+    def filtered_events(
+        self,
+        *,
+        filter_scale_seconds: float = ophys.EVENTS_FILTER_SCALE_SECONDS,
+        n_time_steps: int = ophys.EVENTS_FILTER_N_TIME_STEPS,
+    ) -> xr.DataArray:
+        """Events smoothed as AllenSDK's ``filtered_events`` (see
+        :func:`abo_lake.ophys.filtered_events`), lazy; also ``trace="filtered_events"``."""
+        return ophys.filtered_events(
+            self._ds, filter_scale_seconds=filter_scale_seconds, n_time_steps=n_time_steps
+        )
+
     @property
     def roi_masks(self) -> xr.DataArray:
         """ROI masks (cell_specimen_id, y, x) bool over the full field of view, lazy."""
