@@ -670,7 +670,10 @@ def run(
             client.unsubscribe_topic(topic)
             bar.close()
             results.sort(key=lambda r: r.source)
+            _fail_on_shared_paths(results)
             for res in results:
+                if res.error:
+                    continue
                 for path, h in res.datasets.items():
                     stage.add(path, h, kind=res.kinds.get(path) or None)
             for name, table in build_tables(results, metadata, lake.storage).items():
@@ -686,6 +689,26 @@ def run(
     report = JobReport(release, results, seconds=time.perf_counter() - t0)
     report.published = release in lake.releases()
     return report
+
+
+def _fail_on_shared_paths(results: Sequence[FileResult]) -> None:
+    """Fail each file whose dataset path another file already made with other content: a
+    release holds one version of a dataset, and keeping either would silently drop the other
+    (e.g. the same session converted from two different files)."""
+    owners: dict[str, FileResult] = {}
+    for res in results:
+        if res.error:
+            continue
+        for path, h in res.datasets.items():
+            first = owners.setdefault(path, res)
+            if first is not res and first.datasets[path] != h:
+                res.error = (
+                    f"ValueError: {res.source} makes dataset {path!r}, which "
+                    f"{first.source} also makes with other content; a release "
+                    "holds one version of each dataset: convert them into separate releases "
+                    "or leave one out"
+                )
+                break
 
 
 def _size(source: str, options: dict[str, Any] | None = None) -> int:

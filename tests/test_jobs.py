@@ -451,3 +451,25 @@ def test_tables_keep_integer_ids_when_some_rows_lack_them():
     assert row["ophys_experiment_id"] == "[11, 12]"
     assert row["targeted_structure"] == "['VISl', 'VISp']"
     assert row["mouse_id"] == 4
+
+
+def test_two_files_making_one_dataset_differently_fail_the_job(vbo_sources, tmp_path):
+    """The same experiments from two different files (here: before and after an event
+    detection fix) cannot share a release: the later file fails, naming the other, and
+    nothing is published (a release keeps one version of a dataset, never silently)."""
+    v1, v2, _, _ = vbo_sources
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([v1, v2], lake, "r1", progress=False)
+    assert not report.published
+    failed = {Path(f.source).parent.name for f in report.failures}
+    assert failed == {"v2"}
+    for f in report.failures:
+        assert "also makes with other content" in f.error
+        assert str(Path(v1) / Path(f.source).name) in f.error  # the other file, by path
+    with lake.stage("r2") as stage, pytest.raises(ValueError, match="already"):
+        first = report.files[0]
+        path, h = next(iter(first.datasets.items()))
+        stage.add(path, h)
+        stage.add(path, h)  # the same manifest again: harmless
+        other = next(f for f in report.files if f.datasets.get(path, h) != h)
+        stage.add(path, other.datasets[path])
