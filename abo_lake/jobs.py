@@ -88,7 +88,7 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
             if p.is_dir():
                 files.update(_sources_in(p))
             elif p.is_file():
-                files.add(str(p))
+                files.add(str(_group_head(p) or p))
             else:
                 raise FileNotFoundError(f"{m}: no such file or folder")
     return sorted(files)
@@ -103,20 +103,23 @@ def _sources_in(folder: Path) -> list[str]:
     candidates = sorted(
         f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in _SOURCE_SUFFIXES
     )
-    out: list[str] = []
-    covered: set[Path] = set()
+    out: set[str] = set()
     for f in candidates:
-        if f in covered:
-            continue
-        try:
-            group = sources.members(f)
-        except AboLakeError:
-            if f.suffix.lower() == ".json":
-                continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
-            group = [f]
-        covered.update(group)
-        out.append(str(group[0]))
-    return out
+        head = _group_head(f)
+        if head is None and f.suffix.lower() == ".json":
+            continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
+        out.add(str(head or f))
+    return sorted(out)
+
+
+def _group_head(f: Path) -> Path | None:
+    """The file a job converts ``f``'s group from (its first member: every file of a
+    connectivity experiment, every resolution of a CCF volume, is one task); None if ``f``
+    is not a readable source."""
+    try:
+        return sources.members(f)[0]
+    except AboLakeError:
+        return None
 
 
 #: glibc malloc settings for conversion workers. distributed's default for its workers,

@@ -455,3 +455,30 @@ class TestCcfErrors:
         assert not reader.sniff(path)
         with pytest.raises(SourceFileError, match="not a CCF"):
             reader.read(path)
+
+
+def test_every_resolution_in_the_folder_is_a_level_of_one_dataset(tmp_path):
+    """annotation_50.nrrd and annotation_100.nrrd are one multiscale dataset: both files as
+    levels (each equal to its file), 200 µm derived from the coarsest; a job converts the
+    folder once, whichever file it meets, and the release holds both resolutions."""
+    from abo_lake import jobs
+
+    synth.write_ccf(tmp_path / "ccf", scale="tiny", seed=0, resolutions=[50, 100])
+    folder = tmp_path / "ccf"
+    files = [folder / "annotation_50.nrrd", folder / "annotation_100.nrrd"]
+    assert reader.members(files[1]) == files  # finest first
+    tree = reader.read(files[1])[ANN_KEY]
+    assert list(tree.children) == ["50um", "100um", "200um"]
+    for name, f in zip(["50um", "100um"], files):
+        data, _ = nrrd.read(str(f), index_order="F")
+        np.testing.assert_array_equal(tree[name]["annotation"].values, data)
+        assert tree[name].attrs["source_file"] == f.name
+    coarse = tree["200um"].to_dataset()
+    assert coarse.attrs["source_file"] == "annotation_100.nrrd"
+    assert coarse.attrs["derived"] == "stride 2"
+    np.testing.assert_array_equal(coarse["annotation"], tree["100um"]["annotation"][::2, ::2, ::2])
+    (ms,) = tree.attrs["multiscales"]
+    assert [d["path"] for d in ms["datasets"]] == ["50um", "100um", "200um"]
+    # a job meets the folder's files one by one (or as listed): one dataset, all levels
+    planned = jobs.plan([*files, folder / "average_template_100.nrrd"])
+    assert [Path(f).name for f in planned] == ["annotation_50.nrrd", "average_template_50.nrrd"]

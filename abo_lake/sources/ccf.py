@@ -253,12 +253,14 @@ def _block_mean(data: np.ndarray) -> np.ndarray:
 
 
 def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataTree:
-    """Read an annotation or average template NRRD into a multiscale DataTree.
+    """Read an annotation or average template into a multiscale DataTree, with every
+    resolution of it in the same folder (see :func:`members`).
 
     Parameters
     ----------
     path
-        ``annotation_<res>.nrrd`` or ``average_template_<res>.nrrd``.
+        ``annotation_<res>.nrrd`` or ``average_template_<res>.nrrd``; its siblings
+        ``annotation_<other res>.nrrd`` (likewise templates) are levels of the same tree.
     ccf_version
         Recorded in the attrs.
 
@@ -266,27 +268,38 @@ def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataT
     -------
     xarray.DataTree
         Root attrs ``abo_lake_kind="ccf_volume"`` and OME-Zarr 0.4 ``multiscales``; children
-        ``"<res>um"``, each a ``ccf_volume`` Dataset with one variable, ``annotation`` (uint32)
-        or ``template`` (uint16), dims (ap, dv, lr).
+        ``"<res>um"``, finest first, each a ``ccf_volume`` Dataset with one variable,
+        ``annotation`` (uint32) or ``template`` (uint16), dims (ap, dv, lr): one per file
+        (attr ``source_file``), then coarser levels derived in ×2 steps from the coarsest
+        file down to 200 µm (``source_file`` that file, attr ``derived`` how).
     """
     p = Path(path)
-    data, res, volume = _load(p)
-    if volume not in ("annotation", "template"):
-        raise SourceFileError(f"{p}: a {volume} volume belongs to a connectivity experiment")
-    if volume == "annotation":
-        data = data.astype(np.uint32, copy=False)
-    attrs = {
-        "abo_lake_kind": "ccf_volume",
-        "source_file": p.name,
-        "ccf_version": ccf_version,
-        "volume": volume,
-    }
-    levels = {f"{res}um": _level(volume, np.ascontiguousarray(data), res, attrs)}
+    files = members(p) if _NAME_RE.match(p.name) else [p]
+    levels: dict[str, xr.Dataset] = {}
+    data: np.ndarray | None = None
+    for f in files:
+        data, res, volume = _load(f)
+        if volume not in ("annotation", "template"):
+            raise SourceFileError(f"{f}: a {volume} volume belongs to a connectivity experiment")
+        if volume == "annotation":
+            data = data.astype(np.uint32, copy=False)
+        attrs = {
+            "abo_lake_kind": "ccf_volume",
+            "source_file": f.name,
+            "ccf_version": ccf_version,
+            "volume": volume,
+        }
+        levels[f"{res}um"] = _level(volume, np.ascontiguousarray(data), res, attrs)
+    assert data is not None  # members() gives at least the file itself
+    # coarser levels from the coarsest file (its attrs: source_file names it)
+    derived = {**attrs, "derived": "stride 2" if volume == "annotation" else "2x2x2 mean"}
+    attrs = {**attrs, "source_file": p.name}
     while res * 2 <= _COARSEST_UM:
         data = data[::2, ::2, ::2] if volume == "annotation" else _block_mean(data)
         data = np.ascontiguousarray(data)
         res *= 2
-        levels[f"{res}um"] = _level(volume, data, res, attrs)
+        if f"{res}um" not in levels:
+            levels[f"{res}um"] = _level(volume, data, res, derived)
     multiscales = [
         {
             "version": "0.4",
@@ -499,12 +512,23 @@ def members(path: str | Path) -> list[Path]:
     """The files that together make the Dataset(s) ``read(path)`` returns.
 
     A connectivity experiment is one Dataset built from its folder: the four volumes at the
-    finest complete resolution plus ``metadata.json``. Every other source is its own file. The
+    finest complete resolution plus ``metadata.json``. An annotation or template is one
+    multiscale dataset of all its resolutions in the folder (``annotation_10.nrrd``,
+    ``annotation_25.nrrd``, ..., finest first; Allen ships each CCF version in its own
+    folder). Every other source is its own file. The
     conversion job converts each group once (from its first member) and keys its resume
     record on the content of all members, so changing any one of them re-converts.
     """
     p = Path(path)
     n = _NAME_RE.match(p.name)
+    if n and n["volume"] not in CONNECTIVITY_VOLUMES:
+        # every resolution of one CCF volume in this folder: one multiscale dataset
+        same = [
+            (int(m["res"]), f)
+            for f in p.parent.glob("*.nrrd")
+            if (m := _NAME_RE.match(f.name)) and m["volume"] == n["volume"]
+        ]
+        return [f for _, f in sorted(same)] or [p]
     in_experiment = (n and n["volume"] in CONNECTIVITY_VOLUMES) or p.name == "metadata.json"
     if not in_experiment:
         return [p]
