@@ -119,7 +119,7 @@ def _compare(name: str, label: str, want: np.ndarray, var: xr.DataArray) -> list
         if not first and neq.any():
             idx = np.unravel_index(int(np.argmax(neq)), neq.shape)
             at = (i0 + int(idx[0]), *(int(i) for i in idx[1:]))
-            first = f"first at {at}: {got[idx]!r}, expected {ref[idx]!r}"
+            first = f"first at {at}: {got[idx].item()!r}, expected {ref[idx].item()!r}"
         n_diff += int(np.count_nonzero(neq))
     if not n_diff:
         return []
@@ -387,6 +387,6 @@ def _check_swc(p: Path, ds: xr.Dataset | xr.DataTree) -> list[str]:
             r = int(bad[0])
             problems.append(
                 f"{name}: {field} differs in {bad.size} of {len(table)} rows, first in row {r} "
-                f"(id {table[r, 0]:g}): {got[r]!r}, expected {table[r, col]!r}"
+                f"(id {table[r, 0]:g}): {got[r].item()!r}, expected {table[r, col].item()!r}"
             )
     return problems

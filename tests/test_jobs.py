@@ -473,3 +473,27 @@ def test_two_files_making_one_dataset_differently_fail_the_job(vbo_sources, tmp_
         stage.add(path, h)  # the same manifest again: harmless
         other = next(f for f in report.files if f.datasets.get(path, h) != h)
         stage.add(path, other.datasets[path])
+
+
+def test_job_on_a_running_scheduler_without_publishing_then_published(
+    vbo_sources, tmp_path, dask_cluster
+):
+    """``scheduler=`` runs on an existing cluster (as on Kubernetes or dask-gateway);
+    ``publish=False`` converts and records the ledger but makes no release; a second run
+    resumes every file and publishes."""
+    v1, *_ = vbo_sources
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    glob = str(Path(v1) / "*.nwb")  # a local glob as SOURCES
+    first = jobs.run([glob], lake, "r1", scheduler=dask_cluster.scheduler_address, publish=False)
+    assert len(first.files) == 2
+    assert not any(f.error for f in first.files)
+    assert not first.published
+    assert "r1" not in lake.releases()
+    assert "NOT published" in first.summary()
+    assert len(lake.storage.glob("ledger/*.json")) == 2
+    second = jobs.run([glob], lake, "r1", scheduler=dask_cluster.scheduler_address)
+    assert second.published
+    assert all(f.resumed for f in second.files)
+    assert sorted(lake.release("r1").datasets()) == sorted(
+        p for f in first.files for p in f.datasets
+    )

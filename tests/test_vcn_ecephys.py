@@ -320,6 +320,16 @@ def test_lfp_and_csd(tiny, session, truth):
     np.testing.assert_array_equal(
         lfp["probe_vertical_position"].values, 20 * np.arange(96) * 2 + 20
     )
+    # each channel's CCF position (AllenSDK's names), as the session's channels table has it
+    for axis in ("anterior_posterior", "dorsal_ventral", "left_right"):
+        name = f"{axis}_ccf_coordinate"
+        np.testing.assert_array_equal(
+            lfp[name].values, session[f"channels.{name}"].sel(channel_id=expected_ids).values
+        )
+    # chunked in time, all channels in a chunk
+    time_chunk, channel_chunk = lfp["lfp"].encoding["chunks"]
+    assert time_chunk < lfp.sizes["time"]
+    assert channel_chunk == lfp.sizes["channel"]
     with h5py.File(tiny[1], "r") as f:
         raw = f[f"acquisition/probe_{pid}_lfp/probe_{pid}_lfp_data/data"][:]
     np.testing.assert_array_equal(lfp["lfp"].values, raw)
