@@ -40,7 +40,7 @@ import nrrd
 import numpy as np
 import xarray as xr
 
-__all__ = ["check_file"]
+__all__ = ["check_file", "check_group"]
 
 _DIMS = ("ap", "dv", "lr")
 #: Coarsest multiscale level (µm) of a CCF volume in the lake.
@@ -100,6 +100,20 @@ def check_file(path: str | Path, fmt: str, obj: xr.Dataset | xr.DataTree) -> lis
 
 
 # -- shared helpers ----------------------------------------------------------------------------
+
+
+def check_group(paths: list[Path], fmt: str, obj: xr.Dataset | xr.DataTree) -> list[str]:
+    """:func:`check_file` for every file a job converted together (``sources.members``):
+    each resolution of a CCF volume is its own level; a connectivity experiment is checked
+    once, whichever of its files is given."""
+    problems: list[str] = []
+    for p in map(Path, paths):
+        m = _VOLUME_RE.match(p.name)
+        connectivity = (m and m[1] in _CONNECTIVITY) or p.name == "metadata.json"
+        problems += check_file(p, fmt, obj)
+        if connectivity:
+            break
+    return problems
 
 
 def _bits(a: np.ndarray) -> np.ndarray:

@@ -74,13 +74,13 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
 
             fs, _, paths = fsspec.get_fs_token_paths(spec, storage_options=source_options)
             proto = spec.split("://")[0]
+            listings: dict[str, list[str]] = {}
             for p in paths:
                 found = fs.find(p) if fs.isdir(p) else [p]
-                files.update(
-                    f"{proto}://{f}"
-                    for f in found
-                    if Path(f).suffix.lower() in _SOURCE_SUFFIXES and Path(f).suffix != ".json"
-                )
+                for f in found:
+                    if Path(f).suffix.lower() in _SOURCE_SUFFIXES and Path(f).suffix != ".json":
+                        head = _remote_group(fs, f, listings)[0]
+                        files.add(f"{proto}://{head}")
             continue
         matches = globlib.glob(spec, recursive=True) if any(c in spec for c in "*?[") else [spec]
         for m in matches:
@@ -162,8 +162,39 @@ def _threads() -> int:
         return 2
 
 
+def _remote_group(fs: Any, path: str, listings: dict[str, list[str]] | None = None) -> list[str]:
+    """Paths of the remote files converted together with ``path`` (see
+    :func:`abo_lake.sources.group_names`), from its folder's listing (cached in
+    ``listings``)."""
+    parent, _, name = path.rpartition("/")
+    listings = {} if listings is None else listings
+    if parent not in listings:
+        listings[parent] = [e.rpartition("/")[2] for e in fs.ls(parent, detail=False)]
+    return [f"{parent}/{n}" for n in sources.group_names(name, listings[parent])]
+
+
+def _remote_identity(source: str, options: dict[str, Any] | None) -> str | None:
+    """A key for the content of a remote source's group from its objects' ETags and sizes
+    (no download), or None when the store gives no ETag."""
+    if "://" not in source or source.startswith("file://"):
+        return None
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(source, **(options or {}))
+    parts = []
+    for member in _remote_group(fs, path):
+        info = fs.info(member)
+        etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+        if not etag:
+            return None
+        parts.append(f"{member.rpartition('/')[2]}:{etag}:{info.get('size')}")
+    return "etag-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def _local_copy(source: str, options: dict[str, Any] | None) -> str:
-    """A local path for ``source``: remote files (``s3://...``) are fetched to a temp folder.
+    """A local path for ``source``: remote files (``s3://...``) are fetched, with the other
+    files of their group (a connectivity experiment's volumes, a CCF volume's resolutions),
+    to a temp folder.
 
     HDF5 is read from a local copy: readers seek all over the file, and over S3 that costs
     far more requests than one download (ALLEN_DATA.md §10).
@@ -176,11 +207,11 @@ def _local_copy(source: str, options: dict[str, Any] | None) -> str:
 
     fs, path = url_to_fs(source, **(options or {}))
     # keep the parent folder's name: readers take ids from it (specimen_<id>/, experiment_<id>/)
-    local = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).parent.name
-    local.mkdir()
-    local = local / Path(path).name
-    fs.get(path, str(local))
-    return str(local)
+    folder = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).parent.name
+    folder.mkdir()
+    for member in _remote_group(fs, path):
+        fs.get(member, str(folder / member.rpartition("/")[2]))
+    return str(folder / Path(path).name)
 
 
 def _sha256_file(path: str) -> str:
@@ -241,6 +272,11 @@ def convert_file(
     storage = Storage(lake_url, **(storage_options or {}))
     fetched = ""
     try:
+        # a remote source converted before is known by its objects' ETags: no download
+        remote_key = _remote_identity(source, source_options)
+        remote_ledger = f"{LEDGER_PREFIX}/{remote_key}.json" if remote_key else None
+        if remote_ledger and storage.exists(remote_ledger):
+            return _resumed(result, json.loads(storage.read(remote_ledger)))
         local = _local_copy(source, source_options)
         if local != source:
             fetched = local
@@ -255,37 +291,34 @@ def convert_file(
         )
         ledger_key = f"{LEDGER_PREFIX}/{result.source_sha256}.json"
         if storage.exists(ledger_key):
-            done = json.loads(storage.read(ledger_key))
-            result.format = done["format"]
-            result.datasets = done["datasets"]
-            result.kinds = done["kinds"]
-            result.attrs = done["attrs"]
-            result.tables = done.get("tables", {})
-            result.bytes_stored = done.get("bytes_stored", 0)
-            result.resumed = True
-            return result
+            record = storage.read(ledger_key)
+            if remote_ledger:
+                storage.write(remote_ledger, record)
+            return _resumed(result, json.loads(record))
         result.format = sources.detect_format(source)
         lake = Lake(storage)
         # inside a worker, stream with as many threads as the worker has (not cpu_count + 4)
         with dask.config.set(scheduler="threads", num_workers=_threads()):
             report = FileProgress(result.source, progress_topic)
             _convert(source, storage, lake, result, raw=raw, fidelity=fidelity, report=report)
-        storage.write(
-            ledger_key,
-            json.dumps(
-                {
-                    "source": Path(source).name,
-                    "format": result.format,
-                    "datasets": result.datasets,
-                    "manifests": sorted(result.datasets.values()),
-                    "kinds": result.kinds,
-                    "attrs": result.attrs,
-                    "tables": result.tables,
-                    "bytes_stored": result.bytes_stored,
-                },
-                sort_keys=True,
-            ).encode(),
-        )
+        record = json.dumps(
+            {
+                "source": Path(source).name,
+                "source_sha256": result.source_sha256,
+                "bytes_in": result.bytes_in,
+                "format": result.format,
+                "datasets": result.datasets,
+                "manifests": sorted(result.datasets.values()),
+                "kinds": result.kinds,
+                "attrs": result.attrs,
+                "tables": result.tables,
+                "bytes_stored": result.bytes_stored,
+            },
+            sort_keys=True,
+        ).encode()
+        storage.write(ledger_key, record)
+        if remote_ledger:
+            storage.write(remote_ledger, record)
     except (AboLakeError, OSError, ValueError, KeyError, TypeError) as err:
         result.error = f"{type(err).__name__}: {err}"
     except Exception as err:
@@ -297,6 +330,20 @@ def convert_file(
             import shutil
 
             shutil.rmtree(Path(fetched).parent.parent, ignore_errors=True)
+    return result
+
+
+def _resumed(result: FileResult, record: dict[str, Any]) -> FileResult:
+    """``result`` filled from a resume ledger record: nothing is converted again."""
+    result.format = record["format"]
+    result.datasets = record["datasets"]
+    result.kinds = record["kinds"]
+    result.attrs = record["attrs"]
+    result.tables = record.get("tables", {})
+    result.bytes_stored = record.get("bytes_stored", 0)
+    result.source_sha256 = result.source_sha256 or record.get("source_sha256", "")
+    result.bytes_in = result.bytes_in or record.get("bytes_in", 0)
+    result.resumed = True
     return result
 
 
@@ -334,6 +381,8 @@ def _convert(
                 result.format,
                 lambda f, i=i: report((i + WRITE_SHARE + (1 - WRITE_SHARE) * f) / n),
             )
+        elif fidelity:
+            _check_file_fidelity(source, lake, manifest, result.format, stored)
         report((i + 1) / n, force=True)
         result.datasets[path] = lake.put_manifest(manifest)
         result.new_objects += new
@@ -422,6 +471,26 @@ def _check_fidelity(
     report(0.5)  # the raw group checked; the curated layout next
     problems += check_reader(source, fmt, curated, chunked=chunked)
     assert_faithful(problems, source=source)
+
+
+def _check_file_fidelity(
+    source: str, lake: Lake, manifest: Any, fmt: str, obj: xr.Dataset | xr.DataTree
+) -> None:
+    """The fidelity check of NRRD, JSON and SWC sources (:mod:`abo_lake.fidelity_files`):
+    each file of the group re-parsed on its own and compared with what the lake holds."""
+    from abo_lake.chunk_codec import read_in_thread
+    from abo_lake.fidelity import assert_faithful
+    from abo_lake.fidelity_files import check_group
+    from abo_lake.stores import ManifestStore
+
+    store = ManifestStore(lake.storage, manifest, label=f"conversion of {Path(source).name}")
+    opened = (
+        xr.open_datatree(store, engine="zarr", consolidated=True, chunks=None, zarr_format=3)
+        if isinstance(obj, xr.DataTree)
+        else xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=3)
+    )
+    read_in_thread(opened, store.read_chunk)
+    assert_faithful(check_group(sources.members(source), fmt, opened), source=source)
 
 
 @dataclass

@@ -127,10 +127,6 @@ def test_connectivity_voxel_and_field_differ(experiment_dir, tmp_path):
     assert problems[2].startswith("metadata.json: field 'injection_structures' missing")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: ccf._attr_value stores a JSON null as '' (null and empty text merge)",
-)
 def test_connectivity_null_field_kept(experiment_dir, tmp_path):
     folder = tmp_path / experiment_dir.name
     shutil.copytree(experiment_dir, folder)
@@ -170,36 +166,24 @@ def test_structures_real_file_faithful(shared_data, tmp_path):
     assert check_file(path, detect_format(path), _roundtrip(tmp_path, key, ds)) == []
 
 
-def test_structures_acronym_differs_and_extra_row(ccf_dir, tmp_path):
+def test_structures_acronym_differs_and_id_renamed(ccf_dir, tmp_path):
     path = ccf_dir / "structures.json"
     key, ds = _read_one(path)
     ds = ds.copy(deep=True)
     row = int(np.flatnonzero(ds["acronym"].values == "VISp")[0])
     ds["acronym"].values[row] = "VISq"
-    extra = ds.isel(structure_id=[row]).assign_coords(structure_id=[123456789])
-    extra["structure_id_path"] = ("path_element", [997, 123456789])
-    extra["structure_id_path_index"] = ("structure_id", [ds["structure_id_path_index"][-1] + 2])
-    ds = xr.concat(
-        [ds.drop_vars(["structure_id_path"]), extra.drop_vars(["structure_id_path"])],
-        dim="structure_id",
-    ).assign(
-        structure_id_path=xr.concat(
-            [ds["structure_id_path"], extra["structure_id_path"]], "path_element"
-        )
-    )
+    ids = ds["structure_id"].values.copy()
+    last, ids[-1] = int(ids[-1]), 123456789  # the file's last structure becomes an extra one
+    ds = ds.assign_coords(structure_id=ids)
     problems = check_file(path, "ccf", _roundtrip(tmp_path, key, ds))
     assert problems == [
         "structures.json: structure 385 acronym is 'VISq', expected 'VISp'",
+        f"structures.json: structure {last} is not in the lake, expected a row",
         "structures.json: the lake has 1 structure(s) not in the file ([123456789]), expected "
-        f"only the file's {ds.sizes['structure_id'] - 1}",
+        f"only the file's {len(ids)}",
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason='finding: ccf.read_structures cannot read Allen API paths "/997/8/" (text)',
-)
 def test_structures_allen_api_text_paths(ccf_dir, tmp_path):
     doc = _nested(json.loads((ccf_dir / "structures.json").read_text()))
     stack = list(doc["msg"])
@@ -250,3 +234,20 @@ def test_other_formats_not_checked(swc_path):
     assert detect_format(ephys) == "celltypes"
     assert check_file(ephys, "celltypes", xr.Dataset()) == []
     assert check_file(swc_path, "vbo-ophys", xr.Dataset()) == []
+
+
+def test_a_conversion_runs_the_file_check(experiment_dir, tmp_path):
+    """``convert_file`` checks NRRD/JSON sources too: a metadata field the connectivity reader
+    cannot keep (it writes its own ``resolution_um``) fails the file, naming the field."""
+    from abo_lake.jobs import convert_file
+
+    folder = tmp_path / experiment_dir.name
+    shutil.copytree(experiment_dir, folder)
+    ok = convert_file(str(folder / "metadata.json"), str(tmp_path / "lake"))
+    assert ok.error == ""
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**meta, "resolution_um": 25}))
+    bad = convert_file(str(folder / "metadata.json"), str(tmp_path / "lake"))
+    assert "IntegrityError" in bad.error
+    assert "resolution_um" in bad.error
+    assert "expected 25" in bad.error

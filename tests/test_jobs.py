@@ -314,7 +314,9 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_options)
-    local = [tiny_sources["celltypes"], tiny_sources["vc2p-ophys"]]
+    # cell types, Visual Coding, and a connectivity experiment (one dataset of five files)
+    experiment = sorted(tiny_sources["connectivity"].glob("experiment_*"))[0]
+    local = [tiny_sources["celltypes"], tiny_sources["vc2p-ophys"], experiment]
     for folder in local:
         fs.put(str(folder), f"{s3_bucket}/raw/{folder.name}", recursive=True)
     remote = abo_lake.open_lake(tmp_path / "from_s3")
@@ -327,8 +329,28 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     assert jobs.run(local, here, "r1", progress=False).published
     a, b = remote.release("r1"), here.release("r1")
     assert a.datasets() == b.datasets()
+    assert any(p.startswith("connectivity/") for p in a.datasets())
     for path in a.datasets():
         assert a.manifest(path).chunks == b.manifest(path).chunks
+    # a rerun knows each remote group by its objects' ETags and sizes: nothing downloaded
+    fetched = []
+    real_copy = jobs._local_copy
+
+    def counting_copy(source, options):
+        fetched.append(source)
+        return real_copy(source, options)
+
+    jobs._local_copy = counting_copy
+    try:
+        again = [
+            jobs.convert_file(f.source, remote.url, source_options=s3_options) for f in report.files
+        ]
+    finally:
+        jobs._local_copy = real_copy
+    assert fetched == []
+    assert all(r.resumed and not r.error for r in again)
+    assert [r.datasets for r in again] == [f.datasets for f in report.files]
+    assert len(remote.storage.glob("ledger/etag-*.json")) == len(report.files)
 
 
 def test_the_real_brain_observatory_file_converts_faithfully(shared_data, tmp_path):

@@ -8,6 +8,7 @@ nothing of the lake. Errors are :class:`~abo_lake.errors.SourceFileError` naming
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -55,6 +56,15 @@ def read(path: str | Path, fmt: str | None = None) -> dict[str, xr.Dataset]:
     """Read one source file into the Datasets it holds, keyed by their path in a release."""
     fmt = fmt or detect_format(path)
     return _module(fmt).read(Path(path))
+
+
+def group_names(name: str, siblings: Iterable[str]) -> list[str]:
+    """The names of the files converted together with the file ``name``, first the one a job
+    converts them from, judged by the names in its folder alone (for a remote listing, before
+    any download). Only CCF volumes and connectivity experiments span several files."""
+    from abo_lake.sources import ccf
+
+    return ccf.group(name, siblings)
 
 
 def members(path: str | Path, fmt: str | None = None) -> list[Path]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -334,9 +335,7 @@ def _is_metadata(doc: Any) -> bool:
 
 def _attr_value(value: Any) -> Any:
     """A JSON value as an attrs-safe value (scalars and flat lists; the rest as JSON text)."""
-    if value is None:
-        return ""
-    if isinstance(value, str | bool | int | float):
+    if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, list) and all(
         isinstance(v, str | bool | int | float) and not isinstance(v, dict) for v in value
@@ -416,6 +415,13 @@ def _ontology_nodes(doc: Any) -> list[dict[str, Any]]:
     return flat
 
 
+def _path_ids(path: list[int] | str) -> list[int]:
+    """A ``structure_id_path`` as ids: a list, or the Allen API's text ``"/997/8/567/"``."""
+    if isinstance(path, str):
+        return [int(i) for i in path.strip("/").split("/") if i]
+    return [int(i) for i in path]
+
+
 def _ragged(values: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     flat = np.array([v for row in values for v in row], dtype=np.int64)
     index = np.cumsum([len(row) for row in values], dtype=np.int64)
@@ -453,7 +459,7 @@ def read_structures(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.D
     paths = []
     for n in nodes:
         if n.get("structure_id_path"):
-            path_ids = [int(i) for i in n["structure_id_path"]]
+            path_ids = _path_ids(n["structure_id_path"])
         else:  # walk the parents
             path_ids, cur = [], int(n["id"])
             while cur is not None and cur in parent_of and len(path_ids) <= len(nodes):
@@ -509,38 +515,51 @@ def read_structures(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.D
 
 
 def members(path: str | Path) -> list[Path]:
-    """The files that together make the Dataset(s) ``read(path)`` returns.
+    """The files that together make the Dataset(s) ``read(path)`` returns (see :func:`group`).
+
+    The conversion job converts each group once (from its first member) and keys its resume
+    record on the content of all members, so changing any one of them re-converts.
+    """
+    p = Path(path)
+    siblings = [f.name for f in p.parent.iterdir() if f.is_file()] if p.parent.is_dir() else []
+    return [p.parent / name for name in group(p.name, siblings)]
+
+
+def group(name: str, siblings: Iterable[str]) -> list[str]:
+    """Names of the files that make one Dataset with the file ``name``, by names alone (so a
+    remote folder's listing will do), first the one a job converts the group from.
 
     A connectivity experiment is one Dataset built from its folder: the four volumes at the
     finest complete resolution plus ``metadata.json``. An annotation or template is one
     multiscale dataset of all its resolutions in the folder (``annotation_10.nrrd``,
     ``annotation_25.nrrd``, ..., finest first; Allen ships each CCF version in its own
-    folder). Every other source is its own file. The
-    conversion job converts each group once (from its first member) and keys its resume
-    record on the content of all members, so changing any one of them re-converts.
+    folder). Every other file is its own group.
+
+    Parameters
+    ----------
+    name
+        A file name.
+    siblings
+        The names of the files in its folder.
     """
-    p = Path(path)
-    n = _NAME_RE.match(p.name)
+    names = set(siblings) | {name}
+    n = _NAME_RE.match(name)
     if n and n["volume"] not in CONNECTIVITY_VOLUMES:
-        # every resolution of one CCF volume in this folder: one multiscale dataset
         same = [
-            (int(m["res"]), f)
-            for f in p.parent.glob("*.nrrd")
-            if (m := _NAME_RE.match(f.name)) and m["volume"] == n["volume"]
+            (int(m["res"]), other)
+            for other in names
+            if (m := _NAME_RE.match(other)) and m["volume"] == n["volume"]
         ]
-        return [f for _, f in sorted(same)] or [p]
-    in_experiment = (n and n["volume"] in CONNECTIVITY_VOLUMES) or p.name == "metadata.json"
-    if not in_experiment:
-        return [p]
+        return [other for _, other in sorted(same)]
+    if not ((n and n["volume"] in CONNECTIVITY_VOLUMES) or name == "metadata.json"):
+        return [name]
     found: dict[int, set[str]] = {}
-    for f in p.parent.glob("*.nrrd"):
-        m = _NAME_RE.match(f.name)
+    for other in names:
+        m = _NAME_RE.match(other)
         if m and m["volume"] in CONNECTIVITY_VOLUMES:
             found.setdefault(int(m["res"]), set()).add(m["volume"])
-    complete = sorted(r for r, names in found.items() if names == set(CONNECTIVITY_VOLUMES))
+    complete = sorted(r for r, vols in found.items() if vols == set(CONNECTIVITY_VOLUMES))
     if not complete:
-        return [p]
-    out = [p.parent / f"{name}_{complete[0]}.nrrd" for name in CONNECTIVITY_VOLUMES]
-    if (p.parent / "metadata.json").is_file():
-        out.append(p.parent / "metadata.json")
-    return out
+        return [name]
+    out = [f"{volume}_{complete[0]}.nrrd" for volume in CONNECTIVITY_VOLUMES]
+    return out + (["metadata.json"] if "metadata.json" in names else [])
