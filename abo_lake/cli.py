@@ -105,8 +105,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from abo_lake import jobs
+    from abo_lake.writer import WriteOptions
 
     specs, release, metadata = args.sources, args.release, args.metadata or []
+    options = None
     if args.spec:
         import yaml
 
@@ -115,6 +117,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         specs = specs or [str(base / s) if "://" not in s else s for s in spec["sources"]]
         release = release or spec["release"]
         metadata = metadata or [str(base / m) for m in spec.get("metadata", [])]
+        try:
+            options = WriteOptions.from_spec(spec)
+        except ValueError as err:
+            raise SystemExit(f"abo-lake convert: {args.spec}: {err}") from None
     if not specs or not release:
         raise SystemExit("abo-lake convert: give SOURCES and --release, or --spec FILE")
     report = jobs.run(
@@ -126,6 +132,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         publish=args.publish,
         metadata=metadata,
         source_options=json.loads(args.source_options) if args.source_options else None,
+        write_options=options,
     )
     _emit(args, report.to_dict(), report.summary())
     return 0 if not report.failures else 1

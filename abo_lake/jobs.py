@@ -34,7 +34,7 @@ from abo_lake.lake import LEDGER_PREFIX, Lake
 from abo_lake.progress import BytesDone, FileProgress
 from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
-from abo_lake.writer import write_dataset
+from abo_lake.writer import WriteOptions, write_dataset
 
 __all__ = ["FileResult", "JobReport", "convert_file", "plan", "run"]
 
@@ -258,6 +258,7 @@ def convert_file(
     fidelity: bool = True,
     source_options: dict[str, Any] | None = None,
     progress_topic: str | None = None,
+    write_options: WriteOptions | None = None,
 ) -> FileResult:
     """Convert one source file into the lake (chunks + manifests) and record it in the ledger.
 
@@ -265,8 +266,11 @@ def convert_file(
     Rerunning on an unchanged file finds its ledger record and converts nothing. Remote
     sources (``s3://...``, opened with ``source_options``) are fetched to a temporary file.
     On a ``distributed`` worker, the fraction done is sent as events on ``progress_topic``
-    (see :mod:`abo_lake.progress`).
+    (see :mod:`abo_lake.progress`). ``write_options`` (codec, chunk size) other than the
+    defaults are part of the resume key: changing them converts again.
     """
+    options = write_options or WriteOptions()
+    suffix = f"-{options.token()}" if options.token() else ""
     t0 = time.perf_counter()
     result = FileResult(source=source)
     storage = Storage(lake_url, **(storage_options or {}))
@@ -274,7 +278,7 @@ def convert_file(
     try:
         # a remote source converted before is known by its objects' ETags: no download
         remote_key = _remote_identity(source, source_options)
-        remote_ledger = f"{LEDGER_PREFIX}/{remote_key}.json" if remote_key else None
+        remote_ledger = f"{LEDGER_PREFIX}/{remote_key}{suffix}.json" if remote_key else None
         if remote_ledger and storage.exists(remote_ledger):
             return _resumed(result, json.loads(storage.read(remote_ledger)))
         local = _local_copy(source, source_options)
@@ -289,7 +293,7 @@ def convert_file(
             if len(digests) == 1
             else hashlib.sha256("".join(digests).encode()).hexdigest()
         )
-        ledger_key = f"{LEDGER_PREFIX}/{result.source_sha256}.json"
+        ledger_key = f"{LEDGER_PREFIX}/{result.source_sha256}{suffix}.json"
         if storage.exists(ledger_key):
             record = storage.read(ledger_key)
             if remote_ledger:
@@ -300,7 +304,16 @@ def convert_file(
         # inside a worker, stream with as many threads as the worker has (not cpu_count + 4)
         with dask.config.set(scheduler="threads", num_workers=_threads()):
             report = FileProgress(result.source, progress_topic)
-            _convert(source, storage, lake, result, raw=raw, fidelity=fidelity, report=report)
+            _convert(
+                source,
+                storage,
+                lake,
+                result,
+                raw=raw,
+                fidelity=fidelity,
+                report=report,
+                options=options,
+            )
         record = json.dumps(
             {
                 "source": Path(source).name,
@@ -360,6 +373,7 @@ def _convert(
     raw: bool,
     fidelity: bool,
     report: Callable[..., None] = lambda *a, **k: None,
+    options: WriteOptions | None = None,
 ) -> None:
     datasets = sources.read(source, result.format)
     n = len(datasets)
@@ -371,7 +385,10 @@ def _convert(
         obj.attrs["source_sha256"] = result.source_sha256
         stored = _with_raw(source, result.format, obj) if raw else obj
         manifest, new, new_bytes = write_dataset(
-            storage, stored, progress=lambda f, i=i: report((i + WRITE_SHARE * f) / n)
+            storage,
+            stored,
+            progress=lambda f, i=i: report((i + WRITE_SHARE * f) / n),
+            options=options,
         )
         if fidelity and isinstance(stored, dict):
             _check_fidelity(
@@ -672,6 +689,7 @@ def run(
     notes: str = "",
     progress: bool | Callable[[int, int], None] | None = None,
     source_options: dict[str, Any] | None = None,
+    write_options: WriteOptions | None = None,
 ) -> JobReport:
     """Convert sources into a release on dask.distributed; publish if every file succeeded.
 
@@ -693,6 +711,8 @@ def run(
     progress
         Show a progress bar of source bytes done, moving within files too (default: when
         stderr is a terminal), or call ``progress(bytes done, bytes in all)`` instead.
+    write_options
+        Codec and default chunk size (a job specification's ``codec`` and ``chunk_mb``).
     """
     import distributed
     from tqdm.auto import tqdm
@@ -732,6 +752,7 @@ def run(
                 storage_options=lake.storage.storage_options,
                 source_options=source_options,
                 progress_topic=topic,
+                write_options=write_options,
                 pure=False,
             )
             for future in distributed.as_completed(futures, loop=client.loop):

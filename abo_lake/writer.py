@@ -11,8 +11,10 @@ data back.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import dask
@@ -32,12 +34,64 @@ from abo_lake.progress import TaskFraction
 from abo_lake.storage import Storage
 from abo_lake.stores import CaptureStore, is_metadata_key
 
-__all__ = ["DEFAULT_COMPRESSORS", "TARGET_CHUNK_BYTES", "Written", "groups", "write_dataset"]
+__all__ = [
+    "DEFAULT_COMPRESSORS",
+    "TARGET_CHUNK_BYTES",
+    "WriteOptions",
+    "Written",
+    "groups",
+    "write_dataset",
+]
 
 #: Deterministic (same input -> same bytes -> same object), fast, and good on shuffled floats.
 DEFAULT_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
 #: Chunk size aimed at when a variable does not say (``encoding["chunks"]``).
 TARGET_CHUNK_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """Codec and chunk choices of a conversion (a job specification's ``codec`` and
+    ``chunk_mb``); readers' own layouts (e.g. trace chunks) are kept.
+
+    Examples
+    --------
+    >>> WriteOptions.from_spec({"codec": {"cname": "lz4", "clevel": 5}, "chunk_mb": 8})
+    WriteOptions(compressors=(BloscCodec(...),), chunk_bytes=8388608)  # doctest: +SKIP
+    """
+
+    compressors: tuple[Any, ...] = DEFAULT_COMPRESSORS
+    chunk_bytes: int = TARGET_CHUNK_BYTES
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> WriteOptions:
+        """From ``{"codec": {Blosc cname, clevel, shuffle}, "chunk_mb": MB}`` (both optional);
+        raises ``ValueError`` naming what is wrong."""
+        codec = dict(spec.get("codec") or {})
+        unknown = set(codec) - {"cname", "clevel", "shuffle"}
+        if unknown:
+            raise ValueError(f"codec: unknown Blosc option(s) {sorted(unknown)}")
+        compressors = DEFAULT_COMPRESSORS
+        if codec:
+            base = DEFAULT_COMPRESSORS[0].to_dict()["configuration"]
+            config = {k: base[k] for k in ("cname", "clevel", "shuffle")} | codec
+            try:
+                compressors = (BloscCodec(**config),)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"codec {codec}: {err}") from err
+        mb = spec.get("chunk_mb")
+        if mb is not None and not (isinstance(mb, int | float) and 0.0625 <= mb <= 1024):
+            raise ValueError(f"chunk_mb must be a number of MB between 1/16 and 1024, not {mb!r}")
+        return cls(compressors, int(mb * 2**20) if mb is not None else TARGET_CHUNK_BYTES)
+
+    def token(self) -> str:
+        """ "" for the defaults, else a short hash that tells conversions apart in the ledger."""
+        if self == WriteOptions():
+            return ""
+        desc = json.dumps(
+            [[c.to_dict() for c in self.compressors], self.chunk_bytes], sort_keys=True
+        )
+        return cas.digest(desc.encode())[:16]
 
 
 class Written(NamedTuple):
@@ -65,14 +119,14 @@ def groups(obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset]) -> dict[str
     raise TypeError(f"can only write an xarray Dataset or DataTree, not {type(obj).__name__}")
 
 
-def _chunks_for(var: xr.Variable) -> tuple[int, ...]:
+def _chunks_for(var: xr.Variable, chunk_bytes: int = TARGET_CHUNK_BYTES) -> tuple[int, ...]:
     wanted = var.encoding.get("chunks")
     if wanted is not None and len(wanted) == var.ndim:
         return tuple(max(1, min(int(c), n) if n else 1) for c, n in zip(wanted, var.shape))
     if var.ndim == 0:
         return ()
     auto = normalize_chunks(
-        "auto", var.shape, limit=TARGET_CHUNK_BYTES, dtype=var.dtype, previous_chunks=None
+        "auto", var.shape, limit=chunk_bytes, dtype=var.dtype, previous_chunks=None
     )
     return tuple(max(1, c[0]) if c else 1 for c in auto)
 
@@ -92,7 +146,9 @@ def _chunked(var: xr.Variable, chunks: tuple[int, ...]) -> xr.Variable:
 _PLACEMENT_KEYS = ("chunks", "preferred_chunks", "compressors", "shards", "serializer")
 
 
-def _prepare(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+def _prepare(
+    ds: xr.Dataset, options: WriteOptions | None = None
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
     """Chunk every non-index numeric variable as it will be stored; build the encoding.
 
     Numeric arrays become dask arrays whose blocks are exactly the Zarr chunks (encoded by
@@ -100,9 +156,10 @@ def _prepare(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
     """
     encoding: dict[str, dict[str, Any]] = {}
     variables: dict[str, xr.Variable] = {}
+    options = options or WriteOptions()
     for name, var in ds.variables.items():
-        chunks = _chunks_for(var)
-        encoding[name] = {"compressors": var.encoding.get("compressors") or DEFAULT_COMPRESSORS}
+        chunks = _chunks_for(var, options.chunk_bytes)
+        encoding[name] = {"compressors": var.encoding.get("compressors") or options.compressors}
         if var.ndim:
             encoding[name]["chunks"] = chunks
         if name in ds.indexes:
@@ -172,6 +229,7 @@ def write_dataset(
     obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset],
     *,
     progress: Callable[[float], None] | None = None,
+    options: WriteOptions | None = None,
 ) -> Written:
     """Store ``obj``'s chunks in ``storage``'s CAS and return its manifest.
 
@@ -186,6 +244,8 @@ def write_dataset(
         ``encoding["compressors"]`` says otherwise. Dask-backed data is streamed.
     progress
         Called with the fraction of the chunk-encoding tasks done, as they finish.
+    options
+        Codec and default chunk size (default: Blosc-zstd level 3 with shuffle, ~4 MB).
 
     Returns
     -------
@@ -195,7 +255,7 @@ def write_dataset(
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
-        return _write(storage, obj, progress)
+        return _write(storage, obj, progress, options)
 
 
 def _write_metadata(
@@ -264,11 +324,12 @@ def _write(
     storage: Storage,
     obj: xr.Dataset | xr.DataTree | Mapping[str, xr.Dataset],
     progress: Callable[[float], None] | None = None,
+    options: WriteOptions | None = None,
 ) -> Written:
     capture = CaptureStore(storage)
     tasks: list[dask.delayed] = []
     for group, ds in groups(obj).items():
-        prepared, encoding = _prepare(ds)
+        prepared, encoding = _prepare(ds, options)
         _write_metadata(prepared, capture, group, encoding)
         prefix = f"{group}/" if group else ""
         for name, var in prepared.variables.items():

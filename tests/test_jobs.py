@@ -307,6 +307,43 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path):
     assert out.returncode == 0, out.stderr
     assert abo_lake.open_lake(lake).releases() == ["2026.1"]
     assert len(abo_lake.open_lake(lake).release("2026.1").datasets("ophys/")) == 2
+    # codec and chunk choices: stored with them, and not resumed from the default conversion
+    spec.write_text(
+        "release: '2026.2'\nsources: [data]\n"
+        "codec: {cname: lz4, clevel: 5, shuffle: bitshuffle}\nchunk_mb: 0.25\n"
+    )
+    cli = [sys.executable, "-m", "abo_lake.cli", "convert", "--spec", str(spec)]
+    out = subprocess.run(
+        [*cli, "--lake", str(lake), "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert not any(f["resumed"] for f in json.loads(out.stdout)["files"])
+    rel = abo_lake.open_lake(lake).release("2026.2")
+    path = rel.datasets("ophys/")[0]
+    docs = {
+        name: {k: json.loads(v) for k, v in r.manifest(path).metadata.items()}
+        for name, r in [("default", abo_lake.open_lake(lake).release("2026.1")), ("spec", rel)]
+    }
+    meta = docs["spec"]["running_speed.speed/zarr.json"]
+    blosc = next(c for c in meta["codecs"] if c["name"] == "blosc")["configuration"]
+    assert (blosc["cname"], blosc["clevel"], blosc["shuffle"]) == ("lz4", 5, "bitshuffle")
+
+    def chunk_bytes(doc):
+        item = np.dtype(doc["data_type"]).itemsize
+        return item * np.prod(doc["chunk_grid"]["configuration"]["chunk_shape"])
+
+    arrays = [
+        k
+        for k, d in docs["spec"].items()
+        if d.get("node_type") == "array" and d["data_type"] in ("float64", "float32", "uint16")
+    ]
+    smaller = [k for k in arrays if chunk_bytes(docs["spec"][k]) < chunk_bytes(docs["default"][k])]
+    assert smaller  # arrays without a reader layout now have ~0.25 MB chunks
+    assert all(chunk_bytes(docs["spec"][k]) <= 0.25 * 2**20 for k in smaller)
+    spec.write_text("release: '2026.3'\nsources: [data]\ncodec: {cname: zstandard}\n")
+    bad = subprocess.run([*cli, "--lake", str(lake)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "2026.1.yaml: codec {'cname': 'zstandard'}" in bad.stderr
 
 
 @pytest.mark.s3
