@@ -36,9 +36,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import nrrd
 import numpy as np
 import xarray as xr
+
+from abo_lake.sources._nrrd import open_volume
 
 __all__ = ["check_file", "check_group"]
 
@@ -122,22 +123,36 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view(f"u{a.dtype.itemsize}")
 
 
-def _compare(name: str, label: str, want: np.ndarray, var: xr.DataArray) -> list[str]:
-    """Compare ``var`` with ``want`` bit for bit, reading it in slabs along its first axis."""
-    if var.dtype != want.dtype:
-        return [f"{name}: {label} has dtype {var.dtype}, expected {want.dtype}"]
-    n_diff, first = 0, ""
-    for i0 in range(0, want.shape[0], _SLAB):
-        got, ref = np.asarray(var[i0 : i0 + _SLAB].values), want[i0 : i0 + _SLAB]
+def _compare(
+    name: str, label: str, source: np.ndarray, var: xr.DataArray, dtype: Any, lossy: str
+) -> list[str]:
+    """Compare ``var`` bit for bit with ``source`` cast to ``dtype``, slab by slab along the
+    first axis (``source`` may be a memory map: never read whole). A cast that changes a
+    source value is reported with ``lossy``."""
+    dtype = np.dtype(dtype)
+    if var.dtype != dtype:
+        return [f"{name}: {label} has dtype {var.dtype}, expected {dtype}"]
+    n_diff, n_lossy, first = 0, 0, ""
+    for i0 in range(0, source.shape[0], _SLAB):
+        src = np.asarray(source[i0 : i0 + _SLAB])
+        ref = src.astype(dtype)
+        if ref.dtype != src.dtype:
+            back = ref.astype(src.dtype)
+            changed = back != src
+            if src.dtype.kind == "f":
+                changed &= ~(np.isnan(back) & np.isnan(src))
+            n_lossy += int(np.count_nonzero(changed))
+        got = np.asarray(var[i0 : i0 + _SLAB].values)
         neq = _bits(got) != _bits(ref)
         if not first and neq.any():
             idx = np.unravel_index(int(np.argmax(neq)), neq.shape)
             at = (i0 + int(idx[0]), *(int(i) for i in idx[1:]))
             first = f"first at {at}: {got[idx].item()!r}, expected {ref[idx].item()!r}"
         n_diff += int(np.count_nonzero(neq))
-    if not n_diff:
-        return []
-    return [f"{name}: {label} differs in {n_diff} of {want.size} voxels, {first}"]
+    problems = [f"{name}: {lossy}"] if n_lossy else []
+    if n_diff:
+        problems.append(f"{name}: {label} differs in {n_diff} of {source.size} voxels, {first}")
+    return problems
 
 
 def _layout(name: str, label: str, ds: xr.Dataset, var: str, shape: tuple) -> list[str]:
@@ -211,7 +226,7 @@ def _check_volume(p: Path, tree: xr.Dataset | xr.DataTree) -> list[str]:
     name = p.name
     if not isinstance(tree, xr.DataTree):
         return [f"{name}: the lake holds a {type(tree).__name__}, expected a multiscale DataTree"]
-    data, header = nrrd.read(str(p), index_order="F")
+    data, header = open_volume(p)  # memory-mapped: compared slab by slab
     res, problems = _resolution(name, header)
     if res is None:
         return problems
@@ -219,9 +234,7 @@ def _check_volume(p: Path, tree: xr.Dataset | xr.DataTree) -> list[str]:
     m = _VOLUME_RE.match(name)
     annotation = m[1] == "annotation" if m else data.dtype != np.uint16  # uint16: a template
     volume = "annotation" if annotation else "template"
-    want = data.astype(np.uint32) if annotation else data
-    if annotation and not np.array_equal(want, data):
-        problems.append(f"{name}: ids do not fit the lake's uint32, expected 0 <= id < 2**32")
+    dtype = np.uint32 if annotation else data.dtype
     shape = tuple(int(s) for s in header["sizes"])
     while True:
         level = f"{res}um"
@@ -232,7 +245,14 @@ def _check_volume(p: Path, tree: xr.Dataset | xr.DataTree) -> list[str]:
             layout = _layout(name, level, ds, volume, shape)
             problems += layout or _coords(name, level, ds, shape, res)
             if not layout and level == f"{want_res}um":
-                problems += _compare(name, f"{level}/{volume}", want, ds[volume])
+                problems += _compare(
+                    name,
+                    f"{level}/{volume}",
+                    data,
+                    ds[volume],
+                    dtype,
+                    "ids do not fit the lake's uint32, expected 0 <= id < 2**32",
+                )
         if res * 2 > _COARSEST_UM:
             return problems
         res, shape = res * 2, tuple(math.ceil(n / 2) for n in shape)
@@ -256,20 +276,22 @@ def _check_experiment(folder: Path, ds: xr.Dataset | xr.DataTree) -> list[str]:
     problems: list[str] = []
     for volume in _CONNECTIVITY:
         name = f"{volume}_{res}.nrrd"
-        data, header = nrrd.read(str(folder / name), index_order="F")
+        data, header = open_volume(folder / name)
         shape = tuple(int(s) for s in header["sizes"])
         if layout := _layout(name, folder.name, ds, volume, shape):
             problems += layout
             continue
         if volume == "projection_density":  # the coordinates are shared: check them once
             problems += _coords(name, folder.name, ds, shape, res)
-        want = data.astype(np.float32)
-        if not np.array_equal(want.astype(data.dtype), data, equal_nan=True):
-            problems.append(
-                f"{name}: {data.dtype} values change when stored as float32, expected "
-                "values float32 holds exactly"
-            )
-        problems += _compare(name, f"{folder.name}/{volume} (float32)", want, ds[volume])
+        problems += _compare(
+            name,
+            f"{folder.name}/{volume} (float32)",
+            data,
+            ds[volume],
+            np.float32,
+            f"{data.dtype} values change when stored as float32, expected values float32 "
+            "holds exactly",
+        )
     meta_path = folder / "metadata.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())

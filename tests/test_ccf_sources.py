@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import dask.array as da
 import nrrd
 import numpy as np
 import pytest
@@ -482,3 +483,46 @@ def test_every_resolution_in_the_folder_is_a_level_of_one_dataset(tmp_path):
     # a job meets the folder's files one by one (or as listed): one dataset, all levels
     planned = jobs.plan([*files, folder / "average_template_100.nrrd"])
     assert [Path(f).name for f in planned] == ["annotation_50.nrrd", "average_template_50.nrrd"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "raw", "bzip2"])
+def test_nrrd_volumes_are_memory_mapped_not_loaded(tmp_path, encoding):
+    """``_nrrd.open_volume`` gives what ``nrrd.read`` gives, as a memory map (a gzip volume is
+    decompressed once, in a stream, to an unlinked temporary file), and the CCF reader's
+    levels are dask arrays over it: a conversion holds blocks, never a whole volume."""
+    from abo_lake.sources._nrrd import open_volume
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 2000, (132, 80, 114)).astype(np.uint32)
+    data[:, :40] = 7  # compressible: the output of one step exceeds its input
+    path = tmp_path / "annotation_100.nrrd"
+    header = {"encoding": encoding, "space directions": np.diag([100.0] * 3)}
+    nrrd.write(str(path), data, header, index_order="F")
+    mapped, head = open_volume(path)
+    assert isinstance(mapped, np.memmap)
+    assert mapped.nbytes > path.stat().st_size or encoding == "raw"
+    want, _ = nrrd.read(str(path), index_order="F")
+    np.testing.assert_array_equal(mapped, want)
+    assert list(head["sizes"]) == [132, 80, 114]
+    tree = reader.read(path)[ANN_KEY]
+    for level in tree.children.values():
+        assert isinstance(level["annotation"].data, da.Array)
+    np.testing.assert_array_equal(tree["100um"]["annotation"].values, data)
+    np.testing.assert_array_equal(tree["200um"]["annotation"].values, data[::2, ::2, ::2])
+    # data that end early: the file named, and what was expected
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 1000])
+    with pytest.raises(SourceFileError, match=r"annotation_100\.nrrd: .*(truncated|cannot read)"):
+        open_volume(path)
+
+
+def test_template_block_means_by_block_equal_the_whole_volume_mean():
+    """The 2×2×2 means computed block by block (dask) equal the means of the whole volume,
+    odd edges included."""
+    data = np.random.default_rng(1).integers(0, 600, (131, 79, 113)).astype(np.uint16)
+    lazy = da.from_array(data, chunks=(50, 33, 64))  # odd chunks: rechunked to even ones
+    np.testing.assert_array_equal(
+        reader._half(lazy, "template").compute(), reader._block_mean(data)
+    )
+    twice = reader._half(reader._half(lazy, "template"), "template").compute()
+    np.testing.assert_array_equal(twice, reader._block_mean(reader._block_mean(data)))

@@ -71,7 +71,7 @@ def _with_level(tree: xr.DataTree, level: str, ds: xr.Dataset | None) -> xr.Data
 def test_annotation_voxel_differs(ccf_dir, tmp_path):
     path = ccf_dir / "annotation_100.nrrd"
     key, tree = _read_one(path)
-    ds = tree["100um"].to_dataset().copy(deep=True)
+    ds = tree["100um"].to_dataset().compute()  # in memory: its values can be edited
     ds["annotation"].values[3, 4, 5] += 1
     problems = check_file(path, "ccf", _roundtrip(tmp_path, key, _with_level(tree, "100um", ds)))
     assert len(problems) == 1
@@ -107,7 +107,7 @@ def test_connectivity_faithful_from_every_member(experiment_dir, tmp_path):
 
 def test_connectivity_voxel_and_field_differ(experiment_dir, tmp_path):
     key, ds = _read_one(experiment_dir / "metadata.json")
-    ds = ds.copy(deep=True)
+    ds = ds.compute()  # in memory: its values can be edited
     ds["injection_density"].values[10, 20, 30] = 0.5
     ds.attrs["structure_abbrev"] = "VISl"
     del ds.attrs["injection_structures"]

@@ -18,8 +18,9 @@ names (``ALLEN_DATA.md`` §4):
 
 Coordinates ``ap``, ``dv``, ``lr`` are ``index × resolution`` in µm: Allen's voxel-to-µm
 mapping (``space origin`` 0), i.e. the voxel's anterior/dorsal/left corner, so a stride-2
-level keeps the coordinates of the voxels it keeps. Volumes are loaded eagerly (gzip NRRD
-cannot be read by block) and chunked 64³ through ``encoding["chunks"]``.
+level keeps the coordinates of the voxels it keeps. Volumes are dask arrays over memory-maps
+(``_nrrd.open_volume`` streams gzip data once into a temporary file), so a conversion holds
+blocks, not volumes (a 10 µm annotation is 4.8 GB); stored 64³ through ``encoding["chunks"]``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import nrrd
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from abo_lake.errors import SourceFileError
+from abo_lake.sources._nrrd import open_volume
 
 __all__ = [
     "CCF_SHAPES",
@@ -212,15 +216,21 @@ def _volume_kind(p: Path, header: dict[str, Any]) -> tuple[str, int | None]:
     return volume, res
 
 
-def _load(p: Path) -> tuple[np.ndarray, int, str]:
+def _load(p: Path) -> tuple[da.Array, int, str]:
+    """The volume as a dask array over its memory-mapped data (``_nrrd.open_volume``: a
+    gzip volume is decompressed once, in a stream, never held whole in memory)."""
     header = _header(p)
     volume, name_res = _volume_kind(p, header)
     res = _resolution(p, header, name_res)
     try:
-        data, _ = nrrd.read(str(p), index_order="F")
+        data, _ = open_volume(p)
+    except SourceFileError:
+        raise
     except Exception as err:  # pynrrd raises zlib, ValueError, NRRDError... on broken data
         raise SourceFileError(f"{p}: cannot read the NRRD data ({err})") from err
-    return data, res, volume
+    stat = p.stat()
+    name = "nrrd-" + tokenize(str(p), stat.st_size, stat.st_mtime_ns)
+    return da.from_array(data, chunks=(2 * _CHUNK,) * 3, name=name), res, volume
 
 
 def _coords(shape: tuple[int, ...], res: int) -> dict[str, xr.Variable]:
@@ -230,12 +240,23 @@ def _coords(shape: tuple[int, ...], res: int) -> dict[str, xr.Variable]:
     }
 
 
-def _level(name: str, data: np.ndarray, res: int, attrs: dict[str, Any]) -> xr.Dataset:
+def _level(name: str, data: da.Array, res: int, attrs: dict[str, Any]) -> xr.Dataset:
     var = xr.Variable(_DIMS, data)
     var.encoding["chunks"] = tuple(min(_CHUNK, n) for n in data.shape)
     ds = xr.Dataset({name: var}, coords=_coords(data.shape, res))
     ds.attrs = {**attrs, "resolution_um": res}
     return ds
+
+
+def _half(data: da.Array, volume: str) -> da.Array:
+    """The next coarser level: every second voxel (annotation) or 2×2×2 means (template),
+    block by block (every block but the last has even sizes, so no pair straddles two)."""
+    if volume == "annotation":
+        return data[::2, ::2, ::2]
+    if any(c % 2 for cs in data.chunks for c in cs[:-1]):
+        data = data.rechunk((2 * _CHUNK,) * 3)
+    chunks = tuple(tuple(-(-c // 2) for c in cs) for cs in data.chunks)
+    return data.map_blocks(_block_mean, chunks=chunks, dtype=data.dtype)
 
 
 def _block_mean(data: np.ndarray) -> np.ndarray:
@@ -277,27 +298,26 @@ def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataT
     p = Path(path)
     files = members(p) if _NAME_RE.match(p.name) else [p]
     levels: dict[str, xr.Dataset] = {}
-    data: np.ndarray | None = None
+    data: da.Array | None = None
     for f in files:
         data, res, volume = _load(f)
         if volume not in ("annotation", "template"):
             raise SourceFileError(f"{f}: a {volume} volume belongs to a connectivity experiment")
         if volume == "annotation":
-            data = data.astype(np.uint32, copy=False)
+            data = data.astype(np.uint32)
         attrs = {
             "abo_lake_kind": "ccf_volume",
             "source_file": f.name,
             "ccf_version": ccf_version,
             "volume": volume,
         }
-        levels[f"{res}um"] = _level(volume, np.ascontiguousarray(data), res, attrs)
+        levels[f"{res}um"] = _level(volume, data, res, attrs)
     assert data is not None  # members() gives at least the file itself
     # coarser levels from the coarsest file (its attrs: source_file names it)
     derived = {**attrs, "derived": "stride 2" if volume == "annotation" else "2x2x2 mean"}
     attrs = {**attrs, "source_file": p.name}
     while res * 2 <= _COARSEST_UM:
-        data = data[::2, ::2, ::2] if volume == "annotation" else _block_mean(data)
-        data = np.ascontiguousarray(data)
+        data = _half(data, volume)
         res *= 2
         if f"{res}um" not in levels:
             levels[f"{res}um"] = _level(volume, data, res, derived)
@@ -376,7 +396,7 @@ def _read_experiment(folder: Path, entry: Path) -> dict[str, xr.Dataset]:
     data_vars = {}
     for name in CONNECTIVITY_VOLUMES:
         data, _, _ = _load(folder / f"{name}_{res}.nrrd")
-        var = xr.Variable(_DIMS, np.ascontiguousarray(data, dtype=np.float32))
+        var = xr.Variable(_DIMS, data.astype(np.float32))
         var.encoding["chunks"] = tuple(min(_CHUNK, n) for n in data.shape)
         data_vars[name] = var
     shape = data_vars["projection_density"].shape
