@@ -50,8 +50,8 @@ _CONNECTIVITY = ("projection_density", "injection_density", "injection_fraction"
 _VOLUME_RE = re.compile(
     r"^(annotation|average_template|template|" + "|".join(_CONNECTIVITY) + r")_(\d+)\.nrrd$"
 )
-#: ap planes of a volume compared at a time.
-_SLAB = 64
+#: Source bytes of a volume compared at a time (whole ap planes).
+_SLAB_BYTES = 32 << 20
 #: Fields that make a JSON object a connectivity ``metadata.json`` (with ``id``).
 _INJECTION_FIELDS = {"injection_structures", "primary_injection_structure"}
 
@@ -133,8 +133,10 @@ def _compare(
     if var.dtype != dtype:
         return [f"{name}: {label} has dtype {var.dtype}, expected {dtype}"]
     n_diff, n_lossy, first = 0, 0, ""
-    for i0 in range(0, source.shape[0], _SLAB):
-        src = np.asarray(source[i0 : i0 + _SLAB])
+    plane = source.dtype.itemsize * math.prod(source.shape[1:])
+    step = max(1, _SLAB_BYTES // max(1, plane))  # about 32 MB of source at a time
+    for i0 in range(0, source.shape[0], step):
+        src = np.asarray(source[i0 : i0 + step])
         ref = src.astype(dtype)
         if ref.dtype != src.dtype:
             back = ref.astype(src.dtype)
@@ -142,7 +144,7 @@ def _compare(
             if src.dtype.kind == "f":
                 changed &= ~(np.isnan(back) & np.isnan(src))
             n_lossy += int(np.count_nonzero(changed))
-        got = np.asarray(var[i0 : i0 + _SLAB].values)
+        got = np.asarray(var[i0 : i0 + step].values)
         neq = _bits(got) != _bits(ref)
         if not first and neq.any():
             idx = np.unravel_index(int(np.argmax(neq)), neq.shape)

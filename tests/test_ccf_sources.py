@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tracemalloc
 from pathlib import Path
 
 import dask.array as da
@@ -486,10 +487,11 @@ def test_every_resolution_in_the_folder_is_a_level_of_one_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "raw", "bzip2"])
-def test_nrrd_volumes_are_memory_mapped_not_loaded(tmp_path, encoding):
+def test_nrrd_volumes_are_memory_mapped_not_loaded(tmp_path, encoding, monkeypatch):
     """``_nrrd.open_volume`` gives what ``nrrd.read`` gives, as a memory map (a gzip volume is
     decompressed once, in a stream, to an unlinked temporary file), and the CCF reader's
     levels are dask arrays over it: a conversion holds blocks, never a whole volume."""
+    from abo_lake.sources import _nrrd
     from abo_lake.sources._nrrd import open_volume
 
     rng = np.random.default_rng(0)
@@ -504,7 +506,12 @@ def test_nrrd_volumes_are_memory_mapped_not_loaded(tmp_path, encoding):
     want, _ = nrrd.read(str(path), index_order="F")
     np.testing.assert_array_equal(mapped, want)
     assert list(head["sizes"]) == [132, 80, 114]
+    monkeypatch.setattr(_nrrd, "STEP_BYTES", 1 << 18)  # small steps, to see what stays
+    tracemalloc.start()
     tree = reader.read(path)[ANN_KEY]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < data.nbytes / 2  # no copy of the volume (dask copies NumPy inputs)
     for level in tree.children.values():
         assert isinstance(level["annotation"].data, da.Array)
     np.testing.assert_array_equal(tree["100um"]["annotation"].values, data)

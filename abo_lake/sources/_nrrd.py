@@ -22,7 +22,7 @@ import numpy as np
 
 from abo_lake.errors import SourceFileError
 
-__all__ = ["open_volume"]
+__all__ = ["Blocks", "open_volume"]
 
 #: Compressed bytes read, and decompressed bytes produced, per step while streaming.
 STEP_BYTES = 16 << 20
@@ -61,6 +61,24 @@ def open_volume(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
                 return np.memmap(out, dtype, "r", 0, shape, order="F"), header
     except (nrrd.NRRDError, ValueError, TypeError, UnicodeDecodeError, zlib.error, EOFError) as err:
         raise SourceFileError(f"{p}: cannot read the NRRD ({err})") from err
+
+
+class Blocks:
+    """An array-like over a memory-mapped volume that dask reads block by block.
+
+    ``dask.array.from_array`` copies a NumPy array (a ``np.memmap`` included) into its graph
+    block by block when the graph is built, i.e. the whole volume at once; through this
+    wrapper each task reads its own block when it runs.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+        self.ndim = data.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._data[key])
 
 
 def _check_size(p: Path, found: int, nbytes: int, what: str) -> None:

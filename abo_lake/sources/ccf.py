@@ -38,7 +38,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from abo_lake.errors import SourceFileError
-from abo_lake.sources._nrrd import open_volume
+from abo_lake.sources._nrrd import Blocks, open_volume
 
 __all__ = [
     "CCF_SHAPES",
@@ -230,7 +230,7 @@ def _load(p: Path) -> tuple[da.Array, int, str]:
         raise SourceFileError(f"{p}: cannot read the NRRD data ({err})") from err
     stat = p.stat()
     name = "nrrd-" + tokenize(str(p), stat.st_size, stat.st_mtime_ns)
-    return da.from_array(data, chunks=(2 * _CHUNK,) * 3, name=name), res, volume
+    return da.from_array(Blocks(data), chunks=(2 * _CHUNK,) * 3, name=name), res, volume
 
 
 def _coords(shape: tuple[int, ...], res: int) -> dict[str, xr.Variable]:
