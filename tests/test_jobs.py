@@ -556,3 +556,22 @@ def test_job_on_a_running_scheduler_without_publishing_then_published(
     assert sorted(lake.release("r1").datasets()) == sorted(
         p for f in first.files for p in f.datasets
     )
+
+
+def test_two_workers_writing_the_same_chunks_at_once(vbo_sources, tmp_path):
+    """Two copies of one file in two folders: two worker processes convert them at the same
+    time and race to put the same chunk objects (put-if-absent). Both succeed with the same
+    manifest, the release holds one dataset, and every object hashes to its name."""
+    _, _, (first, *_), _ = vbo_sources
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(first, tmp_path / folder / Path(first).name)
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([tmp_path / "a", tmp_path / "b"], lake, "r1", workers=2, progress=False)
+    assert report.published, report.summary()
+    a, b = report.files
+    assert a.datasets == b.datasets
+    assert len(lake.release("r1").datasets()) == 1
+    check = lake.verify("r1")
+    assert check.checked > 10
+    assert check.ok, (check.missing, check.corrupt)
