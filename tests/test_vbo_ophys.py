@@ -456,3 +456,28 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
 
     result = jobs.convert_file(str(path), str(tmp_path / "lake"))
     assert result.error == ""  # fidelity checked: every table's rows, raw tags/timeseries
+
+
+@pytest.mark.parametrize(
+    ("n_time", "n_rois", "dtype"),
+    [(48_000, 300, "float64"), (140_000, 60, "float64"), (140_000, 500, "float32")],
+)
+def test_trace_chunks_serve_one_cell_and_one_window_at_realistic_sizes(
+    tmp_path, n_time, n_rois, dtype
+):
+    """Realistic trace shapes (Mesoscope 11 Hz, CAM2P 31 Hz; chunks never written, so the file
+    is tiny): stored chunks are 1-8 MB time-major blocks of a few cells over 32768 frames."""
+    path = tmp_path / "traces.nwb"
+    group = "processing/ophys/dff/traces"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            f"{group}/data", (n_time, n_rois), dtype=dtype, chunks=(4096, 32), compression="gzip"
+        )
+    with h5py.File(path, "r") as f:
+        arr = reader._trace(path, f, group, n_rois, n_time)
+    assert arr.shape == (n_rois, n_time)
+    cells, frames = arr.chunks[0][0], arr.chunks[1][0]
+    nbytes = cells * frames * arr.dtype.itemsize
+    assert 2**20 <= nbytes <= 8 * 2**20
+    assert frames == min(n_time, 32768)
+    assert len(arr.chunks[1]) == -(-n_time // 32768)  # one cell, all time: a few chunks
