@@ -386,18 +386,10 @@ class Stage:
         return h
 
     def add(self, path: str, manifest_hash: str, *, kind: str | None = None) -> str:
-        """Put an already-stored manifest in this release (e.g. from the resume ledger).
-
-        Adding the same manifest again is harmless; another one at the same path raises
-        ``ValueError``.
+        """Put an already-stored manifest in this release (e.g. from the resume ledger); a
+        dataset already staged at ``path`` is replaced (jobs refuse two sources for one path).
         """
         path = _check_path(path)
-        old = self.datasets.get(path, {}).get("manifest")
-        if old is not None and old != manifest_hash:
-            raise ValueError(
-                f"stage {self.name!r}: dataset {path!r} is already {old[:12]}..., not "
-                f"{manifest_hash[:12]}...; a release holds one version of each dataset"
-            )
         m = self.lake._manifest(manifest_hash, where=f"stage {self.name!r}, dataset {path!r}")
         if kind is None:
             root = json.loads(m.metadata["zarr.json"])
