@@ -466,7 +466,8 @@ def test_trace_chunks_serve_one_cell_and_one_window_at_realistic_sizes(
     tmp_path, n_time, n_rois, dtype
 ):
     """Realistic trace shapes (Mesoscope 11 Hz, CAM2P 31 Hz; chunks never written, so the file
-    is tiny): stored chunks are 1-8 MB time-major blocks of a few cells over 32768 frames."""
+    is tiny): stored chunks are 1-8 MB time-major blocks, balanced so that one cell over all
+    time and all cells in a window each read a few chunks."""
     path = tmp_path / "traces.nwb"
     group = "processing/ophys/dff/traces"
     with h5py.File(path, "w") as f:
@@ -479,5 +480,10 @@ def test_trace_chunks_serve_one_cell_and_one_window_at_realistic_sizes(
     cells, frames = arr.chunks[0][0], arr.chunks[1][0]
     nbytes = cells * frames * arr.dtype.itemsize
     assert 2**20 <= nbytes <= 8 * 2**20
-    assert frames == min(n_time, 32768)
-    assert len(arr.chunks[1]) == -(-n_time // 32768)  # one cell, all time: a few chunks
+    one_cell = len(arr.chunks[1]) * nbytes  # bytes read for one cell over all time
+    window = len(arr.chunks[0]) * nbytes  # for all cells in a window within one time chunk
+    assert frames >= min(n_time, 8192)
+    assert cells <= 64
+    # both patterns read within ~40 MB, for a question of ~0.1-1 MB
+    assert one_cell <= 40 * 2**20
+    assert window <= 40 * 2**20

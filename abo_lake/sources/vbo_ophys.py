@@ -61,6 +61,7 @@ _IMAGES = {
 }
 _EYE = {"eye_tracking": "eye", "pupil_tracking": "pupil", "corneal_reflection_tracking": "cr"}
 _TARGET_BYTES = 2**21  # ~2 MB chunks
+_MIN_FRAMES = 8192  # time per trace chunk, at least
 
 
 def _not_id(group: str) -> tuple[str, ...]:
@@ -257,8 +258,12 @@ def _trace(path: Path, f: h5py.File, group: str, n_cells: int, n_time: int) -> d
             f"{path}: /{group}/data has shape {dset.shape}, expected ({n_time}, n_rois)"
         )
     n_rois = dset.shape[1]
-    t_chunk = min(n_time, 32768)  # ~8 cells x 32768 frames: one cell over all time is cheap
-    c_chunk = _chunk(n_rois, t_chunk, dset.dtype.itemsize)
+    # ~2 MB blocks balanced between the two access patterns: one cell over all time reads
+    # n_time / t_chunk chunks, all cells in a window n_rois / c_chunk; at most ~32 cells
+    # (float64) by at least 8192 frames (longer when a session has few cells)
+    item = dset.dtype.itemsize
+    c_chunk = _chunk(n_rois, min(n_time, _MIN_FRAMES), item)
+    t_chunk = min(n_time, max(_MIN_FRAMES, _TARGET_BYTES // (c_chunk * item) // 4096 * 4096))
     # read whole HDF5 chunks (each gzip chunk decompressed once), then split into stored chunks
     h5_cols = dset.chunks[1] if dset.chunks else n_rois
     read_cols = min(n_rois, -(-c_chunk // h5_cols) * h5_cols)
