@@ -34,7 +34,6 @@ __all__ = [
     "SyncArray",
     "array_codecs",
     "chunked_as_stored",
-    "decode_chunk",
     "encode_chunk",
     "read_in_thread",
 ]
@@ -102,13 +101,9 @@ def encode_chunk(
     return metadata.encode_chunk_key(index), buf.to_bytes()
 
 
-def decode_chunk(data: bytes, meta: bytes, index: tuple[int, ...]) -> np.ndarray:
-    """The values of chunk ``index`` of the array ``meta`` describes, from its stored bytes:
-    Zarr's codecs applied in reverse, each with the chunk spec it encoded with."""
-    return _decode(data, array_codecs(meta), index)  # type: ignore[arg-type]
-
-
 def _decode(data: bytes, codecs: tuple[Any, Any, list[Any]], index: tuple[int, ...]) -> Any:
+    """The values of chunk ``index`` from its stored bytes: Zarr's codecs applied in reverse,
+    each with the chunk spec it encoded with."""
     metadata, config, chain = codecs
     spec = metadata.get_chunk_spec(index, config, default_buffer_prototype())
     specs = []

@@ -40,13 +40,14 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.sources._nrrd import open_volume
+from abo_lake.sources.ccf import CONNECTIVITY_VOLUMES
 
 __all__ = ["check_file", "check_group"]
 
 _DIMS = ("ap", "dv", "lr")
 #: Coarsest multiscale level (µm) of a CCF volume in the lake.
 _COARSEST_UM = 200
-_CONNECTIVITY = ("projection_density", "injection_density", "injection_fraction", "data_mask")
+_CONNECTIVITY = CONNECTIVITY_VOLUMES  # file names only; the values are re-parsed here
 _VOLUME_RE = re.compile(
     r"^(annotation|average_template|template|" + "|".join(_CONNECTIVITY) + r")_(\d+)\.nrrd$"
 )
@@ -100,9 +101,6 @@ def check_file(path: str | Path, fmt: str, obj: xr.Dataset | xr.DataTree) -> lis
     return _check_volume(p, obj)
 
 
-# -- shared helpers ----------------------------------------------------------------------------
-
-
 def check_group(paths: list[Path], fmt: str, obj: xr.Dataset | xr.DataTree) -> list[str]:
     """:func:`check_file` for every file a job converted together (``sources.members``):
     each resolution of a CCF volume is its own level; a connectivity experiment is checked
@@ -115,6 +113,9 @@ def check_group(paths: list[Path], fmt: str, obj: xr.Dataset | xr.DataTree) -> l
         if connectivity:
             break
     return problems
+
+
+# -- shared helpers ----------------------------------------------------------------------------
 
 
 def _bits(a: np.ndarray) -> np.ndarray:

@@ -173,16 +173,21 @@ def _remote_group(fs: Any, path: str, listings: dict[str, list[str]] | None = No
     return [f"{parent}/{n}" for n in sources.group_names(name, listings[parent])]
 
 
-def _remote_identity(source: str, options: dict[str, Any] | None) -> str | None:
-    """A key for the content of a remote source's group from its objects' ETags and sizes
-    (no download), or None when the store gives no ETag."""
+def _remote(source: str, options: dict[str, Any] | None) -> tuple[Any, str, list[str]] | None:
+    """``(filesystem, path, paths of its group)`` for a remote source; None for a local one."""
     if "://" not in source or source.startswith("file://"):
         return None
     from fsspec.core import url_to_fs
 
     fs, path = url_to_fs(source, **(options or {}))
+    return fs, path, _remote_group(fs, path)
+
+
+def _remote_identity(fs: Any, members: list[str]) -> str | None:
+    """A key for the content of a remote group from its objects' ETags and sizes (no
+    download), or None when the store gives no ETag."""
     parts = []
-    for member in _remote_group(fs, path):
+    for member in members:
         info = fs.info(member)
         etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
         if not etag:
@@ -191,25 +196,19 @@ def _remote_identity(source: str, options: dict[str, Any] | None) -> str | None:
     return "etag-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _local_copy(source: str, options: dict[str, Any] | None) -> str:
-    """A local path for ``source``: remote files (``s3://...``) are fetched, with the other
-    files of their group (a connectivity experiment's volumes, a CCF volume's resolutions),
-    to a temp folder.
+def _fetch(fs: Any, path: str, members: list[str]) -> str:
+    """Download a remote group (a connectivity experiment's volumes, a CCF volume's
+    resolutions, or just the file) into a temp folder; the local path of ``path``.
 
     HDF5 is read from a local copy: readers seek all over the file, and over S3 that costs
     far more requests than one download (ALLEN_DATA.md §10).
     """
-    if "://" not in source or source.startswith("file://"):
-        return source.removeprefix("file://")
     import tempfile
 
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(source, **(options or {}))
     # keep the parent folder's name: readers take ids from it (specimen_<id>/, experiment_<id>/)
     folder = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).parent.name
     folder.mkdir()
-    for member in _remote_group(fs, path):
+    for member in members:
         fs.get(member, str(folder / member.rpartition("/")[2]))
     return str(folder / Path(path).name)
 
@@ -270,21 +269,23 @@ def convert_file(
     defaults are part of the resume key: changing them converts again.
     """
     options = write_options or WriteOptions()
-    suffix = f"-{options.token()}" if options.token() else ""
+    token = options.token()
+    suffix = f"-{token}" if token else ""
     t0 = time.perf_counter()
     result = FileResult(source=source)
     storage = Storage(lake_url, **(storage_options or {}))
     fetched = ""
     try:
+        remote = _remote(source, source_options)
         # a remote source converted before is known by its objects' ETags: no download
-        remote_key = _remote_identity(source, source_options)
+        remote_key = _remote_identity(remote[0], remote[2]) if remote else None
         remote_ledger = f"{LEDGER_PREFIX}/{remote_key}{suffix}.json" if remote_key else None
         if remote_ledger and storage.exists(remote_ledger):
             return _resumed(result, json.loads(storage.read(remote_ledger)))
-        local = _local_copy(source, source_options)
-        if local != source:
-            fetched = local
-        source = local
+        if remote:
+            source = fetched = _fetch(*remote)
+        else:
+            source = source.removeprefix("file://")
         group = sources.members(source) if Path(source).is_file() else [Path(source)]
         result.bytes_in = sum(Path(p).stat().st_size for p in group)
         digests = [_sha256_file(str(p)) for p in group]
@@ -468,21 +469,16 @@ def _check_fidelity(
     transforms (``fidelity_mappings``), including a check that every mapped HDF5 dataset is
     covered. Big arrays are compared block by block.
     """
-    from abo_lake.chunk_codec import chunked_as_stored, read_in_thread
+    from abo_lake.chunk_codec import chunked_as_stored
     from abo_lake.fidelity import assert_faithful, check_raw
     from abo_lake.fidelity_mapped import check_reader
     from abo_lake.stores import ManifestStore
 
     store = ManifestStore(lake.storage, manifest, label=f"conversion of {Path(source).name}")
     # open the raw group as its own root: no coordinates inherited from the curated Dataset
-    raw = xr.open_datatree(
-        store, engine="zarr", group="raw", consolidated=True, chunks=None, zarr_format=3
-    )
+    raw = _reopened(store, tree=True, group="raw")
     skip = getattr(sources._module(fmt), "MAPPED_HDF5", ())
-    curated = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=3)
-    # reads decode in this thread: no event-loop hops per (often tiny) array or dask block
-    read_in_thread(raw, store.read_chunk)
-    read_in_thread(curated, store.read_chunk)
+    curated = _reopened(store)
     chunked = chunked_as_stored(curated)
     problems = check_raw(source, raw, skip=skip)
     report(0.5)  # the raw group checked; the curated layout next
@@ -495,19 +491,29 @@ def _check_file_fidelity(
 ) -> None:
     """The fidelity check of NRRD, JSON and SWC sources (:mod:`abo_lake.fidelity_files`):
     each file of the group re-parsed on its own and compared with what the lake holds."""
-    from abo_lake.chunk_codec import read_in_thread
     from abo_lake.fidelity import assert_faithful
     from abo_lake.fidelity_files import check_group
     from abo_lake.stores import ManifestStore
 
     store = ManifestStore(lake.storage, manifest, label=f"conversion of {Path(source).name}")
+    opened = _reopened(store, tree=isinstance(obj, xr.DataTree))
+    assert_faithful(check_group(sources.members(source), fmt, opened), source=source)
+
+
+def _reopened(store: Any, *, tree: bool = False, group: str | None = None) -> Any:
+    """A just-written dataset opened lazily from ``store`` (a ManifestStore) for a check; its
+    reads decode in this thread (no event-loop hops per, often tiny, array or dask block)."""
+    from abo_lake.chunk_codec import read_in_thread
+
     opened = (
-        xr.open_datatree(store, engine="zarr", consolidated=True, chunks=None, zarr_format=3)
-        if isinstance(obj, xr.DataTree)
+        xr.open_datatree(
+            store, engine="zarr", group=group, consolidated=True, chunks=None, zarr_format=3
+        )
+        if tree
         else xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=3)
     )
     read_in_thread(opened, store.read_chunk)
-    assert_faithful(check_group(sources.members(source), fmt, opened), source=source)
+    return opened
 
 
 @dataclass

@@ -371,19 +371,19 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
         assert a.manifest(path).chunks == b.manifest(path).chunks
     # a rerun knows each remote group by its objects' ETags and sizes: nothing downloaded
     fetched = []
-    real_copy = jobs._local_copy
+    real_fetch = jobs._fetch
 
-    def counting_copy(source, options):
-        fetched.append(source)
-        return real_copy(source, options)
+    def counting_fetch(fs, path, members):
+        fetched.append(path)
+        return real_fetch(fs, path, members)
 
-    jobs._local_copy = counting_copy
+    jobs._fetch = counting_fetch
     try:
         again = [
             jobs.convert_file(f.source, remote.url, source_options=s3_options) for f in report.files
         ]
     finally:
-        jobs._local_copy = real_copy
+        jobs._fetch = real_fetch
     assert fetched == []
     assert all(r.resumed and not r.error for r in again)
     assert [r.datasets for r in again] == [f.datasets for f in report.files]

@@ -381,12 +381,7 @@ def _read_experiment(folder: Path, entry: Path) -> dict[str, xr.Dataset]:
         )
     if m and int(m[1]) != exp_id:
         raise SourceFileError(f"{meta_path}: id {exp_id} disagrees with the folder {folder.name}")
-    found: dict[int, set[str]] = {}
-    for f in folder.glob("*.nrrd"):
-        n = _NAME_RE.match(f.name)
-        if n and n["volume"] in CONNECTIVITY_VOLUMES:
-            found.setdefault(int(n["res"]), set()).add(n["volume"])
-    complete = sorted(r for r, names in found.items() if names == set(CONNECTIVITY_VOLUMES))
+    complete = _complete_resolutions(f.name for f in folder.glob("*.nrrd"))
     if not complete:
         raise SourceFileError(
             f"{entry}: a connectivity experiment needs {', '.join(CONNECTIVITY_VOLUMES)} "
@@ -573,13 +568,18 @@ def group(name: str, siblings: Iterable[str]) -> list[str]:
         return [other for _, other in sorted(same)]
     if not ((n and n["volume"] in CONNECTIVITY_VOLUMES) or name == "metadata.json"):
         return [name]
-    found: dict[int, set[str]] = {}
-    for other in names:
-        m = _NAME_RE.match(other)
-        if m and m["volume"] in CONNECTIVITY_VOLUMES:
-            found.setdefault(int(m["res"]), set()).add(m["volume"])
-    complete = sorted(r for r, vols in found.items() if vols == set(CONNECTIVITY_VOLUMES))
+    complete = _complete_resolutions(names)
     if not complete:
         return [name]
     out = [f"{volume}_{complete[0]}.nrrd" for volume in CONNECTIVITY_VOLUMES]
     return out + (["metadata.json"] if "metadata.json" in names else [])
+
+
+def _complete_resolutions(names: Iterable[str]) -> list[int]:
+    """Resolutions (µm, finest first) at which all four connectivity volumes are named."""
+    found: dict[int, set[str]] = {}
+    for name in names:
+        m = _NAME_RE.match(name)
+        if m and m["volume"] in CONNECTIVITY_VOLUMES:
+            found.setdefault(int(m["res"]), set()).add(m["volume"])
+    return sorted(r for r, vols in found.items() if vols == set(CONNECTIVITY_VOLUMES))
