@@ -96,6 +96,7 @@ class Storage:
     def find(self, prefix: str) -> dict[str, dict]:
         """Every object under ``prefix`` (recursive): key -> {"size", "mtime"}."""
         base = self.path(prefix)
+        self._fresh(base)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
@@ -114,7 +115,19 @@ class Storage:
     def glob(self, pattern: str) -> list[str]:
         """Keys matching a glob relative to the root."""
         strip = len(self.root) + 1
+        self._fresh(self.path(pattern.split("*", 1)[0].rsplit("/", 1)[0]))
         return sorted(p[strip:] for p in self.fs.glob(self.path(pattern)))
+
+    def _fresh(self, base: str) -> None:
+        """Drop cached listings at and below ``base``: other writers add objects, and s3fs
+        can cache a listing that raced one of their puts after the put invalidated it (a
+        published release then looked absent)."""
+        self.fs.invalidate_cache(base)
+        cache = getattr(self.fs, "dircache", None)
+        if cache is not None:
+            below = base.rstrip("/") + "/"
+            for key in [k for k in cache if k.startswith(below)]:
+                cache.pop(key, None)
 
     # -- writes --------------------------------------------------------------------------
     def put_if_absent(self, key: str, data: bytes) -> bool:
