@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -75,12 +76,21 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
             fs, _, paths = fsspec.get_fs_token_paths(spec, storage_options=source_options)
             proto = spec.split("://")[0]
             listings: dict[str, list[str]] = {}
+            named = not any(c in spec for c in "*?[")
             for p in paths:
                 found = fs.find(p) if fs.isdir(p) else [p]
                 for f in found:
-                    if Path(f).suffix.lower() in _SOURCE_SUFFIXES and Path(f).suffix != ".json":
-                        head = _remote_group(fs, f, listings)[0]
-                        files.add(f"{proto}://{head}")
+                    if Path(f).suffix.lower() not in _SOURCE_SUFFIXES:
+                        continue
+                    head = _remote_group(fs, f, listings)[0]
+                    if head == f and f.lower().endswith(".json") and not (named and found == [p]):
+                        # a JSON file found in a listing: a source only if its content says so
+                        with tempfile.TemporaryDirectory() as tmp:
+                            local = Path(tmp) / Path(f).name
+                            fs.get(f, str(local))
+                            if not _json_belongs(local):
+                                continue
+                    files.add(f"{proto}://{head}")
             continue
         matches = globlib.glob(spec, recursive=True) if any(c in spec for c in "*?[") else [spec]
         for m in matches:
@@ -106,10 +116,26 @@ def _sources_in(folder: Path) -> list[str]:
     out: set[str] = set()
     for f in candidates:
         head = _group_head(f)
-        if head is None and f.suffix.lower() == ".json":
+        if head is None and f.suffix.lower() == ".json" and not _json_belongs(f):
             continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
         out.add(str(head or f))
     return sorted(out)
+
+
+def _json_belongs(f: Path) -> bool:
+    """Whether a JSON file found in a folder belongs in a job: a source (an ontology), or a
+    file that does not parse as JSON (truncated, say), which then fails the job by name
+    instead of vanishing from it. Other JSON (``ephys_sweeps.json``, ...) is auxiliary."""
+    try:
+        sources.detect_format(f)
+        return True
+    except AboLakeError:
+        pass
+    try:
+        json.loads(f.read_bytes())
+    except ValueError:
+        return True
+    return False
 
 
 def _group_head(f: Path) -> Path | None:
@@ -203,7 +229,6 @@ def _fetch(fs: Any, path: str, members: list[str]) -> str:
     HDF5 is read from a local copy: readers seek all over the file, and over S3 that costs
     far more requests than one download (ALLEN_DATA.md §10).
     """
-    import tempfile
 
     # keep the parent folder's name: readers take ids from it (specimen_<id>/, experiment_<id>/)
     folder = Path(tempfile.mkdtemp(prefix="abo-lake-src-")) / Path(path).parent.name

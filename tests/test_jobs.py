@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,6 +46,59 @@ def test_plan_groups_sources_and_skips_auxiliary_json(mixed_sources):
     assert names.count("projection_density_100.nrrd") == 2
     assert {"ephys.nwb", "reconstruction.swc", "projection_density_100.nrrd"} < set(names)
     assert not any(f.endswith(".json") for f in files)
+
+
+def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path):
+    folder = tmp_path / "ccf"
+    shutil.copytree(tiny_sources["ccf"], folder)
+    (folder / "notes.json").write_text('{"about": "not a source"}')
+    assert {Path(f).name for f in jobs.plan([folder])} == {
+        "annotation_100.nrrd",
+        "average_template_100.nrrd",
+        "structures.json",
+    }
+    # a truncated ontology stays in the job, to fail it by name instead of vanishing
+    text = (folder / "structures.json").read_text()
+    (folder / "structures.json").write_text(text[: len(text) // 2])
+    assert "structures.json" in {Path(f).name for f in jobs.plan([folder])}
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([folder], lake, "r1", progress=False)
+    assert not report.published
+    assert lake.releases() == []
+    (failure,) = report.failures
+    assert failure.source == str(folder / "structures.json")
+    assert "structures.json" in failure.error
+
+
+def test_bad_files_fail_with_what_is_wrong(vbo_sources, tmp_path, shared_data):
+    _, _, files, _ = vbo_sources
+    src = tmp_path / "src"
+    src.mkdir()
+    data = files[0].read_bytes()
+    (src / "behavior_ophys_experiment_1.nwb").write_bytes(data[: len(data) // 2])
+    (src / "behavior_ophys_experiment_2.nwb").write_text("<html>Access denied</html>")
+    shutil.copy(shared_data / "nwb" / "dandi_sub_anm00239123_ecephys_and_ogen.nwb", src)
+    # a download corrupted inside one compressed chunk of the events
+    corrupt = src / "behavior_ophys_experiment_3.nwb"
+    shutil.copy(files[0], corrupt)
+    with h5py.File(corrupt, "r") as f:
+        info = f["processing/ophys/event_detection/data"].id.get_chunk_info(0)
+    with corrupt.open("r+b") as fh:
+        fh.seek(info.byte_offset + 16)
+        fh.write(b"\xff" * 64)
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([src], lake, "r1", progress=False)
+    assert not report.published
+    assert lake.releases() == []
+    errors = {Path(f.source).name: f.error for f in report.failures}
+    assert len(errors) == 4
+    assert "truncated" in errors["behavior_ophys_experiment_1.nwb"]
+    assert "not an HDF5 file (starts with b'<html>Ac'" in errors["behavior_ophys_experiment_2.nwb"]
+    dandi = errors["dandi_sub_anm00239123_ecephys_and_ogen.nwb"]
+    assert "of no kind abo_lake reads" in dandi
+    assert "intervals/*_presentations" in dandi
+    assert "SourceFileError" in errors["behavior_ophys_experiment_3.nwb"]
+    assert "cannot read /processing/ophys/event_detection/data[" in errors[corrupt.name]
 
 
 def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_path):
@@ -356,6 +410,13 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     local = [tiny_sources["celltypes"], tiny_sources["vc2p-ophys"], experiment]
     for folder in local:
         fs.put(str(folder), f"{s3_bucket}/raw/{folder.name}", recursive=True)
+    # an ontology JSON is a source in a listing too (auxiliary JSON such as ephys_sweeps.json
+    # is not); named on its own, it is converted as it is
+    ontology = tiny_sources["ccf"] / "structures.json"
+    fs.put(str(ontology), f"{s3_bucket}/raw/ontology/structures.json")
+    local.append(ontology)
+    named = f"s3://{s3_bucket}/raw/ontology/structures.json"
+    assert jobs.plan([named], s3_options) == [named]
     remote = abo_lake.open_lake(tmp_path / "from_s3")
     report = jobs.run(
         [f"s3://{s3_bucket}/raw/"], remote, "r1", progress=False, source_options=s3_options
@@ -367,6 +428,7 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     a, b = remote.release("r1"), here.release("r1")
     assert a.datasets() == b.datasets()
     assert any(p.startswith("connectivity/") for p in a.datasets())
+    assert any(a.kind(p) == "ccf_structures" for p in a.datasets())
     for path in a.datasets():
         assert a.manifest(path).chunks == b.manifest(path).chunks
     # a rerun knows each remote group by its objects' ETags and sizes: nothing downloaded

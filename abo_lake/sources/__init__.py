@@ -46,9 +46,45 @@ def detect_format(path: str | Path) -> str:
     for fmt in READERS:
         if _module(fmt).sniff(p):
             return fmt
-    raise SourceFileError(
-        f"{p}: not a source abo_lake can read (tried {', '.join(READERS)}); expected an Allen "
-        "NWB 1/2 file, a CCF or connectivity NRRD volume, an ontology JSON or an SWC file"
+    raise SourceFileError(_why_unreadable(p))
+
+
+#: What :func:`detect_format` expects, in its errors.
+EXPECTED = (
+    "expected an Allen NWB 1/2 file (Visual Behavior 2P, Visual Coding 2P, Visual Coding "
+    "Neuropixels, Cell Types), a CCF or connectivity NRRD volume, an ontology JSON or an SWC file"
+)
+_HDF5_READERS = ("vbo-ophys", "vc2p-ophys", "vcn-ecephys", "celltypes")
+
+
+def _why_unreadable(p: Path) -> str:
+    """Why no reader recognises ``p``, as precisely as the readers themselves say it: a
+    truncated or corrupt HDF5 file, a file that is not HDF5, or an HDF5 file of no kind
+    abo_lake reads (each HDF5 reader's own complaint)."""
+    import h5py
+
+    from abo_lake.sources._hdf5 import open_hdf5, read_str
+
+    with p.open("rb") as fh:
+        head = fh.read(8)
+    if not h5py.is_hdf5(p):
+        if p.suffix.lower() in (".nwb", ".h5"):
+            hdf5 = b"\x89HDF\r\n\x1a\n"
+            return f"{p}: not an HDF5 file (starts with {head!r}, expected {hdf5!r}); {EXPECTED}"
+        return f"{p}: not a source abo_lake can read (tried {', '.join(READERS)}); {EXPECTED}"
+    with open_hdf5(p, EXPECTED) as f:  # a truncated or corrupt file fails here, by name
+        version = read_str(f.attrs.get("nwb_version", "")) or "no nwb_version"
+    reasons = []
+    for fmt in _HDF5_READERS:
+        try:
+            _module(fmt).read(p)
+        except SourceFileError as err:
+            reasons.append(f"{fmt}: {str(err).removeprefix(f'{p}: ')}")
+        except Exception as err:  # a reader tripping over a foreign layout
+            reasons.append(f"{fmt}: {type(err).__name__}: {err}")
+    return (
+        f"{p}: an HDF5 file ({version}) of no kind abo_lake reads; {EXPECTED}. "
+        "What each reader found missing: " + "; ".join(reasons)
     )
 
 

@@ -94,10 +94,26 @@ class H5Lazy:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(_open(self.path)[self.name][key])
+        try:
+            return np.asarray(_open(self.path)[self.name][key])
+        except OSError as err:  # e.g. a corrupt compressed chunk: name the dataset and block
+            raise SourceFileError(
+                f"{self.path}: cannot read {self.name}{_selection(key)} (HDF5: {err}); the "
+                "file is corrupt; download it again"
+            ) from err
 
     def __repr__(self) -> str:
         return f"H5Lazy({self.path!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _selection(key: Any) -> str:
+    """``key`` as a reader would write it: ``[0:8192, 32:64]``."""
+    key = key if isinstance(key, tuple) else (key,)
+    parts = [
+        f"{k.start or 0}:{'' if k.stop is None else k.stop}" if isinstance(k, slice) else repr(k)
+        for k in key
+    ]
+    return f"[{', '.join(parts)}]"
 
 
 def lazy_array(path: str | Path, name: str, chunks: Any = "auto") -> da.Array:
