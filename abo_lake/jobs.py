@@ -30,8 +30,9 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake import cas, schema, sources
-from abo_lake.errors import AboLakeError
-from abo_lake.lake import LEDGER_PREFIX, Lake
+from abo_lake.errors import AboLakeError, ReleaseExistsError
+from abo_lake.lake import LEDGER_PREFIX, Lake, Stage
+from abo_lake.manifest import root_hash
 from abo_lake.progress import BytesDone, FileProgress
 from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
@@ -549,6 +550,8 @@ class JobReport:
     files: list[FileResult]
     published: bool = False
     seconds: float = 0.0
+    #: The release was published before, by an earlier run of this job, with this content.
+    already_published: bool = False
 
     @property
     def failures(self) -> list[FileResult]:
@@ -564,7 +567,12 @@ class JobReport:
         resumed = sum(f.resumed for f in ok)
         dedup = f"{1 - new_bytes / stored:.0%}" if stored else "-"
         lines = [
-            f"release {self.release}: {'published' if self.published else 'NOT published'}",
+            f"release {self.release}: "
+            + (
+                "already published with this content"
+                if self.already_published
+                else ("published" if self.published else "NOT published")
+            ),
             f"  files      {len(self.files)} ({len(ok)} ok, {resumed} already converted, "
             f"{len(self.failures)} failed)",
             f"  datasets   {sum(len(f.datasets) for f in ok)}",
@@ -583,6 +591,7 @@ class JobReport:
         return {
             "release": self.release,
             "published": self.published,
+            "already_published": self.already_published,
             "seconds": self.seconds,
             "files": [asdict(f) for f in self.files],
         }
@@ -731,7 +740,9 @@ def run(
     lake
         Target lake.
     release
-        Name of the release to stage (must not exist).
+        Name of the release to stage. If it is already published, the job is a rerun (after
+        a crash just after publishing, say): every file resumes, and the job succeeds when it
+        makes exactly that release, and raises ReleaseExistsError when it makes another.
     scheduler
         Address of a running dask scheduler (``tcp://...``, a dask-gateway cluster's
         address); default: a LocalCluster of ``workers`` processes.
@@ -762,8 +773,10 @@ def run(
             )
     client = distributed.Client(cluster or scheduler, set_as_default=False)
     results: list[FileResult] = []
+    existing = lake.release(release).record if release in lake.releases() else None
+    opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
     try:
-        with lake.stage(release, notes=notes) as stage:
+        with opened as stage:
             bar = tqdm(
                 total=sum(sizes.values()),
                 unit="B",
@@ -802,7 +815,7 @@ def run(
                     stage.add(path, h, kind=res.kinds.get(path) or None)
             for name, table in build_tables(results, metadata, lake.storage).items():
                 stage.write_table(name, table)
-            if any(r.error for r in results) or not publish:
+            if any(r.error for r in results) or not publish or existing is not None:
                 raise _NotPublished
     except _NotPublished:
         pass
@@ -811,8 +824,48 @@ def run(
         if cluster is not None:
             cluster.close()
     report = JobReport(release, results, seconds=time.perf_counter() - t0)
-    report.published = release in lake.releases()
+    if existing is None:
+        report.published = release in lake.releases()
+    elif not report.failures:
+        _same_as_published(stage, existing, lake.url)
+        report.published = report.already_published = True
     return report
+
+
+@contextlib.contextmanager
+def _rerun(lake: Lake, release: str) -> Iterator[Stage]:
+    """A stage for a job whose release is already published: built as the first run built
+    it (every file resumed from the ledger) to be compared with it; never published."""
+    stage = Stage(lake, release, notes="")
+    stage._heartbeat()  # what it references is protected from gc meanwhile
+    try:
+        yield stage
+    finally:
+        stage._discard()
+
+
+def _same_as_published(stage: Stage, record: Any, lake_url: str) -> None:
+    """Raise ReleaseExistsError unless ``stage`` holds exactly the published ``record``."""
+    root = root_hash(
+        {p: d["manifest"] for p, d in stage.datasets.items()},
+        {n: t["object"] for n, t in stage.tables.items()},
+    )
+    if root == record.root:
+        return
+    ours = {p: d["manifest"] for p, d in stage.datasets.items()}
+    theirs = {p: d["manifest"] for p, d in record.datasets.items()}
+    differ = sorted(p for p in ours.keys() | theirs.keys() if ours.get(p) != theirs.get(p))
+    tables = sorted(
+        n
+        for n in stage.tables.keys() | record.tables.keys()
+        if (stage.tables.get(n) or {}).get("object") != (record.tables.get(n) or {}).get("object")
+    )
+    shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+    raise ReleaseExistsError(
+        f"release {record.name!r} already exists in lake {lake_url} with other content: "
+        f"{len(differ)} dataset(s) differ ({shown or 'none'}), table(s) differ: "
+        f"{', '.join(tables) or 'none'}. Releases are immutable; publish a new name."
+    )
 
 
 def _fail_on_shared_paths(results: Sequence[FileResult]) -> None:

@@ -265,6 +265,37 @@ def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
         ).stdout
     )
     assert [r["name"] for r in releases] == ["a", "b"]
+    # the same job again (a retry after a crash just after publishing) succeeds, changing
+    # nothing; the same name for other sources is refused, naming what differs
+    again = subprocess.run(
+        [*cli, "convert", str(v1), "--lake", lake, "--release", "a"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "release a: already published with this content" in again.stdout
+    other = subprocess.run(
+        [*cli, "convert", str(v2), "--lake", lake, "--release", "a"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 2
+    assert "already exists" in other.stderr
+    assert "ophys/experiment/" in other.stderr
+    assert "ophys_experiments" in other.stderr
+    assert (
+        json.loads(
+            subprocess.run(
+                [*cli, "releases", "--lake", lake, "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        == releases
+    )
     diff = subprocess.run(
         [*cli, "diff", "a", "b", "--lake", lake], capture_output=True, text=True, check=True
     ).stdout
