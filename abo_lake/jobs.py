@@ -552,6 +552,8 @@ class JobReport:
     seconds: float = 0.0
     #: The release was published before, by an earlier run of this job, with this content.
     already_published: bool = False
+    #: Things the user should know that did not fail the job (a CSV that matched no table).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[FileResult]:
@@ -582,6 +584,7 @@ class JobReport:
             f"  dedup      {dedup} of the stored bytes were already in the lake",
             f"  time       {self.seconds:.1f} s",
         ]
+        lines += [f"  note       {note}" for note in self.notes]
         for f in self.failures:
             lines.append(f"  FAILED {f.source}: {f.error.splitlines()[0]}")
         return "\n".join(lines)
@@ -592,6 +595,7 @@ class JobReport:
             "release": self.release,
             "published": self.published,
             "already_published": self.already_published,
+            "notes": self.notes,
             "seconds": self.seconds,
             "files": [asdict(f) for f in self.files],
         }
@@ -610,13 +614,15 @@ def build_tables(
     results: Sequence[FileResult],
     metadata: Sequence[str | Path] = (),
     storage: Storage | None = None,
+    unmatched: list[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Metadata tables from what was converted, joined with project metadata CSVs.
 
     One row per dataset from its attrs (``ophys_experiments``, ``ecephys_sessions``, ...),
     ``ophys_sessions`` grouped from the ophys experiments, plus the per-file row tables
     (``units``, ``channels``, ``probes``, ``cells``) that each conversion stored as Parquet
-    objects in ``storage``. Each table is joined with the CSVs that have its id column.
+    objects in ``storage``. Each table is joined with the CSVs keyed by its id (see
+    :func:`_csv_key`); the paths of CSVs that match no table are appended to ``unmatched``.
     """
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
     for f in results:
@@ -636,14 +642,9 @@ def build_tables(
     for name, df in frames.items():
         id_col = TABLES[name][1] if name in TABLES else "ophys_session_id"
         df = df[sorted(df.columns)]  # the same table from fresh and from resumed results
-        for csv in metadata:
-            extra = pd.read_csv(csv)
-            if _joinable(df, extra, id_col):
-                extra = extra[[c for c in extra.columns if c == id_col or c not in df.columns]]
-                df = df.merge(extra, on=id_col, how="left")
         if id_col in df.columns:
             df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
-        tables[name] = _uniform_columns(df)
+        tables[name] = df
     if storage is not None:
         for name in sorted({n for f in results for n in f.tables}):
             parts = [
@@ -651,17 +652,75 @@ def build_tables(
                 for f in results
                 for h in f.tables.get(name, [])
             ]
-            tables[name] = _uniform_columns(pd.concat(parts).sort_index())
+            tables[name] = pd.concat(parts).sort_index()
+    csvs = read_csvs(metadata)
+    used: set[str] = set()
+    for name, df in tables.items():
+        for path, extra in csvs.items():
+            key = _csv_key(name, df, path, extra)
+            if key is None:
+                continue
+            used.add(path)
+            extra = extra.dropna(subset=[key]).set_index(key)
+            df = df.join(extra[[c for c in extra.columns if c not in df.columns]])
+        tables[name] = _uniform_columns(df)
+    if unmatched is not None:
+        unmatched += [p for p in csvs if p not in used]
     return tables
 
 
-def _joinable(df: pd.DataFrame, extra: pd.DataFrame, id_col: str) -> bool:
-    """Whether a project CSV is keyed by this table's id: it has the column, with values of
-    the same kind (the session table's ``ophys_experiment_id`` holds lists, as text)."""
-    if id_col not in extra.columns or id_col not in df.columns:
-        return False
-    numeric = pd.api.types.is_numeric_dtype
-    return numeric(df[id_col]) == numeric(extra[id_col])
+def read_csvs(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
+    """Project metadata CSVs by path; a file that does not parse raises ValueError naming it
+    (a job reads them before converting anything)."""
+    out = {}
+    for path in map(str, paths):
+        try:
+            out[path] = pd.read_csv(path)
+        except (OSError, ValueError) as err:  # pandas' ParserError is a ValueError
+            raise ValueError(f"{path}: not a readable metadata CSV ({err})") from err
+    return out
+
+
+#: Allen's other names for each table's id in project CSVs. AllenSDK's caches name the id
+#: ``id`` in the table a file is named after (``units.csv``, ``channels.csv``, ...).
+CSV_ID_ALIASES = {
+    "units": ("ecephys_unit_id",),
+    "channels": ("ecephys_channel_id",),
+    "probes": ("probe_id", "ecephys_probe_id"),
+}
+CSV_FILE_TABLES = {
+    "units": "units",
+    "channels": "channels",
+    "probes": "probes",
+    "sessions": "ecephys_sessions",
+}
+
+
+def _id_names() -> set[str]:
+    """Every id column name a project CSV can join on."""
+    names = {id_col for _, id_col in TABLES.values()} | {"ophys_session_id"}
+    names |= {dim for _, dim, _, _ in ROW_TABLES.values()}
+    return names | {a for aliases in CSV_ID_ALIASES.values() for a in aliases}
+
+
+def _csv_key(name: str, df: pd.DataFrame, path: str, extra: pd.DataFrame) -> str | None:
+    """The column of a project CSV that keys table ``name`` (indexed by its id), or None.
+
+    The table's own id name, Allen's aliases of it, or ``id`` in a CSV named after the
+    table; its values must be unique in the CSV (a units CSV's channel ids do not key the
+    channels table) and of the same kind as the table's (the session table's
+    ``ophys_experiment_id`` holds lists, as text).
+    """
+    names = [df.index.name, *CSV_ID_ALIASES.get(name, ())]
+    if CSV_FILE_TABLES.get(Path(path).stem) == name:
+        names.append("id")
+    for key in names:
+        if key in extra.columns:
+            values = extra[key].dropna()
+            numeric = pd.api.types.is_numeric_dtype
+            if values.is_unique and numeric(values) == numeric(df.index):
+                return key
+    return None
 
 
 #: Per-experiment columns of ``ophys_sessions`` given as the sorted list of their values.
@@ -760,6 +819,7 @@ def run(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    read_csvs(metadata)  # a broken CSV fails the job before any conversion
     files = plan(specs, source_options)
     if not files:
         raise FileNotFoundError(f"no source files found in {list(map(str, specs))}")
@@ -773,6 +833,7 @@ def run(
             )
     client = distributed.Client(cluster or scheduler, set_as_default=False)
     results: list[FileResult] = []
+    unmatched: list[str] = []
     existing = lake.release(release).record if release in lake.releases() else None
     opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
     try:
@@ -813,7 +874,7 @@ def run(
                     continue
                 for path, h in res.datasets.items():
                     stage.add(path, h, kind=res.kinds.get(path) or None)
-            for name, table in build_tables(results, metadata, lake.storage).items():
+            for name, table in build_tables(results, metadata, lake.storage, unmatched).items():
                 stage.write_table(name, table)
             if any(r.error for r in results) or not publish or existing is not None:
                 raise _NotPublished
@@ -824,6 +885,11 @@ def run(
         if cluster is not None:
             cluster.close()
     report = JobReport(release, results, seconds=time.perf_counter() - t0)
+    report.notes += [
+        f"metadata CSV {path} matched no table: no unique id column of the converted data "
+        f"({', '.join(sorted(_id_names()))})"
+        for path in unmatched
+    ]
     if existing is None:
         report.published = release in lake.releases()
     elif not report.failures:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import abo_lake
-from abo_lake import cas, jobs
+from abo_lake import cas, jobs, sources
 from abo_lake.synthetic import synthesize
 
 pytestmark = pytest.mark.slow
@@ -331,10 +331,38 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     synthesize("vcn-ecephys", src / "vcn", seed=2)
     csv = shared_data / "vbo_metadata" / "ophys_experiment_table.csv"
     session_csv = shared_data / "vbo_metadata" / "ophys_session_table.csv"
+    # Neuropixels project CSVs as AllenSDK's cache names them: ``id`` in units.csv and
+    # channels.csv, ``ecephys_unit_id`` in the analysis metrics
+    (session_path,) = (src / "vcn").rglob("session_*.nwb")
+    vcn = next(iter(sources.read(session_path).values()))
+    unit_ids, channel_ids = vcn["unit_id"].values, vcn["channel_id"].values
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    pd.DataFrame({"id": unit_ids, "csv_score": np.arange(len(unit_ids)) + 0.5}).to_csv(
+        meta / "units.csv", index=False
+    )
+    pd.DataFrame({"ecephys_unit_id": unit_ids[:3], "g_osi_dg": [0.1, 0.2, 0.3]}).to_csv(
+        meta / "brain_observatory_unit_analysis_metrics.csv", index=False
+    )
+    pd.DataFrame({"id": channel_ids, "ecephys_structure_id": 385}).to_csv(
+        meta / "channels.csv", index=False
+    )
+    pd.DataFrame({"donor_id": [1, 2], "age": [3, 4]}).to_csv(meta / "donors.csv", index=False)
+    csvs = [csv, session_csv, *sorted(meta.glob("*.csv"))]
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([src], lake, "r1", metadata=[csv, session_csv], progress=False)
+    report = jobs.run([src], lake, "r1", metadata=csvs, progress=False)
     assert report.published, report.summary()
+    assert report.notes == [
+        f"metadata CSV {meta / 'donors.csv'} matched no table: no unique id column of the "
+        f"converted data ({', '.join(sorted(jobs._id_names()))})"
+    ]
+    assert "donors.csv matched no table" in report.summary()
     rel = lake.release("r1")
+    units = rel.table("units")
+    assert units.loc[unit_ids, "csv_score"].tolist() == (np.arange(len(unit_ids)) + 0.5).tolist()
+    assert units.loc[unit_ids[:3], "g_osi_dg"].tolist() == [0.1, 0.2, 0.3]
+    assert units.loc[unit_ids[3:], "g_osi_dg"].isna().all()
+    assert (rel.table("channels").loc[channel_ids, "ecephys_structure_id"] == 385).all()
     experiments = rel.table("ophys_experiments")
     real = pd.read_csv(csv).set_index("ophys_experiment_id")
     # file_path is only in the project CSV: the join brought it in, for the right rows
@@ -364,6 +392,16 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
         sessions["num_depths_per_area"].tolist()
         == real_sessions.loc[sessions.index, "num_depths_per_area"].tolist()
     )
+
+
+def test_a_broken_metadata_csv_fails_the_job_before_converting(vbo_sources, tmp_path):
+    v1, *_ = vbo_sources
+    bad = tmp_path / "experiments.csv"
+    bad.write_text('ophys_experiment_id,notes\n1,"an open quote\n')
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    with pytest.raises(ValueError, match=r"experiments\.csv: not a readable metadata CSV"):
+        jobs.run([v1], lake, "r1", metadata=[bad], progress=False)
+    assert not (tmp_path / "lake" / "cas").exists()
 
 
 def test_convert_from_a_job_specification(vbo_sources, tmp_path):
