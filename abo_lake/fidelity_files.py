@@ -11,8 +11,10 @@ What is compared, by kind of file (format ``"ccf"`` unless said otherwise):
   ``"<res>um"`` of the file's own resolution (from ``space directions``) equals the NRRD data
   bit for bit, as uint32 for the annotation (and the ids must fit in it) and in the file's
   own dtype for the template; every level has dims (ap, dv, lr), coordinates ``index × res``
-  µm and ``resolution_um`` = its name; the coarser ×2 levels down to 200 µm exist with shape
-  ``ceil(n / 2)`` per step (their values are computed, so not compared).
+  µm and ``resolution_um`` = its name, and is listed in the group's OME-Zarr 0.5 ``ome``
+  multiscales (image named after the volume, axes ap/dv/lr in micrometer) as
+  ``"<res>um/<volume>"`` with scale ``res`` per axis; the coarser ×2 levels down to 200 µm
+  exist with shape ``ceil(n / 2)`` per step (their values are computed, so not compared).
 - a connectivity ``experiment_<id>/`` file (any of its four volumes or ``metadata.json``) →
   one Dataset: at the finest resolution where all four volumes exist, each volume equals its
   NRRD bit for bit as float32 (the reader's storage dtype; a source whose values float32
@@ -239,6 +241,8 @@ def _check_volume(p: Path, tree: xr.Dataset | xr.DataTree) -> list[str]:
     volume = "annotation" if annotation else "template"
     dtype = np.uint32 if annotation else data.dtype
     shape = tuple(int(s) for s in header["sizes"])
+    image, ome_problems = _ome_image(name, tree.attrs, volume)
+    problems += ome_problems
     while True:
         level = f"{res}um"
         if level not in tree.children:
@@ -247,6 +251,8 @@ def _check_volume(p: Path, tree: xr.Dataset | xr.DataTree) -> list[str]:
             ds = tree[level].to_dataset()
             layout = _layout(name, level, ds, volume, shape)
             problems += layout or _coords(name, level, ds, shape, res)
+            if image is not None:
+                problems += _ome_scale(name, image, f"{level}/{volume}", res)
             if not layout and level == f"{want_res}um":
                 problems += _compare(
                     name,
@@ -259,6 +265,40 @@ def _check_volume(p: Path, tree: xr.Dataset | xr.DataTree) -> list[str]:
         if res * 2 > _COARSEST_UM:
             return problems
         res, shape = res * 2, tuple(math.ceil(n / 2) for n in shape)
+
+
+def _ome_image(name: str, attrs: dict[str, Any], volume: str) -> tuple[dict | None, list[str]]:
+    """The OME-Zarr 0.5 multiscale image ``volume`` of the group's ``ome`` attrs, or the
+    problem (no ``ome`` 0.5 attrs, no image of that name, axes other than (ap, dv, lr) µm)."""
+    ome = attrs.get("ome")
+    if not isinstance(ome, dict):
+        return None, [f"{name}: the group has no 'ome' attrs, expected OME-Zarr 0.5 multiscales"]
+    if ome.get("version") != "0.5":
+        return None, [f"{name}: OME-Zarr version {ome.get('version')!r}, expected '0.5'"]
+    images = [m for m in ome.get("multiscales", []) if m.get("name") == volume]
+    if len(images) != 1:
+        return None, [f"{name}: {len(images)} OME multiscale images named {volume!r}, expected 1"]
+    axes = [(a.get("name"), a.get("type"), a.get("unit")) for a in images[0].get("axes", [])]
+    want = [(d, "space", "micrometer") for d in _DIMS]
+    if axes != want:
+        return None, [f"{name}: OME axes {axes} of {volume!r}, expected {want}"]
+    return images[0], []
+
+
+def _ome_scale(name: str, image: dict[str, Any], path: str, res: int) -> list[str]:
+    """``path`` is a dataset of the OME multiscale ``image`` with scale ``res`` per axis."""
+    datasets = {d.get("path"): d for d in image.get("datasets", [])}
+    if path not in datasets:
+        return [f"{name}: OME multiscales do not list {path!r}, expected a dataset"]
+    scales = [
+        t.get("scale")
+        for t in datasets[path].get("coordinateTransformations", [])
+        if t.get("type") == "scale"
+    ]
+    if scales != [[float(res)] * 3]:
+        want = [float(res)] * 3
+        return [f"{name}: OME scales of {path!r} are {scales}, expected one scale {want}"]
+    return []
 
 
 # -- connectivity experiments ------------------------------------------------------------------

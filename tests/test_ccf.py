@@ -382,6 +382,10 @@ def test_mask_window_reads_only_overlapping_chunks(local_release, structures, an
     assert reads == 4  # one AP block of 3: (1 × 2 × 2) chunks
     opened = local_release.open_datatree(ANN)
     assert list(opened.ccf.levels) == [100.0, 200.0]
+    (image,) = opened.attrs["ome"]["multiscales"]  # OME-Zarr 0.5 readers see the same levels
+    assert [(d["path"], d["coordinateTransformations"][0]["scale"]) for d in image["datasets"]] == [
+        (f"{name}/annotation", [res] * 3) for res, name in opened.ccf.levels.items()
+    ]
     with raise_if_dask_computes():
         coarse = opened.ccf.structure_mask("Isocortex", ontology=onto, resolution_um=200)
     np.testing.assert_array_equal(coarse.values, _isocortex(ann_np, onto)[::2, ::2, ::2])

@@ -12,6 +12,7 @@ import nrrd
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from scipy import ndimage
 
 from abo_lake import schema
@@ -22,6 +23,7 @@ from abo_lake.synthetic import ccf as synth
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ANN_KEY = "ccf/ccf_2017/annotation"
 TPL_KEY = "ccf/ccf_2017/template"
+DIMS = ["ap", "dv", "lr"]
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +189,18 @@ def test_read_annotation_multiscale(ccf_dir, ann):
     assert isinstance(tree, xr.DataTree)
     assert tree.attrs["abo_lake_kind"] == "ccf_volume"
     assert list(tree.children) == ["100um", "200um"]
-    (ms,) = tree.attrs["multiscales"]
-    assert [a["name"] for a in ms["axes"]] == ["ap", "dv", "lr"]
-    assert {a["unit"] for a in ms["axes"]} == {"micrometer"}
-    assert [d["path"] for d in ms["datasets"]] == ["100um", "200um"]
-    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [200.0] * 3
+    assert "multiscales" not in tree.attrs  # OME-Zarr 0.4 (Zarr v2) keys: not at the top
+    assert tree.attrs["ome"]["version"] == "0.5"
+    (ms,) = tree.attrs["ome"]["multiscales"]
+    assert "version" not in ms  # 0.5 keeps the version beside "multiscales" only
+    assert ms["name"] == "annotation"
+    assert ms["axes"] == [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS]
+    assert [d["path"] for d in ms["datasets"]] == ["100um/annotation", "200um/annotation"]
+    assert ms["datasets"][1]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [200.0] * 3}
+    ]
+    assert ms["type"] == "stride"
+    assert "every second voxel" in ms["metadata"]["description"]
     json.dumps(tree.attrs)
     fine, coarse = tree["100um"].to_dataset(), tree["200um"].to_dataset()
     for ds, res in [(fine, 100), (coarse, 200)]:
@@ -214,7 +223,9 @@ def test_read_template_block_mean(ccf_dir):
     fine = tree["100um"]["template"].values
     coarse = tree["200um"]["template"].values
     assert fine.dtype == coarse.dtype == np.uint16
-    assert tree.attrs["multiscales"][0]["type"] == "mean"
+    (ms,) = tree.attrs["ome"]["multiscales"]
+    assert (ms["name"], ms["type"]) == ("template", "mean")
+    assert [d["path"] for d in ms["datasets"]] == ["100um/template", "200um/template"]
     np.testing.assert_array_equal(coarse[10, 7, 3], np.rint(fine[20:22, 14:16, 6:8].mean()))
     assert coarse[10, 7, -1] == fine[20:22, 14:16, 112:114].mean().round()  # full last block
 
@@ -479,11 +490,117 @@ def test_every_resolution_in_the_folder_is_a_level_of_one_dataset(tmp_path):
     assert coarse.attrs["source_file"] == "annotation_100.nrrd"
     assert coarse.attrs["derived"] == "stride 2"
     np.testing.assert_array_equal(coarse["annotation"], tree["100um"]["annotation"][::2, ::2, ::2])
-    (ms,) = tree.attrs["multiscales"]
-    assert [d["path"] for d in ms["datasets"]] == ["50um", "100um", "200um"]
+    (ms,) = tree.attrs["ome"]["multiscales"]
+    assert [d["path"] for d in ms["datasets"]] == [
+        "50um/annotation",
+        "100um/annotation",
+        "200um/annotation",
+    ]
+    assert [d["coordinateTransformations"][0]["scale"][0] for d in ms["datasets"]] == [
+        50.0,
+        100.0,
+        200.0,
+    ]
     # a job meets the folder's files one by one (or as listed): one dataset, all levels
     planned = jobs.plan([*files, folder / "average_template_100.nrrd"])
     assert [Path(f).name for f in planned] == ["annotation_50.nrrd", "average_template_50.nrrd"]
+
+
+def _assert_ome_multiscales(group: zarr.Group) -> list[str]:
+    """The stored group's attrs are valid OME-Zarr 0.5 multiscales (as the 0.5 spec words
+    them) and describe its levels; returns the image names."""
+    attrs = group.attrs.asdict()
+    assert "multiscales" not in attrs
+    ome = attrs["ome"]
+    assert ome["version"] == "0.5"
+    images = ome["multiscales"]
+    names = [ms["name"] for ms in images]
+    assert len(set(names)) == len(names) >= 1
+    listed = set()
+    for ms in images:
+        assert {"name", "axes", "datasets", "type", "metadata"} <= ms.keys()  # "strict" 0.5
+        assert isinstance(ms["metadata"], dict)
+        assert ms["axes"] == [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS]
+        previous = 0.0
+        for dataset in ms["datasets"]:
+            # the path names an array (not a group), relative to the image group
+            level, name = dataset["path"].split("/")
+            assert name == ms["name"]
+            array = group[dataset["path"]]
+            assert isinstance(array, zarr.Array)
+            assert list(array.metadata.dimension_names) == DIMS  # == the axes' names
+            listed.add(dataset["path"])
+            # exactly one scale, first; the level's voxel size in µm on every axis
+            (scale, *others) = dataset["coordinateTransformations"]
+            assert [t["type"] for t in others] in ([], ["translation"])
+            assert scale["type"] == "scale"
+            res = float(group[level].attrs["resolution_um"])
+            assert scale["scale"] == [res] * 3
+            for i, dim in enumerate(DIMS):
+                coord = group[f"{level}/{dim}"][:]
+                assert np.allclose(coord, np.arange(array.shape[i]) * scale["scale"][i])
+            assert res > previous  # finest first
+            previous = res
+    # every 3-D (ap, dv, lr) array of every level is a level of an image
+    volumes = {
+        f"{level}/{name}"
+        for level, sub in group.groups()
+        for name, arr in sub.arrays()
+        if list(arr.metadata.dimension_names or []) == DIMS
+    }
+    assert listed == volumes
+    return names
+
+
+def test_ome_zarr_05_metadata_of_the_stored_groups(tmp_path):
+    """What a lake stores for a CCF volume is an OME-Zarr 0.5 image group: ``ome`` attrs
+    whose dataset paths are the stored level arrays, scaled by each level's resolution."""
+    import abo_lake
+
+    synth.write_ccf(tmp_path / "ccf", scale="tiny", seed=0, resolutions=[50, 100])
+    folder = tmp_path / "ccf"
+    trees = {
+        **reader.read(folder / "annotation_100.nrrd"),
+        **reader.read(folder / "average_template_100.nrrd"),
+    }
+    lake = abo_lake.open_lake(str(tmp_path / "lake"))
+    with lake.stage("r1") as stage:
+        for key, tree in trees.items():
+            stage.write(key, tree)
+    rel = lake.release("r1")
+    for key, volume in [(ANN_KEY, "annotation"), (TPL_KEY, "template")]:
+        group = zarr.open_group(rel.store(key), mode="r", zarr_format=3)
+        assert _assert_ome_multiscales(group) == [volume]
+        (ms,) = group.attrs["ome"]["multiscales"]
+        assert [d["path"] for d in ms["datasets"]] == [
+            f"{level}/{volume}" for level in ("50um", "100um", "200um")
+        ]
+        assert group["200um"].attrs["derived"]  # abo_lake's own attrs say which are derived
+        assert "derived" not in group["50um"].attrs
+        opened = rel.open_datatree(key)
+        assert opened.attrs["ome"] == trees[key].attrs["ome"]
+
+
+def test_ome_multiscales_one_image_per_volume_array():
+    """A level group holding several (ap, dv, lr) arrays gives one image per array name, each
+    listing only the levels that hold it; coordinates are not images."""
+
+    def level(res, names):
+        shape = (4 * 100 // res, 2, 3)
+        ds = xr.Dataset(
+            {n: (DIMS, np.zeros(shape, np.uint16)) for n in names},
+            coords={d: np.arange(n) * float(res) for d, n in zip(DIMS, shape)},
+        )
+        return ds.assign_attrs(resolution_um=res)
+
+    ome = reader.ome_multiscales(
+        {"200um": level(200, ["annotation"]), "100um": level(100, ["annotation", "template"])}
+    )
+    assert ome["version"] == reader.OME_VERSION == "0.5"
+    ann_ms, tpl_ms = ome["multiscales"]
+    assert [d["path"] for d in ann_ms["datasets"]] == ["100um/annotation", "200um/annotation"]
+    assert [d["path"] for d in tpl_ms["datasets"]] == ["100um/template"]
+    assert (ann_ms["type"], tpl_ms["type"]) == ("stride", "mean")
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "raw", "bzip2"])

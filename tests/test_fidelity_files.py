@@ -6,6 +6,7 @@ checked against the file; the negative tests store a copy corrupted on the lake 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -90,6 +91,29 @@ def test_template_coarse_level_missing_and_coords_shifted(ccf_dir, tmp_path):
         "average_template_100.nrrd: 100um coordinate lr is not index × 100 µm, expected "
         "[0.0, 100.0, 200.0]... (114 values)",
         "average_template_100.nrrd: no level '200um' in the lake, expected shape (66, 40, 57)",
+    ]
+
+
+def test_ome_multiscales_checked(ccf_dir, tmp_path):
+    """The group's OME-Zarr 0.5 attrs must list each level's array with the level's
+    resolution as its scale; a 0.4-style group (``multiscales`` at the top) is a problem."""
+    path = ccf_dir / "annotation_100.nrrd"
+    key, tree = _read_one(path)
+    ome = copy.deepcopy(tree.attrs["ome"])
+    ome["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] = [100.0] * 3
+    wrong = tree.copy()
+    wrong.attrs = {**tree.attrs, "ome": ome}
+    problems = check_file(path, "ccf", _roundtrip(tmp_path / "scale", key, wrong))
+    assert problems == [
+        "annotation_100.nrrd: OME scales of '200um/annotation' are [[100.0, 100.0, 100.0]], "
+        "expected one scale [200.0, 200.0, 200.0]"
+    ]
+    old = tree.copy()
+    old.attrs = {k: v for k, v in tree.attrs.items() if k != "ome"}
+    old.attrs["multiscales"] = tree.attrs["ome"]["multiscales"]
+    problems = check_file(path, "ccf", _roundtrip(tmp_path / "old", key, old))
+    assert problems == [
+        "annotation_100.nrrd: the group has no 'ome' attrs, expected OME-Zarr 0.5 multiscales"
     ]
 
 

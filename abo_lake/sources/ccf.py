@@ -44,6 +44,8 @@ __all__ = [
     "CCF_SHAPES",
     "CCF_VERSION",
     "CONNECTIVITY_VOLUMES",
+    "OME_VERSION",
+    "ome_multiscales",
     "read",
     "read_structures",
     "read_volume",
@@ -68,6 +70,13 @@ CONNECTIVITY_VOLUMES = (
 _DIMS = ("ap", "dv", "lr")
 _CHUNK = 64
 _COARSEST_UM = 200
+#: OME-Zarr version of the ``"ome"`` attrs: 0.5, the version for Zarr v3 stores.
+OME_VERSION = "0.5"
+#: volume -> (OME ``type``, description) of the ×2 downscaling that makes derived levels.
+_DOWNSCALING = {
+    "annotation": ("stride", "every second voxel along each axis (nearest neighbour)"),
+    "template": ("mean", "mean of 2x2x2 voxel blocks, rounded to the volume's integer dtype"),
+}
 _MAX_JSON_BYTES = 64 * 2**20
 _NAME_RE = re.compile(
     r"^(?P<volume>annotation|average_template|template|" + "|".join(CONNECTIVITY_VOLUMES) + r")"
@@ -274,6 +283,63 @@ def _block_mean(data: np.ndarray) -> np.ndarray:
     return out.astype(data.dtype)
 
 
+def ome_multiscales(levels: dict[str, xr.Dataset]) -> dict[str, Any]:
+    """The OME-Zarr 0.5 attrs (the ``"ome"`` key of the group's attrs) of a multiscale group.
+
+    One multiscale image per (ap, dv, lr) variable of the levels (a CCF volume has one,
+    ``annotation`` or ``template``), named after it. Its datasets are the paths of its arrays
+    relative to the group, ``"<res>um/<variable>"``, finest first, each with one ``scale``:
+    the level's ``resolution_um`` on every axis, so ``index × scale`` is the level's ``ap``,
+    ``dv``, ``lr`` coordinate (Allen's voxel corner: no ``translation``). ``type`` and
+    ``metadata`` name how the derived levels were made; which levels are derived stays in
+    abo_lake's own level attrs (``derived``, ``source_file``).
+
+    Parameters
+    ----------
+    levels
+        Level name (``"<res>um"``) -> its ``ccf_volume`` Dataset (attr ``resolution_um``).
+
+    Returns
+    -------
+    dict
+        ``{"version": "0.5", "multiscales": [...]}``.
+    """
+    by_res = sorted(levels.items(), key=lambda item: float(item[1].attrs["resolution_um"]))
+    names = list(
+        dict.fromkeys(
+            str(name) for _, ds in by_res for name, var in ds.data_vars.items() if var.dims == _DIMS
+        )
+    )
+    multiscales = []
+    for name in names:
+        kind, how = _DOWNSCALING.get(name, ("unknown", "not recorded"))
+        multiscales.append(
+            {
+                "name": name,
+                "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in _DIMS],
+                "datasets": [
+                    {
+                        "path": f"{key}/{name}",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(ds.attrs["resolution_um"])] * 3}
+                        ],
+                    }
+                    for key, ds in by_res
+                    if name in ds.data_vars
+                ],
+                "type": kind,
+                "metadata": {
+                    "description": (
+                        "levels of Allen's files as read; levels coarser than the coarsest "
+                        f"file made from it in x2 steps: {how}"
+                    ),
+                    "method": "abo_lake.sources.ccf",
+                },
+            }
+        )
+    return {"version": OME_VERSION, "multiscales": multiscales}
+
+
 def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataTree:
     """Read an annotation or average template into a multiscale DataTree, with every
     resolution of it in the same folder (see :func:`members`).
@@ -289,7 +355,8 @@ def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataT
     Returns
     -------
     xarray.DataTree
-        Root attrs ``abo_lake_kind="ccf_volume"`` and OME-Zarr 0.4 ``multiscales``; children
+        Root attrs ``abo_lake_kind="ccf_volume"`` and ``ome``, OME-Zarr 0.5 multiscales
+        metadata (:func:`ome_multiscales`, dataset paths ``"<res>um/<volume>"``); children
         ``"<res>um"``, finest first, each a ``ccf_volume`` Dataset with one variable,
         ``annotation`` (uint32) or ``template`` (uint16), dims (ap, dv, lr): one per file
         (attr ``source_file``), then coarser levels derived in ×2 steps from the coarsest
@@ -321,24 +388,7 @@ def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataT
         res *= 2
         if f"{res}um" not in levels:
             levels[f"{res}um"] = _level(volume, data, res, derived)
-    multiscales = [
-        {
-            "version": "0.4",
-            "name": volume,
-            "type": "stride" if volume == "annotation" else "mean",
-            "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in _DIMS],
-            "datasets": [
-                {
-                    "path": key,
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": [float(ds.attrs["resolution_um"])] * 3}
-                    ],
-                }
-                for key, ds in levels.items()
-            ],
-        }
-    ]
-    root = xr.Dataset(attrs={**attrs, "multiscales": multiscales})
+    root = xr.Dataset(attrs={**attrs, "ome": ome_multiscales(levels)})
     return xr.DataTree.from_dict({"/": root, **levels})
 
 
