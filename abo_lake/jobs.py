@@ -70,6 +70,7 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
     a remote folder yields the files in it that look like sources.
     """
     files: set[str] = set()
+    local: set[str] = set()
     for spec in map(str, specs):
         if "://" in spec:
             import fsspec
@@ -97,12 +98,14 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                files.update(_sources_in(p))
+                local.update(_sources_in(p))
             elif p.is_file():
-                files.add(str(_group_head(p) or p))
+                local.add(str(_group_head(p) or p))
             else:
                 raise FileNotFoundError(f"{m}: no such file or folder")
-    return sorted(files)
+    # one task per file, however many specs name it (``data/`` and ``data/x.nwb``, ``./x``)
+    unique = {os.path.realpath(f): f for f in sorted(local, reverse=True)}
+    return sorted(files | set(unique.values()))
 
 
 def _sources_in(folder: Path) -> list[str]:
@@ -312,6 +315,8 @@ def convert_file(
             source = fetched = _fetch(*remote)
         else:
             source = source.removeprefix("file://")
+        if Path(source).is_file():  # counted even when the file turns out unreadable
+            result.bytes_in = Path(source).stat().st_size
         group = sources.members(source) if Path(source).is_file() else [Path(source)]
         result.bytes_in = sum(Path(p).stat().st_size for p in group)
         digests = [_sha256_file(str(p)) for p in group]
@@ -575,13 +580,14 @@ class JobReport:
                 if self.already_published
                 else ("published" if self.published else "NOT published")
             ),
-            f"  files      {len(self.files)} ({len(ok)} ok, {resumed} already converted, "
-            f"{len(self.failures)} failed)",
-            f"  datasets   {sum(len(f.datasets) for f in ok)}",
+            f"  files      {len(self.files)}: {len(ok) - resumed} converted, {resumed} already "
+            f"converted before, {len(self.failures)} failed",
+            f"  datasets   {len({p for f in ok for p in f.datasets})}",
             f"  bytes in   {bytes_in / 1e6:.1f} MB",
             f"  stored     {stored / 1e6:.1f} MB of chunks",
             f"  new        {new_bytes / 1e6:.1f} MB in {new} new chunk objects",
-            f"  dedup      {dedup} of the stored bytes were already in the lake",
+            f"  dedup      {dedup} of the stored bytes were stored once already (in the lake, "
+            "or earlier in this job)",
             f"  time       {self.seconds:.1f} s",
         ]
         lines += [f"  note       {note}" for note in self.notes]

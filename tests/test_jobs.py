@@ -57,6 +57,10 @@ def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path):
         "average_template_100.nrrd",
         "structures.json",
     }
+    # a file named twice (in its folder and on its own) is one task
+    assert jobs.plan([folder, folder / "structures.json", f"{folder}/./structures.json"]) == (
+        jobs.plan([folder])
+    )
     # a truncated ontology stays in the job, to fail it by name instead of vanishing
     text = (folder / "structures.json").read_text()
     (folder / "structures.json").write_text(text[: len(text) // 2])
@@ -99,6 +103,9 @@ def test_bad_files_fail_with_what_is_wrong(vbo_sources, tmp_path, shared_data):
     assert "intervals/*_presentations" in dandi
     assert "SourceFileError" in errors["behavior_ophys_experiment_3.nwb"]
     assert "cannot read /processing/ophys/event_detection/data[" in errors[corrupt.name]
+    # unreadable files still count in the bytes a job took in
+    assert all(f.bytes_in == Path(f.source).stat().st_size for f in report.failures)
+    assert "files      4: 0 converted, 0 already converted before, 4 failed" in report.summary()
 
 
 def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_path):
