@@ -339,6 +339,24 @@ def test_read_connectivity_from_any_file(conn_dir):
     np.testing.assert_array_equal(ds["dv"], np.arange(80) * 100.0)
 
 
+def test_an_incomplete_connectivity_experiment_is_one_failing_group(conn_dir, tmp_path):
+    exp = tmp_path / _experiments(conn_dir)[0].name
+    exp.mkdir()
+    for f in _experiments(conn_dir)[0].iterdir():
+        if not f.name.startswith("data_mask"):
+            (exp / f.name).write_bytes(f.read_bytes())
+    members = reader.members(exp / "projection_density_100.nrrd")
+    assert [m.name for m in members] == [
+        "injection_density_100.nrrd",
+        "injection_fraction_100.nrrd",
+        "metadata.json",
+        "projection_density_100.nrrd",
+    ]
+    assert all(reader.members(m)[0] == members[0] for m in members)
+    with pytest.raises(SourceFileError, match=r"needs .*data_mask.*found \['injection_density"):
+        reader.read(members[0])
+
+
 def test_connectivity_ground_truth(conn_dir, ann, ontology):
     nodes, _ = ontology
     half = ann.shape[2] // 2

@@ -598,7 +598,9 @@ def group(name: str, siblings: Iterable[str]) -> list[str]:
     finest complete resolution plus ``metadata.json``. An annotation or template is one
     multiscale dataset of all its resolutions in the folder (``annotation_10.nrrd``,
     ``annotation_25.nrrd``, ..., finest first; Allen ships each CCF version in its own
-    folder). Every other file is its own group.
+    folder). The files of a connectivity experiment without a complete resolution are one
+    group too, whose conversion fails naming what is missing. Every other file is its own
+    group.
 
     Parameters
     ----------
@@ -619,8 +621,13 @@ def group(name: str, siblings: Iterable[str]) -> list[str]:
     if not ((n and n["volume"] in CONNECTIVITY_VOLUMES) or name == "metadata.json"):
         return [name]
     complete = _complete_resolutions(names)
-    if not complete:
-        return [name]
+    if not complete:  # one task that fails naming what is missing, not one per file
+        return sorted(
+            other
+            for other in names
+            if other == "metadata.json"
+            or ((m := _NAME_RE.match(other)) and m["volume"] in CONNECTIVITY_VOLUMES)
+        )
     out = [f"{volume}_{complete[0]}.nrrd" for volume in CONNECTIVITY_VOLUMES]
     return out + (["metadata.json"] if "metadata.json" in names else [])
 
