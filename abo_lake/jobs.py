@@ -88,9 +88,9 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
                     if head == f and f.lower().endswith(".json") and not (named and found == [p]):
                         # a JSON file found in a listing: a source only if its content says so
                         with tempfile.TemporaryDirectory() as tmp:
-                            local = Path(tmp) / Path(f).name
-                            fs.get(f, str(local))
-                            if not _json_belongs(local):
+                            copy = Path(tmp) / Path(f).name
+                            fs.get(f, str(copy))
+                            if not _json_belongs(copy):
                                 continue
                     files.add(f"{proto}://{head}")
             continue
