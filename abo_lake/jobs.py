@@ -650,7 +650,7 @@ def build_tables(
         df = df[sorted(df.columns)]  # the same table from fresh and from resumed results
         if id_col in df.columns:
             df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
-        tables[name] = df
+        tables[name] = _harmonised(df) if name == "ophys_experiments" else df
     if storage is not None:
         for name in sorted({n for f in results for n in f.tables}):
             parts = [
@@ -673,6 +673,31 @@ def build_tables(
     if unmatched is not None:
         unmatched += [p for p in csvs if p not in used]
     return tables
+
+
+#: Columns of ``ophys_experiments`` that Visual Coding files name differently from Visual
+#: Behavior's tables: (Visual Behavior's name, Visual Coding's). Both stay; the first is
+#: filled from the second, so one search finds both projects' experiments.
+SHARED_COLUMNS = (("age_in_days", "age_days"), ("equipment_name", "device_name"))
+_SEX = {"male": "M", "female": "F", "unknown": "U"}
+
+
+def _harmonised(df: pd.DataFrame) -> pd.DataFrame:
+    """``ophys_experiments`` searchable across projects: shared columns filled (see
+    :data:`SHARED_COLUMNS`), ``sex`` as M/F (Visual Coding files say male/female) and
+    ``excitation_lambda`` in nm as a number (Visual Coding files say "910 nanometers")."""
+    df = df.copy()
+    for name, other in SHARED_COLUMNS:
+        if other in df.columns:
+            df[name] = df[name].fillna(df[other]) if name in df.columns else df[other]
+    if "sex" in df.columns:
+        df["sex"] = df["sex"].map(lambda v: _SEX.get(v.lower(), v) if isinstance(v, str) else v)
+    if "excitation_lambda" in df.columns:
+        text = df["excitation_lambda"].astype("string").str.removesuffix(" nanometers")
+        numbers = pd.to_numeric(text, errors="coerce")
+        if numbers.notna().sum() == df["excitation_lambda"].notna().sum():  # all parsed
+            df["excitation_lambda"] = numbers.astype(float)
+    return df[sorted(df.columns)]
 
 
 def read_csvs(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:

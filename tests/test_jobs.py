@@ -401,6 +401,32 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     )
 
 
+def test_ophys_experiments_are_searchable_across_projects():
+    # as the Visual Coding reader and the Visual Behavior reader name their attrs
+    vc = {"ophys_experiment_id": 1, "age_days": 90.0, "device_name": "CAM2P.2", "sex": "male"}
+    vb = {"ophys_experiment_id": 2, "age_in_days": 171.0, "equipment_name": "MESO.1", "sex": "F"}
+    results = [
+        jobs.FileResult(
+            source=f"{i}.nwb",
+            kinds={f"ophys/experiment/{i}": "ophys_experiment"},
+            attrs={f"ophys/experiment/{i}": {**attrs, "excitation_lambda": lam}},
+        )
+        for i, attrs, lam in [(1, vc, "910 nanometers"), (2, vb, 910.0)]
+    ]
+    table = jobs.build_tables(results)["ophys_experiments"]
+    assert table["age_in_days"].tolist() == [90.0, 171.0]
+    assert table["equipment_name"].tolist() == ["CAM2P.2", "MESO.1"]
+    assert table["sex"].tolist() == ["M", "F"]
+    assert table["excitation_lambda"].tolist() == [910.0, 910.0]
+    assert table.loc[1, "device_name"] == "CAM2P.2"  # the project's own names stay
+    # text that is not a wavelength in nm is left as it is
+    results[1].attrs["ophys/experiment/2"]["excitation_lambda"] = "two-photon"
+    assert jobs.build_tables(results)["ophys_experiments"]["excitation_lambda"].tolist() == [
+        "910 nanometers",
+        "two-photon",
+    ]
+
+
 def test_a_broken_metadata_csv_fails_the_job_before_converting(vbo_sources, tmp_path):
     v1, *_ = vbo_sources
     bad = tmp_path / "experiments.csv"
