@@ -390,6 +390,9 @@ def test_mask_window_reads_only_overlapping_chunks(local_release, structures, an
         coarse = opened.ccf.structure_mask("Isocortex", ontology=onto, resolution_um=200)
     np.testing.assert_array_equal(coarse.values, _isocortex(ann_np, onto)[::2, ::2, ::2])
     np.testing.assert_array_equal(window, np.isin(ann_np[:40], onto.descendant_ids("Isocortex")))
+    # the multiscale root has no voxels: the error says how to pick a level
+    with pytest.raises(SchemaError, match=r"multiscale group .* group='100um'.*levels: \['100um'"):
+        local_release.open(ANN).ccf.structure_mask("Isocortex", ontology=onto)
 
 
 # -- unionize ------------------------------------------------------------------------------------

@@ -25,6 +25,19 @@ Structure = int | str
 
 def _kind(ds: xr.Dataset) -> str:
     recorded = kind_of(ds)
+    if recorded == "ccf_volume" and not ds.dims and "ome" in ds.attrs:
+        levels = [
+            d["path"].split("/")[0]
+            for m in ds.attrs["ome"].get("multiscales", [])[:1]
+            for d in m.get("datasets", [])
+        ]
+        raise SchemaError(
+            f"{ds.attrs.get('abo_lake_dataset', 'this dataset')} is a multiscale group with "
+            f"no voxels at its root: pick a level, e.g. rel.open(path, group={levels[0]!r}) "
+            f"or rel.open_datatree(path).ccf.level(<µm>); levels: {levels}"
+            if levels
+            else "a multiscale group with no voxels at its root: pick a level"
+        )
     if recorded in _KINDS:
         validate(ds, recorded)
         return recorded
