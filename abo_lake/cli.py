@@ -8,14 +8,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from abo_lake import __version__
 from abo_lake.errors import AboLakeError
 
 __all__ = ["main", "reference"]
+
+#: Top-level keys of a job specification (``abo-lake convert --spec FILE``).
+SPEC_KEYS = ("release", "sources", "metadata", "codec", "chunk_mb")
+
+
+class UsageError(Exception):
+    """Bad input found after parsing: reported like argparse's own errors (exit 2)."""
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """``--storage-options``/``--source-options``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"anon\": true}}', not {text!r}"
+        )
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """``--workers N``: at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _search_term(text: str) -> tuple[str, str]:
+    """``--search KEY=VALUE``."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=VALUE (e.g. cre_line=Vip or imaging_depth=100:300)"
+        )
+    return key.strip(), value
 
 
 def _Formatter(prog: str) -> argparse.HelpFormatter:
@@ -25,8 +68,7 @@ def _Formatter(prog: str) -> argparse.HelpFormatter:
 def _lake(args: argparse.Namespace):
     from abo_lake.lake import open_lake
 
-    options = json.loads(args.storage_options) if args.storage_options else {}
-    return open_lake(args.lake, **options)
+    return open_lake(args.lake, **(args.storage_options or {}))
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -85,10 +127,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    report = _lake(args).gc(grace=args.grace, dry_run=args.dry_run)
+    report = _lake(args).gc(grace=args.grace, dry_run=not args.delete)
     from dataclasses import asdict
 
-    _emit(args, asdict(report), str(report))
+    text = str(report)
+    if report.dry_run:
+        text += "\n(dry run: nothing was deleted; rerun with --delete to delete)"
+    _emit(args, asdict(report), text)
     return 0
 
 
@@ -103,6 +148,57 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_spec(path: str) -> dict[str, Any]:
+    """Read and check a job specification; every problem names the file (UsageError)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read job specification {path}: {err.strerror or err}") from None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path} is not valid YAML{where}: {problem or err}") from None
+    if not isinstance(spec, dict):
+        found = "an empty file" if spec is None else f"a {type(spec).__name__}"
+        raise UsageError(
+            f"{path}: a job specification is a YAML mapping with keys {', '.join(SPEC_KEYS)}; "
+            f"found {found}"
+        )
+    unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SPEC_KEYS)}"
+        )
+    release = spec.get("release")
+    if isinstance(release, int | float) and not isinstance(release, bool):
+        # `release: 2026.10` is the float 2026.1 to YAML: take the name exactly as written
+        release = yaml.load(text, Loader=yaml.BaseLoader)["release"]
+    if release is not None and (not isinstance(release, str) or not release.strip()):
+        raise UsageError(f"{path}: release must be a release name, not {release!r}")
+    spec["release"] = release
+    codec = spec.get("codec")
+    if codec is not None and not isinstance(codec, dict):
+        raise UsageError(
+            f"{path}: codec must be a mapping like {{cname: zstd, clevel: 3, shuffle: shuffle}}, "
+            f"not {codec!r}"
+        )
+    base = Path(path).parent
+    for key in ("sources", "metadata"):
+        value = spec.get(key)
+        if value is None:
+            spec[key] = []
+            continue
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise UsageError(f"{path}: {key} must be a path/URL or a list of them, not {value!r}")
+        spec[key] = [i if "://" in i else str(base / i) for i in items]
+    return spec
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from abo_lake import jobs
     from abo_lake.writer import WriteOptions
@@ -110,28 +206,35 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     specs, release, metadata = args.sources, args.release, args.metadata or []
     options = None
     if args.spec:
-        import yaml
-
-        spec = yaml.safe_load(Path(args.spec).read_text())
-        base = Path(args.spec).parent
-        specs = specs or [str(base / s) if "://" not in s else s for s in spec["sources"]]
+        spec = _load_spec(args.spec)
+        missing = [
+            f"'{key}:' (or {flag} on the command line)"
+            for key, flag, given in [
+                ("release", "--release NAME", release or spec["release"]),
+                ("sources", "SOURCES", specs or spec["sources"]),
+            ]
+            if not given
+        ]
+        if missing:
+            raise UsageError(f"{args.spec}: no {' and no '.join(missing)}")
+        specs = specs or spec["sources"]
         release = release or spec["release"]
-        metadata = metadata or [str(base / m) for m in spec.get("metadata", [])]
+        metadata = metadata or spec["metadata"]
         try:
             options = WriteOptions.from_spec(spec)
         except ValueError as err:
-            raise SystemExit(f"abo-lake convert: {args.spec}: {err}") from None
-    if not specs or not release:
-        raise SystemExit("abo-lake convert: give SOURCES and --release, or --spec FILE")
+            raise UsageError(f"{args.spec}: {err}") from None
+    elif not specs or not release:
+        raise UsageError("give SOURCES and --release NAME, or --spec FILE")
     report = jobs.run(
         specs,
         _lake(args),
         release,
         scheduler=args.scheduler,
-        workers=args.workers,
+        workers=args.workers or 2,
         publish=args.publish,
         metadata=metadata,
-        source_options=json.loads(args.source_options) if args.source_options else None,
+        source_options=args.source_options,
         write_options=options,
     )
     _emit(args, report.to_dict(), report.summary())
@@ -142,10 +245,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     from abo_lake import tables
 
     rel = _lake(args).release(args.release)
-    query = {}
-    for item in args.search or []:
-        key, _, value = item.partition("=")
-        query[key] = tables.parse_value(value)
+    query = {key: tables.parse_value(value) for key, value in args.search or []}
     table = tables.search_table(rel, args.table, **query)
     shown = table
     if not args.json:
@@ -185,75 +285,148 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="abo-lake",
         description="Allen Brain Observatory data as a versioned, chunked data lake.",
+        epilog="Exit status: 0 on success, 1 when a command finds a problem (verify, a failed "
+        "conversion), 2 on bad input.",
         formatter_class=_Formatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def lake_cmd(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+        c.set_defaults(parser=c)
+        return c
+
+    def lake_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = command(name, help)
         c.add_argument(
             "--lake",
             default=None,
             help="lake URL (default: $ABO_LAKE_URL or the local lake folder)",
         )
         c.add_argument(
-            "--storage-options", default=None, help="JSON storage options, e.g. '{\"anon\": true}'"
+            "--storage-options",
+            type=_json_object,
+            default=None,
+            help="JSON storage options, e.g. '{\"anon\": true}'",
         )
         c.add_argument("--json", action="store_true", help="machine-readable output")
         return c
 
     c = lake_cmd("demo", "the whole story on a local lake: sources -> releases -> analysis")
-    c.add_argument("--work", default="abo_lake_work", help="folder for sources, lake, figures")
+    c.add_argument(
+        "--work",
+        default="abo_lake_work",
+        help="folder for sources and figures, relative to the current directory "
+        "(default: abo_lake_work)",
+    )
     c.set_defaults(func=_cmd_demo)
 
-    c = sub.add_parser(
-        "synth",
-        help="write synthetic Allen-format source files",
-        description="write synthetic Allen-format source files",
-        formatter_class=_Formatter,
-    )
+    c = command("synth", "write synthetic Allen-format source files")
     c.add_argument("kind", help="vbo-ophys, vc2p-ophys, vcn-ecephys, celltypes, ccf, connectivity")
-    c.add_argument("--out", required=True)
-    c.add_argument("--scale", default="tiny", choices=["tiny", "realistic"])
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--out", required=True, help="folder to write the files to (created)")
+    c.add_argument(
+        "--scale",
+        default="tiny",
+        choices=["tiny", "realistic"],
+        help="tiny: a few MB for tests and demos; realistic: sizes like the real files "
+        "(default: tiny)",
+    )
+    c.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; the same seed gives the same files (default: 0)",
+    )
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=_cmd_synth)
 
     c = lake_cmd("convert", "convert source files into a release (on dask.distributed)")
     c.add_argument("sources", nargs="*", help="files, folders or globs (local or s3://)")
-    c.add_argument("--release", default=None)
-    c.add_argument("--spec", default=None, help="a job specification YAML (conversion/)")
-    c.add_argument("--metadata", nargs="*", help="project metadata CSVs joined by id")
-    c.add_argument("--scheduler", default=None, help="address of a running dask scheduler")
     c.add_argument(
-        "--source-options", default=None, help="JSON storage options for s3:// (etc.) sources"
+        "--release",
+        default=None,
+        help="name of the new release, e.g. 2026.1 (must not exist yet; required unless "
+        "--spec gives it)",
     )
-    c.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
-    c.add_argument("--publish", action=argparse.BooleanOptionalAction, default=True)
+    c.add_argument(
+        "--spec",
+        default=None,
+        help="a job specification YAML (see conversion/); SOURCES, --release and --metadata "
+        "given here override its values",
+    )
+    c.add_argument("--metadata", nargs="*", help="project metadata CSVs joined by id")
+    cluster = c.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running dask scheduler (default: start a LocalCluster)",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="worker processes of the LocalCluster (default: 2)",
+    )
+    c.add_argument(
+        "--source-options",
+        type=_json_object,
+        default=None,
+        help="JSON storage options for s3:// (etc.) sources",
+    )
+    c.add_argument(
+        "--publish",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="publishing is the default: the release is published when every file "
+        "converted; --no-publish only converts (a rerun resumes)",
+    )
     c.set_defaults(func=_cmd_convert)
 
     lake_cmd("releases", "list published releases").set_defaults(func=_cmd_releases)
     c = lake_cmd("diff", "what changed between two releases, per dataset and array")
-    c.add_argument("a")
-    c.add_argument("b")
+    c.add_argument("a", help="the older release (name or name@root)")
+    c.add_argument("b", help="the newer release (name or name@root)")
     c.set_defaults(func=_cmd_diff)
     lake_cmd("stats", "logical vs stored bytes, dedup ratio").set_defaults(func=_cmd_stats)
     c = lake_cmd("verify", "re-hash every chunk a release references (exit 1 on a problem)")
-    c.add_argument("release", nargs="?", default="latest")
+    c.add_argument("release", nargs="?", default="latest", help="release (default: latest)")
     c.set_defaults(func=_cmd_verify)
-    c = lake_cmd("gc", "delete chunks and manifests no release references")
-    c.add_argument("--grace", default="1h")
-    c.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False)
+    c = lake_cmd(
+        "gc",
+        "find (with --delete: delete) chunks and manifests no release references; "
+        "a dry run by default",
+    )
+    c.add_argument(
+        "--grace",
+        default="1h",
+        help="keep objects and open stages younger than this, e.g. 90s, 30m, 1h, 2d (default: 1h)",
+    )
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--delete", action="store_true", help="delete what is found (default: only report it)"
+    )
+    mode.add_argument(
+        "--dry-run", action="store_true", help="only report what would be deleted (the default)"
+    )
     c.set_defaults(func=_cmd_gc)
     c = lake_cmd("catalog", "search a release's metadata tables")
-    c.add_argument("--release", default="latest")
-    c.add_argument("--table", default="ophys_experiments")
+    c.add_argument(
+        "--release", default="latest", help="release name or name@root (default: latest)"
+    )
+    c.add_argument(
+        "--table",
+        default="ophys_experiments",
+        help="metadata table, e.g. ophys_experiments, ophys_sessions, ecephys_sessions, units, "
+        "celltypes_specimens, connectivity_experiments (default: ophys_experiments)",
+    )
     c.add_argument("--columns", nargs="*", help="columns to show (default: the usual ones)")
     c.add_argument(
         "--search",
         nargs="*",
+        type=_search_term,
         metavar="KEY=VALUE",
-        help="e.g. cre_line=Sst-IRES-Cre imaging_depth=100:300",
+        help="e.g. cre_line=Vip imaging_depth=100:300 (substring, lo:hi range, a,b list)",
     )
     c.set_defaults(func=_cmd_catalog)
     return p
@@ -270,13 +443,24 @@ def reference() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``abo-lake``."""
+    """Entry point of ``abo-lake``: 0 on success, 1 on a problem found, 2 on bad input."""
     args = _parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (AboLakeError, FileNotFoundError, ValueError) as err:
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except UsageError as err:
+        args.parser.error(str(err))  # usage and message on stderr, exit 2
+    except (AboLakeError, FileNotFoundError, PermissionError, ValueError) as err:
         print(f"abo-lake {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`abo-lake catalog --json | head`): stop quietly, and keep
+        # Python from failing again when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+    return 2  # not reached: parser.error exits
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Rerunning it reuses what is already there.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
+import warnings
 from pathlib import Path
 
 from abo_lake import jobs
@@ -212,11 +214,26 @@ def run_demo(work: Path = Path("abo_lake_work"), lake_url: str | None = None) ->
     )
 
     _say("5. searching the release and opening one experiment lazily")
-    figures = _analysis(b, work / "figures")
+    newest = lake.releases()[-1]
+    if newest != b.name:
+        print(
+            f"  note: the newest release of this lake is {newest!r}; the demo works with "
+            f"{b.name!r} (see what changed: abo-lake diff {b.name} {newest})"
+        )
+    with warnings.catch_warnings():  # said once above, not as a warning with a source line
+        warnings.filterwarnings("ignore", r"release .* is not the newest", UserWarning)
+        figures = _analysis(b, work / "figures")
     _say(f"done in {time.perf_counter() - t0:.0f} s. Figures:")
     for f in figures:
         print(f"  {f}")
+    flag = f" --lake {lake_url}" if lake_url else ""
     print(
-        f"\nNext: abo-lake releases · abo-lake diff demo.1 demo.2 · abo-lake verify demo.2 "
-        f"(lake: {lake.url})"
+        f"\nNext: abo-lake releases{flag} · abo-lake diff demo.1 demo.2{flag} · "
+        f"abo-lake verify demo.2{flag} · "
+        f"abo-lake catalog --release demo.2 --search cre_line=Vip{flag}  (lake: {lake.url})"
     )
+    if shutil.which("abo-lake") is None:  # e.g. after `make demo`: the venv is not active
+        activate = Path(sys.prefix) / "bin" / "activate"
+        script = Path(sys.executable).parent / "abo-lake"
+        how = f"`source {activate}`, or call {script}" if activate.exists() else str(script)
+        print(f"(`abo-lake` is not on your PATH: first {how})")

@@ -611,9 +611,12 @@ def _dg_sweeps(ds: xr.Dataset) -> tuple[pd.DataFrame, da.Array]:
     names = table["stimulus_name"]
     dg = table[names == "drifting_gratings"]
     if dg.empty:
+        session_type = ds.attrs.get("session_type")
+        this = f"session_type is {session_type!r}" if session_type else "session_type is unknown"
         raise ValueError(
-            "no drifting_gratings presentations in this experiment (a Visual Coding 2P "
-            f"three_session_A); its stimuli are {sorted(set(names))!r}"
+            "no drifting_gratings presentations: drifting_grating_metrics needs a Visual "
+            f"Coding 2P three_session_A experiment; this experiment's {this} and its stimuli "
+            f"are {sorted(set(names))!r}"
         )
     start = dg["start_frame"].to_numpy(dtype=np.int64)
     n_t = ds.sizes[TIME]
