@@ -174,8 +174,9 @@ def _load_spec(path: str) -> dict[str, Any]:
             f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SPEC_KEYS)}"
         )
     release = spec.get("release")
-    if isinstance(release, int | float) and not isinstance(release, bool):
-        # `release: 2026.10` is the float 2026.1 to YAML: take the name exactly as written
+    if release is not None and not isinstance(release, str | list | dict | bool):
+        # `release: 2026.10` is the float 2026.1 to YAML, `2026-10-01` a date: take the name
+        # exactly as written
         release = yaml.load(text, Loader=yaml.BaseLoader)["release"]
     if release is not None and (not isinstance(release, str) or not release.strip()):
         raise UsageError(f"{path}: release must be a release name, not {release!r}")
@@ -346,8 +347,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--release",
         default=None,
-        help="name of the new release, e.g. 2026.1 (must not exist yet; required unless "
-        "--spec gives it)",
+        help="name of the release, e.g. 2026.1 (required unless --spec gives it); if it "
+        "is already published, a rerun that makes exactly it succeeds, any other is refused",
     )
     c.add_argument(
         "--spec",

@@ -79,6 +79,7 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
             proto = spec.split("://")[0]
             listings: dict[str, list[str]] = {}
             named = not any(c in spec for c in "*?[")
+            listed_json: list[str] = []
             for p in paths:
                 found = fs.find(p) if fs.isdir(p) else [p]
                 for f in found:
@@ -86,13 +87,10 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
                         continue
                     head = _remote_group(fs, f, listings)[0]
                     if head == f and f.lower().endswith(".json") and not (named and found == [p]):
-                        # a JSON file found in a listing: a source only if its content says so
-                        with tempfile.TemporaryDirectory() as tmp:
-                            copy = Path(tmp) / Path(f).name
-                            fs.get(f, str(copy))
-                            if not _json_belongs(copy):
-                                continue
+                        listed_json.append(f)  # a source only if its content says so
+                        continue
                     files.add(f"{proto}://{head}")
+            files.update(f"{proto}://{f}" for f in _remote_json_sources(fs, listed_json))
             continue
         matches = globlib.glob(spec, recursive=True) if any(c in spec for c in "*?[") else [spec]
         for m in matches:
@@ -104,8 +102,10 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
             else:
                 raise FileNotFoundError(f"{m}: no such file or folder")
     # one task per file, however many specs name it (``data/`` and ``data/x.nwb``, ``./x``)
-    unique = {os.path.realpath(f): f for f in sorted(local, reverse=True)}
-    return sorted(files | set(unique.values()))
+    spellings: dict[str, list[str]] = {}
+    for f in local:
+        spellings.setdefault(os.path.realpath(f), []).append(f)
+    return sorted(files | {min(names, key=lambda n: (len(n), n)) for names in spellings.values()})
 
 
 def _sources_in(folder: Path) -> list[str]:
@@ -124,6 +124,21 @@ def _sources_in(folder: Path) -> list[str]:
             continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
         out.add(str(head or f))
     return sorted(out)
+
+
+def _remote_json_sources(fs: Any, paths: list[str]) -> list[str]:
+    """The JSON files of a remote listing that belong in a job (see :func:`_json_belongs`),
+    fetched in one concurrent batch (a Cell Types bucket lists one per specimen)."""
+    if not paths:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, data in fs.cat(paths).items():
+            copy = Path(tmp) / Path(path).name
+            copy.write_bytes(data)
+            if _json_belongs(copy):
+                out.append(path.split("://", 1)[-1])
+    return out
 
 
 def _json_belongs(f: Path) -> bool:
@@ -555,7 +570,8 @@ class JobReport:
     files: list[FileResult]
     published: bool = False
     seconds: float = 0.0
-    #: The release was published before, by an earlier run of this job, with this content.
+    #: The release was published before this job ran (with this job's content, when no file
+    #: failed: otherwise the job raised ReleaseExistsError).
     already_published: bool = False
     #: Things the user should know that did not fail the job (a CSV that matched no table).
     notes: list[str] = field(default_factory=list)
@@ -576,7 +592,11 @@ class JobReport:
         lines = [
             f"release {self.release}: "
             + (
-                "already published with this content"
+                (
+                    "already published, unchanged (files of this rerun failed)"
+                    if self.failures
+                    else "already published with this content"
+                )
                 if self.already_published
                 else ("published" if self.published else "NOT published")
             ),
@@ -650,7 +670,7 @@ def build_tables(
         df = df[sorted(df.columns)]  # the same table from fresh and from resumed results
         if id_col in df.columns:
             df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
-        tables[name] = _harmonised(df) if name == "ophys_experiments" else df
+        tables[name] = df
     if storage is not None:
         for name in sorted({n for f in results for n in f.tables}):
             parts = [
@@ -669,6 +689,11 @@ def build_tables(
             used.add(path)
             extra = extra.dropna(subset=[key]).set_index(key)
             df = df.join(extra[[c for c in extra.columns if c not in df.columns]])
+            for col in [c for c in extra.columns if c in df.columns]:  # fill what is missing
+                other = extra[col].reindex(df.index)
+                df[col] = df[col].where(df[col].notna(), other)
+        if name == "ophys_experiments":
+            df = _harmonised(df)
         tables[name] = _uniform_columns(df)
     if unmatched is not None:
         unmatched += [p for p in csvs if p not in used]
@@ -724,6 +749,7 @@ CSV_FILE_TABLES = {
     "channels": "channels",
     "probes": "probes",
     "sessions": "ecephys_sessions",
+    "connectivity_experiments": "connectivity_experiments",
 }
 
 
@@ -737,13 +763,17 @@ def _id_names() -> set[str]:
 def _csv_key(name: str, df: pd.DataFrame, path: str, extra: pd.DataFrame) -> str | None:
     """The column of a project CSV that keys table ``name`` (indexed by its id), or None.
 
-    The table's own id name, Allen's aliases of it, or ``id`` in a CSV named after the
-    table; its values must be unique in the CSV (a units CSV's channel ids do not key the
-    channels table) and of the same kind as the table's (the session table's
-    ``ophys_experiment_id`` holds lists, as text).
+    The table's own id name, Allen's aliases of it, or ``id`` only in a CSV named after the
+    table (a CSV named after another table keys only that one); its values must be unique in
+    the CSV and of the same kind as the table's (the session table's ``ophys_experiment_id``
+    holds lists, as text).
     """
-    names = [df.index.name, *CSV_ID_ALIASES.get(name, ())]
-    if CSV_FILE_TABLES.get(Path(path).stem) == name:
+    named_for = CSV_FILE_TABLES.get(Path(path).stem)
+    if named_for not in (None, name):
+        return None  # units.csv keys units, though it has channel and probe ids too
+    names = [df.index.name] if df.index.name != "id" else []
+    names += CSV_ID_ALIASES.get(name, ())
+    if named_for == name:
         names.append("id")
     for key in names:
         if key in extra.columns:
@@ -855,6 +885,7 @@ def run(
     if not files:
         raise FileNotFoundError(f"no source files found in {list(map(str, specs))}")
     sizes = {f: _size(f, source_options) for f in files}
+    existing = lake.release(release).record if release in lake.releases() else None
     show = sys.stderr.isatty() if progress is None else bool(progress)
     cluster = None
     if scheduler is None:
@@ -865,7 +896,6 @@ def run(
     client = distributed.Client(cluster or scheduler, set_as_default=False)
     results: list[FileResult] = []
     unmatched: list[str] = []
-    existing = lake.release(release).record if release in lake.releases() else None
     opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
     try:
         with opened as stage:
@@ -917,15 +947,16 @@ def run(
             cluster.close()
     report = JobReport(release, results, seconds=time.perf_counter() - t0)
     report.notes += [
-        f"metadata CSV {path} matched no table: no unique id column of the converted data "
-        f"({', '.join(sorted(_id_names()))})"
+        f"metadata CSV {path} matched no table: no id column of the converted data "
+        f"({', '.join(sorted(_id_names()))}) with unique values of the table's type"
         for path in unmatched
     ]
     if existing is None:
         report.published = release in lake.releases()
-    elif not report.failures:
-        _same_as_published(stage, existing, lake.url)
+    else:  # published before; unchanged by this job
         report.published = report.already_published = True
+        if not report.failures:
+            _same_as_published(stage, existing, lake.url)
     return report
 
 

@@ -115,7 +115,7 @@ def test_help_states_defaults():
         "(default: tiny)",
         "(default: 0)",
         "folder to write the files to",
-        "name of the new release",
+        "name of the release, e.g. 2026.1",
         "(default: 1h)",
         "publishing is the default",
         "LocalCluster (default: 2)",
@@ -274,6 +274,13 @@ def test_spec_paths_and_values(tmp_path, capsys, fake_run):
     assert call["specs"] == [str(spec.parent / "a"), "s3://b/raw/*.nwb"]
     assert call["metadata"] == ["s3://b/m.csv"]
     assert call["write_options"].chunk_bytes == 2 * 2**20
+
+
+def test_spec_release_that_yaml_reads_as_a_date(tmp_path, capsys, fake_run):
+    spec = _spec(tmp_path, "release: 2026-10-01\nsources: [a/]\n")
+    assert main(["convert", "--spec", str(spec), "--lake", str(tmp_path / "lake")]) == 0
+    (call,) = fake_run
+    assert call["release"] == "2026-10-01"
 
 
 def test_command_line_overrides_spec(tmp_path, capsys, fake_run):

@@ -360,8 +360,8 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     report = jobs.run([src], lake, "r1", metadata=csvs, progress=False)
     assert report.published, report.summary()
     assert report.notes == [
-        f"metadata CSV {meta / 'donors.csv'} matched no table: no unique id column of the "
-        f"converted data ({', '.join(sorted(jobs._id_names()))})"
+        f"metadata CSV {meta / 'donors.csv'} matched no table: no id column of the converted "
+        f"data ({', '.join(sorted(jobs._id_names()))}) with unique values of the table's type"
     ]
     assert "donors.csv matched no table" in report.summary()
     rel = lake.release("r1")
@@ -401,7 +401,7 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     )
 
 
-def test_ophys_experiments_are_searchable_across_projects():
+def test_ophys_experiments_are_searchable_across_projects(tmp_path):
     # as the Visual Coding reader and the Visual Behavior reader name their attrs
     vc = {"ophys_experiment_id": 1, "age_days": 90.0, "device_name": "CAM2P.2", "sex": "male"}
     vb = {"ophys_experiment_id": 2, "age_in_days": 171.0, "equipment_name": "MESO.1", "sex": "F"}
@@ -419,12 +419,42 @@ def test_ophys_experiments_are_searchable_across_projects():
     assert table["sex"].tolist() == ["M", "F"]
     assert table["excitation_lambda"].tolist() == [910.0, 910.0]
     assert table.loc[1, "device_name"] == "CAM2P.2"  # the project's own names stay
+    # a project CSV fills what a file lacks, before the projects' columns are shared
+    del results[1].attrs["ophys/experiment/2"]["age_in_days"]
+    csv = tmp_path / "experiments.csv"
+    pd.DataFrame({"ophys_experiment_id": [2], "age_in_days": [171.0]}).to_csv(csv, index=False)
+    assert jobs.build_tables(results, [csv])["ophys_experiments"]["age_in_days"].tolist() == [
+        90.0,
+        171.0,
+    ]
     # text that is not a wavelength in nm is left as it is
     results[1].attrs["ophys/experiment/2"]["excitation_lambda"] = "two-photon"
     assert jobs.build_tables(results)["ophys_experiments"]["excitation_lambda"].tolist() == [
         "910 nanometers",
         "two-photon",
     ]
+
+
+def test_csvs_key_only_their_own_table():
+    units_csv = pd.DataFrame({"id": [1, 2], "ecephys_channel_id": [10, 11], "snr": [1.0, 2.0]})
+    channels = pd.DataFrame(index=pd.Index([10, 11], name="channel_id"))
+    units = pd.DataFrame(index=pd.Index([1, 2], name="unit_id"))
+    connectivity = pd.DataFrame(index=pd.Index([1, 2], name="id"))
+    # AllenSDK's units.csv keys units by 'id', not channels by its (here unique) channel ids
+    assert jobs._csv_key("units", units, "m/units.csv", units_csv) == "id"
+    assert jobs._csv_key("channels", channels, "m/units.csv", units_csv) is None
+    # a bare 'id' keys only the table the file is named after
+    assert jobs._csv_key("connectivity_experiments", connectivity, "m/units.csv", units_csv) is None
+    other = pd.DataFrame({"id": [1, 2], "acronym": ["VISp", "VISl"]})
+    assert (
+        jobs._csv_key("connectivity_experiments", connectivity, "m/structures.csv", other) is None
+    )
+    named = "m/connectivity_experiments.csv"
+    assert jobs._csv_key("connectivity_experiments", connectivity, named, other) == "id"
+    # the metrics CSVs name units by Allen's long name; non-unique ids key nothing
+    metrics = pd.DataFrame({"ecephys_unit_id": [1, 2, 2]})
+    assert jobs._csv_key("units", units, "m/metrics.csv", metrics) is None
+    assert jobs._csv_key("units", units, "m/metrics.csv", metrics.iloc[:2]) == "ecephys_unit_id"
 
 
 def test_a_broken_metadata_csv_fails_the_job_before_converting(vbo_sources, tmp_path):

@@ -96,6 +96,8 @@ class H5Lazy:
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
             return np.asarray(_open(self.path)[self.name][key])
+        except (FileNotFoundError, PermissionError):
+            raise
         except OSError as err:  # e.g. a corrupt compressed chunk: name the dataset and block
             raise SourceFileError(
                 f"{self.path}: cannot read {self.name}{_selection(key)} (HDF5: {err}); the "
