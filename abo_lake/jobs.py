@@ -32,7 +32,6 @@ import xarray as xr
 from abo_lake import cas, schema, sources
 from abo_lake.errors import AboLakeError, ReleaseExistsError
 from abo_lake.lake import LEDGER_PREFIX, Lake, Stage
-from abo_lake.manifest import root_hash
 from abo_lake.progress import BytesDone, FileProgress
 from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
@@ -120,7 +119,7 @@ def _sources_in(folder: Path) -> list[str]:
     out: set[str] = set()
     for f in candidates:
         head = _group_head(f)
-        if head is None and f.suffix.lower() == ".json" and not _json_belongs(f):
+        if head is None and f.suffix.lower() == ".json" and _parses_as_json(f):
             continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
         out.add(str(head or f))
     return sorted(out)
@@ -149,12 +148,15 @@ def _json_belongs(f: Path) -> bool:
         sources.detect_format(f)
         return True
     except AboLakeError:
-        pass
+        return not _parses_as_json(f)
+
+
+def _parses_as_json(f: Path) -> bool:
     try:
         json.loads(f.read_bytes())
     except ValueError:
-        return True
-    return False
+        return False
+    return True
 
 
 def _group_head(f: Path) -> Path | None:
@@ -974,11 +976,7 @@ def _rerun(lake: Lake, release: str) -> Iterator[Stage]:
 
 def _same_as_published(stage: Stage, record: Any, lake_url: str) -> None:
     """Raise ReleaseExistsError unless ``stage`` holds exactly the published ``record``."""
-    root = root_hash(
-        {p: d["manifest"] for p, d in stage.datasets.items()},
-        {n: t["object"] for n, t in stage.tables.items()},
-    )
-    if root == record.root:
+    if stage.root == record.root:
         return
     ours = {p: d["manifest"] for p, d in stage.datasets.items()}
     theirs = {p: d["manifest"] for p, d in record.datasets.items()}

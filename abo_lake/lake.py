@@ -398,6 +398,14 @@ class Stage:
         self._heartbeat()
         return manifest_hash
 
+    @property
+    def root(self) -> str:
+        """The root hash the release would have if published now (datasets and tables)."""
+        return root_hash(
+            {p: d["manifest"] for p, d in self.datasets.items()},
+            {n: t["object"] for n, t in self.tables.items()},
+        )
+
     def _heartbeat(self) -> None:
         doc = {
             "name": self.name,
@@ -416,10 +424,7 @@ class Stage:
 
         record = ReleaseRecord(
             name=self.name,
-            root=root_hash(
-                {p: d["manifest"] for p, d in self.datasets.items()},
-                {n: t["object"] for n, t in self.tables.items()},
-            ),
+            root=self.root,
             created=_now().isoformat(),
             abo_lake_version=__version__,
             notes=self.notes,

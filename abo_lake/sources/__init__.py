@@ -63,16 +63,16 @@ def _why_unreadable(p: Path) -> str:
     abo_lake reads (each HDF5 reader's own complaint)."""
     import h5py
 
-    from abo_lake.sources._hdf5 import open_hdf5, read_str
+    from abo_lake.sources._hdf5 import open_hdf5, read_str, require_hdf5
 
-    with p.open("rb") as fh:
-        head = fh.read(8)
-    if not h5py.is_hdf5(p):
-        if p.suffix.lower() in (".nwb", ".h5"):
-            hdf5 = b"\x89HDF\r\n\x1a\n"
-            return f"{p}: not an HDF5 file (starts with {head!r}, expected {hdf5!r}); {EXPECTED}"
+    if not h5py.is_hdf5(p) and p.suffix.lower() not in (".nwb", ".h5"):
         return f"{p}: not a source abo_lake can read (tried {', '.join(READERS)}); {EXPECTED}"
-    with open_hdf5(p, EXPECTED) as f:  # a truncated or corrupt file fails here, by name
+    try:  # a non-HDF5, truncated or corrupt file fails here, by name
+        require_hdf5(p, EXPECTED)
+        f = open_hdf5(p, EXPECTED)
+    except SourceFileError as err:
+        return str(err)
+    with f:
         version = read_str(f.attrs.get("nwb_version", "")) or "no nwb_version"
     reasons = []
     for fmt in _HDF5_READERS:

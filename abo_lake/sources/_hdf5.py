@@ -22,8 +22,11 @@ from dask.base import tokenize
 
 from abo_lake.errors import SourceFileError
 
-__all__ = ["H5Lazy", "close_files", "lazy_array", "open_hdf5", "read_str"]
+__all__ = ["H5Lazy", "close_files", "lazy_array", "open_hdf5", "read_str", "require_hdf5"]
 
+
+#: The first bytes of an HDF5 file (at offset 0, as every Allen file has it).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 _OPEN = threading.local()
 #: Files each thread keeps open.
@@ -72,6 +75,19 @@ def open_hdf5(path: str | os.PathLike, expected: str) -> h5py.File:
             f"(size {path.stat().st_size if path.exists() else 0} bytes); {expected}; "
             "download it again"
         ) from err
+
+
+def require_hdf5(path: str | os.PathLike, expected: str) -> None:
+    """Raise :class:`~abo_lake.errors.SourceFileError` if ``path`` is not HDF5, naming the
+    bytes it starts with and what was ``expected`` (an HTML error page saved as .nwb, say)."""
+    path = Path(path)
+    if not h5py.is_hdf5(path):
+        with path.open("rb") as fh:
+            head = fh.read(8)
+        raise SourceFileError(
+            f"{path}: not an HDF5 file (starts with {head!r}, expected {HDF5_SIGNATURE!r}); "
+            f"{expected}"
+        )
 
 
 class H5Lazy:

@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
-from abo_lake.sources._hdf5 import lazy_array, read_str
+from abo_lake.sources._hdf5 import HDF5_SIGNATURE, lazy_array, read_str
 
 __all__ = ["MAPPED_HDF5", "SWC_TYPES", "fidelity_mappings", "morphometry", "read", "sniff"]
 
@@ -52,7 +52,6 @@ MAPPED_HDF5: tuple[str, ...] = (
 #: SWC structure types by code (index), as in the Allen reconstructions.
 SWC_TYPES: list[str] = ["undefined", "soma", "axon", "basal dendrite", "apical dendrite"]
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _CHUNK_SAMPLES = 1 << 19  # 4 MiB of float64
 _SWEEP_RE = re.compile(r"^Sweep_(\d+)$")
 _SPECIMEN_DIR_RE = re.compile(r"^specimen_(\d+)$")
@@ -78,7 +77,7 @@ _NUMERIC_META = (
 def _is_hdf5(path: Path) -> bool:
     with path.open("rb") as fh:
         head = fh.read(8)
-    return head == _HDF5_SIGNATURE or h5py.is_hdf5(path)
+    return head == HDF5_SIGNATURE or h5py.is_hdf5(path)
 
 
 def _nwb_version(f: h5py.File) -> str:

@@ -40,7 +40,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_hdf5
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -143,13 +143,7 @@ def _open(path: Path) -> Iterator[h5py.File]:
     expected = "expected a Visual Behavior 2P NWB 2 file (behavior_ophys_experiment_<id>.nwb)"
     if not path.is_file():
         raise SourceFileError(f"{path}: no such file; {expected}")
-    if not h5py.is_hdf5(path):
-        with path.open("rb") as fh:
-            head = fh.read(8)
-        raise SourceFileError(
-            f"{path}: not an HDF5 file (starts with {head!r}, expected b'\\x89HDF\\r\\n\\x1a\\n'); "
-            f"{expected}"
-        )
+    require_hdf5(path, expected)
     with open_hdf5(path, expected) as f:
         if not _is_vbo(f):
             modules = sorted(f["processing"]) if "processing" in f else []

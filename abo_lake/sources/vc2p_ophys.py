@@ -50,7 +50,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_hdf5
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -137,8 +137,7 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
     expected = "expected a Visual Coding 2P (Brain Observatory 2016) NWB 1.0.5 file"
     if not p.is_file():
         raise SourceFileError(f"{p}: no such file; {expected}")
-    if not h5py.is_hdf5(p):
-        raise SourceFileError(f"{p}: not an HDF5 file; {expected}")
+    require_hdf5(p, expected)
     with open_hdf5(p, expected) as f:
         version = _nwb_version(f)
         if not version.startswith("NWB-1") or _PIPE not in f:
