@@ -487,3 +487,79 @@ def test_trace_chunks_serve_one_cell_and_one_window_at_realistic_sizes(
     # both patterns read within ~40 MB, for a question of ~0.1-1 MB
     assert one_cell <= 40 * 2**20
     assert window <= 40 * 2**20
+
+
+def test_allen_metadata_attributes_are_read(files, tmp_path):
+    """Allen's own files keep the ndx-aibs-behavior-ophys fields as *attributes* of
+    ``general/metadata`` (OphysBehaviorMetadata), ``general/task_parameters`` and
+    ``general/subject`` (BehaviorSubject), not as the synthetic files' scratch tables: the
+    reader takes them (with AllenSDK's names beside the file's), the release table can search
+    them and the conversion passes its fidelity check."""
+    import shutil
+
+    from abo_lake import jobs
+    from abo_lake.sources._hdf5 import close_files
+
+    path = tmp_path / Path(files[0]).name
+    shutil.copy(files[0], path)
+    ((_, before),) = reader.read(path).items()
+    close_files(path)  # the lazy arrays' file handle, before writing
+    bookkeeping = {"namespace": "ndx-aibs-behavior-ophys", "object_id": "0-0-0"}
+    with h5py.File(path, "r+") as f:
+        del f["scratch"]  # the stand-in tables: only the real layout is left
+        meta = f["general"].create_group("metadata")
+        meta.attrs.update(
+            neurodata_type="OphysBehaviorMetadata",
+            **bookkeeping,
+            behavior_session_id=870987812,
+            experiment_container_id=1018027834,
+            imaging_depth=175,
+            session_type="OPHYS_1_images_A",
+            rig_name="CAM2P.4",
+            stimulus_frame_rate=60.0,
+            field_of_view_width=512,
+            field_of_view_height=512,
+            imaging_plane_group=-1,
+            imaging_plane_group_count=0,
+            behavior_session_uuid="6b1ba0b5-5f7b-4e4f-9a4d-3f7a2f1c9d10",
+        )
+        task = f["general"].create_group("task_parameters")
+        task.attrs.update(
+            neurodata_type="BehaviorTaskParameters",
+            **bookkeeping,
+            task="DoC",
+            omitted_flash_fraction=0.05,
+            response_window_sec=np.array(["0.15", "0.75"], dtype=h5py.string_dtype()),
+            reward_volume=0.007,
+        )
+        subject = f["general/subject"]
+        subject.attrs["driver_line"] = np.array(["Vip-IRES-Cre"], dtype=h5py.string_dtype())
+        subject.attrs["reporter_line"] = np.array(["Ai148"], dtype=h5py.string_dtype())
+        subject.attrs["age_in_days"] = "139"
+        genotype = f["general/subject/genotype"].asstr()[()]
+
+    ((_, ds),) = reader.read(path).items()
+    a = ds.attrs
+    assert a["ophys_experiment_id"] == before.attrs["ophys_experiment_id"]
+    assert (a["imaging_depth"], a["session_type"]) == (175, "OPHYS_1_images_A")
+    assert (a["rig_name"], a["equipment_name"]) == ("CAM2P.4", "CAM2P.4")
+    assert a["experiment_container_id"] == a["ophys_container_id"] == 1018027834
+    assert a["behavior_session_id"] == 870987812
+    assert a["age_in_days"] == 139
+    assert a["driver_line"] == ["Vip-IRES-Cre"]
+    assert a["reporter_line"] == "Ai148"
+    assert a["cre_line"] == genotype.split(";")[0].replace("/wt", "")
+    assert a["task_parameters.omitted_flash_fraction"] == 0.05
+    assert a["task_parameters.response_window_sec"] == ["0.15", "0.75"]
+    assert not {"namespace", "neurodata_type", "object_id"} & set(a)
+
+    lake = tmp_path / "lake"
+    result = jobs.convert_file(str(path), str(lake))
+    assert result.error == ""  # the raw copy keeps the attributes, checked bit for bit
+    table = jobs.build_tables([result])["ophys_experiments"]
+    row = table.loc[a["ophys_experiment_id"]]
+    assert (row["imaging_depth"], row["session_type"], row["cre_line"]) == (
+        175,
+        "OPHYS_1_images_A",
+        a["cre_line"],
+    )

@@ -23,6 +23,13 @@ Reads with h5py at fixed paths (no pynwb object construction); big arrays stay l
 
 Unmatched ROIs have ``cell_specimen_id == -1`` in Allen files; so that the dim stays unique,
 such ROIs get ``cell_specimen_id = -cell_roi_id`` (still negative; ``cell_roi_id`` is kept).
+
+Metadata become attrs with Allen's names: the datasets of ``general/subject``, the imaging
+plane and ``general/metadata``, and the *attributes* of ``general/metadata``
+(OphysBehaviorMetadata), ``general/subject`` (BehaviorSubject) and ``general/task_parameters``
+(``task_parameters.<name>``), as Allen's ndx-aibs extensions store them; AllenSDK's names are
+added beside the file's (``equipment_name`` = ``rig_name``, ``ophys_container_id`` =
+``experiment_container_id``, ``full_genotype``, ``mouse_id``, ``cre_line`` from the genotype).
 """
 
 from __future__ import annotations
@@ -175,8 +182,26 @@ def _scalar(value: Any) -> Any:
     arr = np.asarray(value)
     if arr.size != 1:
         return [_scalar(v) for v in arr.ravel()]
-    item = arr.ravel()[0].item()
-    return read_str(item) if isinstance(item, bytes) else item
+    item = arr.ravel()[0]
+    item = item.item() if isinstance(item, np.generic) else item  # object arrays hold str
+    return read_str(item) if isinstance(item, bytes | str) else item
+
+
+#: Groups whose attributes are metadata in Allen's files (-> attribute name prefix).
+_ATTRIBUTE_GROUPS = (
+    ("general/metadata", ""),
+    ("general/subject", ""),
+    ("general/task_parameters", "task_parameters."),
+)
+#: HDMF's own attributes of every typed group: not metadata.
+_NWB_BOOKKEEPING = frozenset({"namespace", "neurodata_type", "object_id", "help"})
+#: (AllenSDK's name, the file's name) of metadata fields (``BehaviorOphysMetadata``).
+_SDK_NAMES = (
+    ("equipment_name", "rig_name"),
+    ("ophys_container_id", "experiment_container_id"),
+    ("full_genotype", "genotype"),
+    ("mouse_id", "subject_id"),
+)
 
 
 def _metadata(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -216,9 +241,22 @@ def _metadata(f: h5py.File, path: Path) -> dict[str, Any]:
             for key in group.attrs.get("colnames", []):
                 key = read_str(key)
                 attrs[prefix + key] = _scalar(_column(group[key])[0])
+    # Allen's own files: the ndx-aibs-behavior-ophys types (OphysBehaviorMetadata,
+    # BehaviorTaskParameters, BehaviorSubject) hold their fields as group attributes
+    for group_path, prefix in _ATTRIBUTE_GROUPS:
+        group = f.get(group_path)
+        if isinstance(group, h5py.Group):
+            for key, value in group.attrs.items():
+                if key not in _NWB_BOOKKEEPING:
+                    attrs.setdefault(prefix + key, _scalar(value))
+    for name, key in _SDK_NAMES:  # AllenSDK's names for the file's fields, both kept
+        if key in attrs:
+            attrs.setdefault(name, attrs[key])
+    if isinstance(attrs.get("full_genotype"), str):  # AllenSDK: the genotype's first part
+        attrs.setdefault("cre_line", attrs["full_genotype"].split(";")[0].replace("/wt", ""))
     if isinstance(attrs.get("driver_line"), str):
         attrs["driver_line"] = [d for d in attrs["driver_line"].split(";") if d]
-    for key in ("ophys_experiment_id", "ophys_session_id"):
+    for key in ("ophys_experiment_id", "ophys_session_id", "age_in_days", "mouse_id"):
         if isinstance(attrs.get(key), str) and attrs[key].isdigit():
             attrs[key] = int(attrs[key])
     if "ophys_experiment_id" not in attrs:
