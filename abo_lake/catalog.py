@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import xarray as xr
 import yaml
 
-from abo_lake.lake import PUBLISH_HOOKS, Lake, open_lake
+from abo_lake import cas
+from abo_lake.lake import PUBLISH_HOOKS, VERIFY_HOOKS, Lake, VerifyReport, open_lake
 from abo_lake.release import Release, ReleaseRecord
 from abo_lake.tables import (
     Table,
@@ -358,7 +359,31 @@ def root_catalog_dict(lake: Lake, names: list[str]) -> dict[str, Any]:
     }
 
 
+def verify_catalog(lake: Lake, record: ReleaseRecord, report: VerifyReport) -> None:
+    """Check a release's catalog and per-id manifest copies (for :meth:`Lake.verify`).
+
+    Registered in :data:`abo_lake.lake.VERIFY_HOOKS`. A copy must be byte-equal to the
+    manifest it copies (whose name is its hash); a missing copy or catalog is reported
+    missing, as plain intake could not open that entry.
+    """
+    keys = {_refs_key(record, p): p for p in record.datasets if _match(p)}
+    catalog = f"releases/{record.name}/{CATALOG_KEY}"
+    got = lake.storage.read_many([*keys, catalog])
+    if isinstance(got[catalog], Exception):
+        report.missing.append(("catalog", catalog, ""))
+    for key, path in keys.items():
+        want = record.datasets[path]["manifest"]
+        report.checked += 1
+        if isinstance(got[key], Exception):
+            report.missing.append((f"catalog copy of {path}", key, want))
+        elif cas.digest(got[key]) != want:
+            report.corrupt.append((f"catalog copy of {path}", key, want))
+        else:
+            report.bytes += len(got[key])
+
+
 PUBLISH_HOOKS.append(write_catalog)
+VERIFY_HOOKS.append(verify_catalog)
 
 
 # -- opening catalogs ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from abo_lake.release import Release, ReleaseRecord
 from abo_lake.storage import Storage, default_lake_url
 from abo_lake.writer import write_dataset
 
-__all__ = ["LEDGER_PREFIX", "PUBLISH_HOOKS", "Lake", "Stage", "open_lake"]
+__all__ = ["LEDGER_PREFIX", "PUBLISH_HOOKS", "VERIFY_HOOKS", "Lake", "Stage", "open_lake"]
 
 #: Conversion resume records: ``ledger/<source content hash>.json``.
 LEDGER_PREFIX = "ledger"
@@ -41,6 +41,9 @@ _PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 #: Called as ``hook(lake, record)`` when a release is about to be published, before its
 #: record is written (the catalog module registers the catalog writer here).
 PUBLISH_HOOKS: list[Callable[[Lake, ReleaseRecord], None]] = []
+#: Called by :meth:`Lake.verify` with (lake, record, report) to check what a publish hook
+#: wrote; they append to ``report.missing`` / ``report.corrupt``.
+VERIFY_HOOKS: list[Callable[[Lake, ReleaseRecord, VerifyReport], None]] = []
 
 
 def open_lake(url: str | None = None, **storage_options: Any) -> Lake:
@@ -212,7 +215,17 @@ class Lake:
                 rows.append(DatasetChange(path, "unchanged"))
             else:
                 rows.append(_dataset_change(path, ra.manifest(path), rb.manifest(path), a_hashes))
-        return ReleaseDiff(ra.pin, rb.pin, rows)
+        ta, tb = ra.record.tables, rb.record.tables
+        tables = []
+        for name in sorted(set(ta) | set(tb)):
+            if name not in tb:
+                tables.append(TableChange(name, "removed"))
+            elif name not in ta or ta[name]["object"] != tb[name]["object"]:
+                size = self.storage.fs.size(self.storage.path(cas.key_of(tb[name]["object"])))
+                tables.append(TableChange(name, "added" if name not in ta else "changed", size))
+            else:
+                tables.append(TableChange(name, "unchanged"))
+        return ReleaseDiff(ra.pin, rb.pin, rows, tables)
 
     def stats(self) -> dict[str, Any]:
         """Logical bytes (every release counted in full) against bytes stored, and the ratio."""
@@ -243,13 +256,21 @@ class Lake:
         }
 
     def verify(self, spec: str = "latest", *, batch: int = 64) -> VerifyReport:
-        """Re-hash every chunk a release references; report missing and corrupt ones."""
+        """Re-hash every object a release references; report missing and corrupt ones.
+
+        The chunks of every dataset, the Parquet object of every table, and what the
+        :data:`VERIFY_HOOKS` check (the catalog's per-release manifest copies).
+        """
         rel = self.release(spec)
         where: dict[str, tuple[str, str]] = {}
         for path in rel.datasets():
             for key, h in rel.manifest(path).chunks.items():
                 where.setdefault(h, (path, key))
+        for name, table in rel.record.tables.items():
+            where.setdefault(table["object"], (f"table {name}", "parquet"))
         report = VerifyReport(rel.pin, checked=len(where))
+        for hook in VERIFY_HOOKS:
+            hook(self, rel.record, report)
         hashes = sorted(where)
         for i in range(0, len(hashes), batch):
             part = hashes[i : i + batch]
@@ -480,6 +501,15 @@ class DatasetChange:
     bytes_to_fetch: int = 0
 
 
+@dataclass
+class TableChange:
+    """How one release table differs between two releases (its Parquet object)."""
+
+    name: str
+    status: str  # added | removed | changed | unchanged
+    bytes_to_fetch: int = 0
+
+
 def _dataset_change(path: str, ma: Manifest, mb: Manifest, a_hashes: set[str]) -> DatasetChange:
     arrays_a, arrays_b = ma.arrays(), mb.arrays()
     change = DatasetChange(path, "changed")
@@ -505,11 +535,12 @@ class ReleaseDiff:
     a: str
     b: str
     datasets: list[DatasetChange]
+    tables: list[TableChange] = field(default_factory=list)
 
     @property
     def bytes_to_fetch(self) -> int:
         """Bytes a user holding release ``a`` must fetch to have release ``b``."""
-        return sum(d.bytes_to_fetch for d in self.datasets)
+        return sum(d.bytes_to_fetch for d in [*self.datasets, *self.tables])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -520,17 +551,22 @@ class ReleaseDiff:
             "b": self.b,
             "bytes_to_fetch": self.bytes_to_fetch,
             "datasets": [asdict(d) for d in self.datasets],
+            "tables": [asdict(t) for t in self.tables],
         }
 
     def __str__(self) -> str:
         counts: dict[str, int] = {}
         for d in self.datasets:
             counts[d.status] = counts.get(d.status, 0) + 1
+        changed = [t for t in self.tables if t.status != "unchanged"]
         lines = [
             f"{self.a} -> {self.b}: "
             + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + f"; tables: {len(changed)} of {len(self.tables)} differ"
             + f"; {self.bytes_to_fetch / 1e6:.2f} MB to fetch"
         ]
+        for t in changed:
+            lines.append(f"  {t.status:9} table {t.name}  ({t.bytes_to_fetch / 1e6:.2f} MB)")
         for d in self.datasets:
             if d.status == "unchanged":
                 continue
@@ -557,7 +593,7 @@ class VerifyReport:
 
     def __str__(self) -> str:
         head = (
-            f"{self.release}: {self.checked} chunk objects, {self.bytes / 1e6:.2f} MB "
+            f"{self.release}: {self.checked} objects, {self.bytes / 1e6:.2f} MB "
             f"checked; {len(self.missing)} missing, {len(self.corrupt)} corrupt"
         )
         rows = [f"  missing {p} {k} ({h[:12]})" for p, k, h in self.missing[:20]]

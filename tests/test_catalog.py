@@ -20,7 +20,7 @@ import xarray as xr
 import yaml
 
 import abo_lake
-from abo_lake import catalog, cli
+from abo_lake import cas, catalog, cli
 from abo_lake.catalog import (
     Table,
     open_catalog,
@@ -180,6 +180,38 @@ class TestCatalog:
         assert list(root) == ["r1", "r2", "r3", "latest", "release"]
         assert root.latest.read().metadata["abo_lake_release"] == "r3"
         assert root(release="r2").release.read().metadata["abo_lake_release"] == "r2"
+
+    def test_verify_covers_tables_and_catalog_copies(self, lake, vbo_table):
+        """A release is more than its chunks: its tables' Parquet objects and the catalog's
+        per-id manifest copies are re-hashed too (a corrupt table used to pass verify)."""
+        ids = publish(lake, "r1", vbo_table, seed=0)
+        rel = lake.release("r1")
+        report = lake.verify("r1")
+        assert report.ok
+        table = rel.record.tables["ophys_experiments"]["object"]
+        data = bytearray(lake.storage.read(cas.key_of(table)))
+        data[len(data) // 2] ^= 0xFF
+        lake.storage.write(cas.key_of(table), bytes(data))
+        copy = f"releases/r1/refs/{rel.root[:12]}/ophys/experiment/{ids[0]}.json"
+        lake.storage.delete([copy])
+        report = lake.verify("r1")
+        assert report.corrupt == [("table ophys_experiments", "parquet", table)]
+        assert [(what, key) for what, key, _ in report.missing] == [
+            (f"catalog copy of ophys/experiment/{ids[0]}", copy)
+        ]
+        assert "table ophys_experiments" in str(report)
+
+    def test_diff_reports_changed_tables(self, lake, vbo_table):
+        publish(lake, "r1", vbo_table, seed=0)
+        noted = vbo_table.assign(my_note="re-curated")
+        publish(lake, "r2", noted, seed=0)  # same data, one more column
+        diff = lake.diff("r1", "r2")
+        assert {d.status for d in diff.datasets} == {"unchanged"}
+        assert [(t.name, t.status) for t in diff.tables] == [("ophys_experiments", "changed")]
+        assert diff.bytes_to_fetch == diff.tables[0].bytes_to_fetch > 0
+        assert "changed   table ophys_experiments" in str(diff)
+        assert diff.to_dict()["tables"][0]["status"] == "changed"
+        assert lake.diff("r2", "r2").tables[0].status == "unchanged"
 
 
 def test_no_credentials_in_a_stored_s3_catalog(s3_bucket, s3_options, vbo_table):
