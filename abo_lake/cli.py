@@ -385,12 +385,15 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_convert)
 
     lake_cmd("releases", "list published releases").set_defaults(func=_cmd_releases)
-    c = lake_cmd("diff", "what changed between two releases, per dataset and array")
+    c = lake_cmd("diff", "what changed between two releases, per dataset, array and table")
     c.add_argument("a", help="the older release (name or name@root)")
     c.add_argument("b", help="the newer release (name or name@root)")
     c.set_defaults(func=_cmd_diff)
     lake_cmd("stats", "logical vs stored bytes, dedup ratio").set_defaults(func=_cmd_stats)
-    c = lake_cmd("verify", "re-hash every chunk a release references (exit 1 on a problem)")
+    c = lake_cmd(
+        "verify",
+        "re-hash every object a release references: chunks, tables, catalog copies (exit 1 on a problem)",
+    )
     c.add_argument("release", nargs="?", default="latest", help="release (default: latest)")
     c.set_defaults(func=_cmd_verify)
     c = lake_cmd(
