@@ -392,7 +392,8 @@ def _parser() -> argparse.ArgumentParser:
     lake_cmd("stats", "logical vs stored bytes, dedup ratio").set_defaults(func=_cmd_stats)
     c = lake_cmd(
         "verify",
-        "re-hash every object a release references: chunks, tables, catalog copies (exit 1 on a problem)",
+        "re-hash every object a release references: chunks, tables, catalog copies "
+        "(exit 1 on a problem)",
     )
     c.add_argument("release", nargs="?", default="latest", help="release (default: latest)")
     c.set_defaults(func=_cmd_verify)
@@ -464,7 +465,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+    except Exception as err:
+        problem = _storage_problem(err)
+        if problem is None:
+            raise
+        print(f"abo-lake {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     return 2  # not reached: parser.error exits
+
+
+def _storage_problem(err: BaseException) -> str | None:
+    """What is wrong with the storage a command was pointed at, if ``err`` says so: an
+    option the filesystem does not take, missing or refused credentials, an endpoint that
+    cannot be reached (botocore's errors are not OSErrors). None for anything else."""
+    if isinstance(err, TypeError) and "unexpected keyword argument" in str(err):
+        return (
+            f"an option of --storage-options or --source-options is not one the filesystem "
+            f"takes ({err}); see the fsspec/s3fs documentation for its names, e.g. endpoint_url"
+        )
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return None
+    if isinstance(err, BotoCoreError | ClientError):
+        return (
+            f"cannot access S3 storage: {err} (check --lake, the sources, --storage-options "
+            "and --source-options, or the AWS environment)"
+        )
+    return None
 
 
 if __name__ == "__main__":

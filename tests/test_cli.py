@@ -333,3 +333,29 @@ def test_broken_pipe_in_a_real_process(tmp_path):
     assert "Traceback" not in out.stderr, out.stderr
     assert "BrokenPipeError" not in out.stderr
     assert out.returncode == 141
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"endpoint": "http://127.0.0.1:9"}, "not one the filesystem takes"),
+        (  # nothing listens on port 9 (discard): refused at once
+            {
+                "endpoint_url": "http://127.0.0.1:9",
+                "key": "k",
+                "secret": "s",
+                "config_kwargs": {"retries": {"max_attempts": 1}},
+            },
+            "cannot access S3 storage: Could not connect",
+        ),
+    ],
+)
+def test_storage_that_cannot_be_used_is_bad_input_not_a_traceback(options, message, capsys):
+    """A misspelt option (``endpoint``) or an S3 endpoint that refuses: botocore's errors
+    are not OSErrors, and they used to end in a traceback with exit status 1."""
+    argv = ["releases", "--lake", "s3://bucket/lake", "--storage-options", json.dumps(options)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("abo-lake releases: error: ")
+    assert message in err
+    assert "Traceback" not in err
