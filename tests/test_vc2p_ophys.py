@@ -350,3 +350,41 @@ class TestReaderErrors:
             f[f"{PIPE}/ImageSegmentation/cell_specimen_ids"] = np.arange(3)
         with pytest.raises(SourceFileError, match="3 cell_specimen_ids for 10 traces"):
             reader.read(broken)
+
+
+def test_corrected_fluorescence_follows_the_pipeline_version(tiny_a, tmp_path):
+    """AllenSDK: from pipeline version 2.0 on (``general/generated_by``), neuropil correction
+    follows demixing, with the neuropil response's own r; before, raw - r * neuropil_traces.
+    The conversion still passes its fidelity check."""
+    import shutil
+
+    from abo_lake import jobs
+
+    path = tmp_path / tiny_a.name
+    shutil.copy(tiny_a, path)
+    with h5py.File(path, "r+") as f:
+        fl = f[f"{PIPE}/Fluorescence"]
+        r2 = fl["imaging_plane_1/r"][()] * 0.5 + 0.1
+        response = fl["imaging_plane_1_neuropil_response"]
+        if "r" in response:
+            del response["r"]
+        response.create_dataset("r", data=r2)
+        del f["general/generated_by"]
+        f["general"].create_dataset("generated_by", data=np.array([b"1.0", b"2.0"]))
+        demixed = fl["imaging_plane_1_demixed_signal/data"][()]
+        neuropil = fl["imaging_plane_1_neuropil_response/data"][()]
+        raw = fl["imaging_plane_1/data"][()]
+    (ds,) = reader.read(path).values()
+    assert ds.attrs["pipeline_version"] == "2.0"
+    want = demixed - neuropil * r2.astype(np.float32)[:, None]
+    np.testing.assert_array_equal(ds.corrected_fluorescence.values, want)
+    assert not np.allclose(want, raw - neuropil * r2[:, None])
+    assert ds.corrected_fluorescence.attrs["long_name"] == "demixed - r * neuropil"
+    result = jobs.convert_file(str(path), str(tmp_path / "lake"))
+    assert result.error == ""
+
+
+def test_pipeline_version_of_the_real_file(real_file):
+    (ds,) = reader.read(real_file).values()
+    assert ds.attrs["pipeline_version"] == "1.0"  # raw - r * neuropil_traces
+    assert ds.corrected_fluorescence.attrs["long_name"] == "raw - r * neuropil"

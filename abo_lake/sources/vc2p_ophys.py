@@ -9,8 +9,10 @@ Layout of the ``ophys_experiment`` Dataset (path ``ophys/experiment/<ophys_exper
 
 - dims ``cell_specimen_id`` (coord ``cell_roi_id``, int64, parsed from the ``roi_ids`` strings;
   -1 where a string is not a number), ``time`` (``DfOverF`` timestamps, s), ``y``, ``x`` (µm);
-- ``dff``, ``corrected_fluorescence`` (= raw ``Fluorescence`` data - r * neuropil, float32, as
-  the SDK computes it), ``neuropil_fluorescence``, ``demixed_fluorescence`` (cell, time);
+- ``dff``, ``corrected_fluorescence`` (float32, as AllenSDK computes it: raw ``Fluorescence``
+  data - r * ``neuropil_traces``, or from pipeline version 2.0 on (``general/generated_by``,
+  attr ``pipeline_version``) the demixed traces - r * neuropil with the neuropil response's
+  r), ``neuropil_fluorescence``, ``demixed_fluorescence`` (cell, time);
   ``r``, ``rmse`` along cell; ``roi_mask`` (cell, y, x) bool = ``img_mask > 0``, with masks taken
   in ``roi_list`` order (or the sorted ``roi_*`` groups when ``roi_list`` does not name them, as in
   the truncated reference file); ``max_projection`` and, if present, ``average_projection``;
@@ -24,7 +26,8 @@ Layout of the ``ophys_experiment`` Dataset (path ``ophys/experiment/<ophys_exper
   when a frame index falls outside the timestamps**, as in the truncated reference file),
   ``orientation``, ``temporal_frequency``, ``spatial_frequency``, ``phase``, ``blank_sweep``,
   ``frame`` (-1 = blank natural scene), ``repeat`` (natural movies) as float64, NaN where not
-  applicable, plus any other feature whose name is a Python identifier. Spontaneous intervals
+  applicable, plus any other feature as named in the file (the truncated reference file has
+  one named "1.0"). Spontaneous intervals
   pair each +1 event with the next -1 event; an unmatched start gets ``end_frame`` -1.
 
 Attrs carry the Allen metadata (``ophys_experiment_id``, ``experiment_container_id``,
@@ -177,6 +180,22 @@ def _trace_chunks(n_cells: int, n_time: int) -> tuple[int, int]:
     return cells, max(1, min(n_time, _CHUNK_BYTES // (4 * cells)))
 
 
+def pipeline_version(f: h5py.File) -> str:
+    """AllenSDK's ``pipeline_version`` of a file: the last ``general/generated_by`` entry,
+    ``"0.9"`` without one."""
+    if "general/generated_by" in f:
+        values = np.atleast_1d(f["general/generated_by"][()])
+        if values.size:
+            return read_str(values[-1])
+    return "0.9"
+
+
+def _demixed_correction(f: h5py.File) -> bool:
+    """Whether the file's pipeline (version 2.0 or later) corrects the demixed traces."""
+    major = re.match(r"\s*(\d+)", pipeline_version(f))
+    return bool(major) and int(major.group(1)) >= 2
+
+
 def _traces(p: Path, f: h5py.File, shape: tuple[int, int]) -> dict[str, xr.Variable]:
     chunks = _trace_chunks(*shape)
     dims = ("cell_specimen_id", "time")
@@ -197,13 +216,28 @@ def _traces(p: Path, f: h5py.File, shape: tuple[int, int]) -> dict[str, xr.Varia
         "neuropil_fluorescence": (lazy(f"{_FL}_neuropil_response/data"), "a.u.", "neuropil"),
         "demixed_fluorescence": (lazy(f"{_FL}_demixed_signal/data"), "a.u.", "demixed trace"),
     }
-    raw = lazy(f"{_FL}/data")
-    if raw is not None and arrays["neuropil_fluorescence"][0] is not None and f"{_FL}/r" in f:
-        r = np.asarray(f[f"{_FL}/r"][()], dtype=np.float32)
+    # AllenSDK's get_corrected_fluorescence_traces: from pipeline version 2.0 on, neuropil
+    # correction follows demixing (demixed - r * neuropil, r of the neuropil response);
+    # before, raw - r * neuropil_traces with the raw fluorescence's r
+    if _demixed_correction(f):
+        cell, neuropil, r_name = (
+            "_demixed_signal/data",
+            "_neuropil_response/data",
+            "_neuropil_response/r",
+        )
+        long_name = "demixed - r * neuropil"
+    else:
+        cell, neuropil, r_name = "/data", "/neuropil_traces", "/r"
+        long_name = "raw - r * neuropil"
+        if f"{_FL}{neuropil}" not in f:
+            neuropil = "_neuropil_response/data"
+    traces = lazy(f"{_FL}{cell}"), lazy(f"{_FL}{neuropil}")
+    if traces[0] is not None and traces[1] is not None and f"{_FL}{r_name}" in f:
+        r = np.asarray(f[f"{_FL}{r_name}"][()], dtype=np.float32)
         if r.shape != (shape[0],):
-            raise SourceFileError(f"{p}: {_FL}/r has shape {r.shape}, expected ({shape[0]},)")
-        corrected = raw - arrays["neuropil_fluorescence"][0] * r[:, None]
-        arrays["corrected_fluorescence"] = (corrected, "a.u.", "raw - r * neuropil")
+            raise SourceFileError(f"{p}: {_FL}{r_name} has shape {r.shape}, expected ({shape[0]},)")
+        corrected = traces[0] - traces[1] * r[:, None]
+        arrays["corrected_fluorescence"] = (corrected, "a.u.", long_name)
     for name, (arr, units, long_name) in arrays.items():
         if arr is not None:
             out[name] = xr.Variable(dims, arr, {"units": units, "long_name": long_name})
@@ -417,6 +451,7 @@ def _metadata(f: h5py.File, ts: np.ndarray) -> dict[str, Any]:
     elif re.match(r"\s*[\d.]+", meta.get("imaging_rate", "")):
         meta["ophys_frame_rate"] = float(re.match(r"\s*([\d.]+)", meta["imaging_rate"]).group(1))
     meta["nwb_version"] = _nwb_version(f)
+    meta["pipeline_version"] = pipeline_version(f)
     return meta
 
 
