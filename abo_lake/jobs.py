@@ -80,6 +80,8 @@ def plan(specs: Sequence[str | Path], source_options: dict[str, Any] | None = No
             named = not any(c in spec for c in "*?[")
             listed_json: list[str] = []
             for p in paths:
+                if named and not fs.exists(p):
+                    raise FileNotFoundError(f"{spec}: no such file or folder")
                 found = fs.find(p) if fs.isdir(p) else [p]
                 for f in found:
                     if Path(f).suffix.lower() not in _SOURCE_SUFFIXES:
@@ -386,6 +388,10 @@ def convert_file(
     except Exception as err:
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
     finally:
+        if fetched:  # name the remote files, not their deleted temporary copies
+            result.error = result.error.replace(
+                str(Path(fetched).parent), result.source.rpartition("/")[0]
+            )
         result.seconds = time.perf_counter() - t0
         close_files(source)
         if fetched:

@@ -584,6 +584,22 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     assert len(remote.storage.glob("ledger/etag-*.json")) == len(report.files)
 
 
+def test_bad_s3_sources_are_named_by_their_urls(s3_bucket, s3_options, tmp_path):
+    """A named S3 file that does not exist, and a broken one, are reported by their s3://
+    URLs (not a bare key, nor the deleted temporary copy a worker read)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.pipe(f"{s3_bucket}/raw/vbo/broken.nwb", b"this is not HDF5" * 64)
+    missing = f"s3://{s3_bucket}/raw/vbo/missing.nwb"
+    with pytest.raises(FileNotFoundError, match=f"{missing}: no such file or folder"):
+        jobs.plan([missing], s3_options)
+    broken = f"s3://{s3_bucket}/raw/vbo/broken.nwb"
+    result = jobs.convert_file(broken, str(tmp_path / "lake"), source_options=s3_options)
+    assert f"{broken}: " in result.error
+    assert "abo-lake-src-" not in result.error
+
+
 def test_the_real_brain_observatory_file_converts_faithfully(shared_data, tmp_path):
     """A real NWB 1.0.5 file (arrays truncated by its publisher): curated + raw, checked."""
     source = shared_data / "nwb" / "brain_observatory_496908818_nwb1_truncated.nwb"
