@@ -292,31 +292,76 @@ class Lake:
         """Delete chunk objects and manifests that no release references.
 
         Never deletes anything referenced by a published release. While any stage younger
-        than ``grace`` (by its heartbeat) is open, no chunk object is deleted at all: an open
-        stage may be re-using an old unreferenced chunk at this very moment. Objects younger
-        than ``grace`` are kept too. Stale stages (older than ``grace``) are removed.
+        than ``grace`` (by its heartbeat) is open, nothing but stale stages is deleted: an open
+        stage may be re-using an old unreferenced chunk, or resuming a manifest from the
+        ledger, at this very moment. Objects younger than ``grace`` are kept too. Stale stages
+        (older than ``grace``) are removed. Releases and stages are read again after the
+        listing, just before deleting, so a release published (or a job started) while GC
+        listed the lake keeps what it references.
         """
         grace_td = parse_duration(grace)
         now = now or _now()
         cutoff = now - grace_td
-        keep_manifests: set[str] = set()
-        keep_objects: set[str] = set()
+        marks = self._marks(cutoff)
+        report = GCReport(
+            dry_run=dry_run,
+            live_stages=marks.live,
+            stale_stages=marks.stale,
+            ledger=[] if marks.live else marks.stale_ledger,
+        )
+        sizes: dict[str, int] = {}
+        if not marks.live:
+            keep_chunks = self._chunks_of(marks)
+            for key, info in self.storage.find(MANIFEST_PREFIX).items():
+                h = key.rsplit("/", 1)[-1].removesuffix(".json")
+                if h not in marks.manifests and info["mtime"] < cutoff:
+                    report.manifests.append(key)
+            for key, info in self.storage.find(cas.CAS_PREFIX).items():
+                h = key.rsplit("/", 1)[-1]
+                if h not in keep_chunks and info["mtime"] < cutoff and cas.HASH_RE.match(h):
+                    report.chunks.append(key)
+                    sizes[key] = info["size"]
+        report.bytes = sum(sizes.values())
+        if dry_run:
+            return report
+        again = self._marks(cutoff)  # what was published or staged while we listed
+        if again.live:
+            report.live_stages = again.live
+            report.chunks, report.manifests, report.ledger, report.bytes = [], [], [], 0
+        elif again.manifests - marks.manifests or again.objects - marks.objects:
+            keep_chunks = self._chunks_of(again)
+            report.manifests = [
+                k
+                for k in report.manifests
+                if k.rsplit("/", 1)[-1].removesuffix(".json") not in again.manifests
+            ]
+            report.chunks = [k for k in report.chunks if k.rsplit("/", 1)[-1] not in keep_chunks]
+            report.bytes = sum(sizes[k] for k in report.chunks)
+            report.ledger = [k for k in report.ledger if k in again.stale_ledger]
+        self.storage.delete(report.ledger + report.chunks + report.manifests)
+        for sid in marks.stale:
+            if sid not in again.live:
+                self.storage.delete_prefix(f"stages/{sid}")
+        return report
+
+    def _marks(self, cutoff: datetime) -> _Marks:
+        """What GC must keep: the manifests and objects of every release, of every stage
+        younger than ``cutoff`` and of every resume record that is young or fully kept."""
+        marks = _Marks()
         for name in self.releases():
             record = self._record(name)
-            keep_manifests.update(d["manifest"] for d in record.datasets.values())
-            keep_objects.update(t["object"] for t in record.tables.values())
-        live, stale = [], []
+            marks.manifests.update(d["manifest"] for d in record.datasets.values())
+            marks.objects.update(t["object"] for t in record.tables.values())
         for key in self.storage.glob("stages/*/stage.json"):
             try:
                 doc = json.loads(self.storage.read(key))
                 beat = datetime.fromisoformat(doc["heartbeat"])
             except (FileNotFoundError, ValueError, KeyError):
                 continue
-            (live if beat >= cutoff else stale).append(key.split("/")[1])
+            (marks.live if beat >= cutoff else marks.stale).append(key.split("/")[1])
             if beat >= cutoff:
-                keep_manifests.update(doc.get("manifests", []))
-                keep_objects.update(doc.get("objects", []))
-        stale_ledger = []
+                marks.manifests.update(doc.get("manifests", []))
+                marks.objects.update(doc.get("objects", []))
         for key, info in self.storage.find(LEDGER_PREFIX).items():
             try:
                 entry = json.loads(self.storage.read(key))
@@ -324,35 +369,32 @@ class Lake:
                 continue
             hashes = set(entry.get("manifests", []))
             parts = {h for part in (entry.get("tables") or {}).values() for h in part}
-            if hashes <= keep_manifests or info["mtime"] >= cutoff:
-                keep_manifests.update(hashes)  # a kept or young resume record protects its work
-                keep_objects.update(parts)  # including its per-file table parts
+            if hashes <= marks.manifests or info["mtime"] >= cutoff:
+                marks.manifests.update(hashes)  # a kept or young resume record protects its work
+                marks.objects.update(parts)  # including its per-file table parts
             else:
-                stale_ledger.append(key)  # forget it, so no resume trusts deleted work
-        keep_chunks: set[str] = set(keep_objects)
-        for h in keep_manifests:
+                marks.stale_ledger.append(key)  # forget it, so no resume trusts deleted work
+        return marks
+
+    def _chunks_of(self, marks: _Marks) -> set[str]:
+        keep = set(marks.objects)
+        for h in marks.manifests:
             try:
-                keep_chunks.update(self._manifest(h, where="gc").chunks.values())
+                keep.update(self._manifest(h, where="gc").chunks.values())
             except ManifestError:
                 continue
-        report = GCReport(
-            dry_run=dry_run, live_stages=live, stale_stages=stale, ledger=stale_ledger
-        )
-        for key, info in self.storage.find(MANIFEST_PREFIX).items():
-            h = key.rsplit("/", 1)[-1].removesuffix(".json")
-            if h not in keep_manifests and info["mtime"] < cutoff:
-                report.manifests.append(key)
-        if not live:
-            for key, info in self.storage.find(cas.CAS_PREFIX).items():
-                h = key.rsplit("/", 1)[-1]
-                if h not in keep_chunks and info["mtime"] < cutoff and cas.HASH_RE.match(h):
-                    report.chunks.append(key)
-                    report.bytes += info["size"]
-        if not dry_run:
-            self.storage.delete(report.ledger + report.chunks + report.manifests)
-            for sid in stale:
-                self.storage.delete_prefix(f"stages/{sid}")
-        return report
+        return keep
+
+
+@dataclass
+class _Marks:
+    """What one marking pass of :meth:`Lake.gc` found."""
+
+    manifests: set[str] = field(default_factory=set)
+    objects: set[str] = field(default_factory=set)
+    live: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    stale_ledger: list[str] = field(default_factory=list)
 
 
 class Stage:
@@ -619,9 +661,11 @@ class GCReport:
             f"gc {verb} {len(self.chunks)} chunk objects ({self.bytes / 1e6:.2f} MB), "
             f"{len(self.manifests)} manifests, {len(self.stale_stages)} stale stages"
         )
+        if self.ledger:
+            text += f", {len(self.ledger)} resume records of deleted work"
         if self.live_stages:
             text += (
                 f"; {len(self.live_stages)} open stage(s) younger than the grace period: "
-                "no chunk object deleted while they run"
+                "no chunk object, manifest or resume record deleted while they run"
             )
         return text

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from datetime import UTC, datetime, timedelta
 
 import dask
 import numpy as np
@@ -293,6 +294,55 @@ def test_killed_stage_leaves_no_release_and_rerun_succeeds(local_lake, tmp_path)
     report = lake.gc(grace="0s", dry_run=False)
     assert len(report.stale_stages) == 1
     assert lake.verify("r1").ok
+
+
+def _abandoned_work(lake: abo_lake.Lake) -> str:
+    """A dataset written by a stage that then failed: stored, referenced by no release."""
+    with pytest.raises(RuntimeError), lake.stage("r0") as stage:
+        h = stage.write("a/1", make_dataset())
+        raise RuntimeError("the job failed")
+    return h
+
+
+def test_gc_keeps_what_is_published_while_it_lists(local_lake, monkeypatch):
+    """A job that resumes old, unreferenced work (its objects keep their old mtimes) and
+    publishes while GC lists the lake: GC reads releases again before deleting."""
+    lake = local_lake
+    h = _abandoned_work(lake)
+    real_find = lake.storage.find
+
+    def find(prefix: str) -> dict:
+        listing = real_find(prefix)
+        if prefix == cas.CAS_PREFIX and not lake.releases():
+            with lake.stage("r1") as stage:  # e.g. from the resume ledger
+                stage.add("a/1", h)
+        return listing
+
+    monkeypatch.setattr(lake.storage, "find", find)
+    later = datetime.now(UTC) + timedelta(hours=2)  # every object is older than the grace
+    report = lake.gc(grace="1h", dry_run=False, now=later)
+    assert lake.releases() == ["r1"]
+    assert report.chunks == []
+    assert report.manifests == []
+    assert lake.verify("r1").ok
+
+
+def test_gc_deletes_no_manifest_or_resume_record_while_a_stage_is_open(local_lake):
+    """An open job may be resuming any manifest from the ledger: only stale stages go."""
+    lake = local_lake
+    h = _abandoned_work(lake)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    doc = {"name": "r9", "created": later.isoformat(), "heartbeat": later.isoformat()}
+    lake.storage.write("stages/running-job/stage.json", json.dumps(doc).encode())
+    report = lake.gc(grace="1h", dry_run=False, now=later)
+    assert report.live_stages == ["running-job"]
+    assert (report.chunks, report.manifests, report.ledger) == ([], [], [])
+    assert lake.storage.exists(manifest_key(h))
+    assert "no chunk object, manifest or resume record deleted" in str(report)
+    lake.storage.delete_prefix("stages/running-job")
+    report = lake.gc(grace="1h", dry_run=False, now=later)
+    assert not lake.storage.exists(manifest_key(h))  # collected once the job is gone
+    assert report.chunks
 
 
 def test_plain_xarray_opens_a_release_without_abo_lake(local_lake):
