@@ -278,8 +278,9 @@ def _write_many(lake: Lake, items: dict[str, bytes]) -> None:
 def write_catalog(lake: Lake, record: ReleaseRecord) -> None:
     """Write a release's catalog, its per-id manifest copies, and refresh the root catalog.
 
-    Registered in :data:`abo_lake.lake.PUBLISH_HOOKS`: runs just before ``release.json`` is
-    written, so a visible release always has its catalog.
+    Registered in :data:`abo_lake.lake.PUBLISH_HOOKS`: runs just after ``release.json`` is
+    written by the writer that won the name, so a catalog never shows content that was not
+    published; a release killed in between gets its catalog when it is opened.
     """
     doc = catalog_dict(lake, record)
     paths = [p for p in record.datasets if _match(p)]

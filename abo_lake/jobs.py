@@ -31,7 +31,7 @@ import xarray as xr
 
 from abo_lake import cas, schema, sources
 from abo_lake.errors import AboLakeError, ReleaseExistsError
-from abo_lake.lake import LEDGER_PREFIX, Lake, Stage
+from abo_lake.lake import HEARTBEAT_SECONDS, LEDGER_PREFIX, Lake, Stage
 from abo_lake.progress import BytesDone, FileProgress
 from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
@@ -905,6 +905,7 @@ def run(
     results: list[FileResult] = []
     unmatched: list[str] = []
     opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
+    raced = False
     try:
         with opened as stage:
             bar = tqdm(
@@ -929,11 +930,13 @@ def run(
                 write_options=write_options,
                 pure=False,
             )
-            for future in distributed.as_completed(futures, loop=client.loop):
-                res = future.result()
-                results.append(res)
-                done.finished(res.source)
-                bar.set_postfix(files=len(results), failed=sum(bool(r.error) for r in results))
+            with _heartbeats(stage):
+                for future in distributed.as_completed(futures, loop=client.loop):
+                    res = future.result()
+                    results.append(res)
+                    done.finished(res.source)
+                    failed = sum(bool(r.error) for r in results)
+                    bar.set_postfix(files=len(results), failed=failed)
             client.unsubscribe_topic(topic)
             bar.close()
             results.sort(key=lambda r: r.source)
@@ -949,6 +952,9 @@ def run(
                 raise _NotPublished
     except _NotPublished:
         pass
+    except ReleaseExistsError:
+        # another job published this name while ours ran: fine if it is the same release
+        existing, raced = lake.release(release).record, True
     finally:
         client.close()
         if cluster is not None:
@@ -961,11 +967,34 @@ def run(
     ]
     if existing is None:
         report.published = release in lake.releases()
-    else:  # published before; unchanged by this job
+    else:  # published before (or by another job meanwhile); unchanged by this job
         report.published = report.already_published = True
         if not report.failures:
-            _same_as_published(stage, existing, lake.url)
+            _same_as_published(stage, existing, lake.url, raced=raced)
     return report
+
+
+@contextlib.contextmanager
+def _heartbeats(stage: Stage) -> Iterator[None]:
+    """Send the stage's heartbeat every ``HEARTBEAT_SECONDS`` while the block runs (files
+    converting; nothing else touches the stage meanwhile), so GC counts a job with hour-long
+    files as open. A failed heartbeat is tried again at the next beat."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):
+                stage.heartbeat()
+
+    thread = threading.Thread(target=beat, name="abo-lake-stage-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -980,8 +1009,9 @@ def _rerun(lake: Lake, release: str) -> Iterator[Stage]:
         stage._discard()
 
 
-def _same_as_published(stage: Stage, record: Any, lake_url: str) -> None:
-    """Raise ReleaseExistsError unless ``stage`` holds exactly the published ``record``."""
+def _same_as_published(stage: Stage, record: Any, lake_url: str, *, raced: bool = False) -> None:
+    """Raise ReleaseExistsError unless ``stage`` holds exactly the published ``record``
+    (``raced``: another job published it while this one ran)."""
     if stage.root == record.root:
         return
     ours = {p: d["manifest"] for p, d in stage.datasets.items()}
@@ -993,8 +1023,9 @@ def _same_as_published(stage: Stage, record: Any, lake_url: str) -> None:
         if (stage.tables.get(n) or {}).get("object") != (record.tables.get(n) or {}).get("object")
     )
     shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+    when = "was published by another job while this one ran" if raced else "already exists"
     raise ReleaseExistsError(
-        f"release {record.name!r} already exists in lake {lake_url} with other content: "
+        f"release {record.name!r} {when} in lake {lake_url} with other content: "
         f"{len(differ)} dataset(s) differ ({shown or 'none'}), table(s) differ: "
         f"{', '.join(tables) or 'none'}. Releases are immutable; publish a new name."
     )

@@ -14,6 +14,7 @@ import io
 import json
 import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,9 +39,12 @@ LEDGER_PREFIX = "ledger"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
-#: Called as ``hook(lake, record)`` when a release is about to be published, before its
-#: record is written (the catalog module registers the catalog writer here).
+#: Called as ``hook(lake, record)`` just after a release is published, by the writer whose
+#: record won the name (the catalog module registers the catalog writer here): a writer that
+#: lost, or was killed before publishing, leaves no catalog of its content.
 PUBLISH_HOOKS: list[Callable[[Lake, ReleaseRecord], None]] = []
+#: Seconds between the heartbeats a long-running writer (a job) sends (:meth:`Stage.heartbeat`).
+HEARTBEAT_SECONDS = 30.0
 #: Called by :meth:`Lake.verify` with (lake, record, report) to check what a publish hook
 #: wrote; they append to ``report.missing`` / ``report.corrupt``.
 VERIFY_HOOKS: list[Callable[[Lake, ReleaseRecord, VerifyReport], None]] = []
@@ -469,6 +473,10 @@ class Stage:
             {n: t["object"] for n, t in self.tables.items()},
         )
 
+    def heartbeat(self) -> None:
+        """Tell GC this stage is still open (a job does so while its files convert)."""
+        self._heartbeat()
+
     def _heartbeat(self) -> None:
         doc = {
             "name": self.name,
@@ -495,11 +503,21 @@ class Stage:
             tables=dict(sorted(self.tables.items())),
         )
         try:
-            for hook in PUBLISH_HOOKS:
-                hook(self.lake, record)
             written = self.lake.storage.put_if_absent(
                 f"releases/{self.name}/release.json", record.to_bytes()
             )
+            if written:  # only the writer that won the name writes its catalog (hooks)
+                self.lake._records[self.name] = record
+                for hook in PUBLISH_HOOKS:
+                    try:
+                        hook(self.lake, record)
+                    except Exception as err:
+                        warnings.warn(
+                            f"release {self.name!r} is published, but {hook.__name__} failed "
+                            f"({type(err).__name__}: {err}); opening the release with "
+                            "abo_lake writes its catalog again",
+                            stacklevel=3,
+                        )
         finally:
             self._discard()
         if not written:
@@ -507,7 +525,6 @@ class Stage:
                 f"release {self.name!r} was published by another writer while this stage was "
                 f"open; nothing of this stage is visible. Publish under a new name."
             )
-        self.lake._records[self.name] = record
         return record
 
 

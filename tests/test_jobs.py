@@ -14,9 +14,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import abo_lake
 from abo_lake import cas, jobs, sources
+from abo_lake.errors import ReleaseExistsError
 from abo_lake.synthetic import synthesize
 
 pytestmark = pytest.mark.slow
@@ -779,3 +781,63 @@ def test_two_workers_writing_the_same_chunks_at_once(vbo_sources, tmp_path):
     check = lake.verify("r1")
     assert check.checked > 10
     assert check.ok, (check.missing, check.corrupt)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_job_that_loses_its_name_to_another_job(same, vbo_sources, tmp_path, monkeypatch):
+    """Two jobs publish one name at once. The loser succeeds when the winner published the
+    same release (it used to fail), and is refused naming what differs otherwise; either way
+    the catalog is the winner's (it used to be the loser's, written before the name was won).
+    """
+    from abo_lake.lake import Stage
+
+    v1 = vbo_sources[2][0]
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    real_publish = Stage._publish
+
+    def another_job_wins(self):
+        twin = Stage(self.lake, self.name, notes="the other job")
+        twin.datasets, twin.tables = dict(self.datasets), dict(self.tables)
+        if not same:
+            twin.tables.pop("ophys_experiments")
+        real_publish(twin)
+        return real_publish(self)
+
+    monkeypatch.setattr(Stage, "_publish", another_job_wins)
+    if same:
+        report = jobs.run([v1], lake, "r1", progress=False, workers=1)
+        assert report.published
+        assert report.already_published
+        assert "already published with this content" in report.summary()
+    else:
+        with pytest.raises(
+            ReleaseExistsError, match="published by another job while this one ran.*ophys_exp"
+        ):
+            jobs.run([v1], lake, "r1", progress=False, workers=1)
+    record = lake.release("r1").record
+    catalog = yaml.safe_load(lake.storage.read("releases/r1/catalog.yaml"))
+    assert catalog["metadata"]["abo_lake_release_root"] == record.root
+    assert record.notes == "the other job"
+    assert lake.storage.glob("stages/*") == []
+
+
+def test_a_running_job_keeps_its_stage_alive(vbo_sources, tmp_path, monkeypatch):
+    """The stage's heartbeat goes on while files convert (it used to be written only at the
+    start and end): GC sees a job longer than its grace period as open, and deletes none of
+    what the job has converted or is resuming."""
+    from abo_lake.lake import Stage
+
+    monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.1)
+    beats = []
+    real_heartbeat = Stage.heartbeat
+
+    def counting(self):
+        beats.append(json.loads(self.lake.storage.read(f"stages/{self.id}/stage.json")))
+        real_heartbeat(self)
+
+    monkeypatch.setattr(Stage, "heartbeat", counting)
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    report = jobs.run([vbo_sources[2][0]], lake, "r1", progress=False, workers=1)
+    assert report.published
+    assert len(beats) >= 3  # a cluster start and one conversion take seconds
+    assert beats[-1]["heartbeat"] > beats[0]["heartbeat"]
