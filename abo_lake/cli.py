@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -450,10 +452,18 @@ def reference() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``abo-lake``: 0 on success, 1 on a problem found, 2 on bad input."""
     args = _parser().parse_args(argv)
+    previous = _terminate_as_interrupt()
     try:
         code = args.func(args)
         sys.stdout.flush()
         return code
+    except KeyboardInterrupt:
+        print(
+            f"abo-lake {args.command}: interrupted; nothing unfinished was published (a "
+            "release is published whole or not at all): run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT
     except UsageError as err:
         args.parser.error(str(err))  # usage and message on stderr, exit 2
     except (AboLakeError, FileNotFoundError, PermissionError, ValueError) as err:
@@ -471,7 +481,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"abo-lake {args.command}: error: {problem}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 2  # not reached: parser.error exits
+
+
+def _terminate_as_interrupt() -> Any:
+    """Treat SIGTERM (what batch schedulers and Kubernetes send) like Ctrl-C, so an open
+    stage is discarded and the cluster closed on the way out; the previous handler, or None
+    off the main thread (where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _storage_problem(err: BaseException) -> str | None:

@@ -115,9 +115,7 @@ def _sources_in(folder: Path) -> list[str]:
     Files that look like sources (``.nwb``, ``.nrrd``, ``.swc``, ``.h5``) are kept even when
     unreadable, so that a broken file fails the job instead of vanishing from it.
     """
-    candidates = sorted(
-        f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in _SOURCE_SUFFIXES
-    )
+    candidates = sorted(f for f in _files_below(folder) if f.suffix.lower() in _SOURCE_SUFFIXES)
     out: set[str] = set()
     for f in candidates:
         head = _group_head(f)
@@ -125,6 +123,22 @@ def _sources_in(folder: Path) -> list[str]:
             continue  # e.g. ephys_sweeps.json, *.truth.json: not a source
         out.add(str(head or f))
     return sorted(out)
+
+
+def _files_below(folder: Path) -> Iterator[Path]:
+    """Every file below ``folder``, following symbolic links to folders (a folder of links to
+    the download cache is common), each real folder once (a link loop ends)."""
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            path = Path(root) / name
+            if path.is_file():
+                yield path
 
 
 def _remote_json_sources(fs: Any, paths: list[str]) -> list[str]:

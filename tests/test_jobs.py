@@ -50,6 +50,19 @@ def test_plan_groups_sources_and_skips_auxiliary_json(mixed_sources):
     assert not any(f.endswith(".json") for f in files)
 
 
+def test_plan_follows_symlinked_folders(mixed_sources, tmp_path):
+    """A folder of links to other folders (say, into a download cache) is planned like the
+    folders themselves (they were skipped silently); a link loop ends."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for i, folder in enumerate(mixed_sources):
+        (linked / f"part{i}").symlink_to(Path(folder).resolve(), target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    names = sorted(Path(f).name for f in jobs.plan([linked]))
+    assert names == sorted(Path(f).name for f in jobs.plan(mixed_sources))
+    assert names
+
+
 def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path):
     folder = tmp_path / "ccf"
     shutil.copytree(tiny_sources["ccf"], folder)
@@ -841,3 +854,27 @@ def test_a_running_job_keeps_its_stage_alive(vbo_sources, tmp_path, monkeypatch)
     assert report.published
     assert len(beats) >= 3  # a cluster start and one conversion take seconds
     assert beats[-1]["heartbeat"] > beats[0]["heartbeat"]
+
+
+def test_sigterm_discards_the_stage_and_a_rerun_resumes(vbo_sources, tmp_path):
+    """SIGTERM (a batch scheduler's or Kubernetes' stop) ends a job like Ctrl-C: a short
+    message and exit 130, the open stage discarded (it used to stay, holding GC back for the
+    grace period), nothing published; the same command then publishes."""
+    import signal
+
+    lake = tmp_path / "lake"
+    cmd = [sys.executable, "-m", "abo_lake.cli", "convert", str(vbo_sources[0])]
+    cmd += ["--lake", str(lake), "--release", "r1", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(lake.glob("stages/*/stage.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; nothing unfinished was published" in err
+    assert not list(lake.glob("stages/*"))
+    assert abo_lake.open_lake(lake).releases() == []
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert abo_lake.open_lake(lake).releases() == ["r1"]

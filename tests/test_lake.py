@@ -193,6 +193,19 @@ class TestLake:
         with pytest.raises(IntegrityError, match=f"chunk '{key}' is missing"):
             rel.open("a/1").load()
 
+    def test_verify_reports_a_missing_or_corrupt_manifest(self, lake):
+        """As missing or corrupt entries (verify's exit status 1), not an exception."""
+        with lake.stage("r1") as stage:
+            h = stage.write("a/1", make_dataset())
+        key = manifest_key(h)
+        lake.storage.write(key, lake.storage.read(key).replace(b"{{lake}}", b"{{lakE}}", 1))
+        report = lake.verify("r1")
+        assert report.corrupt == [("a/1", key, h)]
+        lake.storage.delete([key])
+        report = lake.verify("r1")
+        assert report.missing == [("a/1", key, h)]
+        assert not report.ok
+
     def test_dedup_stats(self, lake):
         with lake.stage("r1") as stage:
             stage.write("a/1", make_dataset())
