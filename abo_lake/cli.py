@@ -382,7 +382,8 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="publishing is the default: the release is published when every file "
-        "converted; --no-publish only converts (a rerun resumes)",
+        "converted; --no-publish only converts (a rerun resumes, until gc drops unpublished "
+        "work older than its grace period)",
     )
     c.set_defaults(func=_cmd_convert)
 

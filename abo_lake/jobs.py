@@ -40,6 +40,10 @@ from abo_lake.writer import WriteOptions, write_dataset
 __all__ = ["FileResult", "JobReport", "convert_file", "plan", "run"]
 
 _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
+#: Part of every resume key: bump it when a reader or the writer changes what a conversion
+#: makes of a file, so that reruns convert again instead of resuming the old output
+#: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence).
+CONVERTER_VERSION = 3
 
 
 @dataclass
@@ -332,7 +336,7 @@ def convert_file(
     """
     options = write_options or WriteOptions()
     token = options.token()
-    suffix = f"-{token}" if token else ""
+    suffix = f"-v{CONVERTER_VERSION}" + (f"-{token}" if token else "")
     t0 = time.perf_counter()
     result = FileResult(source=source)
     storage = Storage(lake_url, **(storage_options or {}))
@@ -383,6 +387,7 @@ def convert_file(
             {
                 "source": Path(source).name,
                 "source_sha256": result.source_sha256,
+                "converter_version": CONVERTER_VERSION,
                 "bytes_in": result.bytes_in,
                 "format": result.format,
                 "datasets": result.datasets,

@@ -878,3 +878,16 @@ def test_sigterm_discards_the_stage_and_a_rerun_resumes(vbo_sources, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert abo_lake.open_lake(lake).releases() == ["r1"]
+
+
+def test_a_newer_converter_converts_again(vbo_sources, tmp_path, monkeypatch):
+    """The resume key holds the converter version: after a reader fix, a rerun converts the
+    file again instead of resuming what the old reader made (the fix never reached it)."""
+    source, lake = str(vbo_sources[2][0]), str(tmp_path / "lake")
+    assert not jobs.convert_file(source, lake).resumed
+    assert jobs.convert_file(source, lake).resumed
+    monkeypatch.setattr(jobs, "CONVERTER_VERSION", jobs.CONVERTER_VERSION + 1)
+    result = jobs.convert_file(source, lake)
+    assert not result.resumed
+    assert result.error == ""
+    assert result.new_objects == 0  # the same output: every chunk deduplicated
