@@ -336,6 +336,11 @@ class Lake:
                     report.chunks.append(key)
                     sizes[key] = info["size"]
         report.bytes = sum(sizes.values())
+        if self.storage.local:  # a local writer killed mid-write leaves its temporary file
+            for prefix in (cas.CAS_PREFIX, MANIFEST_PREFIX, LEDGER_PREFIX, "releases", "stages"):
+                for key, info in self.storage.find(prefix).items():
+                    if key.endswith(".partial") and info["mtime"] < cutoff:
+                        report.temporary.append(key)
         if dry_run:
             return report
         again = self._marks(cutoff)  # what was published or staged while we listed
@@ -352,7 +357,7 @@ class Lake:
             report.chunks = [k for k in report.chunks if k.rsplit("/", 1)[-1] not in keep_chunks]
             report.bytes = sum(sizes[k] for k in report.chunks)
             report.ledger = [k for k in report.ledger if k in again.stale_ledger]
-        self.storage.delete(report.ledger + report.chunks + report.manifests)
+        self.storage.delete(report.ledger + report.chunks + report.manifests + report.temporary)
         for sid in marks.stale:
             if sid not in again.live:
                 self.storage.delete_prefix(f"stages/{sid}")
@@ -680,6 +685,8 @@ class GCReport:
     chunks: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
     ledger: list[str] = field(default_factory=list)
+    #: Temporary files of local writers killed mid-write (``*.partial``).
+    temporary: list[str] = field(default_factory=list)
     bytes: int = 0
 
     def __str__(self) -> str:
@@ -690,6 +697,8 @@ class GCReport:
         )
         if self.ledger:
             text += f", {len(self.ledger)} resume records of deleted work"
+        if self.temporary:
+            text += f", {len(self.temporary)} temporary files of interrupted writes"
         if self.live_stages:
             text += (
                 f"; {len(self.live_stages)} open stage(s) younger than the grace period: "

@@ -358,6 +358,29 @@ def test_gc_deletes_no_manifest_or_resume_record_while_a_stage_is_open(local_lak
     assert report.chunks
 
 
+def test_gc_removes_temporary_files_of_killed_local_writers(local_lake):
+    """A local write is a temporary file linked into place; a writer killed in between
+    leaves ``.<name>.<uuid>.partial``, which GC removes once older than its grace period."""
+    import os
+
+    lake = local_lake
+    with lake.stage("r1") as stage:
+        stage.write("a/1", make_dataset())
+    old = lake.storage.path("cas/ab/.abcd.0123.partial")
+    young = lake.storage.path("releases/r1/refs/.x.json.4567.partial")
+    for path in (old, young):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(b"half a chunk")
+    os.utime(old, (1, 1))  # 1970
+    report = lake.gc(grace="1h", dry_run=False)
+    assert report.temporary == ["cas/ab/.abcd.0123.partial"]
+    assert "1 temporary files of interrupted writes" in str(report)
+    assert not os.path.exists(old)
+    assert os.path.exists(young)
+    assert lake.verify("r1").ok
+
+
 def test_plain_xarray_opens_a_release_without_abo_lake(local_lake):
     ds = make_dataset()
     with local_lake.stage("r1") as stage:
