@@ -563,3 +563,10 @@ def test_allen_metadata_attributes_are_read(files, tmp_path):
         "OPHYS_1_images_A",
         a["cre_line"],
     )
+
+
+def test_durations_and_reward_volumes_carry_units(datasets):
+    for _, ds in datasets:
+        assert ds["stimulus_presentations.duration"].attrs["units"] == "s"
+        if "trials.reward_volume" in ds:
+            assert ds["trials.reward_volume"].attrs["units"] == "mL"

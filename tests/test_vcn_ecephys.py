@@ -412,3 +412,23 @@ def test_mapped_hdf5_globs_cover_the_read_datasets(tiny):
     assert not mapped("/general/extracellular_ephys/electrodes/group")
     assert not mapped("/processing/stimulus/timestamps/data")
     assert sum(map(mapped, names)) > 50
+
+
+def test_time_and_position_columns_carry_units(tmp_path):
+    """The schema: time in s and space in µm, each with ``attrs["units"]``, on every table's
+    time and position columns (invalid times, optotagging, LFP channels had none)."""
+    from abo_lake import sources
+    from abo_lake.synthetic import synthesize
+
+    checked = 0
+    for path in synthesize("vcn-ecephys", tmp_path, scale="tiny", seed=1):
+        for ds in sources.read(path).values():
+            for name, var in ds.variables.items():
+                column = str(name).rsplit(".", 1)[-1]
+                if column.endswith(("_time", "_times")) or column == "duration":
+                    assert var.attrs.get("units") == "s", name
+                    checked += 1
+                elif column.endswith("_ccf_coordinate") or column.startswith("probe_vertical"):
+                    assert var.attrs.get("units") == "um", name
+                    checked += 1
+    assert checked > 10

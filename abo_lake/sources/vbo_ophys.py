@@ -346,8 +346,10 @@ def _table(
         else:
             out[f"{prefix}.{col}"] = xr.Variable(dim, _column(dset))
     for name, var in out.items():
-        if name.endswith("_time") or name.endswith("lick_times"):
+        if name.endswith(("_time", "lick_times", ".duration")):
             var.attrs["units"] = "s"
+        elif name.endswith("reward_volume"):
+            var.attrs["units"] = "mL"
     return out
 
 

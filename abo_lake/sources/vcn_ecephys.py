@@ -316,6 +316,27 @@ def _units_attr(var: xr.Variable | xr.DataArray, units: str) -> None:
     var.attrs["units"] = units
 
 
+#: Units of columns by name (schema: time in s, space in µm, each with ``attrs["units"]``).
+_POSITIONS = (
+    "anterior_posterior_ccf_coordinate",
+    "dorsal_ventral_ccf_coordinate",
+    "left_right_ccf_coordinate",
+    "probe_vertical_position",
+    "probe_horizontal_position",
+)
+
+
+def _column_units(ds: xr.Dataset) -> xr.Dataset:
+    """Set ``units`` on the time and position columns of ``ds`` (by the column's name)."""
+    for name in list(ds.variables):
+        column = str(name).rsplit(".", 1)[-1]
+        if column.endswith(("_time", "_times")) or column == "duration":
+            ds[name].attrs.setdefault("units", "s")
+        elif column in _POSITIONS:
+            ds[name].attrs.setdefault("units", "um")
+    return ds
+
+
 def _channels(f: h5py.File, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Electrode columns with AllenSDK's channel names (CCF coordinates, structure acronym)."""
     cols = _table(f[_ELECTRODES], skip=("group",))
@@ -383,15 +404,6 @@ def _read_session(p: Path, f: h5py.File) -> dict[str, xr.Dataset]:
         if k != "id":
             ds[f"channels.{k}"] = ("channel_id", v)
     ds.coords["channel_id"] = ("channel_id", channels["id"])
-    for k in (
-        "anterior_posterior_ccf_coordinate",
-        "dorsal_ventral_ccf_coordinate",
-        "left_right_ccf_coordinate",
-        "probe_vertical_position",
-        "probe_horizontal_position",
-    ):
-        if f"channels.{k}" in ds:
-            _units_attr(ds[f"channels.{k}"], "um")
     for k, v in probes.items():
         if k != "probe_id":
             ds[f"probes.{k}"] = ("probe", v)
@@ -399,7 +411,7 @@ def _read_session(p: Path, f: h5py.File) -> dict[str, xr.Dataset]:
     ds.coords["probe"].attrs["description"] = "probe_id"
     ds = ds.merge(_stimulus_presentations(p, f))
     ds = ds.merge(_intervals(f))
-    return {f"ecephys/session/{session_id}": ds}
+    return {f"ecephys/session/{session_id}": _column_units(ds)}
 
 
 def _probes(f: h5py.File, channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -606,7 +618,7 @@ def _intervals(f: h5py.File) -> xr.Dataset:
             "optogenetic_stimulation_id",
             np.asarray(g["id"][:], np.int64),
         )
-    return out
+    return _column_units(out)
 
 
 # --- probe LFP files ---------------------------------------------------------------------------
@@ -659,7 +671,7 @@ def _read_probe(p: Path, f: h5py.File, series: str) -> dict[str, xr.Dataset]:
     for k, v in table.items():
         ds[f"channels.{_CHANNEL_RENAMES.get(k, k)}"] = ("channel_id", v)
     ds.coords["channel_id"] = ("channel_id", np.asarray(f[f"{_ELECTRODES}/id"][:], np.int64))
-    out = {f"ecephys/probe/{probe_id}/lfp": ds}
+    out = {f"ecephys/probe/{probe_id}/lfp": _column_units(ds)}
     csd = _read_csd(p, f, attrs)
     if csd is not None:
         out[f"ecephys/probe/{probe_id}/csd"] = csd
