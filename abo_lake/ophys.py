@@ -43,6 +43,7 @@ __all__ = [
     "to_pynapple",
     "trial_responses",
     "trials",
+    "valid_cells",
 ]
 
 CELL, TIME = "cell_specimen_id", "time"
@@ -110,6 +111,24 @@ def _table(ds: xr.Dataset, prefix: str, dim: str) -> pd.DataFrame:
         if getattr(table[col].dtype, "kind", "") in "TU":
             table[col] = table[col].astype(str)
     return table
+
+
+def valid_cells(ds: xr.Dataset) -> xr.Dataset:
+    """The Dataset without its invalid ROIs, as AllenSDK loads Visual Behavior experiments
+    (``BehaviorOphysExperiment.from_nwb_path(..., exclude_invalid_rois=True)``, its default).
+
+    The lake keeps every ROI (lossless) with its ``valid_roi`` flag; this selects the cells
+    whose flag is true, lazily (only the flags are read). A Dataset without ``valid_roi``
+    (Visual Coding 2P files hold only valid cells) is returned as it is.
+
+    Examples
+    --------
+    >>> ds.ophys.valid_cells().ophys.trial_responses(window=(-0.5, 1.0))  # doctest: +SKIP
+    """
+    if "valid_roi" not in ds.variables:
+        return ds
+    valid = np.asarray(ds["valid_roi"].values).astype(bool)
+    return ds.isel({CELL: np.flatnonzero(valid)})
 
 
 def stimulus_presentations(ds: xr.Dataset) -> pd.DataFrame:

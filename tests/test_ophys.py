@@ -508,3 +508,25 @@ def test_filtered_events_need_events(vc):
         vc.ophys.filtered_events()
     with pytest.raises(ValueError, match="n_time_steps"):
         abo_lake.ophys.filtered_events(vc.assign(events=vc["dff"]), n_time_steps=0)
+
+
+def test_valid_cells_are_allensdks_default_selection(vbo, vc, files):
+    """AllenSDK loads Visual Behavior experiments with exclude_invalid_rois=True: the lake
+    keeps every ROI, ``.ophys.valid_cells()`` selects the valid ones, lazily."""
+    import h5py
+
+    table = "processing/ophys/image_segmentation/cell_specimen_table"
+    with h5py.File(files["vbo"], "r") as f:
+        valid = f[f"{table}/valid_roi"][()].astype(bool)
+        roi_ids = f[f"{table}/id"][()]
+    assert 0 < valid.sum() < len(valid)  # the tiny file has both kinds
+    with raise_if_dask_computes():
+        sub = vbo.ophys.valid_cells()
+    assert sorted(sub.cell_roi_id.values) == sorted(roi_ids[valid])
+    assert sub.valid_roi.values.all()
+    np.testing.assert_array_equal(
+        sub.dff.values, vbo.dff.sel(cell_specimen_id=sub.cell_specimen_id).values
+    )
+    responses = sub.ophys.trial_responses(window=(-0.2, 0.5))
+    assert responses.sizes["cell_specimen_id"] == valid.sum()
+    assert vc.ophys.valid_cells() is vc  # Visual Coding files hold valid cells only

@@ -60,6 +60,11 @@ class OphysAccessor:
         )
 
     # ----------------------------------------------------------------- data
+    def valid_cells(self) -> xr.Dataset:
+        """The experiment without invalid ROIs (AllenSDK's default); see
+        :func:`abo_lake.ophys.valid_cells`."""
+        return ophys.valid_cells(self._ds)
+
     @property
     def dff(self) -> xr.DataArray:
         """ΔF/F (cell_specimen_id, time), lazy."""
