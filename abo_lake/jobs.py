@@ -42,7 +42,7 @@ __all__ = ["FileResult", "JobReport", "convert_file", "plan", "run"]
 _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
 #: Part of every resume key: bump it when a reader or the writer changes what a conversion
 #: makes of a file, so that reruns convert again instead of resuming the old output
-#: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence).
+#: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence, units).
 CONVERTER_VERSION = 3
 
 
@@ -721,6 +721,9 @@ def build_tables(
                 df[col] = df[col].where(df[col].notna(), other)
         if name == "ophys_experiments":
             df = _harmonised(df)
+        elif name == "cells" and "rmse" in df.columns:  # Visual Coding's name of the same
+            df = df.copy()  # neuropil-fit error (both kept, one searchable column)
+            df["RMSE"] = df["RMSE"].fillna(df["rmse"]) if "RMSE" in df.columns else df["rmse"]
         tables[name] = _uniform_columns(df)
     if unmatched is not None:
         unmatched += [p for p in csvs if p not in used]

@@ -891,3 +891,20 @@ def test_a_newer_converter_converts_again(vbo_sources, tmp_path, monkeypatch):
     assert not result.resumed
     assert result.error == ""
     assert result.new_objects == 0  # the same output: every chunk deduplicated
+
+
+def test_cells_of_both_ophys_projects_share_one_rmse_column(vbo_sources, tiny_sources, tmp_path):
+    """Visual Behavior names the neuropil fit's error RMSE, Visual Coding rmse: the release's
+    cells table fills RMSE from rmse (both kept), so one column serves both projects."""
+    from abo_lake.storage import Storage
+
+    lake = str(tmp_path / "lake")
+    vc2p = next(Path(tiny_sources["vc2p-ophys"]).glob("*.nwb"))
+    results = [jobs.convert_file(str(p), lake) for p in (vbo_sources[2][0], vc2p)]
+    assert [r.error for r in results] == ["", ""]
+    cells = jobs.build_tables(results, storage=Storage(lake))["cells"]
+    vc = cells["rmse"].notna()
+    assert vc.any()
+    assert (~vc).any()
+    assert cells["RMSE"].notna().all()
+    assert (cells.loc[vc, "RMSE"] == cells.loc[vc, "rmse"]).all()
