@@ -67,10 +67,18 @@ def _Formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, width=92)
 
 
-def _lake(args: argparse.Namespace):
+def _lake(args: argparse.Namespace, *, must_exist: bool = True):
+    """The lake of ``--lake``; unless ``must_exist`` is false (a job creates it), a URL with
+    nothing there (a misspelt bucket or folder) is an error, not an empty lake."""
     from abo_lake.lake import open_lake
 
-    return open_lake(args.lake, **(args.storage_options or {}))
+    lake = open_lake(args.lake, **(args.storage_options or {}))
+    if must_exist and not lake.storage.fs.exists(lake.storage.root):
+        raise FileNotFoundError(
+            f"no lake at {lake.url}: nothing is there (check the bucket and folder); "
+            "`abo-lake convert` or `abo-lake demo` creates a lake"
+        )
+    return lake
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -231,7 +239,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError("give SOURCES and --release NAME, or --spec FILE")
     report = jobs.run(
         specs,
-        _lake(args),
+        _lake(args, must_exist=False),
         release,
         scheduler=args.scheduler,
         workers=args.workers or 2,

@@ -359,3 +359,16 @@ def test_storage_that_cannot_be_used_is_bad_input_not_a_traceback(options, messa
     assert err.startswith("abo-lake releases: error: ")
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_lake_url_with_nothing_there_is_an_error(tmp_path, s3_options, capsys):
+    """A misspelt bucket or folder used to look like an empty lake ('no releases', exit 0)."""
+    assert main(["releases", "--lake", str(tmp_path / "typo")]) == 2
+    assert "no lake at" in capsys.readouterr().err
+    options = ["--storage-options", json.dumps(s3_options)]
+    assert main(["stats", "--lake", "s3://no-such-bucket-here/abo", *options]) == 2
+    err = capsys.readouterr().err
+    assert "no lake at s3://no-such-bucket-here/abo" in err
+    (tmp_path / "empty").mkdir()  # a lake with nothing published yet is fine
+    assert main(["releases", "--lake", str(tmp_path / "empty")]) == 0
+    assert "no releases" in capsys.readouterr().out
