@@ -615,7 +615,7 @@ class JobReport:
         new = sum(f.new_objects for f in ok)
         stored, new_bytes = sum(f.bytes_stored for f in ok), sum(f.new_bytes for f in ok)
         resumed = sum(f.resumed for f in ok)
-        dedup = f"{1 - new_bytes / stored:.0%}" if stored else "-"
+        dedup = f"{1 - new_bytes / stored:.0%}" if stored else ""
         lines = [
             f"release {self.release}: "
             + (
@@ -634,7 +634,9 @@ class JobReport:
             f"  stored     {stored / 1e6:.1f} MB of chunks",
             f"  new        {new_bytes / 1e6:.1f} MB in {new} new chunk objects",
             f"  dedup      {dedup} of the stored bytes were stored once already (in the lake, "
-            "or earlier in this job)",
+            "or earlier in this job)"
+            if stored
+            else "  dedup      - (nothing stored)",
             f"  time       {self.seconds:.1f} s",
         ]
         lines += [f"  note       {note}" for note in self.notes]
