@@ -388,3 +388,36 @@ def test_pipeline_version_of_the_real_file(real_file):
     (ds,) = reader.read(real_file).values()
     assert ds.attrs["pipeline_version"] == "1.0"  # raw - r * neuropil_traces
     assert ds.corrected_fluorescence.attrs["long_name"] == "raw - r * neuropil"
+
+
+def test_eye_and_pupil_tracking_are_in_the_layout(ds_a, tiny_a, tmp_path):
+    """EyeTracking/PupilTracking series (AllenSDK's get_pupil_location/get_pupil_size) are
+    ``eye_tracking.*`` columns on ``eye_tracking_time``; a series with other timestamps gets
+    its own time dim; conversions stay faithful (checked through the (T, 2) arrays)."""
+    import shutil
+
+    from abo_lake import jobs
+
+    eye = f"{PIPE}/EyeTracking"
+    with h5py.File(tiny_a, "r") as f:
+        spherical = f[f"{eye}/pupil_location_spherical/data"][()]
+        size = f[f"{PIPE}/PupilTracking/pupil_size/data"][()]
+        t = f[f"{eye}/pupil_location_spherical/timestamps"][()]
+    np.testing.assert_array_equal(ds_a["eye_tracking.pupil_location_spherical_x"], spherical[:, 0])
+    np.testing.assert_array_equal(ds_a["eye_tracking.pupil_location_spherical_y"], spherical[:, 1])
+    np.testing.assert_array_equal(ds_a["eye_tracking.pupil_size"], size)
+    np.testing.assert_array_equal(ds_a["eye_tracking_time"], t)
+    assert ds_a["eye_tracking.pupil_location_spherical_x"].attrs["units"] == "degrees"
+    assert ds_a["eye_tracking.pupil_size"].attrs["units"] == "pixels"
+
+    path = tmp_path / tiny_a.name
+    shutil.copy(tiny_a, path)
+    with h5py.File(path, "r+") as f:
+        stamps = f[f"{PIPE}/PupilTracking/pupil_size/timestamps"]
+        stamps[...] = stamps[()] + 0.004  # its own clock
+    (ds,) = reader.read(path).values()
+    assert ds["eye_tracking.pupil_size"].dims == ("eye_tracking.pupil_size_time",)
+    assert ds["eye_tracking.pupil_location_x"].dims == ("eye_tracking_time",)
+    for source in (tiny_a, path):
+        result = jobs.convert_file(str(source), str(tmp_path / "lake"))
+        assert result.error == ""

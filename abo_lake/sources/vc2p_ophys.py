@@ -18,7 +18,10 @@ Layout of the ``ophys_experiment`` Dataset (path ``ophys/experiment/<ophys_exper
   the truncated reference file); ``max_projection`` and, if present, ``average_projection``;
 - ``running_speed.speed`` (cm/s) along ``running_speed_time``; ``motion_correction.x``/``.y``
   (pixels) along ``motion_correction_time`` (the real files have one more motion frame than
-  traces, so they keep their own time dim);
+  traces, so they keep their own time dim); eye tracking where the session has it
+  (``EyeTracking/pupil_location[_spherical]`` as ``eye_tracking.<series>_x``/``_y``,
+  ``PupilTracking/pupil_size`` as ``eye_tracking.pupil_size``, units from the file) along
+  ``eye_tracking_time`` (a series with other timestamps: ``eye_tracking.<series>_time``);
 - ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``: every stimulus under
   ``stimulus/presentation`` concatenated and ordered by start frame: ``stimulus_name``,
   ``start_frame``/``end_frame`` (int64, the ``frame_duration`` ophys frame indices; -1 when
@@ -66,6 +69,7 @@ _RUN = f"{_PIPE}/BehavioralTimeSeries/running_speed"
 _STIM = "/stimulus/presentation"
 _REQUIRED = (f"{_DFF}/data", f"{_DFF}/timestamps", f"{_SEG}/cell_specimen_ids")
 _CHUNK_BYTES = 4 * 2**20
+_EYE_GROUPS = ("EyeTracking", "PupilTracking")
 _PARAMS = ("orientation", "temporal_frequency", "spatial_frequency", "phase", "blank_sweep")
 
 #: fnmatch globs of the HDF5 datasets this reader stores faithfully in its layout.
@@ -83,6 +87,11 @@ MAPPED_HDF5: tuple[str, ...] = (
     f"{_RUN}/timestamps",
     f"{_PIPE}/MotionCorrection/2p_image_series/xy_translation*/data",
     f"{_PIPE}/MotionCorrection/2p_image_series/xy_translation*/timestamps",
+    *(
+        f"{_PIPE}/{g}/*/{k}"
+        for g in ("EyeTracking", "PupilTracking")
+        for k in ("data", "timestamps")
+    ),
     *(
         f"{_STIM}/{name}_stimulus/{field}"
         for name in (
@@ -286,6 +295,7 @@ def _behaviour(f: h5py.File) -> dict[str, xr.Variable]:
         n = min(len(speed), len(t))
         out["running_speed_time"] = xr.Variable("running_speed_time", t[:n], {"units": "s"})
         out["running_speed.speed"] = xr.Variable("running_speed_time", speed[:n], {"units": "cm/s"})
+    out.update(_eye_tracking(f))
     mc = f.get(f"{_PIPE}/MotionCorrection/2p_image_series")
     xy_name = next((k for k in ("xy_translation", "xy_translations") if mc and k in mc), None)
     if xy_name:
@@ -299,6 +309,67 @@ def _behaviour(f: h5py.File) -> dict[str, xr.Variable]:
                 "motion_correction_time", xy[:n, i], {"units": "pixel"}
             )
     return out
+
+
+def _eye_series(f: h5py.File) -> list[tuple[str, str]]:
+    """``(HDF5 group, short name)`` of the eye-tracking series of a file, in a fixed order:
+    ``EyeTracking/<pupil|eye>_location[_spherical]`` ((T, 2)) and
+    ``PupilTracking/pupil_size`` ((T,)), as AllenSDK's get_pupil_location/get_pupil_size
+    read them."""
+    out = []
+    for group in _EYE_GROUPS:
+        g = f.get(f"{_PIPE}/{group}")
+        for name in sorted(g) if isinstance(g, h5py.Group) else ():
+            if isinstance(g[name], h5py.Group) and {"data", "timestamps"} <= set(g[name]):
+                out.append((g[name].name, name))
+    return out
+
+
+def _eye_time_dims(f: h5py.File) -> dict[str, str]:
+    """Each eye-tracking series' time dim: ``eye_tracking_time`` (the first series') for
+    every series with the same timestamps, ``eye_tracking.<name>_time`` otherwise."""
+    dims: dict[str, str] = {}
+    first = None
+    for group, name in _eye_series(f):
+        t = f[f"{group}/timestamps"][()]
+        if first is None:
+            first = t
+        same = t.shape == first.shape and t.dtype == first.dtype and np.array_equal(t, first)
+        dims[group] = "eye_tracking_time" if same else f"eye_tracking.{name}_time"
+    return dims
+
+
+def _eye_tracking(f: h5py.File) -> dict[str, xr.Variable]:
+    """Pupil and eye location (x, y columns) and pupil size as ``eye_tracking.*``."""
+    out: dict[str, xr.Variable] = {}
+    dims = _eye_time_dims(f)
+    for group, name in _eye_series(f):
+        dim = dims[group]
+        if dim not in out:
+            t = np.asarray(f[f"{group}/timestamps"][()])
+            out[dim] = xr.Variable(dim, t, {"units": "s"})
+        data = f[f"{group}/data"]
+        attrs = {"units": read_str(data.attrs["unit"])} if "unit" in data.attrs else {}
+        values = np.asarray(data[()])
+        if values.ndim == 2 and values.shape[1] == 2:
+            for j, axis in enumerate("xy"):
+                out[f"eye_tracking.{name}_{axis}"] = xr.Variable(dim, values[:, j], attrs)
+        else:
+            out[f"eye_tracking.{name}"] = xr.Variable(dim, values, attrs)
+    return out
+
+
+def _eye_view(ds: xr.Dataset, names: tuple[str, ...], dims: tuple[str, ...]) -> xr.Dataset:
+    """Eye-tracking columns stacked back into the source's (T, 2) arrays, with their times."""
+    out: dict[str, Any] = {d: ds[d].variable for d in dims}
+    for name in names:
+        if f"eye_tracking.{name}_x" in ds:
+            cols = [ds[f"eye_tracking.{name}_{a}"] for a in "xy"]
+            dim = cols[0].dims[0]
+            out[name] = xr.concat(cols, dim="axis").transpose(dim, "axis")
+        else:
+            out[name] = ds[f"eye_tracking.{name}"]
+    return xr.Dataset(out)
 
 
 def _series_kind(g: h5py.Group) -> str:
@@ -639,6 +710,16 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
                         },
                     )
                 )
+        eye = _eye_series(f)
+        if eye:
+            dims = _eye_time_dims(f)
+            items = {}
+            for group, name in eye:
+                items[f"{group}/data"] = (name, None)
+                items[f"{group}/timestamps"] = (dims[group], None)
+            names = tuple(n for _, n in eye)
+            view = functools.partial(_eye_view, names=names, dims=tuple(sorted(set(dims.values()))))
+            out.append((view, items))
         for key in sorted(f[_STIM]) if _STIM in f else []:
             g = f[f"{_STIM}/{key}"]
             if not isinstance(g, h5py.Group) or "data" not in g or "frame_duration" not in g:

@@ -389,6 +389,37 @@ def _data(
     return dset
 
 
+def _eye_tracking(p: h5py.Group, ts: np.ndarray) -> None:
+    """``EyeTracking/pupil_location[_spherical]`` (T, 2) and ``PupilTracking/pupil_size``
+    (T,) on the 2-photon timestamps, as AllenSDK's get_pupil_location/get_pupil_size read
+    them (smooth saccade-free wander; no random draws, so the other arrays are unchanged)."""
+    phase = 2 * np.pi * (ts - ts[0])
+    azimuth = 4.0 * np.sin(phase / 7.0) + 1.5 * np.sin(phase / 1.3)
+    altitude = 2.5 * np.cos(phase / 9.0)
+    for group, series, data, unit in (
+        ("EyeTracking", "pupil_location_spherical", np.c_[azimuth, altitude], "degrees"),
+        ("EyeTracking", "pupil_location", np.c_[azimuth, altitude] * 0.0148, "cm"),
+        ("PupilTracking", "pupil_size", 900.0 + 150.0 * np.sin(phase / 23.0), "pixels"),
+    ):
+        parent = p.require_group(group)
+        parent.attrs.update(
+            help="Eye-tracking data, representing direction of gaze"
+            if group == "EyeTracking"
+            else "Eye-tracking data, representing pupil size",
+            neurodata_type="Interface",
+            source=_s("Eye-tracking camera"),
+        )
+        g = parent.create_group(series)
+        _ts(
+            g,
+            ancestry=["TimeSeries", "SpatialSeries"] if data.ndim == 2 else ["TimeSeries"],
+            help_="Stores points in space over time",
+            description=f"{series} in context of 2p_image_series timeline",
+        )
+        _data(g, data.astype(np.float64), unit)
+        _timestamps(g, ts)
+
+
 def _timestamps(group: h5py.Group, t: np.ndarray) -> None:
     dset = group.create_dataset("timestamps", data=np.asarray(t, dtype=np.float64))
     dset.attrs["interval"] = np.int64(1)
@@ -710,9 +741,11 @@ def _write_pipeline(
         [
             b"BehavioralTimeSeries",
             b"DfOverF",
+            b"EyeTracking",
             b"Fluorescence",
             b"ImageSegmentation",
             b"MotionCorrection",
+            b"PupilTracking",
         ]
     )
     p.attrs["neurodata_type"] = "Module"
@@ -862,6 +895,8 @@ def _write_pipeline(
     )
     g["indexed_timeseries"] = h5py.SoftLink(f"/{_PIPE}/BehavioralTimeSeries/running_speed")
     _timestamps(g, ts[lag:])
+
+    _eye_tracking(p, ts)
 
     mc = p.create_group("MotionCorrection")
     orig = "'original' is '/acquisition/timeseries/2p_image_series'"
