@@ -12,6 +12,14 @@ unit is counted with one vectorised ``np.searchsorted`` over every bin edge of e
 presentation. Building a result reads only small metadata (``spike_times_index`` and the
 presentation table: one dask compute of a few KB); spike chunks are read when you compute.
 
+Invalid presentations follow AllenSDK's ``EcephysSession._mask_invalid_stimulus_presentations``:
+a presentation whose closed [start_time, stop_time] overlaps an ``invalid_times`` interval tagged
+``"stimulus"`` is shown by :func:`stimulus_presentations` as ``stimulus_name ==
+"invalid_presentation"`` with every other column but start/stop NaN. It therefore belongs to no
+stimulus condition (:func:`conditionwise_spike_statistics`, :func:`psth` and
+:func:`drifting_gratings_metrics` leave it out), while
+:func:`presentationwise_spike_counts` and :func:`presentationwise_spike_times` still cover it.
+
 :func:`lfp` and :func:`csd` live in :mod:`abo_lake.lfp` and are re-exported here.
 """
 
@@ -30,7 +38,7 @@ import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from abo_lake.lfp import _load, _positions, _unknown, csd, lfp
+from abo_lake.lfp import _invalid_intervals, _load, _positions, _unknown, csd, lfp
 
 __all__ = [
     "conditionwise_spike_statistics",
@@ -41,6 +49,7 @@ __all__ = [
     "presentationwise_spike_times",
     "psth",
     "spike_times",
+    "stimulus_presentations",
     "units",
     "units_in",
 ]
@@ -60,6 +69,9 @@ _RENAMES = {  # AllenSDK EcephysSession._build_units_table
     "l_ratio": "L_ratio",
 }
 _SP = "stimulus_presentations."
+_INVALID = ("invalid_times.start_time", "invalid_times.stop_time", "invalid_times.tags",
+            "invalid_times.tags_index")  # fmt: skip
+_INVALID_NAME = "invalid_presentation"
 
 
 # --- metadata ------------------------------------------------------------------------------------
@@ -159,6 +171,65 @@ def units_in(ds: xr.Dataset, structure_acronym: str, **filters: Any) -> pd.DataF
     return table[table["ecephys_structure_acronym"] == structure_acronym]
 
 
+def _invalid_names(ds: xr.Dataset) -> list[str]:
+    """The invalid_times variables to load (none if the session has no tagged intervals)."""
+    return list(_INVALID) if all(n in ds.variables for n in _INVALID) else []
+
+
+def _masked(ds: xr.Dataset, meta: dict[str, np.ndarray], start: Any, stop: Any) -> np.ndarray:
+    """Presentations AllenSDK renames ``invalid_presentation``, from already loaded ``meta``.
+
+    True where the closed [start, stop] overlaps an invalid interval whose tags contain
+    ``"stimulus"`` (AllenSDK ``_overlap``: ``max(a0, b0) <= min(a1, b1)``).
+    """
+    start, stop = np.asarray(start, np.float64), np.asarray(stop, np.float64)
+    mask = np.zeros(start.shape, bool)
+    names = _invalid_names(ds)
+    if not names:
+        return mask
+    loaded = xr.Dataset({n: (ds[n].dims, meta[n]) for n in names})  # numpy: no second compute
+    for a, b in _invalid_intervals(loaded, {"stimulus"}):
+        mask |= (start <= b) & (a <= stop)
+    return mask
+
+
+def stimulus_presentations(ds: xr.Dataset) -> pd.DataFrame:
+    """The stimulus table with AllenSDK's invalid presentations masked (eager, small).
+
+    Parameters
+    ----------
+    ds
+        An ``ecephys_session`` Dataset.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``stimulus_presentation_id``, one column per ``stimulus_presentations.*``
+        variable (prefix stripped; text columns as ``str``). Rows whose [start_time, stop_time]
+        overlaps (closed) an ``invalid_times`` interval tagged ``"stimulus"`` have
+        ``stimulus_name == "invalid_presentation"``, their start/stop kept and every other
+        column NaN (integer columns then become float64, as in AllenSDK); intervals tagged
+        only with a probe mask nothing.
+    """
+    cols = [k for k, v in ds.data_vars.items()
+            if k.startswith(_SP) and v.dims == ("stimulus_presentation_id",)]  # fmt: skip
+    meta = _load(ds, cols + _invalid_names(ds))
+    index = pd.Index(ds.indexes["stimulus_presentation_id"].to_numpy(),
+                     name="stimulus_presentation_id")  # fmt: skip
+    frame = pd.DataFrame({k.removeprefix(_SP): meta[k] for k in cols}, index=index)
+    for col in frame.columns:  # zarr gives numpy StringDType; users get plain str columns
+        if getattr(frame[col].dtype, "kind", "") in "TU":
+            frame[col] = frame[col].astype(str)
+    if "start_time" not in frame or "stop_time" not in frame:
+        return frame
+    masked = _masked(ds, meta, frame["start_time"], frame["stop_time"])
+    if masked.any():
+        for col in frame.columns.difference(["start_time", "stop_time"], sort=False):
+            frame[col] = frame[col].where(~masked)  # upcasts int to float, bool to object
+        frame.loc[masked, "stimulus_name"] = _INVALID_NAME
+    return frame
+
+
 @dataclass(frozen=True)
 class _Selection:
     unit_id: np.ndarray  # output order
@@ -173,9 +244,16 @@ def _select(
     unit_ids: Any,
     stimulus_presentation_ids: Any,
     columns: Sequence[str] = ("start_time", "stop_time"),
+    drop_invalid: bool = False,
 ) -> _Selection:
-    """Resolve ids and load offsets and presentation columns in one compute."""
+    """Resolve ids and load offsets and presentation columns in one compute.
+
+    With ``drop_invalid`` the presentations AllenSDK masks as ``invalid_presentation`` (NaN
+    ``stimulus_condition_id``) are left out of the selection.
+    """
     names = ["spike_times_index", *(_SP + c for c in columns)]
+    if drop_invalid:
+        names += [_SP + "start_time", _SP + "stop_time", *_invalid_names(ds)]
     if unit_ids is None:
         names += _unit_columns(ds)
     meta = _load(ds, list(dict.fromkeys(names)))
@@ -200,6 +278,14 @@ def _select(
         raise ValueError("no units selected: unit_ids is empty or the QC filter removed all")
     if ppos.size == 0:
         raise ValueError("no stimulus presentations selected")
+    if drop_invalid:
+        start, stop = meta[_SP + "start_time"][ppos], meta[_SP + "stop_time"][ppos]
+        ppos = ppos[~_masked(ds, meta, start, stop)]
+        if ppos.size == 0:
+            raise ValueError(
+                "no valid stimulus presentations selected: every one overlaps an invalid_times "
+                "interval tagged 'stimulus' (AllenSDK's 'invalid_presentation')"
+            )
     return _Selection(
         unit_id=uindex.to_numpy()[upos],
         first=begins[upos],
@@ -501,6 +587,14 @@ def conditionwise_spike_statistics(
 
     Counts are of spikes in (start, stop] of each presentation. With ``use_rates`` the
     statistics are over count / duration and, as in AllenSDK, there is no ``spike_count``.
+    Presentations masked as ``invalid_presentation`` (see :func:`stimulus_presentations`) have
+    no condition id in AllenSDK, so they count in no condition, whether
+    ``stimulus_presentation_ids`` is given or defaulted.
+
+    Raises
+    ------
+    ValueError
+        If no unit, or no valid presentation, is selected.
 
     Returns
     -------
@@ -510,7 +604,7 @@ def conditionwise_spike_statistics(
         (ddof 1) and ``spike_sem``.
     """
     cols = ("start_time", "stop_time", "stimulus_condition_id")
-    sel = _select(ds, unit_ids, stimulus_presentation_ids, cols)
+    sel = _select(ds, unit_ids, stimulus_presentation_ids, cols, drop_invalid=True)
     intervals = np.stack([sel.pres["start_time"], sel.pres["stop_time"]], 1)
     (counts,) = _interval_counts(ds, sel, [(intervals, ("right", "right"))])
     values = counts / (intervals[:, 1] - intervals[:, 0])[:, None] if use_rates else counts
@@ -545,10 +639,12 @@ def psth(
     xarray.DataArray
         ``psth`` in spikes/s with dims (stimulus_condition_id, time_relative_to_stimulus_onset,
         unit_id): the mean over each condition's presentations of
-        :func:`presentationwise_spike_counts` divided by the bin width.
+        :func:`presentationwise_spike_counts` divided by the bin width. Presentations masked as
+        ``invalid_presentation`` belong to no condition and are left out.
     """
     edges = _edges(bin_edges)
-    sel = _select(ds, unit_ids, stimulus_presentation_ids, ("start_time", "stimulus_condition_id"))
+    cols = ("start_time", "stimulus_condition_id")
+    sel = _select(ds, unit_ids, stimulus_presentation_ids, cols, drop_invalid=True)
     counts = _counts_array(ds, sel, edges, False, np.dtype(np.uint16))
     conds, inverse = np.unique(sel.pres["stimulus_condition_id"], return_inverse=True)
     weights = np.zeros((conds.size, inverse.size))
@@ -602,7 +698,7 @@ def drifting_gratings_metrics(
     pres_ids = ds.indexes["stimulus_presentation_id"].to_numpy()[names == stimulus_name]
     cols = ("start_time", "stop_time", "stimulus_condition_id", "orientation",
             "temporal_frequency")  # fmt: skip
-    sel = _select(ds, unit_ids, pres_ids, cols)
+    sel = _select(ds, unit_ids, pres_ids, cols, drop_invalid=True)  # AllenSDK: renamed away
     start, stop = sel.pres["start_time"], sel.pres["stop_time"]
     gaps = np.flatnonzero(np.diff(start) > 2 * trial_duration)
     blocks = np.stack([start[np.r_[0, gaps + 1]], stop[np.r_[gaps, start.size - 1]]], 1)

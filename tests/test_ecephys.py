@@ -260,23 +260,30 @@ def test_presentationwise_spike_times_equal_allensdk(session, all_units):
     np.testing.assert_allclose(a, b)
 
 
-def test_conditionwise_statistics_equal_pandas_reference(session, all_units):
-    got = session.ecephys.conditionwise_spike_statistics(unit_ids=all_units)
-    counts = {}
-    starts, stops = _col(session, "start_time"), _col(session, "stop_time")
+def _allen_conditionwise(session, unit_ids, cond, ids=None):
+    """AllenSDK conditionwise_spike_statistics in pandas: a groupby on ``cond`` (NaN left out)."""
+    ids = np.arange(cond.size) if ids is None else np.asarray(ids)
+    starts, stops = _col(session, "start_time")[ids], _col(session, "stop_time")[ids]
     spikes = _unit_spikes(session)
-    for uid in all_units:
+    counts = {}
+    for uid in unit_ids:
         s = spikes[int(uid)]
         counts[uid] = np.searchsorted(s, stops, "right") - np.searchsorted(s, starts, "right")
-    cond = _col(session, "stimulus_condition_id")
-    long = pd.DataFrame({"unit_id": np.repeat(all_units, cond.size),
-                         "stimulus_condition_id": np.tile(cond, all_units.size),
-                         "c": np.concatenate([counts[u] for u in all_units])})  # fmt: skip
+    long = pd.DataFrame({"unit_id": np.repeat(unit_ids, ids.size),
+                         "stimulus_condition_id": np.tile(cond[ids], len(unit_ids)),
+                         "c": np.concatenate([counts[u] for u in unit_ids])})  # fmt: skip
     g = long.groupby(["stimulus_condition_id", "unit_id"])["c"]
     ref = pd.DataFrame({"spike_count": g.sum(), "stimulus_presentation_count": g.size(),
                         "spike_mean": g.mean(), "spike_std": g.std(ddof=1),
                         "spike_sem": g.agg(scipy.stats.sem)})  # fmt: skip
-    ref = ref.reset_index().set_index(["unit_id", "stimulus_condition_id"])
+    return ref.reset_index().set_index(["unit_id", "stimulus_condition_id"])
+
+
+def test_conditionwise_statistics_equal_pandas_reference(session, all_units):
+    got = session.ecephys.conditionwise_spike_statistics(unit_ids=all_units)
+    starts, stops = _col(session, "start_time"), _col(session, "stop_time")
+    cond = _col(session, "stimulus_condition_id")
+    ref = _allen_conditionwise(session, all_units, cond)
     assert list(got.columns) == list(ref.columns)
     assert got.index.tolist() == ref.index.tolist()
     np.testing.assert_allclose(got.to_numpy(float), ref.to_numpy(float), equal_nan=True)
@@ -341,6 +348,152 @@ def test_drifting_gratings_metrics_recover_ground_truth(tiny, session, all_units
         np.testing.assert_allclose(got.loc[uid, "fano_dg"], np.var(c) / np.mean(c))
 
 
+# --- invalid presentations -----------------------------------------------------------------------
+
+
+def _with_invalid(session, intervals):
+    """The session with its invalid_times replaced by ``[(start, stop, tags), ...]``."""
+    ds = session.drop_vars([k for k in session.variables if str(k).startswith("invalid_time")])
+    tags = [t for _, _, tt in intervals for t in tt]
+    ends = np.cumsum([len(tt) for _, _, tt in intervals])
+    return ds.assign(
+        {
+            "invalid_times.start_time": ("invalid_time_id", [a for a, _, _ in intervals]),
+            "invalid_times.stop_time": ("invalid_time_id", [b for _, b, _ in intervals]),
+            "invalid_times.tags": ("invalid_time_tag", tags),
+            "invalid_times.tags_index": ("invalid_time_id", ends),
+        }
+    ).assign_coords(invalid_time_id=np.arange(len(intervals)))
+
+
+def _allen_mask(table, invalid):
+    """AllenSDK EcephysSession._mask_invalid_stimulus_presentations, verbatim in pandas."""
+    table = table.astype(object)
+    invalid = invalid[invalid["tags"].apply(lambda x: any(t in x for t in ["stimulus"]))]
+    for ix_sp, sp in table.iterrows():
+        stim_epoch = sp["start_time"], sp["stop_time"]
+        for _, it in invalid.iterrows():
+            invalid_interval = it["start_time"], it["stop_time"]
+            if max(stim_epoch[0], invalid_interval[0]) <= min(stim_epoch[1], invalid_interval[1]):
+                table.loc[ix_sp, :] = np.nan
+                table.at[ix_sp, "stimulus_name"] = "invalid_presentation"
+                table.at[ix_sp, "start_time"] = stim_epoch[0]
+                table.at[ix_sp, "stop_time"] = stim_epoch[1]
+    return table
+
+
+@pytest.fixture(scope="module")
+def invalid_intervals(session):
+    """Two intervals tagged "stimulus" and one tagged only with a probe, plus the ids masked."""
+    start, stop = _col(session, "start_time"), _col(session, "stop_time")
+    names = _col(session, "stimulus_name")
+    assert list(names[:4]) == ["flashes"] * 4
+    assert stop[1] < start[2] < stop[2] < start[3]
+    dg = np.flatnonzero(names == "drifting_gratings")[10]
+    ns = np.flatnonzero(names == "natural_scenes")
+    pid = int(session["probe"].values[0])
+    probe = str(session["probes.description"].sel(probe=pid).values)
+    intervals = [
+        # closed overlap: touches flash 1 at its stop and flash 3 at its start
+        (stop[1], start[3], ["EcephysSession", "stimulus"]),
+        (start[dg] + 0.5, start[dg + 3] + 0.1, ["stimulus"]),
+        (start[ns[5]], stop[ns[20]], ["EcephysProbe", str(pid), probe]),  # masks nothing
+    ]
+    return intervals, [1, 2, 3, dg, dg + 1, dg + 2, dg + 3]
+
+
+@pytest.fixture(scope="module")
+def masked_session(session, invalid_intervals):
+    return _with_invalid(session, invalid_intervals[0])
+
+
+def test_stimulus_presentations_mask_invalid_as_allensdk(session, masked_session,
+                                                          invalid_intervals):  # fmt: skip
+    intervals, bad = invalid_intervals
+    raw = session.ecephys.stimulus_presentations
+    prefix = "stimulus_presentations."
+    assert list(raw.columns) == [k.removeprefix(prefix) for k in session.data_vars
+                                 if k.startswith(prefix)]  # fmt: skip
+    assert raw.index.name == "stimulus_presentation_id"
+    for col in raw.columns:
+        np.testing.assert_array_equal(raw[col].to_numpy(), _col(session, col))
+    assert "invalid_presentation" not in set(raw["stimulus_name"])
+    assert raw["stimulus_condition_id"].dtype == np.int64
+    assert pd.api.types.is_string_dtype(raw["stimulus_name"])
+
+    got = masked_session.ecephys.stimulus_presentations
+    invalid = np.asarray(bad)
+    assert got.index[got["stimulus_name"] == "invalid_presentation"].tolist() == bad
+    kept = ["start_time", "stop_time", "stimulus_name"]
+    assert got.drop(columns=kept).loc[invalid].isna().all(axis=None)
+    pd.testing.assert_frame_equal(got[["start_time", "stop_time"]],
+                                  raw[["start_time", "stop_time"]])  # fmt: skip
+    good = got.index.difference(invalid)
+    pd.testing.assert_frame_equal(got.loc[good].astype(object), raw.loc[good].astype(object))
+    assert got["stimulus_condition_id"].dtype == np.float64  # NaN, as in AllenSDK
+    assert pd.api.types.is_string_dtype(got["stimulus_name"])
+    assert pd.api.types.is_string_dtype(got["mask"])
+    assert got["mask"].isna().sum() == len(bad)
+
+    frame = pd.DataFrame(intervals, columns=["start_time", "stop_time", "tags"])
+    ref = _allen_mask(raw, frame)
+    pd.testing.assert_frame_equal(got.astype(object), ref)
+    # an interval tagged only with a probe masks nothing
+    probe_only = _with_invalid(session, intervals[2:])
+    pd.testing.assert_frame_equal(probe_only.ecephys.stimulus_presentations, raw)
+
+
+def test_conditionwise_statistics_leave_out_invalid_presentations(
+    session, masked_session, invalid_intervals, all_units
+):
+    _, bad = invalid_intervals
+    units = all_units[:6]
+    raw_cond = _col(session, "stimulus_condition_id")
+    before = session.ecephys.conditionwise_spike_statistics(unit_ids=units)
+    after = masked_session.ecephys.conditionwise_spike_statistics(unit_ids=units)
+    # stimulus_presentation_count drops by exactly the masked presentations of each condition
+    dropped = pd.Series(raw_cond[bad]).value_counts()
+    n_before = before["stimulus_presentation_count"].xs(units[0], level="unit_id")
+    n_after = after["stimulus_presentation_count"].xs(units[0], level="unit_id")
+    diff = n_before.sub(n_after.reindex(n_before.index, fill_value=0))
+    assert diff[diff > 0].sort_index().to_dict() == dropped.sort_index().to_dict()
+    assert n_before.sum() - n_after.sum() == len(bad)
+    # AllenSDK: a groupby over the masked table's condition ids (NaN rows in no group)
+    cond = masked_session.ecephys.stimulus_presentations["stimulus_condition_id"].to_numpy()
+    assert np.isnan(cond).sum() == len(bad)
+    for ids in (None, np.flatnonzero(np.isin(_col(session, "stimulus_name"),
+                                             ["flashes", "drifting_gratings"]))):  # fmt: skip
+        got = masked_session.ecephys.conditionwise_spike_statistics(
+            stimulus_presentation_ids=ids, unit_ids=units
+        )
+        ref = _allen_conditionwise(session, units, cond, ids)
+        assert got.index.tolist() == ref.index.tolist()
+        np.testing.assert_allclose(got.to_numpy(float), ref.to_numpy(float), equal_nan=True)
+    with pytest.raises(ValueError, match="invalid_presentation"):
+        masked_session.ecephys.conditionwise_spike_statistics(
+            stimulus_presentation_ids=bad[:3], unit_ids=units
+        )
+    # presentationwise counts still cover the masked presentations (start/stop are kept)
+    counts = masked_session.ecephys.presentationwise_spike_counts(
+        bin_edges=EDGES, stimulus_presentation_ids=bad, unit_ids=units
+    )
+    np.testing.assert_array_equal(counts.stimulus_presentation_id, bad)
+    ref = _allen_counts(_unit_spikes(session), units, _col(session, "start_time")[bad], EDGES)
+    np.testing.assert_array_equal(counts.values, ref)
+    times = masked_session.ecephys.presentationwise_spike_times(unit_ids=units)
+    assert set(bad) <= set(times["stimulus_presentation_id"])
+    # psth: a masked presentation is in no condition either
+    flashes = np.flatnonzero(_col(session, "stimulus_name") == "flashes")
+    psth = masked_session.ecephys.psth(bin_edges=EDGES, stimulus_presentation_ids=flashes,
+                                       unit_ids=units)  # fmt: skip
+    valid = flashes[~np.isin(flashes, bad)]
+    all_counts = session.ecephys.presentationwise_spike_counts(
+        bin_edges=EDGES, stimulus_presentation_ids=valid, unit_ids=units
+    ).values.astype(float)
+    for k, c in enumerate(psth.stimulus_condition_id.values):
+        np.testing.assert_allclose(psth.values[k], all_counts[raw_cond[valid] == c].mean(0) / 0.01)
+
+
 # --- laziness, partial reads, cluster ------------------------------------------------------------
 
 
@@ -368,6 +521,18 @@ def test_building_reads_no_spikes_and_compute_reads_only_needed_chunks(lake_sess
     assert store.chunk_reads - reads2 == len(range(first // 2048, (int(ends[3]) - 1) // 2048 + 1))
     assert values.sum() > 0
     assert times.size == ends[3] - ends[2]
+
+
+def test_invalid_masking_reads_metadata_in_one_compute(lake_session):
+    ds, _ = _open(lake_session)
+    with raise_if_dask_computes(max_computes=1):  # presentation columns + invalid_times together
+        table = ds.ecephys.stimulus_presentations
+    assert len(table) == ds.sizes["stimulus_presentation_id"]
+    assert pd.api.types.is_string_dtype(table["stimulus_name"])
+    assert "invalid_presentation" not in set(table["stimulus_name"])  # only a probe interval
+    with raise_if_dask_computes(max_computes=2):  # metadata, then the spike counts
+        stats = ds.ecephys.conditionwise_spike_statistics(unit_ids=ds["unit_id"].values[:3])
+    assert stats["stimulus_presentation_count"].sum() == 3 * len(table)
 
 
 def test_graph_has_one_task_per_unit_block(lake_session):
@@ -501,3 +666,14 @@ class TestEcephysErrors:
         assert "units" in repr(tiny["session"].ecephys)
         assert "channels" in repr(tiny["lfp"].ecephys)
         assert "virtual channels" in repr(tiny["csd"].ecephys)
+
+
+def test_drifting_grating_metrics_leave_out_invalid_presentations(session):
+    """AllenSDK's analyses select presentations by stimulus_name, which masking renames to
+    invalid_presentation: with every grating masked, nothing is left to measure."""
+    start, stop = _col(session, "start_time"), _col(session, "stop_time")
+    dg = np.flatnonzero(_col(session, "stimulus_name") == "drifting_gratings")
+    assert session.ecephys.drifting_gratings_metrics() is not None
+    masked = _with_invalid(session, [(start[dg[0]], stop[dg[-1]], ["stimulus"])])
+    with pytest.raises(ValueError, match="invalid_presentation"):
+        masked.ecephys.drifting_gratings_metrics()

@@ -42,9 +42,10 @@ def _kind(ds: xr.Dataset) -> str:
 class EcephysAccessor:
     """Visual Coding Neuropixels analysis with AllenSDK's names and semantics.
 
-    On a session: :attr:`units`, :meth:`units_in`, :meth:`spike_times`,
-    :meth:`presentationwise_spike_counts`, :meth:`presentationwise_spike_times`,
-    :meth:`conditionwise_spike_statistics`, :meth:`psth`, :meth:`drifting_gratings_metrics`.
+    On a session: :attr:`units`, :meth:`units_in`, :attr:`stimulus_presentations` (AllenSDK's
+    ``invalid_presentation`` masking), :meth:`spike_times`, :meth:`presentationwise_spike_counts`,
+    :meth:`presentationwise_spike_times`, :meth:`conditionwise_spike_statistics`, :meth:`psth`,
+    :meth:`drifting_gratings_metrics`.
     On a probe: :meth:`lfp` and :attr:`csd`.
     """
 
@@ -87,6 +88,12 @@ class EcephysAccessor:
     def units_in(self, structure_acronym: str, **filters: Any) -> pd.DataFrame:
         """Units in one CCF structure (``ecephys_structure_acronym``)."""
         return ecephys.units_in(self._need("ecephys_session"), structure_acronym, **filters)
+
+    @property
+    def stimulus_presentations(self) -> pd.DataFrame:
+        """The stimulus table, invalid presentations masked as AllenSDK does (see
+        :func:`abo_lake.ecephys.stimulus_presentations`)."""
+        return ecephys.stimulus_presentations(self._need("ecephys_session"))
 
     def spike_times(self, unit_id: int) -> xr.DataArray:
         """One unit's spike times (lazy)."""
