@@ -43,6 +43,8 @@ _PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 #: record won the name (the catalog module registers the catalog writer here): a writer that
 #: lost, or was killed before publishing, leaves no catalog of its content.
 PUBLISH_HOOKS: list[Callable[[Lake, ReleaseRecord], None]] = []
+#: Keys GC deletes at once; between batches it stops if a new stage has opened.
+GC_BATCH = 1000
 #: Seconds between the heartbeats a long-running writer (a job) sends (:meth:`Stage.heartbeat`).
 HEARTBEAT_SECONDS = 30.0
 #: Called by :meth:`Lake.verify` with (lake, record, report) to check what a publish hook
@@ -328,7 +330,7 @@ class Lake:
             keep_chunks = self._chunks_of(marks)
             for key, info in self.storage.find(MANIFEST_PREFIX).items():
                 h = key.rsplit("/", 1)[-1].removesuffix(".json")
-                if h not in marks.manifests and info["mtime"] < cutoff:
+                if h not in marks.manifests and info["mtime"] < cutoff and not _temporary(key):
                     report.manifests.append(key)
             for key, info in self.storage.find(cas.CAS_PREFIX).items():
                 h = key.rsplit("/", 1)[-1]
@@ -339,7 +341,7 @@ class Lake:
         if self.storage.local:  # a local writer killed mid-write leaves its temporary file
             for prefix in (cas.CAS_PREFIX, MANIFEST_PREFIX, LEDGER_PREFIX, "releases", "stages"):
                 for key, info in self.storage.find(prefix).items():
-                    if key.endswith(".partial") and info["mtime"] < cutoff:
+                    if _temporary(key) and info["mtime"] < cutoff:
                         report.temporary.append(key)
         if dry_run:
             return report
@@ -357,7 +359,18 @@ class Lake:
             report.chunks = [k for k in report.chunks if k.rsplit("/", 1)[-1] not in keep_chunks]
             report.bytes = sum(sizes[k] for k in report.chunks)
             report.ledger = [k for k in report.ledger if k in again.stale_ledger]
-        self.storage.delete(report.ledger + report.chunks + report.manifests + report.temporary)
+        doomed = list(dict.fromkeys(report.ledger + report.chunks + report.manifests))
+        for i in range(0, len(doomed), GC_BATCH):
+            if i and self._new_live_stage(cutoff, set(again.live)):
+                kept = set(doomed[i:])  # a job started meanwhile may be re-using any of these
+                report.ledger = [k for k in report.ledger if k not in kept]
+                report.manifests = [k for k in report.manifests if k not in kept]
+                report.chunks = [k for k in report.chunks if k not in kept]
+                report.bytes = sum(sizes[k] for k in report.chunks)
+                report.interrupted = True
+                break
+            self.storage.delete(doomed[i : i + GC_BATCH])
+        self.storage.delete(report.temporary)
         for sid in marks.stale:
             if sid not in again.live:
                 self.storage.delete_prefix(f"stages/{sid}")
@@ -367,10 +380,8 @@ class Lake:
         """What GC must keep: the manifests and objects of every release, of every stage
         younger than ``cutoff`` and of every resume record that is young or fully kept."""
         marks = _Marks()
-        for name in self.releases():
-            record = self._record(name)
-            marks.manifests.update(d["manifest"] for d in record.datasets.values())
-            marks.objects.update(t["object"] for t in record.tables.values())
+        # stages first: a writer publishes (release.json) before it removes its stage, so
+        # one that publishes between the two listings is in at least one of them
         for key in self.storage.glob("stages/*/stage.json"):
             try:
                 doc = json.loads(self.storage.read(key))
@@ -381,7 +392,13 @@ class Lake:
             if beat >= cutoff:
                 marks.manifests.update(doc.get("manifests", []))
                 marks.objects.update(doc.get("objects", []))
+        for name in self.releases():
+            record = self._record(name)
+            marks.manifests.update(d["manifest"] for d in record.datasets.values())
+            marks.objects.update(t["object"] for t in record.tables.values())
         for key, info in self.storage.find(LEDGER_PREFIX).items():
+            if _temporary(key):
+                continue
             try:
                 entry = json.loads(self.storage.read(key))
             except (FileNotFoundError, ValueError):
@@ -395,6 +412,19 @@ class Lake:
                 marks.stale_ledger.append(key)  # forget it, so no resume trusts deleted work
         return marks
 
+    def _new_live_stage(self, cutoff: datetime, known: set[str]) -> bool:
+        """Whether a stage younger than ``cutoff`` other than ``known`` is open now."""
+        for key in self.storage.glob("stages/*/stage.json"):
+            if key.split("/")[1] in known:
+                continue
+            try:
+                beat = datetime.fromisoformat(json.loads(self.storage.read(key))["heartbeat"])
+            except (FileNotFoundError, ValueError, KeyError):
+                continue
+            if beat >= cutoff:
+                return True
+        return False
+
     def _chunks_of(self, marks: _Marks) -> set[str]:
         keep = set(marks.objects)
         for h in marks.manifests:
@@ -403,6 +433,11 @@ class Lake:
             except ManifestError:
                 continue
         return keep
+
+
+def _temporary(key: str) -> bool:
+    """A local writer's temporary file (``.<name>.<uuid>.partial``), not an object."""
+    return key.rsplit("/", 1)[-1].startswith(".") or key.endswith(".partial")
 
 
 @dataclass
@@ -688,6 +723,8 @@ class GCReport:
     #: Temporary files of local writers killed mid-write (``*.partial``).
     temporary: list[str] = field(default_factory=list)
     bytes: int = 0
+    #: A stage opened while deleting: the rest was kept (run gc again later).
+    interrupted: bool = False
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -699,6 +736,8 @@ class GCReport:
             text += f", {len(self.ledger)} resume records of deleted work"
         if self.temporary:
             text += f", {len(self.temporary)} temporary files of interrupted writes"
+        if self.interrupted:
+            text += "; stopped early: a job opened a stage meanwhile (run gc again later)"
         if self.live_stages:
             text += (
                 f"; {len(self.live_stages)} open stage(s) younger than the grace period: "

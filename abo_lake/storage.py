@@ -168,7 +168,10 @@ class Storage:
 
     def delete(self, keys: list[str]) -> None:
         """Delete objects; absent ones are ignored."""
-        if keys:
+        if keys and self.local:
+            for key in keys:
+                Path(self.path(key)).unlink(missing_ok=True)
+        elif keys:
             self.fs.rm([self.path(k) for k in keys])
 
     def delete_prefix(self, prefix: str) -> None:

@@ -381,6 +381,89 @@ def test_gc_removes_temporary_files_of_killed_local_writers(local_lake):
     assert lake.verify("r1").ok
 
 
+def test_gc_keeps_what_a_job_publishes_between_its_listings(local_lake, monkeypatch):
+    """A job opens its stage after GC's first pass (while GC lists the chunks) and publishes
+    (release first, then its stage goes) just after GC's second pass listed the releases:
+    listing stages first, GC sees the job in one of the two listings (it saw it in neither)."""
+    import os
+    from contextlib import ExitStack
+
+    lake = local_lake
+    h = _abandoned_work(lake)
+    for key in [*lake.storage.find("cas"), *lake.storage.find("manifests")]:
+        os.utime(lake.storage.path(key), (1, 1))  # old work: older than any grace period
+    real_releases, real_find, job, state = lake.releases, lake.storage.find, ExitStack(), [0]
+
+    def find(prefix: str) -> dict:
+        listing = real_find(prefix)
+        if prefix == cas.CAS_PREFIX and state[0] == 0:  # the job starts, resuming old work
+            state[0] = 1
+            job.enter_context(lake.stage("r2")).add("a/1", h)
+        return listing
+
+    def releases() -> list[str]:
+        listed = real_releases()
+        if state[0] == 1:  # GC's second pass listed the releases: the job publishes now
+            state[0] = 2
+            job.close()
+        return listed
+
+    monkeypatch.setattr(lake.storage, "find", find)
+    monkeypatch.setattr(lake, "releases", releases)
+    lake.gc(grace="1h", dry_run=False)
+    assert state[0] == 2
+    assert real_releases() == ["r2"]
+    assert lake.verify("r2").ok
+
+
+def test_gc_with_a_killed_manifest_write_left_behind(local_lake):
+    """A killed local write leaves ``manifests/ab/.<hash>.json.<uuid>.partial``: GC removes it
+    once (it was listed as a manifest and as a temporary file, and the second delete failed)."""
+    import os
+
+    lake = local_lake
+    _abandoned_work(lake)
+    partial = lake.storage.path("manifests/ab/.ab12.json.deadbeef.partial")
+    os.makedirs(os.path.dirname(partial), exist_ok=True)
+    with open(partial, "wb") as fh:
+        fh.write(b"{")
+    os.utime(partial, (1, 1))
+    later = datetime.now(UTC) + timedelta(hours=2)
+    report = lake.gc(grace="1h", dry_run=False, now=later)
+    assert report.temporary == ["manifests/ab/.ab12.json.deadbeef.partial"]
+    assert all(not k.endswith(".partial") for k in report.manifests)
+    assert report.manifests  # the abandoned work's manifest
+    assert not os.path.exists(partial)
+
+
+def test_gc_stops_deleting_when_a_job_opens_a_stage(local_lake, monkeypatch):
+    """Deletion goes in batches; a stage opened meanwhile (a job that may re-use any of the
+    objects still to delete) stops it, and what is left stays."""
+    from abo_lake import lake as lake_module
+
+    lake = local_lake
+    h = _abandoned_work(lake)
+    monkeypatch.setattr(lake_module, "GC_BATCH", 1)
+    real_delete, deleted = lake.storage.delete, []
+
+    def delete(keys: list[str]) -> None:
+        deleted.extend(keys)
+        real_delete(keys)
+        if len(deleted) == 1:  # a job opens its stage after the first batch
+            doc = {"name": "r9", "created": later.isoformat(), "heartbeat": later.isoformat()}
+            lake.storage.write("stages/new-job/stage.json", json.dumps(doc).encode())
+
+    monkeypatch.setattr(lake.storage, "delete", delete)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    report = lake.gc(grace="1h", dry_run=False, now=later)
+    assert report.interrupted
+    assert "stopped early" in str(report)
+    assert len(deleted) == 1
+    assert report.chunks + report.manifests + report.ledger == deleted  # what it did delete
+    assert lake.storage.exists(manifest_key(h)) or deleted == [manifest_key(h)]
+    assert len(lake.storage.find("cas")) > 0  # the rest of the abandoned work stays
+
+
 def test_plain_xarray_opens_a_release_without_abo_lake(local_lake):
     ds = make_dataset()
     with local_lake.stage("r1") as stage:
