@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -496,6 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # not reached: parser.error exits
 
 
+def _raised_in_storage_client(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside fsspec, s3fs or the AWS client (not in our code)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and any(
+        part in frames[-1].filename for part in ("fsspec", "s3fs", "botocore", "aiobotocore")
+    )
+
+
 def _terminate_as_interrupt() -> Any:
     """Treat SIGTERM (what batch schedulers and Kubernetes send) like Ctrl-C, so an open
     stage is discarded and the cluster closed on the way out; the previous handler, or None
@@ -513,7 +522,11 @@ def _storage_problem(err: BaseException) -> str | None:
     """What is wrong with the storage a command was pointed at, if ``err`` says so: an
     option the filesystem does not take, missing or refused credentials, an endpoint that
     cannot be reached (botocore's errors are not OSErrors). None for anything else."""
-    if isinstance(err, TypeError) and "unexpected keyword argument" in str(err):
+    if (
+        isinstance(err, TypeError)
+        and "unexpected keyword argument" in str(err)
+        and _raised_in_storage_client(err)
+    ):
         return (
             f"an option of --storage-options or --source-options is not one the filesystem "
             f"takes ({err}); see the fsspec/s3fs documentation for its names, e.g. endpoint_url"

@@ -13,6 +13,7 @@ import glob as globlib
 import hashlib
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from abo_lake.writer import WriteOptions, write_dataset
 
 __all__ = ["FileResult", "JobReport", "convert_file", "plan", "run"]
 
+logger = logging.getLogger(__name__)
 _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
 #: Part of every resume key: bump it when a reader or the writer changes what a conversion
 #: makes of a file, so that reruns convert again instead of resuming the old output
@@ -929,7 +931,7 @@ def run(
     results: list[FileResult] = []
     unmatched: list[str] = []
     opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
-    raced = False
+    raced, stage = False, None
     try:
         with opened as stage:
             bar = tqdm(
@@ -977,6 +979,8 @@ def run(
     except _NotPublished:
         pass
     except ReleaseExistsError:
+        if stage is None:  # published by another job before ours could open its stage
+            raise
         # another job published this name while ours ran: fine if it is the same release
         existing, raced = lake.release(release).record, True
     finally:
@@ -1009,8 +1013,13 @@ def _heartbeats(stage: Stage) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            with contextlib.suppress(Exception):
+            try:
                 stage.heartbeat()
+            except Exception as err:  # the job goes on; GC may take the stage as stale
+                logger.warning(
+                    "stage %s of release %r: heartbeat failed (%s: %s); trying again in %.0f s",
+                    stage.id, stage.name, type(err).__name__, err, HEARTBEAT_SECONDS,
+                )  # fmt: skip
 
     thread = threading.Thread(target=beat, name="abo-lake-stage-heartbeat", daemon=True)
     thread.start()

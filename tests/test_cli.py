@@ -372,3 +372,16 @@ def test_a_lake_url_with_nothing_there_is_an_error(tmp_path, s3_options, capsys)
     (tmp_path / "empty").mkdir()  # a lake with nothing published yet is fine
     assert main(["releases", "--lake", str(tmp_path / "empty")]) == 0
     assert "no releases" in capsys.readouterr().out
+
+
+def test_our_own_type_errors_are_not_called_storage_options():
+    """Only a TypeError raised inside fsspec/s3fs/botocore is a bad storage option; one of
+    our own (a programming error) keeps its traceback."""
+    from abo_lake.cli import _storage_problem
+
+    def ours() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="unexpected keyword argument") as info:
+        ours(endpoint="x")  # type: ignore[call-arg]
+    assert _storage_problem(info.value) is None

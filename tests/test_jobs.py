@@ -908,3 +908,21 @@ def test_cells_of_both_ophys_projects_share_one_rmse_column(vbo_sources, tiny_so
     assert (~vc).any()
     assert cells["RMSE"].notna().all()
     assert (cells.loc[vc, "RMSE"] == cells.loc[vc, "rmse"]).all()
+
+
+def test_a_name_taken_before_the_job_opens_its_stage(vbo_sources, tmp_path, monkeypatch):
+    """Another job publishes the name while ours starts its cluster: ours says the release
+    exists (it crashed with UnboundLocalError)."""
+    from abo_lake.lake import Lake
+
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    real_stage = Lake.stage
+
+    def taken_meanwhile(self, name, **kwargs):
+        with real_stage(self, name, notes="the other job") as other:
+            other.write_table("t", pd.DataFrame({"x": [1]}))
+        return real_stage(self, name, **kwargs)
+
+    monkeypatch.setattr(Lake, "stage", taken_meanwhile)
+    with pytest.raises(ReleaseExistsError, match="r1"):
+        jobs.run([vbo_sources[2][0]], lake, "r1", progress=False, workers=1)

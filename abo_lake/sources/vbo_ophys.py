@@ -252,8 +252,9 @@ def _metadata(f: h5py.File, path: Path) -> dict[str, Any]:
     for name, key in _SDK_NAMES:  # AllenSDK's names for the file's fields, both kept
         if key in attrs:
             attrs.setdefault(name, attrs[key])
-    if isinstance(attrs.get("full_genotype"), str):  # AllenSDK: the genotype's first part
-        attrs.setdefault("cre_line", attrs["full_genotype"].split(";")[0].replace("/wt", ""))
+    genotype = attrs.get("full_genotype")
+    if isinstance(genotype, str) and ";" in genotype:  # AllenSDK's parse_cre_line
+        attrs.setdefault("cre_line", genotype.split(";")[0].replace("/wt", ""))
     if isinstance(attrs.get("driver_line"), str):
         attrs["driver_line"] = [d for d in attrs["driver_line"].split(";") if d]
     for key in ("ophys_experiment_id", "ophys_session_id", "age_in_days", "mouse_id"):
