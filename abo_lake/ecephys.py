@@ -45,6 +45,7 @@ __all__ = [
     "csd",
     "drifting_gratings_metrics",
     "lfp",
+    "mean_waveforms",
     "presentationwise_spike_counts",
     "presentationwise_spike_times",
     "psth",
@@ -751,3 +752,43 @@ def spike_times(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
     first, last = (0, int(ends[0])) if pos == 0 else (int(ends[0]), int(ends[1]))
     out = ds["spike_times"].isel(spike=slice(first, last)).rename("spike_times")
     return out.assign_attrs(unit_id=int(unit_id), units="s")
+
+
+def mean_waveforms(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
+    """One unit's mean waveform as AllenSDK's ``session.mean_waveforms[unit_id]`` (lazy).
+
+    The stored ``waveform_mean`` is (unit_id, channel = on-probe channel number,
+    waveform_sample); AllenSDK gives dims (``channel_id``, ``time``): the channel ids of the
+    unit's probe by channel number (numbers the channel table lacks are dropped) and time =
+    sample / the probe's sampling rate (s). Only that unit's chunk is read when computed.
+
+    Raises
+    ------
+    KeyError
+        If ``unit_id`` is not in the session (suggests close ids), or the session has no
+        per-channel ``waveform_mean``.
+    """
+    if "waveform_mean" not in ds or ds["waveform_mean"].dims != (
+        "unit_id", "channel", "waveform_sample"
+    ):  # fmt: skip
+        raise KeyError("this session has no per-channel waveform_mean (unit, channel, sample)")
+    (pos,) = _positions(ds.indexes["unit_id"], [unit_id], "unit_id")
+    meta = _load(ds, ["probe_id", "probe_sampling_rate", "channels.probe_id",
+                      "channels.probe_channel_number"])  # fmt: skip
+    probe, rate = meta["probe_id"][pos], float(meta["probe_sampling_rate"][pos])
+    mine = meta["channels.probe_id"] == probe
+    lookup = dict(
+        zip(
+            meta["channels.probe_channel_number"][mine].tolist(),
+            ds.indexes["channel_id"].to_numpy()[mine].tolist(),
+            strict=True,
+        )
+    )
+    waveform = ds["waveform_mean"].isel(unit_id=pos)
+    ids = np.array([lookup.get(i, -1) for i in range(waveform.sizes["channel"])], np.int64)
+    keep = np.flatnonzero(ids != -1)
+    out = waveform.isel(channel=keep).drop_vars("unit_id", errors="ignore")
+    out = out.rename({"channel": "channel_id", "waveform_sample": "time"})
+    time = np.arange(out.sizes["time"]) / rate
+    out = out.assign_coords(channel_id=ids[keep], time=("time", time, {"units": "s"}))
+    return out.rename("mean_waveform").assign_attrs(unit_id=int(unit_id))

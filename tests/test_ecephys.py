@@ -677,3 +677,31 @@ def test_drifting_grating_metrics_leave_out_invalid_presentations(session):
     masked = _with_invalid(session, [(start[dg[0]], stop[dg[-1]], ["stimulus"])])
     with pytest.raises(ValueError, match="invalid_presentation"):
         masked.ecephys.drifting_gratings_metrics()
+
+
+def test_mean_waveforms_are_allensdks(session, tiny):
+    """AllenSDK's session.mean_waveforms[unit_id]: (channel_id, time), channel ids of the
+    unit's probe by on-probe channel number, time = sample / the probe's sampling rate."""
+    import h5py
+
+    unit_id = int(session["unit_id"].values[5])
+    with raise_if_dask_computes(max_computes=1):  # the small metadata only
+        wf = session.ecephys.mean_waveforms(unit_id)
+    assert wf.dims == ("channel_id", "time")
+    pos = int(np.flatnonzero(session["unit_id"].values == unit_id)[0])
+    with h5py.File(tiny["paths"][0], "r") as f:
+        rows = f["units/waveform_mean"][()]
+        electrodes = f["general/extracellular_ephys/electrodes"]
+        numbers = "local_index" if "local_index" in electrodes else "probe_channel_number"
+        ids, number, probe = (electrodes[k][()] for k in ("id", numbers, "probe_id"))
+    per = rows.shape[0] // session.sizes["unit_id"]
+    unit_probe = int(session["probe_id"].values[pos])
+    lookup = {int(n): int(i) for i, n, p in zip(ids, number, probe) if p == unit_probe}
+    want_ids = [lookup[c] for c in range(per) if c in lookup]
+    np.testing.assert_array_equal(wf["channel_id"].values, want_ids)
+    keep = [c for c in range(per) if c in lookup]
+    np.testing.assert_array_equal(wf.values, rows[pos * per : (pos + 1) * per][keep])
+    rate = float(session["probe_sampling_rate"].values[pos])
+    np.testing.assert_allclose(wf["time"].values, np.arange(rows.shape[1]) / rate)
+    with pytest.raises(KeyError):
+        session.ecephys.mean_waveforms(-1)

@@ -119,6 +119,10 @@ class EcephysAccessor:
         """See :func:`abo_lake.ecephys.drifting_gratings_metrics`."""
         return ecephys.drifting_gratings_metrics(self._need("ecephys_session"), **kwargs)
 
+    def mean_waveforms(self, unit_id: int) -> xr.DataArray:
+        """See :func:`abo_lake.ecephys.mean_waveforms` (lazy)."""
+        return ecephys.mean_waveforms(self._need("ecephys_session"), unit_id)
+
     def lfp(self, **kwargs: Any) -> xr.DataArray:
         """See :func:`abo_lake.ecephys.lfp` (lazy)."""
         return ecephys.lfp(self._need("ecephys_lfp"), **kwargs)
