@@ -63,6 +63,7 @@ class FileResult:
     bytes_stored: int = 0  # chunk bytes its datasets reference, deduplicated or not
     new_objects: int = 0
     new_bytes: int = 0  # bytes of the chunk objects that were new to the lake
+    bytes_fetched: int = 0  # bytes downloaded of a remote source (0 when resumed by ETag)
     seconds: float = 0.0
     resumed: bool = False
     error: str = ""
@@ -352,6 +353,7 @@ def convert_file(
             return _resumed(result, json.loads(storage.read(remote_ledger)))
         if remote:
             source = fetched = _fetch(*remote)
+            result.bytes_fetched = sum(p.stat().st_size for p in Path(fetched).parent.iterdir())
         else:
             source = source.removeprefix("file://")
         if Path(source).is_file():  # counted even when the file turns out unreadable
@@ -632,7 +634,12 @@ class JobReport:
             f"  files      {len(self.files)}: {len(ok) - resumed} converted, {resumed} already "
             f"converted before, {len(self.failures)} failed",
             f"  datasets   {len({p for f in ok for p in f.datasets})}",
-            f"  bytes in   {bytes_in / 1e6:.1f} MB",
+            f"  bytes in   {bytes_in / 1e6:.1f} MB"
+            + (
+                f" ({sum(f.bytes_fetched for f in self.files) / 1e6:.1f} MB downloaded)"
+                if any("://" in f.source and not f.source.startswith("file://") for f in self.files)
+                else ""
+            ),
             f"  stored     {stored / 1e6:.1f} MB of chunks",
             f"  new        {new_bytes / 1e6:.1f} MB in {new} new chunk objects",
             f"  dedup      {dedup} of the stored bytes were stored once already (in the lake, "

@@ -570,6 +570,8 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     )
     assert report.published, report.summary()
     assert all(f.source.startswith("s3://") for f in report.files)
+    assert [f.bytes_fetched for f in report.files] == [f.bytes_in for f in report.files]
+    assert f"({sum(f.bytes_in for f in report.files) / 1e6:.1f} MB downloaded)" in report.summary()
     here = abo_lake.open_lake(tmp_path / "from_disk")
     assert jobs.run(local, here, "r1", progress=False).published
     a, b = remote.release("r1"), here.release("r1")
@@ -595,6 +597,7 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
         jobs._fetch = real_fetch
     assert fetched == []
     assert all(r.resumed and not r.error for r in again)
+    assert all(r.bytes_fetched == 0 for r in again)
     assert [r.datasets for r in again] == [f.datasets for f in report.files]
     assert len(remote.storage.glob("ledger/etag-*.json")) == len(report.files)
 
