@@ -243,9 +243,13 @@ def _remote_group(fs: Any, path: str, listings: dict[str, list[str]] | None = No
     return [f"{parent}/{n}" for n in sources.group_names(name, listings[parent])]
 
 
+def _is_remote(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
 def _remote(source: str, options: dict[str, Any] | None) -> tuple[Any, str, list[str]] | None:
     """``(filesystem, path, paths of its group)`` for a remote source; None for a local one."""
-    if "://" not in source or source.startswith("file://"):
+    if not _is_remote(source):
         return None
     from fsspec.core import url_to_fs
 
@@ -619,7 +623,6 @@ class JobReport:
         new = sum(f.new_objects for f in ok)
         stored, new_bytes = sum(f.bytes_stored for f in ok), sum(f.new_bytes for f in ok)
         resumed = sum(f.resumed for f in ok)
-        dedup = f"{1 - new_bytes / stored:.0%}" if stored else ""
         lines = [
             f"release {self.release}: "
             + (
@@ -637,13 +640,13 @@ class JobReport:
             f"  bytes in   {bytes_in / 1e6:.1f} MB"
             + (
                 f" ({sum(f.bytes_fetched for f in self.files) / 1e6:.1f} MB downloaded)"
-                if any("://" in f.source and not f.source.startswith("file://") for f in self.files)
+                if any(_is_remote(f.source) for f in self.files)
                 else ""
             ),
             f"  stored     {stored / 1e6:.1f} MB of chunks",
             f"  new        {new_bytes / 1e6:.1f} MB in {new} new chunk objects",
-            f"  dedup      {dedup} of the stored bytes were stored once already (in the lake, "
-            "or earlier in this job)"
+            f"  dedup      {1 - new_bytes / stored:.0%} of the stored bytes were stored once "
+            "already (in the lake, or earlier in this job)"
             if stored
             else "  dedup      - (nothing stored)",
             f"  time       {self.seconds:.1f} s",

@@ -325,48 +325,52 @@ class Lake:
             stale_stages=marks.stale,
             ledger=[] if marks.live else marks.stale_ledger,
         )
+        local = self.storage.local  # a local writer killed mid-write leaves a temporary file
+        listings = {
+            prefix: self.storage.find(prefix) if local or not marks.live else {}
+            for prefix in (MANIFEST_PREFIX, cas.CAS_PREFIX)
+        }
+        if local:
+            listings |= {p: self.storage.find(p) for p in (LEDGER_PREFIX, "releases", "stages")}
+        for listing in listings.values():
+            report.temporary += [
+                k for k, info in listing.items() if _temporary(k) and info["mtime"] < cutoff
+            ]
         sizes: dict[str, int] = {}
         if not marks.live:
             keep_chunks = self._chunks_of(marks)
-            for key, info in self.storage.find(MANIFEST_PREFIX).items():
-                h = key.rsplit("/", 1)[-1].removesuffix(".json")
-                if h not in marks.manifests and info["mtime"] < cutoff and not _temporary(key):
-                    report.manifests.append(key)
-            for key, info in self.storage.find(cas.CAS_PREFIX).items():
-                h = key.rsplit("/", 1)[-1]
+            report.manifests = [
+                k
+                for k, info in listings[MANIFEST_PREFIX].items()
+                if _hash_of(k) not in marks.manifests
+                and info["mtime"] < cutoff
+                and not _temporary(k)
+            ]
+            for key, info in listings[cas.CAS_PREFIX].items():
+                h = _hash_of(key)
                 if h not in keep_chunks and info["mtime"] < cutoff and cas.HASH_RE.match(h):
                     report.chunks.append(key)
                     sizes[key] = info["size"]
         report.bytes = sum(sizes.values())
-        if self.storage.local:  # a local writer killed mid-write leaves its temporary file
-            for prefix in (cas.CAS_PREFIX, MANIFEST_PREFIX, LEDGER_PREFIX, "releases", "stages"):
-                for key, info in self.storage.find(prefix).items():
-                    if _temporary(key) and info["mtime"] < cutoff:
-                        report.temporary.append(key)
         if dry_run:
             return report
         again = self._marks(cutoff)  # what was published or staged while we listed
         if again.live:
             report.live_stages = again.live
-            report.chunks, report.manifests, report.ledger, report.bytes = [], [], [], 0
+            report.keep_only(set(), sizes)
         elif again.manifests - marks.manifests or again.objects - marks.objects:
             keep_chunks = self._chunks_of(again)
-            report.manifests = [
-                k
-                for k in report.manifests
-                if k.rsplit("/", 1)[-1].removesuffix(".json") not in again.manifests
-            ]
-            report.chunks = [k for k in report.chunks if k.rsplit("/", 1)[-1] not in keep_chunks]
-            report.bytes = sum(sizes[k] for k in report.chunks)
-            report.ledger = [k for k in report.ledger if k in again.stale_ledger]
-        doomed = list(dict.fromkeys(report.ledger + report.chunks + report.manifests))
+            report.keep_only(
+                {k for k in report.manifests if _hash_of(k) not in again.manifests}
+                | {k for k in report.chunks if _hash_of(k) not in keep_chunks}
+                | {k for k in report.ledger if k in again.stale_ledger},
+                sizes,
+            )
+        doomed = [*report.ledger, *report.chunks, *report.manifests]
         for i in range(0, len(doomed), GC_BATCH):
-            if i and self._new_live_stage(cutoff, set(again.live)):
-                kept = set(doomed[i:])  # a job started meanwhile may be re-using any of these
-                report.ledger = [k for k in report.ledger if k not in kept]
-                report.manifests = [k for k in report.manifests if k not in kept]
-                report.chunks = [k for k in report.chunks if k not in kept]
-                report.bytes = sum(sizes[k] for k in report.chunks)
+            if i and any(s not in again.live for s in self._stages(cutoff)[0]):
+                # a job started meanwhile may be re-using any of the rest
+                report.keep_only(set(doomed[:i]), sizes)
                 report.interrupted = True
                 break
             self.storage.delete(doomed[i : i + GC_BATCH])
@@ -382,16 +386,11 @@ class Lake:
         marks = _Marks()
         # stages first: a writer publishes (release.json) before it removes its stage, so
         # one that publishes between the two listings is in at least one of them
-        for key in self.storage.glob("stages/*/stage.json"):
-            try:
-                doc = json.loads(self.storage.read(key))
-                beat = datetime.fromisoformat(doc["heartbeat"])
-            except (FileNotFoundError, ValueError, KeyError):
-                continue
-            (marks.live if beat >= cutoff else marks.stale).append(key.split("/")[1])
-            if beat >= cutoff:
-                marks.manifests.update(doc.get("manifests", []))
-                marks.objects.update(doc.get("objects", []))
+        live, marks.stale = self._stages(cutoff)
+        marks.live = list(live)
+        for doc in live.values():
+            marks.manifests.update(doc.get("manifests", []))
+            marks.objects.update(doc.get("objects", []))
         for name in self.releases():
             record = self._record(name)
             marks.manifests.update(d["manifest"] for d in record.datasets.values())
@@ -412,18 +411,22 @@ class Lake:
                 marks.stale_ledger.append(key)  # forget it, so no resume trusts deleted work
         return marks
 
-    def _new_live_stage(self, cutoff: datetime, known: set[str]) -> bool:
-        """Whether a stage younger than ``cutoff`` other than ``known`` is open now."""
+    def _stages(self, cutoff: datetime) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Open stages (heartbeat at or after ``cutoff``: id -> stage document) and the ids
+        of stale ones."""
+        live: dict[str, dict[str, Any]] = {}
+        stale: list[str] = []
         for key in self.storage.glob("stages/*/stage.json"):
-            if key.split("/")[1] in known:
-                continue
             try:
-                beat = datetime.fromisoformat(json.loads(self.storage.read(key))["heartbeat"])
+                doc = json.loads(self.storage.read(key))
+                beat = datetime.fromisoformat(doc["heartbeat"])
             except (FileNotFoundError, ValueError, KeyError):
                 continue
             if beat >= cutoff:
-                return True
-        return False
+                live[key.split("/")[1]] = doc
+            else:
+                stale.append(key.split("/")[1])
+        return live, stale
 
     def _chunks_of(self, marks: _Marks) -> set[str]:
         keep = set(marks.objects)
@@ -433,6 +436,11 @@ class Lake:
             except ManifestError:
                 continue
         return keep
+
+
+def _hash_of(key: str) -> str:
+    """The content hash a CAS or manifest key is named by."""
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def _temporary(key: str) -> bool:
@@ -725,6 +733,13 @@ class GCReport:
     bytes: int = 0
     #: A stage opened while deleting: the rest was kept (run gc again later).
     interrupted: bool = False
+
+    def keep_only(self, deleted: set[str], sizes: dict[str, int]) -> None:
+        """Keep in the report only the chunks, manifests and resume records in ``deleted``."""
+        self.ledger = [k for k in self.ledger if k in deleted]
+        self.manifests = [k for k in self.manifests if k in deleted]
+        self.chunks = [k for k in self.chunks if k in deleted]
+        self.bytes = sum(sizes[k] for k in self.chunks)
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"

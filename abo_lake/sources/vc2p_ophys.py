@@ -87,11 +87,7 @@ MAPPED_HDF5: tuple[str, ...] = (
     f"{_RUN}/timestamps",
     f"{_PIPE}/MotionCorrection/2p_image_series/xy_translation*/data",
     f"{_PIPE}/MotionCorrection/2p_image_series/xy_translation*/timestamps",
-    *(
-        f"{_PIPE}/{g}/*/{k}"
-        for g in ("EyeTracking", "PupilTracking")
-        for k in ("data", "timestamps")
-    ),
+    *(f"{_PIPE}/{g}/*/{k}" for g in _EYE_GROUPS for k in ("data", "timestamps")),
     *(
         f"{_STIM}/{name}_stimulus/{field}"
         for name in (
@@ -311,40 +307,31 @@ def _behaviour(f: h5py.File) -> dict[str, xr.Variable]:
     return out
 
 
-def _eye_series(f: h5py.File) -> list[tuple[str, str]]:
-    """``(HDF5 group, short name)`` of the eye-tracking series of a file, in a fixed order:
-    ``EyeTracking/<pupil|eye>_location[_spherical]`` ((T, 2)) and
-    ``PupilTracking/pupil_size`` ((T,)), as AllenSDK's get_pupil_location/get_pupil_size
-    read them."""
+def _eye_series(f: h5py.File) -> list[tuple[str, str, str]]:
+    """``(HDF5 group, short name, time dim)`` of the eye-tracking series of a file, in a fixed
+    order: ``EyeTracking/<pupil|eye>_location[_spherical]`` ((T, 2)) and
+    ``PupilTracking/pupil_size`` ((T,)), as AllenSDK's get_pupil_location/get_pupil_size read
+    them. The time dim is ``eye_tracking_time`` (the first series') for every series with the
+    same timestamps, ``eye_tracking.<name>_time`` otherwise."""
     out = []
+    first = None
     for group in _EYE_GROUPS:
         g = f.get(f"{_PIPE}/{group}")
         for name in sorted(g) if isinstance(g, h5py.Group) else ():
-            if isinstance(g[name], h5py.Group) and {"data", "timestamps"} <= set(g[name]):
-                out.append((g[name].name, name))
+            if not (isinstance(g[name], h5py.Group) and {"data", "timestamps"} <= set(g[name])):
+                continue
+            t = g[f"{name}/timestamps"][()]
+            first = t if first is None else first
+            same = t.shape == first.shape and t.dtype == first.dtype and np.array_equal(t, first)
+            dim = "eye_tracking_time" if same else f"eye_tracking.{name}_time"
+            out.append((g[name].name, name, dim))
     return out
-
-
-def _eye_time_dims(f: h5py.File) -> dict[str, str]:
-    """Each eye-tracking series' time dim: ``eye_tracking_time`` (the first series') for
-    every series with the same timestamps, ``eye_tracking.<name>_time`` otherwise."""
-    dims: dict[str, str] = {}
-    first = None
-    for group, name in _eye_series(f):
-        t = f[f"{group}/timestamps"][()]
-        if first is None:
-            first = t
-        same = t.shape == first.shape and t.dtype == first.dtype and np.array_equal(t, first)
-        dims[group] = "eye_tracking_time" if same else f"eye_tracking.{name}_time"
-    return dims
 
 
 def _eye_tracking(f: h5py.File) -> dict[str, xr.Variable]:
     """Pupil and eye location (x, y columns) and pupil size as ``eye_tracking.*``."""
     out: dict[str, xr.Variable] = {}
-    dims = _eye_time_dims(f)
-    for group, name in _eye_series(f):
-        dim = dims[group]
+    for group, name, dim in _eye_series(f):
         if dim not in out:
             t = np.asarray(f[f"{group}/timestamps"][()])
             out[dim] = xr.Variable(dim, t, {"units": "s"})
@@ -712,14 +699,12 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
                 )
         eye = _eye_series(f)
         if eye:
-            dims = _eye_time_dims(f)
             items = {}
-            for group, name in eye:
+            for group, name, dim in eye:
                 items[f"{group}/data"] = (name, None)
-                items[f"{group}/timestamps"] = (dims[group], None)
-            names = tuple(n for _, n in eye)
-            view = functools.partial(_eye_view, names=names, dims=tuple(sorted(set(dims.values()))))
-            out.append((view, items))
+                items[f"{group}/timestamps"] = (dim, None)
+            names, dims = tuple(e[1] for e in eye), tuple(sorted({e[2] for e in eye}))
+            out.append((functools.partial(_eye_view, names=names, dims=dims), items))
         for key in sorted(f[_STIM]) if _STIM in f else []:
             g = f[f"{_STIM}/{key}"]
             if not isinstance(g, h5py.Group) or "data" not in g or "frame_duration" not in g:

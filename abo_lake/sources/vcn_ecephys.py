@@ -618,7 +618,7 @@ def _intervals(f: h5py.File) -> xr.Dataset:
             "optogenetic_stimulation_id",
             np.asarray(g["id"][:], np.int64),
         )
-    return _column_units(out)
+    return out
 
 
 # --- probe LFP files ---------------------------------------------------------------------------
