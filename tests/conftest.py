@@ -120,3 +120,40 @@ class _TinySources(dict):
 def tiny_sources(tmp_path_factory):
     """Tiny sources of every kind (``tiny_sources["vbo-ophys"]`` -> folder), shared by tests."""
     return _TinySources(tmp_path_factory.mktemp("tiny_sources"))
+
+
+class _AllenSDKReleases(dict):
+    """Fixture key (``vbo_ophys``, ``vbo_behavior``, ``vcn``, ``vbn``) -> a published release of
+    that AllenSDK-written fixture's files, each in its own local lake, converted on first use."""
+
+    def __init__(self, root: Path, scheduler: str) -> None:
+        super().__init__()
+        self.root, self.scheduler = root, scheduler
+
+    def __missing__(self, key: str):
+        import allensdk_reference as ref
+
+        from abo_lake import jobs
+
+        lake = abo_lake.open_lake(str(self.root / key))
+        report = jobs.run(
+            [str(p) for p in ref.files(ref.STEMS[key])],
+            lake,
+            "allensdk",
+            scheduler=self.scheduler,
+            progress=False,
+        )
+        assert report.published, report.summary()
+        self[key] = lake.release("allensdk")
+        return self[key]
+
+
+@pytest.fixture(scope="session")
+def allensdk_releases(tmp_path_factory, dask_cluster):
+    """Releases of the AllenSDK-written fixtures (skips when ``shared/data/allensdk`` is absent)."""
+    import allensdk_reference as ref
+
+    ref.require()
+    return _AllenSDKReleases(
+        tmp_path_factory.mktemp("allensdk_lakes"), dask_cluster.scheduler_address
+    )
