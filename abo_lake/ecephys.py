@@ -25,6 +25,7 @@ stimulus condition (:func:`conditionwise_spike_statistics`, :func:`psth` and
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -157,15 +158,31 @@ def units(
     )
 
 
-def units_in(ds: xr.Dataset, structure_acronym: str, **filters: Any) -> pd.DataFrame:
-    """Units (default QC filter, overridable by ``filters``) in one CCF structure.
+def units_in(
+    ds: xr.Dataset,
+    structure_acronym: str,
+    *,
+    filter_by_validity: bool = True,
+    filter_out_of_brain_units: bool = True,
+    amplitude_cutoff_maximum: float = 0.1,
+    presence_ratio_minimum: float = 0.95,
+    isi_violations_maximum: float = 0.5,
+) -> pd.DataFrame:
+    """Units (the QC filter of :func:`units`, same keywords) in one CCF structure.
 
     Raises
     ------
     KeyError
         If no unit of the session is in ``structure_acronym``; suggests close acronyms.
     """
-    table = units(ds, **filters)
+    table = units(
+        ds,
+        filter_by_validity=filter_by_validity,
+        filter_out_of_brain_units=filter_out_of_brain_units,
+        amplitude_cutoff_maximum=amplitude_cutoff_maximum,
+        presence_ratio_minimum=presence_ratio_minimum,
+        isi_violations_maximum=isi_violations_maximum,
+    )
     acronyms = _load(ds, ["ecephys_structure_acronym"])["ecephys_structure_acronym"]
     if structure_acronym not in set(acronyms.tolist()):
         raise _unknown("structure_acronym", [structure_acronym], sorted(set(acronyms) - {""}))
@@ -418,9 +435,27 @@ def _histogram(units: list[np.ndarray], domain: np.ndarray, binarize: bool, dtyp
 
 
 def _counts_array(
-    ds: xr.Dataset, sel: _Selection, edges: np.ndarray, binarize: bool, dtype: np.dtype
+    ds: xr.Dataset,
+    sel: _Selection,
+    edges: np.ndarray,
+    binarize: bool,
+    dtype: np.dtype,
+    time_domain_callback: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> da.Array:
     domain = sel.pres["start_time"][:, None] + edges[None, :]
+    if time_domain_callback is not None:
+        domain = np.asarray(time_domain_callback(domain), dtype=np.float64)
+        if domain.shape != (sel.presentation_id.size, edges.size):
+            raise ValueError(
+                f"time_domain_callback must return a {(sel.presentation_id.size, edges.size)} "
+                f"array (presentations x bin edges); got shape {domain.shape}"
+            )
+        rows, cols = np.nonzero(np.diff(domain, axis=1) < 0)
+        if rows.size:
+            raise ValueError(
+                "The time domain specified contains out-of-order bin edges at (row, column) "
+                f"indices: {list(zip(rows.tolist()[:10], cols.tolist()[:10], strict=True))}"
+            )
     kernel = partial(_counts_kernel, binarize=binarize, dtype=dtype)
     graph, name, _, sizes = _block_graph(
         ds, sel, kernel, domain, "spike-counts", domain.size * dtype.itemsize, prefix=(0, 0)
@@ -440,14 +475,20 @@ def _edges(bin_edges: Any) -> np.ndarray:
 
 def presentationwise_spike_counts(
     ds: xr.Dataset,
-    *,
     bin_edges: Any,
     stimulus_presentation_ids: Any = None,
     unit_ids: Any = None,
     binarize: bool = False,
     dtype: Any = None,
+    large_bin_size_threshold: float = 0.001,
+    time_domain_callback: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> xr.DataArray:
     """Spike counts around each presentation onset, lazily (one dask task per block of units).
+
+    AllenSDK's ``EcephysSession.presentationwise_spike_counts(bin_edges,
+    stimulus_presentation_ids, unit_ids, binarize=False, dtype=None,
+    large_bin_size_threshold=0.001, time_domain_callback=None)``, same positional order; the
+    two selections may also be left out (None).
 
     Parameters
     ----------
@@ -456,11 +497,16 @@ def presentationwise_spike_counts(
     bin_edges
         Increasing bin edges in s relative to each presentation's ``start_time``.
     stimulus_presentation_ids, unit_ids
-        Selections; default all presentations and the QC-filtered :func:`units`.
+        Selections; default (None) all presentations and the QC-filtered :func:`units`.
     binarize
         Count > 0 as 1 (uint8).
     dtype
         Output dtype; default uint16 (uint8 when binarized), as AllenSDK.
+    large_bin_size_threshold
+        With ``binarize``, warn when the widest bin is wider than this (s), as AllenSDK.
+    time_domain_callback
+        Applied to the (presentation, edge) array of absolute bin edges before counting, as
+        AllenSDK; its rows must stay increasing.
 
     Returns
     -------
@@ -469,10 +515,16 @@ def presentationwise_spike_counts(
         [bin centres], unit_id); bins are closed on both sides, as AllenSDK counts them.
     """
     edges = _edges(bin_edges)
+    if binarize and np.diff(edges).max() > large_bin_size_threshold:
+        warnings.warn(
+            f"binarized spike counts with bins up to {np.diff(edges).max():.5f} s wide lose "
+            f"counts; binarize bins <= {large_bin_size_threshold} s (AllenSDK's warning)",
+            stacklevel=2,
+        )
     dtype = np.dtype((np.uint8 if binarize else np.uint16) if dtype is None else dtype)
     sel = _select(ds, unit_ids, stimulus_presentation_ids, ("start_time",))
     return xr.DataArray(
-        _counts_array(ds, sel, edges, binarize, dtype),
+        _counts_array(ds, sel, edges, binarize, dtype, time_domain_callback),
         name="spike_counts",
         dims=("stimulus_presentation_id", "time_relative_to_stimulus_onset", "unit_id"),
         coords={
@@ -535,9 +587,11 @@ def _interval_counts(
 
 
 def presentationwise_spike_times(
-    ds: xr.Dataset, *, stimulus_presentation_ids: Any = None, unit_ids: Any = None
+    ds: xr.Dataset, stimulus_presentation_ids: Any = None, unit_ids: Any = None
 ) -> pd.DataFrame:
     """Every spike inside (start, stop] of a presentation, as AllenSDK tabulates them (eager).
+
+    AllenSDK's ``presentationwise_spike_times(stimulus_presentation_ids=None, unit_ids=None)``.
 
     Returns
     -------
@@ -579,12 +633,14 @@ def _condition_stats(values: np.ndarray, cond: np.ndarray) -> dict[str, np.ndarr
 
 def conditionwise_spike_statistics(
     ds: xr.Dataset,
-    *,
     stimulus_presentation_ids: Any = None,
     unit_ids: Any = None,
     use_rates: bool = False,
 ) -> pd.DataFrame:
     """Spike statistics per (unit_id, stimulus_condition_id), as AllenSDK (eager, small).
+
+    AllenSDK's ``conditionwise_spike_statistics(stimulus_presentation_ids=None, unit_ids=None,
+    use_rates=False)``.
 
     Counts are of spikes in (start, stop] of each presentation. With ``use_rates`` the
     statistics are over count / duration and, as in AllenSDK, there is no ``spike_count``.

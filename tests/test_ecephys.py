@@ -165,6 +165,44 @@ def test_counts_binarized_and_subsets(session, all_units):
     assert wide.shape[1] == 1
 
 
+def test_counts_take_allensdk_positional_arguments(session, all_units):
+    """AllenSDK's call, unchanged: (bin_edges, stimulus_presentation_ids, unit_ids, ...)."""
+    units = all_units[[3, 0]]
+    ids = session["stimulus_presentation_id"].values[:40]
+    by_name = session.ecephys.presentationwise_spike_counts(
+        bin_edges=EDGES, stimulus_presentation_ids=ids, unit_ids=units
+    )
+    got = session.ecephys.presentationwise_spike_counts(EDGES, ids, units)
+    xr.testing.assert_identical(got, by_name)
+    full = session.ecephys.presentationwise_spike_counts(EDGES, ids, units, False, np.int32, 0.001)
+    assert full.dtype == np.int32
+    np.testing.assert_array_equal(full.values, by_name.values)
+    times = session.ecephys.presentationwise_spike_times(ids, units)
+    pd.testing.assert_frame_equal(
+        times,
+        session.ecephys.presentationwise_spike_times(stimulus_presentation_ids=ids, unit_ids=units),
+    )
+    rates = session.ecephys.conditionwise_spike_statistics(ids, units, True)
+    assert "spike_count" not in rates
+    with pytest.warns(UserWarning, match="binarize"):
+        session.ecephys.presentationwise_spike_counts(EDGES, ids, units, True)
+
+
+def test_counts_time_domain_callback(session, all_units):
+    """AllenSDK applies the callback to the (presentation, edge) domain before counting."""
+    units = all_units[:4]
+    shifted = session.ecephys.presentationwise_spike_counts(
+        EDGES, None, units, time_domain_callback=lambda d: d + 0.02
+    )
+    moved = session.ecephys.presentationwise_spike_counts(EDGES + 0.02, None, units)
+    np.testing.assert_array_equal(shifted.values, moved.values)
+    np.testing.assert_allclose(shifted.time_relative_to_stimulus_onset, EDGES[:-1] + 0.005)
+    with pytest.raises(ValueError, match="out-of-order"):
+        session.ecephys.presentationwise_spike_counts(
+            EDGES, None, units, time_domain_callback=lambda d: d[:, ::-1]
+        )
+
+
 def _handmade():
     """Two units with spikes at known times, one presentation at t=10 s."""
     spikes = np.array([10.0, 10.05, 10.1, 10.2, 9.0, 10.1, 10.1, 11.0])

@@ -7,17 +7,20 @@ variables only (no data read) and raises :class:`~abo_lake.errors.SchemaError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
 from abo_lake import ecephys, schema
 from abo_lake.errors import SchemaError
+from abo_lake.kinds import kinds_for
 
 __all__ = ["EcephysAccessor"]
 
-_KINDS = ("ecephys_session", "ecephys_lfp", "ecephys_csd")
+_KINDS = kinds_for("ecephys")  # ecephys_session, ecephys_lfp, ecephys_csd
 
 
 def _kind(ds: xr.Dataset) -> str:
@@ -81,13 +84,45 @@ class EcephysAccessor:
         """Units passing AllenSDK's default QC filter (see :func:`abo_lake.ecephys.units`)."""
         return ecephys.units(self._need("ecephys_session"))
 
-    def filtered_units(self, **filters: Any) -> pd.DataFrame:
-        """Units with overridden QC filters (``amplitude_cutoff_maximum=...``, ...)."""
-        return ecephys.units(self._need("ecephys_session"), **filters)
+    def filtered_units(
+        self,
+        *,
+        filter_by_validity: bool = True,
+        filter_out_of_brain_units: bool = True,
+        amplitude_cutoff_maximum: float = 0.1,
+        presence_ratio_minimum: float = 0.95,
+        isi_violations_maximum: float = 0.5,
+    ) -> pd.DataFrame:
+        """Units with overridden QC filters (AllenSDK's ``api_kwargs`` of ``from_nwb_path``)."""
+        return ecephys.units(
+            self._need("ecephys_session"),
+            filter_by_validity=filter_by_validity,
+            filter_out_of_brain_units=filter_out_of_brain_units,
+            amplitude_cutoff_maximum=amplitude_cutoff_maximum,
+            presence_ratio_minimum=presence_ratio_minimum,
+            isi_violations_maximum=isi_violations_maximum,
+        )
 
-    def units_in(self, structure_acronym: str, **filters: Any) -> pd.DataFrame:
+    def units_in(
+        self,
+        structure_acronym: str,
+        *,
+        filter_by_validity: bool = True,
+        filter_out_of_brain_units: bool = True,
+        amplitude_cutoff_maximum: float = 0.1,
+        presence_ratio_minimum: float = 0.95,
+        isi_violations_maximum: float = 0.5,
+    ) -> pd.DataFrame:
         """Units in one CCF structure (``ecephys_structure_acronym``)."""
-        return ecephys.units_in(self._need("ecephys_session"), structure_acronym, **filters)
+        return ecephys.units_in(
+            self._need("ecephys_session"),
+            structure_acronym,
+            filter_by_validity=filter_by_validity,
+            filter_out_of_brain_units=filter_out_of_brain_units,
+            amplitude_cutoff_maximum=amplitude_cutoff_maximum,
+            presence_ratio_minimum=presence_ratio_minimum,
+            isi_violations_maximum=isi_violations_maximum,
+        )
 
     @property
     def stimulus_presentations(self) -> pd.DataFrame:
@@ -99,33 +134,94 @@ class EcephysAccessor:
         """One unit's spike times (lazy)."""
         return ecephys.spike_times(self._need("ecephys_session"), unit_id)
 
-    def presentationwise_spike_counts(self, **kwargs: Any) -> xr.DataArray:
-        """See :func:`abo_lake.ecephys.presentationwise_spike_counts` (lazy)."""
-        return ecephys.presentationwise_spike_counts(self._need("ecephys_session"), **kwargs)
+    def presentationwise_spike_counts(
+        self,
+        bin_edges: Any,
+        stimulus_presentation_ids: Any = None,
+        unit_ids: Any = None,
+        binarize: bool = False,
+        dtype: Any = None,
+        large_bin_size_threshold: float = 0.001,
+        time_domain_callback: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> xr.DataArray:
+        """AllenSDK's positional order; see :func:`abo_lake.ecephys.presentationwise_spike_counts`
+        (lazy)."""
+        return ecephys.presentationwise_spike_counts(
+            self._need("ecephys_session"),
+            bin_edges,
+            stimulus_presentation_ids,
+            unit_ids,
+            binarize,
+            dtype,
+            large_bin_size_threshold,
+            time_domain_callback,
+        )
 
-    def presentationwise_spike_times(self, **kwargs: Any) -> pd.DataFrame:
+    def presentationwise_spike_times(
+        self, stimulus_presentation_ids: Any = None, unit_ids: Any = None
+    ) -> pd.DataFrame:
         """See :func:`abo_lake.ecephys.presentationwise_spike_times`."""
-        return ecephys.presentationwise_spike_times(self._need("ecephys_session"), **kwargs)
+        return ecephys.presentationwise_spike_times(
+            self._need("ecephys_session"), stimulus_presentation_ids, unit_ids
+        )
 
-    def conditionwise_spike_statistics(self, **kwargs: Any) -> pd.DataFrame:
+    def conditionwise_spike_statistics(
+        self,
+        stimulus_presentation_ids: Any = None,
+        unit_ids: Any = None,
+        use_rates: bool = False,
+    ) -> pd.DataFrame:
         """See :func:`abo_lake.ecephys.conditionwise_spike_statistics`."""
-        return ecephys.conditionwise_spike_statistics(self._need("ecephys_session"), **kwargs)
+        return ecephys.conditionwise_spike_statistics(
+            self._need("ecephys_session"), stimulus_presentation_ids, unit_ids, use_rates
+        )
 
-    def psth(self, **kwargs: Any) -> xr.DataArray:
+    def psth(
+        self, *, bin_edges: Any, stimulus_presentation_ids: Any = None, unit_ids: Any = None
+    ) -> xr.DataArray:
         """See :func:`abo_lake.ecephys.psth` (lazy)."""
-        return ecephys.psth(self._need("ecephys_session"), **kwargs)
+        return ecephys.psth(
+            self._need("ecephys_session"),
+            bin_edges=bin_edges,
+            stimulus_presentation_ids=stimulus_presentation_ids,
+            unit_ids=unit_ids,
+        )
 
-    def drifting_gratings_metrics(self, **kwargs: Any) -> pd.DataFrame:
+    def drifting_gratings_metrics(
+        self,
+        *,
+        unit_ids: Any = None,
+        stimulus_name: str = "drifting_gratings",
+        trial_duration: float = 2.0,
+    ) -> pd.DataFrame:
         """See :func:`abo_lake.ecephys.drifting_gratings_metrics`."""
-        return ecephys.drifting_gratings_metrics(self._need("ecephys_session"), **kwargs)
+        return ecephys.drifting_gratings_metrics(
+            self._need("ecephys_session"),
+            unit_ids=unit_ids,
+            stimulus_name=stimulus_name,
+            trial_duration=trial_duration,
+        )
 
     def mean_waveforms(self, unit_id: int) -> xr.DataArray:
         """See :func:`abo_lake.ecephys.mean_waveforms` (lazy)."""
         return ecephys.mean_waveforms(self._need("ecephys_session"), unit_id)
 
-    def lfp(self, **kwargs: Any) -> xr.DataArray:
+    def lfp(
+        self,
+        *,
+        time: slice | tuple[float, float] | None = None,
+        channels: Any = None,
+        structure: str | None = None,
+        invalid_times: xr.Dataset | pd.DataFrame | None = None,
+    ) -> xr.DataArray:
         """See :func:`abo_lake.ecephys.lfp` (lazy)."""
-        return ecephys.lfp(self._need("ecephys_lfp"), **kwargs)
+        return ecephys.lfp(
+            self._need("ecephys_lfp"),
+            time=time,
+            channels=channels,
+            structure=structure,
+            invalid_times=invalid_times,
+        )
 
     @property
     def csd(self) -> xr.DataArray:
