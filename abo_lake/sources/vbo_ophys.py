@@ -35,6 +35,7 @@ added beside the file's (``equipment_name`` = ``rig_name``, ``ophys_container_id
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,7 @@ __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 _OPHYS = "processing/ophys"
 _TABLE = f"{_OPHYS}/image_segmentation/cell_specimen_table"
 _DFF = f"{_OPHYS}/dff/traces"
+_CORRECTED = f"{_OPHYS}/corrected_fluorescence"
 _TRACES = {
     "dff": _DFF,
     "corrected_fluorescence": f"{_OPHYS}/corrected_fluorescence/traces",
@@ -89,21 +91,10 @@ _SERIES_DATA = ("data", "timestamps")
 #: Only what the Dataset holds: ROI index datasets (``rois``), descriptions, ``grid_spacing``,
 #: ``reference_frame``, table ``id`` columns that are not stored and the like go to raw.
 MAPPED_HDF5: tuple[str, ...] = (
-    "/identifier",
-    "/general/session_id",
-    *(
-        f"/general/subject/{k}"
-        for k in ("genotype", "sex", "age", "subject_id", "driver_line", "reporter_line")
-    ),
-    "/general/metadata/*",
-    *(f"{_PLANE}/{k}" for k in ("location", "indicator", "imaging_rate", "excitation_lambda")),
-    f"{_PLANE}/channel_1/emission_lambda",
-    *_not_id("/scratch/metadata"),
-    *_not_id("/scratch/task_parameters"),
     f"/{_TABLE}/*",
     *(f"/{g}/{k}" for g in _TRACES.values() for k in _SERIES_DATA),
     *(f"/{_OPHYS}/event_detection/{k}" for k in ("lambdas", "noise_stds")),
-    *(f"/{_OPHYS}/corrected_fluorescence/{k}" for k in ("r", "RMSE")),
+    *(f"/{_CORRECTED}/{k}/data" for k in ("r", "RMSE")),
     *(f"/{_OPHYS}/images/{k}" for k in _IMAGES.values()),
     f"/{_OPHYS}/ophys_motion_correction_x/data",
     f"/{_OPHYS}/ophys_motion_correction_y/data",
@@ -187,81 +178,92 @@ def _scalar(value: Any) -> Any:
     return read_str(item) if isinstance(item, bytes | str) else item
 
 
-#: Groups whose attributes are metadata in Allen's files (-> attribute name prefix).
-_ATTRIBUTE_GROUPS = (
-    ("general/metadata", ""),
-    ("general/subject", ""),
-    ("general/task_parameters", "task_parameters."),
-)
 #: HDMF's own attributes of every typed group: not metadata.
 _NWB_BOOKKEEPING = frozenset({"namespace", "neurodata_type", "object_id", "help"})
-#: (AllenSDK's name, the file's name) of metadata fields (``BehaviorOphysMetadata``).
-_SDK_NAMES = (
-    ("equipment_name", "rig_name"),
-    ("ophys_container_id", "experiment_container_id"),
-    ("full_genotype", "genotype"),
-    ("mouse_id", "subject_id"),
-)
+#: AllenSDK's ``ReporterLine.parse_indicator``: reporter substring -> indicator.
+_INDICATORS = (("GCaMP6f", "GCaMP6f"), ("GC6f", "GCaMP6f"), ("GCaMP6s", "GCaMP6s"))
+
+
+def _age_in_days(age: str) -> int | None:
+    """AllenSDK's ``Age._age_code_to_days``: the digits of an ISO code ``P<days>D``."""
+    match = re.search(r"\d+", age) if age.startswith("P") else None
+    return int(match.group()) if match else None
 
 
 def _metadata(f: h5py.File, path: Path) -> dict[str, Any]:
+    """``BehaviorOphysExperiment.metadata`` of AllenSDK 2.16.2 as attrs, names and values.
+
+    From ``general/metadata`` (OphysBehaviorMetadata: its fields are group attributes), the
+    ``BehaviorSubject`` (``sex``, ``age`` -> ``age_in_days``, ``subject_id`` -> ``mouse_id``
+    as the string it is, ``genotype`` -> ``full_genotype``, ``driver_line`` sorted,
+    ``reporter_line``), ``session_start_time`` -> ``date_of_acquisition`` (ISO text) and the
+    imaging plane (``imaging_rate`` -> ``ophys_frame_rate``, ``location`` ->
+    ``targeted_structure``, excitation and emission wavelengths). As AllenSDK does,
+    ``cre_line`` is the genotype's first part without ``/wt`` (``FullGenotype.parse_cre_line``:
+    only when the genotype has a ';') and ``indicator`` is parsed from the reporter line
+    (``ReporterLine.parse_indicator``), not read from the imaging plane. Values AllenSDK
+    returns as None are stored as the file has them (``imaging_plane_group`` -1) or left
+    out; :func:`abo_lake.ophys.metadata` gives them back as None. ``general/task_parameters``
+    attributes become ``task_parameters.<name>``.
+    """
     attrs: dict[str, Any] = {}
-    plane = f.get("general/optophysiology/imaging_plane_1")
-    if plane is not None:
-        for key, name in (
-            ("location", "targeted_structure"),
-            ("indicator", "indicator"),
-            ("imaging_rate", "ophys_frame_rate"),
-            ("excitation_lambda", "excitation_lambda"),
-        ):
-            if key in plane:
-                attrs[name] = _scalar(plane[key][()])
-        if "channel_1/emission_lambda" in plane:
-            attrs["emission_lambda"] = _scalar(plane["channel_1/emission_lambda"][()])
-    subject = f.get("general/subject")
-    if subject is not None:
-        for key in ("genotype", "sex", "age", "subject_id", "driver_line", "reporter_line"):
-            if key in subject and isinstance(subject[key], h5py.Dataset):
-                attrs[key] = _scalar(subject[key][()])
-    if "identifier" in f:
-        attrs["ophys_experiment_id"] = _scalar(f["identifier"][()])
-    if "general/session_id" in f:
-        attrs["ophys_session_id"] = _scalar(f["general/session_id"][()])
-    real = f.get("general/metadata")  # OphysBehaviorMetadata in Allen's own files
-    if isinstance(real, h5py.Group):
-        for key, obj in real.items():
-            if isinstance(obj, h5py.Dataset) and obj.size == 1:
-                attrs[key] = _scalar(obj[()])
-    for table, prefix in (
-        ("scratch/metadata", ""),
-        ("scratch/task_parameters", "task_parameters."),
+    for group_path, prefix in (
+        ("general/metadata", ""),
+        ("general/task_parameters", "task_parameters."),
     ):
-        group = f.get(table)
-        if isinstance(group, h5py.Group):
-            for key in group.attrs.get("colnames", []):
-                key = read_str(key)
-                attrs[prefix + key] = _scalar(_column(group[key])[0])
-    # Allen's own files: the ndx-aibs-behavior-ophys types (OphysBehaviorMetadata,
-    # BehaviorTaskParameters, BehaviorSubject) hold their fields as group attributes
-    for group_path, prefix in _ATTRIBUTE_GROUPS:
         group = f.get(group_path)
         if isinstance(group, h5py.Group):
             for key, value in group.attrs.items():
                 if key not in _NWB_BOOKKEEPING:
-                    attrs.setdefault(prefix + key, _scalar(value))
-    for name, key in _SDK_NAMES:  # AllenSDK's names for the file's fields, both kept
-        if key in attrs:
-            attrs.setdefault(name, attrs[key])
+                    attrs[prefix + key] = _scalar(value)
+    subject = f.get("general/subject")
+    if isinstance(subject, h5py.Group):
+        for key, name in (
+            ("sex", "sex"),
+            ("subject_id", "mouse_id"),
+            ("genotype", "full_genotype"),
+        ):
+            if isinstance(subject.get(key), h5py.Dataset):
+                attrs[name] = read_str(subject[key][()])
+        if isinstance(subject.get("age"), h5py.Dataset):
+            days = _age_in_days(read_str(subject["age"][()]))
+            if days is not None:
+                attrs["age_in_days"] = days
+        if "driver_line" in subject.attrs:
+            lines = _scalar(subject.attrs["driver_line"])
+            attrs["driver_line"] = sorted([lines] if isinstance(lines, str) else lines)
+        if "reporter_line" in subject.attrs:
+            attrs["reporter_line"] = read_str(subject.attrs["reporter_line"])
+    if isinstance(f.get("session_start_time"), h5py.Dataset):
+        attrs["date_of_acquisition"] = read_str(f["session_start_time"][()])
+    plane = f.get(_PLANE.lstrip("/"))
+    if isinstance(plane, h5py.Group):
+        for key, name in (
+            ("location", "targeted_structure"),
+            ("imaging_rate", "ophys_frame_rate"),
+            ("excitation_lambda", "excitation_lambda"),
+            ("channel_1/emission_lambda", "emission_lambda"),
+        ):
+            if isinstance(plane.get(key), h5py.Dataset):
+                attrs[name] = _scalar(plane[key][()])
     genotype = attrs.get("full_genotype")
-    if isinstance(genotype, str) and ";" in genotype:  # AllenSDK's parse_cre_line
-        attrs.setdefault("cre_line", genotype.split(";")[0].replace("/wt", ""))
-    if isinstance(attrs.get("driver_line"), str):
-        attrs["driver_line"] = [d for d in attrs["driver_line"].split(";") if d]
-    for key in ("ophys_experiment_id", "ophys_session_id", "age_in_days", "mouse_id"):
-        if isinstance(attrs.get(key), str) and attrs[key].isdigit():
-            attrs[key] = int(attrs[key])
+    if isinstance(genotype, str) and ";" in genotype:
+        attrs["cre_line"] = genotype.split(";")[0].replace("/wt", "")
+    reporter = attrs.get("reporter_line")
+    indicator = next(
+        (v for k, v in _INDICATORS if isinstance(reporter, str) and k in reporter), None
+    )
+    if indicator is not None:
+        attrs["indicator"] = indicator
+    if "ophys_experiment_id" not in attrs and "identifier" in f:
+        identifier = read_str(f["identifier"][()])
+        if identifier.isdigit():
+            attrs["ophys_experiment_id"] = int(identifier)
     if "ophys_experiment_id" not in attrs:
-        raise SourceFileError(f"{path}: no ophys_experiment_id (NWB identifier) in the file")
+        raise SourceFileError(
+            f"{path}: no ophys_experiment_id (attribute of /general/metadata, or a numeric "
+            "/identifier)"
+        )
     attrs["source_file"] = path.name
     attrs["abo_lake_kind"] = "ophys_experiment"
     return attrs
@@ -312,6 +314,22 @@ def _trace(path: Path, f: h5py.File, group: str, n_cells: int, n_time: int) -> d
     where[rows] = np.arange(n_rois)
     pad = da.full((1, n_time), np.nan, dtype=np.float64, chunks=(1, t_chunk))
     return da.concatenate([arr.astype(np.float64), pad], axis=0)[where]
+
+
+def _roi_values(f: h5py.File, series: str, n_cells: int, path: Path) -> np.ndarray:
+    """A per-ROI RoiResponseSeries (``corrected_fluorescence/r``, ``/RMSE``: ``data`` (n_roi,)
+    with dummy timestamps, layout note 1) ordered like the cell table, via its ``rois``."""
+    group = f[series]
+    if not isinstance(group, h5py.Group) or not isinstance(group.get("data"), h5py.Dataset):
+        raise SourceFileError(
+            f"{path}: /{series} is a {type(group).__name__}, expected a RoiResponseSeries "
+            "group with a 'data' dataset of one value per ROI (as AllenSDK writes it)"
+        )
+    if group["data"].ndim != 1:
+        raise SourceFileError(
+            f"{path}: /{series}/data has shape {group['data'].shape}, expected (n_rois,)"
+        )
+    return _per_cell(f, f"{series}/data", series, n_cells, path)
 
 
 def _per_cell(f: h5py.File, name: str, group: str, n_cells: int, path: Path) -> np.ndarray:
@@ -528,11 +546,10 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
                 if key in f[group]:
                     values = _per_cell(f, f"{group}/{key}", group, n, p)
                     data[name] = xr.Variable(cell, values)
-        group = f"{_OPHYS}/corrected_fluorescence"
         for key in ("r", "RMSE"):
-            if f"{group}/{key}" in f:
-                values = _per_cell(f, f"{group}/{key}", f"{group}/traces", n, p)
-                data[key] = xr.Variable(cell, values)
+            series = f"{_CORRECTED}/{key}"
+            if series in f:
+                data[key] = xr.Variable(cell, _roi_values(f, series, n, p))
         for col in (read_str(c) for c in table.attrs.get("colnames", [])):
             if col in {"image_mask", "cell_specimen_id"} or not isinstance(
                 table.get(col), h5py.Dataset
@@ -549,8 +566,8 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
             data["roi_mask"].encoding["chunks"] = arr.chunksize
         for name, key in _IMAGES.items():
             if f"{_OPHYS}/images/{key}" in f:
-                image = np.asarray(f[f"{_OPHYS}/images/{key}"][()])
-                data[name] = xr.Variable(("y", "x"), image)
+                image = f[f"{_OPHYS}/images/{key}"]
+                data[name] = xr.Variable(("y", "x"), np.asarray(image[()]), _spacing(image))
         for axis in "xy":
             group = f"{_OPHYS}/ophys_motion_correction_{axis}/data"
             if group in f and f[group].shape == (n_t,):
@@ -559,7 +576,7 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
                 )
         extra, coords = _behavior(p, f)
         data.update(extra)
-        spacing = _pixel_um(f)
+        spacing = _pixel_um(data.get("max_projection"))
         ny, nx = data["roi_mask"].shape[1:] if "roi_mask" in data else (0, 0)
         coords.update(
             {
@@ -578,13 +595,22 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
     return {f"ophys/experiment/{attrs['ophys_experiment_id']}": ds}
 
 
-def _pixel_um(f: h5py.File) -> float:
-    grid = "general/optophysiology/imaging_plane_1/grid_spacing"
-    if grid in f:
-        spacing = np.asarray(f[grid][()], dtype=np.float64).ravel()
-        unit = read_str(f[grid].attrs.get("unit", "micrometers"))
-        scale = {"meters": 1e6, "millimeters": 1e3}.get(unit, 1.0)
-        return float(spacing[0] * scale)
+def _spacing(image: h5py.Dataset) -> dict[str, Any]:
+    """AllenSDK's ``Image.spacing`` (mm) and ``unit`` of a GrayscaleImage (``nwb_utils.get_image``).
+
+    The ``resolution`` attribute holds the pixel size in cm although the NWB schema says
+    pixels/cm (layout note 6); AllenSDK reads it back as ``resolution * 10`` mm on both axes.
+    """
+    if "resolution" not in image.attrs:
+        return {}
+    resolution = float(np.asarray(image.attrs["resolution"]).ravel()[0])
+    return {"spacing": [resolution * 10, resolution * 10], "unit": "mm"}
+
+
+def _pixel_um(image: xr.Variable | None) -> float:
+    """Pixel size (µm) from the max projection's spacing; 400 µm / 512 px without one."""
+    if image is not None and "spacing" in image.attrs:
+        return float(image.attrs["spacing"][0]) * 1000.0
     return 400.0 / 512.0
 
 
@@ -647,22 +673,6 @@ def _eye_view(ds: xr.Dataset, shorts: tuple[str, ...]) -> xr.Dataset:
     return xr.Dataset(out)
 
 
-def _attrs_view(ds: xr.Dataset, keys: tuple[str, ...]) -> xr.Dataset:
-    """The attributes ``keys`` as variables ``attrs.<key>`` (missing ones are left out)."""
-    return xr.Dataset({f"attrs.{k}": np.asarray(ds.attrs[k]) for k in keys if k in ds.attrs})
-
-
-def _attr_value(key: str, first: bool, a: np.ndarray) -> np.ndarray:
-    """What :func:`_metadata` makes of one source value stored as attribute ``key``."""
-    a = np.asarray(a)
-    value = _scalar(_strings_or(a).ravel()[0] if first else _strings_or(a))
-    if key == "driver_line" and isinstance(value, str):
-        value = [d for d in value.split(";") if d]
-    if key in ("ophys_experiment_id", "ophys_session_id") and isinstance(value, str):
-        value = int(value) if value.isdigit() else value
-    return np.asarray(value)
-
-
 def _presentation_rows(f: h5py.File) -> dict[str, np.ndarray]:
     """For each presentation table, the stored rows of its source rows (concat, then sorted)."""
     tables = sorted(k for k in f.get("intervals", {}) if k.endswith("_presentations"))
@@ -674,38 +684,6 @@ def _presentation_rows(f: h5py.File) -> dict[str, np.ndarray]:
     where[order] = np.arange(len(order))
     bounds = np.cumsum([0, *(len(s) for s in starts)])
     return {t: where[bounds[i] : bounds[i + 1]] for i, t in enumerate(tables)}
-
-
-def _metadata_mapping(f: h5py.File) -> dict[str, Any]:
-    """Source datasets stored as attributes: ``{path: (attrs key, first row only?)}``."""
-    out: dict[str, Any] = {}
-    plane = _PLANE.lstrip("/")
-    for key, name in (
-        ("location", "targeted_structure"),
-        ("indicator", "indicator"),
-        ("imaging_rate", "ophys_frame_rate"),
-        ("excitation_lambda", "excitation_lambda"),
-        ("channel_1/emission_lambda", "emission_lambda"),
-    ):
-        out[f"/{plane}/{key}"] = (name, False)
-    for key in ("genotype", "sex", "age", "subject_id", "driver_line", "reporter_line"):
-        out[f"/general/subject/{key}"] = (key, False)
-    out["/identifier"] = ("ophys_experiment_id", False)
-    out["/general/session_id"] = ("ophys_session_id", False)
-    real = f.get("general/metadata")
-    if isinstance(real, h5py.Group):
-        for key, obj in real.items():
-            if isinstance(obj, h5py.Dataset) and obj.size == 1:
-                out[f"/general/metadata/{key}"] = (key, False)
-    for table, prefix in (
-        ("scratch/metadata", ""),
-        ("scratch/task_parameters", "task_parameters."),
-    ):
-        group = f.get(table)
-        if isinstance(group, h5py.Group):
-            for key in group.attrs.get("colnames", []):
-                out[f"/{table}/{read_str(key)}"] = (prefix + read_str(key), True)
-    return {k: v for k, v in out.items() if k in f and isinstance(f[k], h5py.Dataset)}
 
 
 def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
@@ -759,13 +737,12 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
         for key, name, group in (
             ("lambdas", "event_lambda", _TRACES["events"]),
             ("noise_stds", "event_noise_std", _TRACES["events"]),
-            ("r", "r", f"{_OPHYS}/corrected_fluorescence/traces"),
-            ("RMSE", "RMSE", f"{_OPHYS}/corrected_fluorescence/traces"),
+            ("data", "r", f"{_CORRECTED}/r"),
+            ("data", "RMSE", f"{_CORRECTED}/RMSE"),
         ):
-            parent = group if key in ("lambdas", "noise_stds") else group.rsplit("/", 1)[0]
-            if f"{parent}/{key}" in f:
+            if f"{group}/{key}" in f:
                 rows[name] = _roi_order(f, group, n, p)
-                traces[f"/{parent}/{key}"] = (name, _as(np.float64))
+                traces[f"/{group}/{key}"] = (name, _as(np.float64))
         out.append((functools.partial(_traces_view, rows=rows), traces))
         # cell table, images, motion correction, behaviour tables and series
         main: dict[str, Any] = {
@@ -836,13 +813,6 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
                 if isinstance(obj, h5py.Dataset) and col not in _PRESENTATION_RAW
             }
             out.append((functools.partial(_presentations_view, rows=where), items))
-        meta = _metadata_mapping(f)
-    attrs = {
-        hpath: (f"attrs.{key}", functools.partial(_attr_value, key, first))
-        for hpath, (key, first) in meta.items()
-    }
-    keys = tuple(key for key, _ in meta.values())
-    out.append((functools.partial(_attrs_view, keys=keys), attrs))
     return out
 
 
