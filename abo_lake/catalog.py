@@ -30,6 +30,7 @@ import xarray as xr
 import yaml
 
 from abo_lake import cas
+from abo_lake.kinds import KINDS
 from abo_lake.lake import PUBLISH_HOOKS, VERIFY_HOOKS, Lake, VerifyReport, open_lake
 from abo_lake.release import Release, ReleaseRecord
 from abo_lake.tables import (
@@ -61,22 +62,13 @@ _READER = "intake.readers.readers:XArrayDatasetReader"
 _OPTIONS_UP = "intake.readers.user_parameters:OptionsUserParameter"
 _SECRET_RE = re.compile(r"key$|access_key|secret|token|passw|credential|^auth|private|sas$")
 
-#: Entry name -> (dataset path template, its parameter). ``ccf_annotation`` and
-#: ``ccf_template`` also take ``resolution_um`` (the multiscale level).
+#: Entry name -> (dataset path template, its parameter), from the kinds' declarations
+#: (:mod:`abo_lake.kinds`). ``ccf_annotation`` and ``ccf_template`` also take
+#: ``resolution_um`` (the multiscale level).
 PARAMETRISED: dict[str, tuple[str, str]] = {
-    "ophys_experiment": ("ophys/experiment/{ophys_experiment_id}", "ophys_experiment_id"),
-    "ecephys_session": ("ecephys/session/{ecephys_session_id}", "ecephys_session_id"),
-    "ecephys_lfp": ("ecephys/probe/{probe_id}/lfp", "probe_id"),
-    "ecephys_csd": ("ecephys/probe/{probe_id}/csd", "probe_id"),
-    "celltypes_ephys": ("celltypes/specimen/{specimen_id}/ephys", "specimen_id"),
-    "celltypes_morphology": ("celltypes/specimen/{specimen_id}/morphology", "specimen_id"),
-    "connectivity_experiment": (
-        "connectivity/experiment/{connectivity_experiment_id}",
-        "connectivity_experiment_id",
-    ),
-    "ccf_annotation": ("ccf/{ccf_version}/annotation", "ccf_version"),
-    "ccf_template": ("ccf/{ccf_version}/template", "ccf_version"),
-    "ccf_structures": ("ccf/{ccf_version}/structures", "ccf_version"),
+    entry: (template, re.search(r"\{(\w+)\}", template).group(1))
+    for kind in KINDS.values()
+    for entry, template in kind.catalog_entries.items()
 }
 _MULTISCALE = ("ccf_annotation", "ccf_template")
 _LEVEL_RE = re.compile(r"^(\d+)um/zarr\.json$")

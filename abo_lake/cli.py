@@ -19,6 +19,7 @@ from typing import Any
 
 from abo_lake import __version__
 from abo_lake.errors import AboLakeError
+from abo_lake.kinds import FORMATS
 
 __all__ = ["main", "reference"]
 
@@ -335,7 +336,10 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_demo)
 
     c = command("synth", "write synthetic Allen-format source files")
-    c.add_argument("kind", help="vbo-ophys, vc2p-ophys, vcn-ecephys, celltypes, ccf, connectivity")
+    c.add_argument(
+        "kind",
+        help="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values() if f.synthetic),
+    )
     c.add_argument("--out", required=True, help="folder to write the files to (created)")
     c.add_argument(
         "--scale",
@@ -367,7 +371,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a job specification YAML (see conversion/); SOURCES, --release and --metadata "
         "given here override its values",
     )
-    c.add_argument("--metadata", nargs="*", help="project metadata CSVs joined by id")
+    c.add_argument(
+        "--metadata",
+        nargs="+",
+        action="extend",
+        help="project metadata CSVs joined by id (repeatable: --metadata A --metadata B joins "
+        "both); the report says how many rows of each matched",
+    )
     cluster = c.add_mutually_exclusive_group()
     cluster.add_argument(
         "--scheduler",

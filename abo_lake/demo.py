@@ -16,21 +16,15 @@ from pathlib import Path
 
 from abo_lake import jobs
 from abo_lake.catalog import open_catalog
+from abo_lake.kinds import FORMATS
 from abo_lake.lake import Lake, open_lake
 from abo_lake.release import Release
 from abo_lake.synthetic import synthesize
 
 __all__ = ["demo_lake", "run_demo"]
 
-#: kind -> options for the demo's tiny sources
-SOURCES = {
-    "vbo-ophys": {"n_experiments": 2},
-    "vc2p-ophys": {},
-    "vcn-ecephys": {},
-    "celltypes": {},
-    "ccf": {},
-    "connectivity": {},
-}
+#: source format -> options for the demo's tiny sources (declared in :mod:`abo_lake.kinds`)
+SOURCES = {f.name: f.demo for f in FORMATS.values() if f.demo is not None}
 
 
 def _say(text: str) -> None:

@@ -34,6 +34,7 @@ from abo_lake import cas, schema, sources
 from abo_lake.errors import AboLakeError, ReleaseExistsError
 from abo_lake.lake import HEARTBEAT_SECONDS, LEDGER_PREFIX, Lake, Stage
 from abo_lake.progress import BytesDone, FileProgress
+from abo_lake.release_tables import build_tables, read_csvs, row_tables
 from abo_lake.sources._hdf5 import close_files
 from abo_lake.storage import Storage
 from abo_lake.writer import WriteOptions, write_dataset
@@ -489,45 +490,8 @@ def _convert(
         result.bytes_stored += manifest.nbytes
         result.kinds[path] = kind or ""
         result.attrs[path] = _attrs_json(obj.attrs)
-        for name, table in _row_tables(obj, kind).items():
+        for name, table in row_tables(obj, kind).items():
             result.tables.setdefault(name, []).append(_put_table(storage, table))
-
-
-#: Per-file tables (name -> (dataset kind, row dim, variable prefix, id column added)).
-ROW_TABLES = {
-    "units": ("ecephys_session", "unit_id", "", "ecephys_session_id"),
-    "channels": ("ecephys_session", "channel_id", "channels.", "ecephys_session_id"),
-    "probes": ("ecephys_session", "probe", "probes.", "ecephys_session_id"),
-    "cells": ("ophys_experiment", "cell_specimen_id", "", "ophys_experiment_id"),
-}
-
-
-def _row_tables(obj: xr.Dataset | xr.DataTree, kind: str | None) -> dict[str, pd.DataFrame]:
-    """The small one-row-per-thing tables of a Dataset (units, channels, probes, cells)."""
-    if not isinstance(obj, xr.Dataset):
-        return {}
-    out = {}
-    for name, (table_kind, dim, prefix, owner) in ROW_TABLES.items():
-        if kind != table_kind or dim not in obj.dims:
-            continue
-        names = [
-            n
-            for n, v in obj.variables.items()
-            if v.dims == (dim,)
-            and n != dim
-            and n.startswith(prefix)
-            and "." not in n[len(prefix) :]
-            and not n.endswith("_index")
-        ]
-        df = (
-            obj[names].reset_coords().to_dataframe()
-            if names
-            else pd.DataFrame(index=obj.indexes[dim])
-        )
-        df.columns = [c[len(prefix) :] for c in df.columns]
-        df.insert(0, owner, obj.attrs.get(owner))
-        out[name] = _uniform_columns(df[[df.columns[0], *sorted(df.columns[1:])]])
-    return out
 
 
 def _put_table(storage: Storage, table: pd.DataFrame) -> str:
@@ -668,219 +632,6 @@ class JobReport:
         }
 
 
-#: Release metadata tables: name -> (dataset kind, id column).
-TABLES = {
-    "ophys_experiments": ("ophys_experiment", "ophys_experiment_id"),
-    "ecephys_sessions": ("ecephys_session", "ecephys_session_id"),
-    "celltypes_specimens": ("celltypes_ephys", "specimen_id"),
-    "connectivity_experiments": ("connectivity_experiment", "id"),
-}
-
-
-def build_tables(
-    results: Sequence[FileResult],
-    metadata: Sequence[str | Path] = (),
-    storage: Storage | None = None,
-    unmatched: list[str] | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Metadata tables from what was converted, joined with project metadata CSVs.
-
-    One row per dataset from its attrs (``ophys_experiments``, ``ecephys_sessions``, ...),
-    ``ophys_sessions`` grouped from the ophys experiments, plus the per-file row tables
-    (``units``, ``channels``, ``probes``, ``cells``) that each conversion stored as Parquet
-    objects in ``storage``. Each table is joined with the CSVs keyed by its id (see
-    :func:`_csv_key`); the paths of CSVs that match no table are appended to ``unmatched``.
-    """
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
-    for f in results:
-        for path, kind in f.kinds.items():
-            for name, (table_kind, _) in TABLES.items():
-                if kind == table_kind:
-                    attrs = {
-                        k: v for k, v in f.attrs[path].items() if not isinstance(v, list | dict)
-                    }
-                    rows[name].append({**attrs, "dataset_path": path})
-    frames = {name: pd.DataFrame(rows[name]) for name in TABLES if rows[name]}
-    if "ophys_experiments" in frames:
-        sessions = _ophys_sessions(frames["ophys_experiments"])
-        if len(sessions):
-            frames["ophys_sessions"] = sessions
-    tables = {}
-    for name, df in frames.items():
-        id_col = TABLES[name][1] if name in TABLES else "ophys_session_id"
-        df = df[sorted(df.columns)]  # the same table from fresh and from resumed results
-        if id_col in df.columns:
-            df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
-        tables[name] = df
-    if storage is not None:
-        for name in sorted({n for f in results for n in f.tables}):
-            parts = [
-                pd.read_parquet(io.BytesIO(storage.read(cas.key_of(h))))
-                for f in results
-                for h in f.tables.get(name, [])
-            ]
-            tables[name] = pd.concat(parts).sort_index()
-    csvs = read_csvs(metadata)
-    used: set[str] = set()
-    for name, df in tables.items():
-        for path, extra in csvs.items():
-            key = _csv_key(name, df, path, extra)
-            if key is None:
-                continue
-            used.add(path)
-            extra = extra.dropna(subset=[key]).set_index(key)
-            df = df.join(extra[[c for c in extra.columns if c not in df.columns]])
-            for col in [c for c in extra.columns if c in df.columns]:  # fill what is missing
-                other = extra[col].reindex(df.index)
-                df[col] = df[col].where(df[col].notna(), other)
-        if name == "ophys_experiments":
-            df = _harmonised(df)
-        elif name == "cells" and "rmse" in df.columns:  # Visual Coding's name of the same
-            df = df.copy()  # neuropil-fit error (both kept, one searchable column)
-            df["RMSE"] = df["RMSE"].fillna(df["rmse"]) if "RMSE" in df.columns else df["rmse"]
-        tables[name] = _uniform_columns(df)
-    if unmatched is not None:
-        unmatched += [p for p in csvs if p not in used]
-    return tables
-
-
-#: Columns of ``ophys_experiments`` that Visual Coding files name differently from Visual
-#: Behavior's tables: (Visual Behavior's name, Visual Coding's). Both stay; the first is
-#: filled from the second, so one search finds both projects' experiments.
-SHARED_COLUMNS = (("age_in_days", "age_days"), ("equipment_name", "device_name"))
-_SEX = {"male": "M", "female": "F", "unknown": "U"}
-
-
-def _harmonised(df: pd.DataFrame) -> pd.DataFrame:
-    """``ophys_experiments`` searchable across projects: shared columns filled (see
-    :data:`SHARED_COLUMNS`), ``sex`` as M/F (Visual Coding files say male/female) and
-    ``excitation_lambda`` in nm as a number (Visual Coding files say "910 nanometers")."""
-    df = df.copy()
-    for name, other in SHARED_COLUMNS:
-        if other in df.columns:
-            df[name] = df[name].fillna(df[other]) if name in df.columns else df[other]
-    if "sex" in df.columns:
-        df["sex"] = df["sex"].map(lambda v: _SEX.get(v.lower(), v) if isinstance(v, str) else v)
-    if "excitation_lambda" in df.columns:
-        text = df["excitation_lambda"].astype("string").str.removesuffix(" nanometers")
-        numbers = pd.to_numeric(text, errors="coerce")
-        if numbers.notna().sum() == df["excitation_lambda"].notna().sum():  # all parsed
-            df["excitation_lambda"] = numbers.astype(float)
-    return df[sorted(df.columns)]
-
-
-def read_csvs(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
-    """Project metadata CSVs by path; a file that does not parse raises ValueError naming it
-    (a job reads them before converting anything)."""
-    out = {}
-    for path in map(str, paths):
-        try:
-            out[path] = pd.read_csv(path)
-        except (OSError, ValueError) as err:  # pandas' ParserError is a ValueError
-            raise ValueError(f"{path}: not a readable metadata CSV ({err})") from err
-    return out
-
-
-#: Allen's other names for each table's id in project CSVs. AllenSDK's caches name the id
-#: ``id`` in the table a file is named after (``units.csv``, ``channels.csv``, ...).
-CSV_ID_ALIASES = {
-    "units": ("ecephys_unit_id",),
-    "channels": ("ecephys_channel_id",),
-    "probes": ("probe_id", "ecephys_probe_id"),
-}
-CSV_FILE_TABLES = {
-    "units": "units",
-    "channels": "channels",
-    "probes": "probes",
-    "sessions": "ecephys_sessions",
-    "connectivity_experiments": "connectivity_experiments",
-}
-
-
-def _id_names() -> set[str]:
-    """Every id column name a project CSV can join on."""
-    names = {id_col for _, id_col in TABLES.values()} | {"ophys_session_id"}
-    names |= {dim for _, dim, _, _ in ROW_TABLES.values()}
-    return names | {a for aliases in CSV_ID_ALIASES.values() for a in aliases}
-
-
-def _csv_key(name: str, df: pd.DataFrame, path: str, extra: pd.DataFrame) -> str | None:
-    """The column of a project CSV that keys table ``name`` (indexed by its id), or None.
-
-    The table's own id name, Allen's aliases of it, or ``id`` only in a CSV named after the
-    table (a CSV named after another table keys only that one); its values must be unique in
-    the CSV and of the same kind as the table's (the session table's ``ophys_experiment_id``
-    holds lists, as text).
-    """
-    named_for = CSV_FILE_TABLES.get(Path(path).stem)
-    if named_for not in (None, name):
-        return None  # units.csv keys units, though it has channel and probe ids too
-    names = [df.index.name] if df.index.name != "id" else []
-    names += CSV_ID_ALIASES.get(name, ())
-    if named_for == name:
-        names.append("id")
-    for key in names:
-        if key in extra.columns:
-            values = extra[key].dropna()
-            numeric = pd.api.types.is_numeric_dtype
-            if values.is_unique and numeric(values) == numeric(df.index):
-                return key
-    return None
-
-
-#: Per-experiment columns of ``ophys_sessions`` given as the sorted list of their values.
-SESSION_LISTS = ("ophys_experiment_id", "targeted_structure", "imaging_depth", "dataset_path")
-
-
-def _ophys_sessions(experiments: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``ophys_session_id`` (a Mesoscope session images several planes, each an
-    experiment): the columns every experiment of every session agrees on, the experiments'
-    ids, areas, depths and dataset paths as lists (text, like the Allen session table's
-    ``ophys_experiment_id``), and their number. Experiments without a session id (Visual
-    Coding's files name only the experiment) are left out."""
-    if "ophys_session_id" not in experiments.columns:
-        return pd.DataFrame()
-    df = experiments.dropna(subset=["ophys_session_id"])
-    if not len(df):
-        return pd.DataFrame()
-    groups = df.groupby("ophys_session_id", sort=True)
-    shared = [
-        c
-        for c in df.columns
-        if c not in SESSION_LISTS
-        and c not in {"ophys_session_id", "source_file", "source_sha256"}
-        and (groups[c].nunique(dropna=False) <= 1).all()
-    ]
-    out = groups[shared].first()
-    out["n_experiments"] = groups.size()
-    for col in SESSION_LISTS:
-        if col in df.columns:
-            out[col] = groups[col].agg(lambda v: str(sorted(v.dropna().tolist())))
-    return out.reset_index()
-
-
-def _uniform_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Give each column one type (sources disagree: "910 nm" vs 910.0), so Parquet can hold it;
-    ids stay integers where some rows lack them (nullable Int64, not float)."""
-    for col in df.columns:
-        if df[col].dtype == object:
-            values = df[col].dropna()
-            if len(values) and all(isinstance(v, int | float | bool) for v in values):
-                df[col] = pd.to_numeric(df[col], errors="coerce")
-            else:
-                df[col] = df[col].astype("string")
-        if str(col).endswith("_id") and df[col].dtype.kind == "f" and _integral(df[col]):
-            df[col] = df[col].astype("Int64")
-    if str(df.index.name).endswith("_id") and df.index.dtype.kind == "f" and _integral(df.index):
-        df.index = df.index.astype("Int64")
-    return df
-
-
-def _integral(values: pd.Series | pd.Index) -> bool:
-    present = values.dropna()
-    return bool(len(present)) and bool((present == present.round()).all())
-
-
 def run(
     specs: Sequence[str | Path],
     lake: Lake,
@@ -939,7 +690,7 @@ def run(
             )
     client = distributed.Client(cluster or scheduler, set_as_default=False)
     results: list[FileResult] = []
-    unmatched: list[str] = []
+    csv_notes: list[str] = []
     opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
     raced, stage = False, None
     try:
@@ -982,7 +733,7 @@ def run(
                     continue
                 for path, h in res.datasets.items():
                     stage.add(path, h, kind=res.kinds.get(path) or None)
-            for name, table in build_tables(results, metadata, lake.storage, unmatched).items():
+            for name, table in build_tables(results, metadata, lake.storage, csv_notes).items():
                 stage.write_table(name, table)
             if any(r.error for r in results) or not publish or existing is not None:
                 raise _NotPublished
@@ -998,11 +749,7 @@ def run(
         if cluster is not None:
             cluster.close()
     report = JobReport(release, results, seconds=time.perf_counter() - t0)
-    report.notes += [
-        f"metadata CSV {path} matched no table: no id column of the converted data "
-        f"({', '.join(sorted(_id_names()))}) with unique values of the table's type"
-        for path in unmatched
-    ]
+    report.notes += csv_notes
     if existing is None:
         report.published = release in lake.releases()
     else:  # published before (or by another job meanwhile); unchanged by this job

@@ -1,4 +1,5 @@
-"""The layout of each kind of Dataset in the lake, as data, and a cheap validator.
+"""The layout of a kind of Dataset (declared with the kind in :mod:`abo_lake.kinds`) and a cheap
+validator.
 
 A layout names the dims and variables a kind must have (and the dims of each variable).
 Validation looks at names and dims only: it never reads data, so accessors can call it on a
@@ -23,7 +24,7 @@ import xarray as xr
 
 from abo_lake.errors import SchemaError
 
-__all__ = ["KIND_ATTR", "LAYOUTS", "Layout", "kind_of", "validate"]
+__all__ = ["KIND_ATTR", "Layout", "kind_of", "validate"]
 
 KIND_ATTR = "abo_lake_kind"
 
@@ -50,91 +51,17 @@ class Layout:
     description: str = ""
 
 
-LAYOUTS: dict[str, Layout] = {
-    layout.kind: layout
-    for layout in [
-        Layout(
-            "ophys_experiment",
-            dims=("cell_specimen_id", "time"),
-            variables={
-                "dff": ("cell_specimen_id", "time"),
-                "time": ("time",),
-                "cell_specimen_id": ("cell_specimen_id",),
-                "cell_roi_id": ("cell_specimen_id",),
-                "roi_mask": ("cell_specimen_id", "y", "x"),
-                "max_projection": ("y", "x"),
-            },
-            description="one two-photon imaging plane (Visual Behavior or Visual Coding 2P)",
-        ),
-        Layout(
-            "ecephys_session",
-            dims=("unit_id", "spike", "stimulus_presentation_id"),
-            variables={
-                "unit_id": ("unit_id",),
-                "spike_times": ("spike",),
-                "spike_times_index": ("unit_id",),
-                "stimulus_presentations.start_time": ("stimulus_presentation_id",),
-                "stimulus_presentations.stop_time": ("stimulus_presentation_id",),
-            },
-            description="one Visual Coding Neuropixels session (units, spikes, stimuli)",
-        ),
-        Layout(
-            "ecephys_lfp",
-            dims=("time", "channel"),
-            variables={"lfp": ("time", "channel")},
-            description="the LFP of one Neuropixels probe",
-        ),
-        Layout(
-            "ecephys_csd",
-            dims=("virtual_channel_index", "time"),
-            variables={"csd": ("virtual_channel_index", "time")},
-            description="the current source density of one Neuropixels probe",
-        ),
-        Layout(
-            "celltypes_ephys",
-            dims=("sweep_number",),
-            variables={"sweep_number": ("sweep_number",)},
-            description="the intracellular sweeps of one Cell Types specimen",
-        ),
-        Layout(
-            "celltypes_morphology",
-            dims=("node",),
-            variables={
-                "type": ("node",),
-                "x": ("node",),
-                "y": ("node",),
-                "z": ("node",),
-                "radius": ("node",),
-                "parent": ("node",),
-            },
-            description="one SWC reconstruction",
-        ),
-        Layout(
-            "ccf_volume",
-            dims=("ap", "dv", "lr"),
-            variables={"ap": ("ap",), "dv": ("dv",), "lr": ("lr",)},
-            description="one CCF volume level (annotation or template)",
-        ),
-        Layout(
-            "ccf_structures",
-            dims=("structure_id",),
-            variables={"acronym": ("structure_id",), "name": ("structure_id",)},
-            description="the CCF structure ontology",
-        ),
-        Layout(
-            "connectivity_experiment",
-            dims=("ap", "dv", "lr"),
-            variables={
-                "projection_density": ("ap", "dv", "lr"),
-                "injection_density": ("ap", "dv", "lr"),
-                "injection_fraction": ("ap", "dv", "lr"),
-                "data_mask": ("ap", "dv", "lr"),
-            },
-            description="one Mouse Connectivity experiment on the CCF grid",
-        ),
-        Layout("table", dims=(), description="a release metadata table"),
-    ]
-}
+def __getattr__(name: str) -> dict[str, Layout]:
+    if name == "LAYOUTS":  # declared with each kind in abo_lake.kinds
+        return _layouts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _layouts() -> dict[str, Layout]:
+    """Kind name -> :class:`Layout`, from the declarations in :mod:`abo_lake.kinds`."""
+    from abo_lake.kinds import KINDS
+
+    return {name: kind.layout for name, kind in KINDS.items()}
 
 
 def kind_of(ds: xr.Dataset) -> str | None:
@@ -150,7 +77,7 @@ def validate(ds: xr.Dataset, kind: str) -> xr.Dataset:
     ds
         The Dataset to check.
     kind
-        One of :data:`LAYOUTS`.
+        One of the kinds declared in :mod:`abo_lake.kinds`.
 
     Returns
     -------
@@ -162,9 +89,10 @@ def validate(ds: xr.Dataset, kind: str) -> xr.Dataset:
     SchemaError
         Naming what is missing or has the wrong dims, and the kind expected.
     """
-    if kind not in LAYOUTS:
-        raise SchemaError(f"unknown Dataset kind {kind!r}; known kinds: {sorted(LAYOUTS)}")
-    layout = LAYOUTS[kind]
+    layouts = _layouts()
+    if kind not in layouts:
+        raise SchemaError(f"unknown Dataset kind {kind!r}; known kinds: {sorted(layouts)}")
+    layout = layouts[kind]
     recorded = kind_of(ds)
     if recorded is not None and recorded != kind:
         raise SchemaError(

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import abo_lake
-from abo_lake import cas, jobs, sources
+from abo_lake import cas, jobs, release_tables, sources
 from abo_lake.errors import ReleaseExistsError
 from abo_lake.synthetic import synthesize
 
@@ -374,11 +374,21 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     lake = abo_lake.open_lake(tmp_path / "lake")
     report = jobs.run([src], lake, "r1", metadata=csvs, progress=False)
     assert report.published, report.summary()
-    assert report.notes == [
+    notes = dict(zip(csvs, report.notes, strict=True))  # one line per CSV, in order
+    assert notes[meta / "donors.csv"] == (
         f"metadata CSV {meta / 'donors.csv'} matched no table: no id column of the converted "
-        f"data ({', '.join(sorted(jobs._id_names()))}) with unique values of the table's type"
-    ]
+        f"data ({', '.join(sorted(release_tables.id_names()))}) with unique values of the "
+        "table's type"
+    )
     assert "donors.csv matched no table" in report.summary()
+    n = len(unit_ids)
+    assert notes[meta / "units.csv"].endswith(f"joined units by id ({n} of {n} rows matched)")
+    metrics = meta / "brain_observatory_unit_analysis_metrics.csv"
+    assert notes[metrics].endswith("joined units by ecephys_unit_id (3 of 3 rows matched)")
+    # the Visual Behavior release table: thousands of rows, only the converted ones match
+    assert (
+        "joined ophys_experiments by ophys_experiment_id (2 of 1941 rows matched)" in (notes[csv])
+    )
     rel = lake.release("r1")
     units = rel.table("units")
     assert units.loc[unit_ids, "csv_score"].tolist() == (np.arange(len(unit_ids)) + 0.5).tolist()
@@ -428,7 +438,7 @@ def test_ophys_experiments_are_searchable_across_projects(tmp_path):
         )
         for i, attrs, lam in [(1, vc, "910 nanometers"), (2, vb, 910.0)]
     ]
-    table = jobs.build_tables(results)["ophys_experiments"]
+    table = release_tables.build_tables(results)["ophys_experiments"]
     assert table["age_in_days"].tolist() == [90.0, 171.0]
     assert table["equipment_name"].tolist() == ["CAM2P.2", "MESO.1"]
     assert table["sex"].tolist() == ["M", "F"]
@@ -438,13 +448,17 @@ def test_ophys_experiments_are_searchable_across_projects(tmp_path):
     del results[1].attrs["ophys/experiment/2"]["age_in_days"]
     csv = tmp_path / "experiments.csv"
     pd.DataFrame({"ophys_experiment_id": [2], "age_in_days": [171.0]}).to_csv(csv, index=False)
-    assert jobs.build_tables(results, [csv])["ophys_experiments"]["age_in_days"].tolist() == [
+    assert release_tables.build_tables(results, [csv])["ophys_experiments"][
+        "age_in_days"
+    ].tolist() == [
         90.0,
         171.0,
     ]
     # text that is not a wavelength in nm is left as it is
     results[1].attrs["ophys/experiment/2"]["excitation_lambda"] = "two-photon"
-    assert jobs.build_tables(results)["ophys_experiments"]["excitation_lambda"].tolist() == [
+    assert release_tables.build_tables(results)["ophys_experiments"][
+        "excitation_lambda"
+    ].tolist() == [
         "910 nanometers",
         "two-photon",
     ]
@@ -456,20 +470,27 @@ def test_csvs_key_only_their_own_table():
     units = pd.DataFrame(index=pd.Index([1, 2], name="unit_id"))
     connectivity = pd.DataFrame(index=pd.Index([1, 2], name="id"))
     # AllenSDK's units.csv keys units by 'id', not channels by its (here unique) channel ids
-    assert jobs._csv_key("units", units, "m/units.csv", units_csv) == "id"
-    assert jobs._csv_key("channels", channels, "m/units.csv", units_csv) is None
+    assert release_tables.csv_key("units", units, "m/units.csv", units_csv) == "id"
+    assert release_tables.csv_key("channels", channels, "m/units.csv", units_csv) is None
     # a bare 'id' keys only the table the file is named after
-    assert jobs._csv_key("connectivity_experiments", connectivity, "m/units.csv", units_csv) is None
+    assert (
+        release_tables.csv_key("connectivity_experiments", connectivity, "m/units.csv", units_csv)
+        is None
+    )
     other = pd.DataFrame({"id": [1, 2], "acronym": ["VISp", "VISl"]})
     assert (
-        jobs._csv_key("connectivity_experiments", connectivity, "m/structures.csv", other) is None
+        release_tables.csv_key("connectivity_experiments", connectivity, "m/structures.csv", other)
+        is None
     )
     named = "m/connectivity_experiments.csv"
-    assert jobs._csv_key("connectivity_experiments", connectivity, named, other) == "id"
+    assert release_tables.csv_key("connectivity_experiments", connectivity, named, other) == "id"
     # the metrics CSVs name units by Allen's long name; non-unique ids key nothing
     metrics = pd.DataFrame({"ecephys_unit_id": [1, 2, 2]})
-    assert jobs._csv_key("units", units, "m/metrics.csv", metrics) is None
-    assert jobs._csv_key("units", units, "m/metrics.csv", metrics.iloc[:2]) == "ecephys_unit_id"
+    assert release_tables.csv_key("units", units, "m/metrics.csv", metrics) is None
+    assert (
+        release_tables.csv_key("units", units, "m/metrics.csv", metrics.iloc[:2])
+        == "ecephys_unit_id"
+    )
 
 
 def test_a_broken_metadata_csv_fails_the_job_before_converting(vbo_sources, tmp_path):
@@ -726,7 +747,7 @@ def test_tables_keep_integer_ids_when_some_rows_lack_them():
         experiment(12, ophys_session_id=1, imaging_depth=250.0, targeted_structure="VISl"),
         experiment(13, imaging_depth=175.0, targeted_structure="VISam"),  # Visual Coding
     ]
-    tables = jobs.build_tables(results)
+    tables = release_tables.build_tables(results)
     experiments, sessions = tables["ophys_experiments"], tables["ophys_sessions"]
     assert str(experiments["ophys_session_id"].dtype) == "Int64"
     assert experiments["ophys_session_id"].isna().tolist() == [False, False, True]
@@ -905,7 +926,7 @@ def test_cells_of_both_ophys_projects_share_one_rmse_column(vbo_sources, tiny_so
     vc2p = next(Path(tiny_sources["vc2p-ophys"]).glob("*.nwb"))
     results = [jobs.convert_file(str(p), lake) for p in (vbo_sources[2][0], vc2p)]
     assert [r.error for r in results] == ["", ""]
-    cells = jobs.build_tables(results, storage=Storage(lake))["cells"]
+    cells = release_tables.build_tables(results, storage=Storage(lake))["cells"]
     vc = cells["rmse"].notna()
     assert vc.any()
     assert (~vc).any()

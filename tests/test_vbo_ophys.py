@@ -497,7 +497,7 @@ def test_allen_metadata_attributes_are_read(files, tmp_path):
     them and the conversion passes its fidelity check."""
     import shutil
 
-    from abo_lake import jobs
+    from abo_lake import jobs, release_tables
     from abo_lake.sources._hdf5 import close_files
 
     path = tmp_path / Path(files[0]).name
@@ -556,7 +556,7 @@ def test_allen_metadata_attributes_are_read(files, tmp_path):
     lake = tmp_path / "lake"
     result = jobs.convert_file(str(path), str(lake))
     assert result.error == ""  # the raw copy keeps the attributes, checked bit for bit
-    table = jobs.build_tables([result])["ophys_experiments"]
+    table = release_tables.build_tables([result])["ophys_experiments"]
     row = table.loc[a["ophys_experiment_id"]]
     assert (row["imaging_depth"], row["session_type"], row["cre_line"]) == (
         175,

@@ -15,11 +15,12 @@ import xarray as xr
 
 from abo_lake import ccf
 from abo_lake.errors import SchemaError
+from abo_lake.kinds import kinds_for
 from abo_lake.schema import kind_of, validate
 
 __all__ = ["CCFAccessor", "CCFTreeAccessor"]
 
-_KINDS = ("ccf_volume", "ccf_structures", "connectivity_experiment")
+_KINDS = kinds_for("ccf")  # ccf_volume, ccf_structures, connectivity_experiment
 Structure = int | str
 
 
@@ -136,19 +137,23 @@ class CCFAccessor:
 
     def structure_id(self, structure: Structure) -> int:
         """Id of a structure given by id or acronym."""
-        return self.ontology.structure_id(structure)
+        return ccf.structure_id(self.ontology, structure)
 
-    def ancestor_ids(self, structure: Structure) -> list[int]:
-        """Root-to-self ids of a structure."""
-        return self.ontology.ancestor_ids(structure)
+    def ancestor_ids(
+        self, structures: Structure | Sequence[Structure]
+    ) -> list[int] | list[list[int]]:
+        """Self-to-root ids (AllenSDK's order); a list of lists for a list of structures."""
+        return ccf.ancestor_ids(self.ontology, structures)
 
-    def descendant_ids(self, structure: Structure) -> list[int]:
-        """A structure and its descendants."""
-        return self.ontology.descendant_ids(structure)
+    def descendant_ids(
+        self, structures: Structure | Sequence[Structure]
+    ) -> list[int] | list[list[int]]:
+        """A structure then its descendants, depth first (AllenSDK's order)."""
+        return ccf.descendant_ids(self.ontology, structures)
 
     def rgb_triplet(self, structure: Structure) -> tuple[int, int, int]:
         """A structure's (r, g, b) colour."""
-        return self.ontology.rgb_triplet(structure)
+        return ccf.rgb_triplet(self.ontology, structure)
 
     # connectivity
     def direct_unionize(

@@ -15,17 +15,13 @@ from types import ModuleType
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
+from abo_lake.kinds import FORMATS
 
 __all__ = ["READERS", "detect_format", "members", "read"]
 
-#: format name -> reader module, in the order they are tried by :func:`detect_format`.
-READERS: dict[str, str] = {
-    "vbo-ophys": "abo_lake.sources.vbo_ophys",
-    "vc2p-ophys": "abo_lake.sources.vc2p_ophys",
-    "vcn-ecephys": "abo_lake.sources.vcn_ecephys",
-    "celltypes": "abo_lake.sources.celltypes",
-    "ccf": "abo_lake.sources.ccf",
-}
+#: format name -> reader module, in the order they are tried by :func:`detect_format`
+#: (declared with each source format in :mod:`abo_lake.kinds`).
+READERS: dict[str, str] = {f.name: f.reader for f in FORMATS.values() if f.reader}
 
 
 def _module(fmt: str) -> ModuleType:
@@ -50,11 +46,10 @@ def detect_format(path: str | Path) -> str:
 
 
 #: What :func:`detect_format` expects, in its errors.
-EXPECTED = (
-    "expected an Allen NWB 1/2 file (Visual Behavior 2P, Visual Coding 2P, Visual Coding "
-    "Neuropixels, Cell Types), a CCF or connectivity NRRD volume, an ontology JSON or an SWC file"
+EXPECTED = "expected one of: " + "; ".join(
+    f.description for f in FORMATS.values() if f.reader or f.synthetic
 )
-_HDF5_READERS = ("vbo-ophys", "vc2p-ophys", "vcn-ecephys", "celltypes")
+_HDF5_READERS = tuple(f.name for f in FORMATS.values() if f.hdf5 and f.reader)
 
 
 def _why_unreadable(p: Path) -> str:

@@ -14,19 +14,15 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
+from abo_lake.kinds import FORMATS
+
 __all__ = ["KINDS", "SCALES", "synthesize"]
 
 SCALES = ("tiny", "realistic")
 
-#: ``abo-lake synth KIND`` -> "module:function" of its writer.
-KINDS: dict[str, str] = {
-    "vbo-ophys": "abo_lake.synthetic.vbo_ophys:write",
-    "vc2p-ophys": "abo_lake.synthetic.vc2p_ophys:write",
-    "vcn-ecephys": "abo_lake.synthetic.vcn_ecephys:write",
-    "celltypes": "abo_lake.synthetic.celltypes:write",
-    "ccf": "abo_lake.synthetic.ccf:write_ccf",
-    "connectivity": "abo_lake.synthetic.ccf:write_connectivity",
-}
+#: ``abo-lake synth KIND`` -> "module:function" of its writer (declared in
+#: :mod:`abo_lake.kinds`).
+KINDS: dict[str, str] = {f.name: f.synthetic for f in FORMATS.values() if f.synthetic}
 
 
 def _writer(kind: str) -> Callable[..., list[Path]]:
