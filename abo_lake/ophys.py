@@ -17,6 +17,7 @@ a :class:`UserWarning` naming them, and a selection with nothing left raises ``V
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import itertools
 import warnings
@@ -32,15 +33,24 @@ import xarray as xr
 from abo_lake.errors import SchemaError
 
 __all__ = [
+    "VBO_METADATA_KEYS",
+    "cell_specimen_table",
     "change_responses",
     "drifting_grating_metrics",
+    "events",
     "filtered_events",
     "frame_rate",
+    "image",
     "mean_response",
+    "metadata",
+    "motion_correction",
     "omission_responses",
+    "ophys_timestamps",
     "running_speed",
+    "segmentation_mask_image",
     "stimulus_presentations",
     "to_pynapple",
+    "traces_table",
     "trial_responses",
     "trials",
     "valid_cells",
@@ -164,11 +174,275 @@ def trials(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def frame_rate(ds: xr.Dataset) -> float:
-    """Ophys frame rate (Hz) measured from the timestamps (no data read)."""
+    """Ophys frame rate (Hz) measured from the timestamps (no data read).
+
+    With fewer than two timestamps, the file's ``ophys_frame_rate`` metadata (the imaging
+    plane's ``imaging_rate``, AllenSDK's ``metadata["ophys_frame_rate"]``).
+
+    Raises
+    ------
+    ValueError
+        With fewer than two timestamps and no ``ophys_frame_rate`` attribute.
+    """
     t = np.asarray(ds.indexes[TIME])
-    if len(t) < 2:
-        raise ValueError(f"cannot measure a frame rate from {len(t)} timestamp(s)")
-    return float(1.0 / np.median(np.diff(t)))
+    if len(t) >= 2:
+        return float(1.0 / np.median(np.diff(t)))
+    rate = ds.attrs.get("ophys_frame_rate")
+    if isinstance(rate, int | float | np.number) and rate > 0:
+        return float(rate)
+    raise ValueError(
+        f"cannot measure a frame rate from {len(t)} timestamp(s), and the experiment has no "
+        "'ophys_frame_rate' attribute"
+    )
+
+
+# --------------------------------------------------------------------------- AllenSDK's shapes
+#
+# ``BehaviorOphysExperiment``'s (AllenSDK 2.16.2) tables, arrays and metadata, computed from the
+# lake's lazy variables (these read the data, as AllenSDK does). Tables hold the valid ROIs only
+# (AllenSDK's default ``exclude_invalid_rois=True``), in the cell table's order, indexed by
+# ``cell_specimen_id``; an unmatched ROI has -1 there (the file's value; AllenSDK turns it into
+# None, which makes its index float64 with NaN).
+
+#: ``BehaviorOphysExperiment.metadata`` keys (behaviour, then ophys, as AllenSDK builds them).
+VBO_METADATA_KEYS = (
+    "equipment_name",
+    "sex",
+    "age_in_days",
+    "stimulus_frame_rate",
+    "session_type",
+    "date_of_acquisition",
+    "reporter_line",
+    "cre_line",
+    "behavior_session_uuid",
+    "driver_line",
+    "mouse_id",
+    "project_code",
+    "full_genotype",
+    "behavior_session_id",
+    "indicator",
+    "emission_lambda",
+    "excitation_lambda",
+    "ophys_container_id",
+    "field_of_view_height",
+    "field_of_view_width",
+    "imaging_depth",
+    "targeted_imaging_depth",
+    "imaging_plane_group",
+    "imaging_plane_group_count",
+    "ophys_experiment_id",
+    "ophys_frame_rate",
+    "ophys_session_id",
+    "targeted_structure",
+)
+#: Per-cell variables that are not cell-table columns (traces' per-ROI values).
+_NOT_CELL_TABLE = frozenset({"event_lambda", "event_noise_std", "r", "RMSE", "rmse"})
+#: The lake's variable -> AllenSDK's column, per traces table.
+_TRACE_TABLES = {
+    "dff_traces": {"dff": "dff"},
+    "corrected_fluorescence_traces": {
+        "corrected_fluorescence": "corrected_fluorescence",
+        "r": "r",
+        "RMSE": "RMSE",
+    },
+    "demixed_traces": {"demixed_fluorescence": "demixed_trace"},
+    "neuropil_traces": {"neuropil_fluorescence": "neuropil_trace"},
+}
+
+
+def _require(ds: xr.Dataset, names: Iterable[str], what: str) -> None:
+    missing = [n for n in names if n not in ds.variables]
+    if missing:
+        raise SchemaError(
+            f"{what} needs {missing!r}, which this ophys_experiment does not have (Visual "
+            "Behavior 2P experiments have them)"
+        )
+
+
+def _specimen_index(ds: xr.Dataset) -> pd.Index:
+    """``cell_specimen_id`` as AllenSDK's index: -1 for unmatched ROIs (the lake's
+    ``-cell_roi_id``, which keeps its dim unique)."""
+    ids = np.asarray(ds.indexes[CELL], dtype=np.int64)
+    return pd.Index(np.where(ids < 0, -1, ids), name=CELL)
+
+
+def _rows(values: np.ndarray) -> list[np.ndarray]:
+    return list(np.asarray(values))
+
+
+def traces_table(ds: xr.Dataset, name: str) -> pd.DataFrame:
+    """One of AllenSDK's trace tables (``dff_traces``, ``corrected_fluorescence_traces``,
+    ``demixed_traces``, ``neuropil_traces``), valid ROIs, loaded.
+
+    Columns ``cell_roi_id`` and one array per row (``dff``, ``corrected_fluorescence`` with
+    ``r`` and ``RMSE``, ``demixed_trace``, ``neuropil_trace``). ``neuropil_traces`` holds the
+    real neuropil traces: AllenSDK 2.16.2's ``BehaviorOphysExperiment.neuropil_traces`` returns
+    the demixed traces instead (a bug; its ``_cell_specimens.neuropil_traces`` is right).
+
+    Raises
+    ------
+    KeyError
+        For another ``name``.
+    SchemaError
+        If the Dataset lacks the table's variables.
+    """
+    if name not in _TRACE_TABLES:
+        raise _NotFoundError(f"no traces table {name!r}" + _suggest(name, _TRACE_TABLES))
+    columns = _TRACE_TABLES[name]
+    _require(ds, columns, name)
+    ds = valid_cells(ds)
+    values = _load([ds.variables["cell_roi_id"], *(ds.variables[v] for v in columns)])
+    out: dict[str, Any] = {"cell_roi_id": values[0].astype(np.int64)}
+    for column, data in zip(columns.values(), values[1:]):
+        out[column] = _rows(data) if data.ndim == 2 else data
+    return pd.DataFrame(out, index=_specimen_index(ds))
+
+
+def events(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``events`` table: ``cell_roi_id``, ``events``, ``filtered_events``
+    (:func:`filtered_events` with AllenSDK's defaults), ``lambda``, ``noise_std``; loaded.
+
+    Rows are the valid cells that have detected events (``event_detection/rois``; the lake
+    pads the others with NaN and NaN ``event_lambda``), in the cell table's order, as
+    AllenSDK's merge on ``cell_roi_id`` gives them.
+    """
+    _require(ds, ("events", "event_lambda", "event_noise_std"), "events")
+    ds = valid_cells(ds)
+    lam = np.asarray(ds["event_lambda"].values, dtype=np.float64)
+    ds = ds.isel({CELL: np.flatnonzero(~np.isnan(lam))})
+    roi, lam, noise = _load(
+        [ds.variables[v] for v in ("cell_roi_id", "event_lambda", "event_noise_std")]
+    )
+    ev, filt = dask.compute(_trace(ds, "events").data, filtered_events(ds).data)
+    return pd.DataFrame(
+        {
+            "cell_roi_id": roi.astype(np.int64),
+            "events": _rows(ev),
+            "filtered_events": _rows(filt),
+            "lambda": lam,
+            "noise_std": noise,
+        },
+        index=_specimen_index(ds),
+    )
+
+
+def cell_specimen_table(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``cell_specimen_table``: the valid ROIs' cell-table columns by AllenSDK's
+    names (``cell_roi_id``, ``x``, ``y``, ``width``, ``height``, ``valid_roi``,
+    ``mask_image_plane``, ``max_correction_*``, ...) and ``roi_mask`` (one full-field bool
+    array per row); loaded."""
+    _require(ds, ("roi_mask",), "cell_specimen_table")
+    ds = valid_cells(ds)
+    names = ["cell_roi_id"] + [
+        n
+        for n, v in ds.variables.items()
+        if v.dims == (CELL,) and n not in {CELL, "cell_roi_id", *_NOT_CELL_TABLE}
+    ]
+    values = _load([ds.variables[n] for n in [*names, "roi_mask"]])
+    out: dict[str, Any] = {
+        {"roi_x": "x", "roi_y": "y"}.get(n, n): v for n, v in zip(names, values[:-1])
+    }
+    out["roi_mask"] = _rows(values[-1].astype(bool))
+    table = pd.DataFrame(out, index=_specimen_index(ds))
+    for col in table.columns:
+        if getattr(table[col].dtype, "kind", "") in "TU":
+            table[col] = table[col].astype(str)
+    return table
+
+
+def motion_correction(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``motion_correction``: one column per ``motion_correction.<name>`` variable
+    (``x``, ``y``, named after the file's series as AllenSDK names them), RangeIndex; loaded.
+
+    A Visual Coding 2P Dataset, whose motion frames have their own timestamps, also gets
+    ``timestamp`` as ``BrainObservatoryNwbDataSet.get_motion_correction`` does.
+    """
+    names = [n for n in ds.variables if n.startswith("motion_correction.")]
+    if not names:
+        raise SchemaError(
+            "this ophys_experiment has no motion correction ('motion_correction.<axis>' variables)"
+        )
+    dim = ds.variables[names[0]].dims[0]
+    values = _load([ds.variables[n] for n in names])
+    out = {n.removeprefix("motion_correction."): v for n, v in zip(names, values)}
+    if dim != TIME and dim in ds.indexes:
+        out["timestamp"] = np.asarray(ds.indexes[dim])
+    return pd.DataFrame(out)
+
+
+def ophys_timestamps(ds: xr.Dataset) -> np.ndarray:
+    """AllenSDK's ``ophys_timestamps`` (s), a NumPy array (the ``time`` coordinate)."""
+    return np.asarray(ds.indexes[TIME], dtype=np.float64)
+
+
+def image(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """A projection (``max_projection``, ``average_projection``) as a (y, x) DataArray whose
+    ``.spacing`` (mm per pixel, y then x) and ``.unit`` are AllenSDK's ``Image``'s.
+
+    ``np.asarray`` of it gives AllenSDK's ``np.asarray(exp.max_projection)``.
+    """
+    _require(ds, (name,), name)
+    out = ds[name]
+    out.attrs = {**out.attrs, **_spacing(ds)}
+    return out
+
+
+def _spacing(ds: xr.Dataset) -> dict[str, Any]:
+    attrs = ds["max_projection"].attrs if "max_projection" in ds.variables else {}
+    if "spacing" in attrs:
+        return {
+            "spacing": tuple(float(s) for s in attrs["spacing"]),
+            "unit": attrs.get("unit", "mm"),
+        }
+    step = [float(np.diff(ds.indexes[d][:2])[0]) / 1000.0 for d in ("y", "x") if ds.sizes[d] > 1]
+    return {"spacing": tuple(step), "unit": "mm"} if len(step) == 2 else {}
+
+
+def segmentation_mask_image(ds: xr.Dataset) -> xr.DataArray:
+    """AllenSDK's ``segmentation_mask_image``: the sum of the valid ROIs' masks (int64, lazy)
+    with the max projection's spacing, as ``CellSpecimens._get_segmentation_mask_image``."""
+    _require(ds, ("roi_mask",), "segmentation_mask_image")
+    masks = valid_cells(ds)["roi_mask"]
+    out = masks.astype(np.int64).sum(CELL)
+    out.name = "segmentation_mask_image"
+    out.attrs = _spacing(ds)
+    return out
+
+
+def metadata(ds: xr.Dataset) -> dict[str, Any]:
+    """AllenSDK's ``BehaviorOphysExperiment.metadata`` (Visual Behavior 2P): its keys and values.
+
+    ``date_of_acquisition`` is a timezone-aware ``datetime``; ``imaging_plane_group`` is None
+    and ``imaging_plane_group_count`` 0 unless the experiment is one of several planes
+    (count > 1), as AllenSDK's ``_is_multi_plane_session``; a field the file lacks is None.
+
+    Raises
+    ------
+    SchemaError
+        For a Visual Coding 2P experiment (no ``behavior_session_id``): AllenSDK's
+        ``BrainObservatoryNwbDataSet.get_metadata()`` has other keys; use ``ds.attrs``.
+    """
+    a = ds.attrs
+    if "behavior_session_id" not in a:
+        raise SchemaError(
+            "metadata gives BehaviorOphysExperiment.metadata (Visual Behavior 2P); this "
+            f"experiment ({a.get('ophys_experiment_id', '?')}) has no behavior_session_id. Its "
+            "metadata are in ds.attrs"
+        )
+    out: dict[str, Any] = {k: a.get(k) for k in VBO_METADATA_KEYS}
+    for key, value in out.items():
+        if isinstance(value, np.generic):
+            out[key] = value.item()
+        elif isinstance(value, np.ndarray):
+            out[key] = value.tolist()
+    if isinstance(out["driver_line"], str):
+        out["driver_line"] = [out["driver_line"]]
+    if isinstance(out["date_of_acquisition"], str):
+        out["date_of_acquisition"] = datetime.datetime.fromisoformat(out["date_of_acquisition"])
+    count = out["imaging_plane_group_count"]
+    if count is None or count <= 1:
+        out["imaging_plane_group"], out["imaging_plane_group_count"] = None, 0
+    return out
 
 
 # --------------------------------------------------------------------------- sampling kernel

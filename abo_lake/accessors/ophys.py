@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -71,14 +72,11 @@ class OphysAccessor:
         return self._ds["dff"]
 
     @property
-    def events(self) -> xr.DataArray:
-        """Detected events (cell_specimen_id, time), lazy (Visual Behavior only)."""
-        if "events" not in self._ds.data_vars:
-            raise SchemaError(
-                "this ophys_experiment has no 'events' (detected events exist in Visual "
-                "Behavior 2P files only)"
-            )
-        return self._ds["events"]
+    def events(self) -> pd.DataFrame:
+        """AllenSDK's ``events`` table (Visual Behavior only), loaded; see
+        :func:`abo_lake.ophys.events`. The lazy (cell_specimen_id, time) events are
+        ``ds["events"]``."""
+        return ophys.events(self._ds)
 
     def filtered_events(
         self,
@@ -99,8 +97,61 @@ class OphysAccessor:
 
     @property
     def max_projection(self) -> xr.DataArray:
-        """Maximum intensity projection (y, x)."""
-        return self._ds["max_projection"]
+        """Maximum intensity projection (y, x), with AllenSDK's ``.spacing`` (mm) and ``.unit``."""
+        return ophys.image(self._ds, "max_projection")
+
+    @property
+    def average_projection(self) -> xr.DataArray:
+        """Average intensity projection (y, x), with AllenSDK's ``.spacing`` and ``.unit``."""
+        return ophys.image(self._ds, "average_projection")
+
+    @property
+    def segmentation_mask_image(self) -> xr.DataArray:
+        """Sum of the valid ROIs' masks (y, x) int64, lazy, as AllenSDK computes it; see
+        :func:`abo_lake.ophys.segmentation_mask_image`."""
+        return ophys.segmentation_mask_image(self._ds)
+
+    # ----------------------------------------------------------------- AllenSDK's tables
+    @property
+    def dff_traces(self) -> pd.DataFrame:
+        """AllenSDK's ``dff_traces`` (valid ROIs, loaded); see :func:`abo_lake.ophys.traces_table`."""
+        return ophys.traces_table(self._ds, "dff_traces")
+
+    @property
+    def corrected_fluorescence_traces(self) -> pd.DataFrame:
+        """AllenSDK's ``corrected_fluorescence_traces`` with ``r`` and ``RMSE`` (loaded)."""
+        return ophys.traces_table(self._ds, "corrected_fluorescence_traces")
+
+    @property
+    def demixed_traces(self) -> pd.DataFrame:
+        """AllenSDK's ``demixed_traces`` (loaded)."""
+        return ophys.traces_table(self._ds, "demixed_traces")
+
+    @property
+    def neuropil_traces(self) -> pd.DataFrame:
+        """The neuropil traces (loaded); AllenSDK 2.16.2's ``neuropil_traces`` returns the
+        demixed ones by mistake, this gives the real ones (column ``neuropil_trace``)."""
+        return ophys.traces_table(self._ds, "neuropil_traces")
+
+    @property
+    def cell_specimen_table(self) -> pd.DataFrame:
+        """AllenSDK's ``cell_specimen_table`` with ``roi_mask`` (valid ROIs, loaded)."""
+        return ophys.cell_specimen_table(self._ds)
+
+    @property
+    def motion_correction(self) -> pd.DataFrame:
+        """AllenSDK's ``motion_correction`` (``x``, ``y``), loaded."""
+        return ophys.motion_correction(self._ds)
+
+    @property
+    def ophys_timestamps(self) -> np.ndarray:
+        """AllenSDK's ``ophys_timestamps`` (s) as a NumPy array."""
+        return ophys.ophys_timestamps(self._ds)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """AllenSDK's ``BehaviorOphysExperiment.metadata``; see :func:`abo_lake.ophys.metadata`."""
+        return ophys.metadata(self._ds)
 
     @property
     def timestamps(self) -> xr.DataArray:
@@ -109,7 +160,8 @@ class OphysAccessor:
 
     @property
     def frame_rate(self) -> float:
-        """Ophys frame rate (Hz) measured from the timestamps."""
+        """Ophys frame rate (Hz) measured from the timestamps (the file's
+        ``ophys_frame_rate`` with fewer than two)."""
         return ophys.frame_rate(self._ds)
 
     @property
