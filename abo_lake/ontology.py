@@ -13,7 +13,8 @@ on top of this module.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -28,6 +29,9 @@ __all__ = [
     "rgb_triplet",
     "structure_id",
 ]
+
+#: One structure (id or acronym) or a list of them, as AllenSDK's ``node_ids``.
+Structures = int | str | Iterable[int | str]
 
 
 class Ontology:
@@ -123,24 +127,55 @@ class Ontology:
         """The full name of a structure."""
         return str(self.names[self._r(structure)])
 
-    def ancestor_ids(self, structure: int | str) -> list[int]:
-        """The structure_id_path: root first, the structure itself last."""
-        return self._paths[self._r(structure)].tolist()
+    def ancestor_ids(self, structures: Structures) -> list[int] | list[list[int]]:
+        """Self first, then the parent, up to the root (AllenSDK ``ancestor_ids``).
+
+        ``structures`` is one structure (id or acronym: one list) or a list of them, as
+        AllenSDK's ``StructureTree.ancestor_ids(node_ids)`` (a list of lists).
+        """
+        return self._each(structures, lambda sid: self._paths[self._row[sid]][::-1].tolist())
 
     def parent_id(self, structure: int | str) -> int | None:
         """The parent's id, or None for the root."""
         path = self._paths[self._r(structure)]
         return int(path[-2]) if path.size > 1 else None
 
-    def descendant_ids(self, structure: int | str) -> list[int]:
-        """The structure and all its descendants (AllenSDK ``descendant_ids``), in tree order."""
-        rows = np.unique(self._owner[self._flat == self.structure_id(structure)])
-        return self.ids[rows].tolist()
+    def parent_ids(self, structures: Iterable[int | str]) -> list[int | None]:
+        """Each structure's parent id, None for the root (AllenSDK ``parent_ids``)."""
+        return [self.parent_id(s) for s in structures]
 
-    def child_ids(self, structure: int | str) -> list[int]:
-        """The direct children."""
-        sid = self.structure_id(structure)
-        return [i for i in self.descendant_ids(sid) if self.parent_id(i) == sid]
+    def descendant_ids(self, structures: Structures) -> list[int] | list[list[int]]:
+        """The structure, then its descendants depth first (AllenSDK ``descendant_ids``).
+
+        AllenSDK's order: each structure before its children, children in the ontology's row
+        order. ``structures`` is one structure (one list) or a list of them (a list of lists).
+        """
+        return self._each(structures, self._subtree)
+
+    def _subtree(self, sid: int) -> list[int]:
+        rows = np.unique(self._owner[self._flat == sid])
+        depth = self._paths[self._row[sid]].size - 1
+        keys = [[self._row[int(i)] for i in self._paths[r][depth:]] for r in rows]
+        return [int(self.ids[rows[k]]) for k in sorted(range(rows.size), key=keys.__getitem__)]
+
+    def child_ids(self, structures: Structures) -> list[int] | list[list[int]]:
+        """The direct children in the ontology's row order (AllenSDK ``child_ids``); one list
+        for one structure, a list of lists for a list of them."""
+
+        def children(sid: int) -> list[int]:
+            return [i for i in self._subtree(sid) if self.parent_id(i) == sid]
+
+        return self._each(structures, children)
+
+    def structure_descends_from(self, child_id: int | str, parent_id: int | str) -> bool:
+        """Whether ``parent_id`` is ``child_id`` or one of its ancestors (AllenSDK's name)."""
+        return self.structure_id(parent_id) in self._paths[self._r(child_id)].tolist()
+
+    def _each(self, structures: Structures, fn: Callable[[int], list[int]]) -> Any:
+        """``fn`` of one structure's id, or the list of ``fn`` over a list of structures."""
+        if isinstance(structures, str | int | np.integer):
+            return fn(self.structure_id(structures))
+        return [fn(sid) for sid in self.structure_ids(structures)]
 
     def rgb_triplet(self, structure: int | str) -> tuple[int, int, int]:
         """The structure's colour as (r, g, b) in 0..255."""
@@ -154,6 +189,30 @@ class Ontology:
     def id_acronym_map(self) -> dict[str, int]:
         """acronym -> id (AllenSDK ``get_id_acronym_map``)."""
         return dict(self._by_acronym)
+
+    def name_map(self) -> dict[int, str]:
+        """id -> name (AllenSDK ``get_name_map``)."""
+        return {int(i): str(n) for i, n in zip(self.ids, self.names)}
+
+    def ancestor_id_map(self) -> dict[int, list[int]]:
+        """id -> its ancestor ids, self first (AllenSDK ``get_ancestor_id_map``)."""
+        return {int(i): p[::-1].tolist() for i, p in zip(self.ids, self._paths)}
+
+    def get_colormap(self) -> dict[int, list[int]]:
+        """AllenSDK's name of :meth:`colormap`."""
+        return self.colormap()
+
+    def get_id_acronym_map(self) -> dict[str, int]:
+        """AllenSDK's name of :meth:`id_acronym_map`."""
+        return self.id_acronym_map()
+
+    def get_name_map(self) -> dict[int, str]:
+        """AllenSDK's name of :meth:`name_map`."""
+        return self.name_map()
+
+    def get_ancestor_id_map(self) -> dict[int, list[int]]:
+        """AllenSDK's name of :meth:`ancestor_id_map`."""
+        return self.ancestor_id_map()
 
     def _selection(self, structures: Iterable[int], descendants: bool) -> np.ndarray:
         """Sorted unique ids of ``structures`` (and their descendants)."""
@@ -201,14 +260,18 @@ def structure_id(ontology: Ontology | xr.Dataset, structure: int | str) -> int:
     return _ontology(ontology).structure_id(structure)
 
 
-def ancestor_ids(ontology: Ontology | xr.Dataset, structure: int | str) -> list[int]:
-    """Root-to-self ids of a structure (its ``structure_id_path``)."""
-    return _ontology(ontology).ancestor_ids(structure)
+def ancestor_ids(
+    ontology: Ontology | xr.Dataset, structures: Structures
+) -> list[int] | list[list[int]]:
+    """Self-to-root ids of a structure (AllenSDK's order), or of each of a list of them."""
+    return _ontology(ontology).ancestor_ids(structures)
 
 
-def descendant_ids(ontology: Ontology | xr.Dataset, structure: int | str) -> list[int]:
-    """A structure and all its descendants."""
-    return _ontology(ontology).descendant_ids(structure)
+def descendant_ids(
+    ontology: Ontology | xr.Dataset, structures: Structures
+) -> list[int] | list[list[int]]:
+    """A structure then its descendants, depth first, or that of each of a list of them."""
+    return _ontology(ontology).descendant_ids(structures)
 
 
 def rgb_triplet(ontology: Ontology | xr.Dataset, structure: int | str) -> tuple[int, int, int]:

@@ -75,6 +75,38 @@ def _desc(nodes, sid):
     return [n["id"] for n in nodes if sid in n["structure_id_path"]]
 
 
+class _SimpleTree:
+    """AllenSDK 2.16.2's ``SimpleTree`` walks, transcribed (parents from structure_id_path)."""
+
+    def __init__(self, nodes):
+        self.parent = {
+            n["id"]: n["structure_id_path"][-2] if len(n["structure_id_path"]) > 1 else None
+            for n in nodes
+        }
+        self.children = {n["id"]: [] for n in nodes}
+        for nid, pid in self.parent.items():
+            if pid is not None:
+                self.children[pid].append(nid)
+
+    def ancestor_ids(self, node_ids):
+        out = []
+        for nid in node_ids:
+            current = [nid]
+            while current[-1] is not None:
+                current.append(self.parent[current[-1]])
+            out.append(current[:-1])
+        return out
+
+    def descendant_ids(self, node_ids):
+        out = []
+        for nid in node_ids:
+            current = [nid]
+            for kids in self.descendant_ids(self.children[nid]):
+                current.extend(kids)
+            out.append(current)
+        return out
+
+
 # -- ontology ------------------------------------------------------------------------------------
 
 
@@ -95,8 +127,8 @@ def test_ontology_lookup_by_id_and_acronym(onto, nodes):
 def test_ancestors_descendants_colours_match_the_json(onto, structures, nodes):
     for n in nodes[::37]:
         sid = n["id"]
-        assert onto.ancestor_ids(sid) == n["structure_id_path"]
-        assert ccf.ancestor_ids(structures, n["acronym"]) == n["structure_id_path"]
+        assert onto.ancestor_ids(sid) == n["structure_id_path"][::-1]  # AllenSDK: self first
+        assert ccf.ancestor_ids(structures, n["acronym"]) == n["structure_id_path"][::-1]
         assert sorted(onto.descendant_ids(sid)) == sorted(_desc(nodes, sid))
         assert onto.descendant_ids(sid)[0] == sid
         assert ccf.rgb_triplet(structures, sid) == tuple(n["rgb_triplet"])
@@ -108,6 +140,42 @@ def test_ancestors_descendants_colours_match_the_json(onto, structures, nodes):
     assert sorted(ccf.descendant_ids(onto, "VISp")) == sorted([385, *kids])  # layers are leaves
     assert onto.colormap()[385] == list(onto.rgb_triplet(385))
     assert ccf.structure_id(structures, "Isocortex") == 315
+
+
+def test_tree_walks_in_allensdk_order(onto, structures, nodes):
+    """StructureTree.ancestor_ids/descendant_ids/child_ids/parent_ids: order and list form."""
+    allen = _SimpleTree(nodes)
+    ids = [n["id"] for n in nodes]
+    assert onto.ancestor_ids(ids) == allen.ancestor_ids(ids)
+    assert onto.descendant_ids(ids[::53]) == allen.descendant_ids(ids[::53])
+    assert onto.child_ids(ids[::29]) == [allen.children[i] for i in ids[::29]]
+    assert onto.parent_ids(ids[::31]) == [allen.parent[i] for i in ids[::31]]
+    visp = onto.ancestor_ids("VISp")
+    assert visp[0] == 385
+    assert visp[1] == onto.parent_id(385)
+    assert visp[-1] == 997
+    assert onto.ancestor_ids([385]) == [visp]
+    ca1 = onto.structure_id("CA1")
+    assert structures.ccf.ancestor_ids([385, "CA1"]) == allen.ancestor_ids([385, ca1])
+    assert onto.get_ancestor_id_map()[385] == visp
+    assert onto.structure_descends_from(385, "Isocortex")
+    assert not onto.structure_descends_from("Isocortex", 385)
+    assert onto.get_name_map()[385] == onto.name(385)
+    assert onto.get_id_acronym_map() == onto.id_acronym_map()
+    assert onto.get_colormap() == onto.colormap()
+
+
+def test_descendants_depth_first_whatever_the_row_order(src, nodes):
+    """AllenSDK orders descendants depth first (children in row order), not by row."""
+    shuffled = [nodes[0], *nodes[:0:-1]]  # root first, the other rows reversed
+    path = src / "shuffled" / "structures.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(shuffled))
+    onto = ccf.Ontology(read(path)[STRUCT])
+    allen = _SimpleTree(shuffled)
+    ids = [n["id"] for n in shuffled]
+    assert onto.descendant_ids(ids[:40]) == allen.descendant_ids(ids[:40])
+    assert onto.descendant_ids(997) != sorted(onto.descendant_ids(997))
 
 
 class TestOntologyErrors:
@@ -313,7 +381,8 @@ def test_accessor_reprs(ann, structures, exps):
     assert repr(structures.ccf) == "<.ccf ontology · 840 structures>"
     assert repr(exps[0].ccf).startswith(f"<.ccf connectivity experiment {exps[0].attrs['id']}")
     assert structures.ccf.descendant_ids("VISp")[0] == 385
-    assert structures.ccf.ancestor_ids("VISp")[-1] == 385
+    assert structures.ccf.ancestor_ids("VISp")[0] == 385
+    assert structures.ccf.ancestor_ids("VISp")[-1] == 997
     assert structures.ccf.structure_id("VISp") == 385
     assert structures.ccf.rgb_triplet("VISp") == ccf.rgb_triplet(structures, 385)
 
