@@ -22,6 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake import cas
+from abo_lake.behavior_sessions import CSV_OVERRIDES, behavior_sessions
 from abo_lake.kinds import KINDS, RowTable
 from abo_lake.storage import Storage
 
@@ -90,7 +91,7 @@ def build_tables(
             for name, (table_kind, _) in TABLES.items():
                 if kind == table_kind:
                     attrs = {
-                        k: v for k, v in f.attrs[path].items() if not isinstance(v, list | dict)
+                        k: _cell(v) for k, v in f.attrs[path].items() if not isinstance(v, dict)
                     }
                     rows[name].append({**attrs, "dataset_path": path})
     frames = {name: pd.DataFrame(rows[name]) for name in TABLES if rows[name]}
@@ -105,6 +106,12 @@ def build_tables(
         if id_col in df.columns:
             df = df.drop_duplicates(id_col).set_index(id_col).sort_index()
         tables[name] = df
+    if "behavior_sessions" in tables or "ophys_experiments" in tables:
+        sessions = behavior_sessions(
+            tables.get("behavior_sessions"), tables.get("ophys_experiments")
+        )
+        if len(sessions):
+            tables["behavior_sessions"] = sessions
     if storage is not None:
         for name in sorted({n for f in results for n in f.tables}):
             parts = [
@@ -126,7 +133,11 @@ def build_tables(
             df = df.join(extra[[c for c in extra.columns if c not in df.columns]])
             for col in [c for c in extra.columns if c in df.columns]:  # fill what is missing
                 other = extra[col].reindex(df.index)
-                df[col] = df[col].where(df[col].notna(), other)
+                if name == "behavior_sessions" and col in CSV_OVERRIDES:  # the whole history
+                    dtype = df[col].dtype
+                    df[col] = other.where(other.notna(), df[col]).astype(dtype)
+                else:
+                    df[col] = df[col].where(df[col].notna(), other)
         if name == "ophys_experiments":
             df = _harmonised(df)
         elif name == "cells" and "rmse" in df.columns:  # Visual Coding's name of the same
@@ -136,6 +147,11 @@ def build_tables(
     if notes is not None:
         notes += [_csv_note(path, joins) for path, joins in joined.items()]
     return tables
+
+
+def _cell(value: Any) -> Any:
+    """An attribute as a table cell: a list as its text, as in Allen's CSVs."""
+    return str(value) if isinstance(value, list | tuple) else value
 
 
 def _csv_note(path: str, joins: list[str]) -> str:
