@@ -12,14 +12,9 @@ Reads with h5py at fixed paths (no pynwb object construction); big arrays stay l
   ``roi_y``, which would clash with the image dims); ``roi_mask`` (cell, y, x) bool;
   ``max_projection``, ``average_projection``, ``segmentation_mask_image`` (y, x);
   ``motion_correction.x``/``.y`` along ``time``.
-- ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``: every
-  ``intervals/<stimulus>_presentations`` table (AllenSDK writes one per stimulus) in start-time
-  order, columns united ("null" / NaN where a table lacks one); pynwb's ``tags`` and
-  ``timeseries`` columns stay in the raw copy, here and in the trials; ``trials.<col>`` along
-  ``trials_id`` (``trials.lick_times`` flat along ``trials.lick`` + ``trials.lick_times_index``);
-  ``licks.*`` along ``lick``; ``rewards.*`` along ``reward``; ``running_speed.*`` along
-  ``running_speed_time``; ``eye_tracking.*`` along ``eye_tracking_time``; ``stimulus_timestamps``
-  along ``stimulus_frame``.
+- the behavior part (presentations, trials, licks, rewards, running, stimulus timestamps,
+  eye tracking, templates, task parameters, rig geometry): see
+  :mod:`abo_lake.sources._vb_behavior`.
 
 Unmatched ROIs have ``cell_specimen_id == -1`` in Allen files; so that the dim stays unique,
 such ROIs get ``cell_specimen_id = -cell_roi_id`` (still negative; ``cell_roi_id`` is kept).
@@ -48,6 +43,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
+from abo_lake.sources import _vb_behavior
 from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_hdf5
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
@@ -68,7 +64,6 @@ _IMAGES = {
     "average_projection": "average_image",
     "segmentation_mask_image": "segmentation_mask_image",
 }
-_EYE = {"eye_tracking": "eye", "pupil_tracking": "pupil", "corneal_reflection_tracking": "cr"}
 _TARGET_BYTES = 2**21  # ~2 MB chunks
 _MIN_FRAMES = 8192  # time per trace chunk, at least
 
@@ -76,12 +71,6 @@ _MIN_FRAMES = 8192  # time per trace chunk, at least
 def _not_id(group: str) -> tuple[str, ...]:
     """Globs of the datasets of ``group`` other than its ``id`` (left to the raw copy)."""
     return (f"{group}/*", f"!{group}/id")
-
-
-#: TimeIntervals columns left to the raw copy: pynwb's ragged ``tags`` and the ``timeseries``
-#: references (and, for presentations, the row ids: they are renumbered in start-time order).
-_INTERVALS_RAW = ("tags", "tags_index", "timeseries", "timeseries_index")
-_PRESENTATION_RAW = ("id", *_INTERVALS_RAW)
 
 
 _PLANE = "/general/optophysiology/imaging_plane_1"
@@ -98,25 +87,7 @@ MAPPED_HDF5: tuple[str, ...] = (
     *(f"/{_OPHYS}/images/{k}" for k in _IMAGES.values()),
     f"/{_OPHYS}/ophys_motion_correction_x/data",
     f"/{_OPHYS}/ophys_motion_correction_y/data",
-    "/intervals/*_presentations/*",
-    *(f"!/intervals/*_presentations/{c}" for c in _PRESENTATION_RAW),
-    "/intervals/trials/*",
-    *(f"!/intervals/trials/{c}" for c in _INTERVALS_RAW),
-    *(f"/processing/licking/licks/{k}" for k in _SERIES_DATA),
-    "/processing/rewards/volume/data",
-    "/processing/rewards/volume/timestamps",
-    "/processing/rewards/autorewarded/data",
-    *(f"/processing/running/*/{k}" for k in _SERIES_DATA),
-    "/processing/stimulus/timestamps/timestamps",
-    "/acquisition/v_sig/data",
-    "/acquisition/v_in/data",
-    "/acquisition/EyeTracking/eye_tracking/timestamps",
-    "/acquisition/EyeTracking/likely_blink/data",
-    *(
-        f"/acquisition/EyeTracking/{series}/{k}"
-        for series in _EYE
-        for k in ("data", "area", "area_raw", "width", "height", "angle")
-    ),
+    *_vb_behavior.MAPPED_HDF5,
 )
 
 
@@ -343,159 +314,6 @@ def _per_cell(f: h5py.File, name: str, group: str, n_cells: int, path: Path) -> 
     return out
 
 
-def _table(
-    f: h5py.File, group: str, prefix: str, dim: str, skip: tuple[str, ...] = ()
-) -> dict[str, xr.Variable]:
-    """Columns of a DynamicTable as ``<prefix>.<col>`` variables (ragged ones flat + index)."""
-    g = f[group]
-    out: dict[str, xr.Variable] = {}
-    for col in (read_str(c) for c in g.attrs.get("colnames", [])):
-        dset = g.get(col)
-        if col in skip:
-            continue
-        if not isinstance(dset, h5py.Dataset) or (
-            dset.dtype.kind in "OV" and (h5py.check_string_dtype(dset.dtype) is None)
-        ):
-            continue  # references and compound columns are left to the raw copy
-        if f"{col}_index" in g:
-            flat_dim = f"{prefix}.{'lick' if col == 'lick_times' else col + '_item'}"
-            out[f"{prefix}.{col}"] = xr.Variable(flat_dim, _column(dset))
-            index = np.asarray(g[f"{col}_index"][()], dtype=np.int64)
-            out[f"{prefix}.{col}_index"] = xr.Variable(dim, index)
-        else:
-            out[f"{prefix}.{col}"] = xr.Variable(dim, _column(dset))
-    for name, var in out.items():
-        if name.endswith(("_time", "lick_times", ".duration")):
-            var.attrs["units"] = "s"
-        elif name.endswith("reward_volume"):
-            var.attrs["units"] = "mL"
-    return out
-
-
-def _presentations(f: h5py.File, tables: list[str]) -> dict[str, xr.Variable]:
-    """All ``<stimulus>_presentations`` tables (in name order) as one table, columns united.
-
-    A column some tables lack is filled on their rows with "null" (text) or NaN (numbers,
-    then float64), as the ecephys reader and AllenSDK's ``stimulus_presentations`` do; numbers
-    in a column that another table holds as text become text.
-    Ragged columns other than the raw-copied ``tags`` are not supported.
-    """
-    parts = []
-    for t in tables:
-        cols = _table(f, f"intervals/{t}", "stimulus_presentations", "p", _PRESENTATION_RAW)
-        ragged = [n for n, v in cols.items() if v.dims != ("p",)]
-        if ragged or "stimulus_presentations.start_time" not in cols:
-            what = f"ragged column(s) {ragged}" if ragged else "no start_time column"
-            raise SourceFileError(f"{f.filename}: intervals/{t} has {what}")
-        parts.append(cols)
-    if len(parts) == 1:
-        return parts[0]
-    merged = {}
-    for name in dict.fromkeys(n for p in parts for n in p):
-        have = [p[name] for p in parts if name in p]
-        text = any(v.dtype.kind in "OSU" for v in have)
-        pieces = []
-        for p in parts:
-            n_rows = p["stimulus_presentations.start_time"].size
-            if name in p:
-                values = p[name].values
-                if text and values.dtype.kind not in "OSU":
-                    values = values.astype(str)  # numbers in a column other tables hold as text
-                elif not text and len(have) < len(parts):
-                    values = values.astype(float)
-                pieces.append(values)
-            else:
-                pieces.append(np.full(n_rows, "null") if text else np.full(n_rows, np.nan))
-        merged[name] = xr.Variable("p", np.concatenate(pieces), have[0].attrs)
-    return merged
-
-
-def _series_1d(path: Path, f: h5py.File, name: str, dim: str) -> xr.Variable:
-    dset = f[name]
-    arr = lazy_array(path, f"/{name}", chunks=_chunk(dset.shape[0], 1, dset.dtype.itemsize))
-    var = xr.Variable(dim, arr)
-    var.encoding["chunks"] = arr.chunksize
-    return var
-
-
-def _behavior(path: Path, f: h5py.File) -> tuple[dict[str, xr.Variable], dict[str, Any]]:
-    data: dict[str, xr.Variable] = {}
-    coords: dict[str, Any] = {}
-    tables = sorted(k for k in f.get("intervals", {}) if k.endswith("_presentations"))
-    if tables:
-        merged = _presentations(f, tables)
-        order = np.argsort(merged["stimulus_presentations.start_time"].values, kind="stable")
-        for name, var in merged.items():
-            data[name] = xr.Variable("stimulus_presentation_id", var.values[order], var.attrs)
-        coords["stimulus_presentation_id"] = np.arange(len(order), dtype=np.int64)
-    if "intervals/trials" in f:
-        data.update(_table(f, "intervals/trials", "trials", "trials_id", _INTERVALS_RAW))
-        coords["trials_id"] = np.asarray(f["intervals/trials/id"][()], dtype=np.int64)
-    # no licks or rewards (passive sessions) -> zero-length variables, same layout
-    licks = f.get("processing/licking/licks")
-    data["licks.timestamps"] = xr.Variable(
-        "lick", _column(licks["timestamps"]) if licks is not None else np.zeros(0), {"units": "s"}
-    )
-    data["licks.frame"] = xr.Variable(
-        "lick",
-        _column(licks["data"]).astype(np.int64) if licks is not None else np.zeros(0, np.int64),
-    )
-    rewards = f.get("processing/rewards")
-    for name, key, dtype, units in (
-        ("timestamps", "volume/timestamps", np.float64, "s"),
-        ("volume", "volume/data", np.float64, "mL"),
-        ("autorewarded", "autorewarded/data", bool, None),
-    ):
-        values = (
-            _column(rewards[key]).astype(dtype) if rewards is not None and key in rewards else None
-        )
-        if values is None:
-            values = np.zeros(0, dtype)
-        data[f"rewards.{name}"] = xr.Variable("reward", values, {"units": units} if units else {})
-    if "processing/running/speed" in f:
-        times = f["processing/running/speed/timestamps"][()]
-        coords["running_speed_time"] = xr.Variable("running_speed_time", times, {"units": "s"})
-        for name, group in [(n, f"processing/running/{n}") for n in f["processing/running"]] + [
-            (n, f"acquisition/{n}") for n in ("v_sig", "v_in") if f"acquisition/{n}" in f
-        ]:
-            if f[f"{group}/data"].shape == times.shape:
-                var = _series_1d(path, f, f"{group}/data", "running_speed_time")
-                var.attrs["units"] = read_str(f[f"{group}/data"].attrs.get("unit", ""))
-                data[f"running_speed.{name}"] = var
-    if "processing/stimulus/timestamps/timestamps" in f:
-        var = _series_1d(path, f, "processing/stimulus/timestamps/timestamps", "stimulus_frame")
-        var.attrs["units"] = "s"
-        data["stimulus_timestamps"] = var
-    if "acquisition/EyeTracking/eye_tracking/timestamps" in f:
-        g = f["acquisition/EyeTracking"]
-        times = g["eye_tracking/timestamps"][()]
-        coords["eye_tracking_time"] = xr.Variable("eye_tracking_time", times, {"units": "s"})
-        for series, short in _EYE.items():
-            if series not in g:
-                continue
-            centre = lazy_array(path, f"/acquisition/EyeTracking/{series}/data", chunks=(2**17, 2))
-            for j, axis in enumerate("xy"):
-                data[f"eye_tracking.{short}_center_{axis}"] = xr.Variable(
-                    "eye_tracking_time", centre[:, j], {"units": "pixels"}
-                )
-            for key, col in (
-                ("area", "area"),
-                ("area_raw", "area_raw"),
-                ("width", "width"),
-                ("height", "height"),
-                ("angle", "phi"),
-            ):
-                if key in g[series]:
-                    name = f"acquisition/EyeTracking/{series}/{key}"
-                    data[f"eye_tracking.{short}_{col}"] = _series_1d(
-                        path, f, name, "eye_tracking_time"
-                    )
-        if "likely_blink/data" in g:
-            blink = g["likely_blink/data"][()].astype(bool)
-            data["eye_tracking.likely_blink"] = xr.Variable("eye_tracking_time", blink)
-    return data, coords
-
-
 def read(path: str | Path) -> dict[str, xr.Dataset]:
     """Read one VBO ``behavior_ophys_experiment_<id>.nwb`` into a lazy Dataset.
 
@@ -574,8 +392,11 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
                 data[f"motion_correction.{axis}"] = xr.Variable(
                     "time", f[group][()], {"units": "pixels"}
                 )
-        extra, coords = _behavior(p, f)
+        extra, behavior_attrs = _vb_behavior.read_behavior(p, f)
         data.update(extra)
+        for key, value in behavior_attrs.items():
+            attrs.setdefault(key, value)
+        coords: dict[str, Any] = {}
         spacing = _pixel_um(data.get("max_projection"))
         ny, nx = data["roi_mask"].shape[1:] if "roi_mask" in data else (0, 0)
         coords.update(
@@ -629,19 +450,6 @@ def _strings_or(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _strings_as(stored: xr.DataArray | None) -> Any:
-    """:func:`_strings_or`, then numbers as the stored column holds them: float64 when tables
-    lacking the column made it NaN-padded, text when other tables hold it as text."""
-
-    def transform(a: np.ndarray) -> np.ndarray:
-        a = _strings_or(a)
-        if stored is not None and a.dtype.kind in "biuf" and stored.dtype.kind in "fU":
-            return a.astype(stored.dtype if stored.dtype.kind == "f" else str)
-        return a
-
-    return transform
-
-
 def _traces_view(ds: xr.Dataset, rows: dict[str, np.ndarray | None]) -> xr.Dataset:
     """Traces back in the source's (time, ROI) order; per-cell values in the ``rois`` order."""
     cell = "cell_specimen_id"
@@ -664,28 +472,6 @@ def _roi_specimen(roi_id: np.ndarray) -> Any:
     return transform
 
 
-def _eye_view(ds: xr.Dataset, shorts: tuple[str, ...]) -> xr.Dataset:
-    """Each series' ``<short>_center_x``/``_y`` stacked back into the source's (T, 2) data."""
-    out = {}
-    for short in shorts:
-        axes = [ds[f"eye_tracking.{short}_center_{a}"] for a in "xy"]
-        out[short] = xr.concat(axes, dim="axis").transpose("eye_tracking_time", "axis")
-    return xr.Dataset(out)
-
-
-def _presentation_rows(f: h5py.File) -> dict[str, np.ndarray]:
-    """For each presentation table, the stored rows of its source rows (concat, then sorted)."""
-    tables = sorted(k for k in f.get("intervals", {}) if k.endswith("_presentations"))
-    starts = [np.asarray(f[f"intervals/{t}/start_time"][()]) for t in tables]
-    if not starts:
-        return {}
-    order = np.argsort(np.concatenate(starts), kind="stable")
-    where = np.empty_like(order)
-    where[order] = np.arange(len(order))
-    bounds = np.cumsum([0, *(len(s) for s in starts)])
-    return {t: where[bounds[i] : bounds[i + 1]] for i, t in enumerate(tables)}
-
-
 def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
     """How each dataset matched by :data:`MAPPED_HDF5` is held by ``ds``, for a fidelity check.
 
@@ -695,14 +481,11 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
     cells it names in its order (float64 then, since missing cells are NaN-padded); per-ROI
     ``lambdas``/``noise_stds``/``r``/``RMSE`` likewise; cell table ``id`` -> ``cell_roi_id``,
     ``cell_specimen_id`` with -1 -> ``-cell_roi_id``, ``x``/``y`` -> ``roi_x``/``roi_y``,
-    ``image_mask`` -> ``roi_mask`` as bool (not invertible for non-binary masks); each
-    presentation table with its own rows of the concatenated, start-time-sorted
-    ``stimulus_presentations``; licks ``data`` -> ``licks.frame`` (int64), rewards
-    ``autorewarded`` and ``likely_blink`` as bool; eye tracking ``data`` (T, 2) ->
-    ``<short>_center_x``/``_y``, ``angle`` -> ``<short>_phi``; metadata datasets -> attributes
-    as :func:`read` makes them (one-row scratch tables: their row; ``driver_line`` split on
-    ';'; digit-only ids as int). A value overwritten by another source of the same attribute
-    is reported.
+    ``image_mask`` -> ``roi_mask`` as bool (not invertible for non-binary masks); the
+    behavior part as :func:`abo_lake.sources._vb_behavior.fidelity_mappings` says; metadata
+    datasets -> attributes as :func:`read` makes them (one-row scratch tables: their row;
+    ``driver_line`` split on ';'; digit-only ids as int). A value overwritten by another
+    source of the same attribute is reported.
 
     Parameters
     ----------
@@ -762,59 +545,6 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
                 f"motion_correction.{axis}",
                 None,
             )
-        if "intervals/trials" in f:
-            g = f["intervals/trials"]
-            main["/intervals/trials/id"] = ("trials_id", _as(np.int64))
-            for col, obj in g.items():
-                if isinstance(obj, h5py.Dataset) and col not in ("id", *_INTERVALS_RAW):
-                    func = _as(np.int64) if col.endswith("_index") else _strings_or
-                    main[f"/intervals/trials/{col}"] = (f"trials.{col}", func)
-        main["/processing/licking/licks/timestamps"] = ("licks.timestamps", None)
-        main["/processing/licking/licks/data"] = ("licks.frame", _as(np.int64))
-        main["/processing/rewards/volume/timestamps"] = ("rewards.timestamps", _as(np.float64))
-        main["/processing/rewards/volume/data"] = ("rewards.volume", _as(np.float64))
-        main["/processing/rewards/autorewarded/data"] = ("rewards.autorewarded", _as(bool))
-        for group in f.get("processing/running", {}):
-            main[f"/processing/running/{group}/data"] = (f"running_speed.{group}", None)
-            main[f"/processing/running/{group}/timestamps"] = ("running_speed_time", None)
-        for name in ("v_sig", "v_in"):
-            main[f"/acquisition/{name}/data"] = (f"running_speed.{name}", None)
-        main["/processing/stimulus/timestamps/timestamps"] = ("stimulus_timestamps", None)
-        eye = "/acquisition/EyeTracking"
-        main[f"{eye}/eye_tracking/timestamps"] = ("eye_tracking_time", None)
-        main[f"{eye}/likely_blink/data"] = ("eye_tracking.likely_blink", _as(bool))
-        shorts = []
-        for series, short in _EYE.items():
-            if f"{eye}/{series}/data" in f:
-                shorts.append(short)
-            for key, col in (
-                ("area", "area"),
-                ("area_raw", "area_raw"),
-                ("width", "width"),
-                ("height", "height"),
-                ("angle", "phi"),
-            ):
-                main[f"{eye}/{series}/{key}"] = (f"eye_tracking.{short}_{col}", None)
         out.append(({}, {k: v for k, v in main.items() if k in f}))
-        out.append(
-            (
-                functools.partial(_eye_view, shorts=tuple(shorts)),
-                {f"{eye}/{s}/data": (short, None) for s, short in _EYE.items() if short in shorts},
-            )
-        )
-        for table, where in _presentation_rows(f).items():
-            g = f[f"intervals/{table}"]
-            items = {
-                f"/intervals/{table}/{col}": (
-                    f"stimulus_presentations.{col}",
-                    _strings_as(ds.get(f"stimulus_presentations.{col}")),
-                )
-                for col, obj in g.items()
-                if isinstance(obj, h5py.Dataset) and col not in _PRESENTATION_RAW
-            }
-            out.append((functools.partial(_presentations_view, rows=where), items))
+        out.extend(_vb_behavior.fidelity_mappings(ds, p, f))
     return out
-
-
-def _presentations_view(ds: xr.Dataset, rows: np.ndarray) -> xr.Dataset:
-    return ds.isel(stimulus_presentation_id=rows)
