@@ -19,6 +19,8 @@ One row per behavior session, whether it had imaging or not, with the columns of
   ``num_targeted_structures`` from the experiments' depths and areas.
 
 ``file_id`` and ``file_path`` (Allen's download ids) are left empty, and filled by the CSV.
+``dataset_path`` opens the session: ``behavior/session/<id>``, or for an imaging session its
+first experiment, which holds the same behavior data.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ def _from_experiments(experiments: pd.DataFrame) -> pd.DataFrame:
     groups = df.groupby("behavior_session_id", sort=True)
     out = groups.first()
     out["ophys_experiment_id"] = groups["ophys_experiment_id"].agg(_list_text)
+    if "dataset_path" in df.columns:  # its behavior is in each experiment: open the first
+        out["dataset_path"] = groups["dataset_path"].min()
     if "ophys_container_id" in df.columns:
         out["ophys_container_id"] = groups["ophys_container_id"].agg(_list_text)
     if {"targeted_structure", "imaging_depth"} <= set(df.columns):
@@ -191,7 +195,7 @@ def behavior_sessions(
     if experiments is not None and len(experiments):
         imaging = _from_experiments(experiments)
         if len(imaging):
-            parts.append(imaging.drop(columns=["dataset_path"], errors="ignore"))
+            parts.append(imaging)
     if not parts:
         return pd.DataFrame()
     df = pd.concat(parts)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from abo_lake import __version__
+from abo_lake import __version__, release_tables
 from abo_lake.errors import AboLakeError
 from abo_lake.kinds import FORMATS
 
@@ -444,8 +444,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--table",
         default="ophys_experiments",
-        help="metadata table, e.g. ophys_experiments, ophys_sessions, ecephys_sessions, units, "
-        "celltypes_specimens, connectivity_experiments (default: ophys_experiments)",
+        help="metadata table: "
+        + ", ".join(release_tables.TABLE_NAMES)
+        + " (default: ophys_experiments)",
     )
     c.add_argument("--columns", nargs="*", help="columns to show (default: the usual ones)")
     c.add_argument(

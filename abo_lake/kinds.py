@@ -152,6 +152,14 @@ FORMATS: dict[str, SourceFormat] = {
             hdf5=True,
         ),
         SourceFormat(
+            "vbo-behavior",
+            "abo_lake.sources.vbo_behavior",
+            "Visual Behavior behavior-only session (NWB 2, AllenSDK's BehaviorSession)",
+            synthetic="abo_lake.synthetic.vbo_behavior:write",
+            demo={},
+            hdf5=True,
+        ),
+        SourceFormat(
             "vc2p-ophys",
             "abo_lake.sources.vc2p_ophys",
             "Visual Coding 2P experiment (Brain Observatory NWB 1)",

@@ -29,12 +29,26 @@ from abo_lake.storage import Storage
 if TYPE_CHECKING:
     from abo_lake.jobs import FileResult
 
-__all__ = ["TABLES", "build_tables", "csv_key", "id_names", "read_csvs", "row_tables"]
+__all__ = [
+    "TABLES",
+    "TABLE_NAMES",
+    "build_tables",
+    "csv_key",
+    "id_names",
+    "read_csvs",
+    "row_tables",
+]
 
 #: Release table name -> (dataset kind, index name): one row per dataset of the kind.
 TABLES: dict[str, tuple[str, str]] = {
     k.table: (k.name, k.table_index) for k in KINDS.values() if k.table
 }
+#: Every table a release can have, for help texts.
+TABLE_NAMES: tuple[str, ...] = (
+    *TABLES,
+    "ophys_sessions",
+    *(t.name for k in KINDS.values() for t in k.row_tables),
+)
 #: Per-dataset row table name -> (its declaration, the dataset kind, its owner's id column).
 ROW_TABLES: dict[str, tuple[RowTable, str, str]] = {
     t.name: (t, k.name, k.id) for k in KINDS.values() for t in k.row_tables
