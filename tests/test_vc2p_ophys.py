@@ -155,7 +155,8 @@ class TestReader:
         assert ds_a.attrs["source_file"] == tiny_a.name
         assert ds_a.attrs["ophys_experiment_id"] == truth["ophys_experiment_id"]
         assert ds_a.attrs["session_type"] == "three_session_A"
-        assert ds_a.attrs["cre_line"] == truth["metadata"]["cre_line"]
+        # AllenSDK's BrainObservatoryNwbDataSet.get_metadata keeps "/wt" (Visual Coding 2P)
+        assert ds_a.attrs["cre_line"] == truth["metadata"]["cre_line"] + "/wt"
         assert ds_a.attrs["imaging_depth"] == truth["metadata"]["imaging_depth"]
         assert ds_a.cell_specimen_id.values.tolist() == [
             c["cell_specimen_id"] for c in truth["cells"]
@@ -260,7 +261,7 @@ class TestReader:
         schema.validate(ds, "ophys_experiment")
         assert ds.attrs["session_type"] == "three_session_B"
         assert ds.attrs["targeted_structure"] == "VISp"
-        assert ds.attrs["cre_line"] == "Rorb-IRES2-Cre"
+        assert ds.attrs["cre_line"] == "Rorb-IRES2-Cre/wt"  # as get_metadata() gives it
         assert ds.attrs["imaging_depth"] == 275
         assert ds.attrs["experiment_container_id"] == 511507144
         assert ds.attrs["session_start_time"] == "2016-01-20T10:24:01"

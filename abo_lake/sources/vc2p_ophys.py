@@ -34,7 +34,9 @@ Layout of the ``ophys_experiment`` Dataset (path ``ophys/experiment/<ophys_exper
   pair each +1 event with the next -1 event; an unmatched start gets ``end_frame`` -1.
 
 Attrs carry the Allen metadata (``ophys_experiment_id``, ``experiment_container_id``,
-``session_type``, ``targeted_structure``, ``imaging_depth``, ``cre_line``, ``reporter_line``,
+``session_type``, ``targeted_structure``, ``imaging_depth``, ``cre_line`` (as AllenSDK's
+``BrainObservatoryNwbDataSet.get_metadata`` gives it: the genotype's first part, ``/wt`` kept,
+e.g. ``Rorb-IRES2-Cre/wt``; Visual Behavior's drops it), ``reporter_line``,
 ``genotype``, ``ophys_frame_rate``, ...). Datasets listed in :data:`MAPPED_HDF5` are stored
 bit-faithfully in this layout; everything else (raw fluorescence, metadata strings, templates,
 ROI masks and pixel lists, the spontaneous IntervalSeries, ...) is left to the raw copier.
@@ -486,7 +488,9 @@ def _metadata(f: h5py.File, ts: np.ndarray) -> dict[str, Any]:
         meta["age_days"] = int(age.group(1))
     if "genotype" in meta:
         parts = [g.split("/")[0] for g in meta["genotype"].split(";")]
-        meta["cre_line"] = parts[0]
+        # AllenSDK's BrainObservatoryNwbDataSet.get_metadata: the genotype's first part as it
+        # is ("Rorb-IRES2-Cre/wt"); Visual Behavior's parse_cre_line drops "/wt", VC2P's not
+        meta["cre_line"] = meta["genotype"].split(";")[0]
         reporters = [g for g in parts[1:] if g.startswith("Ai")]
         if reporters:
             meta["reporter_line"] = reporters[0]
