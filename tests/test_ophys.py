@@ -158,7 +158,7 @@ class TestAccessor:
 
     def test_stimulus_presentations_table(self, vbo, vc):
         table = vbo.ophys.stimulus_presentations
-        assert table.index.name == P
+        assert table.index.name == "stimulus_presentations_id"  # AllenSDK's name
         assert len(table) == vbo.sizes[P]
         assert {"start_time", "image_name", "is_change", "omitted"} <= set(table.columns)
         assert table["is_change"].dtype == bool
@@ -180,7 +180,7 @@ class TestAccessor:
 
     def test_running_speed_on_ophys_time(self, vbo, vc):
         for ds in (vbo, vc):
-            speed = ds.ophys.running_speed
+            speed = ds.ophys.running_speed_on_ophys_time()
             assert isinstance(speed.data, dask.array.Array)
             assert speed.dims == ("time",)
             src_t = ds["running_speed_time"].values
@@ -193,8 +193,8 @@ class TestAccessor:
             )
             np.testing.assert_allclose(speed.values, expected, rtol=1e-6, equal_nan=True)
         # the VC2P wheel starts 5 frames after the movie: NaN there, not extrapolated
-        assert np.isnan(vc.ophys.running_speed.values[:5]).all()
-        assert np.isfinite(vc.ophys.running_speed.values[5:]).all()
+        assert np.isnan(vc.ophys.running_speed_on_ophys_time().values[:5]).all()
+        assert np.isfinite(vc.ophys.running_speed_on_ophys_time().values[5:]).all()
 
 
 # --------------------------------------------------------------------------- responses
@@ -319,7 +319,7 @@ class TestLazyAndChunkAware:
                 ds.ophys.mean_response(by="image_name", baseline=(-0.5, 0.0)),
                 ds.ophys.change_responses(),
                 ds.ophys.omission_responses(trace="events"),
-                ds.ophys.running_speed,
+                ds.ophys.running_speed_on_ophys_time(),
                 ds.ophys.dff,
             ]
         assert all(isinstance(r.data, dask.array.Array) for r in results)

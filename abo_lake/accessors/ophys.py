@@ -17,12 +17,42 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import ophys, schema
+from abo_lake import behavior, ophys, schema
 from abo_lake.errors import SchemaError
 
 __all__ = ["OphysAccessor"]
 
 _KIND = "ophys_experiment"
+_BEHAVIOR = "behavior_session"
+#: Members that need imaging: on a behavior-only session they raise a SchemaError saying so.
+_IMAGING = frozenset(
+    {
+        "valid_cells",
+        "dff",
+        "events",
+        "filtered_events",
+        "roi_masks",
+        "max_projection",
+        "average_projection",
+        "segmentation_mask_image",
+        "dff_traces",
+        "corrected_fluorescence_traces",
+        "demixed_traces",
+        "neuropil_traces",
+        "cell_specimen_table",
+        "motion_correction",
+        "ophys_timestamps",
+        "timestamps",
+        "frame_rate",
+        "running_speed_on_ophys_time",
+        "trial_responses",
+        "mean_response",
+        "change_responses",
+        "omission_responses",
+        "drifting_grating_metrics",
+        "to_pynapple",
+    }
+)
 
 
 @xr.register_dataset_accessor("ophys")
@@ -36,17 +66,37 @@ class OphysAccessor:
     """
 
     def __init__(self, ds: xr.Dataset) -> None:
+        kind = _BEHAVIOR if schema.kind_of(ds) == _BEHAVIOR else _KIND
         try:
-            schema.validate(ds, _KIND)
+            schema.validate(ds, kind)
         except SchemaError as err:
             raise SchemaError(
-                f".ophys needs an {_KIND!r} Dataset (open 'ophys/experiment/<id>' from a "
-                f"release): {err}"
+                f".ophys needs an {_KIND!r} or {_BEHAVIOR!r} Dataset (open "
+                f"'ophys/experiment/<id>' or 'behavior/session/<id>' from a release): {err}"
             ) from err
         self._ds = ds
+        self._kind = kind
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _IMAGING and object.__getattribute__(self, "_kind") == _BEHAVIOR:
+            ds = object.__getattribute__(self, "_ds")
+            raise SchemaError(
+                f".ophys.{name} needs imaging; this is a behavior-only session "
+                f"(behavior_session {ds.attrs.get('behavior_session_id', '?')}, no two-photon "
+                "data). Its behavior members work: trials, licks, rewards, running_speed, "
+                "stimulus_presentations, stimulus_templates, eye_tracking, metadata, ..."
+            )
+        return object.__getattribute__(self, name)
 
     def __repr__(self) -> str:
         a = self._ds.attrs
+        if self._kind == _BEHAVIOR:
+            return (
+                f"<behavior_session {a.get('behavior_session_id', '?')} · "
+                f"{a.get('session_type', '?')} · {self._ds.sizes.get('trials_id', 0)} trials · "
+                f"{self._ds.sizes.get(ophys.PRESENTATION, 0)} presentations · "
+                f"{a.get('equipment_name', '?')} · no imaging>"
+            )
         cre = a.get("cre_line") or ";".join(a.get("driver_line") or []) or "?"
         stimuli = a.get("stimulus_names") or a.get("session_type") or "?"
         if isinstance(stimuli, list):
@@ -150,7 +200,11 @@ class OphysAccessor:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """AllenSDK's ``BehaviorOphysExperiment.metadata``; see :func:`abo_lake.ophys.metadata`."""
+        """AllenSDK's ``BehaviorOphysExperiment.metadata`` (see :func:`abo_lake.ophys.metadata`),
+        or ``BehaviorSession.metadata`` of a behavior-only session
+        (:func:`abo_lake.behavior.metadata`)."""
+        if self._kind == _BEHAVIOR:
+            return behavior.metadata(self._ds)
         return ophys.metadata(self._ds)
 
     @property
@@ -164,19 +218,71 @@ class OphysAccessor:
         ``ophys_frame_rate`` with fewer than two)."""
         return ophys.frame_rate(self._ds)
 
+    # ----------------------------------------------------------------- behavior (AllenSDK's)
     @property
     def stimulus_presentations(self) -> pd.DataFrame:
-        """Stimulus table indexed by stimulus_presentation_id."""
+        """AllenSDK's ``stimulus_presentations`` (Visual Behavior, indexed by
+        ``stimulus_presentations_id``; see :func:`abo_lake.behavior.stimulus_presentations`), or
+        the Visual Coding 2P stimulus table indexed by ``stimulus_presentation_id``."""
+        if "trials_id" in self._ds.dims:
+            return behavior.stimulus_presentations(self._ds)
         return ophys.stimulus_presentations(self._ds)
 
     @property
     def trials(self) -> pd.DataFrame:
-        """Behaviour trials indexed by trials_id (Visual Behavior)."""
-        return ophys.trials(self._ds)
+        """AllenSDK's ``trials``, indexed by ``trials_id`` (Visual Behavior)."""
+        return behavior.trials(self._ds)
 
     @property
-    def running_speed(self) -> xr.DataArray:
-        """Running speed (cm/s) interpolated onto the ophys timestamps, lazy."""
+    def licks(self) -> pd.DataFrame:
+        """AllenSDK's ``licks``: ``timestamps`` and ``frame`` (Visual Behavior)."""
+        return behavior.licks(self._ds)
+
+    @property
+    def rewards(self) -> pd.DataFrame:
+        """AllenSDK's ``rewards``: ``volume``, ``timestamps``, ``auto_rewarded``."""
+        return behavior.rewards(self._ds)
+
+    @property
+    def running_speed(self) -> pd.DataFrame:
+        """AllenSDK's ``running_speed`` (filtered, cm/s): ``timestamps`` and ``speed``."""
+        return behavior.running_speed(self._ds)
+
+    @property
+    def raw_running_speed(self) -> pd.DataFrame:
+        """AllenSDK's ``raw_running_speed`` (unfiltered, cm/s): ``timestamps`` and ``speed``."""
+        return behavior.raw_running_speed(self._ds)
+
+    @property
+    def stimulus_timestamps(self) -> np.ndarray:
+        """AllenSDK's ``stimulus_timestamps`` (s): every stimulus frame."""
+        return behavior.stimulus_timestamps(self._ds)
+
+    @property
+    def stimulus_templates(self) -> pd.DataFrame:
+        """AllenSDK's ``stimulus_templates``: ``unwarped`` and ``warped`` images by
+        ``image_name`` (lazy arrays: ``ds["stimulus_templates.warped"]``)."""
+        return behavior.stimulus_templates(self._ds)
+
+    @property
+    def eye_tracking(self) -> pd.DataFrame:
+        """AllenSDK's ``eye_tracking`` with its blink filtering (z-score 3, dilation 2); see
+        :func:`abo_lake.behavior.eye_tracking` for other thresholds."""
+        return behavior.eye_tracking(self._ds)
+
+    @property
+    def eye_tracking_rig_geometry(self) -> dict[str, Any]:
+        """AllenSDK's ``eye_tracking_rig_geometry`` (``{}`` when the session has none)."""
+        return behavior.eye_tracking_rig_geometry(self._ds)
+
+    @property
+    def task_parameters(self) -> dict[str, Any]:
+        """AllenSDK's ``task_parameters``."""
+        return behavior.task_parameters(self._ds)
+
+    def running_speed_on_ophys_time(self) -> xr.DataArray:
+        """Running speed (cm/s) interpolated onto the ophys timestamps, lazy; see
+        :func:`abo_lake.ophys.running_speed`."""
         return ophys.running_speed(self._ds)
 
     # ----------------------------------------------------------------- analyses
