@@ -1,63 +1,45 @@
 """Seeded Visual Behavior 2P (VBO) ``behavior_ophys_experiment_<id>.nwb`` files.
 
-The files follow the real VBO layout (``ALLEN_DATA.md`` §2) with core NWB types only: the
-``ndx-aibs-*`` and ``ndx-ellipse-eye-tracking`` extensions cannot be installed, so the fields
-those types add are written as plain HDF5 datasets at the real paths. HDF5 paths written:
+The files have the HDF5 structure AllenSDK 2.16.2's ``BehaviorOphysExperiment`` writer gives a
+release file (the AllenSDK-written fixture ``vbo_ophys_experiment_*.nwb``, layout notes 1-27 of
+``shared/tools/allensdk/README.md``), with the ``ndx-aibs-*`` extensions AllenSDK uses
+(vendored specs, :mod:`._allen_nwb`). The behavior part (presentations, trials, licks,
+rewards, running, templates, task parameters, subject) comes from :mod:`.vbo_behavior`;
+this module adds:
 
-- ``scratch/metadata``: one-row DynamicTable of the experiment metadata (stands in for
-  ``general/metadata`` = OphysBehaviorMetadata): every column of the VBO
-  ``ophys_experiment`` table plus ``ophys_frame_rate``, ``stimulus_frame_rate``,
-  ``field_of_view_width``/``height`` (pixels), ``imaging_plane_group_count``,
-  ``behavior_session_uuid``. ``driver_line`` is ``;``-joined; a missing
-  ``imaging_plane_group`` is -1. ``scratch/task_parameters``: one-row table of task settings.
-- ``identifier`` = ophys_experiment_id, ``general/session_id`` = ophys_session_id,
-  ``general/subject`` (subject_id = mouse_id, genotype = full_genotype, sex, age ``P<d>D``),
-  ``general/optophysiology/imaging_plane_1`` (+ ``channel_1``; location = targeted structure,
-  indicator, imaging_rate, 910 nm, grid_spacing in µm).
+- ``general/metadata`` (OphysBehaviorMetadata), ``general/optophysiology/imaging_plane_1``;
 - ``processing/ophys/image_segmentation/cell_specimen_table`` (PlaneSegmentation, ``id`` =
   cell_roi_id, ``image_mask`` (N, 512, 512) bool, cell_specimen_id (-1 = unmatched), x, y,
-  width, height, valid_roi, mask_image_plane, max_correction_{up,down,left,right}).
+  width, height, valid_roi, mask_image_plane, max_correction_{up,down,left,right});
 - ``processing/ophys/{dff,corrected_fluorescence,neuropil_trace,demixed_trace}/traces``
-  (RoiResponseSeries, data (T, N) float64, gzip); ``corrected_fluorescence/{r,RMSE}`` (N,).
-- ``processing/ophys/event_detection`` (RoiResponseSeries: data (T, N) float64, gzip, mostly
-  zeros) with extra datasets ``lambdas`` and ``noise_stds`` (N,).
-- ``processing/ophys/images/{max_projection,average_image,segmentation_mask_image}`` (uint16).
-- ``processing/ophys/ophys_motion_correction_{x,y}`` (TimeSeries, pixels).
-- ``intervals/<image set>_presentations`` (one table per stimulus, named by its
-  ``stimulus_name`` as AllenSDK does, with pynwb's ragged ``tags`` and ``timeseries``
-  references into the stimulus frame times) and ``intervals/trials`` (``lick_times`` ragged).
-- ``processing/licking/licks`` (data = stimulus frame), ``processing/rewards/{volume,
-  autorewarded}`` (both left out when empty, as in passive sessions),
-  ``processing/running/{dx,speed,speed_unfiltered}``, ``acquisition/{v_sig,v_in}``,
-  ``processing/stimulus/timestamps`` (data = frame index).
-- ``acquisition/EyeTracking/{eye,pupil,corneal_reflection}_tracking`` (SpatialSeries: data =
-  centre (T, 2) in pixels, plus datasets area, area_raw, width, height, angle) and
-  ``acquisition/EyeTracking/likely_blink/{data,timestamps}``.
+  (RoiResponseSeries (T, N) float64; every ``rois`` but dff's is a link to dff's) and
+  ``corrected_fluorescence/{r,RMSE}`` (RoiResponseSeries of (N,) values);
+- ``processing/ophys/event_detection`` (OphysEventDetection: (T, N) gzip, ``lambdas``,
+  ``noise_stds``, its own ``rois``);
+- ``processing/ophys/images/{max_projection,average_image}`` (uint8) and
+  ``segmentation_mask_image`` (int64), ``processing/ophys/ophys_motion_correction_{x,y}``
+  (int64 pixels);
+- ``acquisition/EyeTracking`` (EllipseEyeTracking: three EllipseSeries and ``likely_blink``,
+  all on ``eye_tracking``'s timestamps) and ``processing/eye_tracking_rig_metadata``.
 
-Every ``object_id`` is derived from the seed, so two writes give identical files apart from
-HDF5 bookkeeping; ``event_detection_version=2`` changes only the event_detection datasets.
+The session is AllenSDK's: 5 min of gray screen (``spontaneous``), the change detection
+block, 5 min of gray screen and natural_movie_one (shortened at scale "tiny"). Every
+``object_id`` is derived from the seed, so two writes give identical files apart from HDF5
+bookkeeping; ``event_detection_version=2`` changes only the event_detection datasets.
 """
 
 from __future__ import annotations
 
-import ast
-import csv
 import datetime
-import importlib.resources
-import uuid
 import warnings
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 from hdmf.backends.hdf5 import H5DataIO
-from hdmf.common import DynamicTable, VectorData, VectorIndex
-from pynwb import NWBHDF5IO, NWBFile, TimeSeries
-from pynwb.base import Images, TimeSeriesReference, TimeSeriesReferenceVectorData
-from pynwb.behavior import EyeTracking
-from pynwb.epoch import TimeIntervals
-from pynwb.file import Subject
+from hdmf.common import ElementIdentifiers, VectorData
+from pynwb import NWBFile, TimeSeries
+from pynwb.base import Images
 from pynwb.image import GrayscaleImage
 from pynwb.ophys import (
     DfOverF,
@@ -69,43 +51,57 @@ from pynwb.ophys import (
 )
 from scipy.signal import lfilter
 
+from abo_lake.synthetic import _allen_nwb as allen
+from abo_lake.synthetic import vbo_behavior
+from abo_lake.synthetic.vbo_behavior import IMAGE_SETS
+
 __all__ = ["IMAGE_SETS", "ground_truth", "write"]
 
 _SCALES = {"tiny": (12, 180.0), "realistic": (200, 3600.0)}  # (ROIs, seconds)
 _FOV = 512
 _PIXEL_UM = 400.0 / _FOV
-_STIM_RATE = 60.0
-_FLASH_FRAMES, _CYCLE_FRAMES = 15, 45  # 250 ms on, 750 ms per flash at 60 Hz
-_OMITTED_FRACTION = 0.05
 _EVENT_THRESHOLD = {1: 2.0, 2: 3.0}  # x noise std; version 2 is the "fixed" detection
-
-#: image set letter -> (stimulus name, the 8 image names).
-IMAGE_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "A": (
-        "Natural_Images_Lum_Matched_set_training_2017.07.14",
-        ("im061", "im062", "im063", "im065", "im066", "im069", "im077", "im085"),
-    ),
-    "B": (
-        "Natural_Images_Lum_Matched_set_ophys_6_2017.07.14",
-        ("im000", "im031", "im035", "im045", "im054", "im073", "im075", "im106"),
-    ),
-    "G": (
-        "Natural_Images_Lum_Matched_set_ophys_G_2019",
-        ("im012", "im036", "im044", "im047", "im078", "im083", "im111", "im115"),
-    ),
-    "H": (
-        "Natural_Images_Lum_Matched_set_ophys_H_2019",
-        ("im005", "im024", "im034", "im083", "im087", "im104", "im111", "im114"),
-    ),
+_EXPERIMENT_DESCRIPTION = (
+    "2-photon calcium imaging in the visual cortex of the mouse brain as the mouse performs a "
+    "visual change detection task with natural scene images. Image stimuli are displayed for "
+    "250 ms with a 500 ms intervening gray period. 5% of non-change image presentations are "
+    "randomly omitted. The session is 75 minutes long, with 5 minutes of gray screen before "
+    "and after 60 minutes of behavior, followed by 10 repeats of a 30 second natural movie "
+    "stimulus at the end of the session."
+)
+_ROI_DESCRIPTIONS = {
+    "cell_specimen_id": "Unified id of segmented cell across experiments (after cell matching)",
+    "height": "Height of ROI in pixels",
+    "mask_image_plane": "Which image plane an ROI resides on. Overlapping ROIs are stored on "
+    "different mask image planes.",
+    "max_correction_down": "Max motion correction in down direction in pixels",
+    "max_correction_left": "Max motion correction in left direction in pixels",
+    "max_correction_right": "Max motion correction in right direction in pixels",
+    "max_correction_up": "Max motion correction in up direction in pixels",
+    "valid_roi": "Indicates if cell classification found the ROI to be a cell or not",
+    "width": "Width of ROI in pixels",
+    "x": "x position of ROI in Image Plane in pixels (top left corner)",
+    "y": "y position of ROI in Image Plane in pixels (top left corner)",
+}
+#: processing/ophys group -> (container type, key of the traces in :func:`_traces`)
+_TRACE_GROUPS = [
+    ("dff", DfOverF, "dff"),
+    ("corrected_fluorescence", Fluorescence, "corrected"),
+    ("neuropil_trace", Fluorescence, "neuropil"),
+    ("demixed_trace", Fluorescence, "demixed"),
+]
+#: AllenSDK's eye tracking rig geometry (CAM2P rigs): name -> (value, unit)
+_RIG = {
+    "camera_position": ([130.0, 0.0, 0.0], "mm"),
+    "camera_rotation": ([0.0, 0.0, 13.1], "deg"),
+    "led_position": ([265.1, -39.3, 1.0], "mm"),
+    "monitor_position": ([170.0, 0.0, 0.0], "mm"),
+    "monitor_rotation": ([0.0, 0.0, 0.0], "deg"),
 }
 
 
 def _experiment_rows(seed: int, n_experiments: int) -> list[dict[str, str]]:
-    text = importlib.resources.files("abo_lake.synthetic").joinpath(
-        "data/vbo_ophys_experiments_sample.csv"
-    )
-    with text.open("r", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = vbo_behavior.experiment_rows()
     if not 1 <= n_experiments <= len(rows):
         raise ValueError(f"n_experiments must be in 1..{len(rows)}, got {n_experiments}")
     order = np.random.default_rng([seed, 0xA11E]).permutation(len(rows))[:n_experiments]
@@ -187,167 +183,6 @@ def _clock(t0: float, rate: float, n: int, rng: np.random.Generator) -> np.ndarr
     return t0 + np.arange(n) / rate + rng.normal(0.0, 1e-4, n)
 
 
-def _behavior(row: dict[str, str], duration: float, rng: np.random.Generator) -> dict[str, Any]:
-    """Stimulus presentations, trials, licks and rewards of a change detection session."""
-    passive = row["passive"] == "True"
-    names = IMAGE_SETS[row["image_set"]][1]
-    stim_t = _clock(0.8, _STIM_RATE, int((duration - 1.0) * _STIM_RATE), rng)
-    n_flash = (len(stim_t) - 252 - _CYCLE_FRAMES) // _CYCLE_FRAMES
-    image = np.zeros(n_flash, np.int64)
-    is_change = np.zeros(n_flash, bool)
-    sham = np.zeros(n_flash, bool)
-    trial_of = np.zeros(n_flash, np.int64)
-    trials: list[dict[str, Any]] = []
-    current, start, queue = int(rng.integers(8)), 0, []
-    while start < n_flash:
-        n_wait = int(rng.integers(4, 12))
-        catch = rng.random() < 0.12
-        aborted = (not passive) and rng.random() < 0.1
-        end = min(start + (int(rng.integers(1, n_wait)) + 1 if aborted else n_wait + 4), n_flash)
-        change = start + n_wait
-        trial = {"start": start, "end": end, "initial": current, "aborted": aborted}
-        trial.update(catch=catch and not aborted, go=not (catch or aborted), change=None)
-        image[start:end] = current
-        if change >= n_flash:  # the session ends before this trial's change
-            trial.update(go=False, catch=False)
-        elif not aborted:
-            trial["change"] = change
-            if catch:
-                sham[change] = True
-            else:
-                is_change[change] = True
-                current = _next_image(current, queue, rng)
-                image[change:end] = current
-        trial_of[start:end] = len(trials)
-        trial["final"] = current
-        trials.append(trial)
-        start = end
-    protect = is_change | sham | np.roll(is_change | sham, -1)
-    protect[0] = True
-    omitted = (rng.random(n_flash) < _OMITTED_FRACTION) & ~protect
-    since = np.zeros(n_flash, np.int64)
-    for k in range(1, n_flash):
-        since[k] = 0 if is_change[k] else since[k - 1] + 1
-    start_frame = 252 + _CYCLE_FRAMES * np.arange(n_flash)
-    end_frame = start_frame + _FLASH_FRAMES
-    pres = {
-        "start_time": stim_t[start_frame],
-        "stop_time": stim_t[end_frame],
-        "start_frame": start_frame,
-        "end_frame": end_frame,
-        "image_index": np.where(omitted, 8, image),
-        "image_name": np.array([("omitted" if o else names[i]) for i, o in zip(image, omitted)]),
-        "is_change": is_change,
-        "is_sham_change": sham,
-        "omitted": omitted,
-        "flashes_since_change": since,
-        "trials_id": trial_of,
-    }
-    licks: list[float] = []
-    rewards: list[tuple[float, float, bool]] = []
-    table: dict[str, list] = {k: [] for k in _TRIAL_COLUMNS}
-    t_on = pres["start_time"]
-    for i, tr in enumerate(trials):
-        ch = tr["change"]
-        change_time = float(t_on[ch]) if ch is not None else np.nan
-        lick_t: list[float] = []
-        if tr["aborted"]:
-            lick_t = [float(t_on[tr["end"] - 1] + rng.uniform(0.2, 0.5))]
-        elif ch is not None and not passive:
-            p_lick = 0.75 if tr["go"] else 0.2
-            if rng.random() < p_lick:
-                first = change_time + rng.uniform(0.3, 0.6)
-                lick_t = list(first + 0.15 * np.arange(int(rng.integers(2, 6))))
-        auto = tr["go"] and i < 3 and not passive
-        in_window = [t for t in lick_t if ch is not None and 0.15 <= t - change_time <= 0.75]
-        response = in_window[0] if in_window else np.nan
-        hit = bool(tr["go"] and in_window)
-        reward_t, volume = np.nan, 0.0
-        if auto:
-            reward_t, volume = change_time, 0.005
-        elif hit:
-            reward_t, volume = response + 0.01, 0.007
-        if volume:
-            rewards.append((reward_t, volume, auto))
-        licks.extend(lick_t)
-        stop = float(stim_t[min(tr["end"] * _CYCLE_FRAMES + 252, len(stim_t) - 1)])
-        values = {
-            "start_time": float(t_on[tr["start"]]),
-            "stop_time": stop,
-            "lick_times": lick_t,
-            "reward_time": reward_t,
-            "reward_volume": volume,
-            "hit": hit,
-            "false_alarm": bool(tr["catch"] and in_window),
-            "miss": bool(tr["go"] and not in_window),
-            "correct_reject": bool(tr["catch"] and not in_window),
-            "aborted": tr["aborted"],
-            "go": tr["go"],
-            "catch": tr["catch"],
-            "auto_rewarded": auto,
-            "change_time": change_time,
-            "response_time": response,
-            "change_frame": float(start_frame[ch]) if ch is not None else np.nan,
-            "initial_image_name": names[tr["initial"]],
-            "change_image_name": "" if ch is None else names[tr["final"]],
-        }
-        for k, v in values.items():
-            table[k].append(v)
-    if passive:  # a few spontaneous licks, outside every response window
-        starts = np.asarray(table["start_time"])
-        for t_lick in np.sort(rng.uniform(starts[0], table["stop_time"][-1], 1 + n_flash // 80)):
-            i = int(np.searchsorted(starts, t_lick, side="right") - 1)
-            change_time = table["change_time"][i]
-            if not 0.0 <= t_lick - change_time <= 1.0:
-                table["lick_times"][i] = [*table["lick_times"][i], float(t_lick)]
-                licks.append(float(t_lick))
-    lick_times = np.sort(np.asarray(licks, np.float64))
-    rew = np.array(rewards, dtype=[("t", "f8"), ("v", "f8"), ("a", "?")])
-    return {
-        "stim_t": stim_t,
-        "pres": pres,
-        "trials": table,
-        "lick_times": lick_times,
-        "lick_frames": np.searchsorted(stim_t, lick_times).astype(np.int64),
-        "reward_times": rew["t"],
-        "reward_volume": rew["v"],
-        "reward_auto": rew["a"],
-        "passive": passive,
-    }
-
-
-def _next_image(current: int, queue: list[int], rng: np.random.Generator) -> int:
-    """Next change image: walk through shuffled rounds of all 8, so every image is shown."""
-    while True:
-        if not queue:
-            queue.extend(rng.permutation(8).tolist())
-        image = queue.pop()
-        if image != current:
-            return image
-
-
-_TRIAL_COLUMNS = [
-    "start_time",
-    "stop_time",
-    "lick_times",
-    "reward_time",
-    "reward_volume",
-    "hit",
-    "false_alarm",
-    "miss",
-    "correct_reject",
-    "aborted",
-    "go",
-    "catch",
-    "auto_rewarded",
-    "change_time",
-    "response_time",
-    "change_frame",
-    "initial_image_name",
-    "change_image_name",
-]
-
-
 def _traces(
     cells: dict[str, np.ndarray], pres: dict, t: np.ndarray, tau: float, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
@@ -424,6 +259,15 @@ def _masks(cells: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarr
     return masks, box
 
 
+def _gzip(data: np.ndarray) -> H5DataIO:
+    return H5DataIO(data, compression="gzip", compression_opts=4)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [0.1, 99.9])
+    return np.clip((image - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+
+
 def _images(masks: np.ndarray, cells: dict, calcium_max: np.ndarray, rng) -> dict[str, np.ndarray]:
     yy, xx = np.mgrid[0:_FOV, 0:_FOV] / _FOV
     vignette = 600.0 * (1.2 - ((xx - 0.5) ** 2 + (yy - 0.5) ** 2))
@@ -432,9 +276,10 @@ def _images(masks: np.ndarray, cells: dict, calcium_max: np.ndarray, rng) -> dic
     peak = avg + (weight @ (cells["F0"] * calcium_max)).reshape(_FOV, _FOV) * 3
     noise = rng.normal(0, 20.0, (2, _FOV, _FOV))
     return {
-        "average_image": np.clip(avg + noise[0], 0, 65535).astype(np.uint16),
-        "max_projection": np.clip(peak + 2.0 * np.abs(noise[1]), 0, 65535).astype(np.uint16),
-        "segmentation_mask_image": masks.any(axis=0).astype(np.uint16),
+        # AllenSDK writes the projections as 8-bit images (scaled to 0-255), the mask as int64
+        "average_image": _to_uint8(avg + noise[0]),
+        "max_projection": _to_uint8(peak + 2.0 * np.abs(noise[1])),
+        "segmentation_mask_image": masks.any(axis=0).astype(np.int64),
     }
 
 
@@ -462,121 +307,16 @@ def _eye(duration: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
-def _running(stim_t: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    n = len(stim_t)
-    bouts = lfilter([0.01], [1.0, -0.99], rng.normal(size=n)) * 60.0
-    speed_unfiltered = np.clip(bouts, -2.0, None) + rng.normal(0, 1.5, n)
-    speed = np.convolve(speed_unfiltered, np.ones(5) / 5.0, mode="same")
-    dx = speed_unfiltered / _STIM_RATE
-    angle = np.cumsum(dx) / (2 * np.pi * 8.0)  # wheel radius ~8 cm, in turns
-    v_in = 5.0 + rng.normal(0, 0.01, n)
-    return {
-        "dx": dx,
-        "speed": speed,
-        "speed_unfiltered": speed_unfiltered,
-        "v_in": v_in,
-        "v_sig": np.mod(angle, 1.0) * v_in,
-    }
-
-
-def _gzip(data: np.ndarray, chunks: tuple[int, ...] | None = None) -> H5DataIO:
-    return H5DataIO(data, compression="gzip", compression_opts=4, chunks=chunks or True)
-
-
-def _table(
-    name: str, description: str, values: dict[str, Any], cls=DynamicTable, extra: tuple = ()
-):
-    columns: list = []
-    for key, value in values.items():
-        if key == "lick_times":
-            flat = np.concatenate([np.asarray(v, np.float64) for v in value] + [np.zeros(0)])
-            data = VectorData(name=key, description="lick times (s) in the trial", data=flat)
-            ends = np.cumsum([len(v) for v in value]).astype(np.int64)
-            columns += [data, VectorIndex(name=f"{key}_index", data=ends, target=data)]
-            continue
-        arr = np.asarray(value)
-        data = arr.tolist() if arr.dtype.kind == "U" else arr
-        columns.append(VectorData(name=key, description=key.replace("_", " "), data=data))
-    return cls(name=name, description=description, columns=[*columns, *extra])
-
-
-def _tags_and_timeseries(
-    tag: str, start: np.ndarray, stop: np.ndarray, series: TimeSeries
-) -> list[VectorData | VectorIndex]:
-    """pynwb's optional TimeIntervals columns: one tag per row and the row's frames of
-    ``series``, each ragged with its ``_index``."""
-    ends = np.arange(1, len(start) + 1, dtype=np.int64)
-    tags = VectorData(name="tags", description="user-defined tags", data=[tag] * len(start))
-    refs = TimeSeriesReferenceVectorData(
-        name="timeseries",
-        description="index into a TimeSeries object",
-        data=[TimeSeriesReference(int(a), int(b - a), series) for a, b in zip(start, stop)],
-    )
-    return [
-        tags,
-        VectorIndex(name="tags_index", data=ends, target=tags),
-        refs,
-        VectorIndex(name="timeseries_index", data=ends, target=refs),
-    ]
-
-
-def _metadata_row(row: dict[str, str], rate: float, seed: int) -> dict[str, list]:
-    meta: dict[str, Any] = {}
-    for key, value in row.items():
-        if key in {
-            "ophys_experiment_id",
-            "behavior_session_id",
-            "ophys_session_id",
-            "ophys_container_id",
-            "mouse_id",
-            "age_in_days",
-            "imaging_depth",
-            "targeted_imaging_depth",
-            "session_number",
-            "prior_exposures_to_session_type",
-            "prior_exposures_to_image_set",
-            "prior_exposures_to_omissions",
-        }:
-            meta[key] = int(value)
-        elif key == "imaging_plane_group":
-            meta[key] = int(float(value)) if value else -1
-        elif key == "passive":
-            meta[key] = value == "True"
-        elif key == "driver_line":
-            meta[key] = ";".join(ast.literal_eval(value))
-        else:
-            meta[key] = value
-    meta.update(
-        ophys_frame_rate=rate,
-        stimulus_frame_rate=_STIM_RATE,
-        field_of_view_width=_FOV,
-        field_of_view_height=_FOV,
-        imaging_plane_group_count=4 if row["imaging_plane_group"] else 0,
-        behavior_session_uuid=str(uuid.uuid5(uuid.NAMESPACE_OID, f"{seed}/{row['mouse_id']}")),
-    )
-    return {k: [v] for k, v in meta.items()}
-
-
-def _nwbfile(row: dict[str, str], rate: float) -> NWBFile:
-    start = datetime.datetime.fromisoformat(row["date_of_acquisition"]).replace(tzinfo=datetime.UTC)
-    return NWBFile(
-        session_description=f"Visual Behavior 2P ophys experiment, {row['session_type']}",
-        identifier=row["ophys_experiment_id"],
-        session_start_time=start,
-        file_create_date=[start],
-        session_id=row["ophys_session_id"],
-        institution="Allen Institute for Brain Science",
-        experiment_description="change detection task with two-photon calcium imaging",
-        keywords=["visual behavior", "two-photon", "calcium imaging", "change detection"],
-        stimulus_notes=row["session_type"],
-        subject=Subject(
-            subject_id=row["mouse_id"],
-            genotype=row["full_genotype"],
-            sex=row["sex"],
-            age=f"P{row['age_in_days']}D",
-            species="Mus musculus",
-            description=f"driver_line: {row['cre_line']}; reporter_line: {row['reporter_line']}",
-        ),
+def _session(row: dict[str, str], scale: str, rng: np.random.Generator) -> dict:
+    behavior_s, pre, post, n_movie, repeats = vbo_behavior._BLOCKS[scale]
+    return vbo_behavior.session(
+        row["image_set"],
+        row["passive"] == "True",
+        rng,
+        behavior_s=behavior_s,
+        gray_s=(pre, post),
+        movie=(n_movie, repeats),
+        t0=0.8,
     )
 
 
@@ -585,124 +325,162 @@ def _write_one(
     row: dict[str, str],
     index: int,
     n_rois: int,
-    duration: float,
+    scale: str,
     seed: int,
     version: int,
 ) -> None:
-    rngs = [np.random.default_rng([seed, index, s]) for s in range(7)]
+    rngs = [np.random.default_rng([seed, index, s]) for s in range(8)]
     meso = row["equipment_name"].startswith("MESO")
     rate = 11.0 if meso else 31.0
     tau = 1.8 if row["indicator"] == "GCaMP6s" else 0.7
     cells = _cells(row, n_rois, rngs[1])
-    beh = _behavior(row, duration, rngs[2])
+    beh = _session(row, scale, rngs[2])
+    duration = float(beh["stim_t"][-1]) + 0.5
+    flashes = beh["pres"][IMAGE_SETS[row["image_set"]][0].split(".")[0]]
     t = _clock(0.5, rate, int(duration * rate), rngs[3])
-    tr = _traces(cells, beh["pres"], t, tau, rngs[3])
+    tr = _traces(cells, flashes, t, tau, rngs[3])
     ev = _events(tr["dff"], tr["spikes"], version)
     masks, box = _masks(cells)
     images = _images(masks, cells, tr["calcium"].max(axis=0), rngs[4])
-    eye, run = _eye(duration, rngs[5]), _running(beh["stim_t"], rngs[6])
-    mc = np.round(lfilter([0.05], [1.0, -0.98], rngs[4].normal(size=(len(t), 2)), axis=0) * 20, 2)
-    n_t = len(t)
+    eye = _eye(duration, rngs[5])
+    mc = np.round(lfilter([0.05], [1.0, -0.98], rngs[4].normal(size=(len(t), 2)), axis=0) * 20)
+    mc = mc.astype(np.int64)
 
-    nwb = _nwbfile(row, rate)
-    nwb.add_scratch(_table("metadata", "experiment metadata", _metadata_row(row, rate, seed)))
-    task = {
-        "stimulus_duration_sec": [0.25],
-        "blank_duration_sec": [0.5],
-        "omitted_flash_fraction": [_OMITTED_FRACTION],
-        "response_window_start_sec": [0.15],
-        "response_window_end_sec": [0.75],
-        "reward_volume": [0.007],
-        "auto_reward_volume": [0.005],
-        "stimulus": [IMAGE_SETS[row["image_set"]][0]],
-        "task": ["change detection"],
-        "n_stimulus_frames": [len(beh["stim_t"])],
-    }
-    nwb.add_scratch(_table("task_parameters", "behavior task parameters", task))
-    device = nwb.create_device(name=row["equipment_name"], description="two-photon microscope")
+    start = datetime.datetime.fromisoformat(row["date_of_acquisition"]).replace(tzinfo=datetime.UTC)
+    nwb = NWBFile(
+        session_description=row["session_type"],
+        identifier=row["ophys_experiment_id"],
+        session_start_time=start,
+        file_create_date=[start],
+        institution="Allen Institute for Brain Science",
+        keywords=["2-photon", "calcium imaging", "visual cortex", "behavior", "task"],
+        experiment_description=_EXPERIMENT_DESCRIPTION,
+        subject=vbo_behavior.subject(row, int(row["age_in_days"])),
+    )
+    vbo_behavior.device(nwb, row["equipment_name"])
+    plane_group = int(float(row["imaging_plane_group"])) if row["imaging_plane_group"] else -1
+    nwb.add_lab_meta_data(
+        allen.extension("OphysBehaviorMetadata")(
+            name="metadata",
+            behavior_session_id=int(row["behavior_session_id"]),
+            behavior_session_uuid=vbo_behavior.session_uuid(seed, row["mouse_id"]),
+            equipment_name=row["equipment_name"],
+            field_of_view_height=_FOV,
+            field_of_view_width=_FOV,
+            imaging_depth=int(row["imaging_depth"]),
+            imaging_plane_group=plane_group,
+            imaging_plane_group_count=4 if plane_group >= 0 else 0,
+            ophys_container_id=int(row["ophys_container_id"]),
+            ophys_experiment_id=int(row["ophys_experiment_id"]),
+            ophys_session_id=int(row["ophys_session_id"]),
+            project_code=row["project_code"],
+            session_type=row["session_type"],
+            stimulus_frame_rate=vbo_behavior.STIM_RATE,
+            targeted_imaging_depth=int(row["targeted_imaging_depth"]),
+        )
+    )
+    nwb.add_lab_meta_data(
+        vbo_behavior.task_parameters(
+            row["session_type"], row["image_set"], len(beh["stim_t"]), beh["omitted_fraction"]
+        )
+    )
     plane = nwb.create_imaging_plane(
         name="imaging_plane_1",
         optical_channel=OpticalChannel(
-            name="channel_1", description="2P green channel", emission_lambda=520.0
+            name="channel_1", description="2P Optical Channel", emission_lambda=520.0
         ),
-        description=f"({_FOV}, {_FOV}) field of view in {row['targeted_structure']} at "
-        f"{row['imaging_depth']} um depth",
-        device=device,
+        description=f"({_FOV}, {_FOV}) field of view in {row['targeted_structure']} at depth "
+        f"{row['imaging_depth']} um",
+        device=nwb.devices[row["equipment_name"]],
         excitation_lambda=910.0,
         imaging_rate=rate,
         indicator=row["indicator"],
         location=row["targeted_structure"],
-        grid_spacing=[_PIXEL_UM, _PIXEL_UM],
-        grid_spacing_unit="micrometers",
     )
-    ophys = nwb.create_processing_module("ophys", "two-photon imaging processing")
+    vbo_behavior.add_behavior(
+        nwb, beh, template_shape=vbo_behavior._TEMPLATE_SHAPE[scale], rng=rngs[6]
+    )
+
+    ophys = nwb.create_processing_module("ophys", "Ophys processing module")
     max_corr = {
-        "up": mc[:, 1].max(),
-        "down": -mc[:, 1].min(),
-        "left": -mc[:, 0].min(),
-        "right": mc[:, 0].max(),
+        "down": -float(mc[:, 1].min()),
+        "left": -float(mc[:, 0].min()),
+        "right": float(mc[:, 0].max()),
+        "up": float(mc[:, 1].max()),
     }
     columns = {
         "cell_specimen_id": cells["cell_specimen_id"],
+        "height": box["height"],
+        "mask_image_plane": np.zeros(n_rois, np.int64),
+        **{f"max_correction_{k}": np.full(n_rois, v) for k, v in max_corr.items()},
+        "valid_roi": cells["valid_roi"],
+        "width": box["width"],
         "x": box["x"],
         "y": box["y"],
-        "width": box["width"],
-        "height": box["height"],
-        "valid_roi": cells["valid_roi"],
-        "mask_image_plane": np.zeros(n_rois, np.int64),
     }
-    columns.update({f"max_correction_{k}": np.full(n_rois, v) for k, v in max_corr.items()})
     seg_columns = [
-        VectorData(
-            name="image_mask", description="full-FOV ROI masks", data=_gzip(masks, (1, _FOV, _FOV))
-        ),
-    ] + [VectorData(name=k, description=k.replace("_", " "), data=v) for k, v in columns.items()]
+        VectorData(name=k, description=_ROI_DESCRIPTIONS[k], data=v) for k, v in columns.items()
+    ]
+    seg_columns.append(
+        VectorData(name="image_mask", description="Image masks for each ROI", data=_gzip(masks))
+    )
     table = PlaneSegmentation(
         name="cell_specimen_table",
-        description="segmented cells; id = cell_roi_id",
+        description="Segmented rois",
         imaging_plane=plane,
-        id=cells["cell_roi_id"],
+        id=ElementIdentifiers(name="id", data=cells["cell_roi_id"]),
         columns=seg_columns,
     )
     segmentation = ImageSegmentation(name="image_segmentation")
     segmentation.add_plane_segmentation(table)
     ophys.add(segmentation)
-    chunks = (min(n_t, 4096), min(n_rois, 32))
-    first = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The linked table for DynamicTableRegion")
-        for group, cls, key in [
-            ("dff", DfOverF, "dff"),
-            ("corrected_fluorescence", Fluorescence, "corrected"),
-            ("neuropil_trace", Fluorescence, "neuropil"),
-            ("demixed_trace", Fluorescence, "demixed"),
-        ]:
-            series = RoiResponseSeries(
-                name="traces",
-                description=f"{group} of every ROI, (time, ROI)",
-                data=_gzip(tr[key], chunks),
-                rois=table.create_roi_table_region("all ROIs", region=list(range(n_rois))),
-                unit="NA",
-                timestamps=t if first is None else first,
+        rois = table.create_roi_table_region(
+            "segmented cells labeled by cell_specimen_id", region=list(range(n_rois))
+        )
+        series = {}
+        for group, _, key in _TRACE_GROUPS:
+            series[group] = [
+                RoiResponseSeries(
+                    name="traces", data=tr[key], rois=rois, unit="NA", timestamps=t.copy()
+                )
+            ]
+        for key in ("r", "RMSE"):  # AllenSDK stores the neuropil fit per ROI as series
+            series["corrected_fluorescence"].append(
+                RoiResponseSeries(
+                    name=key,
+                    data=tr[key],
+                    rois=rois,
+                    unit="NA",
+                    timestamps=np.arange(n_rois, dtype=np.float64),
+                )
             )
-            first = series if first is None else first
-            ophys.add(cls(name=group, roi_response_series=[series]))
+        for group, cls, _ in _TRACE_GROUPS:
+            ophys.add(cls(name=group, roi_response_series=series[group]))
         ophys.add(
-            RoiResponseSeries(
-                name="event_detection",
-                description="detected calcium events (L0), (time, ROI)",
-                data=_gzip(ev["data"], chunks),
-                rois=table.create_roi_table_region("all ROIs", region=list(range(n_rois))),
-                unit="NA",
-                timestamps=first,
+            allen.extension("OphysEventDetection")(  # its name is fixed: event_detection
+                data=_gzip(ev["data"]),
+                lambdas=ev["lambdas"],
+                noise_stds=ev["noise_stds"],
+                rois=table.create_roi_table_region(
+                    "Cells with detected events", region=list(range(n_rois))
+                ),
+                unit="N/A",
+                timestamps=t.copy(),
             )
         )
     ophys.add(
         Images(
             name="images",
-            description="summary images",
+            description="no description",
             images=[
-                GrayscaleImage(name=k, data=_gzip(v), description=k, resolution=1e4 / _PIXEL_UM)
+                GrayscaleImage(
+                    name=k,
+                    data=_gzip(v),
+                    description=f"{k} image at pixels/cm resolution",
+                    resolution=_PIXEL_UM / 1e4,
+                )
                 for k, v in images.items()
             ],
         )
@@ -713,131 +491,53 @@ def _write_one(
                 name=f"ophys_motion_correction_{axis}",
                 data=mc[:, col],
                 unit="pixels",
-                timestamps=first,
-                description=f"motion correction offset along {axis}",
+                timestamps=t.copy(),
             )
         )
 
-    stim_ts = TimeSeries(
-        name="timestamps",
-        data=np.arange(len(beh["stim_t"]), dtype=np.int64),
-        unit="frame",
-        timestamps=beh["stim_t"],
-        description="stimulus frame index at each 60 Hz frame time",
+    ellipse = allen.extension("EllipseSeries")
+    parts = {}
+    for part, key in (
+        ("corneal_reflection_tracking", "cr"),
+        ("eye_tracking", "eye"),
+        ("pupil_tracking", "pupil"),
+    ):
+        values = eye[key]
+        parts[part] = {
+            "name": part,
+            "reference_frame": "nose",
+            **{k: values[k] for k in ("data", "area", "area_raw", "width", "height", "angle")},
+        }
+    eye_series = ellipse(**parts["eye_tracking"], timestamps=eye["t"])
+    tracking = allen.extension("EllipseEyeTracking")(
+        name="EyeTracking",
+        eye_tracking=eye_series,
+        pupil_tracking=ellipse(**parts["pupil_tracking"], timestamps=eye_series),
+        corneal_reflection_tracking=ellipse(
+            **parts["corneal_reflection_tracking"], timestamps=eye_series
+        ),
+        likely_blink=TimeSeries(
+            name="likely_blink",
+            data=eye["likely_blink"],
+            unit="N/A",
+            timestamps=eye_series,
+            description="blinks",
+        ),
     )
-    nwb.create_processing_module("stimulus", "stimulus frame times").add(stim_ts)
-    # as AllenSDK writes them: one table per stimulus, named <stimulus_name>_presentations,
-    # with pynwb's tags and a timeseries reference into the stimulus frame times
-    pres = dict(beh["pres"])
-    n_flash = len(pres["start_time"])
-    stimulus = IMAGE_SETS[row["image_set"]][0]
-    pres["stimulus_name"] = np.full(n_flash, stimulus)
-    pres["duration"] = pres["stop_time"] - pres["start_time"]
-    pres["active"] = np.full(n_flash, not beh["passive"])
-    pres["stimulus_block"] = np.zeros(n_flash, np.int64)
-    block = "change_detection_passive" if beh["passive"] else "change_detection_behavior"
-    pres["stimulus_block_name"] = np.full(n_flash, block)
-    extra = _tags_and_timeseries(stimulus, pres["start_frame"], pres["end_frame"], stim_ts)
-    name = f"{stimulus}_presentations"
-    nwb.add_time_intervals(
-        _table(name, "change detection image flashes", pres, TimeIntervals, tuple(extra))
-    )
-    nwb.trials = _table("trials", "change detection trials", beh["trials"], TimeIntervals)
-
-    if len(beh["lick_times"]):  # empty TimeSeries crash nwbinspector; passive mice rarely lick
-        nwb.create_processing_module("licking", "licks").add(
-            TimeSeries(
-                name="licks",
-                data=beh["lick_frames"],
-                timestamps=beh["lick_times"],
-                unit="frame",
-                description="stimulus frame of each lick",
-            )
-        )
-    if len(beh["reward_times"]):
-        rewards = nwb.create_processing_module("rewards", "water rewards")
-        volume = TimeSeries(
-            name="volume",
-            data=beh["reward_volume"],
-            unit="mL",
-            timestamps=beh["reward_times"],
-            description="reward volume",
-        )
-        rewards.add(volume)
-        rewards.add(
-            TimeSeries(
-                name="autorewarded",
-                data=beh["reward_auto"],
-                unit="n/a",
-                timestamps=volume,
-                description="reward was automatic",
-            )
-        )
-    running = nwb.create_processing_module("running", "running wheel")
-    for name, unit in (("speed", "cm/s"), ("speed_unfiltered", "cm/s"), ("dx", "cm")):
-        running.add(
-            TimeSeries(
-                name=name,
-                data=_gzip(run[name]),
-                unit=unit,
-                timestamps=stim_ts,
-                description=f"running {name}",
-            )
-        )
-    for name in ("v_sig", "v_in"):
-        nwb.add_acquisition(
-            TimeSeries(
-                name=name,
-                data=_gzip(run[name]),
-                unit="V",
-                timestamps=stim_ts,
-                description=f"encoder {name}",
-            )
-        )
-    tracking = EyeTracking(name="EyeTracking")
-    eye_first = None
-    for part in ("eye", "pupil", "corneal_reflection"):
-        series = tracking.create_spatial_series(
-            name=f"{part}_tracking",
-            data=_gzip(eye["cr" if part == "corneal_reflection" else part]["data"]),
-            reference_frame="eye tracking camera pixels",
-            unit="pixels",
-            timestamps=eye["t"] if eye_first is None else eye_first,
-            description=f"{part} ellipse centre (x, y)",
-        )
-        eye_first = series if eye_first is None else eye_first
     nwb.add_acquisition(tracking)
+    rig = allen.extension("OphysEyeTrackingRigMetadata")(
+        name="eye_tracking_rig_metadata",
+        equipment=row["equipment_name"],
+        **{k: np.array(v, np.float64) for k, (v, _) in _RIG.items()},
+        **{f"{k}__unit_of_measurement": u for k, (_, u) in _RIG.items()},
+    )
+    nwb.create_processing_module(
+        "eye_tracking_rig_metadata", "Eye tracking rig metadata module"
+    ).add(rig)
 
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwb)
+    allen.write_nwb(path, nwb)
     with h5py.File(path, "a") as h5:
-        o = h5["processing/ophys"]
-        o["corrected_fluorescence"].create_dataset("r", data=tr["r"])
-        o["corrected_fluorescence"].create_dataset("RMSE", data=tr["RMSE"])
-        o["event_detection"].create_dataset("lambdas", data=ev["lambdas"])
-        o["event_detection"].create_dataset("noise_stds", data=ev["noise_stds"])
-        et = h5["acquisition/EyeTracking"]
-        for part in ("eye", "pupil", "corneal_reflection"):
-            values = eye["cr" if part == "corneal_reflection" else part]
-            for key in ("area", "area_raw", "width", "height", "angle"):
-                et[f"{part}_tracking"].create_dataset(
-                    key, data=values[key], compression="gzip", compression_opts=4
-                )
-        blink = et.create_group("likely_blink")
-        blink.create_dataset("data", data=eye["likely_blink"])
-        blink["timestamps"] = et["eye_tracking/timestamps"]
-        _fix_object_ids(h5, f"{seed}/{row['ophys_experiment_id']}")
-
-
-def _fix_object_ids(h5: h5py.File, salt: str) -> None:
-    """Replace pynwb's random ``object_id`` UUIDs by ones derived from the seed and path."""
-
-    def visit(name: str, obj: Any) -> None:
-        if "object_id" in obj.attrs:
-            obj.attrs["object_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{salt}/{name}"))
-
-    visit("/", h5)
-    h5.visititems(visit)
+        allen.fix_object_ids(h5, f"{seed}/{row['ophys_experiment_id']}")
 
 
 def write(
@@ -873,7 +573,7 @@ def write(
     --------
     >>> paths = write("/tmp/vbo", scale="tiny", seed=0)  # doctest: +SKIP
     """
-    n_rois, duration = _scale(scale)
+    n_rois, _ = _scale(scale)
     if event_detection_version not in _EVENT_THRESHOLD:
         raise ValueError(f"event_detection_version must be 1 or 2, got {event_detection_version}")
     out = Path(out_dir)
@@ -881,6 +581,6 @@ def write(
     paths = []
     for i, row in enumerate(_experiment_rows(seed, n_experiments)):
         path = out / f"behavior_ophys_experiment_{row['ophys_experiment_id']}.nwb"
-        _write_one(path, row, i, n_rois, duration, seed, event_detection_version)
+        _write_one(path, row, i, n_rois, scale, seed, event_detection_version)
         paths.append(path)
     return paths
