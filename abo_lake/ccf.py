@@ -588,15 +588,19 @@ def _filter(
 
 def unionize(
     experiment: xr.Dataset,
-    *,
-    annotation: xr.Dataset | xr.DataTree | xr.DataArray,
-    ontology: Ontology | xr.Dataset,
+    is_injection: bool | None = None,
     structure_ids: Sequence[int | str] | None = None,
     include_descendants: bool = False,
     hemisphere_ids: Sequence[int] | None = None,
-    is_injection: bool | None = None,
+    *,
+    annotation: xr.Dataset | xr.DataTree | xr.DataArray,
+    ontology: Ontology | xr.Dataset,
 ) -> pd.DataFrame:
     """AllenSDK structure unionize records of one connectivity experiment.
+
+    ``MouseConnectivityCache.get_structure_unionizes(experiment_ids, is_injection=None,
+    structure_ids=None, include_descendants=False, hemisphere_ids=None)`` for one experiment,
+    with its filters in the same positions; the cache's annotation and ontology are keywords.
 
     Reads every chunk once (one dask compute of :func:`direct_unionize`), then propagates the
     per-label sums to every ancestor in the ontology, as AllenSDK's ``TissuecyteUnionizer``.
@@ -625,7 +629,7 @@ def unionize(
         (the level at the experiment's resolution is used).
     ontology
         The ``ccf_structures`` Dataset or an :class:`Ontology`.
-    structure_ids, include_descendants, hemisphere_ids, is_injection
+    is_injection, structure_ids, include_descendants, hemisphere_ids
         Filters, as AllenSDK's ``get_structure_unionizes`` (None keeps all).
 
     Returns
@@ -642,16 +646,19 @@ def unionize(
 
 def projection_matrix(
     experiments: Sequence[xr.Dataset] | Mapping[int, xr.Dataset],
+    projection_structure_ids: Sequence[int | str],
+    hemisphere_ids: Sequence[int] | None = None,
+    parameter: str = "projection_volume",
     *,
     annotation: xr.Dataset | xr.DataTree | xr.DataArray,
     ontology: Ontology | xr.Dataset,
-    structure_ids: Sequence[int | str],
-    hemisphere_ids: Sequence[int] = (3,),
-    parameter: str = "projection_volume",
 ) -> dict[str, Any]:
     """AllenSDK's ``get_projection_matrix``: one row per experiment, one column per structure.
 
-    All experiments are read in one dask compute.
+    ``MouseConnectivityCache.get_projection_matrix(experiment_ids, projection_structure_ids=None,
+    hemisphere_ids=None, parameter="projection_volume")`` with the experiments' Datasets for
+    their ids and the same positions; ``projection_structure_ids`` has no default here (the
+    cache's default is its summary structure set). All experiments are read in one dask compute.
 
     Parameters
     ----------
@@ -659,10 +666,11 @@ def projection_matrix(
         ``connectivity_experiment`` Datasets (a list, or experiment id -> Dataset).
     annotation, ontology
         As :func:`unionize`.
-    structure_ids
+    projection_structure_ids
         Projection structures (ids or acronyms), each with its descendants' signal.
     hemisphere_ids
-        Column blocks, in this order: 1 left, 2 right, 3 both.
+        Column blocks (1 left, 2 right, 3 both); as AllenSDK, the hemispheres of these that have
+        records, in ascending order; None: all three.
     parameter
         A numeric column of :func:`unionize` (projection records).
 
@@ -685,18 +693,20 @@ def projection_matrix(
         ]
     if not exps:
         raise ValueError("projection_matrix needs at least one experiment")
-    sids = onto.structure_ids(structure_ids)
+    sids = onto.structure_ids(projection_structure_ids)
+    hemis = list(HEMISPHERE_IDS if hemisphere_ids is None else hemisphere_ids)
     directs = dask.compute(
         *[direct_unionize(e, annotation=annotation, ontology=onto) for e in exps]
     )
+    recs = [_filter(_records(d, onto), onto, sids, False, hemis, False) for d in directs]
+    present = sorted({int(h) for rec in recs for h in rec.hemisphere_id})  # AllenSDK: a set
     columns = [
         {"hemisphere_id": h, "structure_id": s, "label": onto.acronym(s) + _HLABEL[h]}
-        for h in hemisphere_ids
+        for h in present
         for s in sids
     ]
     matrix = np.full((len(exps), len(columns)), np.nan)
-    for r, direct in enumerate(directs):
-        rec = _filter(_records(direct, onto), onto, sids, False, list(hemisphere_ids), False)
+    for r, rec in enumerate(recs):
         value = {(h, s): v for h, s, v in zip(rec.hemisphere_id, rec.structure_id, rec[parameter])}
         for c, col in enumerate(columns):
             matrix[r, c] = value.get((col["hemisphere_id"], col["structure_id"]), np.nan)

@@ -616,13 +616,15 @@ def test_unionize_filters(exps, tree, onto, records):
     pd.testing.assert_frame_equal(rec, sel)
     only = exps[0].ccf.unionize(annotation=tree, ontology=onto, structure_ids=[385])
     assert set(only.structure_id) == {385}
+    # AllenSDK's positions: get_structure_unionizes(ids, is_injection, structure_ids,
+    # include_descendants, hemisphere_ids)
+    positional = exps[0].ccf.unionize(False, ["VISp"], True, [2], annotation=tree, ontology=onto)
+    pd.testing.assert_frame_equal(positional, rec)
 
 
 def test_projection_matrix(exps, tree, onto, records):
     targets = ["VISp", "VISl", "LP", "CP", "MOs"]
-    out = ccf.projection_matrix(
-        exps, annotation=tree, ontology=onto, structure_ids=targets, hemisphere_ids=(1, 2)
-    )
+    out = ccf.projection_matrix(exps, targets, (1, 2), annotation=tree, ontology=onto)
     assert out["rows"] == [e.attrs["id"] for e in exps]
     assert out["matrix"].shape == (2, 10)
     assert out["columns"][0] == {"hemisphere_id": 1, "structure_id": 385, "label": "VISp-L"}
@@ -636,11 +638,15 @@ def test_projection_matrix(exps, tree, onto, records):
         {7: exps[0]},
         annotation=tree,
         ontology=onto,
-        structure_ids=["VISp"],
+        projection_structure_ids=["VISp"],
         parameter="projection_density",
     )
     assert by_id["rows"] == [7]
-    assert by_id["columns"] == [{"hemisphere_id": 3, "structure_id": 385, "label": "VISp"}]
+    # AllenSDK's default hemisphere_ids (None): every hemisphere with records, ascending
+    assert [c["label"] for c in by_id["columns"]] == ["VISp-L", "VISp-R", "VISp"]
+    proj = records[0][~records[0].is_injection].set_index(["hemisphere_id", "structure_id"])
+    expect = [proj.loc[(h, 385), "projection_density"] for h in (1, 2, 3)]
+    np.testing.assert_array_equal(by_id["matrix"][0], expect)
 
 
 class TestUnionizeErrors:
@@ -657,11 +663,9 @@ class TestUnionizeErrors:
 
     def test_bad_arguments(self, exps, tree, onto):
         with pytest.raises(ValueError, match="parameter must be one of"):
-            ccf.projection_matrix(
-                exps, annotation=tree, ontology=onto, structure_ids=[385], parameter="nope"
-            )
+            ccf.projection_matrix(exps, [385], parameter="nope", annotation=tree, ontology=onto)
         with pytest.raises(ValueError, match="at least one experiment"):
-            ccf.projection_matrix([], annotation=tree, ontology=onto, structure_ids=[385])
+            ccf.projection_matrix([], [385], annotation=tree, ontology=onto)
         with pytest.raises(ValueError, match="hemisphere_ids must be among"):
             ccf.unionize(exps[0], annotation=tree, ontology=onto, hemisphere_ids=[4])
         with pytest.raises(KeyError, match="did you mean"):

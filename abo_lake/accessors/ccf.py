@@ -168,24 +168,25 @@ class CCFAccessor:
 
     def unionize(
         self,
-        *,
-        annotation: xr.Dataset | xr.DataTree | xr.DataArray,
-        ontology: ccf.Ontology | xr.Dataset,
+        is_injection: bool | None = None,
         structure_ids: Sequence[Structure] | None = None,
         include_descendants: bool = False,
         hemisphere_ids: Sequence[int] | None = None,
-        is_injection: bool | None = None,
+        *,
+        annotation: xr.Dataset | xr.DataTree | xr.DataArray,
+        ontology: ccf.Ontology | xr.Dataset,
     ) -> pd.DataFrame:
-        """AllenSDK structure unionize records; see :func:`abo_lake.ccf.unionize`."""
+        """AllenSDK structure unionize records, filters in ``get_structure_unionizes``' order;
+        see :func:`abo_lake.ccf.unionize`."""
         self._need("connectivity_experiment", "unionize")
         return ccf.unionize(
             self._ds,
+            is_injection,
+            structure_ids,
+            include_descendants,
+            hemisphere_ids,
             annotation=annotation,
             ontology=ontology,
-            structure_ids=structure_ids,
-            include_descendants=include_descendants,
-            hemisphere_ids=hemisphere_ids,
-            is_injection=is_injection,
         )
 
 
