@@ -149,7 +149,15 @@ class TestAccessor:
         assert isinstance(vbo.ophys.dff.data, dask.array.Array)
         assert vbo.ophys.dff.dtype == np.float64
         assert vc.ophys.dff.dtype == np.float32
-        assert vbo.ophys.events.dims == (CELL, "time")
+        events = vbo.ophys.events  # AllenSDK's table; the lazy events are vbo["events"]
+        assert set(events.columns) == {
+            "cell_roi_id",
+            "events",
+            "filtered_events",
+            "lambda",
+            "noise_std",
+        }
+        assert events.index.name == CELL
         assert vbo.ophys.roi_masks.dims == (CELL, "y", "x")
         assert vbo.ophys.roi_masks.dtype == bool
         assert vbo.ophys.max_projection.shape == (512, 512)
