@@ -3,15 +3,21 @@
 Reads with h5py at fixed paths (no pynwb object construction); big arrays stay lazy through
 :func:`~abo_lake.sources._hdf5.lazy_array`. Returns one ``ophys_experiment`` Dataset:
 
-- dims ``cell_specimen_id`` (coord; ``cell_roi_id`` along it), ``time`` (ophys timestamps, s),
-  ``y``, ``x`` (pixel index × pixel size in µm, as the Visual Coding reader).
-- ``dff``, ``corrected_fluorescence``, ``neuropil_fluorescence``, ``demixed_fluorescence``,
-  ``events`` (``cell_specimen_id``, ``time``) float64, transposed lazily from the file's (T, N);
-  ``event_lambda``, ``event_noise_std``, ``r``, ``RMSE`` along the cell dim.
+- dims ``cell_specimen_id`` (coord; ``cell_roi_id``, the cell table's row ``id``, along it),
+  ``time`` (the ``dff`` timestamps, AllenSDK's ``ophys_timestamps``, s), ``y``, ``x`` (pixel
+  index × pixel size in µm, from the max projection's ``resolution``).
+- ``dff``, ``corrected_fluorescence``, ``neuropil_fluorescence`` (``neuropil_trace``: the
+  real neuropil traces), ``demixed_fluorescence`` (``demixed_trace``), ``events``
+  (``event_detection``) (``cell_specimen_id``, ``time``) float64, transposed lazily from the
+  file's (T, N); ``event_lambda``, ``event_noise_std`` and ``r``, ``RMSE`` (the
+  ``corrected_fluorescence/r`` and ``/RMSE`` RoiResponseSeries groups, layout note 1) along
+  the cell dim, ordered through each series' ``rois``.
 - cell table columns along ``cell_specimen_id`` (Allen names, except ``x``/``y`` -> ``roi_x``/
   ``roi_y``, which would clash with the image dims); ``roi_mask`` (cell, y, x) bool;
-  ``max_projection``, ``average_projection``, ``segmentation_mask_image`` (y, x);
-  ``motion_correction.x``/``.y`` along ``time``.
+  ``max_projection``, ``average_projection`` (the file's ``average_image``),
+  ``segmentation_mask_image`` (y, x), each with AllenSDK's ``spacing`` (``resolution`` * 10,
+  mm) and ``unit`` attrs; ``motion_correction.x``/``.y`` (the ``ophys_motion_correction_x``/
+  ``_y`` series, named as AllenSDK's ``MotionCorrection.from_nwb`` names them) along ``time``.
 - the behavior part (presentations, trials, licks, rewards, running, stimulus timestamps,
   eye tracking, templates, task parameters, rig geometry): see
   :mod:`abo_lake.sources._vb_behavior`.
@@ -19,12 +25,11 @@ Reads with h5py at fixed paths (no pynwb object construction); big arrays stay l
 Unmatched ROIs have ``cell_specimen_id == -1`` in Allen files; so that the dim stays unique,
 such ROIs get ``cell_specimen_id = -cell_roi_id`` (still negative; ``cell_roi_id`` is kept).
 
-Metadata become attrs with Allen's names: the datasets of ``general/subject``, the imaging
-plane and ``general/metadata``, and the *attributes* of ``general/metadata``
-(OphysBehaviorMetadata), ``general/subject`` (BehaviorSubject) and ``general/task_parameters``
-(``task_parameters.<name>``), as Allen's ndx-aibs extensions store them; AllenSDK's names are
-added beside the file's (``equipment_name`` = ``rig_name``, ``ophys_container_id`` =
-``experiment_container_id``, ``full_genotype``, ``mouse_id``, ``cre_line`` from the genotype).
+Metadata become attrs under AllenSDK's names with AllenSDK's values
+(``BehaviorOphysExperiment.metadata``, see :func:`_metadata`), plus ``task_parameters.<name>``
+from ``general/task_parameters``. ``cre_line`` is AllenSDK's Visual Behavior one
+(``FullGenotype.parse_cre_line``: the genotype's first part without ``/wt``,
+``Slc17a7-IRES2-Cre``); Visual Coding 2P keeps ``/wt`` (:mod:`abo_lake.sources.vc2p_ophys`).
 """
 
 from __future__ import annotations
