@@ -102,6 +102,17 @@ def index_dtype(last: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
+def ragged_column(name: str, description: str, flat: Any, ends: np.ndarray) -> list:
+    """A ragged column from its flat values and row ends (VectorIndex of the smallest uint)."""
+    data = VectorData(name=name, description=description, data=flat)
+    ends = np.asarray(ends)
+    last = int(ends[-1]) if ends.size else 0
+    return [
+        data,
+        VectorIndex(name=f"{name}_index", data=ends.astype(index_dtype(last)), target=data),
+    ]
+
+
 def ragged(name: str, description: str, rows: Sequence[Sequence], dtype=None) -> list:
     """A ragged column as AllenSDK's tables store it: data + VectorIndex (smallest uint)."""
     flat = np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if rows else np.array([])

@@ -30,15 +30,15 @@ from typing import Any
 import h5py
 import numpy as np
 from hdmf.backends.hdf5 import H5DataIO
-from hdmf.common import ElementIdentifiers, VectorData, VectorIndex
-from pynwb import NWBHDF5IO, NWBFile, TimeSeries
-from pynwb.base import TimeSeriesReferenceVectorData
-from pynwb.behavior import BehavioralTimeSeries
+from hdmf.common import DynamicTable, ElementIdentifiers, VectorData, VectorIndex
+from pynwb import NWBFile, TimeSeries
 from pynwb.ecephys import LFP, ElectricalSeries
 from pynwb.epoch import TimeIntervals
-from pynwb.file import ElectrodesTable, Subject
+from pynwb.file import ElectrodesTable
 from pynwb.misc import Units
 from scipy import signal
+
+from abo_lake.synthetic import _allen_nwb as allen
 
 __all__ = ["DEFAULT_SESSION_ID", "ORIENTATIONS", "TEMPORAL_FREQUENCIES", "ground_truth", "write"]
 
@@ -77,11 +77,14 @@ class _Scale:
     spont_s: float
     lfp_s: float
     opto_repeats: int
+    n_static: int
+    n_gabors: int
+    gabor_repeats: int
 
 
 _SCALES = {
-    "tiny": _Scale(2, 12, 3, 20, 1, 10.0, 10.0, 2),
-    "realistic": _Scale(6, 100, 15, 150, 50, 300.0, 600.0, 20),
+    "tiny": _Scale(2, 12, 3, 20, 1, 10.0, 10.0, 2, 30, 81, 1),
+    "realistic": _Scale(6, 100, 15, 150, 50, 300.0, 600.0, 20, 600, 729, 3),
 }
 
 
@@ -145,9 +148,10 @@ def write(
     units = _units(probes, sc.units_per_probe, rng)
     spikes = _spikes(units, stim, rng)
     running = _running(stim["duration"], rng)
+    eye = _eye(stim["duration"], np.random.default_rng([seed, 0xE7E]))
 
     session_path = folder / f"session_{sid}.nwb"
-    _write_session(session_path, sid, probes, units, spikes, stim, running, rng)
+    _write_session(session_path, sid, probes, units, spikes, stim, running, eye)
     paths = [session_path]
     for probe in probes:
         lfp_path = folder / f"probe_{probe['probe_id']}_lfp.nwb"
@@ -263,7 +267,9 @@ def _schedule(sc: _Scale, rng: np.random.Generator) -> dict[str, Any]:
         "stop_time": starts + 0.25,
         "frame": frames.astype(np.float64),
     }
-    t = starts[-1] + 0.25
+    t = starts[-1] + 0.25 + 1.0
+    tables.update(_gratings_and_gabors(sc, t, np.random.default_rng(rng.integers(2**32))))
+    t = max(float(v["stop_time"][-1]) for v in tables.values())
     tables["spontaneous"] = {
         "start_time": np.array([s for s, _ in spont]),
         "stop_time": np.array([e for _, e in spont]),
@@ -288,6 +294,43 @@ def _schedule(sc: _Scale, rng: np.random.Generator) -> dict[str, Any]:
         "stimulus_name": np.array([kinds[i][0] for i in kind]),
     }
     return {"tables": tables, "opto": opto, "duration": float(opto["stop_time"][-1] + 2.0)}
+
+
+def _gratings_and_gabors(sc: _Scale, t: float, rng: np.random.Generator) -> dict[str, dict]:
+    """Static gratings then Gabor patches, 250 ms each, as in brain_observatory_1.1."""
+    conds = np.array(
+        [
+            (o, f, p)
+            for o in (0.0, 30.0, 60.0, 90.0, 120.0, 150.0)
+            for f in (0.02, 0.04, 0.08, 0.16, 0.32)
+            for p in (0.0, 0.25, 0.5, 0.75)
+        ]
+    )
+    pick = rng.choice(len(conds), sc.n_static, replace=sc.n_static > len(conds))
+    starts = t + 0.25 * np.arange(pick.size)
+    out = {
+        "static_gratings": {
+            "start_time": starts,
+            "stop_time": starts + 0.25,
+            "orientation": conds[pick, 0],
+            "spatial_frequency": conds[pick, 1],
+            "phase": np.array([repr(float(p)) for p in conds[pick, 2]]),
+        }
+    }
+    t = starts[-1] + 0.25 + 1.0
+    grid = np.arange(-40.0, 41.0, 10.0)
+    gabor = np.array([(o, x, y) for o in (0.0, 45.0, 90.0) for x in grid for y in grid])
+    order = np.concatenate([rng.permutation(len(gabor)) for _ in range(sc.gabor_repeats)])
+    order = order[: sc.n_gabors]
+    starts = t + 0.25 * np.arange(order.size)
+    out["gabors"] = {
+        "start_time": starts,
+        "stop_time": starts + 0.25,
+        "orientation": gabor[order, 0],
+        "x_position": gabor[order, 1],
+        "y_position": gabor[order, 2],
+    }
+    return out
 
 
 def _units(probes: list[dict[str, Any]], n_per: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -347,7 +390,6 @@ def _units(probes: list[dict[str, Any]], n_per: int, rng: np.random.Generator) -
         "velocity_above": rng.normal(0.2, 0.5, n),
         "velocity_below": rng.normal(0.0, 0.5, n),
         "waveform_duration": duration,
-        "waveform_halfwidth": duration * rng.uniform(0.3, 0.6, n),
     }
     # Mean waveforms (n, 384, 82) in µV: trough + rebound, Gaussian fall-off around the peak.
     t_ms = np.arange(N_WAVEFORM_SAMPLES) / SAMPLING_RATE * 1e3
@@ -445,60 +487,112 @@ def _running(duration: float, rng: np.random.Generator) -> dict[str, np.ndarray]
         "end_time": start + 1.0 / FRAME_RATE,
         "velocity": speed,
         "rotation": speed / FRAME_RATE / 6.5,  # wheel radius 6.5 cm -> radians per frame
+        "signal_voltage": np.mod(np.cumsum(speed / FRAME_RATE / 6.5) / (2 * np.pi), 1.0) * 5.0,
+        "supply_voltage": np.full(n, 5.0),
     }
 
 
-def _nwbfile(identifier: str, description: str, sid: int) -> NWBFile:
-    rng = np.random.default_rng(sid)
-    age = int(rng.integers(90, 130))
+def _eye(duration: float, rng: np.random.Generator) -> dict[str, Any]:
+    """Eye-tracking ellipse fits and gaze mapping at 30 Hz (AllenSDK's VCN layout)."""
+    t = 1.0 + np.arange(int((duration - 2.0) * 30.0)) / 30.0
+    n = t.size
+    slow = signal.lfilter([0.02], [1.0, -0.98], rng.normal(size=(n, 6)), axis=0) * 5.0
+    fits = {}
+    for j, (name, radius, cx, cy) in enumerate(
+        [("pupil", 25.0, 320.0, 240.0), ("cr", 5.0, 330.0, 230.0), ("eye", 140.0, 318.0, 242.0)]
+    ):
+        width = radius * (1.0 + 0.05 * slow[:, j]) + rng.normal(0, 0.3, n)
+        fits[name] = {
+            "center_x": cx + slow[:, 3] + rng.normal(0, 0.2, n),
+            "center_y": cy + 0.5 * slow[:, 4] + rng.normal(0, 0.2, n),
+            "height": width * 0.95,
+            "width": width,
+            "phi": rng.normal(0.0, 0.05, n),
+            "timestamps": t,
+        }
+    gaze = {}
+    for kind, smooth in (("raw", 1), ("filtered", 5)):
+        k = np.ones(smooth) / smooth
+        yx = np.stack([np.convolve(slow[:, 4], k, "same"), np.convolve(slow[:, 3], k, "same")], 1)
+        gaze[kind] = {
+            "pupil_area": np.pi * fits["pupil"]["width"] * fits["pupil"]["height"],
+            "eye_area": np.pi * fits["eye"]["width"] * fits["eye"]["height"],
+            "screen_coordinates": yx * 0.8,  # [y, x] in cm, as AllenSDK stores them
+            "screen_coordinates_spherical": yx * 0.9,  # [y, x] in degrees
+        }
+    return {"t": t, "fits": fits, "gaze": gaze}
+
+
+def _nwbfile(identifier: str, description: str, sid: int, institution: str) -> NWBFile:
     return NWBFile(
         session_description=description,
         identifier=identifier,
+        session_id=str(sid),
         session_start_time=datetime.datetime(
             2019, 1, 19, 8, 54, 18, tzinfo=datetime.timezone(datetime.timedelta(hours=-8))
         ),
-        institution="Allen Institute for Brain Science (synthetic data from abo_lake)",
-        stimulus_notes="brain_observatory_1.1",
-        subject=Subject(
-            subject_id=str(sid - 300_000_000),
-            age=f"P{age}D",
-            genotype="Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt",
-            sex="M",
-            species="Mus musculus",
-            strain="C57BL/6J",
-            description="synthetic ecephys specimen",
-        ),
+        institution=institution,
+    )
+
+
+def _specimen(sid: int) -> Any:
+    """AllenSDK's EcephysSpecimen subject (layout note 35)."""
+    age = int(np.random.default_rng(sid).integers(90, 130))
+    donor = sid - 300_000_000
+    return allen.extension("EcephysSpecimen")(
+        subject_id=str(donor),
+        age=f"P{age}D",
+        age__reference="birth",
+        age_in_days=float(age),
+        specimen_name=f"Sst-IRES-Cre;Ai32-{donor}",
+        genotype="Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt",
+        sex="M",
+        species="Mus musculus",
+        strain="C57BL/6J",
     )
 
 
 def _add_probes(nwb: NWBFile, probes: list[dict[str, Any]], rows: np.ndarray) -> None:
-    """Devices, electrode groups and the electrodes table (``rows`` of each probe's 384)."""
+    """EcephysProbe devices, EcephysElectrodeGroups and the electrodes table (``rows``)."""
     parts: dict[str, list[Any]] = {}
     for probe in probes:
         name = probe["name"]
-        dev = nwb.create_device(name=name, description="Neuropixels 1.0 probe (imec)")
-        grp = nwb.create_electrode_group(
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The 'manufacturer' field is deprecated")
+            dev = allen.extension("EcephysProbe")(
+                name=name,
+                description="Neuropixels 1.0 Probe",
+                manufacturer="imec",
+                probe_id=int(probe["probe_id"]),
+                sampling_rate=SAMPLING_RATE,
+            )
+        nwb.add_device(dev)
+        grp = allen.extension("EcephysElectrodeGroup")(
             name=name,
-            description=f"{name} (probe_id {probe['probe_id']})",
-            location=probe["area"],
+            description="Ecephys Electrode Group",
+            location="See electrode locations",
             device=dev,
+            has_lfp_data=True,
+            probe_id=int(probe["probe_id"]),
+            lfp_sampling_rate=LFP_RATE,
         )
+        nwb.add_electrode_group(grp)
         m = rows.size
         cols = {
             "id": probe["channel_id"][rows],
-            "x": probe["xyz"][rows, 0],
-            "y": probe["xyz"][rows, 1],
-            "z": probe["xyz"][rows, 2],
-            "imp": np.full(m, np.nan),
             "location": probe["location"][rows],
-            "filtering": np.full(m, "AP band: 500 Hz high-pass; LFP band: 1000 Hz low-pass"),
             "group": [grp] * m,
             "group_name": np.full(m, name),
             "probe_vertical_position": probe["vertical"][rows],
             "probe_horizontal_position": probe["horizontal"][rows],
             "probe_id": np.full(m, probe["probe_id"], dtype=np.int64),
-            "valid_data": probe["valid"][rows],
             "probe_channel_number": rows.astype(np.int64),
+            "valid_data": probe["valid"][rows],
+            "x": probe["xyz"][rows, 0],
+            "y": probe["xyz"][rows, 1],
+            "z": probe["xyz"][rows, 2],
+            "imp": np.full(m, np.nan),
+            "filtering": np.full(m, "AP band: 500 Hz high-pass; LFP band: 1000 Hz low-pass"),
         }
         for k, v in cols.items():
             parts.setdefault(k, []).append(v)
@@ -507,7 +601,7 @@ def _add_probes(nwb: NWBFile, probes: list[dict[str, Any]], rows: np.ndarray) ->
         for k, v in parts.items()
     }
     columns = [
-        VectorData(name=k, description=_ELECTRODE_COLUMNS.get(k, k), data=v)
+        VectorData(name=k, description=_ELECTRODE_COLUMNS[k], data=v)
         for k, v in data.items()
         if k != "id"
     ]
@@ -518,125 +612,181 @@ def _add_probes(nwb: NWBFile, probes: list[dict[str, Any]], rows: np.ndarray) ->
     )
 
 
+# AllenSDK's (and pynwb's) column descriptions
 _ELECTRODE_COLUMNS = {
-    "x": "CCF anterior-posterior coordinate (µm)",
-    "y": "CCF dorsal-ventral coordinate (µm)",
-    "z": "CCF left-right coordinate (µm)",
-    "imp": "impedance (ohm)",
-    "location": "CCF structure acronym; '' unlabelled, 'None' outside the brain",
-    "filtering": "hardware filtering",
-    "group": "the channel's ElectrodeGroup",
-    "group_name": "name of the channel's ElectrodeGroup (the probe name)",
-    "probe_vertical_position": "distance from the probe tip (µm)",
-    "probe_horizontal_position": "distance from the probe's left edge (µm)",
-    "probe_id": "probe_id of the channel's probe",
-    "valid_data": "False for the reference channel and noisy channels",
-    "probe_channel_number": "index of the channel on its probe (0 = tip)",
+    "location": "the location of channel within the subject e.g. brain region",
+    "group": "a reference to the ElectrodeGroup this electrode is a part of",
+    "group_name": "the name of the ElectrodeGroup this electrode is a part of",
+    "probe_vertical_position": "Length-wise position of electrode/channel on device (microns)",
+    "probe_horizontal_position": "Width-wise position of electrode/channel on device (microns)",
+    "probe_id": "The unique id of this electrode's/channel's device",
+    "probe_channel_number": "The local index of electrode/channel on device",
+    "valid_data": "Whether data from this electrode/channel is usable",
+    "x": "the x coordinate of the position (+x is posterior)",
+    "y": "the y coordinate of the position (+y is inferior)",
+    "z": "the z coordinate of the position (+z is right)",
+    "imp": "the impedance of the electrode, in ohms",
+    "filtering": "description of hardware filtering, including the filter name and frequency "
+    "cutoffs",
 }
 
-
-def _allen_attrs(path: Path, probes: list[dict[str, Any]], sid: int, lfp: bool) -> None:
-    """Add the attributes Allen's extension types carry, in place, with h5py."""
-    with h5py.File(path, "r+") as f:
-        for p in probes:
-            dev = f[f"general/devices/{p['name']}"]
-            dev.attrs["sampling_rate"] = SAMPLING_RATE
-            dev.attrs["probe_id"] = np.int64(p["probe_id"])
-            grp = f[f"general/extracellular_ephys/{p['name']}"]
-            grp.attrs["probe_id"] = np.int64(p["probe_id"])
-            grp.attrs["lfp_sampling_rate"] = LFP_RATE
-            grp.attrs["has_lfp_data"] = True
-        subject = f["general/subject"]
-        age = int(subject["age"][()].decode()[1:-1])
-        subject.create_dataset("age_in_days", data=float(age))
-        subject.create_dataset("specimen_name", data=f"Sst-IRES-Cre;Ai32-{sid - 300_000_000}")
-        if lfp:
-            g = f["processing/current_source_density/ecephys_csd"]
-            for axis in ("x", "y"):
-                g[f"virtual_electrode_{axis}_positions"].attrs["unit"] = "um"
-
-
-def _ragged(name: str, description: str, flat: Any, ends: np.ndarray) -> list[VectorData]:
-    data = VectorData(name=name, description=description, data=flat)
-    return [data, VectorIndex(name=f"{name}_index", data=np.asarray(ends), target=data)]
-
-
-def _table(cls: type, name: str, description: str, columns: list[VectorData], n: int) -> Any:
-    return cls(
-        name=name,
-        description=description,
-        id=ElementIdentifiers(name="id", data=np.arange(n)),
-        columns=columns,
-        colnames=[c.name for c in columns if not isinstance(c, VectorIndex)],
-    )
-
-
-_PARAM_STR = {
-    "flashes": {
-        "mask": "None",
-        "phase": "[0.0, 0.0]",
-        "size": "[300.0, 300.0]",
-        "spatial_frequency": "[0.0, 0.0]",
-        "units": "deg",
-    },
+_COLUMN_DESCRIPTIONS = {
+    "start_time": "Start time of epoch, in seconds",
+    "stop_time": "Stop time of epoch, in seconds",
+    "stimulus_name": "Name of stimulus",
+    "stimulus_block": "Index of contiguous presentations of one stimulus type",
+    "stimulus_index": "Index of stimulus type",
+    "units": "Units of stimulus size",
+    "mask": "Shape of mask applied to stimulus",
+    "opacity": "Opacity of stimulus",
+    "orientation": "Orientation of stimulus",
+    "x_position": "Horizontal position of stimulus on screen",
+    "y_position": "Vertical position of stimulus on screen",
+    "temporal_frequency": "Temporal frequency of stimulus",
+    "spatial_frequency": "Spatial frequency of stimulus",
+    "contrast": "Contrast of stimulus",
+    "phase": "Phase of grating stimulus",
+    "size": "Size of stimulus (see ‘units’ field for units)",
+}
+#: the columns AllenSDK keeps for each stimulus (the others are all NaN and dropped)
+_STIM_COLUMNS = {
+    "spontaneous": ("units", "mask", "opacity"),
+    "flashes": (
+        "units",
+        "mask",
+        "opacity",
+        "color",
+        "x_position",
+        "y_position",
+        "contrast",
+        "size",
+    ),
+    "drifting_gratings": (
+        "units",
+        "mask",
+        "opacity",
+        "color",
+        "orientation",
+        "x_position",
+        "y_position",
+        "temporal_frequency",
+        "spatial_frequency",
+        "contrast",
+        "phase",
+        "size",
+    ),
+    "gabors": (
+        "units",
+        "mask",
+        "opacity",
+        "color",
+        "orientation",
+        "x_position",
+        "y_position",
+        "temporal_frequency",
+        "spatial_frequency",
+        "contrast",
+        "phase",
+        "size",
+    ),
+    "static_gratings": (
+        "units",
+        "mask",
+        "opacity",
+        "color",
+        "orientation",
+        "x_position",
+        "y_position",
+        "spatial_frequency",
+        "contrast",
+        "phase",
+        "size",
+    ),
+    "natural_scenes": (
+        "units",
+        "mask",
+        "opacity",
+        "color",
+        "x_position",
+        "y_position",
+        "size",
+        "frame",
+    ),
+}
+_CONSTANT = {
+    "units": "deg",
+    "mask": "None",
+    "opacity": 1.0,
+    "color": "[1.0, 1.0, 1.0]",
+    "x_position": 0.0,
+    "y_position": 0.0,
+    "contrast": 0.8,
+}
+_PER_STIMULUS = {
+    "flashes": {"size": "[300.0, 300.0]"},
     "drifting_gratings": {
-        "mask": "None",
         "phase": "[42471.86666667, 42471.86666667]",
         "size": "[250.0, 250.0]",
-        "spatial_frequency": "0.04",
-        "units": "deg",
+        "spatial_frequency": 0.04,
     },
-}
-_PARAM_FLOAT = {
-    "flashes": {"contrast": 0.8, "opacity": 1.0, "orientation": 0.0},
-    "drifting_gratings": {"contrast": 0.8, "opacity": 1.0},
+    "gabors": {
+        "mask": "circle",
+        "phase": "[3644.93333333, 3644.93333333]",
+        "size": "[20.0, 20.0]",
+        "spatial_frequency": 0.08,
+        "temporal_frequency": 4.0,
+    },
+    "static_gratings": {"size": "[250.0, 250.0]"},
+    "natural_scenes": {"size": "[1174.0, 918.0]"},
 }
 _STIM_INDEX = {
-    "spontaneous": np.nan,
-    "flashes": 1.0,
-    "drifting_gratings": 2.0,
-    "natural_scenes": 3.0,
+    "spontaneous": 0,
+    "flashes": 1,
+    "drifting_gratings": 2,
+    "natural_scenes": 3,
+    "static_gratings": 4,
+    "gabors": 5,
 }
 _STIM_BLOCK = {
-    "spontaneous": np.nan,
     "flashes": 0.0,
     "drifting_gratings": 1.0,
     "natural_scenes": 2.0,
+    "static_gratings": 3.0,
+    "gabors": 4.0,
 }
 
 
-def _presentations(name: str, table: dict[str, np.ndarray], frames: TimeSeries) -> TimeIntervals:
+def _presentations(
+    name: str, table: dict[str, np.ndarray], frames: TimeSeries, position: np.ndarray
+) -> TimeIntervals:
+    """One stimulus's table as AllenSDK's VCN writer stores it (layout notes 13-17, 37)."""
     n = table["start_time"].size
     col: dict[str, Any] = {
         "start_time": table["start_time"],
         "stop_time": table["stop_time"],
         "stimulus_name": np.full(n, name),
-        "stimulus_block": np.full(n, _STIM_BLOCK[name]),
-        "stimulus_index": np.full(n, _STIM_INDEX[name]),
     }
-    if name == "flashes":
-        col["color"] = np.array([repr(float(c)) for c in table["color_value"]])
-    for k in ("orientation", "temporal_frequency", "frame"):
-        if k in table:
+    if name in _STIM_BLOCK:
+        col["stimulus_block"] = np.full(n, _STIM_BLOCK[name])
+    col["stimulus_index"] = np.full(n, _STIM_INDEX[name], np.int64)
+    fixed = {**_CONSTANT, **_PER_STIMULUS.get(name, {})}
+    for k in _STIM_COLUMNS[name]:
+        if k == "color" and name == "flashes":
+            col[k] = np.array([repr(float(c)) for c in table["color_value"]])
+        elif k in table:
             col[k] = table[k]
-    for k, v in _PARAM_FLOAT.get(name, {}).items():
-        col[k] = np.full(n, v)
-    for k, v in _PARAM_STR.get(name, {}).items():
-        col[k] = np.full(n, v)
-    columns = [
-        VectorData(name=k, description=f"{k} of each presentation", data=v)
-        for k, v in sorted(col.items())
-    ]
-    columns += _ragged("tags", "tags", np.full(n, "stimulus_time_interval"), np.arange(1, n + 1))
-    idx = np.round(table["start_time"] * FRAME_RATE).astype(int)
-    count = np.round((table["stop_time"] - table["start_time"]) * FRAME_RATE).astype(int)
-    refs = TimeSeriesReferenceVectorData(
-        name="timeseries",
-        description="stimulus frames of each presentation",
-        data=[(int(i), int(c), frames) for i, c in zip(idx, count)],
+        else:
+            col[k] = np.full(n, fixed[k])
+    columns = {k: (_COLUMN_DESCRIPTIONS.get(k, "No description"), v) for k, v in col.items()}
+    return allen.intervals(
+        f"{name}_presentations",
+        f"Presentation times and stimuli details for '{name}' stimuli. \n"
+        "Note: image_name references control_description in stimulus/templates",
+        columns,
+        timeseries=frames,
+        frames=(position, position + 1),
+        tags="stimulus_time_interval",
     )
-    columns += [refs, VectorIndex(name="timeseries_index", data=np.arange(1, n + 1), target=refs)]
-    return _table(TimeIntervals, f"{name}_presentations", f"{name} presentations", columns, n)
 
 
 def _write_session(
@@ -647,72 +797,97 @@ def _write_session(
     spikes: dict,
     stim: dict,
     running: dict,
-    rng: np.random.Generator,
+    eye: dict,
 ) -> None:
-    nwb = _nwbfile(str(sid), "Synthetic Visual Coding Neuropixels session", sid)
+    nwb = _nwbfile(str(sid), "Data and metadata for an Ecephys session", sid, "Allen Institute")
+    nwb.subject = _specimen(sid)
+    nwb.stimulus_notes = "brain_observatory_1.1"
     _add_probes(nwb, probes, np.arange(N_CHANNELS))
     n = units["probe_index"].size
-    wf = units["waveform_mean"].reshape(n * N_CHANNELS, N_WAVEFORM_SAMPLES)
-    cols = _ragged("spike_times", "spike times (s)", spikes["spike_times"], spikes["index"])
-    cols += _ragged(
-        "spike_amplitudes", "spike amplitudes (V)", spikes["spike_amplitudes"], spikes["index"]
+    wf = units["waveform_mean"].reshape(n * N_CHANNELS, N_WAVEFORM_SAMPLES) * 1e-6  # µV -> V
+    index = spikes["index"]
+    qc = dict(units["qc"])
+    qc["firing_rate"] = np.diff(np.r_[0, index]) / stim["duration"]
+    cols = [VectorData(name=k, description="no description", data=v) for k, v in sorted(qc.items())]
+    cols += allen.ragged_column(
+        "spike_times", "times (s) of detected spiking events", spikes["spike_times"], index
     )
-    cols += _ragged(
+    cols += allen.ragged_column(
+        "spike_amplitudes",
+        "amplitude (s) of detected spiking events",
+        spikes["spike_amplitudes"],
+        index,
+    )
+    cols += allen.ragged_column(
         "waveform_mean",
-        "mean waveform on each of the probe's 384 channels (µV), stacked",
-        H5DataIO(wf, compression="gzip", chunks=(N_CHANNELS, N_WAVEFORM_SAMPLES)),
+        "mean waveforms on peak channels (over samples)",
+        H5DataIO(
+            wf.astype(np.float32), compression="gzip", chunks=(N_CHANNELS, N_WAVEFORM_SAMPLES)
+        ),
         N_CHANNELS * np.arange(1, n + 1),
     )
-    qc = dict(units["qc"])
-    qc["firing_rate"] = np.diff(np.r_[0, spikes["index"]]) / stim["duration"]
-    cols += [VectorData(name=k, description=k, data=v) for k, v in sorted(qc.items())]
     nwb.units = Units(
         name="units",
-        description="sorted units (Kilosort 2)",
+        description="",
         id=ElementIdentifiers(name="id", data=units["truth"]["unit_id"]),
         columns=cols,
         colnames=[c.name for c in cols if not isinstance(c, VectorIndex)],
-        resolution=1.0 / SAMPLING_RATE,
+        waveform_unit="volts",
     )
 
-    n_frames = int(stim["duration"] * FRAME_RATE)
+    # processing/stimulus/timestamps: one timestamp per presentation (layout note 33)
+    starts = np.concatenate([t["start_time"] for t in stim["tables"].values()])
+    order = np.argsort(starts, kind="stable")
+    position = np.empty(order.size, np.int64)
+    position[order] = np.arange(order.size)
     frames = TimeSeries(
-        name="timestamps",
-        description="stimulus frame times",
-        unit="s",
-        data=np.arange(n_frames) / FRAME_RATE,
-        timestamps=np.arange(n_frames) / FRAME_RATE,
+        name="timestamps", unit="s", data=starts[order], timestamps=starts[order].copy()
     )
-    nwb.create_processing_module("stimulus", "stimulus frame times").add(frames)
+    nwb.create_processing_module("stimulus", "Stimulus Times processing").add(frames)
+    offset = 0
     for name, table in stim["tables"].items():
-        nwb.add_time_intervals(_presentations(name, table, frames))
+        n_rows = table["start_time"].size
+        nwb.add_time_intervals(
+            _presentations(name, table, frames, position[offset : offset + n_rows])
+        )
+        offset += n_rows
 
     bad = probes[-1]
     ns = stim["tables"]["natural_scenes"]["start_time"]
     t0 = float(ns[len(ns) // 3])
-    inv = TimeIntervals(name="invalid_times", description="times when a probe's data are invalid")
+    inv = TimeIntervals(name="invalid_times", description="experimental intervals")
     inv.add_interval(
         start_time=t0, stop_time=t0 + 5.0, tags=["EcephysProbe", str(bad["probe_id"]), bad["name"]]
     )
     nwb.invalid_times = inv
 
-    run = nwb.create_processing_module("running", "running speed")
-    run.add(
-        TimeSeries(
-            name="running_speed",
-            data=running["velocity"],
-            unit="cm/s",
-            timestamps=running["start_time"],
-            description="running speed",
-        )
+    # running (layout note 32)
+    raw = TimeSeries(
+        name="raw_running_wheel_rotation",
+        data=running["rotation"],
+        unit="radians",
+        timestamps=running["start_time"].copy(),
     )
+    nwb.add_acquisition(raw)
+    for name, values in (
+        ("running_wheel_signal_voltage", running["signal_voltage"]),
+        ("running_wheel_supply_voltage", running["supply_voltage"]),
+    ):
+        nwb.add_acquisition(TimeSeries(name=name, data=values, unit="V", timestamps=raw))
+    run = nwb.create_processing_module("running", "running speed data")
+    speed = TimeSeries(
+        name="running_speed",
+        data=running["velocity"],
+        unit="cm/s",
+        timestamps=running["start_time"],
+    )
+    run.add(speed)
     run.add(
         TimeSeries(
             name="running_speed_end_times",
             data=np.full(running["end_time"].size, np.nan),
             unit="cm/s",
             timestamps=running["end_time"],
-            description="end times of the running speed samples",
         )
     )
     run.add(
@@ -720,35 +895,92 @@ def _write_session(
             name="running_wheel_rotation",
             data=running["rotation"],
             unit="radians",
-            timestamps=running["start_time"],
-            description="wheel rotation",
+            timestamps=speed,
         )
     )
 
+    # optotagging (layout note 31)
     op = stim["opto"]
-    opto = nwb.create_processing_module("optotagging", "optogenetic stimulation")
-    opto.add(
-        TimeSeries(
-            name="optotagging",
-            data=op["level"],
-            unit="mW",
-            timestamps=op["start_time"],
-            description="light level",
-        )
+    opto = nwb.create_processing_module("optotagging", "optogenetic stimulution data")
+    series = TimeSeries(
+        name="optotagging", data=op["duration"], unit="seconds", timestamps=op["start_time"]
     )
-    ocols = [VectorData(name=k, description=k, data=v) for k, v in op.items()]
+    opto.add(series)
+    n_opto = op["start_time"].size
+    columns = {
+        k: (
+            "Start time of epoch, in seconds"
+            if k == "start_time"
+            else "Stop time of epoch, in seconds"
+            if k == "stop_time"
+            else "no description",
+            op[k],
+        )
+        for k in ("start_time", "condition", "level", "stop_time", "stimulus_name", "duration")
+    }
     opto.add(
-        _table(
-            TimeIntervals,
+        allen.intervals(
             "optogenetic_stimulation",
-            "optotagging pulses",
-            ocols,
-            op["start_time"].size,
+            "",
+            columns,
+            timeseries=series,
+            frames=(np.arange(n_opto), np.arange(1, n_opto + 1)),
+            tags="optical_stimulation",
         )
     )
-    with NWBHDF5IO(path, "w") as io:
-        io.write(nwb)
-    _allen_attrs(path, probes, sid, lfp=False)
+
+    # eye tracking (layout note 34)
+    module = nwb.create_processing_module("eye_tracking", "Eye tracking processing module")
+    for part in ("pupil", "cr", "eye"):
+        fit = eye["fits"][part]
+        module.add(
+            DynamicTable(
+                name=f"{part}_ellipse_fits",
+                description="",
+                columns=[
+                    VectorData(name=k, description="no description", data=v) for k, v in fit.items()
+                ],
+            )
+        )
+    for kind, desc in (("raw", "raw outputs"), ("filtered", "filtered outputs")):
+        module = nwb.create_processing_module(
+            f"{kind}_gaze_mapping", f"Gaze mapping processing module {desc}"
+        )
+        for name, unit in (
+            ("eye_area", "Pixels ^ 2"),
+            ("pupil_area", "Pixels ^ 2"),
+            ("screen_coordinates", "Centimeters"),
+            ("screen_coordinates_spherical", "Degrees"),
+        ):
+            module.add(
+                TimeSeries(
+                    name=name, data=eye["gaze"][kind][name], unit=unit, timestamps=eye["t"].copy()
+                )
+            )
+    rig = allen.extension("EcephysEyeTrackingRigMetadata")(
+        name="eye_tracking_rig_metadata",
+        equipment="Neuropixel Rig 3",
+        **{k: np.array(v, np.float64) for k, (v, _) in _RIG.items()},
+        **{f"{k}__unit": u for k, (_, u) in _RIG.items()},
+    )
+    nwb.create_processing_module(
+        "eye_tracking_rig_metadata", "Eye tracking rig metadata module"
+    ).add(rig)
+
+    allen.write_nwb(path, nwb)
+    with h5py.File(path, "r+") as h5:
+        allen.to_legacy_dynamic_table(h5, "general/extracellular_ephys/electrodes")
+        allen.fix_object_ids(h5, f"vcn/{sid}")
+
+
+#: eye tracking rig geometry: name -> (value, unit)
+_RIG = {
+    "camera_position": ([130.0, 0.0, 0.0], "mm"),
+    "camera_rotation": ([0.0, 0.0, 13.1], "deg"),
+    "led_position": ([265.1, -39.3, 1.0], "mm"),
+    "monitor_position": ([170.0, 0.0, 0.0], "mm"),
+    "monitor_rotation": ([0.0, 0.0, 0.0], "deg"),
+}
 
 
 def _write_lfp(
@@ -758,40 +990,49 @@ def _write_lfp(
     lfp = _lfp(probe, rows, stim["tables"]["flashes"]["start_time"], lfp_s, rng)
     times = np.arange(lfp.shape[0]) / LFP_RATE
     csd, csd_t, csd_y = _csd(probe, rows, lfp, stim["tables"]["flashes"]["start_time"])
-    nwb = _nwbfile(str(probe["probe_id"]), f"LFP of {probe['name']} in session {sid}", sid)
+    pid = probe["probe_id"]
+    nwb = _nwbfile(
+        str(pid),
+        "LFP data and associated info for one probe",
+        sid,
+        "Allen Institute for Brain Science",
+    )
     _add_probes(nwb, [probe], rows)
-    name = f"probe_{probe['probe_id']}_lfp"
+    name = f"probe_{pid}_lfp"
     chunk = (min(lfp.shape[0], int(5 * LFP_RATE)), rows.size)
     with warnings.catch_warnings():
         # Benign: the region is made before its table is in a file, and the series gets a
         # second parent (written as a soft link at acquisition/<name>_data, as Allen does).
         warnings.simplefilter("ignore")
-        region = nwb.create_electrode_table_region(list(range(rows.size)), "LFP channels")
+        region = nwb.create_electrode_table_region(
+            list(range(rows.size)), f"lfp channels on probe {pid}"
+        )
         series = ElectricalSeries(
             name=f"{name}_data",
             data=H5DataIO(lfp, chunks=chunk),
             electrodes=region,
             timestamps=times,
-            description="LFP (V), every 4th channel, 1250 Hz",
         )
         nwb.add_acquisition(LFP(name=name, electrical_series=series))
         nwb.add_acquisition(series)
-    ts = TimeSeries(
-        name="current_source_density",
-        data=csd.T,
-        timestamps=csd_t,
-        unit="V/cm^2",
-        description="flash-evoked CSD, time relative to flash onset",
+    ts = TimeSeries(name="current_source_density", data=csd.T, timestamps=csd_t, unit="V/cm^2")
+    module = nwb.create_processing_module(
+        "current_source_density", "Precalculated current source density"
     )
-    module = nwb.create_processing_module("current_source_density", "current source density")
-    module.add(BehavioralTimeSeries(name="ecephys_csd", time_series=[ts]))
-    with NWBHDF5IO(path, "w") as io:
-        io.write(nwb)
-    with h5py.File(path, "r+") as f:
-        g = f["processing/current_source_density/ecephys_csd"]
-        g.create_dataset("virtual_electrode_x_positions", data=np.full(csd_y.size, 43.0))
-        g.create_dataset("virtual_electrode_y_positions", data=csd_y)
-    _allen_attrs(path, [probe], sid, lfp=True)
+    module.add(
+        allen.extension("EcephysCSD")(
+            name="ecephys_csd",
+            time_series=ts,
+            virtual_electrode_x_positions=np.full(csd_y.size, 43.0),
+            virtual_electrode_x_positions__unit="um",
+            virtual_electrode_y_positions=csd_y.astype(np.float64),
+            virtual_electrode_y_positions__unit="um",
+        )
+    )
+    allen.write_nwb(path, nwb)
+    with h5py.File(path, "r+") as h5:
+        allen.to_legacy_dynamic_table(h5, "general/extracellular_ephys/electrodes")
+        allen.fix_object_ids(h5, f"vcn/{sid}/{pid}")
 
 
 def _lfp(
