@@ -170,3 +170,76 @@ def test_r_as_a_dataset_is_a_source_file_error(tmp_path):
         f[f"{group}/r"] = values
     with pytest.raises(SourceFileError, match=r"odd\.nwb.*corrected_fluorescence/r.*group"):
         vbo_ophys.read(path)
+
+
+def _edited_copy(tmp_path, edit) -> object:
+    """The fixture's ophys Dataset read from a copy changed by ``edit(h5py.File)``."""
+    path = tmp_path / "edited.nwb"
+    shutil.copy(ref.files(STEM)[0], path)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    ((_, ds),) = vbo_ophys.read(path).items()
+    return ds
+
+
+_CELLS = "processing/ophys/image_segmentation/cell_specimen_table"
+
+
+def test_unmatched_roi_is_minus_one_in_allensdk_tables(tmp_path):
+    """-1 (AllenSDK: None) stays -1 in the AllenSDK-shaped index; the lake's dim holds
+    ``-cell_roi_id`` so that it stays unique."""
+
+    def edit(f):
+        f[f"{_CELLS}/cell_specimen_id"][1] = -1
+
+    ds = _edited_copy(tmp_path, edit)
+    roi = ds["cell_roi_id"].values
+    assert ds["cell_specimen_id"].values[1] == -roi[1]
+    for table in (ds.ophys.dff_traces, ds.ophys.cell_specimen_table, ds.ophys.events):
+        assert table.index[1] == -1
+        assert table.index.dtype == np.int64
+        assert table["cell_roi_id"].iloc[1] == roi[1]
+
+
+def test_invalid_rois_are_left_out_as_allensdk_does(tmp_path):
+    """AllenSDK's default ``exclude_invalid_rois=True``: the lake keeps every ROI, the
+    AllenSDK-shaped tables and the segmentation image hold the valid ones."""
+
+    def edit(f):
+        f[f"{_CELLS}/valid_roi"][2] = False
+
+    ds = _edited_copy(tmp_path, edit)
+    assert ds.sizes["cell_specimen_id"] == 10
+    dropped = ds["cell_specimen_id"].values[2]
+    for name in ("dff_traces", "corrected_fluorescence_traces", "events", "cell_specimen_table"):
+        table = getattr(ds.ophys, name)
+        assert len(table) == 9, name
+        assert dropped not in table.index, name
+    masks = ds["roi_mask"].values
+    np.testing.assert_array_equal(
+        ds.ophys.segmentation_mask_image.values, np.delete(masks, 2, axis=0).sum(axis=0)
+    )
+
+
+def test_events_rows_are_the_cells_with_detected_events(tmp_path):
+    """``event_detection/rois`` may name fewer cells than the cell table (AllenSDK's
+    ``raise_if_rois_missing=False``): AllenSDK's events table has only those rows."""
+    group = "processing/ophys/event_detection"
+
+    def edit(f):
+        keep = [0, 1, 2, 4, 5, 6, 7, 8, 9]
+        for key in ("data", "lambdas", "noise_stds", "rois"):
+            values = f[f"{group}/{key}"][()]
+            values = values[:, keep] if key == "data" else values[keep]
+            attrs = dict(f[f"{group}/{key}"].attrs)
+            del f[f"{group}/{key}"]
+            f[f"{group}/{key}"] = values
+            f[f"{group}/{key}"].attrs.update(attrs)
+
+    ds = _edited_copy(tmp_path, edit)
+    want = ref.table(STEM, "events").drop(index=ref.table(STEM, "events").index[3])
+    got = ds.ophys.events
+    np.testing.assert_array_equal(got.index, want.index)
+    np.testing.assert_array_equal(_stack(got["events"]), _stack(want["events"]))
+    np.testing.assert_array_equal(got["lambda"], want["lambda"])
+    assert np.isnan(ds["events"].values[3]).all()  # the lake pads the missing cell with NaN
