@@ -399,7 +399,8 @@ class TestVboOphysErrors:
 def test_several_presentation_tables_are_united_and_convert_faithfully(files, tmp_path):
     """Sessions with more than one stimulus have one ``<stimulus>_presentations`` table each,
     with different columns: the reader unites them in start-time order (text columns a
-    table lacks are "null", numbers NaN), and a conversion passes the fidelity check. pynwb
+    table lacks are "", numbers NaN, and name that table in ``absent_in``), and a conversion
+    passes the fidelity check. pynwb
     ``tags`` (here also on the trials) go to the raw copy."""
     import shutil
 
@@ -442,7 +443,8 @@ def test_several_presentation_tables_are_united_and_convert_faithfully(files, tm
     assert ds.sizes["stimulus_presentation_id"] == n + 2
     assert np.all(np.diff(sp["start_time"]) >= 0)  # one table in start-time order
     assert list(sp["stimulus_name"][[0, -1]]) == ["spontaneous", "spontaneous"]
-    assert list(sp["image_name"][[0, -1]]) == ["null", "null"]
+    assert list(sp["image_name"][[0, -1]]) == ["", ""]
+    assert ds["stimulus_presentations.image_name"].attrs["absent_in"] == ["spontaneous"]
     assert np.isnan(sp["is_change"][[0, -1]]).all()  # bool column NaN-padded, so float
     assert sp["is_change"][1:-1].sum() == n_change
     np.testing.assert_array_equal(sp["stimulus_block"][[0, -1]], [1, 3])
