@@ -25,8 +25,10 @@ stimulus condition (:func:`conditionwise_spike_statistics`, :func:`psth` and
 
 from __future__ import annotations
 
+import ast
+import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -91,32 +93,167 @@ def _unit_columns(ds: xr.Dataset) -> list[str]:
     ]  # fmt: skip
 
 
-def _filter_units(
-    frame: pd.DataFrame,
+#: Unit columns the reader joins from the peak channel's probe (not columns of the NWB units).
+_PROBE_JOINED = ("probe_description", "probe_sampling_rate", "probe_lfp_sampling_rate",
+                 "probe_has_lfp_data")  # fmt: skip
+
+
+def _own_unit_columns(ds: xr.Dataset) -> list[str]:
+    """The columns of the NWB units table: the unit columns the reader did not join."""
+    return [
+        k for k in _unit_columns(ds)
+        if f"channels.{k}" not in ds.variables and k not in _PROBE_JOINED
+        and k not in ("structure_acronym", "ecephys_structure_acronym")
+    ]  # fmt: skip
+
+
+def session_class(ds: xr.Dataset) -> str:
+    """The AllenSDK class whose semantics a session follows: ``"EcephysSession"`` (Visual
+    Coding Neuropixels) or ``"BehaviorEcephysSession"`` (Visual Behavior Neuropixels)."""
+    return str(ds.attrs.get("allensdk_session_class", "EcephysSession"))
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """Zarr's StringDType or bytes as a NumPy array of Python ``str`` objects."""
+    return np.asarray([str(v) for v in np.asarray(values).tolist()], dtype=object)
+
+
+def _frame(ds: xr.Dataset, dim: str, prefix: str, index_name: str | None) -> pd.DataFrame:
+    """Every ``<prefix><col>`` variable along ``dim`` as a column (text as ``str`` objects)."""
+    names = [k for k, v in ds.variables.items()
+             if k.startswith(prefix) and v.dims == (dim,) and k != dim]  # fmt: skip
+    meta = _load(ds, names)
+    cols = {}
+    for k in names:
+        v = meta[k]
+        cols[k.removeprefix(prefix)] = _text(v) if v.dtype.kind in "OTUS" else v
+    return pd.DataFrame(cols, index=pd.Index(ds.indexes[dim].to_numpy(), name=index_name))
+
+
+_CHANNEL_DROP = ("valid_data", "imp", "group_name", "location", "local_index")
+
+
+def channels(ds: xr.Dataset, *, filter_by_validity: bool = True) -> pd.DataFrame:
+    """AllenSDK's channels table (eager, small): ``session.channels`` (Visual Coding) or
+    ``session.get_channels()`` (Visual Behavior Neuropixels).
+
+    Parameters
+    ----------
+    ds
+        An ``ecephys_session`` Dataset.
+    filter_by_validity
+        Keep only channels with ``valid_data`` (and drop that column), as AllenSDK does.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``id`` (the channel id): CCF coordinates (µm), ``filtering``,
+        ``probe_channel_number``, ``probe_horizontal_position``, ``probe_vertical_position``
+        (µm), ``probe_id``, ``structure_acronym`` (the file's electrode location) and, for a
+        Visual Coding session, ``ecephys_structure_acronym``: the structure acronym, missing
+        (None) for ``root`` and unassigned channels, as the project's channels.csv has it.
+        AllenSDK's ``ecephys_structure_id`` comes from that CSV, not from the NWB file, and is
+        not served.
+    """
+    frame = _frame(ds, "channel_id", "channels.", "id")
+    if filter_by_validity and "valid_data" in frame:
+        frame = frame[frame["valid_data"].to_numpy(bool)]
+    frame = frame.drop(columns=[c for c in _CHANNEL_DROP if c in frame])
+    if "ecephys_structure_acronym" in frame:
+        if session_class(ds) == "EcephysSession":
+            acr = frame["structure_acronym"].to_numpy(object)
+            missing = np.isin(acr, ["", "root", "None", "nan"])
+            frame["ecephys_structure_acronym"] = np.where(missing, None, acr)
+        else:
+            frame = frame.drop(columns=["ecephys_structure_acronym"])
+    return frame
+
+
+def probes(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``session.probes`` (eager, small).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``id`` (the probe id): ``description`` (Visual Coding; ``name`` in Visual
+        Behavior Neuropixels), ``location``, ``sampling_rate``, ``lfp_sampling_rate`` (Hz) and
+        ``has_lfp_data``.
+    """
+    frame = _frame(ds, "probe", "probes.", "id")
+    if session_class(ds) == "BehaviorEcephysSession":
+        frame = frame.rename(columns={"description": "name"})
+    if "has_lfp_data" in frame:
+        frame["has_lfp_data"] = frame["has_lfp_data"].to_numpy(bool)
+    return frame
+
+
+def _or_inf(limit: float | None, sign: float = 1.0) -> float:
+    """AllenSDK's ``limit or np.inf``: None and 0 mean no limit."""
+    return float(limit) if limit else sign * np.inf
+
+
+def _allensdk_filter(
+    table: pd.DataFrame,
+    chans: pd.DataFrame,
     *,
     filter_by_validity: bool,
     filter_out_of_brain_units: bool,
-    amplitude_cutoff_maximum: float,
-    presence_ratio_minimum: float,
-    isi_violations_maximum: float,
+    amplitude_cutoff_maximum: float | None,
+    presence_ratio_minimum: float | None,
+    isi_violations_maximum: float | None,
 ) -> pd.DataFrame:
-    keep = np.ones(len(frame), bool)
-    if filter_by_validity:
-        if "quality" in frame:
-            keep &= frame["quality"].to_numpy() == "good"
-        if "valid_data" in frame:
-            keep &= frame["valid_data"].to_numpy(bool)
-    if filter_out_of_brain_units and "ecephys_structure_acronym" in frame:
-        keep &= frame["ecephys_structure_acronym"].to_numpy(str) != ""
-    for col, op, limit in [("amplitude_cutoff", np.less_equal, amplitude_cutoff_maximum),
-                           ("presence_ratio", np.greater_equal, presence_ratio_minimum),
-                           ("isi_violations", np.less_equal, isi_violations_maximum)]:  # fmt: skip
-        if col in frame:
-            keep &= op(frame[col].to_numpy(float), limit)
-    frame = frame[keep]
-    order = [c for c in ("probe_description", "probe_vertical_position",
-                         "probe_horizontal_position") if c in frame]  # fmt: skip
-    return frame.sort_values(order, kind="stable") if order else frame
+    """``Probes.get_units_table``'s filter: peak channel valid (and in the brain: a structure
+    acronym), ``quality == "good"`` (column dropped), then the QC limits (NaN fails them)."""
+    if filter_by_validity or filter_out_of_brain_units:
+        if filter_out_of_brain_units:
+            chans = chans[~np.isin(chans["structure_acronym"].to_numpy(object), ["", None])]
+        table = table[table["peak_channel_id"].isin(chans.index)]
+    if filter_by_validity and "quality" in table:
+        table = table[table["quality"].to_numpy(object) == "good"].drop(columns=["quality"])
+    for col, limit, keep in [
+        ("amplitude_cutoff", _or_inf(amplitude_cutoff_maximum), np.less_equal),
+        ("presence_ratio", _or_inf(presence_ratio_minimum, -1.0), np.greater_equal),
+        ("isi_violations", _or_inf(isi_violations_maximum), np.less_equal),
+    ]:
+        if col in table:
+            table = table[keep(table[col].to_numpy(float), limit)]
+    return table
+
+
+def get_units(
+    ds: xr.Dataset,
+    *,
+    filter_by_validity: bool = False,
+    filter_out_of_brain_units: bool = False,
+    amplitude_cutoff_maximum: float | None = None,
+    presence_ratio_minimum: float | None = None,
+    isi_violations_maximum: float | None = None,
+) -> pd.DataFrame:
+    """AllenSDK's ``BehaviorEcephysSession.get_units(...)`` (eager, small), defaults included.
+
+    The units table of the NWB file as stored (``PT_ratio``, ``l_ratio``, ...: no channel or
+    probe columns), indexed by ``id``, filtered as ``Probes.get_units_table`` does: with
+    ``filter_by_validity`` the peak channel must be valid and ``quality == "good"`` (the
+    column is then dropped); with ``filter_out_of_brain_units`` the peak channel must have a
+    structure acronym; then ``amplitude_cutoff <= amplitude_cutoff_maximum``,
+    ``presence_ratio >= presence_ratio_minimum``, ``isi_violations <= isi_violations_maximum``
+    (None or 0 means no limit, and, as in AllenSDK, a NaN metric fails even that).
+    """
+    own = _own_unit_columns(ds)
+    meta = _load(ds, own)
+    table = pd.DataFrame(
+        {k: _text(v) if v.dtype.kind in "OTUS" else v for k, v in meta.items()},
+        index=pd.Index(ds.indexes["unit_id"].to_numpy(), name="id"),
+    )
+    return _allensdk_filter(
+        table,
+        channels(ds, filter_by_validity=filter_by_validity),
+        filter_by_validity=filter_by_validity,
+        filter_out_of_brain_units=filter_out_of_brain_units,
+        amplitude_cutoff_maximum=amplitude_cutoff_maximum,
+        presence_ratio_minimum=presence_ratio_minimum,
+        isi_violations_maximum=isi_violations_maximum,
+    )
 
 
 def units(
@@ -128,7 +265,7 @@ def units(
     presence_ratio_minimum: float = 0.95,
     isi_violations_maximum: float = 0.5,
 ) -> pd.DataFrame:
-    """The units table with AllenSDK's default quality filter (eager, small).
+    """AllenSDK's ``EcephysSession.units``: units with the default quality filter (eager).
 
     Parameters
     ----------
@@ -139,23 +276,38 @@ def units(
     filter_out_of_brain_units
         Drop units whose peak channel has no structure acronym.
     amplitude_cutoff_maximum, presence_ratio_minimum, isi_violations_maximum
-        QC thresholds (AllenSDK defaults); pass ``np.inf``/``-np.inf`` to disable one.
+        QC thresholds (AllenSDK defaults; 0 or None disables one, as in AllenSDK).
 
     Returns
     -------
     pandas.DataFrame
-        Indexed by ``unit_id``, sorted by probe, then vertical and horizontal position; metrics
-        renamed as AllenSDK does (``waveform_*``, ``L_ratio``).
+        Indexed by ``unit_id``: the units (:func:`get_units` with these filters) joined with
+        their peak channel (:func:`channels`) and probe (:func:`probes`: ``probe_description``,
+        ``location``, ``probe_sampling_rate``, ``probe_lfp_sampling_rate``,
+        ``probe_has_lfp_data``), metrics renamed as AllenSDK does (``waveform_*``,
+        ``L_ratio``), sorted by probe, then vertical and horizontal position.
     """
-    cols = _load(ds, _unit_columns(ds))
-    return _filter_units(
-        _unit_frame(cols, ds["unit_id"].values),
+    table = get_units(
+        ds,
         filter_by_validity=filter_by_validity,
         filter_out_of_brain_units=filter_out_of_brain_units,
         amplitude_cutoff_maximum=amplitude_cutoff_maximum,
         presence_ratio_minimum=presence_ratio_minimum,
         isi_violations_maximum=isi_violations_maximum,
     )
+    chans = channels(ds)
+    table = table.join(chans, on="peak_channel_id", how="inner", lsuffix="_unit",
+                       rsuffix="_channel")  # fmt: skip
+    probe = probes(ds).rename(columns={
+        "description": "probe_description", "name": "probe_description",
+        "sampling_rate": "probe_sampling_rate", "lfp_sampling_rate": "probe_lfp_sampling_rate",
+        "has_lfp_data": "probe_has_lfp_data",
+    })  # fmt: skip
+    table = table.join(probe, on="probe_id", how="inner")
+    table.index.name = "unit_id"
+    table = table.rename(columns={k: v for k, v in _RENAMES.items() if v not in table})
+    order = ["probe_description", "probe_vertical_position", "probe_horizontal_position"]
+    return table.sort_values(order, kind="stable")
 
 
 def units_in(
@@ -211,33 +363,112 @@ def _masked(ds: xr.Dataset, meta: dict[str, np.ndarray], start: Any, stop: Any) 
     return mask
 
 
-def stimulus_presentations(ds: xr.Dataset) -> pd.DataFrame:
-    """The stimulus table with AllenSDK's invalid presentations masked (eager, small).
+#: AllenSDK's ``EcephysSession.DETAILED_STIMULUS_PARAMETERS``: in ``stimulus_conditions``, left
+#: out of ``stimulus_presentations``.
+DETAILED_STIMULUS_PARAMETERS = (
+    "colorSpace", "flipHoriz", "flipVert", "depth", "interpolate", "mask", "opacity",
+    "rgbPedestal", "tex", "texRes", "units", "rgb", "signalDots", "noiseDots", "fieldSize",
+    "fieldShape", "fieldPos", "nDots", "dotSize", "dotLife", "color_triplet",
+)  # fmt: skip
+_COLOR_TRIPLET = re.compile(r"\[(-{0,1}\d*\.\d*,\s*)*(-{0,1}\d*\.\d*)\]")  # AllenSDK's
+_NULL = "null"  # AllenSDK's "nonapplicable" value
+_NOT_PARAMETER = ("start_time", "stop_time", "duration", "stimulus_block",
+                  "stimulus_condition_id")  # fmt: skip
+
+
+def _stored_presentations(ds: xr.Dataset, extra: Sequence[str] = ()) -> tuple[pd.DataFrame, dict]:
+    """The stored ``stimulus_presentations.*`` columns (text as ``str``) and loaded ``extra``."""
+    cols = [k for k, v in ds.data_vars.items()
+            if k.startswith(_SP) and v.dims == ("stimulus_presentation_id",)]  # fmt: skip
+    meta = _load(ds, cols + list(extra))
+    index = pd.Index(ds.indexes["stimulus_presentation_id"].to_numpy(),
+                     name="stimulus_presentation_id")  # fmt: skip
+    frame = pd.DataFrame(
+        {k.removeprefix(_SP): _text(meta[k]) if meta[k].dtype.kind in "OTUS" else meta[k]
+         for k in cols},
+        index=index,
+    )  # fmt: skip
+    return frame, meta
+
+
+def _as_allensdk(frame: pd.DataFrame) -> pd.DataFrame:
+    """A Visual Coding presentation table as ``EcephysSession`` builds it from the file.
+
+    Float columns holding only 0/1 become booleans (``Presentations.from_nwb``); ``color``
+    triplets move to ``color_triplet`` and other colors become numbers (the NWB API); every
+    missing value of a parameter is ``"null"`` (so such a column holds objects); the
+    ``stimulus_index`` column is dropped.
+    """
+    out = frame.drop(columns=["stimulus_index"], errors="ignore").copy()
+    for col in out.columns:
+        values = out[col]
+        if col in _NOT_PARAMETER or col.endswith("_index") or values.dtype.kind != "f":
+            continue
+        present = values.dropna()
+        if present.size and set(present.unique().tolist()) <= {0.0, 1.0}:
+            out[col] = pd.Series(
+                [_NULL if pd.isna(v) else bool(v) for v in values], index=out.index, dtype=object
+            )
+    if "color" in out and _is_text_column(out["color"]):
+        color = out["color"].to_numpy(object)
+        triplet = np.array([bool(_COLOR_TRIPLET.match(c)) for c in color], bool)
+        previous = out.get("color_triplet")
+        out["color_triplet"] = np.where(
+            triplet, color, _NULL if previous is None else previous.to_numpy(object)
+        ).astype(object)
+        out["color"] = pd.Series(
+            [_NULL if (t or c == _NULL) else float(ast.literal_eval(c))
+             for c, t in zip(color, triplet, strict=True)],
+            index=out.index, dtype=object,
+        )  # fmt: skip
+    for col in out.columns:  # AllenSDK's fillna("null") on the whole table
+        if out[col].dtype.kind != "f" or not out[col].isna().any():
+            continue
+        out[col] = pd.Series(
+            [_NULL if pd.isna(v) else v for v in out[col].tolist()], index=out.index, dtype=object
+        )
+    for col in out.columns:  # text columns as object, as pandas 1 gives them to AllenSDK
+        if _is_text_column(out[col]):
+            out[col] = out[col].astype(object)
+    return out
+
+
+def _is_text_column(series: pd.Series) -> bool:
+    return pd.api.types.is_string_dtype(series.dtype) or (
+        series.dtype == object and all(isinstance(v, str) for v in series.tolist())
+    )
+
+
+def stimulus_presentations(
+    ds: xr.Dataset, *, include_detailed_parameters: bool = False
+) -> pd.DataFrame:
+    """AllenSDK's ``session.stimulus_presentations`` (eager, small).
 
     Parameters
     ----------
     ds
         An ``ecephys_session`` Dataset.
+    include_detailed_parameters
+        Keep AllenSDK's :data:`DETAILED_STIMULUS_PARAMETERS` (``mask``, ``opacity``,
+        ``units``, ``color_triplet``...), which ``stimulus_presentations`` leaves out.
 
     Returns
     -------
     pandas.DataFrame
-        Indexed by ``stimulus_presentation_id``, one column per ``stimulus_presentations.*``
-        variable (prefix stripped; text columns as ``str``). Rows whose [start_time, stop_time]
+        Indexed by ``stimulus_presentation_id``. For a Visual Coding session, as
+        ``EcephysSession`` builds it: ``color`` triplets in ``color_triplet``, ``"null"`` for
+        a parameter a stimulus does not have (such a column holds objects), ``duration`` and
+        ``stimulus_condition_id``, no ``stimulus_index``. Rows whose [start_time, stop_time]
         overlaps (closed) an ``invalid_times`` interval tagged ``"stimulus"`` have
         ``stimulus_name == "invalid_presentation"``, their start/stop kept and every other
         column NaN (integer columns then become float64, as in AllenSDK); intervals tagged
         only with a probe mask nothing.
     """
-    cols = [k for k, v in ds.data_vars.items()
-            if k.startswith(_SP) and v.dims == ("stimulus_presentation_id",)]  # fmt: skip
-    meta = _load(ds, cols + _invalid_names(ds))
-    index = pd.Index(ds.indexes["stimulus_presentation_id"].to_numpy(),
-                     name="stimulus_presentation_id")  # fmt: skip
-    frame = pd.DataFrame({k.removeprefix(_SP): meta[k] for k in cols}, index=index)
-    for col in frame.columns:  # zarr gives numpy StringDType; users get plain str columns
-        if getattr(frame[col].dtype, "kind", "") in "TU":
-            frame[col] = frame[col].astype(str)
+    frame, meta = _stored_presentations(ds, _invalid_names(ds))
+    if session_class(ds) == "EcephysSession":
+        frame = _as_allensdk(frame)
+        if not include_detailed_parameters:
+            frame = frame.drop(columns=[c for c in DETAILED_STIMULUS_PARAMETERS if c in frame])
     if "start_time" not in frame or "stop_time" not in frame:
         return frame
     masked = _masked(ds, meta, frame["start_time"], frame["stop_time"])
@@ -246,6 +477,62 @@ def stimulus_presentations(ds: xr.Dataset) -> pd.DataFrame:
             frame[col] = frame[col].where(~masked)  # upcasts int to float, bool to object
         frame.loc[masked, "stimulus_name"] = _INVALID_NAME
     return frame
+
+
+def stimulus_conditions(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``session.stimulus_conditions``: one row per distinct parameter set (eager).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``stimulus_condition_id``: every parameter of the presentations as
+        ``EcephysSession`` builds them (detailed ones included; not start/stop time, duration
+        or stimulus_block), in order of first presentation.
+    """
+    frame, _ = _stored_presentations(ds)
+    if session_class(ds) == "EcephysSession":
+        frame = _as_allensdk(frame)
+    cond = frame["stimulus_condition_id"].to_numpy()
+    _, first = np.unique(cond, return_index=True)
+    first = np.sort(first)
+    params = [c for c in frame.columns if c not in _NOT_PARAMETER]
+    out = frame.iloc[first][params]
+    out.index = pd.Index(cond[first], name="stimulus_condition_id")
+    for col in out.columns:  # as pandas infers them from the condition tuples
+        values = out[col].tolist()
+        if all(isinstance(v, bool) for v in values):
+            out[col] = np.asarray(values, bool)
+    return out
+
+
+def get_stimulus_table(
+    ds: xr.Dataset,
+    stimulus_names: Sequence[str] | str | None = None,
+    *,
+    include_detailed_parameters: bool = False,
+    include_unused_parameters: bool = False,
+) -> pd.DataFrame:
+    """AllenSDK's ``session.get_stimulus_table(stimulus_names, ...)`` (eager, small).
+
+    The presentations of the named stimuli (all if None); without
+    ``include_unused_parameters`` the columns that are all NaN, '' or "null" in those rows
+    are dropped.
+    """
+    table = stimulus_presentations(ds, include_detailed_parameters=True)
+    if stimulus_names is None:
+        stimulus_names = table["stimulus_name"].unique().tolist()
+    elif isinstance(stimulus_names, str):
+        stimulus_names = [stimulus_names]
+    table = table[table["stimulus_name"].isin(list(stimulus_names))]
+    if not include_detailed_parameters:
+        table = table.drop(columns=[c for c in DETAILED_STIMULUS_PARAMETERS if c in table])
+    if not include_unused_parameters:
+        unused = [
+            c for c in table.columns
+            if table[c].isna().all() or table[c].astype(str).isin(["", _NULL]).all()
+        ]  # fmt: skip
+        table = table.drop(columns=unused)
+    return table
 
 
 @dataclass(frozen=True)
@@ -272,18 +559,10 @@ def _select(
     names = ["spike_times_index", *(_SP + c for c in columns)]
     if drop_invalid:
         names += [_SP + "start_time", _SP + "stop_time", *_invalid_names(ds)]
-    if unit_ids is None:
-        names += _unit_columns(ds)
     meta = _load(ds, list(dict.fromkeys(names)))
     uindex = ds.indexes["unit_id"]
     if unit_ids is None:
-        frame = _filter_units(
-            _unit_frame({k: meta[k] for k in _unit_columns(ds)}, uindex.to_numpy()),
-            filter_by_validity=True, filter_out_of_brain_units=True,
-            amplitude_cutoff_maximum=0.1, presence_ratio_minimum=0.95,
-            isi_violations_maximum=0.5,
-        )  # fmt: skip
-        unit_ids = frame.index.to_numpy()
+        unit_ids = units(ds).index.to_numpy()
     upos = _positions(uindex, unit_ids, "unit_id") if np.size(unit_ids) else np.zeros(0, int)
     ends = meta["spike_times_index"].astype(np.int64)
     begins = np.r_[0, ends[:-1]]
@@ -807,7 +1086,7 @@ def spike_times(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
     ends = _load(xr.Dataset({"e": ends.drop_vars("unit_id")}), ["e"])["e"]
     first, last = (0, int(ends[0])) if pos == 0 else (int(ends[0]), int(ends[1]))
     out = ds["spike_times"].isel(spike=slice(first, last)).rename("spike_times")
-    return out.assign_attrs(unit_id=int(unit_id), units="s")
+    return out.assign_attrs(unit_id=int(unit_id), units="s", first_spike=first)
 
 
 def mean_waveforms(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
@@ -829,10 +1108,14 @@ def mean_waveforms(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
     ):  # fmt: skip
         raise KeyError("this session has no per-channel waveform_mean (unit, channel, sample)")
     (pos,) = _positions(ds.indexes["unit_id"], [unit_id], "unit_id")
-    meta = _load(ds, ["probe_id", "probe_sampling_rate", "channels.probe_id",
-                      "channels.probe_channel_number"])  # fmt: skip
+    names = ["probe_id", "probe_sampling_rate", "channels.probe_id",
+             "channels.probe_channel_number"]  # fmt: skip
+    valid = "channels.valid_data" in ds.variables
+    meta = _load(ds, names + (["channels.valid_data"] if valid else []))
     probe, rate = meta["probe_id"][pos], float(meta["probe_sampling_rate"][pos])
     mine = meta["channels.probe_id"] == probe
+    if valid:  # AllenSDK maps channel numbers through session.channels: valid channels only
+        mine &= meta["channels.valid_data"].astype(bool)
     lookup = dict(
         zip(
             meta["channels.probe_channel_number"][mine].tolist(),
@@ -848,3 +1131,258 @@ def mean_waveforms(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
     time = np.arange(out.sizes["time"]) / rate
     out = out.assign_coords(channel_id=ids[keep], time=("time", time, {"units": "s"}))
     return out.rename("mean_waveform").assign_attrs(unit_id=int(unit_id))
+
+
+def spike_amplitudes(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
+    """One unit's spike amplitudes (lazy, V), aligned with :func:`spike_times`.
+
+    Raises
+    ------
+    KeyError
+        If ``unit_id`` is not in the session, or the session has no ``spike_amplitudes``.
+    """
+    if "spike_amplitudes" not in ds:
+        raise KeyError("this session has no spike_amplitudes")
+    times = spike_times(ds, unit_id)
+    first = int(times.attrs.get("first_spike", 0))
+    out = ds["spike_amplitudes"].isel(spike=slice(first, first + times.sizes["spike"]))
+    return out.rename("spike_amplitudes").assign_attrs(unit_id=int(unit_id), units="V")
+
+
+def units_with_spikes(ds: xr.Dataset) -> np.ndarray:
+    """The unit ids AllenSDK's ``spike_times``/``spike_amplitudes``/``mean_waveforms`` dicts
+    hold: the default-filtered units of a Visual Coding session (``EcephysSession`` drops the
+    others), every unit of a Visual Behavior Neuropixels one."""
+    if session_class(ds) == "EcephysSession":
+        return units(ds).index.to_numpy()
+    return ds.indexes["unit_id"].to_numpy()
+
+
+def raw_mean_waveforms(ds: xr.Dataset, unit_id: int) -> xr.DataArray:
+    """One unit's stored mean waveform, (channel, waveform_sample) for every on-probe channel:
+    ``BehaviorEcephysSession.mean_waveforms[unit_id]`` (lazy; AllenSDK gives the NumPy array).
+
+    Raises
+    ------
+    KeyError
+        If ``unit_id`` is not in the session (suggests close ids).
+    """
+    (pos,) = _positions(ds.indexes["unit_id"], [unit_id], "unit_id")
+    out = ds["waveform_mean"].isel(unit_id=pos).drop_vars("unit_id", errors="ignore")
+    return out.rename("mean_waveform").assign_attrs(unit_id=int(unit_id))
+
+
+def _table_at(ds: xr.Dataset, dim: str, prefix: str, index_name: str | None) -> pd.DataFrame:
+    if dim not in ds.dims:
+        raise KeyError(f"this session has no {prefix.rstrip('.')} table (no {dim!r} dim)")
+    return _frame(ds, dim, prefix, index_name)
+
+
+def optogenetic_stimulation_epochs(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``session.optogenetic_stimulation_epochs`` (Visual Coding) and
+    ``optotagging_table`` (Visual Behavior Neuropixels): indexed by ``id``, columns
+    ``start_time``, ``stop_time``, ``duration`` (s), ``condition``, ``level``,
+    ``stimulus_name``.
+    """
+    return _table_at(ds, "optogenetic_stimulation_id", "optogenetic_stimulation.", "id")
+
+
+def invalid_times(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``session.invalid_times``: indexed by ``id``, ``start_time``, ``stop_time``
+    (s) and ``tags`` (each row's list of tags, e.g. ``[type, id, label]``)."""
+    if "invalid_time_id" not in ds.dims:
+        return pd.DataFrame(
+            {"start_time": np.zeros(0), "stop_time": np.zeros(0), "tags": np.zeros(0, object)},
+            index=pd.Index(np.zeros(0, np.int64), name="id"),
+        )
+    frame = _frame(ds, "invalid_time_id", "invalid_times.", "id")
+    meta = _load(ds, ["invalid_times.tags", "invalid_times.tags_index"])
+    flat, ends = _text(meta["invalid_times.tags"]), meta["invalid_times.tags_index"]
+    begins = np.r_[0, ends[:-1]]
+    frame = frame.drop(columns=["tags_index"], errors="ignore")
+    frame["tags"] = [list(flat[a:b]) for a, b in zip(begins, ends, strict=True)]
+    return frame
+
+
+def running_speed(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``EcephysSession.running_speed``: ``start_time``, ``end_time`` (s) and
+    ``velocity`` (cm/s), one row per sample, on a plain range index."""
+    if "running_speed_time" not in ds.dims:
+        raise KeyError("this session has no running speed (no 'running_speed_time' dim)")
+    frame = _frame(ds, "running_speed_time", "running_speed.", None)
+    return frame[["start_time", "end_time", "velocity"]].reset_index(drop=True)
+
+
+_FIT_NAMES = {"cr": "corneal_reflection", "pupil": "pupil", "eye": "eye"}
+
+
+def pupil_data(ds: xr.Dataset) -> pd.DataFrame | None:
+    """AllenSDK's ``EcephysSession.get_pupil_data()``, or None without eye tracking.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Indexed by ``Time (s)`` (the gaze mapping's timestamps): ``<fit>_center_x/_y``,
+        ``<fit>_height``, ``<fit>_width`` (the full axes: twice the stored half-axes, as
+        AllenSDK) and ``<fit>_phi`` for ``corneal_reflection``, ``pupil`` and ``eye``.
+    """
+    if "eye_tracking_time" not in ds.dims:
+        return None
+    names = [f"ellipse_fits.{fit}_{c}" for fit in _FIT_NAMES
+             for c in ("center_x", "center_y", "height", "width", "phi")]  # fmt: skip
+    meta = _load(ds, names)
+    cols = {}
+    for name in names:
+        fit, col = name.removeprefix("ellipse_fits.").split("_", 1)
+        scale = 2.0 if col in ("height", "width") else 1.0
+        cols[f"{_FIT_NAMES[fit]}_{col}"] = meta[name] * scale if scale != 1.0 else meta[name]
+    index = pd.Index(ds.indexes["eye_tracking_time"].to_numpy(), name="Time (s)")
+    return pd.DataFrame(cols, index=index)
+
+
+def screen_gaze_data(ds: xr.Dataset, include_filtered_data: bool = False) -> pd.DataFrame | None:
+    """AllenSDK's ``EcephysSession.get_screen_gaze_data(include_filtered_data)``, or None.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Indexed by ``Time (s)``: ``raw_eye_area``, ``raw_pupil_area``,
+        ``raw_screen_coordinates_x_cm``/``_y_cm`` and
+        ``raw_screen_coordinates_spherical_x_deg``/``_y_deg`` (and the ``filtered_*`` ones).
+    """
+    if "eye_tracking_time" not in ds.dims:
+        return None
+    cols = {}
+    for kind in ("raw", "filtered") if include_filtered_data else ("raw",):
+        series = ("eye_area", "pupil_area", "screen_coordinates", "screen_coordinates_spherical")
+        meta = _load(ds, [f"gaze_mapping.{kind}_{n}" for n in series])
+        cols[f"{kind}_eye_area"] = meta[f"gaze_mapping.{kind}_eye_area"]
+        cols[f"{kind}_pupil_area"] = meta[f"gaze_mapping.{kind}_pupil_area"]
+        for name, unit in (("screen_coordinates", "cm"), ("screen_coordinates_spherical", "deg")):
+            yx = meta[f"gaze_mapping.{kind}_{name}"]  # stored [y, x]
+            cols[f"{kind}_{name}_x_{unit}"] = yx[:, 1]
+            cols[f"{kind}_{name}_y_{unit}"] = yx[:, 0]
+    index = pd.Index(ds.indexes["eye_tracking_time"].to_numpy(), name="Time (s)")
+    return pd.DataFrame(cols, index=index)
+
+
+def rig_geometry_data(ds: xr.Dataset) -> pd.DataFrame | None:
+    """AllenSDK's ``EcephysSession.rig_geometry_data``, or None without rig metadata.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Index ``x``, ``y``, ``z``; columns ``<name>_<unit>`` (``monitor_position_mm``,
+        ``camera_position_mm``, ``led_position_mm``, ``monitor_rotation_deg``,
+        ``camera_rotation_deg``), in AllenSDK's order.
+    """
+    if "xyz" not in ds.dims:
+        return None
+    cols = {}
+    for name in ("monitor_position", "camera_position", "led_position", "monitor_rotation",
+                 "camera_rotation"):  # fmt: skip
+        var = ds.get(f"eye_tracking_rig.{name}")
+        if var is not None:
+            cols[f"{name}_{var.attrs.get('units', '')}"] = np.asarray(var.values, np.float64)
+    return pd.DataFrame(cols, index=pd.Index(["x", "y", "z"]))
+
+
+def rig_equipment_name(ds: xr.Dataset) -> str | None:
+    """AllenSDK's ``EcephysSession.rig_equipment_name`` (the eye-tracking rig's equipment)."""
+    return ds.attrs.get("eye_tracking_rig_equipment")
+
+
+def metadata(ds: xr.Dataset) -> dict[str, Any]:
+    """AllenSDK's ``session.metadata`` dict.
+
+    For a Visual Coding session: specimen, session type, genotype, sex, age, rig, the counts
+    of (default-filtered) units, valid channels, probes and presentations, the session start
+    time, the session id, the channels' structure acronyms (None for none) and the stimulus
+    names, in order of first appearance. For a Visual Behavior Neuropixels session: the
+    behavior metadata the reader stored (``metadata.*`` attrs) and ``ecephys_session_id``.
+    """
+    attrs = ds.attrs
+    if session_class(ds) == "BehaviorEcephysSession":
+        out = {k.removeprefix("metadata."): v for k, v in attrs.items()
+               if k.startswith("metadata.")}  # fmt: skip
+        out["ecephys_session_id"] = int(attrs["ecephys_session_id"])
+        return out
+    chans = channels(ds)
+    names = _load(ds, [_SP + "stimulus_name"])[_SP + "stimulus_name"]
+    age = attrs.get("age_in_days")
+    return {
+        "specimen_name": attrs.get("specimen_name"),
+        "session_type": attrs.get("session_type"),
+        "full_genotype": attrs.get("genotype"),
+        "sex": attrs.get("sex"),
+        "age_in_days": None if age is None else float(age),
+        "rig_equipment_name": rig_equipment_name(ds),
+        "num_units": int(units(ds).shape[0]),
+        "num_channels": int(chans.shape[0]),
+        "num_probes": int(ds.sizes.get("probe", 0)),
+        "num_stimulus_presentations": int(ds.sizes["stimulus_presentation_id"]),
+        "session_start_time": attrs.get("session_start_time"),
+        "ecephys_session_id": int(attrs["ecephys_session_id"]),
+        "structure_acronyms": list(pd.unique(chans["ecephys_structure_acronym"].to_numpy(object))),
+        "stimulus_names": list(dict.fromkeys(str(n) for n in names.tolist())),
+    }
+
+
+class UnitMapping(Mapping):
+    """AllenSDK's per-unit dicts (``session.spike_times``, ``spike_amplitudes``,
+    ``mean_waveforms``) over a lake session, read one unit at a time.
+
+    ``mapping[unit_id]`` is what AllenSDK's dict holds (a NumPy array; for a Visual Coding
+    session's mean waveforms an ``xarray.DataArray`` with dims ``channel_id``, ``time``), read
+    when asked for; the keys are :func:`units_with_spikes`. ``mapping(unit_id)`` gives the lazy
+    DataArray of any unit of the session instead (the accessor's earlier method form).
+    """
+
+    def __init__(self, ds: xr.Dataset, lazy: Callable[[xr.Dataset, int], xr.DataArray],
+                 eager: Callable[[xr.DataArray], Any]) -> None:  # fmt: skip
+        self._ds, self._lazy, self._eager = ds, lazy, eager
+        self._keys: np.ndarray | None = None
+
+    def _ids(self) -> np.ndarray:
+        if self._keys is None:
+            self._keys = units_with_spikes(self._ds)
+        return self._keys
+
+    def __getitem__(self, unit_id: int) -> Any:
+        if unit_id not in set(self._ids().tolist()):
+            raise KeyError(unit_id)
+        return self._eager(self._lazy(self._ds, int(unit_id)))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(int(u) for u in self._ids())
+
+    def __len__(self) -> int:
+        return int(self._ids().size)
+
+    def __call__(self, unit_id: int) -> xr.DataArray:
+        return self._lazy(self._ds, unit_id)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {len(self)} units ({self._lazy.__name__})>"
+
+
+def _values(x: xr.DataArray) -> np.ndarray:
+    return np.asarray(x.values)
+
+
+def spike_times_by_unit(ds: xr.Dataset) -> UnitMapping:
+    """AllenSDK's ``session.spike_times`` dict (unit id -> NumPy array, read on access)."""
+    return UnitMapping(ds, spike_times, _values)
+
+
+def spike_amplitudes_by_unit(ds: xr.Dataset) -> UnitMapping:
+    """AllenSDK's ``session.spike_amplitudes`` dict (unit id -> NumPy array, read on access)."""
+    return UnitMapping(ds, spike_amplitudes, _values)
+
+
+def mean_waveforms_by_unit(ds: xr.Dataset) -> UnitMapping:
+    """AllenSDK's ``session.mean_waveforms`` dict: (channel_id, time) DataArrays of the valid
+    channels for Visual Coding, (channel, sample) NumPy arrays for Visual Behavior Neuropixels."""
+    if session_class(ds) == "EcephysSession":
+        return UnitMapping(ds, mean_waveforms, lambda x: x.load())
+    return UnitMapping(ds, raw_mean_waveforms, _values)

@@ -13,6 +13,7 @@ import xarray as xr
 
 import abo_lake
 import abo_lake.accessors
+from abo_lake import ecephys
 from abo_lake.errors import SchemaError
 from abo_lake.sources import vcn_ecephys as reader
 from abo_lake.synthetic import synthesize
@@ -450,10 +451,13 @@ def test_stimulus_presentations_mask_invalid_as_allensdk(session, masked_session
     intervals, bad = invalid_intervals
     raw = session.ecephys.stimulus_presentations
     prefix = "stimulus_presentations."
+    # AllenSDK leaves out stimulus_index and the detailed parameters (mask, opacity, units...)
+    left_out = {"stimulus_index", *ecephys.DETAILED_STIMULUS_PARAMETERS}
     assert list(raw.columns) == [k.removeprefix(prefix) for k in session.data_vars
-                                 if k.startswith(prefix)]  # fmt: skip
+                                 if k.startswith(prefix)
+                                 and k.removeprefix(prefix) not in left_out]  # fmt: skip
     assert raw.index.name == "stimulus_presentation_id"
-    for col in raw.columns:
+    for col in ("start_time", "stop_time", "stimulus_name", "stimulus_condition_id"):
         np.testing.assert_array_equal(raw[col].to_numpy(), _col(session, col))
     assert "invalid_presentation" not in set(raw["stimulus_name"])
     assert raw["stimulus_condition_id"].dtype == np.int64
@@ -470,8 +474,8 @@ def test_stimulus_presentations_mask_invalid_as_allensdk(session, masked_session
     pd.testing.assert_frame_equal(got.loc[good].astype(object), raw.loc[good].astype(object))
     assert got["stimulus_condition_id"].dtype == np.float64  # NaN, as in AllenSDK
     assert pd.api.types.is_string_dtype(got["stimulus_name"])
-    assert pd.api.types.is_string_dtype(got["mask"])
-    assert got["mask"].isna().sum() == len(bad)
+    assert got["phase"].dtype == object  # text and NaN, as in AllenSDK
+    assert got["phase"].isna().sum() == len(bad)
 
     frame = pd.DataFrame(intervals, columns=["start_time", "stop_time", "tags"])
     ref = _allen_mask(raw, frame)
@@ -731,10 +735,13 @@ def test_mean_waveforms_are_allensdks(session, tiny):
         rows = f["units/waveform_mean"][()]
         electrodes = f["general/extracellular_ephys/electrodes"]
         numbers = "local_index" if "local_index" in electrodes else "probe_channel_number"
-        ids, number, probe = (electrodes[k][()] for k in ("id", numbers, "probe_id"))
+        ids, number, probe, valid = (electrodes[k][()] for k in ("id", numbers, "probe_id",
+                                                                  "valid_data"))  # fmt: skip
     per = rows.shape[0] // session.sizes["unit_id"]
     unit_probe = int(session["probe_id"].values[pos])
-    lookup = {int(n): int(i) for i, n, p in zip(ids, number, probe) if p == unit_probe}
+    # AllenSDK maps channel numbers through session.channels: the valid channels only
+    lookup = {int(n): int(i) for i, n, p, v in zip(ids, number, probe, valid)
+              if p == unit_probe and v}  # fmt: skip
     want_ids = [lookup[c] for c in range(per) if c in lookup]
     np.testing.assert_array_equal(wf["channel_id"].values, want_ids)
     keep = [c for c in range(per) if c in lookup]

@@ -130,9 +130,114 @@ class EcephysAccessor:
         :func:`abo_lake.ecephys.stimulus_presentations`)."""
         return ecephys.stimulus_presentations(self._need("ecephys_session"))
 
-    def spike_times(self, unit_id: int) -> xr.DataArray:
-        """One unit's spike times (lazy)."""
-        return ecephys.spike_times(self._need("ecephys_session"), unit_id)
+    @property
+    def spike_times(self) -> ecephys.UnitMapping:
+        """AllenSDK's ``session.spike_times`` dict: ``spike_times[unit_id]`` is that unit's
+        NumPy array (read on access); ``spike_times(unit_id)`` the lazy DataArray."""
+        return ecephys.spike_times_by_unit(self._need("ecephys_session"))
+
+    @property
+    def spike_amplitudes(self) -> ecephys.UnitMapping:
+        """AllenSDK's ``session.spike_amplitudes`` dict (as :attr:`spike_times`)."""
+        return ecephys.spike_amplitudes_by_unit(self._need("ecephys_session"))
+
+    @property
+    def channels(self) -> pd.DataFrame:
+        """AllenSDK's ``session.channels`` (valid channels; see
+        :func:`abo_lake.ecephys.channels`)."""
+        return ecephys.channels(self._need("ecephys_session"))
+
+    def get_channels(self, filter_by_validity: bool = True) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.get_channels(filter_by_validity)``."""
+        return ecephys.channels(
+            self._need("ecephys_session"), filter_by_validity=filter_by_validity
+        )
+
+    @property
+    def probes(self) -> pd.DataFrame:
+        """AllenSDK's ``session.probes`` (see :func:`abo_lake.ecephys.probes`)."""
+        return ecephys.probes(self._need("ecephys_session"))
+
+    def get_units(
+        self,
+        filter_by_validity: bool = False,
+        filter_out_of_brain_units: bool = False,
+        amplitude_cutoff_maximum: float | None = None,
+        presence_ratio_minimum: float | None = None,
+        isi_violations_maximum: float | None = None,
+    ) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.get_units(...)``, defaults included (see
+        :func:`abo_lake.ecephys.get_units`)."""
+        return ecephys.get_units(
+            self._need("ecephys_session"),
+            filter_by_validity=filter_by_validity,
+            filter_out_of_brain_units=filter_out_of_brain_units,
+            amplitude_cutoff_maximum=amplitude_cutoff_maximum,
+            presence_ratio_minimum=presence_ratio_minimum,
+            isi_violations_maximum=isi_violations_maximum,
+        )
+
+    @property
+    def stimulus_conditions(self) -> pd.DataFrame:
+        """AllenSDK's ``session.stimulus_conditions``."""
+        return ecephys.stimulus_conditions(self._need("ecephys_session"))
+
+    def get_stimulus_table(
+        self,
+        stimulus_names: Any = None,
+        include_detailed_parameters: bool = False,
+        include_unused_parameters: bool = False,
+    ) -> pd.DataFrame:
+        """AllenSDK's ``session.get_stimulus_table(stimulus_names, ...)``."""
+        return ecephys.get_stimulus_table(
+            self._need("ecephys_session"),
+            stimulus_names,
+            include_detailed_parameters=include_detailed_parameters,
+            include_unused_parameters=include_unused_parameters,
+        )
+
+    @property
+    def optogenetic_stimulation_epochs(self) -> pd.DataFrame:
+        """AllenSDK's ``EcephysSession.optogenetic_stimulation_epochs``."""
+        return ecephys.optogenetic_stimulation_epochs(self._need("ecephys_session"))
+
+    @property
+    def optotagging_table(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.optotagging_table`` (the same table)."""
+        return ecephys.optogenetic_stimulation_epochs(self._need("ecephys_session"))
+
+    @property
+    def invalid_times(self) -> pd.DataFrame:
+        """AllenSDK's ``session.invalid_times`` (tags as a list per row)."""
+        return ecephys.invalid_times(self._need("ecephys_session"))
+
+    @property
+    def running_speed(self) -> pd.DataFrame:
+        """AllenSDK's ``EcephysSession.running_speed`` (start_time, end_time, velocity)."""
+        return ecephys.running_speed(self._need("ecephys_session"))
+
+    def get_pupil_data(self) -> pd.DataFrame | None:
+        """AllenSDK's ``EcephysSession.get_pupil_data()``."""
+        return ecephys.pupil_data(self._need("ecephys_session"))
+
+    def get_screen_gaze_data(self, include_filtered_data: bool = False) -> pd.DataFrame | None:
+        """AllenSDK's ``EcephysSession.get_screen_gaze_data(include_filtered_data)``."""
+        return ecephys.screen_gaze_data(self._need("ecephys_session"), include_filtered_data)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """AllenSDK's ``session.metadata``."""
+        return ecephys.metadata(self._need("ecephys_session"))
+
+    @property
+    def rig_geometry_data(self) -> pd.DataFrame | None:
+        """AllenSDK's ``EcephysSession.rig_geometry_data``."""
+        return ecephys.rig_geometry_data(self._need("ecephys_session"))
+
+    @property
+    def rig_equipment_name(self) -> str | None:
+        """AllenSDK's ``EcephysSession.rig_equipment_name``."""
+        return ecephys.rig_equipment_name(self._need("ecephys_session"))
 
     def presentationwise_spike_counts(
         self,
@@ -202,9 +307,11 @@ class EcephysAccessor:
             trial_duration=trial_duration,
         )
 
-    def mean_waveforms(self, unit_id: int) -> xr.DataArray:
-        """See :func:`abo_lake.ecephys.mean_waveforms` (lazy)."""
-        return ecephys.mean_waveforms(self._need("ecephys_session"), unit_id)
+    @property
+    def mean_waveforms(self) -> ecephys.UnitMapping:
+        """AllenSDK's ``session.mean_waveforms`` dict; ``mean_waveforms(unit_id)`` gives the
+        lazy DataArray (see :func:`abo_lake.ecephys.mean_waveforms_by_unit`)."""
+        return ecephys.mean_waveforms_by_unit(self._need("ecephys_session"))
 
     def lfp(
         self,

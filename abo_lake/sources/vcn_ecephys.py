@@ -173,6 +173,18 @@ MAPPED_HDF5: tuple[str, ...] = (
             "stimulus_name",
         )
     ),
+    *(
+        f"/processing/eye_tracking/{fit}_ellipse_fits/{c}"
+        for fit in ("cr", "eye", "pupil")
+        for c in ("center_x", "center_y", "height", "width", "phi", "timestamps")
+    ),
+    *(
+        f"/processing/{m}_gaze_mapping/{n}/{c}"
+        for m in ("raw", "filtered")
+        for n in ("eye_area", "pupil_area", "screen_coordinates", "screen_coordinates_spherical")
+        for c in ("data", "timestamps")
+    ),
+    "/processing/eye_tracking_rig_metadata/eye_tracking_rig_metadata/*",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/data",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/timestamps",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/electrodes",
@@ -377,6 +389,9 @@ def _meta(p: Path, f: h5py.File) -> dict[str, Any]:
         if f"general/subject/{key}" in f:
             value = f[f"general/subject/{key}"][()]
             attrs[key] = float(value) if key == "age_in_days" else read_str(value)
+        elif "general/subject" in f and key in f["general/subject"].attrs:  # EcephysSpecimen
+            value = f["general/subject"].attrs[key]
+            attrs[key] = float(value) if key == "age_in_days" else read_str(value)
     return attrs
 
 
@@ -411,6 +426,11 @@ def _read_session(p: Path, f: h5py.File) -> dict[str, xr.Dataset]:
     ds.coords["probe"].attrs["description"] = "probe_id"
     ds = ds.merge(_stimulus_presentations(p, f))
     ds = ds.merge(_intervals(f))
+    ds = ds.merge(_eye_tracking(p, f))
+    rig = _rig_geometry(f)
+    ds = ds.merge(rig)
+    ds.attrs.update(rig.attrs)
+    ds.attrs["allensdk_session_class"] = "EcephysSession"
     return {f"ecephys/session/{session_id}": _column_units(ds)}
 
 
@@ -621,6 +641,112 @@ def _intervals(f: h5py.File) -> xr.Dataset:
     return out
 
 
+#: VCN eye tracking: ``processing/eye_tracking/<fit>_ellipse_fits`` tables and the gaze mapping
+#: TimeSeries of ``processing/<raw|filtered>_gaze_mapping`` (ALLEN_DATA layout note 34).
+_FITS = ("cr", "eye", "pupil")
+_FIT_COLUMNS = ("center_x", "center_y", "height", "width", "phi")
+_GAZE_MODULES = ("raw_gaze_mapping", "filtered_gaze_mapping")
+_GAZE_SERIES = {
+    "eye_area": "px^2",
+    "pupil_area": "px^2",
+    "screen_coordinates": "cm",
+    "screen_coordinates_spherical": "deg",
+}
+_EYE_TIME = "processing/raw_gaze_mapping/eye_area/timestamps"
+_RIG = "processing/eye_tracking_rig_metadata/eye_tracking_rig_metadata"
+
+
+def _eye_parts(f: h5py.File) -> dict[str, tuple[str, str]]:
+    """``{variable: (hdf5 dataset, its timestamps dataset)}`` of the eye tracking in ``f``."""
+    out = {}
+    for fit in _FITS:
+        g = f"processing/eye_tracking/{fit}_ellipse_fits"
+        for col in _FIT_COLUMNS:
+            if f"{g}/{col}" in f:
+                out[f"ellipse_fits.{fit}_{col}"] = (f"{g}/{col}", f"{g}/timestamps")
+    for module in _GAZE_MODULES:
+        for name in _GAZE_SERIES:
+            g = f"processing/{module}/{name}"
+            if f"{g}/data" in f:
+                prefix = module.removesuffix("_gaze_mapping")
+                out[f"gaze_mapping.{prefix}_{name}"] = (f"{g}/data", f"{g}/timestamps")
+    return out
+
+
+def _eye_tracking(p: Path, f: h5py.File) -> xr.Dataset:
+    """Ellipse fits and gaze mapping along ``eye_tracking_time`` (AllenSDK's ``Time (s)``).
+
+    The fits are stored as they are (``height``/``width`` are half-axes; AllenSDK's
+    ``get_pupil_data`` doubles them); ``screen_coordinates*`` keep the file's (time, [y, x])
+    order along ``screen_axis``. A part whose timestamps differ from the gaze mapping's keeps
+    its own as ``<variable>_time``.
+    """
+    parts = _eye_parts(f)
+    if not parts:
+        return xr.Dataset()
+    if _EYE_TIME not in f:
+        raise SourceFileError(
+            f"{p}: eye tracking found ({sorted(parts)[:3]}...) but no {_EYE_TIME}, the "
+            "timestamps AllenSDK indexes it by"
+        )
+    time = np.asarray(f[_EYE_TIME][:], np.float64)
+    out = xr.Dataset(
+        coords={
+            "eye_tracking_time": ("eye_tracking_time", time, {"units": "s"}),
+            "screen_axis": ("screen_axis", np.array(["y", "x"])),
+        }
+    )
+    for name, (data, stamps) in parts.items():
+        values = np.asarray(f[data][:], np.float64)
+        if values.shape[0] != time.size:
+            raise SourceFileError(
+                f"{p}: {data} has {values.shape[0]} rows, expected {time.size} (as {_EYE_TIME})"
+            )
+        dims = ("eye_tracking_time",) if values.ndim == 1 else ("eye_tracking_time", "screen_axis")
+        series = name.rsplit(".", 1)[1].split("_", 1)[1]
+        units = _GAZE_SERIES.get(series, "px" if not name.endswith("phi") else "rad")
+        out[name] = (dims, values, {"units": units})
+        own = np.asarray(f[stamps][:], np.float64) if stamps in f else time
+        if not np.array_equal(own, time):
+            out[f"{name}_time"] = ("eye_tracking_time", own, {"units": "s"})
+    return out
+
+
+def _rig_geometry(f: h5py.File) -> xr.Dataset:
+    """The eye-tracking rig geometry: ``eye_tracking_rig.<name>`` along ``xyz`` (units kept)."""
+    if _RIG not in f:
+        return xr.Dataset()
+    g = f[_RIG]
+    out = xr.Dataset(coords={"xyz": ("xyz", np.array(["x", "y", "z"]))})
+    for name in sorted(g):
+        dset = g[name]
+        if not isinstance(dset, h5py.Dataset) or dset.shape != (3,):
+            continue
+        unit = read_str(dset.attrs.get("unit", dset.attrs.get("unit_of_measurement", "")))
+        out[f"eye_tracking_rig.{name}"] = ("xyz", np.asarray(dset[:], np.float64), {"units": unit})
+    out.attrs["eye_tracking_rig_equipment"] = read_str(g.attrs.get("equipment", ""))
+    return out
+
+
+def _eye_mapping(f: h5py.File) -> dict[str, Any]:
+    """Fidelity mapping of :func:`_eye_tracking` and :func:`_rig_geometry`."""
+    out: dict[str, Any] = {}
+    parts = _eye_parts(f)
+    if parts:
+        time = np.asarray(f[_EYE_TIME][:], np.float64)
+        for name, (data, stamps) in parts.items():
+            out[f"/{data}"] = (name, _as(np.float64))
+            if stamps in f and f"/{stamps}" not in out:
+                same = np.array_equal(np.asarray(f[stamps][:], np.float64), time)
+                out[f"/{stamps}"] = ("eye_tracking_time" if same else f"{name}_time", None)
+        out[f"/{_EYE_TIME}"] = ("eye_tracking_time", _as(np.float64))
+    if _RIG in f:
+        for name in f[_RIG]:
+            if isinstance(f[_RIG][name], h5py.Dataset) and f[_RIG][name].shape == (3,):
+                out[f"/{_RIG}/{name}"] = (f"eye_tracking_rig.{name}", _as(np.float64))
+    return out
+
+
 # --- probe LFP files ---------------------------------------------------------------------------
 
 
@@ -796,6 +922,7 @@ def _session_mappings(f: h5py.File) -> list[tuple[Any, dict[str, Any]]]:
         skip = ("id", "tags", "timeseries")
         main.update(_table_mapping(f, opto, "optogenetic_stimulation.", skip=skip))
         main[f"/{opto}/id"] = ("optogenetic_stimulation_id", _as(np.int64))
+    main.update(_eye_mapping(f))
     out: list[tuple[Any, dict[str, Any]]] = [({}, main)]
     if "units/waveform_mean" in f:
         wave = {"/units/waveform_mean": ("waveform_mean", None)}

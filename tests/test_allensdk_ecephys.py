@@ -1,0 +1,384 @@
+"""Parity of the lake's Neuropixels sessions with AllenSDK 2.16.2, on the AllenSDK-written fixtures.
+
+One parametrised test per fixture and kind of quantity, over the names the reference holds
+(``tests/allensdk_reference.py``): what the lake serves through ``Release.open`` and the
+``.ecephys`` accessor is compared with what AllenSDK's own readers returned from the same files
+(``EcephysSession`` for Visual Coding Neuropixels, ``BehaviorEcephysSession`` for Visual Behavior
+Neuropixels): index name and values, column names (as sets: AllenSDK's order is hash-seed
+dependent), dtypes and values. Integers, ids, strings and stored floats are compared exactly;
+quantities AllenSDK computes in floating point (spike statistics) with ``np.allclose`` at the
+tolerance stated beside them. A quantity the lake does not serve yet is marked
+``xfail(strict=True)`` with the reason, so the list of gaps stays visible. Everything skips when
+``shared/data/allensdk`` is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import allensdk_reference as ref
+import numpy as np
+import pandas as pd
+import pytest
+
+import abo_lake.accessors  # noqa: F401  (registers .ecephys)
+
+VCN, VBN = ref.STEMS["vcn"], ref.STEMS["vbn"]
+
+#: Reference entries that are inputs of a call or notes about the fixture, not lake quantities.
+NOT_QUANTITIES = {
+    VCN: {"psc_bin_edges", "lfp_probe_id", "reader", "unpatched_writer_failures"},
+    VBN: {"lfp_probe_id", "reader"},
+}
+
+#: Columns AllenSDK takes from outside the NWB file (``external_channel_columns``, i.e. the
+#: project's channels.csv), which no reader of the file can serve.
+EXTERNAL = {
+    (VCN, "units"): {"ecephys_structure_id"},
+    (VCN, "channels"): {"ecephys_structure_id"},
+}
+
+#: VBN quantities of the behavior part (read by the Visual Behavior reader, abo_lake.behavior).
+VBN_BEHAVIOR = {
+    "trials", "licks", "rewards", "running_speed", "raw_running_speed", "stimulus_presentations",
+    "get_rolling_performance_df", "eye_tracking", "stimulus_timestamps",
+    "stimulus_templates__image_name", "stimulus_templates__warped",
+    "stimulus_templates__unwarped", "get_reward_rate", "task_parameters",
+    "eye_tracking_rig_geometry", "stimulus_templates_name", "get_performance_metrics",
+}  # fmt: skip
+
+#: (stem, name) -> why the lake does not serve it yet (strict xfail).
+GAPS: dict[tuple[str, str], str] = {
+    **{
+        (VBN, n): "the behavior part of a VBN session is kept in the lossless raw copy: the "
+        "Visual Behavior reader (sources/_vb_behavior.py) does not exist yet"
+        for n in VBN_BEHAVIOR
+    },
+}
+
+
+# --- opening what the lake serves -------------------------------------------------------------
+
+
+def _session(rel: Any) -> Any:
+    (path,) = rel.datasets("ecephys/session/")
+    return rel.open(path)
+
+
+def _probe(rel: Any, stem: str, what: str) -> Any:
+    pid = int(ref.array(stem, "lfp_probe_id"))
+    return rel.open(f"ecephys/probe/{pid}/{what}")
+
+
+# --- comparisons ------------------------------------------------------------------------------
+
+
+def _is_text(series: pd.Series) -> bool:
+    return series.dtype == object or pd.api.types.is_string_dtype(series.dtype)
+
+
+def _json_value(text: Any) -> Any:
+    value = json.loads(text) if isinstance(text, str) else text
+    return np.nan if value is None else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of scalars, NaN equal to NaN, a float never equal to a string."""
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if a is None or b is None:
+        return (a is None or pd.isna(a)) and (b is None or pd.isna(b))
+    if isinstance(a, float | np.floating) and isinstance(b, float | np.floating):
+        return (np.isnan(a) and np.isnan(b)) or a == b
+    return bool(a == b)
+
+
+def _compare_column(stem: str, table: str, column: str, got: pd.Series, want: pd.Series,
+                    rtol: float | None) -> None:  # fmt: skip
+    info = ref.table_info(stem, table)["columns"][column]
+    enc, dtype = info["encoding"], info["dtype"]
+    where = f"{table}.{column}"
+    if enc.startswith(("ragged", "stacked")):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            g, w = np.asarray(g), np.asarray(w)
+            assert g.shape == w.shape, f"{where}[{i}]: shape {g.shape} != {w.shape}"
+            if w.dtype.kind in "US" or g.dtype.kind in "OUT":
+                assert [str(x) for x in g.ravel()] == [str(x) for x in w.ravel()], where
+            else:
+                np.testing.assert_array_equal(g, w, err_msg=where)
+        return
+    if enc.startswith("json"):
+        assert got.dtype == object, f"{where}: dtype {got.dtype}, AllenSDK object"
+        w = [_json_value(x) for x in want]
+        bad = [i for i, (a, b) in enumerate(zip(got.tolist(), w, strict=True)) if not _same(a, b)]
+        assert not bad, f"{where}: rows {bad[:5]} differ: {got.iloc[bad[:3]].tolist()} vs " + str(
+            [w[i] for i in bad[:3]]
+        )
+        return
+    if enc.startswith("str"):
+        assert _is_text(got), f"{where}: dtype {got.dtype}, AllenSDK {dtype}"
+        g = [None if (x is None or (isinstance(x, float) and np.isnan(x))) else str(x)
+             for x in got.tolist()]  # fmt: skip
+        w = [None if (x is None or (isinstance(x, float) and np.isnan(x))) else str(x)
+             for x in want.tolist()]  # fmt: skip
+        bad = [i for i, (a, b) in enumerate(zip(g, w, strict=True)) if a != b]
+        assert not bad, f"{where}: rows {bad[:5]} differ: {[g[i] for i in bad[:3]]} vs " + str(
+            [w[i] for i in bad[:3]]
+        )
+        return
+    if dtype == "boolean":  # nullable boolean, stored as float64 1/0/NaN
+        assert str(got.dtype) == "boolean", f"{where}: dtype {got.dtype}, AllenSDK boolean"
+        np.testing.assert_array_equal(
+            got.astype("Float64").to_numpy(np.float64, na_value=np.nan),
+            want.to_numpy(np.float64),
+            err_msg=where,
+        )
+        return
+    assert str(got.dtype) == dtype, f"{where}: dtype {got.dtype}, AllenSDK {dtype}"
+    if rtol is not None and dtype.startswith("float"):
+        np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=rtol, err_msg=where)
+    else:
+        np.testing.assert_array_equal(got.to_numpy(), want.to_numpy(), err_msg=where)
+
+
+def _compare_table(stem: str, name: str, got: pd.DataFrame, rtol: float | None = None) -> None:
+    want = ref.table(stem, name)
+    info = ref.table_info(stem, name)
+    assert isinstance(got, pd.DataFrame), type(got)
+    assert got.index.name == info["index_name"], (got.index.name, info["index_name"])
+    assert str(got.index.dtype) == info["index_dtype"], (got.index.dtype, info["index_dtype"])
+    np.testing.assert_array_equal(got.index.to_numpy(), want.index.to_numpy())
+    external = EXTERNAL.get((stem, name), set())
+    assert set(got.columns) == set(want.columns) - external, (
+        f"missing {sorted(set(want.columns) - external - set(got.columns))}, "
+        f"extra {sorted(set(got.columns) - set(want.columns))}"
+    )
+    for column in want.columns:
+        if column not in external:
+            _compare_column(stem, name, column, got[column], want[column], rtol)
+
+
+def _compare_array(stem: str, name: str, got: Any, rtol: float | None = None) -> None:
+    want = ref.array(stem, name)
+    got = np.asarray(got)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    if rtol is not None:
+        np.testing.assert_allclose(got, want, rtol=rtol)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+# --- what the lake serves, by reference name ---------------------------------------------------
+
+
+def _unit_ids(stem: str) -> np.ndarray:
+    return ref.array(stem, "spike_times_unit_ids")
+
+
+def _psc_args(stem: str) -> dict[str, Any]:
+    return {
+        "stimulus_presentation_ids": ref.array(stem, "psc_presentation_ids"),
+        "unit_ids": ref.array(stem, "psc_unit_ids"),
+    }
+
+
+def _vcn_tables() -> dict[str, Callable[[Any], pd.DataFrame]]:
+    return {
+        "units": lambda rel: _session(rel).ecephys.units,
+        "channels": lambda rel: _session(rel).ecephys.channels,
+        "probes": lambda rel: _session(rel).ecephys.probes,
+        "stimulus_presentations": lambda rel: _session(rel).ecephys.stimulus_presentations,
+        "stimulus_conditions": lambda rel: _session(rel).ecephys.stimulus_conditions,
+        "optogenetic_stimulation_epochs": lambda rel: (
+            _session(rel).ecephys.optogenetic_stimulation_epochs
+        ),
+        "invalid_times": lambda rel: _session(rel).ecephys.invalid_times,
+        "running_speed": lambda rel: _session(rel).ecephys.running_speed,
+        "pupil_data": lambda rel: _session(rel).ecephys.get_pupil_data(),
+        "screen_gaze_data": lambda rel: _session(rel).ecephys.get_screen_gaze_data(),
+        "conditionwise_spike_statistics": lambda rel: (
+            _session(rel).ecephys.conditionwise_spike_statistics(**_psc_args(VCN)).reset_index()
+        ),
+    }
+
+
+def _vbn_tables() -> dict[str, Callable[[Any], pd.DataFrame]]:
+    return {
+        "units": lambda rel: _session(rel).ecephys.get_units(),
+        "units_filtered": lambda rel: _session(rel).ecephys.get_units(
+            filter_by_validity=True,
+            filter_out_of_brain_units=True,
+            amplitude_cutoff_maximum=0.1,
+            presence_ratio_minimum=0.95,
+            isi_violations_maximum=0.5,
+        ),
+        "channels": lambda rel: _session(rel).ecephys.get_channels(),
+        "probes": lambda rel: _session(rel).ecephys.probes,
+        "optotagging_table": lambda rel: _session(rel).ecephys.optotagging_table,
+    }
+
+
+def _arrays(stem: str) -> dict[str, Callable[[Any], Any]]:
+    out: dict[str, Callable[[Any], Any]] = {
+        "spike_times_unit_ids": lambda rel: (
+            _session(rel).ecephys.units.index.to_numpy()[:6]
+            if stem == VCN
+            else _session(rel).ecephys.get_units().index.to_numpy()[:6]
+        ),
+        "lfp_shape": lambda rel: np.asarray(_probe(rel, stem, "lfp").ecephys.lfp().shape),
+        "lfp_slice": lambda rel: _lfp_slice(rel, stem).values,
+        "lfp_slice_time": lambda rel: _lfp_slice(rel, stem)["time"].values,
+        "lfp_slice_channel": lambda rel: _lfp_slice(rel, stem)["channel"].values,
+        "csd": lambda rel: _probe(rel, stem, "csd").ecephys.csd.values,
+        "csd_time": lambda rel: _probe(rel, stem, "csd").ecephys.csd["time"].values,
+    }
+    for uid in _unit_ids(stem).tolist():
+        out[f"spike_times__{uid}"] = lambda rel, u=uid: _session(rel).ecephys.spike_times[u]
+        out[f"spike_amplitudes__{uid}"] = lambda rel, u=uid: _session(rel).ecephys.spike_amplitudes[
+            u
+        ]
+        out[f"mean_waveforms__{uid}"] = lambda rel, u=uid: np.asarray(
+            _session(rel).ecephys.mean_waveforms[u]
+        )
+    if stem == VCN:
+        out["psc_unit_ids"] = lambda rel: _session(rel).ecephys.units.index.to_numpy()
+        out["psc_presentation_ids"] = lambda rel: (
+            _session(rel).ecephys.get_stimulus_table(["drifting_gratings"]).index.to_numpy()
+        )
+        out["presentationwise_spike_counts"] = lambda rel: (
+            _session(rel)
+            .ecephys.presentationwise_spike_counts(
+                bin_edges=ref.array(VCN, "psc_bin_edges"), **_psc_args(VCN)
+            )
+            .values
+        )
+    return out
+
+
+def _lfp_slice(rel: Any, stem: str) -> Any:
+    return _probe(rel, stem, "lfp").ecephys.lfp().isel(time=slice(1000, 1500))
+
+
+#: Quantities AllenSDK computes in floating point: (stem, name) -> relative tolerance.
+RTOL = {(VCN, "conditionwise_spike_statistics"): 1e-12}
+
+
+def _params(what: str) -> list[Any]:
+    out = []
+    for key, stem in (("vcn", VCN), ("vbn", VBN)):
+        for name in ref.names(stem, what):
+            if name in NOT_QUANTITIES[stem]:
+                continue
+            marks = []
+            if (stem, name) in GAPS:
+                marks.append(pytest.mark.xfail(strict=True, reason=GAPS[(stem, name)]))
+            out.append(pytest.param(key, name, id=f"{key}-{name}", marks=marks))
+    return out
+
+
+def _served(kind: str, stem: str, name: str) -> Callable[[Any], Any]:
+    if kind == "tables":
+        getters = (_vcn_tables if stem == VCN else _vbn_tables)()
+    elif kind == "arrays":
+        getters = _arrays(stem)
+    else:
+        getters = _values(stem)
+    if name not in getters:
+        pytest.fail(f"{stem}: the test has no way to ask the lake for {kind[:-1]} {name!r}")
+    return getters[name]
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "name"), _params("tables"))
+def test_table(allensdk_releases, key, name):
+    """Each AllenSDK table of the fixture, as the lake serves it."""
+    stem = ref.STEMS[key]
+    got = _served("tables", stem, name)(allensdk_releases[key])
+    _compare_table(stem, name, got, RTOL.get((stem, name)))
+
+
+@pytest.mark.parametrize(("key", "name"), _params("arrays"))
+def test_array(allensdk_releases, key, name):
+    """Each AllenSDK array of the fixture (spikes, waveforms, counts, LFP, CSD)."""
+    stem = ref.STEMS[key]
+    got = _served("arrays", stem, name)(allensdk_releases[key])
+    _compare_array(stem, name, got, RTOL.get((stem, name)))
+
+
+def _rig_geometry_repr(rel: Any) -> str:
+    # the reference holds the repr AllenSDK's pandas printed at its automatic width (2 columns)
+    with pd.option_context("display.width", 80, "display.max_columns", 2):
+        return repr(_session(rel).ecephys.rig_geometry_data)
+
+
+def _values(stem: str) -> dict[str, Callable[[Any], Any]]:
+    if stem == VCN:
+        return {
+            "metadata": lambda rel: _session(rel).ecephys.metadata,
+            "rig_geometry_data": _rig_geometry_repr,
+            "rig_equipment_name": lambda rel: _session(rel).ecephys.rig_equipment_name,
+        }
+    return {"metadata": lambda rel: _session(rel).ecephys.metadata}
+
+
+def _plain(value: Any) -> Any:
+    """A served value as the JSON of the reference holds it."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+@pytest.mark.parametrize(("key", "name"), _params("values"))
+def test_value(allensdk_releases, key, name):
+    """Each AllenSDK value of the fixture (metadata, rig geometry)."""
+    stem = ref.STEMS[key]
+    got = _served("values", stem, name)(allensdk_releases[key])
+    want = ref.value(stem, name)
+    if name == "rig_geometry_data":  # the reference holds AllenSDK's DataFrame as its repr
+        assert got == want
+        return
+    got = _plain(got)
+    assert got == want, (
+        {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
+        if isinstance(got, dict) and isinstance(want, dict)
+        else (got, want)
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "column"),
+    [
+        pytest.param(
+            k,
+            t,
+            c,
+            id=f"{k}-{t}-{c}",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="AllenSDK takes it from the project's channels.csv "
+                "(external_channel_columns), not from the NWB file",
+            ),
+        )
+        for (stem, t), cols in EXTERNAL.items()
+        for k in [next(k for k, s in ref.STEMS.items() if s == stem)]
+        for c in sorted(cols)
+    ],
+)
+def test_external_column(allensdk_releases, key, name, column):
+    """Columns AllenSDK adds from outside the NWB file: listed as gaps, never skipped."""
+    stem = ref.STEMS[key]
+    got = _served("tables", stem, name)(allensdk_releases[key])
+    assert column in got
+    _compare_column(stem, name, column, got[column], ref.table(stem, name)[column], None)
