@@ -44,6 +44,7 @@ from abo_lake.schema import validate
 
 __all__ = [
     "HEMISPHERE_IDS",
+    "SUMMARY_STRUCTURE_SET_ID",
     "UNIONIZE_FIELDS",
     "Ontology",
     "StructureNotFoundError",
@@ -63,6 +64,8 @@ __all__ = [
 
 #: AllenSDK hemisphere ids: 1 = left, 2 = right, 3 = both.
 HEMISPHERE_IDS = (1, 2, 3)
+#: MouseConnectivityCache's summary structure set: the default projection structures.
+SUMMARY_STRUCTURE_SET_ID = 167587189
 #: Columns of :func:`unionize`, in AllenSDK's names.
 UNIONIZE_FIELDS = (
     "experiment_id",
@@ -646,7 +649,7 @@ def unionize(
 
 def projection_matrix(
     experiments: Sequence[xr.Dataset] | Mapping[int, xr.Dataset],
-    projection_structure_ids: Sequence[int | str],
+    projection_structure_ids: Sequence[int | str] | None = None,
     hemisphere_ids: Sequence[int] | None = None,
     parameter: str = "projection_volume",
     *,
@@ -657,8 +660,7 @@ def projection_matrix(
 
     ``MouseConnectivityCache.get_projection_matrix(experiment_ids, projection_structure_ids=None,
     hemisphere_ids=None, parameter="projection_volume")`` with the experiments' Datasets for
-    their ids and the same positions; ``projection_structure_ids`` has no default here (the
-    cache's default is its summary structure set). All experiments are read in one dask compute.
+    their ids and the same positions. All experiments are read in one dask compute.
 
     Parameters
     ----------
@@ -667,7 +669,9 @@ def projection_matrix(
     annotation, ontology
         As :func:`unionize`.
     projection_structure_ids
-        Projection structures (ids or acronyms), each with its descendants' signal.
+        Projection structures (ids or acronyms), each with its descendants' signal; None: the
+        ontology's summary structures (:data:`SUMMARY_STRUCTURE_SET_ID`, AllenSDK's default),
+        which needs an ontology converted with ``structure_set_ids``.
     hemisphere_ids
         Column blocks (1 left, 2 right, 3 both); as AllenSDK, the hemispheres of these that have
         records, in ascending order; None: all three.
@@ -693,6 +697,9 @@ def projection_matrix(
         ]
     if not exps:
         raise ValueError("projection_matrix needs at least one experiment")
+    if projection_structure_ids is None:
+        summary = onto.get_structures_by_set_id([SUMMARY_STRUCTURE_SET_ID])
+        projection_structure_ids = [n["id"] for n in summary]
     sids = onto.structure_ids(projection_structure_ids)
     hemis = list(HEMISPHERE_IDS if hemisphere_ids is None else hemisphere_ids)
     directs = dask.compute(

@@ -68,6 +68,14 @@ class Ontology:
         self._row = {int(i): r for r, i in enumerate(self.ids)}
         self._by_acronym = {str(a): int(i) for a, i in zip(self.acronyms, self.ids)}
         self._by_lower = {k.lower(): v for k, v in self._by_acronym.items()}
+        self._extra: dict[str, list[Any]] = {}  # AllenSDK node fields beyond the arrays above
+        for name in ("graph_id", "graph_order"):
+            if name in structures:
+                self._extra[name] = np.asarray(structures[name].values).tolist()
+        if "structure_set_ids" in structures and "structure_set_ids_index" in structures:
+            sets = np.asarray(structures["structure_set_ids"].values, dtype=np.int64)
+            set_ends = np.asarray(structures["structure_set_ids_index"].values, dtype=np.int64)
+            self._extra["structure_set_ids"] = [a.tolist() for a in np.split(sets, set_ends[:-1])]
 
     def __repr__(self) -> str:
         root = self.acronym(int(self._flat[0])) if self._flat.size else "?"
@@ -213,6 +221,55 @@ class Ontology:
     def get_ancestor_id_map(self) -> dict[int, list[int]]:
         """AllenSDK's name of :meth:`ancestor_id_map`."""
         return self.ancestor_id_map()
+
+    def _node(self, row: int) -> dict[str, Any]:
+        """AllenSDK's cleaned structure dict of one row."""
+        node = {
+            "acronym": str(self.acronyms[row]),
+            "id": int(self.ids[row]),
+            "name": str(self.names[row]),
+            "rgb_triplet": self.rgb[row].tolist(),
+            "structure_id_path": self._paths[row].tolist(),
+        }
+        node.update({k: v[row] for k, v in self._extra.items()})
+        return node
+
+    def get_structures_by_id(self, structure_ids: Iterable[int]) -> list[dict[str, Any] | None]:
+        """AllenSDK's structure dicts, one per id (None for an id not in the ontology)."""
+        return [
+            self._node(self._row[int(i)]) if int(i) in self._row else None for i in structure_ids
+        ]
+
+    def get_structures_by_acronym(self, acronyms: Iterable[str]) -> list[dict[str, Any]]:
+        """AllenSDK's structure dicts, one per acronym (KeyError for an unknown one)."""
+        return [self._node(self._r(a)) for a in acronyms]
+
+    def get_structures_by_name(self, names: Iterable[str]) -> list[dict[str, Any]]:
+        """AllenSDK's structure dicts, one per full name (KeyError for an unknown one)."""
+        by_name = {str(n): r for r, n in enumerate(self.names)}
+        names = list(names)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise StructureNotFoundError(f"no structure named {missing[0]!r} in the ontology")
+        return [self._node(by_name[n]) for n in names]
+
+    def get_structures_by_set_id(self, structure_set_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """AllenSDK's structure dicts of the structures in any of these structure sets, in row
+        order.
+
+        Raises
+        ------
+        SchemaError
+            If the ontology was converted without ``structure_set_ids``.
+        """
+        if "structure_set_ids" not in self._extra:
+            raise SchemaError(
+                "this ontology has no structure_set_ids (convert a structures.json that "
+                "lists them, e.g. from the Allen API's structure graph 1)"
+            )
+        wanted = {int(i) for i in structure_set_ids}
+        sets = self._extra["structure_set_ids"]
+        return [self._node(r) for r in range(self.ids.size) if wanted & set(sets[r])]
 
     def _selection(self, structures: Iterable[int], descendants: bool) -> np.ndarray:
         """Sorted unique ids of ``structures`` (and their descendants)."""

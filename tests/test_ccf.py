@@ -178,6 +178,47 @@ def test_descendants_depth_first_whatever_the_row_order(src, nodes):
     assert onto.descendant_ids(997) != sorted(onto.descendant_ids(997))
 
 
+def test_structure_dicts_as_allensdk(onto, nodes):
+    """StructureTree.get_structures_by_id/acronym/name: AllenSDK's cleaned node dicts."""
+    want = {n["id"]: n for n in nodes}
+    got = onto.get_structures_by_id([385, 315, 123456789])
+    assert got[2] is None  # AllenSDK's nodes() gives None for an unknown id
+    for node in got[:2]:
+        raw = want[node["id"]]
+        assert node["acronym"] == raw["acronym"]
+        assert node["name"] == raw["name"]
+        assert node["structure_id_path"] == raw["structure_id_path"]
+        assert node["rgb_triplet"] == list(raw["rgb_triplet"])
+    assert onto.get_structures_by_acronym(["VISp"]) == got[:1]
+    assert onto.get_structures_by_name([got[1]["name"]]) == got[1:2]
+    with pytest.raises(KeyError, match="no structure named"):
+        onto.get_structures_by_name(["Nowhere"])
+    with pytest.raises(SchemaError, match="structure_set_ids"):
+        onto.get_structures_by_set_id([ccf.SUMMARY_STRUCTURE_SET_ID])
+
+
+def test_projection_matrix_defaults_to_summary_structures(src, nodes, exps, tree, onto):
+    """get_projection_matrix(experiment_ids): the summary structure set, in row order."""
+    summary = {"VISp", "LP", "CP", "MOs"}
+    tagged = [
+        {**n, "structure_set_ids": [ccf.SUMMARY_STRUCTURE_SET_ID, 3] if n["acronym"] in summary
+         else [3]}
+        for n in nodes
+    ]  # fmt: skip
+    path = src / "with_sets" / "structures.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(tagged))
+    with_sets = ccf.Ontology(read(path)[STRUCT])
+    in_set = with_sets.get_structures_by_set_id([ccf.SUMMARY_STRUCTURE_SET_ID])
+    ids = [n["id"] for n in in_set]
+    assert ids == [n["id"] for n in nodes if n["acronym"] in summary]
+    assert in_set[0]["structure_set_ids"] == [ccf.SUMMARY_STRUCTURE_SET_ID, 3]
+    out = ccf.projection_matrix(exps, annotation=tree, ontology=with_sets)
+    explicit = ccf.projection_matrix(exps, ids, annotation=tree, ontology=onto)
+    assert out["columns"] == explicit["columns"]
+    np.testing.assert_array_equal(out["matrix"], explicit["matrix"])
+
+
 class TestOntologyErrors:
     def test_unknown_acronym_suggests_close_matches(self, onto):
         with pytest.raises(KeyError, match=r"'VISpp'.*did you mean.*'VISp'"):
