@@ -422,3 +422,31 @@ def test_eye_and_pupil_tracking_are_in_the_layout(ds_a, tiny_a, tmp_path):
     for source in (tiny_a, path):
         result = jobs.convert_file(str(source), str(tmp_path / "lake"))
         assert result.error == ""
+
+
+def test_motion_correction_columns_are_the_feature_description(ds_a, tiny_a, real_file, tmp_path):
+    """AllenSDK's ``get_motion_correction`` names its columns by the series'
+    ``feature_description`` (the truncated real file's says '1.0'), plus ``timestamp``."""
+    import abo_lake.accessors  # noqa: F401  (registers .ophys)
+
+    assert list(ds_a.ophys.motion_correction.columns) == ["x", "y", "timestamp"]
+    ((_, real),) = reader.read(real_file).items()
+    assert list(real.ophys.motion_correction.columns) == ["1.0", "timestamp"]
+    path = tmp_path / tiny_a.name
+    path.write_bytes(tiny_a.read_bytes())
+    mc = f"{PIPE}/MotionCorrection/2p_image_series/xy_translation"
+    with h5py.File(path, "r+") as f:
+        del f[f"{mc}/feature_description"]
+        f[f"{mc}/feature_description"] = np.array([b"x_motion", b"y_motion"])
+    ((_, ds),) = reader.read(path).items()
+    table = ds.ophys.motion_correction
+    assert list(table.columns) == ["x_motion", "y_motion", "timestamp"]
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(table["y_motion"], f[f"{mc}/data"][: len(table), 1])
+    twice = tmp_path / "twice.nwb"
+    twice.write_bytes(tiny_a.read_bytes())
+    with h5py.File(twice, "r+") as f:
+        del f[f"{mc}/feature_description"]
+        f[f"{mc}/feature_description"] = np.array([b"x", b"x"])
+    with pytest.raises(SourceFileError, match="feature_description.*2 distinct names"):
+        reader.read(twice)

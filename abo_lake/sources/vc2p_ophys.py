@@ -16,8 +16,9 @@ Layout of the ``ophys_experiment`` Dataset (path ``ophys/experiment/<ophys_exper
   ``r``, ``rmse`` along cell; ``roi_mask`` (cell, y, x) bool = ``img_mask > 0``, with masks taken
   in ``roi_list`` order (or the sorted ``roi_*`` groups when ``roi_list`` does not name them, as in
   the truncated reference file); ``max_projection`` and, if present, ``average_projection``;
-- ``running_speed.speed`` (cm/s) along ``running_speed_time``; ``motion_correction.x``/``.y``
-  (pixels) along ``motion_correction_time`` (the real files have one more motion frame than
+- ``running_speed.speed`` (cm/s) along ``running_speed_time``; ``motion_correction.<name>``
+  (pixels; one per column, named by the series' ``feature_description`` as AllenSDK names
+  them) along ``motion_correction_time`` (the real files have one more motion frame than
   traces, so they keep their own time dim); eye tracking where the session has it
   (``EyeTracking/pupil_location[_spherical]`` as ``eye_tracking.<series>_x``/``_y``,
   ``PupilTracking/pupil_size`` as ``eye_tracking.pupil_size``, units from the file) along
@@ -302,11 +303,26 @@ def _behaviour(f: h5py.File) -> dict[str, xr.Variable]:
         t = np.asarray(mc[f"{xy_name}/timestamps"][()], dtype=np.float64)
         n = min(len(xy), len(t))
         out["motion_correction_time"] = xr.Variable("motion_correction_time", t[:n], {"units": "s"})
-        for i, axis in enumerate(("x", "y")[: xy.shape[1]]):
+        for i, axis in enumerate(_motion_names(mc[xy_name], xy.shape[1])):
             out[f"motion_correction.{axis}"] = xr.Variable(
                 "motion_correction_time", xy[:n, i], {"units": "pixel"}
             )
     return out
+
+
+def _motion_names(series: h5py.Group, n: int) -> list[str]:
+    """Column names of the motion correction: the series' ``feature_description``, as
+    AllenSDK's ``get_motion_correction`` names its DataFrame columns (x/y by position only
+    for a series without one, which Allen's files do not have)."""
+    if "feature_description" not in series:
+        return ["x", "y"][:n]
+    names = [read_str(v) for v in np.atleast_1d(series["feature_description"][()])]
+    if len(names) != n or len(set(names)) != n:
+        raise SourceFileError(
+            f"{series.file.filename}: {series.name}/feature_description names {names!r}, "
+            f"expected {n} distinct names (one per column of its data)"
+        )
+    return names
 
 
 def _eye_series(f: h5py.File) -> list[tuple[str, str, str]]:
@@ -595,9 +611,9 @@ def _single_column(a: np.ndarray) -> np.ndarray:
     return a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
 
 
-def _xy_view(ds: xr.Dataset) -> xr.Dataset:
-    """``motion_correction.x``/``.y`` stacked back into the source's (frames, 2) array."""
-    axes = [ds[f"motion_correction.{a}"] for a in "xy" if f"motion_correction.{a}" in ds]
+def _xy_view(ds: xr.Dataset, names: tuple[str, ...]) -> xr.Dataset:
+    """``motion_correction.<name>`` stacked back into the source's (frames, n) array."""
+    axes = [ds[f"motion_correction.{a}"] for a in names]
     xy = xr.concat(axes, dim="axis").transpose("motion_correction_time", "axis")
     return xr.Dataset({"xy": xy})
 
@@ -692,9 +708,11 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
         mc = f.get(f"{_PIPE}/MotionCorrection/2p_image_series")
         for key in mc if isinstance(mc, h5py.Group) else ():
             if key.startswith("xy_translation") and "data" in mc[key]:
+                shape = mc[f"{key}/data"].shape
+                names = tuple(_motion_names(mc[key], shape[1] if len(shape) == 2 else 1))
                 out.append(
                     (
-                        _xy_view,
+                        functools.partial(_xy_view, names=names),
                         {
                             f"{mc.name}/{key}/data": ("xy", _xy_source),
                             f"{mc.name}/{key}/timestamps": ("motion_correction_time", None),
