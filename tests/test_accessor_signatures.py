@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import textwrap
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,3 +308,28 @@ def test_allensdk_positional_call_of_presentationwise_spike_counts_binds():
     bound = sig.bind(None, np.arange(3.0), [1, 2], [3], True, np.uint8, 0.01, None)
     assert bound.arguments["unit_ids"] == [3]
     assert bound.arguments["large_bin_size_threshold"] == 0.01
+
+
+def test_readme_table_names_members_that_exist():
+    """Each lake call in README's 'AllenSDK calls in the lake' table names a real member."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## AllenSDK calls in the lake", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 15
+    accessors = {label.split(".")[1]: cls for label, cls in _accessors() if "Dataset" in label}
+    checked = 0
+    for row in rows:
+        lake = row[1]
+        for acc, member in re.findall(r"\.(ophys|ecephys|ccf)\.(\w+)", lake):
+            if acc == "ccf" and member in ("level", "levels"):
+                assert hasattr(dict(_accessors())["DataTree.ccf"], member)
+            else:
+                assert hasattr(accessors[acc], member), f"README: no .{acc}.{member}"
+            checked += 1
+        for member in re.findall(r"\bonto\.(\w+)", lake):
+            assert hasattr(Ontology, member), f"README: no Ontology.{member}"
+            checked += 1
+        for member in re.findall(r"\bccf\.(\w+)\(", lake):
+            assert hasattr(ccf, member), f"README: no abo_lake.ccf.{member}"
+            checked += 1
+    assert checked >= 20
