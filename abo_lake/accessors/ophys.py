@@ -102,7 +102,10 @@ class OphysAccessor:
         if isinstance(stimuli, list):
             stimuli = ", ".join(map(str, stimuli))
         n_t = self._ds.sizes["time"]
-        rate = f"{ophys.frame_rate(self._ds):.2f} Hz" if n_t > 1 else "? Hz"
+        try:
+            rate = f"{ophys.frame_rate(self._ds):.2f} Hz"
+        except ValueError:  # one timestamp and no ophys_frame_rate attribute
+            rate = "? Hz"
         return (
             f"<ophys_experiment {a.get('ophys_experiment_id', '?')} · "
             f"{self._ds.sizes['cell_specimen_id']} cells · {n_t} frames at {rate} · "
@@ -164,7 +167,7 @@ class OphysAccessor:
     # ----------------------------------------------------------------- AllenSDK's tables
     @property
     def dff_traces(self) -> pd.DataFrame:
-        """AllenSDK's ``dff_traces`` (valid ROIs, loaded); see :func:`abo_lake.ophys.traces_table`."""
+        """AllenSDK's ``dff_traces`` (valid ROIs, loaded); :func:`abo_lake.ophys.traces_table`."""
         return ophys.traces_table(self._ds, "dff_traces")
 
     @property
