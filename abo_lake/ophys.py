@@ -34,8 +34,10 @@ from abo_lake.errors import SchemaError
 
 __all__ = [
     "VBO_METADATA_KEYS",
+    "cell_specimen_ids",
     "cell_specimen_table",
     "change_responses",
+    "dff_traces_of",
     "drifting_grating_metrics",
     "events",
     "filtered_events",
@@ -296,6 +298,49 @@ def traces_table(ds: xr.Dataset, name: str) -> pd.DataFrame:
     for column, data in zip(columns.values(), values[1:]):
         out[column] = _rows(data) if data.ndim == 2 else data
     return pd.DataFrame(out, index=_specimen_index(ds))
+
+
+def cell_specimen_ids(ds: xr.Dataset) -> np.ndarray:
+    """AllenSDK's legacy ``get_cell_specimen_ids()``: the valid cells' ``cell_specimen_id``
+    (-1 for an unmatched ROI), in the cell table's order.
+
+    Raises
+    ------
+    ValueError
+        If no ROI has a ``cell_specimen_id`` (as AllenSDK).
+    """
+    ids = _specimen_index(valid_cells(ds)).to_numpy()
+    if len(ids) and (ids == -1).all():
+        raise ValueError(
+            f"cell_specimen_id values not assigned for {ds.attrs.get('ophys_experiment_id', '?')}"
+        )
+    return ids
+
+
+def dff_traces_of(
+    ds: xr.Dataset, cell_specimen_ids: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """AllenSDK's legacy ``get_dff_traces(cell_specimen_ids)``: (timestamps, (cell, time) dF/F)
+    of the given valid cells (all by default), reading only their rows.
+
+    Unlike AllenSDK (an ``AssertionError``), an id that is not a valid cell raises a
+    ``KeyError`` naming it; the rows come in the cell table's order, as AllenSDK's ``isin``
+    selection gives them.
+    """
+    valid = valid_cells(ds)
+    index = _specimen_index(valid).to_numpy()
+    if cell_specimen_ids is None:
+        rows = np.arange(len(index))
+    else:
+        wanted = np.atleast_1d(np.asarray(cell_specimen_ids, dtype=np.int64))
+        missing = wanted[~np.isin(wanted, index)]
+        if len(missing):
+            raise _NotFoundError(
+                f"no valid cell_specimen_id {missing[:5].tolist()!r}" + _suggest(missing[0], index)
+            )
+        rows = np.flatnonzero(np.isin(index, wanted))
+    (dff,) = _load([valid["dff"].isel({CELL: rows}).transpose(CELL, TIME).variable])
+    return ophys_timestamps(ds), dff
 
 
 def events(ds: xr.Dataset) -> pd.DataFrame:

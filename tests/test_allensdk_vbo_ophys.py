@@ -243,3 +243,25 @@ def test_events_rows_are_the_cells_with_detected_events(tmp_path):
     np.testing.assert_array_equal(_stack(got["events"]), _stack(want["events"]))
     np.testing.assert_array_equal(got["lambda"], want["lambda"])
     assert np.isnan(ds["events"].values[3]).all()  # the lake pads the missing cell with NaN
+
+
+def test_legacy_getters_are_allensdks(exp):
+    """``get_cell_specimen_ids``, ``get_cell_specimen_indices``, ``get_dff_traces`` and
+    ``get_segmentation_mask_image``, as AllenSDK derives them from its tables."""
+    dff = ref.table(STEM, "dff_traces")
+    ids = exp.ophys.get_cell_specimen_ids()
+    np.testing.assert_array_equal(ids, ref.table(STEM, "cell_specimen_table").index)
+    assert exp.ophys.get_cell_specimen_indices(ids[[3, 1]]) == [3, 1]
+    t, traces = exp.ophys.get_dff_traces()
+    np.testing.assert_array_equal(t, ref.array(STEM, "ophys_timestamps"))
+    np.testing.assert_array_equal(traces, _stack(dff["dff"]))
+    _, two = exp.ophys.get_dff_traces([ids[4], ids[2]])  # in the table's order, as AllenSDK
+    np.testing.assert_array_equal(two, _stack(dff["dff"])[[2, 4]])
+    with pytest.raises(KeyError, match="no valid cell_specimen_id"):
+        exp.ophys.get_dff_traces([12345])
+    np.testing.assert_array_equal(
+        exp.ophys.get_segmentation_mask_image(), ref.array(STEM, "segmentation_mask_image")
+    )
+    meta = ref.value(STEM, "metadata")
+    assert exp.ophys.ophys_experiment_id == meta["ophys_experiment_id"]
+    assert exp.ophys.ophys_session_id == meta["ophys_session_id"]

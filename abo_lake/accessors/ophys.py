@@ -51,6 +51,12 @@ _IMAGING = frozenset(
         "omission_responses",
         "drifting_grating_metrics",
         "to_pynapple",
+        "get_cell_specimen_ids",
+        "get_cell_specimen_indices",
+        "get_dff_traces",
+        "get_segmentation_mask_image",
+        "ophys_experiment_id",
+        "ophys_session_id",
     }
 )
 
@@ -200,6 +206,37 @@ class OphysAccessor:
     def ophys_timestamps(self) -> np.ndarray:
         """AllenSDK's ``ophys_timestamps`` (s) as a NumPy array."""
         return ophys.ophys_timestamps(self._ds)
+
+    @property
+    def ophys_experiment_id(self) -> int:
+        """AllenSDK's ``ophys_experiment_id``."""
+        return int(self._ds.attrs["ophys_experiment_id"])
+
+    @property
+    def ophys_session_id(self) -> int:
+        """AllenSDK's ``ophys_session_id``."""
+        return int(self._ds.attrs["ophys_session_id"])
+
+    def get_segmentation_mask_image(self) -> xr.DataArray:
+        """AllenSDK's legacy ``get_segmentation_mask_image()``: :attr:`segmentation_mask_image`."""
+        return ophys.segmentation_mask_image(self._ds)
+
+    def get_cell_specimen_ids(self) -> np.ndarray:
+        """AllenSDK's legacy ``get_cell_specimen_ids()``; see
+        :func:`abo_lake.ophys.cell_specimen_ids`."""
+        return ophys.cell_specimen_ids(self._ds)
+
+    def get_cell_specimen_indices(self, cell_specimen_ids: Sequence[int]) -> list[int]:
+        """AllenSDK's legacy ``get_cell_specimen_indices(ids)``: rows of the valid cells."""
+        ids = ophys.cell_specimen_ids(self._ds).tolist()
+        return [ids.index(int(i)) for i in cell_specimen_ids]
+
+    def get_dff_traces(
+        self, cell_specimen_ids: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """AllenSDK's legacy ``get_dff_traces(cell_specimen_ids=None)``: (timestamps, dF/F);
+        see :func:`abo_lake.ophys.dff_traces_of`."""
+        return ophys.dff_traces_of(self._ds, cell_specimen_ids)
 
     @property
     def metadata(self) -> dict[str, Any]:
