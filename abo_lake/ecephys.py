@@ -133,7 +133,7 @@ def _frame(ds: xr.Dataset, dim: str, prefix: str, index_name: str | None) -> pd.
 _CHANNEL_DROP = ("valid_data", "imp", "group_name", "location", "local_index")
 
 
-def channels(ds: xr.Dataset, *, filter_by_validity: bool = True) -> pd.DataFrame:
+def channels(ds: xr.Dataset, filter_by_validity: bool = True) -> pd.DataFrame:
     """AllenSDK's channels table (eager, small): ``session.channels`` (Visual Coding) or
     ``session.get_channels()`` (Visual Behavior Neuropixels).
 
@@ -222,7 +222,6 @@ def _allensdk_filter(
 
 def get_units(
     ds: xr.Dataset,
-    *,
     filter_by_validity: bool = False,
     filter_out_of_brain_units: bool = False,
     amplitude_cutoff_maximum: float | None = None,
@@ -508,7 +507,6 @@ def stimulus_conditions(ds: xr.Dataset) -> pd.DataFrame:
 def get_stimulus_table(
     ds: xr.Dataset,
     stimulus_names: Sequence[str] | str | None = None,
-    *,
     include_detailed_parameters: bool = False,
     include_unused_parameters: bool = False,
 ) -> pd.DataFrame:

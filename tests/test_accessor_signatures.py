@@ -223,6 +223,19 @@ ALLENSDK = {
     ("Dataset.ecephys", "conditionwise_spike_statistics"): [
         ("stimulus_presentation_ids", None), ("unit_ids", None), ("use_rates", False),
     ],
+    ("Dataset.ecephys", "get_stimulus_table"): [
+        ("stimulus_names", None), ("include_detailed_parameters", False),
+        ("include_unused_parameters", False),
+    ],
+    ("Dataset.ecephys", "get_screen_gaze_data"): [("include_filtered_data", False)],
+    ("Dataset.ecephys", "get_pupil_data"): [],
+    # allensdk/brain_observatory/ecephys/behavior_ecephys_session.py, BehaviorEcephysSession
+    ("Dataset.ecephys", "get_units"): [
+        ("filter_by_validity", False), ("filter_out_of_brain_units", False),
+        ("amplitude_cutoff_maximum", None), ("presence_ratio_minimum", None),
+        ("isi_violations_maximum", None),
+    ],
+    ("Dataset.ecephys", "get_channels"): [("filter_by_validity", True)],
     # allensdk/core/simple_tree.py and structure_tree.py, StructureTree
     ("Ontology", "ancestor_ids"): [("node_ids", _REQUIRED)],
     ("Ontology", "descendant_ids"): [("node_ids", _REQUIRED)],
@@ -261,7 +274,10 @@ STATE = {"annotation", "ontology"}
 RENAMED = {"node_ids": "structures"}
 #: AllenSDK properties the accessors serve as properties too.
 ALLENSDK_PROPERTIES = {
-    "Dataset.ecephys": ["units", "stimulus_presentations"],
+    "Dataset.ecephys": ["units", "stimulus_presentations", "spike_times", "spike_amplitudes",
+                        "mean_waveforms", "channels", "probes", "invalid_times", "metadata",
+                        "stimulus_conditions", "optogenetic_stimulation_epochs",
+                        "running_speed"],
     "Dataset.ophys": ["stimulus_presentations", "trials", "dff_traces", "events",
                       "cell_specimen_table", "ophys_timestamps", "metadata"],
     "Dataset.ccf": ["ontology"],
