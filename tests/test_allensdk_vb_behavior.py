@@ -200,7 +200,12 @@ def test_value_matches_allensdk(served, key, name):
 
 @pytest.mark.parametrize(("key", "kind", "name"), NOT_YET)
 def test_not_served_yet(served, key, kind, name):
-    getattr(served(key).ophys, name)  # AllenSDK's name; raises until served
+    member = getattr(served(key).ophys, name)  # AllenSDK's name (a method); raises until served
+    got = member()
+    want = {"tables": ref.table, "arrays": ref.array, "values": ref.value}[kind](
+        ref.STEMS[key], name
+    )
+    assert len(got) == len(want)
 
 
 # --------------------------------------------------------------------------- kind and errors
@@ -233,4 +238,86 @@ def test_sniff_tells_the_three_visual_behavior_files_apart():
 def test_reader_refuses_an_experiment_by_name():
     path = ref.files(ref.STEMS["vbo_ophys"])[0]
     with pytest.raises(SourceFileError, match=r"not a Visual Behavior behavior-only file.*ophys"):
+        vbo_behavior.read(path)
+
+
+# --------------------------------------------------------------------------- derived on load
+
+
+@pytest.fixture(scope="module")
+def session():
+    (ds,) = vbo_behavior.read(ref.files(ref.STEMS["vbo_behavior"])[0]).values()
+    return ds
+
+
+def test_is_change_is_derived_on_load_not_read(session):
+    stem = ref.STEMS["vbo_behavior"]
+    want = ref.table(stem, "stimulus_presentations")
+    n = session.sizes["stimulus_presentation_id"]
+    wrong = session.assign(
+        {
+            "stimulus_presentations.is_change": ("stimulus_presentation_id", np.ones(n, bool)),
+            "stimulus_presentations.flashes_since_change": (
+                "stimulus_presentation_id",
+                np.full(n, 7, np.int64),
+            ),
+        }
+    )
+    got = behavior.stimulus_presentations(wrong)
+    np.testing.assert_array_equal(got["is_change"], want["is_change"])
+    np.testing.assert_array_equal(got["flashes_since_change"], want["flashes_since_change"])
+    stored = behavior.stimulus_presentations(wrong, add_is_change=False)  # AllenSDK's VBN
+    assert stored["is_change"].all()
+    assert (stored["flashes_since_change"] == 7).all()
+
+
+def test_eye_tracking_ignores_stored_area_and_likely_blink(served):
+    ds = served("vbo_ophys")
+    want = ref.table(ref.STEMS["vbo_ophys"], "eye_tracking")
+    n = ds.sizes["eye_tracking_time"]
+    wrong = ds.assign(
+        {
+            "eye_tracking.likely_blink": ("eye_tracking_time", np.ones(n, bool)),
+            "eye_tracking.pupil_area": ("eye_tracking_time", np.zeros(n)),
+        }
+    )
+    got = behavior.eye_tracking(wrong)
+    np.testing.assert_array_equal(got["likely_blink"], want["likely_blink"])
+    np.testing.assert_array_equal(got["pupil_area"], want["pupil_area"])
+    assert want["likely_blink"].any()  # the fixture has blinks to filter
+
+
+def _copy(tmp_path, edit):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "behavior_session_1000000101.nwb"
+    shutil.copy(ref.files(ref.STEMS["vbo_behavior"])[0], path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def test_two_template_sets_are_refused_by_path(tmp_path):
+    def edit(f):
+        (name,) = list(f["stimulus/templates"])
+        f.copy(f[f"stimulus/templates/{name}"], "stimulus/templates/other_set")
+
+    path = _copy(tmp_path, edit)
+    with pytest.raises(
+        SourceFileError, match=r"behavior_session_1000000101\.nwb.*/stimulus/templates holds 2"
+    ):
+        vbo_behavior.read(path)
+
+
+def test_running_series_of_another_length_is_refused_by_path(tmp_path):
+    def edit(f):
+        del f["acquisition/v_sig/data"]
+        f["acquisition/v_sig/data"] = np.zeros(3)
+
+    path = _copy(tmp_path, edit)
+    with pytest.raises(
+        SourceFileError, match=r"/acquisition/v_sig/data has shape \(3,\), expected"
+    ):
         vbo_behavior.read(path)
