@@ -168,6 +168,13 @@ FORMATS: dict[str, SourceFormat] = {
             hdf5=True,
         ),
         SourceFormat(
+            "vbn-ecephys",
+            "abo_lake.sources.vbn_ecephys",
+            "Visual Behavior Neuropixels session (NWB 2, AllenSDK's BehaviorEcephysSession; "
+            "its probe LFP files are read by 'vcn-ecephys')",
+            hdf5=True,
+        ),
+        SourceFormat(
             "vcn-ecephys",
             "abo_lake.sources.vcn_ecephys",
             "Neuropixels session or probe LFP file (NWB 2, Visual Coding and Visual Behavior)",

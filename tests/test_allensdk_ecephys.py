@@ -382,3 +382,31 @@ def test_external_column(allensdk_releases, key, name, column):
     got = _served("tables", stem, name)(allensdk_releases[key])
     assert column in got
     _compare_column(stem, name, column, got[column], ref.table(stem, name)[column], None)
+
+
+@pytest.mark.parametrize(
+    ("key", "session_format"), [("vcn", "vcn-ecephys"), ("vbn", "vbn-ecephys")]
+)
+def test_formats(key, session_format):
+    """A VBN session file is read by its own reader (the VCN one took it and failed the
+    fidelity check); both projects' probe LFP files share the Visual Coding layout."""
+    from abo_lake import sources
+    from abo_lake.sources import vbn_ecephys
+
+    session, *lfps = ref.files(ref.STEMS[key])
+    assert sources.detect_format(session) == session_format
+    assert [sources.detect_format(p) for p in lfps] == ["vcn-ecephys"] * len(lfps)
+    assert not any(vbn_ecephys.sniff(p) for p in lfps)
+    (ds,) = sources.read(session).values()
+    assert ds.attrs["allensdk_session_class"] == (
+        "EcephysSession" if key == "vcn" else "BehaviorEcephysSession"
+    )
+
+
+def test_vbn_reader_names_what_is_missing(tmp_path):
+    """A VCN session given to the VBN reader: a SourceFileError naming the missing group."""
+    from abo_lake.errors import SourceFileError
+    from abo_lake.sources import vbn_ecephys
+
+    with pytest.raises(SourceFileError, match="general/metadata"):
+        vbn_ecephys.read(ref.files(VCN)[0])

@@ -588,7 +588,8 @@ def _stimulus_presentations(p: Path, f: h5py.File) -> xr.Dataset:
         merged[col] = np.concatenate(parts) if parts else np.empty(0)
     order = np.argsort(merged["start_time"], kind="stable")
     merged = {k: v[order] for k, v in merged.items()}
-    merged["duration"] = merged["stop_time"] - merged["start_time"]
+    if "duration" not in merged:  # AllenSDK's; a stored duration (Visual Behavior) is kept
+        merged["duration"] = merged["stop_time"] - merged["start_time"]
     params = [c for c in names if c not in _NOT_CONDITION]
     frame = pd.DataFrame({c: merged[c] for c in params})
     merged["stimulus_condition_id"] = (
