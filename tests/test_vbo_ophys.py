@@ -197,16 +197,21 @@ def test_metadata_attrs_come_from_the_vbo_table(datasets):
 def test_behavior_tables_equal_hdf5(files, datasets):
     path, (_, ds) = files[0], datasets[0]
     with h5py.File(path, "r") as f:
-        (table,) = [k for k in f["intervals"] if k.endswith("_presentations")]
+        # AllenSDK's tables: one per stimulus (image set, spontaneous, natural_movie_one)
+        tables = sorted(k for k in f["intervals"] if k.endswith("_presentations"))
+        assert tables[1:] == ["natural_movie_one_presentations", "spontaneous_presentations"]
+        table = tables[0]
         sp = f[f"intervals/{table}"]
         assert table == f"{sp['stimulus_name'].asstr()[0]}_presentations"  # AllenSDK's naming
         assert "stimulus_presentations.tags" not in ds  # left to the raw copy
         assert "stimulus_presentations.timeseries" not in ds
+        name = table[: -len("_presentations")]
+        images = ds["stimulus_presentations.stimulus_name"].values == name
         np.testing.assert_array_equal(
-            ds["stimulus_presentations.start_time"].values, sp["start_time"][()]
+            ds["stimulus_presentations.start_time"].values[images], sp["start_time"][()]
         )
         assert ds["stimulus_presentations.image_name"].dtype.kind == "U"
-        assert list(ds["stimulus_presentations.image_name"].values) == list(
+        assert list(ds["stimulus_presentations.image_name"].values[images]) == list(
             sp["image_name"].asstr()[()]
         )
         tr = f["intervals/trials"]
@@ -237,9 +242,15 @@ def test_behavior_tables_equal_hdf5(files, datasets):
     assert not np.isnan(ds["eye_tracking.pupil_area_raw"].values).any()
 
 
-def test_change_detection_semantics(datasets):
-    for _, ds in datasets:
+_NULLABLE = ("is_change", "omitted", "is_image_novel")
+
+
+def test_change_detection_semantics(datasets, truth):
+    for (_, ds), gt in zip(datasets, truth):
         sp = {k.split(".", 1)[1]: ds[k].values for k in ds if k.startswith("stimulus_pres")}
+        # the change detection block (AllenSDK's sessions also have gray screen and a movie)
+        block = np.char.startswith(sp["stimulus_block_name"].astype(str), "change_detection")
+        sp = {k: v[block].astype(bool) if k in _NULLABLE else v[block] for k, v in sp.items()}
         assert np.allclose(np.diff(sp["start_time"]), 0.75, atol=0.002)
         assert np.allclose(sp["duration"], 0.25, atol=0.002)
         assert np.all(np.diff(sp["start_frame"]) == 45)
@@ -248,16 +259,14 @@ def test_change_detection_semantics(datasets):
         assert 0.01 < sp["omitted"].mean() < 0.1
         assert not (sp["omitted"] & sp["is_change"]).any()
         assert (sp["flashes_since_change"][sp["is_change"]] == 0).all()
-        assert set(np.unique(sp["image_name"][~sp["omitted"]])) == set(
-            writer.IMAGE_SETS[ds.attrs["image_set"]][1]
-        )
+        assert set(np.unique(sp["image_name"][~sp["omitted"]])) == set(gt["image_names"])
         tr = {k.split(".", 1)[1]: ds[k].values for k in ds if k.startswith("trials.")}
         go = tr["go"]
         change_starts = sp["start_time"][sp["is_change"]]
         assert np.allclose(np.sort(tr["change_time"][go]), change_starts[: go.sum()])
         assert np.array_equal(tr["hit"] | tr["miss"], go)
         assert not (tr["go"] & tr["catch"]).any()
-        if ds.attrs["passive"]:
+        if (sp["stimulus_block_name"] == "change_detection_passive").all():
             assert not tr["hit"].any()
             assert ds.sizes["reward"] == 0
         else:
@@ -331,9 +340,24 @@ def test_nwbinspector_finds_no_errors(files):
     bad = {Importance.CRITICAL, Importance.PYNWB_VALIDATION, Importance.ERROR}
     for path in files:
         messages = [
-            m for m in inspect_nwbfile(nwbfile_path=path) if m is not None and m.importance in bad
+            m
+            for m in inspect_nwbfile(nwbfile_path=path)
+            if m is not None and m.importance in bad and not _allensdk_layout(m)
         ]
         assert messages == [], [m.message for m in messages]
+
+
+def _allensdk_layout(message) -> bool:
+    """What the inspector reports on AllenSDK's own layout: (n, height, width) stimulus
+    templates (also on AllenSDK's fixture) and EllipseEyeTracking without the ``spatial_series``
+    its parent type EyeTracking requires (AllenSDK never sets it; validated against NWB 2.11)."""
+    return (
+        message.check_function_name == "check_data_orientation"
+        and message.location.startswith("/stimulus/templates/")
+    ) or (
+        message.message == "missing data type SpatialSeries"
+        and message.location.strip("/") == "acquisition/EyeTracking"
+    )
 
 
 def test_sniff(files, tmp_path):
