@@ -12,7 +12,7 @@ dtypes), doing on load what AllenSDK does on load:
   ``add_is_change=True``; layout note 18), -99 for missing integers, ``image_set`` dropped,
   ``stop_time`` -> ``end_time``. The rows are in the stored (stable) start-time order;
   AllenSDK sorts with pandas' default quicksort, which may order presentations starting at
-  the very same time differently (none do in AllenSDK's files: blocks follow each other);
+  the very same time differently (no two do in the AllenSDK fixtures);
 - ``eye_tracking``: AllenSDK ignores the stored ``area`` and ``likely_blink`` (note 27): areas
   are ``area_raw``, blinks are recomputed (NaN areas, z-score outliers, dilation) and the
   area/width/height/phi columns are NaN on blinks;
