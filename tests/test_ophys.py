@@ -43,6 +43,13 @@ def vc(files):
     return ds
 
 
+def _flashes(ds: xr.Dataset) -> np.ndarray:
+    """The change-detection block's flashes (AllenSDK's sessions also hold gray-screen blocks,
+    the first at time 0 before the imaging starts, and a movie that outlasts it)."""
+    block = ds["stimulus_presentations.stimulus_block_name"].values.astype(str)
+    return ds[P].values[block == "change_detection_behavior"]
+
+
 def _rechunked(ds: xr.Dataset, time_chunk: int) -> xr.Dataset:
     """Fewer variables, traces in (4 cells, ``time_chunk`` frames) chunks (so windows matter)."""
     keep = [n for n in ds.data_vars if not n.startswith(("eye_tracking.", "roi_mask"))]
@@ -140,7 +147,8 @@ def _ref_dg_metrics(ds):
 class TestAccessor:
     def test_repr_summarises_the_plane(self, vbo, vc):
         text = repr(vbo.ophys)
-        for part in ("12 cells", "1980 frames", "11.00 Hz", "121 µm", "VISal", "Sst-IRES-Cre"):
+        frames = f"{vbo.sizes['time']} frames"
+        for part in ("12 cells", frames, "11.00 Hz", "121 µm", "VISal", "Sst-IRES-Cre"):
             assert part in text
         assert "drifting_gratings" in repr(vc.ophys)
         assert "30.00 Hz" in repr(vc.ophys)
@@ -210,13 +218,14 @@ class TestAccessor:
 
 class TestTrialResponses:
     def test_equals_numpy_reference_vbo(self, vbo):
-        tr = vbo.ophys.trial_responses(window=(-0.5, 1.0))
+        flashes = _flashes(vbo)
+        tr = vbo.ophys.trial_responses(window=(-0.5, 1.0), presentations=flashes)
         assert tr.dims == (P, REL, CELL)
         offsets, expected = _ref_trial_responses(vbo, tr[P].values, (-0.5, 1.0))
         np.testing.assert_allclose(tr[REL].values, offsets)
         np.testing.assert_allclose(tr.values, expected, rtol=1e-12, atol=1e-14)
         assert 0.0 in tr[REL].values
-        assert len(tr[P]) == vbo.sizes[P]  # every flash lies inside the recording
+        assert len(tr[P]) == len(flashes)  # every flash lies inside the recording
 
     def test_equals_numpy_reference_vc2p_subset(self, vc):
         table = vc.ophys.stimulus_presentations
@@ -268,11 +277,14 @@ class TestTrialResponses:
 
 class TestMeanResponse:
     def test_equals_pandas_groupby_reference(self, vbo):
-        got = vbo.ophys.mean_response(by="image_name", window=(0.0, 0.5), baseline=(-0.5, 0.0))
-        tr = vbo.ophys.trial_responses(window=(-0.5, 0.5)).values
-        rel = vbo.ophys.trial_responses(window=(-0.5, 0.5))[REL].values
+        flashes = _flashes(vbo)
+        got = vbo.ophys.mean_response(
+            by="image_name", window=(0.0, 0.5), baseline=(-0.5, 0.0), presentations=flashes
+        )
+        tr = vbo.ophys.trial_responses(window=(-0.5, 0.5), presentations=flashes).values
+        rel = vbo.ophys.trial_responses(window=(-0.5, 0.5), presentations=flashes)[REL].values
         resp = tr[:, (rel >= 0) & (rel < 0.5)].mean(1) - tr[:, (rel >= -0.5) & (rel < 0)].mean(1)
-        names = vbo["stimulus_presentations.image_name"].values
+        names = vbo["stimulus_presentations.image_name"].values[flashes]
         expected = pd.DataFrame(resp).groupby(names).mean()
         np.testing.assert_allclose(got.sel(image_name=expected.index).values, expected.values)
         counts = pd.Series(names).value_counts().reindex(expected.index)
@@ -470,7 +482,7 @@ def test_to_pynapple(vbo):
 def test_no_nan_from_dropped_rows_in_mean_response(vbo):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every flash fits the default window: no warning
-        got = vbo.ophys.mean_response(by="is_change")
+        got = vbo.ophys.mean_response(by="is_change", presentations=_flashes(vbo))
     assert np.isfinite(got.values).all()
 
 
