@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abo_lake import behavior
 from abo_lake.errors import SchemaError
 
 __all__ = [
@@ -789,6 +790,8 @@ def _flagged(
         )
     # NaN (rows of another stimulus's table, where the column does not apply) is not a flag
     flags = pd.to_numeric(table[column], errors="coerce").fillna(0).to_numpy() != 0
+    if column == "is_change" and "trials_id" in ds.dims:  # AllenSDK's, derived on load
+        flags = behavior.stimulus_presentations(ds)["is_change"].to_numpy(bool)
     return _trial_responses(ds, table, window, flags, trace)
 
 
