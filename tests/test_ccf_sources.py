@@ -668,3 +668,47 @@ def test_template_block_means_by_block_equal_the_whole_volume_mean():
     )
     twice = reader._half(reader._half(lazy, "template"), "template").compute()
     np.testing.assert_array_equal(twice, reader._block_mean(reader._block_mean(data)))
+
+
+ALLEN_RESOLUTIONS = (10, 25, 50, 100)
+
+
+def _chain(res: int, shape: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """What the fidelity check expects of one file: its level and ×2 halvings to 200 µm."""
+    out = {res: shape}
+    while res * 2 <= 200:
+        res, shape = res * 2, tuple(-(-n // 2) for n in shape)
+        out[res] = shape
+    return out
+
+
+@pytest.mark.parametrize(
+    "resolutions",
+    [(r,) for r in ALLEN_RESOLUTIONS]
+    + [(25, 100), (10, 25), (50, 100), (10, 100), (25, 50, 100), ALLEN_RESOLUTIONS],
+    ids=lambda rs: "+".join(map(str, rs)),
+)
+@pytest.mark.parametrize("shapes", ["allen", "small"])
+def test_level_plan_holds_every_files_chain(resolutions, shapes):
+    """Any set of Allen's resolutions: every file is a level and every level of every file's
+    ×2 chain exists with the halved shape (what the fidelity check expects of each file; the
+    25 + 100 µm realistic set lost 50 µm, so the release failed). Allen's shapes, and small
+    volumes with their ratios (10 µm : 25 µm = 5 : 2 per axis)."""
+    base = {10: (40, 20, 30), 25: (16, 8, 12), 50: (8, 4, 6), 100: (4, 2, 3)}
+    files = {r: reader.CCF_SHAPES[r] if shapes == "allen" else base[r] for r in resolutions}
+    plan = reader.level_plan(files)
+    assert list(plan) == sorted(plan)
+    for res, shape in files.items():
+        assert plan[res] == (res, shape)  # a file's level is the file
+        for level, want in _chain(res, shape).items():
+            assert level in plan, f"{level} µm of {res} µm's chain is missing"
+            if shapes == "allen" or level not in files:
+                assert plan[level][1] == want
+    for level, (source, shape) in plan.items():  # a derived level halves an existing one
+        if source != level:
+            assert source == level // 2
+            assert shape == tuple(-(-n // 2) for n in plan[source][1])
+    if resolutions == (25, 100):
+        assert list(plan) == [25, 50, 100, 200]
+        assert plan[50][0] == 25
+        assert plan[200][0] == 100

@@ -330,14 +330,34 @@ def ome_multiscales(levels: dict[str, xr.Dataset]) -> dict[str, Any]:
                 "type": kind,
                 "metadata": {
                     "description": (
-                        "levels of Allen's files as read; levels coarser than the coarsest "
-                        f"file made from it in x2 steps: {how}"
+                        "levels of Allen's files as read; each file's coarser levels, up to "
+                        f"the next file's, made from it in x2 steps: {how}"
                     ),
                     "method": "abo_lake.sources.ccf",
                 },
             }
         )
     return {"version": OME_VERSION, "multiscales": multiscales}
+
+
+def level_plan(files: dict[int, tuple[int, ...]]) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """The levels of a multiscale CCF volume made of files at resolutions ``files`` (µm ->
+    shape): each file's level, and its ×2 chain down to 200 µm up to the next level another
+    file holds (25 and 100 µm files give 25, 50 from 25, 100, 200 from 100).
+
+    Returns
+    -------
+    dict
+        Level resolution (µm, finest first) -> (resolution of the file it is, or the level it
+        is derived from by halving; its shape, ``ceil(n / 2)`` per axis when derived).
+    """
+    plan: dict[int, tuple[int, tuple[int, ...]]] = {r: (r, tuple(s)) for r, s in files.items()}
+    for res, shape in sorted(files.items()):
+        while res * 2 <= _COARSEST_UM and res * 2 not in plan:
+            shape = tuple(-(-n // 2) for n in shape)
+            plan[res * 2] = (res, shape)
+            res *= 2
+    return dict(sorted(plan.items()))
 
 
 def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataTree:
@@ -359,13 +379,14 @@ def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataT
         metadata (:func:`ome_multiscales`, dataset paths ``"<res>um/<volume>"``); children
         ``"<res>um"``, finest first, each a ``ccf_volume`` Dataset with one variable,
         ``annotation`` (uint32) or ``template`` (uint16), dims (ap, dv, lr): one per file
-        (attr ``source_file``), then coarser levels derived in ×2 steps from the coarsest
-        file down to 200 µm (``source_file`` that file, attr ``derived`` how).
+        (attr ``source_file``), and each file's coarser levels in ×2 steps down to 200 µm
+        up to a level another file holds (``source_file`` the file it is derived from, attr
+        ``derived`` how).
     """
     p = Path(path)
     files = members(p) if _NAME_RE.match(p.name) else [p]
     levels: dict[str, xr.Dataset] = {}
-    data: da.Array | None = None
+    read: list[tuple[da.Array, int, str, dict[str, Any]]] = []
     for f in files:
         data, res, volume = _load(f)
         if volume not in ("annotation", "template"):
@@ -379,15 +400,18 @@ def read_volume(path: str | Path, *, ccf_version: str = CCF_VERSION) -> xr.DataT
             "volume": volume,
         }
         levels[f"{res}um"] = _level(volume, data, res, attrs)
-    assert data is not None  # members() gives at least the file itself
-    # coarser levels from the coarsest file (its attrs: source_file names it)
-    derived = {**attrs, "derived": "stride 2" if volume == "annotation" else "2x2x2 mean"}
-    attrs = {**attrs, "source_file": p.name}
-    while res * 2 <= _COARSEST_UM:
-        data = _half(data, volume)
-        res *= 2
-        if f"{res}um" not in levels:
-            levels[f"{res}um"] = _level(volume, data, res, derived)
+        read.append((data, res, volume, attrs))
+    plan = level_plan({res: data.shape for data, res, _, _ in read})
+    by_res = {res: (data, volume, attrs) for data, res, volume, attrs in read}
+    for res, (source, _) in plan.items():  # finest first: a level's source comes before it
+        if res == source:
+            continue
+        data, volume, attrs = by_res[source]
+        derived = {**attrs, "derived": "stride 2" if volume == "annotation" else "2x2x2 mean"}
+        by_res[res] = (_half(data, volume), volume, derived)
+        levels[f"{res}um"] = _level(volume, by_res[res][0], res, derived)
+    levels = dict(sorted(levels.items(), key=lambda item: item[1].attrs["resolution_um"]))
+    attrs = {**read[0][3], "source_file": p.name}
     root = xr.Dataset(attrs={**attrs, "ome": ome_multiscales(levels)})
     return xr.DataTree.from_dict({"/": root, **levels})
 
