@@ -137,7 +137,7 @@ def test_a_changed_attribute_is_reported(stored):
     items, _ = stored
     path, _, _, back = items["vbo-ophys"][0]
     changed = back.copy()
-    changed.attrs = {**back.attrs, "genotype": back.attrs["genotype"] + "x"}
+    changed.attrs = {**back.attrs, "full_genotype": back.attrs["full_genotype"] + "x"}
     problems = check_reader(path, "vbo-ophys", changed)
     assert [p.split(":")[0] for p in problems] == ["/general/subject/genotype"]
 

@@ -85,6 +85,10 @@ _SERIES_DATA = ("data", "timestamps")
 #: Only what the Dataset holds: ROI index datasets (``rois``), descriptions, ``grid_spacing``,
 #: ``reference_frame``, table ``id`` columns that are not stored and the like go to raw.
 MAPPED_HDF5: tuple[str, ...] = (
+    *(f"/general/subject/{k}" for k in ("genotype", "sex", "subject_id", "age")),
+    "/session_start_time",
+    *(f"{_PLANE}/{k}" for k in ("location", "imaging_rate", "excitation_lambda")),
+    f"{_PLANE}/channel_1/emission_lambda",
     f"/{_TABLE}/*",
     *(f"/{g}/{k}" for g in _TRACES.values() for k in _SERIES_DATA),
     *(f"/{_OPHYS}/event_detection/{k}" for k in ("lambdas", "noise_stds")),
@@ -487,10 +491,10 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
     ``lambdas``/``noise_stds``/``r``/``RMSE`` likewise; cell table ``id`` -> ``cell_roi_id``,
     ``cell_specimen_id`` with -1 -> ``-cell_roi_id``, ``x``/``y`` -> ``roi_x``/``roi_y``,
     ``image_mask`` -> ``roi_mask`` as bool (not invertible for non-binary masks); the
-    behavior part as :func:`abo_lake.sources._vb_behavior.fidelity_mappings` says; metadata
-    datasets -> attributes as :func:`read` makes them (one-row scratch tables: their row;
-    ``driver_line`` split on ';'; digit-only ids as int). A value overwritten by another
-    source of the same attribute is reported.
+    behavior part as :func:`abo_lake.sources._vb_behavior.fidelity_mappings` says; the
+    subject, session start and imaging plane datasets -> the attributes :func:`_metadata`
+    makes of them under AllenSDK's names (``age`` as ``age_in_days``); group attributes are
+    in the raw copy. A value overwritten by another source of the same attribute is reported.
 
     Parameters
     ----------
@@ -552,4 +556,43 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
             )
         out.append(({}, {k: v for k, v in main.items() if k in f}))
         out.extend(_vb_behavior.fidelity_mappings(ds, p, f))
+        meta = {k: v for k, v in _META_DATASETS.items() if isinstance(f.get(k), h5py.Dataset)}
+        age = "/general/subject/age"
+        if age in meta and _age_in_days(read_str(f[age][()])) is None:
+            del meta[age]  # not an ISO age: no age_in_days attribute (AllenSDK: None)
+    keys = tuple(key for key, _ in meta.values())
+    views = {hpath: (f"attrs.{key}", func) for hpath, (key, func) in meta.items()}
+    out.append((functools.partial(_attrs_view, keys=keys), views))
     return out
+
+
+def _attrs_view(ds: xr.Dataset, keys: tuple[str, ...]) -> xr.Dataset:
+    """The attributes ``keys`` as variables ``attrs.<key>`` (missing ones are left out)."""
+    return xr.Dataset({f"attrs.{k}": np.asarray(ds.attrs[k]) for k in keys if k in ds.attrs})
+
+
+def _text_attr(a: np.ndarray) -> np.ndarray:
+    return np.asarray(read_str(a))
+
+
+def _number_attr(a: np.ndarray) -> np.ndarray:
+    return np.asarray(_scalar(a))
+
+
+def _age_attr(a: np.ndarray) -> np.ndarray:
+    return np.asarray(_age_in_days(read_str(a)))
+
+
+#: Metadata datasets and the attribute :func:`_metadata` makes of each (AllenSDK's name, and
+#: the transform of the source value); the fidelity check compares them.
+_META_DATASETS: dict[str, tuple[str, Any]] = {
+    "/general/subject/genotype": ("full_genotype", _text_attr),
+    "/general/subject/sex": ("sex", _text_attr),
+    "/general/subject/subject_id": ("mouse_id", _text_attr),
+    "/general/subject/age": ("age_in_days", _age_attr),
+    "/session_start_time": ("date_of_acquisition", _text_attr),
+    f"{_PLANE}/location": ("targeted_structure", _text_attr),
+    f"{_PLANE}/imaging_rate": ("ophys_frame_rate", _number_attr),
+    f"{_PLANE}/excitation_lambda": ("excitation_lambda", _number_attr),
+    f"{_PLANE}/channel_1/emission_lambda": ("emission_lambda", _number_attr),
+}
