@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench realistic clean
 
 # constraints.txt pins the versions this project is tested with (pip freeze of a working
 # environment): without it pip can spend many minutes backtracking through boto3/botocore.
@@ -24,6 +24,11 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest -q tests
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then $(BIN)/pytest -q --nbmake notebooks; fi
+
+# every source format synthesized at realistic scale, converted, published and verified
+# (about ten minutes on 2 cores; not part of `make test`)
+realistic: $(BIN)/.installed
+	$(BIN)/python tests/benchmarks/bench_realistic_kinds.py
 
 bench: $(BIN)/.installed
 	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
