@@ -329,8 +329,8 @@ def stimulus_presentations(ds: xr.Dataset, *, add_is_change: bool = True) -> pd.
     if add_is_change and {"image_name", "omitted"} <= set(table.columns):
         table["is_change"] = _is_change(table)
         table["flashes_since_change"] = _flashes_since_change(table)
-    for col in _INT_COLUMNS:  # enforce_df_int_typing
-        if col in table.columns:
+    for col in _INT_COLUMNS:  # enforce_df_int_typing (a column holding text is left as is)
+        if col in table.columns and table[col].dtype.kind in "iuf":
             table[col] = table[col].fillna(-99).astype(int)
     table.index = pd.RangeIndex(len(table), name=SDK_PRESENTATION)
     first = [c for c in _COLUMN_ORDER if c in table.columns]
