@@ -41,6 +41,7 @@ import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from abo_lake import behavior
 from abo_lake.lfp import _invalid_intervals, _load, _positions, _unknown, csd, lfp
 
 __all__ = [
@@ -463,6 +464,8 @@ def stimulus_presentations(
         column NaN (integer columns then become float64, as in AllenSDK); intervals tagged
         only with a probe mask nothing.
     """
+    if session_class(ds) == "BehaviorEcephysSession":  # the stored is_change, as AllenSDK's
+        return behavior.stimulus_presentations(ds, add_is_change=False)
     frame, meta = _stored_presentations(ds, _invalid_names(ds))
     if session_class(ds) == "EcephysSession":
         frame = _as_allensdk(frame)
@@ -1296,15 +1299,13 @@ def metadata(ds: xr.Dataset) -> dict[str, Any]:
     For a Visual Coding session: specimen, session type, genotype, sex, age, rig, the counts
     of (default-filtered) units, valid channels, probes and presentations, the session start
     time, the session id, the channels' structure acronyms (None for none) and the stimulus
-    names, in order of first appearance. For a Visual Behavior Neuropixels session: the
-    behavior metadata the reader stored (``metadata.*`` attrs) and ``ecephys_session_id``.
+    names, in order of first appearance. For a Visual Behavior Neuropixels session:
+    :func:`abo_lake.behavior.metadata` (``BehaviorSession``'s fields: a datetime
+    ``date_of_acquisition``, a UUID ``behavior_session_uuid``) and ``ecephys_session_id``.
     """
     attrs = ds.attrs
     if session_class(ds) == "BehaviorEcephysSession":
-        out = {k.removeprefix("metadata."): v for k, v in attrs.items()
-               if k.startswith("metadata.")}  # fmt: skip
-        out["ecephys_session_id"] = int(attrs["ecephys_session_id"])
-        return out
+        return {**behavior.metadata(ds), "ecephys_session_id": int(attrs["ecephys_session_id"])}
     chans = channels(ds)
     names = _load(ds, [_SP + "stimulus_name"])[_SP + "stimulus_name"]
     age = attrs.get("age_in_days")

@@ -40,22 +40,16 @@ EXTERNAL = {
     (VCN, "channels"): {"ecephys_structure_id"},
 }
 
-#: VBN quantities of the behavior part (read by the Visual Behavior reader, abo_lake.behavior).
-VBN_BEHAVIOR = {
-    "trials", "licks", "rewards", "running_speed", "raw_running_speed", "stimulus_presentations",
-    "get_rolling_performance_df", "eye_tracking", "stimulus_timestamps",
-    "stimulus_templates__image_name", "stimulus_templates__warped",
-    "stimulus_templates__unwarped", "get_reward_rate", "task_parameters",
-    "eye_tracking_rig_geometry", "stimulus_templates_name", "get_performance_metrics",
-}  # fmt: skip
+#: VBN quantities of the behavior part, read by the Visual Behavior reader
+#: (``sources/_vb_behavior.py``) and served through :mod:`abo_lake.behavior`.
+VBN_BEHAVIOR_TABLES = ("trials", "licks", "rewards", "running_speed", "raw_running_speed",
+                       "stimulus_presentations", "eye_tracking")  # fmt: skip
 
 #: (stem, name) -> why the lake does not serve it yet (strict xfail).
 GAPS: dict[tuple[str, str], str] = {
-    **{
-        (VBN, n): "the behavior part of a VBN session is kept in the lossless raw copy: the "
-        "Visual Behavior reader (sources/_vb_behavior.py) does not exist yet"
-        for n in VBN_BEHAVIOR
-    },
+    (VBN, n): "AllenSDK's behavior performance metrics (rolling performance, reward rate, "
+    "performance metrics) are computed by neither abo_lake.behavior nor the accessors yet"
+    for n in ("get_rolling_performance_df", "get_reward_rate", "get_performance_metrics")
 }
 
 
@@ -219,6 +213,10 @@ def _vbn_tables() -> dict[str, Callable[[Any], pd.DataFrame]]:
         "channels": lambda rel: _session(rel).ecephys.get_channels(),
         "probes": lambda rel: _session(rel).ecephys.probes,
         "optotagging_table": lambda rel: _session(rel).ecephys.optotagging_table,
+        **{n: lambda rel, n=n: getattr(_session(rel).ecephys, n) for n in VBN_BEHAVIOR_TABLES},
+        "get_rolling_performance_df": lambda rel: _session(
+            rel
+        ).ecephys.get_rolling_performance_df(),
     }
 
 
@@ -244,6 +242,11 @@ def _arrays(stem: str) -> dict[str, Callable[[Any], Any]]:
         out[f"mean_waveforms__{uid}"] = lambda rel, u=uid: np.asarray(
             _session(rel).ecephys.mean_waveforms[u]
         )
+    if stem == VBN:
+        out["stimulus_timestamps"] = lambda rel: _session(rel).ecephys.stimulus_timestamps
+        out["get_reward_rate"] = lambda rel: _session(rel).ecephys.get_reward_rate()
+        for column in ("image_name", "warped", "unwarped"):
+            out[f"stimulus_templates__{column}"] = lambda rel, c=column: _template(rel, c)
     if stem == VCN:
         out["psc_unit_ids"] = lambda rel: _session(rel).ecephys.units.index.to_numpy()
         out["psc_presentation_ids"] = lambda rel: (
@@ -257,6 +260,13 @@ def _arrays(stem: str) -> dict[str, Callable[[Any], Any]]:
             .values
         )
     return out
+
+
+def _template(rel: Any, column: str) -> np.ndarray:
+    templates = _session(rel).ecephys.stimulus_templates
+    if column == "image_name":
+        return templates.index.to_numpy().astype(str)
+    return np.stack(templates[column].to_list())
 
 
 def _lfp_slice(rel: Any, stem: str) -> Any:
@@ -324,15 +334,28 @@ def _values(stem: str) -> dict[str, Callable[[Any], Any]]:
             "rig_geometry_data": _rig_geometry_repr,
             "rig_equipment_name": lambda rel: _session(rel).ecephys.rig_equipment_name,
         }
-    return {"metadata": lambda rel: _session(rel).ecephys.metadata}
+    out = {
+        n: lambda rel, n=n: getattr(_session(rel).ecephys, n)
+        for n in ("metadata", "task_parameters", "eye_tracking_rig_geometry")
+    }
+    out["stimulus_templates_name"] = lambda rel: _session(rel).attrs["stimulus_templates_name"]
+    out["get_performance_metrics"] = lambda rel: _session(rel).ecephys.get_performance_metrics()
+    return out
 
 
-def _plain(value: Any) -> Any:
-    """A served value as the JSON of the reference holds it."""
+def _plain(value: Any, name: str = "") -> Any:
+    """A served value as the JSON of the reference holds it (datetimes and UUIDs as text,
+    the rig's coordinates as '[x, y, z]', NaN as None)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, name) for k, v in value.items()}
+    if name == "eye_tracking_rig_geometry" and isinstance(value, list):
+        return str(value)
     if isinstance(value, list | tuple | np.ndarray):
         return [_plain(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if type(value).__name__ == "UUID":
+        return str(value)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and np.isnan(value):
@@ -349,7 +372,10 @@ def test_value(allensdk_releases, key, name):
     if name == "rig_geometry_data":  # the reference holds AllenSDK's DataFrame as its repr
         assert got == want
         return
-    got = _plain(got)
+    if name == "metadata" and key == "vbn":  # AllenSDK's types, before the JSON rendering
+        assert type(got["behavior_session_uuid"]).__name__ == "UUID"
+        assert got["date_of_acquisition"].tzinfo is not None
+    got = _plain(got, name)
     assert got == want, (
         {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
         if isinstance(got, dict) and isinstance(want, dict)

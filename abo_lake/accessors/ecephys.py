@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import ecephys, schema
+from abo_lake import behavior, ecephys, schema
 from abo_lake.errors import SchemaError
 from abo_lake.kinds import kinds_for
 
@@ -213,8 +213,68 @@ class EcephysAccessor:
 
     @property
     def running_speed(self) -> pd.DataFrame:
-        """AllenSDK's ``EcephysSession.running_speed`` (start_time, end_time, velocity)."""
-        return ecephys.running_speed(self._need("ecephys_session"))
+        """AllenSDK's ``running_speed``: ``EcephysSession``'s (start_time, end_time,
+        velocity), or ``BehaviorEcephysSession``'s (timestamps, speed: filtered)."""
+        ds = self._need("ecephys_session")
+        if ecephys.session_class(ds) == "BehaviorEcephysSession":
+            return behavior.running_speed(ds)
+        return ecephys.running_speed(ds)
+
+    def _behavior(self) -> xr.Dataset:
+        ds = self._need("ecephys_session")
+        if ecephys.session_class(ds) != "BehaviorEcephysSession":
+            raise SchemaError(
+                "this is a Visual Coding Neuropixels session (AllenSDK's EcephysSession), which "
+                "has no behavior task; trials, licks, rewards... belong to Visual Behavior "
+                "Neuropixels sessions"
+            )
+        return ds
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.trials`` (:func:`abo_lake.behavior.trials`)."""
+        return behavior.trials(self._behavior())
+
+    @property
+    def licks(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.licks``."""
+        return behavior.licks(self._behavior())
+
+    @property
+    def rewards(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.rewards``."""
+        return behavior.rewards(self._behavior())
+
+    @property
+    def raw_running_speed(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.raw_running_speed`` (unfiltered)."""
+        return behavior.raw_running_speed(self._behavior())
+
+    @property
+    def stimulus_timestamps(self) -> np.ndarray:
+        """AllenSDK's ``BehaviorEcephysSession.stimulus_timestamps`` (every frame, s)."""
+        return behavior.stimulus_timestamps(self._behavior())
+
+    @property
+    def stimulus_templates(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.stimulus_templates``."""
+        return behavior.stimulus_templates(self._behavior())
+
+    @property
+    def eye_tracking(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.eye_tracking`` (blinks filtered: z-score 3,
+        dilation 2; see :func:`abo_lake.behavior.eye_tracking`)."""
+        return behavior.eye_tracking(self._behavior())
+
+    @property
+    def eye_tracking_rig_geometry(self) -> dict[str, Any]:
+        """AllenSDK's ``BehaviorEcephysSession.eye_tracking_rig_geometry``."""
+        return behavior.eye_tracking_rig_geometry(self._behavior())
+
+    @property
+    def task_parameters(self) -> dict[str, Any]:
+        """AllenSDK's ``BehaviorEcephysSession.task_parameters``."""
+        return behavior.task_parameters(self._behavior())
 
     def get_pupil_data(self) -> pd.DataFrame | None:
         """AllenSDK's ``EcephysSession.get_pupil_data()``."""

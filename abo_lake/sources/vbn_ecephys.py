@@ -10,18 +10,15 @@ with ``name``, ``optotagging_table``, per-unit dicts over every unit, mean wavef
 channels). Its probe LFP files have the Visual Coding layout and are read by
 :mod:`abo_lake.sources.vcn_ecephys` (``sniff`` here rejects them: they have no units).
 
-Layout beyond the Visual Coding one:
-
-- ``stimulus_presentations.<col>`` along ``stimulus_presentation_id``: every
-  ``intervals/<stimulus>_presentations`` table in start-time order, columns united ("null"/NaN
-  where a table lacks one), the stored ``duration`` kept (``stimulus_condition_id`` as the
-  Visual Coding reader computes it);
-- ``metadata.<name>`` attrs: AllenSDK's ``BehaviorEcephysSession.metadata`` (the
-  ``general/metadata`` BehaviorMetadata attributes, the subject, ``date_of_acquisition``).
-
-The rest of the behavior part (trials, licks, rewards, running, eye tracking, rig geometry,
-stimulus timestamps and templates, task parameters) is kept in the lossless raw copy until the
-Visual Behavior reader serves it.
+The behavior part (stimulus presentations, trials, licks, rewards, running, stimulus
+timestamps, eye tracking, templates, task parameters, eye-tracking rig geometry) is read by
+:func:`abo_lake.sources._vb_behavior.read_behavior`, the reader of every Visual Behavior file,
+in its layout (``stimulus_presentations.<col>`` along ``stimulus_presentation_id`` as stored,
+``trials.<col>`` along ``trials_id``, ...); :mod:`abo_lake.behavior` makes AllenSDK's tables of
+it. AllenSDK's ``BehaviorEcephysSession.metadata`` fields are attrs under its names
+(``behavior_session_id``, ``equipment_name``, ``sex``, ``age_in_days``, ``mouse_id``,
+``full_genotype``, ``cre_line``, ``driver_line``, ``reporter_line``, ``date_of_acquisition``,
+...), as the behavior-only reader stores them.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
+from abo_lake.sources import _vb_behavior
 from abo_lake.sources import vcn_ecephys as _vcn
 from abo_lake.sources._hdf5 import open_hdf5, read_str
 from abo_lake.sources.hdf5_raw import matches
@@ -53,9 +51,8 @@ _BEHAVIOR_METADATA = (
     "stimulus_frame_rate",
 )
 
-#: The ecephys part (the Visual Coding reader's globs without its VCN-only groups) and the
-#: presentation tables' columns.
-MAPPED_HDF5: tuple[str, ...] = (
+#: The ecephys part: the Visual Coding reader's globs but its VCN-only groups.
+_ECEPHYS_HDF5: tuple[str, ...] = (
     *(g for g in _vcn.MAPPED_HDF5 if not g.startswith(("/intervals/", "/processing/"))),
     *(
         f"/processing/optotagging/optogenetic_stimulation/{c}"
@@ -69,13 +66,10 @@ MAPPED_HDF5: tuple[str, ...] = (
             "stimulus_name",
         )
     ),
-    "/intervals/*_presentations/*",
-    "!/intervals/*_presentations/id",
-    "!/intervals/*_presentations/tags",
-    "!/intervals/*_presentations/tags_index",
-    "!/intervals/*_presentations/timeseries",
-    "!/intervals/*_presentations/timeseries_index",
 )
+#: fnmatch globs of the absolute HDF5 dataset paths this reader maps: the ecephys part and
+#: the behavior part (:data:`abo_lake.sources._vb_behavior.MAPPED_HDF5`).
+MAPPED_HDF5: tuple[str, ...] = (*_ECEPHYS_HDF5, *_vb_behavior.MAPPED_HDF5)
 
 
 def _is_vbn(f: h5py.File) -> bool:
@@ -148,15 +142,14 @@ def _age_in_days(age: str) -> int | None:
 
 
 def _metadata(f: h5py.File) -> dict[str, Any]:
-    """AllenSDK's ``BehaviorEcephysSession.metadata`` (but ``ecephys_session_id``) as attrs."""
+    """AllenSDK's ``BehaviorEcephysSession.metadata`` fields (but ``ecephys_session_id``)."""
     meta = f[_METADATA].attrs
     out: dict[str, Any] = {}
     for key in _BEHAVIOR_METADATA:
         if key in meta:
-            value = meta[key]
-            out[key] = read_str(value) if isinstance(value, str | bytes) else value.item()
+            out[key] = _vb_behavior.attr_value(meta[key])
     subject = f.get("general/subject")
-    if subject is not None:
+    if isinstance(subject, h5py.Group):
 
         def text(name: str) -> str | None:
             return read_str(subject[name][()]) if name in subject else None
@@ -170,11 +163,10 @@ def _metadata(f: h5py.File) -> dict[str, Any]:
             out["reporter_line"] = read_str(subject.attrs["reporter_line"])
         if "driver_line" in subject.attrs:
             out["driver_line"] = [read_str(v) for v in np.atleast_1d(subject.attrs["driver_line"])]
-        # AllenSDK's parse_cre_line: the genotype's first part, when it has a ';'
-        if genotype and ";" in genotype:
+        if genotype and ";" in genotype:  # AllenSDK's parse_cre_line
             out["cre_line"] = genotype.split(";")[0].split("/")[0]
     out["date_of_acquisition"] = read_str(f["session_start_time"][()])
-    return {f"metadata.{k}": v for k, v in out.items() if v is not None}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _read_session(p: Path, f: h5py.File) -> dict[str, xr.Dataset]:
@@ -204,15 +196,24 @@ def _read_session(p: Path, f: h5py.File) -> dict[str, xr.Dataset]:
             ds[f"probes.{k}"] = ("probe", v)
     ds.coords["probe"] = ("probe", probes["probe_id"])
     ds.coords["probe"].attrs["description"] = "probe_id"
-    ds = ds.merge(_vcn._stimulus_presentations(p, f))
+    variables, extra = _vb_behavior.read_behavior(p, f)
+    ds = ds.merge(xr.Dataset(variables))
     ds = ds.merge(_vcn._intervals(f))
     ds.attrs.update(attrs)
+    ds.attrs.update(extra)
     return {f"ecephys/session/{session_id}": _vcn._column_units(ds)}
 
 
 def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[str, Any]]]:
-    """How each dataset matched by :data:`MAPPED_HDF5` is held by ``ds`` (the Visual Coding
-    reader's documented transforms: see :func:`abo_lake.sources.vcn_ecephys.fidelity_mappings`),
-    for :func:`abo_lake.fidelity_mapped.check_reader`."""
-    pairs = _vcn.fidelity_mappings(ds, path)
-    return [(view, {k: v for k, v in m.items() if matches(k, MAPPED_HDF5)}) for view, m in pairs]
+    """How each dataset matched by :data:`MAPPED_HDF5` is held by ``ds``, for
+    :func:`abo_lake.fidelity_mapped.check_reader`: the ecephys part with the Visual Coding
+    reader's documented transforms (:func:`abo_lake.sources.vcn_ecephys.fidelity_mappings`),
+    the behavior part with the Visual Behavior reader's
+    (:func:`abo_lake.sources._vb_behavior.fidelity_mappings`)."""
+    ecephys = [
+        (view, {k: v for k, v in m.items() if matches(k, _ECEPHYS_HDF5)})
+        for view, m in _vcn.fidelity_mappings(ds, path)
+    ]
+    with h5py.File(path, "r") as f:
+        behavior = _vb_behavior.fidelity_mappings(ds, path, f)
+    return [(view, m) for view, m in ecephys if m] + behavior
