@@ -36,6 +36,7 @@ from abo_lake.errors import SchemaError
 __all__ = [
     "VBO_METADATA_KEYS",
     "cell_specimen_ids",
+    "cell_specimen_indices",
     "cell_specimen_table",
     "change_responses",
     "dff_traces_of",
@@ -316,6 +317,19 @@ def cell_specimen_ids(ds: xr.Dataset) -> np.ndarray:
             f"cell_specimen_id values not assigned for {ds.attrs.get('ophys_experiment_id', '?')}"
         )
     return ids
+
+
+def cell_specimen_indices(ds: xr.Dataset, cell_specimen_ids: Sequence[int]) -> list[int]:
+    """AllenSDK's legacy ``get_cell_specimen_indices(ids)``: the rows of ``ids`` among the
+    valid cells (:func:`cell_specimen_ids`).
+
+    Raises
+    ------
+    KeyError
+        For an id that is not a valid cell's (as AllenSDK's ``Index.get_loc``).
+    """
+    index = _specimen_index(valid_cells(ds))
+    return [int(index.get_loc(int(i))) for i in cell_specimen_ids]
 
 
 def dff_traces_of(

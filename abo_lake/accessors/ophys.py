@@ -227,9 +227,9 @@ class OphysAccessor:
         return ophys.cell_specimen_ids(self._ds)
 
     def get_cell_specimen_indices(self, cell_specimen_ids: Sequence[int]) -> list[int]:
-        """AllenSDK's legacy ``get_cell_specimen_indices(ids)``: rows of the valid cells."""
-        ids = ophys.cell_specimen_ids(self._ds).tolist()
-        return [ids.index(int(i)) for i in cell_specimen_ids]
+        """AllenSDK's legacy ``get_cell_specimen_indices(ids)``; see
+        :func:`abo_lake.ophys.cell_specimen_indices`."""
+        return ophys.cell_specimen_indices(self._ds, cell_specimen_ids)
 
     def get_dff_traces(
         self, cell_specimen_ids: Sequence[int] | None = None
