@@ -442,7 +442,7 @@ def image(ds: xr.Dataset, name: str) -> xr.DataArray:
     ``np.asarray`` of it gives AllenSDK's ``np.asarray(exp.max_projection)``.
     """
     _require(ds, (name,), name)
-    out = ds[name]
+    out = ds[name].copy(deep=False)  # own attrs: the Dataset's stay as they are
     out.attrs = {**out.attrs, **_spacing(ds)}
     return out
 
