@@ -321,3 +321,24 @@ def test_running_series_of_another_length_is_refused_by_path(tmp_path):
         SourceFileError, match=r"/acquisition/v_sig/data has shape \(3,\), expected"
     ):
         vbo_behavior.read(path)
+
+
+def test_synthetic_behavior_session_converts_faithfully(tmp_path):
+    """A second behavior-only file (the synthetic writer's, AllenSDK's layout, other values)
+    converts with the fidelity check and serves AllenSDK's tables."""
+    from abo_lake import jobs
+    from abo_lake.synthetic import vbo_behavior as writer
+
+    (path,) = writer.write(tmp_path / "src", scale="tiny", seed=3)
+    assert vbo_behavior.sniff(path)
+    result = jobs.convert_file(str(path), str(tmp_path / "lake"))
+    assert result.error == ""
+    assert result.format == "vbo-behavior"
+    ((dataset_path, _),) = result.datasets.items()
+    assert dataset_path.startswith("behavior/session/")
+    (ds,) = vbo_behavior.read(path).values()
+    table = ds.ophys.stimulus_presentations
+    assert table.index.name == "stimulus_presentations_id"
+    assert table["is_change"].dtype == bool
+    assert table["is_change"].any()
+    assert (table.loc[table["is_change"], "flashes_since_change"] == 0).all()
