@@ -271,6 +271,61 @@ class Ontology:
         sets = self._extra["structure_set_ids"]
         return [self._node(r) for r in range(self.ids.size) if wanted & set(sets[r])]
 
+    # AllenSDK SimpleTree's node-dict walks (lists in, lists out, as AllenSDK)
+    def node_ids(self) -> list[int]:
+        """Every structure id, in row order (AllenSDK ``node_ids``)."""
+        return self.ids.tolist()
+
+    def nodes(self, structures: Iterable[int | str] | None = None) -> list[dict[str, Any] | None]:
+        """Structure dicts (all, by default); None for an unknown id (AllenSDK ``nodes``)."""
+        if structures is None:
+            return [self._node(r) for r in range(self.ids.size)]
+
+        def one(s: int | str | None) -> dict[str, Any] | None:
+            if isinstance(s, str):
+                return self._node(self._r(s))
+            return None if s is None or int(s) not in self._row else self._node(self._row[int(s)])
+
+        return [one(s) for s in structures]
+
+    def parents(self, structures: Iterable[int | str]) -> list[dict[str, Any] | None]:
+        """Each structure's parent dict, None for the root (AllenSDK ``parents``)."""
+        return self.nodes(self.parent_ids(structures))  # type: ignore[arg-type]
+
+    def children(self, structures: Iterable[int | str]) -> list[list[dict[str, Any] | None]]:
+        """Each structure's child dicts (AllenSDK ``children``)."""
+        return [self.nodes(ids) for ids in self.child_ids(list(structures))]
+
+    def ancestors(self, structures: Iterable[int | str]) -> list[list[dict[str, Any] | None]]:
+        """Each structure's ancestor dicts, self first (AllenSDK ``ancestors``)."""
+        return [self.nodes(ids) for ids in self.ancestor_ids(list(structures))]
+
+    def descendants(self, structures: Iterable[int | str]) -> list[list[dict[str, Any] | None]]:
+        """Each structure's descendant dicts, self first (AllenSDK ``descendants``)."""
+        return [self.nodes(ids) for ids in self.descendant_ids(list(structures))]
+
+    def filter_nodes(self, criterion: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The structure dicts for which ``criterion`` is true (AllenSDK ``filter_nodes``)."""
+        return [n for n in self.nodes() if n is not None and criterion(n)]
+
+    def value_map(
+        self, from_fn: Callable[[dict[str, Any]], Any], to_fn: Callable[[dict[str, Any]], Any]
+    ) -> dict[Any, Any]:
+        """``from_fn(node) -> to_fn(node)`` over every structure (AllenSDK ``value_map``).
+
+        Raises
+        ------
+        ValueError
+            If ``from_fn`` is not unique across structures (AllenSDK: RuntimeError).
+        """
+        out: dict[Any, Any] = {}
+        for node in self.nodes():
+            key = from_fn(node)  # type: ignore[arg-type]
+            if key in out:
+                raise ValueError(f"from_fn is not unique across structures: {key!r} repeats")
+            out[key] = to_fn(node)  # type: ignore[arg-type]
+        return out
+
     def _selection(self, structures: Iterable[int], descendants: bool) -> np.ndarray:
         """Sorted unique ids of ``structures`` (and their descendants)."""
         ids = np.asarray(list(structures), dtype=np.int64)

@@ -195,6 +195,21 @@ def test_structure_dicts_as_allensdk(onto, nodes):
         onto.get_structures_by_name(["Nowhere"])
     with pytest.raises(SchemaError, match="structure_set_ids"):
         onto.get_structures_by_set_id([ccf.SUMMARY_STRUCTURE_SET_ID])
+    # SimpleTree's node-dict walks
+    allen = _SimpleTree(nodes)
+    assert onto.node_ids() == [n["id"] for n in nodes]
+    assert onto.nodes([385, 123456789]) == [got[0], None]
+    assert len(onto.nodes()) == len(nodes)
+    root = nodes[0]["id"]
+    assert onto.parents([385, root]) == [onto.nodes([allen.parent[385]])[0], None]
+    kids = allen.children[385]
+    assert [n["id"] for n in onto.children([385])[0]] == kids
+    assert [n["id"] for n in onto.ancestors([385])[0]] == allen.ancestor_ids([385])[0]
+    assert [n["id"] for n in onto.descendants([385])[0]] == allen.descendant_ids([385])[0]
+    assert [n["id"] for n in onto.filter_nodes(lambda n: n["id"] in kids)] == kids
+    assert onto.value_map(lambda n: n["id"], lambda n: n["acronym"])[385] == "VISp"
+    with pytest.raises(ValueError, match="not unique"):
+        onto.value_map(lambda n: 1, lambda n: n["id"])
 
 
 def test_projection_matrix_defaults_to_summary_structures(src, nodes, exps, tree, onto):
