@@ -1,7 +1,10 @@
-"""The ``.ophys`` accessor of ``ophys_experiment`` Datasets (Visual Behavior and Visual Coding 2P).
+"""The ``.ophys`` accessor of ``ophys_experiment`` Datasets (Visual Behavior and Visual Coding 2P)
+and of ``behavior_session`` Datasets (Visual Behavior behavior-only sessions).
 
 Thin: ``__init__`` validates the layout (dims and variable names only, no data read) and every
-member delegates to :mod:`abo_lake.ophys`.
+member delegates to :mod:`abo_lake.ophys` (imaging) or :mod:`abo_lake.behavior` (AllenSDK's
+behavior attributes, which ``BehaviorOphysExperiment`` and ``BehaviorSession`` share). On a
+behavior-only session the imaging members (:data:`_IMAGING`) raise a SchemaError saying so.
 
 >>> ds.ophys                                   # doctest: +SKIP
 <ophys_experiment 951980471 · 12 cells · 1980 frames at 11.00 Hz · 121 µm · VISal · ...>
@@ -63,12 +66,14 @@ _IMAGING = frozenset(
 
 @xr.register_dataset_accessor("ophys")
 class OphysAccessor:
-    """Analysis of one two-photon imaging plane; see :mod:`abo_lake.ophys`.
+    """Analysis of one two-photon imaging plane (:mod:`abo_lake.ophys`) and its behavior
+    (:mod:`abo_lake.behavior`), or of a behavior-only session's behavior.
 
     Raises
     ------
     SchemaError
-        If the Dataset is not an ``ophys_experiment`` (open ``ophys/experiment/<id>``).
+        If the Dataset is neither an ``ophys_experiment`` (open ``ophys/experiment/<id>``) nor
+        a ``behavior_session`` (``behavior/session/<id>``).
     """
 
     def __init__(self, ds: xr.Dataset) -> None:
