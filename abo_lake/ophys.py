@@ -35,6 +35,7 @@ from abo_lake.errors import SchemaError
 
 __all__ = [
     "VBO_METADATA_KEYS",
+    "VC2P_METADATA_KEYS",
     "cell_specimen_ids",
     "cell_specimen_indices",
     "cell_specimen_table",
@@ -239,6 +240,34 @@ VBO_METADATA_KEYS = (
     "ophys_session_id",
     "targeted_structure",
 )
+#: ``BrainObservatoryNwbDataSet.get_metadata()`` keys (Visual Coding 2P) -> the lake's attribute.
+VC2P_METADATA_KEYS = {
+    "sex": "sex",
+    "targeted_structure": "targeted_structure",
+    "ophys_experiment_id": "ophys_experiment_id",
+    "experiment_container_id": "experiment_container_id",
+    "excitation_lambda": "excitation_lambda",
+    "indicator": "indicator",
+    "fov": "fov",
+    "genotype": "genotype",
+    "session_start_time": "session_start_time",
+    "session_type": "session_type",
+    "specimen_name": "specimen_name",
+    "cre_line": "cre_line",
+    "imaging_depth_um": "imaging_depth",
+    "age_days": "age_days",
+    "device": "device",
+    "device_name": "device_name",
+    "pipeline_version": "pipeline_version",
+}
+#: get_metadata() keys it sets even when the file lacks them (None, or pipeline 0.9).
+_VC2P_ALWAYS = {
+    "cre_line": None,
+    "imaging_depth_um": None,
+    "ophys_experiment_id": None,
+    "experiment_container_id": None,
+    "pipeline_version": "0.9",
+}
 #: Per-cell variables that are not cell-table columns (traces' per-ROI values).
 _NOT_CELL_TABLE = frozenset({"event_lambda", "event_noise_std", "r", "RMSE", "rmse"})
 #: The lake's variable -> AllenSDK's column, per traces table.
@@ -470,25 +499,22 @@ def segmentation_mask_image(ds: xr.Dataset) -> xr.DataArray:
 
 
 def metadata(ds: xr.Dataset) -> dict[str, Any]:
-    """AllenSDK's ``BehaviorOphysExperiment.metadata`` (Visual Behavior 2P): its keys and values.
+    """AllenSDK's ``BehaviorOphysExperiment.metadata`` (Visual Behavior 2P): its keys and values;
+    Visual Coding 2P: ``BrainObservatoryNwbDataSet.get_metadata()``.
 
     ``date_of_acquisition`` is a timezone-aware ``datetime``; ``imaging_plane_group`` is None
     and ``imaging_plane_group_count`` 0 unless the experiment is one of several planes
     (count > 1), as AllenSDK's ``_is_multi_plane_session``; a field the file lacks is None.
 
-    Raises
-    ------
-    SchemaError
-        For a Visual Coding 2P experiment (no ``behavior_session_id``): AllenSDK's
-        ``BrainObservatoryNwbDataSet.get_metadata()`` has other keys; use ``ds.attrs``.
+    A Visual Coding 2P experiment (no ``behavior_session_id``) gets what its AllenSDK reader,
+    ``BrainObservatoryNwbDataSet.get_metadata()``, returns: keys of :data:`VC2P_METADATA_KEYS`
+    the file has (``session_start_time`` a naive ``datetime``, ``cre_line`` with ``/wt``), and
+    ``cre_line``, ``imaging_depth_um``, the two ids (None when absent) and
+    ``pipeline_version`` ('0.9' when absent) always.
     """
     a = ds.attrs
     if "behavior_session_id" not in a:
-        raise SchemaError(
-            "metadata gives BehaviorOphysExperiment.metadata (Visual Behavior 2P); this "
-            f"experiment ({a.get('ophys_experiment_id', '?')}) has no behavior_session_id. Its "
-            "metadata are in ds.attrs"
-        )
+        return _vc2p_metadata(a)
     out: dict[str, Any] = {k: a.get(k) for k in VBO_METADATA_KEYS}
     for key, value in out.items():
         if isinstance(value, np.generic):
@@ -502,6 +528,23 @@ def metadata(ds: xr.Dataset) -> dict[str, Any]:
     count = out["imaging_plane_group_count"]
     if count is None or count <= 1:
         out["imaging_plane_group"], out["imaging_plane_group_count"] = None, 0
+    return out
+
+
+def _vc2p_metadata(a: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(_VC2P_ALWAYS)
+    for key, attr in VC2P_METADATA_KEYS.items():
+        if attr in a:
+            value = a[attr]
+            out[key] = value.item() if isinstance(value, np.generic) else value
+    start = out.get("session_start_time")
+    if isinstance(start, str):  # AllenSDK: dateutil.parser.parse of the file's text
+        try:
+            out["session_start_time"] = datetime.datetime.fromisoformat(start)
+        except ValueError:
+            from dateutil import parser
+
+            out["session_start_time"] = parser.parse(start)
     return out
 
 

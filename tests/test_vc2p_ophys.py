@@ -450,3 +450,65 @@ def test_motion_correction_columns_are_the_feature_description(ds_a, tiny_a, rea
         f[f"{mc}/feature_description"] = np.array([b"x", b"x"])
     with pytest.raises(SourceFileError, match="feature_description.*2 distinct names"):
         reader.read(twice)
+
+
+def _allensdk_get_metadata(path) -> dict:
+    """AllenSDK 2.16.2's ``BrainObservatoryNwbDataSet.get_metadata()``, its steps on h5py."""
+    import re
+
+    from dateutil import parser
+
+    mapping = {
+        "age": "general/subject/age",
+        "sex": "general/subject/sex",
+        "imaging_depth": "general/optophysiology/imaging_plane_1/imaging depth",
+        "targeted_structure": "general/optophysiology/imaging_plane_1/location",
+        "ophys_experiment_id": "general/session_id",
+        "experiment_container_id": "general/experiment_container_id",
+        "device_string": "general/devices/2-photon microscope",
+        "excitation_lambda": "general/optophysiology/imaging_plane_1/excitation_lambda",
+        "indicator": "general/optophysiology/imaging_plane_1/indicator",
+        "fov": "general/fov",
+        "genotype": "general/subject/genotype",
+        "session_start_time": "session_start_time",
+        "session_type": "general/session_type",
+        "specimen_name": "general/specimen_name",
+        "generated_by": "general/generated_by",
+    }
+    meta = {}
+    with h5py.File(path, "r") as f:
+        for key, disk in mapping.items():
+            if disk in f:
+                v = f[disk][()]
+                if v.dtype.type is np.bytes_:
+                    v = v.decode("UTF-8") if v.ndim == 0 else [s.decode("UTF-8") for s in v]
+                meta[key] = v
+    meta["cre_line"] = meta["genotype"].split(";")[0] if meta.get("genotype") else None
+    depth = meta.pop("imaging_depth", None)
+    meta["imaging_depth_um"] = int(depth.split()[0]) if depth else None
+    for key in ("ophys_experiment_id", "experiment_container_id"):
+        meta[key] = int(meta[key]) if meta.get(key) else None
+    if isinstance(meta.get("session_start_time"), str):
+        meta["session_start_time"] = parser.parse(meta["session_start_time"])
+    age = meta.pop("age", None)
+    if age:
+        meta["age_days"] = int(re.match("(.*?) days", age).groups()[0])
+    device = meta.pop("device_string", None)
+    if device:
+        meta["device"], meta["device_name"] = re.match(r"(.*?)\.\s(.*?)\sPlease*", device).groups()
+    generated_by = meta.pop("generated_by", None)
+    meta["pipeline_version"] = generated_by[-1] if generated_by else "0.9"
+    return meta
+
+
+def test_metadata_is_allensdks_get_metadata(real_file, tiny_a):
+    """``.ophys.metadata`` of a Visual Coding 2P experiment: AllenSDK's ``get_metadata()``
+    (keys and values; ``cre_line`` keeps '/wt'), on the real file and a synthetic one."""
+    import abo_lake.accessors  # noqa: F401  (registers .ophys)
+
+    for path in (real_file, tiny_a):
+        ((_, ds),) = reader.read(path).items()
+        want = _allensdk_get_metadata(path)
+        got = ds.ophys.metadata
+        assert got == want
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}

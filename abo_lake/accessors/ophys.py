@@ -245,9 +245,9 @@ class OphysAccessor:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """AllenSDK's ``BehaviorOphysExperiment.metadata`` (see :func:`abo_lake.ophys.metadata`),
-        or ``BehaviorSession.metadata`` of a behavior-only session
-        (:func:`abo_lake.behavior.metadata`)."""
+        """AllenSDK's ``BehaviorOphysExperiment.metadata`` (see :func:`abo_lake.ophys.metadata`;
+        ``get_metadata()`` of a Visual Coding 2P experiment), or ``BehaviorSession.metadata`` of
+        a behavior-only session (:func:`abo_lake.behavior.metadata`)."""
         if self._kind == _BEHAVIOR:
             return behavior.metadata(self._ds)
         return ophys.metadata(self._ds)
