@@ -272,7 +272,11 @@ def _templates(path: Path, f: h5py.File) -> tuple[dict[str, xr.Variable], dict[s
                 f,
                 f"/{group}/{key} has shape {dset.shape}, expected ({len(names)}, height, width)",
             )
-        arr = lazy_array(path, f"/{group}/{key}", chunks=(1, *dset.shape[1:]))
+        # one image per chunk, cut into bands of rows to stay near 4 MB (a full-size unwarped
+        # image is 1200 x 1920 float64, 18 MB)
+        row_bytes = max(1, dset.shape[2] * dset.dtype.itemsize)
+        rows = int(max(1, min(dset.shape[1], 2 * _TARGET_BYTES // row_bytes)))
+        arr = lazy_array(path, f"/{group}/{key}", chunks=(1, rows, dset.shape[2]))
         var = xr.Variable(dims, arr)
         var.encoding["chunks"] = arr.chunksize
         out[f"stimulus_templates.{name}"] = var
