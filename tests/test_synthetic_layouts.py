@@ -114,9 +114,18 @@ def differences(ours: str | Path, fixture: str | Path) -> list[str]:
     return lines
 
 
-def _assert_same(ours: Path, fixture: Path) -> None:
-    diff = differences(ours, fixture)
+def _assert_same(ours: Path, fixture: Path, expected: tuple[str, ...] = ()) -> None:
+    """Assert equal structures, apart from the ``expected`` differences (line prefixes)."""
+    diff = [d for d in differences(ours, fixture) if not d.startswith(expected)]
     assert not diff, f"{ours.name} vs {fixture.name}: {len(diff)} differences\n" + "\n".join(diff)
+
+
+#: A release LFP file has its session's subject; the AllenSDK 2.16.2 fixture's LFP files lack it
+#: (shared/tools/allensdk/README.md, "What differs from a real release file", 5).
+LFP_SUBJECT = ("extra: general/subject",)
+#: AllenSDK writes no rewards module when a session has no rewards (layout note 24): passive
+#: replay sessions.
+NO_REWARDS = ("missing: processing/rewards",)
 
 
 def test_walker_sees_a_difference(tmp_path):
@@ -143,6 +152,25 @@ def test_vbo_ophys_layout(vbo_ophys_file):
     _assert_same(vbo_ophys_file, ALLENSDK / "vbo_ophys_experiment_1000000001.nwb")
 
 
+def test_vbo_ophys_layout_of_other_rigs_and_passive_sessions(tmp_path):
+    """Mesoscope and Scientifica rigs, image sets A/B/G/H, active and passive sessions."""
+    paths = vbo_ophys.write(tmp_path, scale="tiny", seed=0, n_experiments=4)
+    fixture = ALLENSDK / "vbo_ophys_experiment_1000000001.nwb"
+    passive = 0
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            blocks = f[f"intervals/{_image_table(f)}/stimulus_block_name"].asstr()[:2]
+        is_passive = blocks[0] == "change_detection_passive"
+        passive += is_passive
+        _assert_same(path, fixture, NO_REWARDS if is_passive else ())
+    assert passive >= 1  # the passive case is covered
+
+
+def _image_table(f: h5py.File) -> str:
+    (name,) = [k for k in f["intervals"] if k.startswith("Natural_Images")]
+    return name
+
+
 def test_vbo_behavior_layout(tmp_path):
     (path,) = vbo_behavior.write(tmp_path, scale="tiny", seed=0)
     _assert_same(path, ALLENSDK / "vbo_behavior_session_1000000101.nwb")
@@ -152,4 +180,6 @@ def test_vcn_ecephys_layout(tmp_path):
     session, *lfp = vcn_ecephys.write(tmp_path, scale="tiny", seed=0)
     _assert_same(session, ALLENSDK / "vcn_session_1000000201.nwb")
     for path in lfp:
-        _assert_same(path, ALLENSDK / "vcn_session_1000000201_probe_1000000211_lfp.nwb")
+        _assert_same(
+            path, ALLENSDK / "vcn_session_1000000201_probe_1000000211_lfp.nwb", LFP_SUBJECT
+        )

@@ -523,6 +523,10 @@ def _eye(duration: float, rng: np.random.Generator) -> dict[str, Any]:
     return {"t": t, "fits": fits, "gaze": gaze}
 
 
+def _gzip(data: np.ndarray) -> H5DataIO:
+    return H5DataIO(data, compression="gzip", compression_opts=4, shuffle=True)
+
+
 def _nwbfile(identifier: str, description: str, sid: int, institution: str) -> NWBFile:
     return NWBFile(
         session_description=description,
@@ -864,36 +868,36 @@ def _write_session(
     # running (layout note 32)
     raw = TimeSeries(
         name="raw_running_wheel_rotation",
-        data=running["rotation"],
+        data=_gzip(running["rotation"]),
         unit="radians",
-        timestamps=running["start_time"].copy(),
+        timestamps=_gzip(running["start_time"].copy()),
     )
     nwb.add_acquisition(raw)
     for name, values in (
         ("running_wheel_signal_voltage", running["signal_voltage"]),
         ("running_wheel_supply_voltage", running["supply_voltage"]),
     ):
-        nwb.add_acquisition(TimeSeries(name=name, data=values, unit="V", timestamps=raw))
+        nwb.add_acquisition(TimeSeries(name=name, data=_gzip(values), unit="V", timestamps=raw))
     run = nwb.create_processing_module("running", "running speed data")
     speed = TimeSeries(
         name="running_speed",
-        data=running["velocity"],
+        data=_gzip(running["velocity"]),
         unit="cm/s",
-        timestamps=running["start_time"],
+        timestamps=_gzip(running["start_time"]),
     )
     run.add(speed)
     run.add(
         TimeSeries(
             name="running_speed_end_times",
-            data=np.full(running["end_time"].size, np.nan),
+            data=_gzip(np.full(running["end_time"].size, np.nan)),
             unit="cm/s",
-            timestamps=running["end_time"],
+            timestamps=_gzip(running["end_time"]),
         )
     )
     run.add(
         TimeSeries(
             name="running_wheel_rotation",
-            data=running["rotation"],
+            data=_gzip(running["rotation"]),
             unit="radians",
             timestamps=speed,
         )
@@ -954,7 +958,10 @@ def _write_session(
         ):
             module.add(
                 TimeSeries(
-                    name=name, data=eye["gaze"][kind][name], unit=unit, timestamps=eye["t"].copy()
+                    name=name,
+                    data=_gzip(eye["gaze"][kind][name]),
+                    unit=unit,
+                    timestamps=_gzip(eye["t"]),
                 )
             )
     rig = allen.extension("EcephysEyeTrackingRigMetadata")(
@@ -997,6 +1004,9 @@ def _write_lfp(
         sid,
         "Allen Institute for Brain Science",
     )
+    # a release file's LFP file has the subject (the AllenSDK 2.16.2 fixtures lack it: README,
+    # "What differs from a real release file", 5)
+    nwb.subject = _specimen(sid)
     _add_probes(nwb, [probe], rows)
     name = f"probe_{pid}_lfp"
     chunk = (min(lfp.shape[0], int(5 * LFP_RATE)), rows.size)
