@@ -22,7 +22,8 @@ stay lazy (dask) until the caller computes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import dask
@@ -53,6 +54,8 @@ __all__ = [
     "descendant_ids",
     "direct_unionize",
     "levels",
+    "make_structure_mask",
+    "many_structure_masks",
     "projection_matrix",
     "rgb_triplet",
     "structure_at",
@@ -264,6 +267,42 @@ def structure_mask(
         "hemisphere_id": int(hemisphere_id),
     }
     return xr.DataArray(data, coords=ann.coords, dims=_DIMS, name="structure_mask", attrs=attrs)
+
+
+def make_structure_mask(
+    volume: xr.Dataset | xr.DataTree,
+    structure_ids: int | str | Sequence[int | str],
+    direct_only: bool = False,
+    *,
+    ontology: Ontology | xr.Dataset,
+) -> xr.DataArray:
+    """AllenSDK's ``ReferenceSpace.make_structure_mask(structure_ids, direct_only=False)``.
+
+    :func:`structure_mask` with AllenSDK's argument and dtype: uint8, 1 inside (lazy).
+    """
+    mask = structure_mask(volume, structure_ids, ontology=ontology, descendants=not direct_only)
+    return mask.astype(np.uint8)
+
+
+def many_structure_masks(
+    volume: xr.Dataset | xr.DataTree,
+    structure_ids: Sequence[int | str],
+    output_cb: Callable[[int | str, Callable[[], xr.DataArray]], Any] | None = None,
+    direct_only: bool = False,
+    *,
+    ontology: Ontology | xr.Dataset,
+) -> Iterator[Any]:
+    """AllenSDK's ``ReferenceSpace.many_structure_masks``: a generator of ``output_cb(id, fn)``
+    where ``fn()`` makes that structure's :func:`make_structure_mask`; by default ``(id,
+    mask)``."""
+    onto = _ontology(ontology)
+
+    def return_mask_cb(structure_id: int | str, fn: Callable[[], xr.DataArray]) -> Any:
+        return structure_id, fn()
+
+    callback = return_mask_cb if output_cb is None else output_cb
+    for sid in structure_ids:
+        yield callback(sid, partial(make_structure_mask, volume, [sid], direct_only, ontology=onto))
 
 
 def structure_at(volume: xr.Dataset | xr.DataTree, points_um: Any) -> xr.DataArray:

@@ -260,6 +260,11 @@ ALLENSDK = {
     ("Ontology", "value_map"): [("from_fn", _REQUIRED), ("to_fn", _REQUIRED)],
     ("Dataset.ccf", "ancestor_ids"): [("node_ids", _REQUIRED)],
     ("Dataset.ccf", "descendant_ids"): [("node_ids", _REQUIRED)],
+    # allensdk/core/reference_space.py, ReferenceSpace (its tree: ontology=)
+    ("Dataset.ccf", "make_structure_mask"): [("structure_ids", _REQUIRED), ("direct_only", False)],
+    ("Dataset.ccf", "many_structure_masks"): [
+        ("structure_ids", _REQUIRED), ("output_cb", None), ("direct_only", False),
+    ],
     # allensdk/core/mouse_connectivity_cache.py, MouseConnectivityCache: after experiment_ids
     # (our first argument: the experiment Dataset(s)); get_projection_matrix's deprecated
     # dataframe=False is not served

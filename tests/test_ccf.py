@@ -311,6 +311,23 @@ def test_structure_mask_of_a_list_is_the_union(ann, ann_np, onto):
     np.testing.assert_array_equal(mask, both)
 
 
+def test_reference_space_names(ann, ann_np, onto):
+    """ReferenceSpace.make_structure_mask / many_structure_masks, AllenSDK's way (uint8)."""
+    visp = onto.descendant_ids("VISp")
+    mask = ann.ccf.make_structure_mask([385], ontology=onto)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask.values, np.isin(ann_np, visp).astype(np.uint8))
+    direct = ann.ccf.make_structure_mask([385], True, ontology=onto)
+    np.testing.assert_array_equal(direct.values, (ann_np == 385).astype(np.uint8))
+    got = dict(ann.ccf.many_structure_masks([385, "LGd"], ontology=onto))
+    assert list(got) == [385, "LGd"]
+    np.testing.assert_array_equal(got[385].values, mask.values)
+    sizes = list(
+        ann.ccf.many_structure_masks([385], lambda sid, fn: (sid, int(fn().sum())), ontology=onto)
+    )
+    assert sizes == [(385, int(np.isin(ann_np, visp).sum()))]
+
+
 def test_child_masks_lie_inside_parent_masks(ann, ann_np, onto):
     present = set(np.unique(ann_np).tolist()) - {0}
     pairs = [(sid, onto.parent_id(sid)) for sid in sorted(present) if onto.parent_id(sid)]

@@ -7,7 +7,7 @@ kind and delegates to :mod:`abo_lake.ccf`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -108,6 +108,33 @@ class CCFAccessor:
             ontology=ontology,
             descendants=descendants,
             hemisphere_id=hemisphere_id,
+        )
+
+    def make_structure_mask(
+        self,
+        structure_ids: Structure | Sequence[Structure],
+        direct_only: bool = False,
+        *,
+        ontology: ccf.Ontology | xr.Dataset,
+    ) -> xr.DataArray:
+        """AllenSDK's ``ReferenceSpace.make_structure_mask``: uint8, lazy; see
+        :func:`abo_lake.ccf.make_structure_mask`."""
+        self._need("ccf_volume", "make_structure_mask")
+        return ccf.make_structure_mask(self._ds, structure_ids, direct_only, ontology=ontology)
+
+    def many_structure_masks(
+        self,
+        structure_ids: Sequence[Structure],
+        output_cb: Callable[[Structure, Callable[[], xr.DataArray]], Any] | None = None,
+        direct_only: bool = False,
+        *,
+        ontology: ccf.Ontology | xr.Dataset,
+    ) -> Iterator[Any]:
+        """AllenSDK's ``ReferenceSpace.many_structure_masks`` generator; see
+        :func:`abo_lake.ccf.many_structure_masks`."""
+        self._need("ccf_volume", "many_structure_masks")
+        return ccf.many_structure_masks(
+            self._ds, structure_ids, output_cb, direct_only, ontology=ontology
         )
 
     def structure_at(self, points_um: Any) -> xr.DataArray:
