@@ -236,6 +236,11 @@ ALLENSDK = {
         ("isi_violations_maximum", None),
     ],
     ("Dataset.ecephys", "get_channels"): [("filter_by_validity", True)],
+    # allensdk/brain_observatory/behavior/behavior_ophys_experiment.py, BehaviorOphysExperiment
+    ("Dataset.ophys", "get_dff_traces"): [("cell_specimen_ids", None)],
+    ("Dataset.ophys", "get_cell_specimen_ids"): [],
+    ("Dataset.ophys", "get_cell_specimen_indices"): [("cell_specimen_ids", _REQUIRED)],
+    ("Dataset.ophys", "get_segmentation_mask_image"): [],
     # allensdk/core/simple_tree.py and structure_tree.py, StructureTree
     ("Ontology", "ancestor_ids"): [("node_ids", _REQUIRED)],
     ("Ontology", "descendant_ids"): [("node_ids", _REQUIRED)],
@@ -292,7 +297,11 @@ ALLENSDK_PROPERTIES = {
                         "stimulus_conditions", "optogenetic_stimulation_epochs",
                         "running_speed"],
     "Dataset.ophys": ["stimulus_presentations", "trials", "dff_traces", "events",
-                      "cell_specimen_table", "ophys_timestamps", "metadata"],
+                      "cell_specimen_table", "ophys_timestamps", "metadata", "running_speed",
+                      "raw_running_speed", "licks", "rewards", "stimulus_templates",
+                      "eye_tracking", "task_parameters", "max_projection", "average_projection",
+                      "segmentation_mask_image", "corrected_fluorescence_traces",
+                      "demixed_traces", "neuropil_traces", "motion_correction", "roi_masks"],
     "Dataset.ccf": ["ontology"],
 }  # fmt: skip
 
