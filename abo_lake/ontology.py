@@ -4,7 +4,10 @@ An :class:`Ontology` is built in memory from a ``ccf_structures`` Dataset (kind 
 :mod:`abo_lake.sources.ccf`, ``ALLEN_DATA.md`` §4; a few hundred kB): it resolves a structure
 given by id or acronym (exact, else case-insensitive, with close matches in the error), walks
 the tree through the ragged ``structure_id_path`` (:meth:`Ontology.ancestor_ids`,
-:meth:`Ontology.descendant_ids`) and gives AllenSDK's colormap and acronym map. The functions
+:meth:`Ontology.descendant_ids`) and gives AllenSDK's colormap and acronym map. Methods named
+as AllenSDK's ``StructureTree`` (``ancestor_ids``, ``get_structures_by_id``, ``nodes``, ...)
+take its arguments and give its order: ancestors self first up to the root, descendants depth
+first, a list of lists for a list of structures. The functions
 :func:`structure_id`, :func:`ancestor_ids`, :func:`descendant_ids` and :func:`rgb_triplet` take
 either an :class:`Ontology` or the Dataset; :mod:`abo_lake.ccf` builds its masks and unionizes
 on top of this module.
