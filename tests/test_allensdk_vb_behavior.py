@@ -342,3 +342,26 @@ def test_synthetic_behavior_session_converts_faithfully(tmp_path):
     assert table["is_change"].dtype == bool
     assert table["is_change"].any()
     assert (table.loc[table["is_change"], "flashes_since_change"] == 0).all()
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_stored_variables_carry_units(served, key):
+    ds = served(key)
+    want = {
+        "running_speed_time": "s",
+        "running_speed.speed": "cm/s",
+        "running_speed.speed_unfiltered": "cm/s",
+        "running_speed.v_sig": "V",
+        "rewards.volume": "mL",
+        "rewards.timestamps": "s",
+        "licks.timestamps": "s",
+        "stimulus_timestamps": "s",
+        "trials.change_time": "s",
+        "trials.reward_volume": "mL",
+        "trials.trial_length": "s",
+        "stimulus_presentations.start_time": "s",
+        "stimulus_presentations.duration": "s",
+    }
+    if key == "vbo_ophys":
+        want.update({"eye_tracking_time": "s", "eye_tracking.pupil_center_x": "pixels"})
+    assert {k: ds[k].attrs.get("units") for k in want} == want

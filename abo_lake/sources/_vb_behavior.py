@@ -137,9 +137,8 @@ def _series_1d(path: Path, f: h5py.File, name: str, dim: str) -> xr.Variable:
 
 
 def _units(name: str, var: xr.Variable) -> None:
-    if name.endswith(("_time", "lick_times", ".duration", "response_latency")) or name.endswith(
-        "change_time_no_display_delay"
-    ):
+    seconds = ("_time", "lick_times", ".duration", "response_latency", "trial_length")
+    if name.endswith((*seconds, "change_time_no_display_delay")):
         var.attrs["units"] = "s"
     elif name.endswith("reward_volume"):
         var.attrs["units"] = "mL"
