@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
 #: Part of every resume key: bump it when a reader or the writer changes what a conversion
 #: makes of a file, so that reruns convert again instead of resuming the old output
-#: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence, units).
-CONVERTER_VERSION = 3
+#: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence, units;
+#: 4: Visual Behavior behavior part read by sources._vb_behavior: templates, rig geometry,
+#: presentation columns a table lacks marked by absent_in).
+CONVERTER_VERSION = 4
 
 
 @dataclass
