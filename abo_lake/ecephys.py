@@ -1385,3 +1385,59 @@ def mean_waveforms_by_unit(ds: xr.Dataset) -> UnitMapping:
     if session_class(ds) == "EcephysSession":
         return UnitMapping(ds, mean_waveforms, lambda x: x.load())
     return UnitMapping(ds, raw_mean_waveforms, _values)
+
+
+def _probe_dataset(ds: xr.Dataset, probe_id: int, what: str, release: Any) -> xr.Dataset:
+    """The probe's ``ecephys/probe/<id>/<what>`` Dataset from ``release`` (anything with
+    ``open(path)``, e.g. the :class:`~abo_lake.release.Release` the session came from)."""
+    _positions(ds.indexes["probe"], [probe_id], "probe id")
+    path = f"ecephys/probe/{int(probe_id)}/{what}"
+    if release is None or not hasattr(release, "open"):
+        raise TypeError(
+            f"the probe's {what.upper()} is its own dataset ({path!r}): pass release=<the "
+            f"Release this session was opened from>, or open {path!r} and use its .ecephys"
+        )
+    return release.open(path)
+
+
+def get_lfp(
+    ds: xr.Dataset, probe_id: int, mask_invalid_intervals: bool = True, *, release: Any = None
+) -> xr.DataArray:
+    """AllenSDK's ``session.get_lfp(probe_id, mask_invalid_intervals)`` (lazy).
+
+    Parameters
+    ----------
+    ds
+        An ``ecephys_session`` Dataset.
+    probe_id
+        The probe.
+    mask_invalid_intervals
+        Visual Coding: samples inside (closed) ``invalid_times`` intervals tagged
+        ``all_probes`` or the probe's name become NaN, as ``EcephysSession.get_lfp``.
+        ``BehaviorEcephysSession.get_lfp`` masks nothing.
+    release
+        Where the probe's ``ecephys/probe/<id>/lfp`` dataset is (``release.open(path)``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``LFP`` (V), dims (time, channel).
+    """
+    out = lfp(_probe_dataset(ds, probe_id, "lfp", release))
+    if not mask_invalid_intervals or session_class(ds) != "EcephysSession":
+        return out
+    name = str(probes(ds).loc[int(probe_id), "description"])
+    bad = _invalid_intervals(invalid_times(ds), {"all_probes", name})
+    t = out.indexes["time"].to_numpy()
+    mask = np.zeros(t.size, bool)
+    for a, b in bad:
+        mask |= (t >= a) & (t <= b)
+    return out.where(xr.DataArray(~mask, dims="time", coords={"time": t})) if mask.any() else out
+
+
+def get_current_source_density(
+    ds: xr.Dataset, probe_id: int, *, release: Any = None
+) -> xr.DataArray:
+    """AllenSDK's ``session.get_current_source_density(probe_id)`` (lazy): the probe's
+    ``ecephys/probe/<id>/csd`` from ``release`` (see :func:`get_lfp`)."""
+    return csd(_probe_dataset(ds, probe_id, "csd", release))

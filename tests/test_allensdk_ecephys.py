@@ -227,12 +227,12 @@ def _arrays(stem: str) -> dict[str, Callable[[Any], Any]]:
             if stem == VCN
             else _session(rel).ecephys.get_units().index.to_numpy()[:6]
         ),
-        "lfp_shape": lambda rel: np.asarray(_probe(rel, stem, "lfp").ecephys.lfp().shape),
+        "lfp_shape": lambda rel: np.asarray(_lfp(rel, stem).shape),
         "lfp_slice": lambda rel: _lfp_slice(rel, stem).values,
         "lfp_slice_time": lambda rel: _lfp_slice(rel, stem)["time"].values,
         "lfp_slice_channel": lambda rel: _lfp_slice(rel, stem)["channel"].values,
-        "csd": lambda rel: _probe(rel, stem, "csd").ecephys.csd.values,
-        "csd_time": lambda rel: _probe(rel, stem, "csd").ecephys.csd["time"].values,
+        "csd": lambda rel: _csd(rel, stem).values,
+        "csd_time": lambda rel: _csd(rel, stem)["time"].values,
     }
     for uid in _unit_ids(stem).tolist():
         out[f"spike_times__{uid}"] = lambda rel, u=uid: _session(rel).ecephys.spike_times[u]
@@ -269,8 +269,24 @@ def _template(rel: Any, column: str) -> np.ndarray:
     return np.stack(templates[column].to_list())
 
 
+def _lfp(rel: Any, stem: str) -> Any:
+    """``session.get_lfp(probe_id)``; the probe's own dataset must give the same."""
+    pid = int(ref.array(stem, "lfp_probe_id"))
+    got = _session(rel).ecephys.get_lfp(pid, release=rel)
+    assert (got.name, got.dims) == ("LFP", ("time", "channel"))
+    assert got.identical(_probe(rel, stem, "lfp").ecephys.lfp())  # nothing masked here
+    return got
+
+
+def _csd(rel: Any, stem: str) -> Any:
+    pid = int(ref.array(stem, "lfp_probe_id"))
+    got = _session(rel).ecephys.get_current_source_density(pid, release=rel)
+    assert (got.name, got.dims) == ("CSD", ("virtual_channel_index", "time"))
+    return got
+
+
 def _lfp_slice(rel: Any, stem: str) -> Any:
-    return _probe(rel, stem, "lfp").ecephys.lfp().isel(time=slice(1000, 1500))
+    return _lfp(rel, stem).isel(time=slice(1000, 1500))
 
 
 #: Quantities AllenSDK computes in floating point: (stem, name) -> relative tolerance.
@@ -436,3 +452,37 @@ def test_vbn_reader_names_what_is_missing(tmp_path):
 
     with pytest.raises(SourceFileError, match="general/metadata"):
         vbn_ecephys.read(ref.files(VCN)[0])
+
+
+def _with_invalid(session: Any, start: float, stop: float, tags: list[str]) -> Any:
+    return session.assign(
+        {
+            "invalid_times.start_time": ("invalid_time_id", [start]),
+            "invalid_times.stop_time": ("invalid_time_id", [stop]),
+            "invalid_times.tags": ("invalid_time_tag", tags),
+            "invalid_times.tags_index": ("invalid_time_id", [len(tags)]),
+        }
+    )
+
+
+def test_vcn_get_lfp_masks_invalid_intervals_as_allensdk(allensdk_releases):
+    """EcephysSession.get_lfp: NaN on the closed intervals tagged all_probes or the probe's
+    name; an interval naming only the probe id masks nothing (AllenSDK's fail_tags)."""
+    rel = allensdk_releases["vcn"]
+    session = _session(rel)
+    pid = int(ref.array(VCN, "lfp_probe_id"))
+    time = _probe(rel, VCN, "lfp")["time"].values
+    a, b = time[1000], time[1010]
+    masked = _with_invalid(session, a, b, ["EcephysProbe", str(pid), "probeA"])
+    got = masked.ecephys.get_lfp(pid, release=rel)
+    nan_rows = np.flatnonzero(np.isnan(got.values).all(axis=1))
+    np.testing.assert_array_equal(nan_rows, np.arange(1000, 1011))
+    assert not np.isnan(masked.ecephys.get_lfp(pid, False, release=rel).values).any()
+    by_id = _with_invalid(session, a, b, ["EcephysProbe", str(pid)])
+    assert not np.isnan(by_id.ecephys.get_lfp(pid, release=rel).values).any()
+    everywhere = _with_invalid(session, a, b, ["all_probes"])
+    assert np.isnan(everywhere.ecephys.get_lfp(pid, release=rel).values).all(axis=1).sum() == 11
+    with pytest.raises(TypeError, match=f"ecephys/probe/{pid}/lfp"):
+        session.ecephys.get_lfp(pid)
+    with pytest.raises(KeyError, match="probe id"):
+        session.ecephys.get_lfp(12345, release=rel)

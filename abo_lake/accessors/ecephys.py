@@ -390,6 +390,23 @@ class EcephysAccessor:
             invalid_times=invalid_times,
         )
 
+    def get_lfp(
+        self, probe_id: int, mask_invalid_intervals: bool = True, *, release: Any = None
+    ) -> xr.DataArray:
+        """AllenSDK's ``session.get_lfp(probe_id, mask_invalid_intervals)`` from a session:
+        the probe's LFP dataset is opened from ``release`` (see
+        :func:`abo_lake.ecephys.get_lfp`)."""
+        return ecephys.get_lfp(
+            self._need("ecephys_session"), probe_id, mask_invalid_intervals, release=release
+        )
+
+    def get_current_source_density(self, probe_id: int, *, release: Any = None) -> xr.DataArray:
+        """AllenSDK's ``session.get_current_source_density(probe_id)`` from a session (the
+        probe's CSD dataset opened from ``release``)."""
+        return ecephys.get_current_source_density(
+            self._need("ecephys_session"), probe_id, release=release
+        )
+
     @property
     def csd(self) -> xr.DataArray:
         """The CSD DataArray (lazy), see :func:`abo_lake.ecephys.csd`."""
