@@ -26,6 +26,7 @@ stimulus condition (:func:`conditionwise_spike_statistics`, :func:`psth` and
 from __future__ import annotations
 
 import ast
+import datetime
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -335,10 +336,10 @@ def units_in(
         presence_ratio_minimum=presence_ratio_minimum,
         isi_violations_maximum=isi_violations_maximum,
     )
-    acronyms = _load(ds, ["ecephys_structure_acronym"])["ecephys_structure_acronym"]
+    acronyms = _load(ds, ["structure_acronym"])["structure_acronym"]
     if structure_acronym not in set(acronyms.tolist()):
         raise _unknown("structure_acronym", [structure_acronym], sorted(set(acronyms) - {""}))
-    return table[table["ecephys_structure_acronym"] == structure_acronym]
+    return table[table["structure_acronym"].to_numpy(object) == structure_acronym]
 
 
 def _invalid_names(ds: xr.Dataset) -> list[str]:
@@ -1293,15 +1294,20 @@ def rig_equipment_name(ds: xr.Dataset) -> str | None:
     return ds.attrs.get("eye_tracking_rig_equipment")
 
 
+def _datetime(text: str | None) -> datetime.datetime | None:
+    return None if text is None else datetime.datetime.fromisoformat(str(text))
+
+
 def metadata(ds: xr.Dataset) -> dict[str, Any]:
     """AllenSDK's ``session.metadata`` dict.
 
     For a Visual Coding session: specimen, session type, genotype, sex, age, rig, the counts
     of (default-filtered) units, valid channels, probes and presentations, the session start
-    time, the session id, the channels' structure acronyms (None for none) and the stimulus
-    names, in order of first appearance. For a Visual Behavior Neuropixels session:
-    :func:`abo_lake.behavior.metadata` (``BehaviorSession``'s fields: a datetime
-    ``date_of_acquisition``, a UUID ``behavior_session_uuid``) and ``ecephys_session_id``.
+    time (a timezone-aware datetime), the session id, the channels' structure acronyms (None
+    for none) and the stimulus names, in order of first appearance. For a Visual Behavior
+    Neuropixels session: :func:`abo_lake.behavior.metadata` (``BehaviorSession``'s fields: a
+    datetime ``date_of_acquisition``, a UUID ``behavior_session_uuid``) and
+    ``ecephys_session_id``.
     """
     attrs = ds.attrs
     if session_class(ds) == "BehaviorEcephysSession":
@@ -1320,7 +1326,7 @@ def metadata(ds: xr.Dataset) -> dict[str, Any]:
         "num_channels": int(chans.shape[0]),
         "num_probes": int(ds.sizes.get("probe", 0)),
         "num_stimulus_presentations": int(ds.sizes["stimulus_presentation_id"]),
-        "session_start_time": attrs.get("session_start_time"),
+        "session_start_time": _datetime(attrs.get("session_start_time")),
         "ecephys_session_id": int(attrs["ecephys_session_id"]),
         "structure_acronyms": list(pd.unique(chans["ecephys_structure_acronym"].to_numpy(object))),
         "stimulus_names": list(dict.fromkeys(str(n) for n in names.tolist())),

@@ -486,3 +486,17 @@ def test_vcn_get_lfp_masks_invalid_intervals_as_allensdk(allensdk_releases):
         session.ecephys.get_lfp(pid)
     with pytest.raises(KeyError, match="probe id"):
         session.ecephys.get_lfp(12345, release=rel)
+
+
+def test_units_in_structure_both_projects(allensdk_releases):
+    """units_in on either project: the (default-filtered) units of one structure acronym."""
+    for key in ("vcn", "vbn"):
+        session = _session(allensdk_releases[key])
+        table = session.ecephys.units
+        got = session.ecephys.units_in("CA1")
+        assert len(got) > 0
+        np.testing.assert_array_equal(
+            got.index, table.index[table["structure_acronym"].to_numpy(object) == "CA1"]
+        )
+        with pytest.raises(KeyError, match="CA1"):
+            session.ecephys.units_in("CA2")

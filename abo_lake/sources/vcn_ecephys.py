@@ -31,6 +31,14 @@ Layout choices (AllenSDK names where it has one):
 - ``invalid_times.<col>`` along ``invalid_time_id`` (``tags`` ragged along ``invalid_time_tag``),
   ``running_speed.<col>`` along ``running_speed_time``, ``optogenetic_stimulation.<col>`` along
   ``optogenetic_stimulation_id``.
+- eye tracking along ``eye_tracking_time`` (the gaze mapping's timestamps, AllenSDK's
+  ``Time (s)``): ``ellipse_fits.<cr|eye|pupil>_<center_x|center_y|height|width|phi>`` as stored
+  (half-axes) and ``gaze_mapping.<raw|filtered>_<eye_area|pupil_area>``,
+  ``gaze_mapping.<raw|filtered>_screen_coordinates[_spherical]`` (time, ``screen_axis`` [y, x]);
+  the eye-tracking rig geometry as ``eye_tracking_rig.<name>`` along ``xyz`` (units kept) and
+  ``attrs["eye_tracking_rig_equipment"]``.
+- ``attrs["allensdk_session_class"] = "EcephysSession"``: :mod:`abo_lake.ecephys` follows that
+  class's semantics (the Visual Behavior Neuropixels reader sets ``BehaviorEcephysSession``).
 """
 
 from __future__ import annotations
