@@ -321,8 +321,9 @@ def traces_table(ds: xr.Dataset, name: str) -> pd.DataFrame:
     """
     if name not in _TRACE_TABLES:
         raise _NotFoundError(f"no traces table {name!r}" + _suggest(name, _TRACE_TABLES))
-    columns = _TRACE_TABLES[name]
-    _require(ds, columns, name)
+    trace = next(iter(_TRACE_TABLES[name]))  # r, RMSE: only when the file has them (AllenSDK)
+    _require(ds, (trace,), name)
+    columns = {v: c for v, c in _TRACE_TABLES[name].items() if v == trace or v in ds.variables}
     ds = valid_cells(ds)
     values = _load([ds.variables["cell_roi_id"], *(ds.variables[v] for v in columns)])
     out: dict[str, Any] = {"cell_roi_id": values[0].astype(np.int64)}
