@@ -338,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("synth", "write synthetic Allen-format source files")
     c.add_argument(
         "kind",
-        help="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values() if f.synthetic),
+        help="one of " + ", ".join(f.name for f in FORMATS.values() if f.synthetic),
     )
     c.add_argument("--out", required=True, help="folder to write the files to (created)")
     c.add_argument(
