@@ -500,3 +500,50 @@ def test_units_in_structure_both_projects(allensdk_releases):
         )
         with pytest.raises(KeyError, match="CA1"):
             session.ecephys.units_in("CA2")
+
+
+@pytest.mark.parametrize("key", ["vcn", "vbn"])
+def test_every_mapped_dataset_is_faithful(key):
+    """The readers' fidelity mappings cover every mapped dataset of the AllenSDK-written files
+    and hold them exactly (what ``abo-lake convert`` checks, here on the read Datasets)."""
+    from abo_lake import sources
+    from abo_lake.fidelity_mapped import check_reader
+
+    for path in ref.files(ref.STEMS[key]):
+        fmt = sources.detect_format(path)
+        for ds in sources.read(path, fmt).values():
+            assert check_reader(path, fmt, ds) == []
+
+
+def _variant(tmp_path: Any, edit: Callable[[Any], None]) -> Any:
+    import shutil
+
+    import h5py
+
+    path = tmp_path / f"{edit.__name__}.nwb"  # a new file each: the reader keeps files open
+    shutil.copy(ref.files(VCN)[0], path)
+    path.chmod(0o644)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+def test_vcn_eye_tracking_variants_name_the_hdf5_path(tmp_path):
+    """Eye tracking without the gaze timestamps AllenSDK indexes it by, or a rig vector that
+    is not (x, y, z): a SourceFileError naming the file and the HDF5 path."""
+    from abo_lake.errors import SourceFileError
+    from abo_lake.sources import vcn_ecephys
+
+    def no_time(f: Any) -> None:
+        del f["processing/raw_gaze_mapping/eye_area/timestamps"]
+
+    with pytest.raises(SourceFileError, match="raw_gaze_mapping/eye_area/timestamps"):
+        vcn_ecephys.read(_variant(tmp_path, no_time))
+
+    def flat_rig(f: Any) -> None:
+        rig = "processing/eye_tracking_rig_metadata/eye_tracking_rig_metadata"
+        del f[f"{rig}/led_position"]
+        f[f"{rig}/led_position"] = [1.0, 2.0]
+
+    with pytest.raises(SourceFileError, match="led_position.*3 values"):
+        vcn_ecephys.read(_variant(tmp_path, flat_rig))

@@ -1,7 +1,9 @@
 """The ``.ecephys`` accessor: thin delegates to :mod:`abo_lake.ecephys`.
 
-Works on the three Visual Coding Neuropixels kinds: ``ecephys_session`` (units, spikes,
-stimuli), ``ecephys_lfp`` and ``ecephys_csd``. ``__init__`` checks the kind from dims and
+Works on the three Neuropixels kinds: ``ecephys_session`` (units, spikes, stimuli; Visual
+Coding sessions with AllenSDK's ``EcephysSession`` semantics, Visual Behavior Neuropixels ones
+with ``BehaviorEcephysSession``'s, behavior members included), ``ecephys_lfp`` and
+``ecephys_csd``. ``__init__`` checks the kind from dims and
 variables only (no data read) and raises :class:`~abo_lake.errors.SchemaError`.
 """
 

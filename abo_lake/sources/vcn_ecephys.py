@@ -148,6 +148,16 @@ _UNIT_QC = (
 )
 _NOT_CONDITION = ("start_time", "stop_time", "duration", "stimulus_block", "stimulus_index")
 
+#: The eye-tracking rig geometry's 3-vectors (``EcephysEyeTrackingRigMetadata``).
+_RIG = "processing/eye_tracking_rig_metadata/eye_tracking_rig_metadata"
+_RIG_VECTORS = (
+    "monitor_position",
+    "camera_position",
+    "led_position",
+    "monitor_rotation",
+    "camera_rotation",
+)
+
 #: fnmatch globs of the absolute HDF5 dataset paths this reader maps into its Datasets.
 MAPPED_HDF5: tuple[str, ...] = (
     *(
@@ -192,7 +202,7 @@ MAPPED_HDF5: tuple[str, ...] = (
         for n in ("eye_area", "pupil_area", "screen_coordinates", "screen_coordinates_spherical")
         for c in ("data", "timestamps")
     ),
-    "/processing/eye_tracking_rig_metadata/eye_tracking_rig_metadata/*",
+    *(f"/{_RIG}/{n}" for n in _RIG_VECTORS),
     "/acquisition/probe_*_lfp/probe_*_lfp_data/data",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/timestamps",
     "/acquisition/probe_*_lfp/probe_*_lfp_data/electrodes",
@@ -662,7 +672,6 @@ _GAZE_SERIES = {
     "screen_coordinates_spherical": "deg",
 }
 _EYE_TIME = "processing/raw_gaze_mapping/eye_area/timestamps"
-_RIG = "processing/eye_tracking_rig_metadata/eye_tracking_rig_metadata"
 
 
 def _eye_parts(f: h5py.File) -> dict[str, tuple[str, str]]:
@@ -727,10 +736,15 @@ def _rig_geometry(f: h5py.File) -> xr.Dataset:
         return xr.Dataset()
     g = f[_RIG]
     out = xr.Dataset(coords={"xyz": ("xyz", np.array(["x", "y", "z"]))})
-    for name in sorted(g):
-        dset = g[name]
-        if not isinstance(dset, h5py.Dataset) or dset.shape != (3,):
+    for name in _RIG_VECTORS:
+        dset = g.get(name)
+        if dset is None:
             continue
+        if not isinstance(dset, h5py.Dataset) or dset.shape != (3,):
+            raise SourceFileError(
+                f"{f.filename}: /{_RIG}/{name} is {dset!r}, expected a dataset of 3 values "
+                "(x, y, z)"
+            )
         unit = read_str(dset.attrs.get("unit", dset.attrs.get("unit_of_measurement", "")))
         out[f"eye_tracking_rig.{name}"] = ("xyz", np.asarray(dset[:], np.float64), {"units": unit})
     out.attrs["eye_tracking_rig_equipment"] = read_str(g.attrs.get("equipment", ""))
@@ -750,8 +764,8 @@ def _eye_mapping(f: h5py.File) -> dict[str, Any]:
                 out[f"/{stamps}"] = ("eye_tracking_time" if same else f"{name}_time", None)
         out[f"/{_EYE_TIME}"] = ("eye_tracking_time", _as(np.float64))
     if _RIG in f:
-        for name in f[_RIG]:
-            if isinstance(f[_RIG][name], h5py.Dataset) and f[_RIG][name].shape == (3,):
+        for name in _RIG_VECTORS:
+            if name in f[_RIG]:
                 out[f"/{_RIG}/{name}"] = (f"eye_tracking_rig.{name}", _as(np.float64))
     return out
 
