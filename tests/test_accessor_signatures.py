@@ -241,6 +241,16 @@ ALLENSDK = {
     ("Dataset.ophys", "get_cell_specimen_ids"): [],
     ("Dataset.ophys", "get_cell_specimen_indices"): [("cell_specimen_ids", _REQUIRED)],
     ("Dataset.ophys", "get_segmentation_mask_image"): [],
+    # allensdk/brain_observatory/behavior/behavior_session.py, BehaviorSession (inherited by
+    # BehaviorOphysExperiment and BehaviorEcephysSession)
+    ("Dataset.ophys", "get_reward_rate"): [],
+    ("Dataset.ophys", "get_rolling_performance_df"): [],
+    ("Dataset.ophys", "get_performance_metrics"): [("engaged_trial_reward_rate_threshold", 2.0)],
+    ("Dataset.ecephys", "get_reward_rate"): [],
+    ("Dataset.ecephys", "get_rolling_performance_df"): [],
+    ("Dataset.ecephys", "get_performance_metrics"): [
+        ("engaged_trial_reward_rate_threshold", 2.0),
+    ],
     # allensdk/core/simple_tree.py and structure_tree.py, StructureTree
     ("Ontology", "ancestor_ids"): [("node_ids", _REQUIRED)],
     ("Ontology", "descendant_ids"): [("node_ids", _REQUIRED)],

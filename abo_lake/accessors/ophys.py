@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import behavior, ophys, schema
+from abo_lake import behavior, ophys, schema, task_performance
 from abo_lake.errors import SchemaError
 
 __all__ = ["OphysAccessor"]
@@ -324,6 +324,26 @@ class OphysAccessor:
     def task_parameters(self) -> dict[str, Any]:
         """AllenSDK's ``task_parameters``."""
         return behavior.task_parameters(self._ds)
+
+    def get_reward_rate(self) -> np.ndarray:
+        """AllenSDK's ``get_reward_rate()``: rewards/min over a ±25-trial window, per trial;
+        see :func:`abo_lake.task_performance.get_reward_rate`."""
+        return task_performance.get_reward_rate(self._ds)
+
+    def get_rolling_performance_df(self) -> pd.DataFrame:
+        """AllenSDK's ``get_rolling_performance_df()``: reward rate, hit and false-alarm rates
+        (raw and trial-count corrected) and d′ per trial; see
+        :func:`abo_lake.task_performance.get_rolling_performance_df`."""
+        return task_performance.get_rolling_performance_df(self._ds)
+
+    def get_performance_metrics(
+        self, engaged_trial_reward_rate_threshold: float = 2.0
+    ) -> dict[str, Any]:
+        """AllenSDK's ``get_performance_metrics(engaged_trial_reward_rate_threshold=2.0)``; see
+        :func:`abo_lake.task_performance.get_performance_metrics`."""
+        return task_performance.get_performance_metrics(
+            self._ds, engaged_trial_reward_rate_threshold
+        )
 
     def running_speed_on_ophys_time(self) -> xr.DataArray:
         """Running speed (cm/s) interpolated onto the ophys timestamps, lazy; see
