@@ -1344,17 +1344,22 @@ class UnitMapping(Mapping):
     """
 
     def __init__(self, ds: xr.Dataset, lazy: Callable[[xr.Dataset, int], xr.DataArray],
-                 eager: Callable[[xr.DataArray], Any]) -> None:  # fmt: skip
+                 eager: Callable[[xr.DataArray], Any],
+                 keys: Callable[[], np.ndarray] | None = None) -> None:  # fmt: skip
         self._ds, self._lazy, self._eager = ds, lazy, eager
+        self._key_source = keys or (lambda: units_with_spikes(ds))
         self._keys: np.ndarray | None = None
+        self._key_set: frozenset[int] = frozenset()
 
     def _ids(self) -> np.ndarray:
         if self._keys is None:
-            self._keys = units_with_spikes(self._ds)
+            self._keys = np.asarray(self._key_source())
+            self._key_set = frozenset(self._keys.tolist())
         return self._keys
 
     def __getitem__(self, unit_id: int) -> Any:
-        if unit_id not in set(self._ids().tolist()):
+        self._ids()
+        if unit_id not in self._key_set:
             raise KeyError(unit_id)
         return self._eager(self._lazy(self._ds, int(unit_id)))
 
@@ -1375,22 +1380,28 @@ def _values(x: xr.DataArray) -> np.ndarray:
     return np.asarray(x.values)
 
 
-def spike_times_by_unit(ds: xr.Dataset) -> UnitMapping:
+def spike_times_by_unit(
+    ds: xr.Dataset, keys: Callable[[], np.ndarray] | None = None
+) -> UnitMapping:
     """AllenSDK's ``session.spike_times`` dict (unit id -> NumPy array, read on access)."""
-    return UnitMapping(ds, spike_times, _values)
+    return UnitMapping(ds, spike_times, _values, keys)
 
 
-def spike_amplitudes_by_unit(ds: xr.Dataset) -> UnitMapping:
+def spike_amplitudes_by_unit(
+    ds: xr.Dataset, keys: Callable[[], np.ndarray] | None = None
+) -> UnitMapping:
     """AllenSDK's ``session.spike_amplitudes`` dict (unit id -> NumPy array, read on access)."""
-    return UnitMapping(ds, spike_amplitudes, _values)
+    return UnitMapping(ds, spike_amplitudes, _values, keys)
 
 
-def mean_waveforms_by_unit(ds: xr.Dataset) -> UnitMapping:
+def mean_waveforms_by_unit(
+    ds: xr.Dataset, keys: Callable[[], np.ndarray] | None = None
+) -> UnitMapping:
     """AllenSDK's ``session.mean_waveforms`` dict: (channel_id, time) DataArrays of the valid
     channels for Visual Coding, (channel, sample) NumPy arrays for Visual Behavior Neuropixels."""
     if session_class(ds) == "EcephysSession":
-        return UnitMapping(ds, mean_waveforms, lambda x: x.load())
-    return UnitMapping(ds, raw_mean_waveforms, _values)
+        return UnitMapping(ds, mean_waveforms, lambda x: x.load(), keys)
+    return UnitMapping(ds, raw_mean_waveforms, _values, keys)
 
 
 def _probe_dataset(ds: xr.Dataset, probe_id: int, what: str, release: Any) -> xr.Dataset:

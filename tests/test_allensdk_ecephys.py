@@ -547,3 +547,28 @@ def test_vcn_eye_tracking_variants_name_the_hdf5_path(tmp_path):
 
     with pytest.raises(SourceFileError, match="led_position.*3 values"):
         vcn_ecephys.read(_variant(tmp_path, flat_rig))
+
+
+@pytest.mark.parametrize(("key", "n_units"), [("vcn", 22), ("vbn", 30)])
+def test_per_unit_dicts_hold_allensdks_units(allensdk_releases, key, n_units):
+    """spike_times, spike_amplitudes and mean_waveforms are dicts of AllenSDK's units: the
+    default-filtered ones for EcephysSession (it drops the others), all for VBN; calling them
+    gives any unit's lazy DataArray."""
+    session = _session(allensdk_releases[key])
+    every = session["unit_id"].values
+    for mapping in (session.ecephys.spike_times, session.ecephys.spike_amplitudes,
+                    session.ecephys.mean_waveforms):  # fmt: skip
+        assert len(mapping) == n_units
+        assert set(mapping) <= set(every.tolist())
+    dropped = sorted(set(every.tolist()) - set(session.ecephys.spike_times))
+    assert len(dropped) == every.size - n_units
+    if dropped:
+        with pytest.raises(KeyError):
+            session.ecephys.spike_times[dropped[0]]
+        lazy = session.ecephys.spike_times(dropped[0])
+        assert lazy.dims == ("spike",)
+        assert lazy.chunks is not None  # not read yet
+    first = int(next(iter(session.ecephys.spike_times)))
+    np.testing.assert_array_equal(
+        session.ecephys.spike_times[first], session.ecephys.spike_times(first).values
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import behavior, ecephys, schema
+from abo_lake import behavior, ecephys, schema, task_performance
 from abo_lake.errors import SchemaError
 from abo_lake.kinds import kinds_for
 
@@ -75,6 +75,12 @@ class EcephysAccessor:
             f"<.ecephys CSD of probe {ds.attrs.get('probe_id', '?')}: "
             f"{ds.sizes['virtual_channel_index']} virtual channels × {ds.sizes['time']} samples>"
         )
+
+    def _unit_keys(self) -> np.ndarray:
+        """The per-unit dicts' keys, computed once per Dataset (the accessor is cached)."""
+        if getattr(self, "_keys", None) is None:
+            self._keys = ecephys.units_with_spikes(self._need("ecephys_session"))
+        return self._keys
 
     def _need(self, kind: str) -> xr.Dataset:
         if self._kind != kind:
@@ -136,12 +142,12 @@ class EcephysAccessor:
     def spike_times(self) -> ecephys.UnitMapping:
         """AllenSDK's ``session.spike_times`` dict: ``spike_times[unit_id]`` is that unit's
         NumPy array (read on access); ``spike_times(unit_id)`` the lazy DataArray."""
-        return ecephys.spike_times_by_unit(self._need("ecephys_session"))
+        return ecephys.spike_times_by_unit(self._need("ecephys_session"), self._unit_keys)
 
     @property
     def spike_amplitudes(self) -> ecephys.UnitMapping:
         """AllenSDK's ``session.spike_amplitudes`` dict (as :attr:`spike_times`)."""
-        return ecephys.spike_amplitudes_by_unit(self._need("ecephys_session"))
+        return ecephys.spike_amplitudes_by_unit(self._need("ecephys_session"), self._unit_keys)
 
     @property
     def channels(self) -> pd.DataFrame:
@@ -278,6 +284,26 @@ class EcephysAccessor:
         """AllenSDK's ``BehaviorEcephysSession.task_parameters``."""
         return behavior.task_parameters(self._behavior())
 
+    def get_reward_rate(self) -> np.ndarray:
+        """AllenSDK's ``BehaviorEcephysSession.get_reward_rate()``; see
+        :func:`abo_lake.task_performance.get_reward_rate`."""
+        return task_performance.get_reward_rate(self._behavior())
+
+    def get_rolling_performance_df(self) -> pd.DataFrame:
+        """AllenSDK's ``BehaviorEcephysSession.get_rolling_performance_df()``; see
+        :func:`abo_lake.task_performance.get_rolling_performance_df`."""
+        return task_performance.get_rolling_performance_df(self._behavior())
+
+    def get_performance_metrics(
+        self, engaged_trial_reward_rate_threshold: float = 2.0
+    ) -> dict[str, Any]:
+        """AllenSDK's ``BehaviorEcephysSession.get_performance_metrics(
+        engaged_trial_reward_rate_threshold=2.0)``; see
+        :func:`abo_lake.task_performance.get_performance_metrics`."""
+        return task_performance.get_performance_metrics(
+            self._behavior(), engaged_trial_reward_rate_threshold
+        )
+
     def get_pupil_data(self) -> pd.DataFrame | None:
         """AllenSDK's ``EcephysSession.get_pupil_data()``."""
         return ecephys.pupil_data(self._need("ecephys_session"))
@@ -373,7 +399,7 @@ class EcephysAccessor:
     def mean_waveforms(self) -> ecephys.UnitMapping:
         """AllenSDK's ``session.mean_waveforms`` dict; ``mean_waveforms(unit_id)`` gives the
         lazy DataArray (see :func:`abo_lake.ecephys.mean_waveforms_by_unit`)."""
-        return ecephys.mean_waveforms_by_unit(self._need("ecephys_session"))
+        return ecephys.mean_waveforms_by_unit(self._need("ecephys_session"), self._unit_keys)
 
     def lfp(
         self,
