@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -780,3 +782,75 @@ def test_unionize_on_a_cluster_from_s3_equals_threaded(
     assert mask_cluster == mask_threaded > 0
     assert len(on_cluster) > 100
     assert n_tasks < 20 * 12  # ∝ the 12 chunks, not the voxels or the structures
+
+
+# -- against AllenSDK 2.16.2 (its results computed by tests/reference/ccf_allensdk.py) -------------
+
+ALLENSDK_REFERENCE = Path(__file__).parent / "reference" / "ccf_allensdk_100um.npz"
+
+
+@pytest.fixture(scope="module")
+def allensdk(src):
+    """AllenSDK's masks, point ids and unionize of the first test experiment, at 100 µm."""
+    with np.load(ALLENSDK_REFERENCE) as z:
+        ref = {k: z[k] for k in z.files}
+    inputs = json.loads(str(ref["inputs"]))
+    changed = [
+        name
+        for name, digest in inputs.items()
+        if hashlib.sha256((src / name).read_bytes()).hexdigest() != digest
+    ]
+    if changed:
+        pytest.fail(
+            f"the synthetic sources changed since {ALLENSDK_REFERENCE.name} was computed "
+            f"({changed}); rerun: .venv/bin/python tests/reference/ccf_allensdk.py make"
+        )
+    return ref
+
+
+@pytest.fixture(scope="module")
+def lake_level(local_release):
+    """The 100 µm annotation and the ontology, opened from the lake."""
+    onto = ccf.Ontology(local_release.open(STRUCT))
+    return local_release.open(ANN, group="100um"), onto
+
+
+def test_structure_masks_equal_allensdk(lake_level, allensdk):
+    ds, onto = lake_level
+    assert allensdk["mask_structure_id"].tolist() == [315, 385, 672]
+    for sid, voxels in zip(allensdk["mask_structure_id"], allensdk["mask_voxels"]):
+        expected = np.unpackbits(allensdk[f"mask_{sid}_packed"], axis=-1, count=ds.sizes["lr"])
+        mask = ds.ccf.structure_mask(int(sid), ontology=onto, descendants=True).values
+        assert int(mask.sum()) == voxels > 0
+        np.testing.assert_array_equal(mask, expected.astype(bool), err_msg=str(sid))
+        made = ds.ccf.make_structure_mask([int(sid)], ontology=onto).values
+        assert made.dtype == np.uint8
+        np.testing.assert_array_equal(made, expected)
+    assert allensdk["mask_voxels"][0] == 140400  # Isocortex with descendants
+
+
+def test_structure_at_equals_allensdk(lake_level, allensdk):
+    ds, _ = lake_level
+    ids = ds.ccf.structure_at(allensdk["points_um"]).values
+    assert len(ids) == 1000
+    assert len(np.unique(ids)) > 50
+    np.testing.assert_array_equal(ids, allensdk["structure_id"])
+
+
+def test_unionize_equals_allensdk(local_release, lake_level, exps, allensdk):
+    ann, onto = lake_level
+    exp = local_release.open(f"connectivity/experiment/{exps[0].attrs['id']}")
+    assert int(allensdk["unionize_experiment_id"]) == exps[0].attrs["id"]
+    rec = exp.ccf.unionize(annotation=ann, ontology=onto)
+    rec = rec.sort_values(["hemisphere_id", "structure_id", "is_injection"])
+    assert len(rec) == len(allensdk["unionize_structure_id"]) > 400
+    assert (rec["experiment_id"] == exps[0].attrs["id"]).all()
+    for col in ("hemisphere_id", "structure_id", "is_injection"):
+        np.testing.assert_array_equal(rec[col].to_numpy(np.float64), allensdk[f"unionize_{col}"])
+    for col in ("max_voxel_x", "max_voxel_y", "max_voxel_z"):
+        np.testing.assert_array_equal(rec[col].to_numpy(), allensdk[f"unionize_{col}"], col)
+    for col in ccf.UNIONIZE_FIELDS[4:]:
+        # AllenSDK sums float32 grids in float32; the lake sums in float64
+        np.testing.assert_allclose(
+            rec[col].to_numpy(), allensdk[f"unionize_{col}"], rtol=1e-5, atol=1e-9, err_msg=col
+        )

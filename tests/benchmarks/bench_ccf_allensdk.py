@@ -1,0 +1,332 @@
+"""The lake's CCF analyses against AllenSDK 2.16.2's own, end to end, at 25 µm.
+
+One run: synthesise the realistic CCF (annotation at 25 and 100 µm) and one realistic
+connectivity experiment (25 µm), convert them into a local lake, then time FROM THE LAKE
+(open the release, open the datasets, compute) each of
+
+- ``structure_mask("Isocortex", descendants=True)`` at 25 µm, reduced to its packed bits
+  (``np.packbits`` along LR per chunk: the mask's information, 1/32 of the annotation) and the
+  voxel count, and again materialised as a bool array (``.values``);
+- ``structure_at`` for 10,000 seeded points in the brain;
+- ``unionize`` of the experiment,
+
+beside AllenSDK on the same NRRD files, in a subprocess of AllenSDK's Python
+(``tests/reference/ccf_allensdk.py measure``: NRRD load and compute timed apart):
+``ReferenceSpace(tree, annotation, [25, 25, 25]).make_structure_mask([315])``, annotation
+indexing, and the ``TissuecyteUnionizer`` steps. Every measurement runs in its own fresh
+process (best of ``--repeat``; peak RSS from ``getrusage``, minus the process's RSS after its
+imports). The results must be identical: the masks' packed bits hash, voxel counts, point ids,
+and the unionize records (float32 sums in AllenSDK: rtol 1e-5). Run::
+
+    python tests/benchmarks/bench_ccf_allensdk.py [--work DIR] [--allensdk PYTHON]
+
+``--work`` keeps (and reuses) the sources and the lake. Without AllenSDK's Python (default
+``/tmp/allensdk-venv/bin/python``; not in CI) only the lake's side runs, with a message.
+Exits 1 when a result differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
+from ccf_allensdk import (
+    ALLENSDK_PYTHON,
+    UNIONIZE_COLUMNS,
+    run_allensdk,
+    sample_points,
+)
+
+ANN = "ccf/ccf_2017/annotation"
+STRUCT = "ccf/ccf_2017/structures"
+RELEASE = "bench"
+RES = 25
+N_POINTS = 10_000
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- one lake measurement, in a fresh process -----------------------------------------------------
+
+
+def _lake_mask(lake_dir: str, out: Path, materialise: bool) -> dict:
+    import dask
+    import dask.array as da
+
+    import abo_lake
+    from abo_lake import ccf
+
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    rel = abo_lake.open_lake(lake_dir).release(RELEASE)
+    ann = rel.open(ANN, group=f"{RES}um")
+    onto = ccf.Ontology(rel.open(STRUCT))
+    t_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mask = ann.ccf.structure_mask("Isocortex", ontology=onto, descendants=True)
+    if materialise:
+        values = mask.values
+        t_compute = time.perf_counter() - t0
+        packed = np.packbits(values, axis=-1)
+        voxels = int(np.count_nonzero(values))
+    else:
+        lr = mask.data.chunks[2]
+        if any(c % 8 for c in lr[:-1]):
+            raise SystemExit(f"LR chunks {lr} are not multiples of 8: cannot pack per chunk")
+        bits = da.map_blocks(
+            np.packbits,
+            mask.data,
+            axis=-1,
+            chunks=(*mask.data.chunks[:2], tuple(-(-c // 8) for c in lr)),
+            dtype=np.uint8,
+        )
+        packed, voxels = dask.compute(bits, mask.data.sum())
+        voxels = int(voxels)
+        t_compute = time.perf_counter() - t0
+    np.save(out, packed)
+    return {
+        "open_s": t_open,
+        "compute_s": t_compute,
+        "voxels": voxels,
+        "digest": hashlib.sha256(packed.tobytes()).hexdigest(),
+        "chunks": [[c[0], len(c)] for c in ann["annotation"].chunks],
+        "base_rss_mb": base,
+    }
+
+
+def _lake_points(lake_dir: str, out: Path, points: Path) -> dict:
+    import abo_lake
+
+    pts = np.load(points)
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    rel = abo_lake.open_lake(lake_dir).release(RELEASE)
+    ann = rel.open(ANN, group=f"{RES}um")
+    t_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids = ann.ccf.structure_at(pts).values
+    t_compute = time.perf_counter() - t0
+    np.save(out, ids.astype(np.int64))
+    store = ann.encoding["abo_lake_store"]
+    return {"open_s": t_open, "compute_s": t_compute, "chunk_reads": store.chunk_reads,
+            "base_rss_mb": base}  # fmt: skip
+
+
+def _lake_unionize(lake_dir: str, out: Path, experiment_id: int) -> dict:
+    import abo_lake
+    from abo_lake import ccf
+
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    rel = abo_lake.open_lake(lake_dir).release(RELEASE)
+    ann = rel.open(ANN, group=f"{RES}um")
+    exp = rel.open(f"connectivity/experiment/{experiment_id}")
+    onto = ccf.Ontology(rel.open(STRUCT))
+    t_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec = exp.ccf.unionize(annotation=ann, ontology=onto)
+    t_compute = time.perf_counter() - t0
+    rec = rec.sort_values(["hemisphere_id", "structure_id", "is_injection"])
+    np.savez(out, **{c: rec[c].to_numpy(dtype=np.float64) for c in UNIONIZE_COLUMNS})
+    return {"open_s": t_open, "compute_s": t_compute, "n_records": len(rec), "base_rss_mb": base}
+
+
+def measure_lake(args: argparse.Namespace) -> None:
+    """One lake measurement (``--measure``); prints its JSON line."""
+    out = Path(args.out)
+    if args.measure in ("mask", "mask-values"):
+        info = _lake_mask(args.lake, out, args.measure == "mask-values")
+    elif args.measure == "points":
+        info = _lake_points(args.lake, out, Path(args.points))
+    else:
+        info = _lake_unionize(args.lake, out, int(args.experiment_id))
+    info["peak_rss_mb"] = _rss_mb()
+    print(json.dumps(info), flush=True)
+
+
+def _run_lake(what: str, lake_dir: Path, out: Path, **options: object) -> dict:
+    cmd = [sys.executable, __file__, "--measure", what, "--lake", str(lake_dir), "--out", str(out)]
+    for key, value in options.items():
+        cmd += ["--" + key.replace("_", "-"), str(value)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the lake's {what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _best(runs: list[dict]) -> dict:
+    """The fastest run (end to end), with the largest peak RSS seen over all runs."""
+    key = "open_s" if "open_s" in runs[0] else "load_s"
+    best = dict(min(runs, key=lambda r: r[key] + r["compute_s"]))
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+def _prepare(work: Path) -> tuple[Path, Path, Path]:
+    """Sources and the converted lake under ``work`` (reused when present)."""
+    import abo_lake
+    from abo_lake import jobs
+    from abo_lake.synthetic import synthesize
+
+    ccf_src, conn_src, lake_dir = work / "src" / "ccf", work / "src" / "conn", work / "lake"
+    if not (ccf_src / "structures.json").exists():
+        t0 = time.perf_counter()
+        synthesize("ccf", ccf_src, scale="realistic")
+        print(f"synthesised the realistic CCF in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not list(conn_src.glob("experiment_*/metadata.json")):
+        t0 = time.perf_counter()
+        synthesize("connectivity", conn_src, scale="realistic", n_experiments=1)
+        print(f"synthesised one 25 µm experiment in {time.perf_counter() - t0:.0f} s", flush=True)
+    lake = abo_lake.open_lake(str(lake_dir))
+    if RELEASE not in lake.releases():
+        t0 = time.perf_counter()
+        report = jobs.run([ccf_src, conn_src], lake, RELEASE, workers=2, progress=False)
+        if not report.published:
+            raise SystemExit(f"conversion failed:\n{report.summary()}")
+        print(f"converted into {lake_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return ccf_src, conn_src, lake_dir
+
+
+def _line(name: str, lake: dict, sdk: dict | None) -> str:
+    total = lake["open_s"] + lake["compute_s"]
+    work_mb = lake["peak_rss_mb"] - lake["base_rss_mb"]
+    text = (
+        f"{name:<22} lake {lake['open_s']:6.3f} + {lake['compute_s']:6.3f} = {total:6.3f} s "
+        f"peak {lake['peak_rss_mb']:6.0f} MB (+{work_mb:5.0f})"
+    )
+    if sdk is None:
+        return text
+    sdk_total = sdk["load_s"] + sdk["compute_s"]
+    sdk_work = sdk["peak_rss_mb"] - sdk["base_rss_mb"]
+    return (
+        f"{text} | AllenSDK {sdk['load_s']:6.3f} + {sdk['compute_s']:6.3f} = {sdk_total:6.3f} s "
+        f"peak {sdk['peak_rss_mb']:6.0f} MB (+{sdk_work:5.0f}) | "
+        f"{sdk_total / total:5.1f}x faster, {sdk_work / max(work_mb, 1.0):5.1f}x less memory"
+    )
+
+
+def _compare_unionize(lake_npz: Path, sdk_npz: Path) -> list[str]:
+    problems = []
+    with np.load(lake_npz) as a, np.load(sdk_npz) as b:
+        keys = ("hemisphere_id", "structure_id", "is_injection")
+        if any(not np.array_equal(a[k], b[k]) for k in keys):
+            return [f"unionize: different records ({len(a['structure_id'])} vs "
+                    f"{len(b['structure_id'])})"]  # fmt: skip
+        worst = 0.0
+        for col in UNIONIZE_COLUMNS[3:]:
+            x, y = a[col], b[col]
+            if col.startswith("max_voxel_") and col != "max_voxel_density":
+                if not np.array_equal(x, y):
+                    problems.append(f"unionize: {col} differs in {(x != y).sum()} records")
+                continue
+            rel = np.abs(x - y) / np.maximum(np.abs(y), 1e-12)
+            worst = max(worst, float(rel[np.abs(x - y) > 1e-9].max(initial=0.0)))
+        if worst > 1e-5:
+            problems.append(f"unionize: values differ by up to {worst:.2e} (relative)")
+        print(f"unionize: {len(a['structure_id'])} records equal (worst relative {worst:.1e})")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="keep sources and the lake here")
+    parser.add_argument("--allensdk", default=ALLENSDK_PYTHON, help="AllenSDK's Python")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--lake", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--points", help=argparse.SUPPRESS)
+    parser.add_argument("--experiment-id", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure_lake(args)
+        return 0
+    import nrrd
+
+    tmp = None if args.work else tempfile.TemporaryDirectory()
+    work = args.work or Path(tmp.name)
+    ccf_src, conn_src, lake_dir = _prepare(work)
+    have_sdk = Path(args.allensdk).exists()
+    if not have_sdk:
+        print(f"AllenSDK's Python {args.allensdk} is absent: timing the lake alone (no check)")
+    annotation, structures = ccf_src / f"annotation_{RES}.nrrd", ccf_src / "structures.json"
+    volume = nrrd.read(str(annotation))[0]
+    points = sample_points(volume, float(RES), N_POINTS, seed=20)
+    del volume
+    np.save(work / "points.npy", points)
+    (exp_dir,) = sorted(conn_src.glob("experiment_*"))
+    exp_id = json.loads((exp_dir / "metadata.json").read_text())["id"]
+    common = {"annotation": annotation, "structures": structures, "resolution": RES}
+    jobs_ = {
+        "mask (packed bits)": ("mask", {}, ("mask", {"structure_id": 315})),
+        "mask (.values)": ("mask-values", {}, None),
+        f"structure_at {N_POINTS}": (
+            "points", {"points": work / "points.npy"},
+            ("points", {"points": work / "points.npy"}),
+        ),
+        "unionize": ("unionize", {"experiment_id": exp_id}, ("unionize", {"experiment": exp_dir})),
+    }  # fmt: skip
+    problems = []
+    results = {}
+    for name, (what, opts, sdk_job) in jobs_.items():
+        out = work / f"lake_{what}"  # np.save/np.savez add .npy/.npz
+        lake = _best([_run_lake(what, lake_dir, out, **opts) for _ in range(args.repeat)])
+        sdk = None
+        if have_sdk and sdk_job is not None:
+            sdk_what, sdk_opts = sdk_job
+            sdk_out = work / f"allensdk_{sdk_what}.npz"
+            runs = [
+                run_allensdk(args.allensdk, sdk_what, sdk_out, **common, **sdk_opts)
+                for _ in range(args.repeat)
+            ]
+            sdk = _best(runs)
+        results[name] = (lake, sdk)
+        print(_line(name, lake, sdk), flush=True)
+    lake_mask = results["mask (packed bits)"][0]
+    values_mask = results["mask (.values)"][0]
+    print(f"Isocortex (315) with descendants at {RES} µm: lake {lake_mask['voxels']:,} voxels, "
+          f"chunks {lake_mask['chunks']} (first size, count per axis)")  # fmt: skip
+    if values_mask["digest"] != lake_mask["digest"]:
+        problems.append("mask: packed bits and .values differ")
+    if have_sdk:
+        sdk_mask = results["mask (packed bits)"][1]
+        same = (sdk_mask["voxels"], sdk_mask["digests"]) == (
+            [lake_mask["voxels"]],
+            [lake_mask["digest"]],
+        )
+        print(f"AllenSDK: {sdk_mask['voxels'][0]:,} voxels; positions (sha256 of packed bits) "
+              + ("identical" if same else "DIFFER"))  # fmt: skip
+        if not same:
+            problems.append("mask: differs from AllenSDK's")
+        ours = np.load(work / "lake_points.npy")
+        with np.load(work / "allensdk_points.npz") as z:
+            theirs = z["structure_id"]
+        n_same = int((ours == theirs).sum())
+        print(f"structure_at: {n_same} of {N_POINTS} ids equal")
+        if n_same != N_POINTS:
+            problems.append("structure_at: differs from AllenSDK's")
+        problems += _compare_unionize(work / "lake_unionize.npz", work / "allensdk_unionize.npz")
+    for problem in problems:
+        print("FAILED:", problem)
+    if tmp is not None:
+        tmp.cleanup()
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
