@@ -271,7 +271,8 @@ def performance_metrics(
     engaged_trial_reward_rate_threshold: float = 2.0,
 ) -> dict[str, Any]:
     """AllenSDK's ``get_performance_metrics`` dict, its keys in its order and its types
-    (``int`` counts of rows, NumPy ``int64`` sums, NumPy ``float64`` rates)."""
+    (``int`` counts of rows, NumPy ``int64`` sums, NumPy ``float64`` rates; pandas' Python
+    ``float`` NaN for a mean or maximum over no engaged trial)."""
     counts = {f"{c}_trial_count": trials[c].sum()
               for c in ("go", "catch", "hit", "miss", "false_alarm", "correct_reject")}  # fmt: skip
     out: dict[str, Any] = {
@@ -287,15 +288,17 @@ def performance_metrics(
     rates = rpdf["reward_rate"].to_numpy()  # np.nanmax, without its all-NaN warning
     out["maximum_reward_rate"] = np.float64(np.nanmax(rates) if (rates == rates).any() else np.nan)
     out["engaged_trial_count"] = engaged.sum()
+    # pandas' own reductions, as AllenSDK: NumPy float64, or a Python float NaN when the
+    # selection is empty (no engaged trial)
     for key, column in (("hit_rate", "hit_rate"), ("false_alarm_rate", "false_alarm_rate")):
-        out[f"mean_{key}"] = np.float64(rpdf[column].mean())
-        out[f"mean_{key}_uncorrected"] = np.float64(rpdf[f"{column}_raw"].mean())
-        out[f"mean_{key}_engaged"] = np.float64(rpdf[column][engaged].mean())
+        out[f"mean_{key}"] = rpdf[column].mean()
+        out[f"mean_{key}_uncorrected"] = rpdf[f"{column}_raw"].mean()
+        out[f"mean_{key}_engaged"] = rpdf[column][engaged].mean()
     dp = rpdf["rolling_dprime"]
-    out["mean_dprime"] = np.float64(dp.mean())
-    out["mean_dprime_engaged"] = np.float64(dp[engaged].mean())
-    out["max_dprime"] = np.float64(dp.max())
-    out["max_dprime_engaged"] = np.float64(dp[engaged].max())
+    out["mean_dprime"] = dp.mean()
+    out["mean_dprime_engaged"] = dp[engaged].mean()
+    out["max_dprime"] = dp.max()
+    out["max_dprime_engaged"] = dp[engaged].max()
     return out
 
 
