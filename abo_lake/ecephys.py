@@ -559,6 +559,17 @@ def _select(
     ``stimulus_condition_id``) are left out of the selection.
     """
     names = ["spike_times_index", *(_SP + c for c in columns)]
+    missing = [n for n in names if n not in ds.variables]
+    if missing:
+        raise KeyError(
+            f"this session has no {missing}"
+            + (
+                " (Visual Behavior Neuropixels presentations have no stimulus conditions: "
+                "AllenSDK's BehaviorEcephysSession has no conditionwise statistics)"
+                if session_class(ds) == "BehaviorEcephysSession"
+                else ""
+            )
+        )
     if drop_invalid:
         names += [_SP + "start_time", _SP + "stop_time", *_invalid_names(ds)]
     meta = _load(ds, list(dict.fromkeys(names)))

@@ -572,3 +572,23 @@ def test_per_unit_dicts_hold_allensdks_units(allensdk_releases, key, n_units):
     np.testing.assert_array_equal(
         session.ecephys.spike_times[first], session.ecephys.spike_times(first).values
     )
+
+
+def test_vbn_spike_counts_over_behavior_presentations(allensdk_releases):
+    """The lake's spike analyses work on a VBN session's (behavior) presentations: counts in
+    [start + e_i, start + e_{i+1}] as AllenSDK's rule, from the served spike times."""
+    session = _session(allensdk_releases["vbn"])
+    units = session.ecephys.get_units().index.to_numpy()[:3]
+    table = session.ecephys.stimulus_presentations
+    ids = table.index.to_numpy()[20:25]
+    edges = np.arange(0.0, 0.26, 0.05)
+    got = session.ecephys.presentationwise_spike_counts(edges, ids, units)
+    assert got.dims == ("stimulus_presentation_id", "time_relative_to_stimulus_onset", "unit_id")
+    for j, uid in enumerate(units):
+        spikes = session.ecephys.spike_times[uid]
+        for i, start in enumerate(table.loc[ids, "start_time"].to_numpy()):
+            lo = np.searchsorted(spikes, start + edges[:-1], side="left")
+            hi = np.searchsorted(spikes, start + edges[1:], side="right")
+            np.testing.assert_array_equal(got.values[i, :, j], hi - lo)
+    with pytest.raises(KeyError, match="no stimulus conditions"):
+        session.ecephys.conditionwise_spike_statistics(ids, units)
