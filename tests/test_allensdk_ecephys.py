@@ -410,7 +410,8 @@ def test_value(allensdk_releases, key, name):
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="AllenSDK takes it from the project's channels.csv "
-                "(external_channel_columns), not from the NWB file",
+                "(external_channel_columns), not from the NWB file; nor is it the CCF "
+                "ontology's id of the acronym (the fixture's VISp2/3 is 593, CCF 2017's 821)",
             ),
         )
         for (stem, t), cols in EXTERNAL.items()
