@@ -56,18 +56,8 @@ VALUES = {
     # the experiment's metadata (behavior + imaging fields) is tested with the imaging side
     "vbo_ophys": ("task_parameters", "eye_tracking_rig_geometry"),
 }
-LATER = "performance metrics (get_performance_metrics, get_rolling_performance_df, " + (
-    "get_reward_rate) are a later issue"
-)
-NOT_YET = [
-    pytest.param(key, kind, name, marks=pytest.mark.xfail(strict=True, reason=LATER))
-    for key in KEYS
-    for kind, name in (
-        ("tables", "get_rolling_performance_df"),
-        ("arrays", "get_reward_rate"),
-        ("values", "get_performance_metrics"),
-    )
-]
+# get_performance_metrics, get_rolling_performance_df and get_reward_rate: parity tested in
+# tests/test_allensdk_task_performance.py (abo_lake.task_performance)
 
 
 def _served(allensdk_releases, key: str):
@@ -196,16 +186,6 @@ def test_value_matches_allensdk(served, key, name):
         assert type(got["behavior_session_uuid"]).__name__ == "UUID"
         assert hasattr(got["date_of_acquisition"], "tzinfo")
     assert _comparable(name, got) == ref.value(ref.STEMS[key], name)
-
-
-@pytest.mark.parametrize(("key", "kind", "name"), NOT_YET)
-def test_not_served_yet(served, key, kind, name):
-    member = getattr(served(key).ophys, name)  # AllenSDK's name (a method); raises until served
-    got = member()
-    want = {"tables": ref.table, "arrays": ref.array, "values": ref.value}[kind](
-        ref.STEMS[key], name
-    )
-    assert len(got) == len(want)
 
 
 # --------------------------------------------------------------------------- kind and errors
