@@ -32,7 +32,20 @@ from scipy.signal import lfilter
 
 from abo_lake.synthetic import _allen_nwb as allen
 
-__all__ = ["IMAGE_SETS", "add_behavior", "ground_truth", "session", "write"]
+__all__ = [
+    "IMAGE_SETS",
+    "OPHYS_BLOCKS",
+    "TEMPLATE_SHAPE",
+    "add_behavior",
+    "device",
+    "experiment_rows",
+    "ground_truth",
+    "session",
+    "session_uuid",
+    "subject",
+    "task_parameters",
+    "write",
+]
 
 STIM_RATE = 60.0
 MONITOR_DELAY = 0.0212  # s, AllenSDK's photodiode estimate in the fixture
@@ -59,12 +72,15 @@ IMAGE_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("im005", "im024", "im034", "im083", "im087", "im104", "im111", "im114"),
     ),
 }
-_NOVEL_SETS = {"B", "H"}  # the mice train on A or G
+#: image set -> the set its mice trained on (B is all new to them, H shares 2 images with G)
+_FAMILIAR = {"A": "A", "B": "A", "G": "G", "H": "G"}
 
-#: scale -> (behavior seconds, gray screen before, after (s), movie frames, movie repeats)
-_BLOCKS = {"tiny": (140.0, 20.0, 10.0, 45, 2), "realistic": (2700.0, 300.0, 300.0, 900, 10)}
-#: scale -> template (height, width): the fixtures keep every 10th pixel, a release file all
-_TEMPLATE_SHAPE = {"tiny": (120, 192), "realistic": (1200, 1920)}
+#: imaging sessions: scale -> (seconds of flashes, gray screen before, after (s), movie
+#: frames, movie repeats)
+OPHYS_BLOCKS = {"tiny": (140.0, 20.0, 10.0, 45, 2), "realistic": (2700.0, 300.0, 300.0, 900, 10)}
+#: scale -> template (height, width): "tiny" keeps every 10th pixel (as the AllenSDK fixtures
+#: do), "realistic" all of them (as a release file)
+TEMPLATE_SHAPE = {"tiny": (120, 192), "realistic": (1200, 1920)}
 _BEHAVIOR_SECONDS = {"tiny": 125.0, "realistic": 3600.0}  # behavior-only training sessions
 _TRAINING = (
     "TRAINING_3_images_{}_10uL_reward",
@@ -189,7 +205,8 @@ def session(
         since[k] = 0 if is_change[k] else since[k - 1] + 1
     start_frame = first + CYCLE_FRAMES * np.arange(n_flash)
     end_frame = start_frame + FLASH_FRAMES
-    novel = image_set in _NOVEL_SETS
+    familiar = set(IMAGE_SETS[_FAMILIAR[image_set]][1])
+    novel = np.array([names[i] not in familiar for i in image])
     stem = IMAGE_SETS[image_set][0]
     flashes = {
         "start_time": shown[start_frame],
@@ -203,7 +220,7 @@ def session(
         "start_frame": start_frame,
         "end_frame": end_frame,
         "is_change": is_change,
-        "is_image_novel": np.full(n_flash, novel),
+        "is_image_novel": novel,
         "omitted": omitted,
         "flashes_since_change": since,
         "trials_id": trial_of,
@@ -398,6 +415,8 @@ def _presentation_columns(pres: dict[str, dict], nullable: bool) -> dict[str, di
                 v = np.asarray(cols[col])
                 if col in _NULLABLE and nullable:
                     v = v.astype(np.float64)
+                    if col == "is_image_novel":  # an omitted flash shows no image
+                        v[np.asarray(cols["omitted"], bool)] = np.nan
                 table[col] = v
             elif col in ("is_sham_change", "active"):
                 table[col] = np.zeros(n, bool)
@@ -760,7 +779,7 @@ def write(
         add_behavior(
             nwb,
             beh,
-            template_shape=_TEMPLATE_SHAPE[scale],
+            template_shape=TEMPLATE_SHAPE[scale],
             rng=np.random.default_rng([seed, i, 0xB6]),
         )
         path = out / f"behavior_session_{s['behavior_session_id']}.nwb"

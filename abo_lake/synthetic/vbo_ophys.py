@@ -308,7 +308,7 @@ def _eye(duration: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def _session(row: dict[str, str], scale: str, rng: np.random.Generator) -> dict:
-    behavior_s, pre, post, n_movie, repeats = vbo_behavior._BLOCKS[scale]
+    behavior_s, pre, post, n_movie, repeats = vbo_behavior.OPHYS_BLOCKS[scale]
     return vbo_behavior.session(
         row["image_set"],
         row["passive"] == "True",
@@ -398,7 +398,7 @@ def _write_one(
         location=row["targeted_structure"],
     )
     vbo_behavior.add_behavior(
-        nwb, beh, template_shape=vbo_behavior._TEMPLATE_SHAPE[scale], rng=rngs[6]
+        nwb, beh, template_shape=vbo_behavior.TEMPLATE_SHAPE[scale], rng=rngs[6]
     )
 
     ophys = nwb.create_processing_module("ophys", "Ophys processing module")
@@ -555,7 +555,10 @@ def write(
     out_dir
         Folder to write into (created if needed).
     scale
-        ``"tiny"`` (12 ROIs, 3 min) or ``"realistic"`` (200 ROIs, 1 h).
+        ``"tiny"`` (12 ROIs, ~3 min: 20 s gray, 140 s of flashes, 10 s gray, a 45-frame
+        movie twice, 1/10-resolution templates) or ``"realistic"`` (200 ROIs, 1 h: 5 min
+        gray, 45 min of flashes, 5 min gray, natural_movie_one 10 x 900 frames, (1200, 1920)
+        templates as in a release file).
     seed
         Seed of every random draw; the same seed gives byte-identical arrays.
     n_experiments
