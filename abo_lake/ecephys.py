@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import itertools
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1469,3 +1470,99 @@ def get_current_source_density(
     """AllenSDK's ``session.get_current_source_density(probe_id)`` (lazy): the probe's
     ``ecephys/probe/<id>/csd`` from ``release`` (see :func:`get_lfp`)."""
     return csd(_probe_dataset(ds, probe_id, "csd", release))
+
+
+#: AllenSDK's ``NON_STIMULUS_PARAMETERS``.
+NON_STIMULUS_PARAMETERS = ("start_time", "stop_time", "duration", "stimulus_block",
+                           "stimulus_condition_id")  # fmt: skip
+
+
+def _is_distinct(left: Any, right: Any) -> bool:
+    """AllenSDK's ``is_distinct_from``: NaN equals NaN, values of other types differ."""
+    if type(left) is not type(right):
+        return True
+    if pd.isna(left) and pd.isna(right):
+        return False
+    return bool(left != right)
+
+
+def stimulus_epochs(
+    ds: xr.Dataset, duration_thresholds: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """AllenSDK's ``session.get_stimulus_epochs(duration_thresholds)``: runs of presentations
+    with the same ``stimulus_block`` (eager, small).
+
+    Parameters
+    ----------
+    ds
+        An ``ecephys_session`` Dataset.
+    duration_thresholds
+        Stimulus name -> minimum duration (s); shorter epochs of that stimulus are dropped.
+        AllenSDK's default is ``{"spontaneous_activity": 90.0}``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``start_time``, ``stop_time``, ``duration`` (s), ``stimulus_name``,
+        ``stimulus_block`` per epoch.
+    """
+    if duration_thresholds is None:
+        duration_thresholds = {"spontaneous_activity": 90.0}
+    table = stimulus_presentations(ds)
+    blocks = table["stimulus_block"].tolist()
+    bounds = [0] + [i for i in range(1, len(blocks)) if _is_distinct(blocks[i], blocks[i - 1])]
+    bounds = sorted({*bounds, len(blocks)})
+    rows = [
+        {
+            "start_time": table["start_time"].iloc[a],
+            "stop_time": table["stop_time"].iloc[b - 1],
+            "stimulus_name": table["stimulus_name"].iloc[a],
+            "stimulus_block": table["stimulus_block"].iloc[a],
+        }
+        for a, b in itertools.pairwise(bounds)
+    ]
+    epochs = pd.DataFrame(rows)
+    epochs["duration"] = epochs["stop_time"] - epochs["start_time"]
+    for name, threshold in duration_thresholds.items():
+        epochs = epochs[(epochs["stimulus_name"] != name) | (epochs["duration"] >= threshold)]
+    return epochs.loc[:, ["start_time", "stop_time", "duration", "stimulus_name",
+                          "stimulus_block"]]  # fmt: skip
+
+
+def stimulus_parameter_values(
+    ds: xr.Dataset, stimulus_presentation_ids: Any = None, drop_nulls: bool = True
+) -> dict[str, np.ndarray]:
+    """AllenSDK's ``session.get_stimulus_parameter_values(stimulus_presentation_ids,
+    drop_nulls)``: each stimulus parameter's distinct values (in order of appearance) over
+    the presentations (all if None), ``"null"`` left out unless ``drop_nulls`` is False
+    (then last); parameters unused by those presentations are left out."""
+    table = stimulus_presentations(ds)
+    if stimulus_presentation_ids is not None:
+        table = table.loc[np.atleast_1d(stimulus_presentation_ids)]
+    table = table.drop(columns=[*NON_STIMULUS_PARAMETERS, "stimulus_name"], errors="ignore")
+    unused = [c for c in table.columns
+              if table[c].isna().all() or table[c].astype(str).isin(["", _NULL]).all()]  # fmt: skip
+    out = {}
+    for col in table.drop(columns=unused).columns:
+        uniques = pd.unique(table[col].to_numpy(object))
+        is_null = np.array([isinstance(u, str) and u == _NULL for u in uniques], bool)
+        values = np.array(uniques[~is_null])
+        if not drop_nulls and is_null.any():
+            values = np.concatenate([values, [_NULL]])
+        out[col] = values
+    return out
+
+
+def parameter_values_for_stimulus(
+    ds: xr.Dataset, stimulus_name: str, drop_nulls: bool = True
+) -> dict[str, np.ndarray]:
+    """AllenSDK's ``session.get_parameter_values_for_stimulus(stimulus_name, drop_nulls)``:
+    :func:`stimulus_parameter_values` over one stimulus's presentations."""
+    ids = get_stimulus_table(ds, [stimulus_name]).index.to_numpy()
+    return stimulus_parameter_values(ds, ids, drop_nulls)
+
+
+def structurewise_unit_counts(ds: xr.Dataset) -> pd.Series:
+    """AllenSDK's ``session.structurewise_unit_counts``: units (default filter) per
+    ``ecephys_structure_acronym``, most first."""
+    return units(ds)["ecephys_structure_acronym"].value_counts()

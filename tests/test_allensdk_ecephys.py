@@ -14,6 +14,7 @@ tolerance stated beside them. A quantity the lake does not serve yet is marked
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -591,3 +592,79 @@ def test_vbn_spike_counts_over_behavior_presentations(allensdk_releases):
             np.testing.assert_array_equal(got.values[i, :, j], hi - lo)
     with pytest.raises(KeyError, match="no stimulus conditions"):
         session.ecephys.conditionwise_spike_statistics(ids, units)
+
+
+def _allensdk_presentations() -> pd.DataFrame:
+    """AllenSDK's VCN stimulus_presentations from the reference, JSON cells decoded."""
+    table = ref.table(VCN, "stimulus_presentations")
+    for column, info in ref.table_info(VCN, "stimulus_presentations")["columns"].items():
+        if info["encoding"].startswith("json"):
+            table[column] = pd.Series([json.loads(v) for v in table[column]], index=table.index,
+                                      dtype=object)  # fmt: skip
+    return table
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["num_units", "num_channels", "num_probes", "num_stimulus_presentations", "stimulus_names",
+     "structure_acronyms", "specimen_name", "age_in_days", "sex", "full_genotype",
+     "session_type", "ecephys_session_id", "session_start_time"],
+)  # fmt: skip
+def test_vcn_session_properties(allensdk_releases, name):
+    """EcephysSession's scalar properties: those its metadata dict is made of."""
+    got = getattr(_session(allensdk_releases["vcn"]).ecephys, name)
+    assert _plain(got) == ref.value(VCN, "metadata")[name]
+
+
+def test_vcn_structurewise_unit_counts(allensdk_releases):
+    got = _session(allensdk_releases["vcn"]).ecephys.structurewise_unit_counts
+    want = ref.table(VCN, "units")["ecephys_structure_acronym"].astype(object).value_counts()
+    assert got.to_dict() == want.to_dict()
+
+
+def test_vcn_stimulus_epochs_as_allensdk(allensdk_releases):
+    """get_stimulus_epochs: AllenSDK's algorithm (nan_intervals over stimulus_block) applied
+    to AllenSDK's own stimulus table gives what the lake gives."""
+    table = _allensdk_presentations()
+    blocks = table["stimulus_block"].tolist()
+
+    def distinct(a: Any, b: Any) -> bool:
+        return type(a) is not type(b) or (not (pd.isna(a) and pd.isna(b)) and a != b)
+
+    cuts = [0, *(i for i in range(1, len(blocks)) if distinct(blocks[i], blocks[i - 1]))]
+    cuts = sorted({*cuts, len(blocks)})
+    want = pd.DataFrame(
+        [
+            {"start_time": table["start_time"].iloc[a], "stop_time": table["stop_time"].iloc[b - 1],
+             "stimulus_name": table["stimulus_name"].iloc[a],
+             "stimulus_block": table["stimulus_block"].iloc[a]}
+            for a, b in itertools.pairwise(cuts)
+        ]
+    )  # fmt: skip
+    want["duration"] = want["stop_time"] - want["start_time"]
+    got = _session(allensdk_releases["vcn"]).ecephys.get_stimulus_epochs({})
+    assert list(got.columns) == ["start_time", "stop_time", "duration", "stimulus_name",
+                                 "stimulus_block"]  # fmt: skip
+    for column in got.columns:
+        pairs = zip(got[column].tolist(), want[column].tolist(), strict=True)
+        assert all(_same(a, b) for a, b in pairs), (column, got[column], want[column])
+    short = _session(allensdk_releases["vcn"]).ecephys.get_stimulus_epochs({"spontaneous": 25.0})
+    assert "spontaneous" not in set(short["stimulus_name"])  # the fixture's is 20 s
+
+
+def test_vcn_stimulus_parameter_values_as_allensdk(allensdk_releases):
+    """get_parameter_values_for_stimulus: AllenSDK's rule on AllenSDK's table."""
+    session = _session(allensdk_releases["vcn"])
+    table = _allensdk_presentations()
+    for stimulus in ("drifting_gratings", "flashes"):
+        rows = table[table["stimulus_name"] == stimulus].drop(
+            columns=["start_time", "stop_time", "duration", "stimulus_block",
+                     "stimulus_condition_id", "stimulus_name"]
+        )  # fmt: skip
+        used = [c for c in rows.columns
+                if not rows[c].astype(str).isin(["", "null", "nan"]).all()]  # fmt: skip
+        got = session.ecephys.get_parameter_values_for_stimulus(stimulus)
+        assert set(got) == set(used), stimulus
+        for column in used:
+            want = [v for v in pd.unique(rows[column].to_numpy(object)) if v != "null"]
+            assert [str(v) for v in got[column]] == [str(v) for v in want], (stimulus, column)

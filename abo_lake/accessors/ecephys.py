@@ -317,6 +317,103 @@ class EcephysAccessor:
         """AllenSDK's ``session.metadata``."""
         return ecephys.metadata(self._need("ecephys_session"))
 
+    def _metadata(self, key: str) -> Any:
+        return ecephys.metadata(self._need("ecephys_session")).get(key)
+
+    @property
+    def ecephys_session_id(self) -> int:
+        """AllenSDK's ``session.ecephys_session_id``."""
+        return int(self._need("ecephys_session").attrs["ecephys_session_id"])
+
+    @property
+    def session_start_time(self) -> Any:
+        """AllenSDK's ``EcephysSession.session_start_time`` (a timezone-aware datetime)."""
+        return self._metadata("session_start_time")
+
+    @property
+    def session_type(self) -> str | None:
+        """AllenSDK's ``EcephysSession.session_type`` (e.g. ``brain_observatory_1.1``)."""
+        return self._metadata("session_type")
+
+    @property
+    def specimen_name(self) -> str | None:
+        """AllenSDK's ``EcephysSession.specimen_name``."""
+        return self._metadata("specimen_name")
+
+    @property
+    def age_in_days(self) -> float | None:
+        """AllenSDK's ``EcephysSession.age_in_days``."""
+        return self._metadata("age_in_days")
+
+    @property
+    def sex(self) -> str | None:
+        """AllenSDK's ``EcephysSession.sex``."""
+        return self._metadata("sex")
+
+    @property
+    def full_genotype(self) -> str | None:
+        """AllenSDK's ``EcephysSession.full_genotype``."""
+        return self._metadata("full_genotype")
+
+    @property
+    def num_units(self) -> int:
+        """AllenSDK's ``EcephysSession.num_units`` (units passing the default filter)."""
+        return int(ecephys.units(self._need("ecephys_session")).shape[0])
+
+    @property
+    def num_channels(self) -> int:
+        """AllenSDK's ``EcephysSession.num_channels`` (valid channels)."""
+        return int(ecephys.channels(self._need("ecephys_session")).shape[0])
+
+    @property
+    def num_probes(self) -> int:
+        """AllenSDK's ``EcephysSession.num_probes``."""
+        return int(ecephys.probes(self._need("ecephys_session")).shape[0])
+
+    @property
+    def num_stimulus_presentations(self) -> int:
+        """AllenSDK's ``EcephysSession.num_stimulus_presentations``."""
+        return int(self._need("ecephys_session").sizes["stimulus_presentation_id"])
+
+    @property
+    def stimulus_names(self) -> list[str]:
+        """AllenSDK's ``EcephysSession.stimulus_names`` (in order of first presentation)."""
+        return self._metadata("stimulus_names")
+
+    @property
+    def structure_acronyms(self) -> list[str | None]:
+        """AllenSDK's ``EcephysSession.structure_acronyms`` (of the valid channels)."""
+        return self._metadata("structure_acronyms")
+
+    @property
+    def structurewise_unit_counts(self) -> pd.Series:
+        """AllenSDK's ``EcephysSession.structurewise_unit_counts``."""
+        return ecephys.structurewise_unit_counts(self._need("ecephys_session"))
+
+    def get_invalid_times(self) -> pd.DataFrame:
+        """AllenSDK's ``session.get_invalid_times()`` (= :attr:`invalid_times`)."""
+        return ecephys.invalid_times(self._need("ecephys_session"))
+
+    def get_stimulus_epochs(self, duration_thresholds: dict | None = None) -> pd.DataFrame:
+        """AllenSDK's ``session.get_stimulus_epochs(duration_thresholds)``."""
+        return ecephys.stimulus_epochs(self._need("ecephys_session"), duration_thresholds)
+
+    def get_stimulus_parameter_values(
+        self, stimulus_presentation_ids: Any = None, drop_nulls: bool = True
+    ) -> dict[str, np.ndarray]:
+        """AllenSDK's ``session.get_stimulus_parameter_values(ids, drop_nulls)``."""
+        return ecephys.stimulus_parameter_values(
+            self._need("ecephys_session"), stimulus_presentation_ids, drop_nulls
+        )
+
+    def get_parameter_values_for_stimulus(
+        self, stimulus_name: str, drop_nulls: bool = True
+    ) -> dict[str, np.ndarray]:
+        """AllenSDK's ``session.get_parameter_values_for_stimulus(stimulus_name, drop_nulls)``."""
+        return ecephys.parameter_values_for_stimulus(
+            self._need("ecephys_session"), stimulus_name, drop_nulls
+        )
+
     @property
     def rig_geometry_data(self) -> pd.DataFrame | None:
         """AllenSDK's ``EcephysSession.rig_geometry_data``."""
