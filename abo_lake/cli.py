@@ -444,9 +444,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--table",
         default="ophys_experiments",
-        help="metadata table: "
-        + ", ".join(release_tables.TABLE_NAMES)
-        + " (default: ophys_experiments)",
+        help="metadata table (default: ophys_experiments): "
+        + ", ".join(release_tables.TABLE_NAMES),
     )
     c.add_argument("--columns", nargs="*", help="columns to show (default: the usual ones)")
     c.add_argument(

@@ -155,3 +155,40 @@ def read_str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def require_dataset(
+    f: h5py.File,
+    name: str,
+    path: str | Path,
+    *,
+    ndim: int | None = None,
+    length: int | None = None,
+    what: str = "",
+) -> h5py.Dataset:
+    """The dataset ``name`` of ``f``, or a :class:`SourceFileError` naming the file, the HDF5
+    path and what was expected there (absent, a group, a scalar, another shape).
+
+    Parameters
+    ----------
+    ndim, length
+        The expected number of dimensions and length of the first axis, when given.
+    what
+        What the dataset is, for the message (``"dF/F timestamps (s)"``).
+    """
+    want = (
+        (f"{ndim}-D dataset" if ndim is not None else "dataset")
+        + (f" of {length} rows" if length is not None else "")
+        + (f" ({what})" if what else "")
+    )
+    obj = f.get(name)
+    where = f"{path}: /{name.lstrip('/')}"
+    if obj is None:
+        raise SourceFileError(f"{where} is missing, expected a {want}")
+    if not isinstance(obj, h5py.Dataset):
+        raise SourceFileError(f"{where} is a {type(obj).__name__}, expected a {want}")
+    if ndim is not None and obj.ndim != ndim:
+        raise SourceFileError(f"{where} has shape {obj.shape}, expected a {want}")
+    if length is not None and (not obj.ndim or obj.shape[0] != length):
+        raise SourceFileError(f"{where} has shape {obj.shape}, expected a {want}")
+    return obj

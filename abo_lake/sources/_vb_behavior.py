@@ -48,7 +48,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, read_str
+from abo_lake.sources._hdf5 import lazy_array, read_str, require_dataset
 
 __all__ = [
     "MAPPED_HDF5",
@@ -151,9 +151,9 @@ def _interval_columns(
     g = f[group]
     out: dict[str, xr.Variable] = {}
     for col in (read_str(c) for c in g.attrs.get("colnames", [])):
-        dset = g.get(col)
-        if col in skip or not isinstance(dset, h5py.Dataset):
+        if col in skip:
             continue
+        dset = require_dataset(f, f"{group}/{col}", f.filename, what="a column in colnames")
         if dset.dtype.kind in "OV" and h5py.check_string_dtype(dset.dtype) is None:
             raise _error(f, f"/{group}/{col} has dtype {dset.dtype}, expected numbers or text")
         if f"{col}_index" in g:
@@ -313,9 +313,13 @@ def _eye_tracking(path: Path, f: h5py.File) -> dict[str, xr.Variable]:
 
 
 def _running(path: Path, f: h5py.File) -> dict[str, xr.Variable]:
-    if "processing/running/speed/timestamps" not in f:
+    if "processing/running" not in f:
         return {}
-    times = np.asarray(f["processing/running/speed/timestamps"][()], dtype=np.float64)
+    name = "processing/running/speed/timestamps"
+    times = np.asarray(
+        require_dataset(f, name, path, ndim=1, what="running speed times (s)")[()],
+        dtype=np.float64,
+    )
     dim = "running_speed_time"
     out: dict[str, xr.Variable] = {dim: xr.Variable(dim, times, {"units": "s"})}
     groups = [(n, f"processing/running/{n}") for n in _RUNNING] + [
@@ -338,14 +342,16 @@ def _running(path: Path, f: h5py.File) -> dict[str, xr.Variable]:
 
 def _licks_rewards(f: h5py.File) -> dict[str, xr.Variable]:
     out: dict[str, xr.Variable] = {}
-    licks = f.get("processing/licking/licks")
-    out["licks.timestamps"] = xr.Variable(
-        "lick", _column(licks["timestamps"]) if licks is not None else np.zeros(0), {"units": "s"}
-    )
-    out["licks.frame"] = xr.Variable(
-        "lick",
-        _column(licks["data"]).astype(np.int64) if licks is not None else np.zeros(0, np.int64),
-    )
+    times, frames = np.zeros(0), np.zeros(0, np.int64)
+    if "processing/licking/licks" in f:  # a TimeSeries: data = stimulus frame, timestamps
+        name = "processing/licking/licks"
+        times = _column(require_dataset(f, f"{name}/timestamps", f.filename, ndim=1))
+        what = "the stimulus frame of each lick"
+        frames = _column(
+            require_dataset(f, f"{name}/data", f.filename, length=len(times), what=what)
+        )
+    out["licks.timestamps"] = xr.Variable("lick", times, {"units": "s"})
+    out["licks.frame"] = xr.Variable("lick", frames.astype(np.int64))
     rewards = f.get("processing/rewards")
     for name, key, dtype, units in (
         ("timestamps", "autorewarded/timestamps", np.float64, "s"),

@@ -49,7 +49,13 @@ import xarray as xr
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
 from abo_lake.sources import _vb_behavior
-from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_hdf5
+from abo_lake.sources._hdf5 import (
+    lazy_array,
+    open_hdf5,
+    read_str,
+    require_dataset,
+    require_hdf5,
+)
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -348,8 +354,10 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
     p = Path(path)
     with _open(p) as f:
         attrs = _metadata(f, p)
-        time = np.asarray(f[f"{_DFF}/timestamps"][()], dtype=np.float64)
-        roi_id = np.asarray(f[f"{_TABLE}/id"][()], dtype=np.int64)
+        stamps = require_dataset(f, f"{_DFF}/timestamps", p, ndim=1, what="dF/F frame times")
+        time = np.asarray(stamps[()], dtype=np.float64)
+        ids = require_dataset(f, f"{_TABLE}/id", p, ndim=1, what="cell_roi_id of each ROI")
+        roi_id = np.asarray(ids[()], dtype=np.int64)
         n, n_t = len(roi_id), len(time)
         table = f[_TABLE]
         specimen = (
@@ -370,9 +378,10 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
         if "events" in data:
             group = _TRACES["events"]
             for key, name in (("lambdas", "event_lambda"), ("noise_stds", "event_noise_std")):
-                if key in f[group]:
-                    values = _per_cell(f, f"{group}/{key}", group, n, p)
-                    data[name] = xr.Variable(cell, values)
+                # AllenSDK's Events.from_nwb needs both beside the events
+                require_dataset(f, f"{group}/{key}", p, ndim=1, what="one value per ROI")
+                values = _per_cell(f, f"{group}/{key}", group, n, p)
+                data[name] = xr.Variable(cell, values)
         for key in ("r", "RMSE"):
             series = f"{_CORRECTED}/{key}"
             if series in f:
