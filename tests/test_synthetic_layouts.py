@@ -34,9 +34,9 @@ def _placeholders(f: h5py.File) -> list[tuple[str, str]]:
         for name in f.get(key, {}):
             out.append((name, "<image_set>"))
             out.append((name.split(".")[0], "<image_set_stem>"))
-    for name in f.get("general/devices", {}):
-        if not name.startswith("probe"):
-            out.append((name, "<device>"))
+    probes = sorted(n for n in f.get("general/devices", {}) if n.startswith("probe"))
+    out += [(name, f"probe<{i}>") for i, name in enumerate(probes)]  # probeA, probeC, ...
+    out += [(n, "<device>") for n in f.get("general/devices", {}) if not n.startswith("probe")]
     # longest first, so a full image-set stem wins over its first-dot cut
     return sorted(set(out), key=lambda p: -len(p[0]))
 
@@ -47,7 +47,6 @@ def _normalise(path: str, names: list[tuple[str, str]]) -> str:
         for name, placeholder in names:
             part = part.replace(name, placeholder)
         part = re.sub(r"probe_\d+", "probe_<id>", part)
-        part = re.sub(r"^probe[A-F]$", "probe<X>", part)
         parts.append(part)
     return "/".join(parts)
 
