@@ -11,7 +11,7 @@ through :mod:`abo_lake.behavior`.
 AllenSDK's trial-type rules, which the trials table already encodes (``Trial._get_trial_type``):
 an aborted trial is neither go, catch nor auto-rewarded; an auto-rewarded trial is neither go
 nor catch and has no hit, miss, false alarm or correct reject. The rolling rates drop the
-aborted trials (their rows are NaN) and keep auto-rewarded ones as windows positions that count
+aborted trials (their rows are NaN) and keep auto-rewarded ones as window positions that count
 neither as go nor as catch responses. Rolling windows are the previous 100 non-aborted trials;
 d′ clips both rates to [1/100, 1 − 1/100] (AllenSDK's ``SLIDING_WINDOW`` whatever window is
 passed); a passive session (no reward volume, no licks) has d′ 0.

@@ -24,10 +24,12 @@ import allensdk_reference as ref
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from scipy.stats import norm
 
 import abo_lake.accessors  # noqa: F401  (registers .ophys and .ecephys)
 from abo_lake import task_performance as tp
+from abo_lake.errors import SchemaError
 
 #: fixture key -> (dataset path prefix in its release, accessor)
 FIXTURES = {
@@ -303,9 +305,10 @@ def test_reward_rate_counts_responses_in_the_window():
     assert np.isnan(rate[:10]).all()  # the first 10 trials have no rate
     # trial 10: trials 0..11 (hi = min(10 + 25, 12)), 12 responses in 66 s
     assert rate[10] == 12 / 66.0 * 60
-    table.loc[11, "lick_times"] = np.array([table.loc[11, "change_time"] + 0.8])  # too late
+    lick = table.loc[11, "lick_times"]  # one lick, moved in place
+    lick[0] = table.loc[11, "change_time"] + 0.8  # too late
     assert tp.reward_rate(table, 0.15)[10] == 11 / 66.0 * 60
-    table.loc[11, "lick_times"] = np.array([table.loc[11, "change_time"] + 0.1])  # too early
+    lick[0] = table.loc[11, "change_time"] + 0.1  # too early
     assert tp.reward_rate(table, 0.15)[10] == 11 / 66.0 * 60
     assert tp.reward_rate(table, 0.05)[10] == 12 / 66.0 * 60
 
@@ -326,3 +329,15 @@ def test_response_latency_uses_vbn_change_time_without_display_delay():
 def test_flags_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="different lengths"):
         tp.hit_rate([True], [False, True], [False])
+
+
+def test_sessions_without_a_task_raise_schema_errors():
+    """A Visual Coding Neuropixels session (AllenSDK's EcephysSession has no task) and a
+    Dataset without trials say so instead of computing anything."""
+    from abo_lake.sources import vcn_ecephys
+
+    (session,) = vcn_ecephys.read(ref.files(ref.STEMS["vcn"])[0]).values()
+    with pytest.raises(SchemaError, match="no behavior task"):
+        session.ecephys.get_performance_metrics()
+    with pytest.raises(SchemaError, match="no trials"):
+        tp.get_reward_rate(xr.Dataset())
