@@ -204,18 +204,24 @@ def _in_lut(
 ) -> np.ndarray:
     """Voxels whose label is selected, as one LUT gather per chunk.
 
-    Ids past the LUT clip onto its False end; voxels labelled ``>= _LUT_IDS`` are then
-    looked up with ``searchsorted``.
+    A chunk of one label (outside the brain, never stored, or inside one structure) is a
+    constant; otherwise ids past the LUT clip onto its False end, and voxels labelled
+    ``>= _LUT_IDS`` are then looked up with ``searchsorted``.
     """
-    out = lut.take(block, mode="clip")
-    if big.size:
-        cand = block >= _LUT_IDS
-        if cand.any():
+    lo, hi = (int(block.min()), int(block.max())) if block.size else (0, 0)
+    if lo == hi:
+        hit = np.isin(lo, big) if lo >= _LUT_IDS else lut[min(max(lo, 0), lut.size - 1)]
+        out = np.full(block.shape, bool(hit), dtype=bool)
+    else:
+        # an intp index gathers twice as fast; clipping is needed only past the LUT
+        out = lut.take(block.astype(np.intp, copy=False), mode="clip")
+        if big.size and hi >= _LUT_IDS:
+            cand = block >= _LUT_IDS
             vals = block[cand]
             out[cand] = big[np.minimum(np.searchsorted(big, vals), big.size - 1)] == vals
     if side is not None:  # one hemisphere
-        lo, hi = block_info[None]["array-location"][2]
-        lr = np.arange(lo, hi)
+        start, stop = block_info[None]["array-location"][2]
+        lr = np.arange(start, stop)
         out &= ((lr >= side.start) & (lr < side.stop))[None, None, :]
     return out
 

@@ -56,6 +56,7 @@ class Ontology:
         validate(structures, "ccf_structures")
         if "structure_id_path" not in structures or "structure_id_path_index" not in structures:
             raise SchemaError("the ontology Dataset has no ragged 'structure_id_path' (+ _index)")
+        structures = structures.compute()  # one read of every variable (not one per variable)
         self.ids = np.asarray(structures["structure_id"].values, dtype=np.int64)
         self.acronyms = np.asarray(structures["acronym"].values).astype(str)
         self.names = np.asarray(structures["name"].values).astype(str)

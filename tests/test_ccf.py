@@ -307,6 +307,28 @@ def test_structure_mask_of_large_ids(ann, ann_np, onto):
     )
 
 
+def test_structure_mask_of_single_label_chunks(ann, ann_np, onto):
+    """Chunks of one label (outside, inside a structure, a large id) are constants."""
+    big = sorted(int(i) for i in np.unique(ann_np) if i >= 2**16)
+    selected = np.array(sorted([385, 593, big[0]]))
+    lut, large = ccf._lut(selected)
+    for label, inside in ((0, False), (385, True), (8, False), (big[0], True), (big[1], False),
+                          (2**20, False), (lut.size + 5, False)):  # fmt: skip
+        block = np.full((3, 4, 5), label, dtype=np.uint32)
+        out = ccf._in_lut(block, lut, large, None)
+        assert out.dtype == bool
+        assert out.shape == block.shape
+        assert out.all() if inside else not out.any(), label
+    mixed = np.array([0, 385, 8, big[0], big[1], 593, 2**20], dtype=np.uint32).reshape(1, 1, 7)
+    np.testing.assert_array_equal(ccf._in_lut(mixed, lut, large, None), np.isin(mixed, selected))
+    # through structure_mask, with small chunks: many single-label chunks, one hemisphere
+    fine = ann.chunk({"ap": 8, "dv": 8, "lr": 8})
+    left = ccf.structure_mask(fine, "grey", ontology=onto, hemisphere_id=1).values
+    expect = np.isin(ann_np, onto.descendant_ids("grey"))
+    expect[:, :, 57:] = False
+    np.testing.assert_array_equal(left, expect)
+
+
 def test_structure_mask_of_a_list_is_the_union(ann, ann_np, onto):
     mask = ann.ccf.structure_mask(["VISp", "LGd"], ontology=onto).values
     both = np.isin(ann_np, onto.descendant_ids("VISp") + onto.descendant_ids("LGd"))
