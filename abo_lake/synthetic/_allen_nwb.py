@@ -29,6 +29,8 @@ from pynwb.base import TimeSeries, TimeSeriesReference, TimeSeriesReferenceVecto
 from pynwb.epoch import TimeIntervals
 
 __all__ = [
+    "ECEPHYS",
+    "VISUAL_BEHAVIOR",
     "extension",
     "fix_object_ids",
     "index_dtype",
@@ -38,13 +40,15 @@ __all__ = [
 ]
 _SPATIAL_SERIES_WARNING = ".*missing required value for attribute 'spatial_series'"
 
-_NAMESPACES = (
+#: the extensions AllenSDK's Visual Behavior writers cache in their files
+VISUAL_BEHAVIOR = (
     "ndx-aibs-behavior-ophys",
-    "ndx-aibs-ecephys",
     "ndx-aibs-ophys-event-detection",
     "ndx-aibs-stimulus-template",
     "ndx-ellipse-eye-tracking",
 )
+#: ... and its Neuropixels writers (all five)
+ECEPHYS = (*VISUAL_BEHAVIOR[:1], "ndx-aibs-ecephys", *VISUAL_BEHAVIOR[1:])
 
 
 class _VendoredSpecs(SpecReader):
@@ -62,35 +66,38 @@ class _VendoredSpecs(SpecReader):
 
 
 @functools.cache
-def _type_map() -> TypeMap:
+def _type_map(namespaces: tuple[str, ...]) -> TypeMap:
     text = importlib.resources.files("abo_lake.synthetic").joinpath(
         "data/allensdk_nwb_extensions.json"
     )
     specs = json.loads(text.read_text(encoding="utf-8"))
     type_map = pynwb.get_type_map()
-    for name in _NAMESPACES:
+    for name in namespaces:
         type_map.load_namespaces("namespace", reader=_VendoredSpecs(name, specs[name]["files"]))
     return type_map
 
 
-def extension(type_name: str) -> type:
-    """Return the pynwb class of an AllenSDK extension type (e.g. ``"EcephysProbe"``)."""
-    tm = _type_map()
-    for ns in _NAMESPACES:
+def extension(type_name: str, namespaces: tuple[str, ...] = ECEPHYS) -> type:
+    """Return the pynwb class of an AllenSDK extension type (e.g. ``"EcephysProbe"``).
+
+    A file is written by :func:`write_nwb` with the same ``namespaces`` as its classes.
+    """
+    tm = _type_map(namespaces)
+    for ns in namespaces:
         if type_name in tm.namespace_catalog.get_namespace(ns).get_registered_types():
             return tm.get_dt_container_cls(type_name, ns)
     raise KeyError(type_name)
 
 
-def write_nwb(path: str | Path, nwb: pynwb.NWBFile) -> None:
-    """Write ``nwb`` to ``path`` with the AllenSDK extensions cached.
+def write_nwb(path: str | Path, nwb: pynwb.NWBFile, namespaces: tuple[str, ...] = ECEPHYS) -> None:
+    """Write ``nwb`` to ``path`` with the AllenSDK extensions ``namespaces`` cached.
 
     ``EllipseEyeTracking`` inherits EyeTracking's required ``spatial_series`` and AllenSDK
     never sets it: hdmf's warning about it is silenced.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SPATIAL_SERIES_WARNING)
-        with NWBHDF5IO(str(path), "w", manager=BuildManager(_type_map())) as io:
+        with NWBHDF5IO(str(path), "w", manager=BuildManager(_type_map(namespaces))) as io:
             io.write(nwb)
 
 

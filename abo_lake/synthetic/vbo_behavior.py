@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import csv
 import datetime
+import functools
 import importlib.resources
 import uuid
 import warnings
@@ -39,6 +40,7 @@ __all__ = [
     "add_behavior",
     "device",
     "experiment_rows",
+    "extension",
     "ground_truth",
     "session",
     "session_uuid",
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 STIM_RATE = 60.0
+#: the pynwb class of an AllenSDK extension type, for files written with VISUAL_BEHAVIOR
+extension = functools.partial(allen.extension, namespaces=allen.VISUAL_BEHAVIOR)
 MONITOR_DELAY = 0.0212  # s, AllenSDK's photodiode estimate in the fixture
 FLASH_FRAMES, CYCLE_FRAMES = 15, 45  # 250 ms on, 750 ms per flash at 60 Hz
 OMITTED_FRACTION = 0.05
@@ -458,7 +462,7 @@ def add_behavior(
     nwb.create_processing_module("stimulus", "Stimulus Times processing").add(stim_ts)
 
     warped, unwarped = _templates(beh["image_set"], template_shape, rng)
-    template = allen.extension("StimulusTemplate")(
+    template = extension("StimulusTemplate")(
         name=stem,
         data=H5DataIO(warped, compression="gzip", compression_opts=4),
         unwarped=H5DataIO(unwarped, compression="gzip", compression_opts=4),
@@ -600,7 +604,7 @@ def _running(stim_t: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarr
 
 def task_parameters(session_type: str, image_set: str, n_frames: int, omitted: float):
     """AllenSDK's ``general/task_parameters`` (BehaviorTaskParameters)."""
-    return allen.extension("BehaviorTaskParameters")(
+    return extension("BehaviorTaskParameters")(
         name="task_parameters",
         stimulus_distribution="geometric",
         auto_reward_volume=0.005,
@@ -619,7 +623,7 @@ def task_parameters(session_type: str, image_set: str, n_frames: int, omitted: f
 
 def subject(row: dict[str, str], age_in_days: int):
     """AllenSDK's ``general/subject`` (BehaviorSubject) of a VBO experiment-table row."""
-    return allen.extension("BehaviorSubject")(
+    return extension("BehaviorSubject")(
         subject_id=row["mouse_id"],
         description="A visual behavior subject with a LabTracks ID",
         genotype=row["full_genotype"],
@@ -763,7 +767,7 @@ def write(
         )
         device(nwb, s["equipment_name"])
         nwb.add_lab_meta_data(
-            allen.extension("BehaviorMetadata")(
+            extension("BehaviorMetadata")(
                 name="metadata",
                 behavior_session_id=s["behavior_session_id"],
                 behavior_session_uuid=session_uuid(seed, str(s["behavior_session_id"])),
@@ -783,7 +787,7 @@ def write(
             rng=np.random.default_rng([seed, i, 0xB6]),
         )
         path = out / f"behavior_session_{s['behavior_session_id']}.nwb"
-        allen.write_nwb(path, nwb)
+        allen.write_nwb(path, nwb, allen.VISUAL_BEHAVIOR)
         with h5py.File(path, "a") as h5:
             allen.fix_object_ids(h5, f"{seed}/{s['behavior_session_id']}")
         paths.append(path)

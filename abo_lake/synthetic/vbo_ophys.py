@@ -360,7 +360,7 @@ def _write_one(
     vbo_behavior.device(nwb, row["equipment_name"])
     plane_group = int(float(row["imaging_plane_group"])) if row["imaging_plane_group"] else -1
     nwb.add_lab_meta_data(
-        allen.extension("OphysBehaviorMetadata")(
+        vbo_behavior.extension("OphysBehaviorMetadata")(
             name="metadata",
             behavior_session_id=int(row["behavior_session_id"]),
             behavior_session_uuid=vbo_behavior.session_uuid(seed, row["mouse_id"]),
@@ -459,7 +459,7 @@ def _write_one(
         for group, cls, _ in _TRACE_GROUPS:
             ophys.add(cls(name=group, roi_response_series=series[group]))
         ophys.add(
-            allen.extension("OphysEventDetection")(  # its name is fixed: event_detection
+            vbo_behavior.extension("OphysEventDetection")(  # its name is fixed: event_detection
                 data=_gzip(ev["data"]),
                 lambdas=ev["lambdas"],
                 noise_stds=ev["noise_stds"],
@@ -495,7 +495,7 @@ def _write_one(
             )
         )
 
-    ellipse = allen.extension("EllipseSeries")
+    ellipse = vbo_behavior.extension("EllipseSeries")
     parts = {}
     for part, key in (
         ("corneal_reflection_tracking", "cr"),
@@ -509,7 +509,7 @@ def _write_one(
             **{k: values[k] for k in ("data", "area", "area_raw", "width", "height", "angle")},
         }
     eye_series = ellipse(**parts["eye_tracking"], timestamps=eye["t"])
-    tracking = allen.extension("EllipseEyeTracking")(
+    tracking = vbo_behavior.extension("EllipseEyeTracking")(
         name="EyeTracking",
         eye_tracking=eye_series,
         pupil_tracking=ellipse(**parts["pupil_tracking"], timestamps=eye_series),
@@ -525,7 +525,7 @@ def _write_one(
         ),
     )
     nwb.add_acquisition(tracking)
-    rig = allen.extension("OphysEyeTrackingRigMetadata")(
+    rig = vbo_behavior.extension("OphysEyeTrackingRigMetadata")(
         name="eye_tracking_rig_metadata",
         equipment=row["equipment_name"],
         **{k: np.array(v, np.float64) for k, (v, _) in _RIG.items()},
@@ -535,7 +535,7 @@ def _write_one(
         "eye_tracking_rig_metadata", "Eye tracking rig metadata module"
     ).add(rig)
 
-    allen.write_nwb(path, nwb)
+    allen.write_nwb(path, nwb, allen.VISUAL_BEHAVIOR)
     with h5py.File(path, "a") as h5:
         allen.fix_object_ids(h5, f"{seed}/{row['ophys_experiment_id']}")
 
