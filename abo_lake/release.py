@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake import cas
+from abo_lake.chunk_codec import chunked_as_stored, read_in_thread
 from abo_lake.errors import DatasetNotFoundError, IntegrityError, ManifestError
 from abo_lake.manifest import Manifest, manifest_key, root_hash
 from abo_lake.stores import ManifestStore
@@ -201,13 +202,10 @@ class Release:
         store = self.store(path, verify=verify)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
-            ds = xr.open_zarr(
-                store,
-                group=group,
-                consolidated=True,
-                chunks={} if chunks is None else chunks,
-                zarr_format=3,
-            )
+            ds = xr.open_zarr(store, group=group, consolidated=True, chunks=chunks, zarr_format=3)
+        if chunks is None:  # one dask chunk per stored chunk, decoded in the task's thread
+            read_in_thread(ds, store.read_chunk)  # (no event-loop hop per chunk)
+            ds = chunked_as_stored(ds)
         ds.encoding["abo_lake_store"] = store  # store.chunk_reads: chunk objects read so far
         return self._stamp(ds, path)
 
