@@ -133,7 +133,7 @@ def _frame(ds: xr.Dataset, dim: str, prefix: str, index_name: str | None) -> pd.
     return pd.DataFrame(cols, index=pd.Index(ds.indexes[dim].to_numpy(), name=index_name))
 
 
-_CHANNEL_DROP = ("valid_data", "imp", "group_name", "location", "local_index")
+_CHANNEL_DROP = ("imp", "group_name", "location", "local_index")
 
 
 def channels(ds: xr.Dataset, filter_by_validity: bool = True) -> pd.DataFrame:
@@ -145,7 +145,8 @@ def channels(ds: xr.Dataset, filter_by_validity: bool = True) -> pd.DataFrame:
     ds
         An ``ecephys_session`` Dataset.
     filter_by_validity
-        Keep only channels with ``valid_data`` (and drop that column), as AllenSDK does.
+        Keep only channels with ``valid_data`` and drop that column, as AllenSDK does
+        (without filtering, ``valid_data`` is a column).
 
     Returns
     -------
@@ -159,8 +160,8 @@ def channels(ds: xr.Dataset, filter_by_validity: bool = True) -> pd.DataFrame:
         not served.
     """
     frame = _frame(ds, "channel_id", "channels.", "id")
-    if filter_by_validity and "valid_data" in frame:
-        frame = frame[frame["valid_data"].to_numpy(bool)]
+    if filter_by_validity and "valid_data" in frame:  # AllenSDK drops the column then
+        frame = frame[frame["valid_data"].to_numpy(bool)].drop(columns=["valid_data"])
     frame = frame.drop(columns=[c for c in _CHANNEL_DROP if c in frame])
     if "ecephys_structure_acronym" in frame:
         if session_class(ds) == "EcephysSession":

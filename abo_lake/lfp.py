@@ -1,4 +1,4 @@
-"""LFP and current source density of Visual Coding Neuropixels probes, lazily.
+"""LFP and current source density of Neuropixels probes (Visual Coding and Visual Behavior), lazily.
 
 Pure functions over the ``ecephys_lfp`` and ``ecephys_csd`` Datasets of
 :mod:`abo_lake.sources.vcn_ecephys` with AllenSDK's semantics (``ALLEN_DATA.md`` §1):

@@ -668,3 +668,17 @@ def test_vcn_stimulus_parameter_values_as_allensdk(allensdk_releases):
         for column in used:
             want = [v for v in pd.unique(rows[column].to_numpy(object)) if v != "null"]
             assert [str(v) for v in got[column]] == [str(v) for v in want], (stimulus, column)
+
+
+@pytest.mark.parametrize("key", ["vcn", "vbn"])
+def test_unfiltered_channels_keep_valid_data(allensdk_releases, key):
+    """get_channels(filter_by_validity=False): every electrode, valid_data kept as a column
+    (AllenSDK drops it only when it filters by it)."""
+    session = _session(allensdk_releases[key])
+    every = session.ecephys.get_channels(filter_by_validity=False)
+    valid = session.ecephys.get_channels()
+    assert len(every) == session.sizes["channel_id"]
+    assert "valid_data" in every
+    assert "valid_data" not in valid
+    np.testing.assert_array_equal(every.index[every["valid_data"]], valid.index)
+    assert set(every.columns) - {"valid_data"} == set(valid.columns)
