@@ -201,6 +201,12 @@ FORMATS: dict[str, SourceFormat] = {
             synthetic="abo_lake.synthetic.glif:write",
         ),
         SourceFormat(
+            "glif",
+            "abo_lake.sources.glif",
+            "GLIF neuron model config (Allen's neuron_config.json, GLIF 1-5)",
+            synthetic="abo_lake.synthetic.glif:write",
+        ),
+        SourceFormat(
             "ccf",
             "abo_lake.sources.ccf",
             "CCF annotation/template NRRD volume, ontology JSON, connectivity experiment",
@@ -348,6 +354,17 @@ KINDS: dict[str, Kind] = {
                 RowTable("morphometry", "specimen_id", rows="abo_lake.celltypes:morphometry_table"),
             ),
             accessor="morphology",
+        ),
+        Kind(
+            Layout(
+                "glif_model",
+                dims=("asc",),
+                variables={"asc_tau_array": ("asc",), "asc_amp_array": ("asc",)},
+                description="one GLIF neuron model (neuron_config.json)",
+            ),
+            path="celltypes/specimen/{specimen_id}/glif/{neuronal_model_id}",
+            id="neuronal_model_id",
+            accessor="glif",
         ),
         Kind(
             Layout(
