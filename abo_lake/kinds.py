@@ -47,9 +47,6 @@ class RowTable:
     csv_file
         Stem of the AllenSDK cache file named after the table (``units`` for ``units.csv``), in
         which a bare ``id`` column is this table's id.
-    rows
-        ``"module:function"`` computing the rows from the Dataset (a DataFrame indexed by
-        ``dim``), for tables not read from variables (``morphometry``); None: the variables.
     """
 
     name: str
@@ -57,7 +54,6 @@ class RowTable:
     prefix: str = ""
     csv_ids: tuple[str, ...] = ()
     csv_file: str | None = None
-    rows: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,12 +197,6 @@ FORMATS: dict[str, SourceFormat] = {
             synthetic="abo_lake.synthetic.glif:write",
         ),
         SourceFormat(
-            "glif",
-            "abo_lake.sources.glif",
-            "GLIF neuron model config (Allen's neuron_config.json, GLIF 1-5)",
-            synthetic="abo_lake.synthetic.glif:write",
-        ),
-        SourceFormat(
             "ccf",
             "abo_lake.sources.ccf",
             "CCF annotation/template NRRD volume, ontology JSON, connectivity experiment",
@@ -332,7 +322,6 @@ KINDS: dict[str, Kind] = {
             path="celltypes/specimen/{specimen_id}/ephys",
             id="specimen_id",
             table="celltypes_specimens",
-            accessor="celltypes",
         ),
         Kind(
             Layout(
@@ -350,21 +339,6 @@ KINDS: dict[str, Kind] = {
             ),
             path="celltypes/specimen/{specimen_id}/morphology",
             id="specimen_id",
-            row_tables=(
-                RowTable("morphometry", "specimen_id", rows="abo_lake.celltypes:morphometry_table"),
-            ),
-            accessor="morphology",
-        ),
-        Kind(
-            Layout(
-                "glif_model",
-                dims=("asc",),
-                variables={"asc_tau_array": ("asc",), "asc_amp_array": ("asc",)},
-                description="one GLIF neuron model (neuron_config.json)",
-            ),
-            path="celltypes/specimen/{specimen_id}/glif/{neuronal_model_id}",
-            id="neuronal_model_id",
-            accessor="glif",
         ),
         Kind(
             Layout(
