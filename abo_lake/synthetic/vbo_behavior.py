@@ -295,7 +295,7 @@ def session(
             "start_time": t_start,
             "stop_time": t_stop,
             "initial_image_name": names[tr["initial"]],
-            "change_image_name": names[tr["final"]] if ch is not None else "",
+            "change_image_name": names[tr["final"]],  # the shown image when nothing changed
             "is_change": bool(ch is not None and tr["go"]),
             "change_time": change_time,
             "go": tr["go"],
