@@ -213,7 +213,7 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
             "description": "CCF multiscale level (µm per voxel)",
         }
     refs_base = lake.storage.url_of(f"releases/{record.name}/refs/{record.root[:12]}")
-    for entry_name, (template, param) in PARAMETRISED.items():
+    for entry_name, (template, _) in PARAMETRISED.items():
         if entry_name not in found:
             continue
         fo = f"{refs_base}/{template}.json"
@@ -222,7 +222,7 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
         meta = {
             **pin,
             "abo_lake_dataset": template,
-            "parameters": [param],
+            "parameters": re.findall(r"\{(\w+)\}", template),  # GLIF paths have two
             "datasets": len(found[entry_name]),
         }
         if root:

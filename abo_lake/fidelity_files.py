@@ -90,6 +90,10 @@ def check_file(path: str | Path, fmt: str, obj: xr.Dataset | xr.DataTree) -> lis
         head = f.read(8)
     if fmt == "celltypes":
         return [] if head.startswith(b"\x89HDF") else _check_swc(p, obj)
+    if fmt == "glif":  # neuron_config.json: every field and the ids
+        from abo_lake.sources.glif import fidelity_problems
+
+        return fidelity_problems(p, obj)
     if fmt != "ccf":
         return []
     if not head.startswith(b"NRRD000"):

@@ -38,7 +38,7 @@ from abo_lake.errors import SourceFileError
 from abo_lake.glif import ARRAYS, METHODS, GlifConfigError, glif_level, validate_config
 from abo_lake.schema import KIND_ATTR
 
-__all__ = ["config_of", "read", "sniff"]
+__all__ = ["config_of", "dataset", "fidelity_problems", "read", "sniff"]
 
 #: Fields of which a JSON object needs four to be taken for a GLIF config.
 _GLIF_KEYS = frozenset(
@@ -60,6 +60,7 @@ _MAX_JSON_BYTES = 1 << 20
 _SPECIMEN_DIR_RE = re.compile(r"^specimen_(\d+)$")
 _SPECIMEN_NAME_RE = re.compile(r"^(\d+)_neuron_config\.json$")
 _MODEL_DIR_RE = re.compile(r"^glif_(\d+)$")
+_VARIABLES = (*ARRAYS, "coeffs.asc_amp_array")
 _UNITS = {"asc_tau_array": "s", "asc_amp_array": "A", "init_AScurrents": "A"}
 _SCALAR_UNITS = {
     "El": "V",
@@ -77,6 +78,7 @@ _OWN_ATTRS = (
     "specimen_id",
     "neuronal_model_id",
     "glif_level",
+    "glif_config_attrs",
     "glif_json_fields",
     "glif_null_fields",
     "glif_units",
@@ -171,6 +173,7 @@ def dataset(config: dict[str, Any], specimen_id: int, neuronal_model_id: int) ->
         coords={"asc": np.arange(n)},
         attrs={
             **attrs,
+            "glif_config_attrs": sorted(attrs),
             "glif_units": json.dumps({k: u for k, u in _SCALAR_UNITS.items() if k in attrs}),
             "glif_json_fields": json_fields,
             "glif_null_fields": null_fields,
@@ -201,14 +204,14 @@ def config_of(ds: xr.Dataset) -> dict[str, Any]:
         )
     json_fields = set(_list(ds.attrs.get("glif_json_fields")))
     flat: dict[str, Any] = {}
-    for key, value in ds.attrs.items():
-        if key in _OWN_ATTRS:
-            continue
+    for key in _list(ds.attrs.get("glif_config_attrs")):
+        value = ds.attrs[key]
         flat[key] = json.loads(value) if key in json_fields else _plain(value)
     for key in _list(ds.attrs.get("glif_null_fields")):
         flat[key] = None
     for name, var in ds.data_vars.items():
-        flat[name] = [float(x) for x in np.asarray(var.values)]
+        if name in _VARIABLES or name.endswith(".params.r"):
+            flat[name] = [float(x) for x in np.asarray(var.values)]
     config: dict[str, Any] = {"coeffs": {}}
     for kind in METHODS:
         config[kind] = {"name": flat.pop(kind), "params": {}}
@@ -238,3 +241,37 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def fidelity_problems(path: str | Path, ds: xr.Dataset) -> list[str]:
+    """The source ``neuron_config.json`` re-parsed with :mod:`json` against the lake's
+    Dataset: each field (JSON-normalised) and the ids; one line per difference."""
+    p = Path(path)
+    want = json.loads(p.read_text())
+    try:
+        got = config_of(ds)
+    except (KeyError, ValueError) as err:
+        return [f"{p.name}: the lake's Dataset is not a readable glif_model: {err}"]
+    problems = [
+        f"{p.name}: field {key!r} is {got.get(key)!r}, expected {want.get(key)!r}"
+        for key in sorted(set(want) | set(got))
+        if _normal(got.get(key)) != _normal(want.get(key))
+    ]
+    specimen, model = _ids(p)
+    for attr, value in (("specimen_id", specimen), ("neuronal_model_id", model)):
+        if ds.attrs.get(attr) != value:
+            problems.append(f"{p.name}: {attr} is {ds.attrs.get(attr)!r}, expected {value}")
+    return problems
+
+
+def _normal(value: Any) -> str:
+    """JSON text with numbers as floats (``[0, 0]`` is stored as ``[0.0, 0.0]``)."""
+
+    def floats(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: floats(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [floats(x) for x in v]
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    return json.dumps(floats(value), sort_keys=True)
