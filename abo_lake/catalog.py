@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PARAMETRISED",
+    "WRITABLE_OPTIONS",
     "Table",
     "catalog_dict",
     "open_catalog",
@@ -60,7 +61,39 @@ __all__ = [
 CATALOG_KEY = "catalog.yaml"
 _READER = "intake.readers.readers:XArrayDatasetReader"
 _OPTIONS_UP = "intake.readers.user_parameters:OptionsUserParameter"
-_SECRET_RE = re.compile(r"key$|access_key|secret|token|passw|credential|^auth|private|sas$")
+#: Storage options that may be written into a stored catalog: an allow-list, since a
+#: credential can hide under any name (``config_kwargs.proxies`` holds proxy passwords,
+#: ``s3_additional_kwargs.SSECustomerKey`` an encryption key). ``True`` allows a plain value
+#: (bool, number, string without ``user:password@`` in a URL); a dict allows those keys of a
+#: dict value. Everything else (keys, secrets, tokens, profiles, proxies) is given again when
+#: the catalog is opened (:func:`open_catalog` adds it in memory only).
+WRITABLE_OPTIONS: dict[str, Any] = {
+    "anon": True,
+    "endpoint_url": True,
+    "requester_pays": True,
+    "use_ssl": True,
+    "version_aware": True,
+    "cache_regions": True,
+    "max_concurrency": True,
+    "default_block_size": True,
+    "default_fill_cache": True,
+    "default_cache_type": True,
+    "skip_instance_cache": True,
+    "use_listings_cache": True,
+    "listings_expiry_time": True,
+    "auto_mkdir": True,
+    "client_kwargs": {"region_name": True, "endpoint_url": True},
+    "config_kwargs": {
+        "connect_timeout": True,
+        "read_timeout": True,
+        "max_pool_connections": True,
+        "signature_version": True,
+        "retries": {"max_attempts": True, "total_max_attempts": True, "mode": True},
+        "s3": {"addressing_style": True},
+    },
+    "s3_additional_kwargs": {"RequestPayer": True},
+}
+_URL_CREDENTIALS_RE = re.compile(r"://[^/@]*@")
 
 #: Entry name -> (dataset path template, its parameter), from the kinds' declarations
 #: (:mod:`abo_lake.kinds`). ``ccf_annotation`` and ``ccf_template`` also take
@@ -75,13 +108,17 @@ _LEVEL_RE = re.compile(r"^(\d+)um/zarr\.json$")
 
 
 # -- writing catalogs ----------------------------------------------------------------------
-def _public(options: dict[str, Any]) -> dict[str, Any]:
-    """Storage options without anything secret (keys, secrets, tokens, passwords)."""
-    out = {}
+def _public(options: dict[str, Any], allowed: dict[str, Any] = WRITABLE_OPTIONS) -> dict[str, Any]:
+    """The storage options that may be stored (:data:`WRITABLE_OPTIONS`); nothing else."""
+    out: dict[str, Any] = {}
     for k, v in options.items():
-        if _SECRET_RE.search(str(k).lower()):
-            continue
-        out[k] = _public(v) if isinstance(v, dict) else v
+        rule = allowed.get(k)
+        if isinstance(rule, dict) and isinstance(v, dict):
+            out[k] = _public(v, rule)
+        elif rule is True and isinstance(v, bool | int | float | str | None):
+            if isinstance(v, str) and _URL_CREDENTIALS_RE.search(v):
+                continue  # a URL carrying user:password@
+            out[k] = v
     return out
 
 

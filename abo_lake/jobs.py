@@ -365,7 +365,8 @@ def convert_file(
             source = source.removeprefix("file://")
         if Path(source).is_file():  # counted even when the file turns out unreadable
             result.bytes_in = Path(source).stat().st_size
-        group = sources.members(source) if Path(source).is_file() else [Path(source)]
+        # the files it reads: members and an NRRD's detached data (in its folder, or refused)
+        group = sources.inputs(source) if Path(source).is_file() else [Path(source)]
         result.bytes_in = sum(Path(p).stat().st_size for p in group)
         digests = [_sha256_file(str(p)) for p in group]
         result.source_sha256 = (

@@ -112,13 +112,25 @@ class Lake:
         return sorted(names, key=lambda n: (self._record(n).created, n))
 
     def _record(self, name: str) -> ReleaseRecord:
+        if not _NAME_RE.match(name) or name == "latest":
+            # every read of a record comes here: no name reaches outside releases/<name>/
+            raise ReleaseNotFoundError(
+                f"no release {name!r} in lake {self.url}: not a release name (letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit, e.g. '2026.1')"
+            )
         if name not in self._records:
             key = f"releases/{name}/release.json"
             try:
                 data = self.storage.read(key)
             except FileNotFoundError:
                 raise self._not_found(name) from None
-            self._records[name] = ReleaseRecord.from_bytes(data, where=self.storage.url_of(key))
+            record = ReleaseRecord.from_bytes(data, where=self.storage.url_of(key))
+            if record.name != name:  # its catalog would be written under the other name
+                raise ManifestError(
+                    f"{self.storage.url_of(key)}: the record names release {record.name!r}, "
+                    f"not {name!r}; it was moved or altered"
+                )
+            self._records[name] = record
         return self._records[name]
 
     def _not_found(self, spec: str) -> ReleaseNotFoundError:

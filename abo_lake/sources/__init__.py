@@ -17,7 +17,7 @@ import xarray as xr
 from abo_lake.errors import SourceFileError
 from abo_lake.kinds import FORMATS
 
-__all__ = ["READERS", "detect_format", "members", "read"]
+__all__ = ["READERS", "detect_format", "inputs", "members", "read"]
 
 #: format name -> reader module, in the order they are tried by :func:`detect_format`
 #: (declared with each source format in :mod:`abo_lake.kinds`).
@@ -103,3 +103,12 @@ def members(path: str | Path, fmt: str | None = None) -> list[Path]:
     fmt = fmt or detect_format(path)
     module = _module(fmt)
     return module.members(Path(path)) if hasattr(module, "members") else [Path(path)]
+
+
+def inputs(path: str | Path, fmt: str | None = None) -> list[Path]:
+    """Every file whose bytes a conversion of ``path`` reads: its :func:`members` and what
+    they reference (an NRRD's detached data file, in its own folder). A resume key covers
+    them all."""
+    fmt = fmt or detect_format(path)
+    module = _module(fmt)
+    return module.inputs(Path(path)) if hasattr(module, "inputs") else members(path, fmt)

@@ -38,7 +38,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from abo_lake.errors import SourceFileError
-from abo_lake.sources._nrrd import Blocks, open_volume
+from abo_lake.sources._nrrd import Blocks, data_file, open_volume
 
 __all__ = [
     "CCF_SHAPES",
@@ -612,6 +612,30 @@ def members(path: str | Path) -> list[Path]:
     p = Path(path)
     siblings = [f.name for f in p.parent.iterdir() if f.is_file()] if p.parent.is_dir() else []
     return [p.parent / name for name in group(p.name, siblings)]
+
+
+def inputs(path: str | Path) -> list[Path]:
+    """Every file a conversion of ``path`` reads: its :func:`members` and the detached data
+    files of their NRRD headers, so that the resume key covers the data too.
+
+    Raises
+    ------
+    SourceFileError
+        Naming the NRRD, for a data file outside its own folder (``_nrrd.data_file``).
+    """
+    out: list[Path] = []
+    for f in members(path):
+        out.append(f)
+        if f.suffix.lower() != ".nrrd" or not f.is_file() or not _is_nrrd(f):
+            continue
+        try:
+            header = nrrd.read_header(str(f))
+        except (nrrd.NRRDError, OSError, ValueError, TypeError, UnicodeDecodeError):
+            continue  # reading it fails later, by name
+        data = data_file(f, header)
+        if data not in out:
+            out.append(data)
+    return out
 
 
 def group(name: str, siblings: Iterable[str]) -> list[str]:
