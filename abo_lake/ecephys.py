@@ -405,7 +405,8 @@ def _as_allensdk(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.drop(columns=["stimulus_index"], errors="ignore").copy()
     for col in out.columns:
         values = out[col]
-        if col in _NOT_PARAMETER or col.endswith("_index") or values.dtype.kind != "f":
+        computed = ("duration", "stimulus_condition_id")  # by AllenSDK, after this coercion
+        if col in computed or col.endswith("_index") or values.dtype.kind != "f":
             continue
         present = values.dropna()
         if present.size and set(present.unique().tolist()) <= {0.0, 1.0}:
