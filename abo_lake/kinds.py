@@ -47,6 +47,9 @@ class RowTable:
     csv_file
         Stem of the AllenSDK cache file named after the table (``units`` for ``units.csv``), in
         which a bare ``id`` column is this table's id.
+    rows
+        ``"module:function"`` computing the rows from the Dataset (a DataFrame indexed by
+        ``dim``), for tables not read from variables (``morphometry``); None: the variables.
     """
 
     name: str
@@ -54,6 +57,7 @@ class RowTable:
     prefix: str = ""
     csv_ids: tuple[str, ...] = ()
     csv_file: str | None = None
+    rows: str | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,7 @@ KINDS: dict[str, Kind] = {
             path="celltypes/specimen/{specimen_id}/ephys",
             id="specimen_id",
             table="celltypes_specimens",
+            accessor="celltypes",
         ),
         Kind(
             Layout(
@@ -339,6 +344,10 @@ KINDS: dict[str, Kind] = {
             ),
             path="celltypes/specimen/{specimen_id}/morphology",
             id="specimen_id",
+            row_tables=(
+                RowTable("morphometry", "specimen_id", rows="abo_lake.celltypes:morphometry_table"),
+            ),
+            accessor="morphology",
         ),
         Kind(
             Layout(

@@ -13,6 +13,7 @@ What tables a release has, their ids and the CSVs that join them are declared wi
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,11 @@ def row_tables(obj: xr.Dataset | xr.DataTree, kind: str | None) -> dict[str, pd.
     out = {}
     for name, (table, table_kind, owner) in ROW_TABLES.items():
         dim, prefix = table.dim, table.prefix
+        if kind == table_kind and table.rows:  # computed rows (morphometry)
+            module, function = table.rows.split(":")
+            rows = getattr(importlib.import_module(module), function)(obj)
+            out[name] = _uniform_columns(rows[sorted(rows.columns)])
+            continue
         if kind != table_kind or dim not in obj.dims:
             continue
         names = [
@@ -134,6 +140,10 @@ def build_tables(
                 for h in f.tables.get(name, [])
             ]
             tables[name] = pd.concat(parts).sort_index()
+    if "morphometry" in tables:
+        tables["celltypes_specimens"] = _specimens(
+            tables.get("celltypes_specimens"), tables["morphometry"]
+        )
     csvs = read_csvs(metadata)
     joined: dict[str, list[str]] = {path: [] for path in csvs}
     for name, df in tables.items():
@@ -161,6 +171,22 @@ def build_tables(
     if notes is not None:
         notes += [_csv_note(path, joins) for path, joins in joined.items()]
     return tables
+
+
+def _specimens(ephys: pd.DataFrame | None, morphometry: pd.DataFrame) -> pd.DataFrame:
+    """``celltypes_specimens``: one row per specimen with ephys or a morphology (or both),
+    flagged ``has_ephys``/``has_morphology``, the morphometry columns prefixed
+    ``morphometry.`` (the ``morphometry`` table has them unprefixed); a project CSV keyed by
+    ``specimen_id`` (Cre line, area, layer, dendrite type, reporter status) joins it later."""
+    if ephys is None:
+        ephys = pd.DataFrame(index=pd.Index([], name="specimen_id", dtype="int64"))
+    extra = morphometry.add_prefix("morphometry.")
+    extra = extra[~extra.index.duplicated()]
+    out = ephys.join(extra, how="outer")
+    out.index.name = "specimen_id"
+    out["has_ephys"] = out.index.isin(ephys.index)
+    out["has_morphology"] = out.index.isin(extra.index)
+    return out
 
 
 def _cell(value: Any) -> Any:

@@ -368,7 +368,7 @@ def test_readme_table_names_members_that_exist():
     checked = 0
     for row in rows:
         lake = row[1]
-        for acc, member in re.findall(r"\.(ophys|ecephys|ccf)\.(\w+)", lake):
+        for acc, member in re.findall(r"\.(ophys|ecephys|ccf|celltypes|morphology)\.(\w+)", lake):
             if acc == "ccf" and member in ("level", "levels"):
                 assert hasattr(dict(_accessors())["DataTree.ccf"], member)
             else:

@@ -138,6 +138,7 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
     assert set(rel.tables()) == {
         "ophys_experiments",
         "celltypes_specimens",
+        "morphometry",
         "connectivity_experiments",
         "cells",
     }

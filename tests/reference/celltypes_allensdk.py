@@ -40,7 +40,7 @@ SHARED_SWC = Path(__file__).resolve().parents[3] / "shared" / "data" / "swc"
 STRIDE = 97  # every STRIDE-th sample of each sweep is kept
 
 
-def walk_morphometry(morph) -> dict:  # noqa: ANN001 (an AllenSDK Morphology)
+def walk_morphometry(morph) -> dict:
     """Whole-cell measures by walking AllenSDK's compartments (parents, children_of).
 
     - ``total_length``: sum of node-to-parent distances of non-soma nodes (µm);
@@ -87,9 +87,7 @@ def walk_morphometry(morph) -> dict:  # noqa: ANN001 (an AllenSDK Morphology)
         "n_tips": tips,
         "total_length": total,
         "max_path_distance": max(dist.values()),
-        "max_euclidean_distance": max(
-            math.dist((c["x"], c["y"], c["z"]), centre) for c in comps
-        ),
+        "max_euclidean_distance": max(math.dist((c["x"], c["y"], c["z"]), centre) for c in comps),
         "soma_radius": sum(c["radius"] for c in soma) / len(soma),
     }
 
@@ -98,7 +96,7 @@ def _length(a: dict, b: dict) -> float:
     return math.dist((a["x"], a["y"], a["z"]), (b["x"], b["y"], b["z"]))
 
 
-def _plain(value):  # noqa: ANN001, ANN202
+def _plain(value):
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.generic):
