@@ -1568,3 +1568,29 @@ def structurewise_unit_counts(ds: xr.Dataset) -> pd.Series:
     """AllenSDK's ``session.structurewise_unit_counts``: units (default filter) per
     ``ecephys_structure_acronym``, most first."""
     return units(ds)["ecephys_structure_acronym"].value_counts()
+
+
+def inter_presentation_intervals(ds: xr.Dataset) -> pd.DataFrame:
+    """AllenSDK's ``session.inter_presentation_intervals``: the time from each presentation's
+    stop to the next one's start (s), indexed by (``from_presentation_id``,
+    ``to_presentation_id``)."""
+    table = stimulus_presentations(ds)
+    ids = table.index.to_numpy()
+    return pd.DataFrame({
+        "from_presentation_id": ids[:-1],
+        "to_presentation_id": ids[1:],
+        "interval": table["start_time"].to_numpy()[1:] - table["stop_time"].to_numpy()[:-1],
+    }).set_index(["from_presentation_id", "to_presentation_id"])  # fmt: skip
+
+
+def inter_presentation_intervals_for_stimulus(
+    ds: xr.Dataset, stimulus_names: Sequence[str] | str
+) -> pd.DataFrame:
+    """AllenSDK's ``session.get_inter_presentation_intervals_for_stimulus(stimulus_names)``:
+    the :func:`inter_presentation_intervals` whose both presentations show one of them."""
+    table = stimulus_presentations(ds)
+    names = [stimulus_names] if isinstance(stimulus_names, str) else list(stimulus_names)
+    keep = set(table.index[table["stimulus_name"].isin(names)].tolist())
+    out = inter_presentation_intervals(ds)
+    index = out.index
+    return out[index.get_level_values(0).isin(keep) & index.get_level_values(1).isin(keep)]

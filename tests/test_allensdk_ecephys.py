@@ -682,3 +682,20 @@ def test_unfiltered_channels_keep_valid_data(allensdk_releases, key):
     assert "valid_data" not in valid
     np.testing.assert_array_equal(every.index[every["valid_data"]], valid.index)
     assert set(every.columns) - {"valid_data"} == set(valid.columns)
+
+
+def test_vcn_inter_presentation_intervals_as_allensdk(allensdk_releases):
+    """inter_presentation_intervals: next start - this stop over AllenSDK's stimulus table;
+    for a stimulus, only pairs of its own presentations."""
+    session = _session(allensdk_releases["vcn"])
+    table = ref.table(VCN, "stimulus_presentations")
+    got = session.ecephys.inter_presentation_intervals
+    assert got.index.names == ["from_presentation_id", "to_presentation_id"]
+    np.testing.assert_array_equal(got.index.get_level_values(0), table.index[:-1])
+    np.testing.assert_array_equal(
+        got["interval"], table["start_time"].to_numpy()[1:] - table["stop_time"].to_numpy()[:-1]
+    )
+    flashes = session.ecephys.get_inter_presentation_intervals_for_stimulus(["flashes"])
+    ids = set(table.index[table["stimulus_name"] == "flashes"].tolist())
+    assert len(flashes) == len(ids) - 1  # one contiguous block
+    assert set(flashes.index.get_level_values(0)) | set(flashes.index.get_level_values(1)) == ids

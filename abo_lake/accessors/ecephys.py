@@ -390,6 +390,17 @@ class EcephysAccessor:
         """AllenSDK's ``EcephysSession.structurewise_unit_counts``."""
         return ecephys.structurewise_unit_counts(self._need("ecephys_session"))
 
+    @property
+    def inter_presentation_intervals(self) -> pd.DataFrame:
+        """AllenSDK's ``session.inter_presentation_intervals``."""
+        return ecephys.inter_presentation_intervals(self._need("ecephys_session"))
+
+    def get_inter_presentation_intervals_for_stimulus(self, stimulus_names: Any) -> pd.DataFrame:
+        """AllenSDK's ``session.get_inter_presentation_intervals_for_stimulus(names)``."""
+        return ecephys.inter_presentation_intervals_for_stimulus(
+            self._need("ecephys_session"), stimulus_names
+        )
+
     def get_invalid_times(self) -> pd.DataFrame:
         """AllenSDK's ``session.get_invalid_times()`` (= :attr:`invalid_times`)."""
         return ecephys.invalid_times(self._need("ecephys_session"))
