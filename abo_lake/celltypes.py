@@ -25,8 +25,10 @@ measures whose definitions are :data:`MORPHOMETRY`.
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from abo_lake.sources import celltypes as _reader
 
 __all__ = [
     "MORPHOMETRY",
+    "cells_table",
     "children_of",
     "compartment_index",
     "compartment_index_by_type",
@@ -461,3 +464,59 @@ def morphometry_table(ds: xr.Dataset) -> pd.DataFrame:
     row = morphometry(ds)
     index = pd.Index([ds.attrs.get("specimen_id")], name="specimen_id")
     return pd.DataFrame([row], index=index)
+
+
+# --- specimen metadata ------------------------------------------------------------------------
+
+#: AllenSDK's ``CellTypesApi.simplify_cells_api``: simple name -> ``cells.json`` (API) field;
+#: ``specimen_id`` is AllenSDK's ``id``.
+CELLS_SIMPLE = {
+    "reporter_status": "cell_reporter_status",
+    "species": "donor__species",
+    "specimen_id": "specimen__id",
+    "name": "specimen__name",
+    "structure_layer_name": "structure__layer",
+    "structure_area_id": "structure_parent__id",
+    "structure_area_abbrev": "structure_parent__acronym",
+    "transgenic_line": "line_name",
+    "dendrite_type": "tag__dendrite_type",
+    "apical": "tag__apical",
+    "reconstruction_type": "nr__reconstruction_type",
+    "disease_state": "donor__disease_state",
+    "donor_id": "donor__id",
+    "structure_hemisphere": "specimen__hemisphere",
+    "normalized_depth": "csl__normalized_depth",
+}
+
+
+def cells_table(path: str | Path) -> pd.DataFrame:
+    """A Cell Types ``cells.json`` as a table keyed by ``specimen_id``.
+
+    The API's records (``specimen__id``, ``line_name``, ...) get the simple names of
+    AllenSDK's ``CellTypesCache.get_cells(simple=True)`` (``transgenic_line``,
+    ``structure_area_abbrev``, ``structure_layer_name``, ``dendrite_type``,
+    ``reporter_status``, ..., ``cell_soma_location`` as ``[x, y, z]`` text); records already
+    simple (``get_cells()`` saved as JSON) have their ``id`` named ``specimen_id``; other
+    records are taken as they are.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a JSON list of objects.
+    """
+    records = json.loads(Path(path).read_text())
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected a JSON list of records (objects), like cells.json")
+    if records and "specimen__id" in records[0]:
+        rows = []
+        for r in records:
+            row = {simple: r.get(field) for simple, field in CELLS_SIMPLE.items()}
+            row["cell_soma_location"] = str([r.get("csl__x"), r.get("csl__y"), r.get("csl__z")])
+            rows.append(row)
+        return pd.DataFrame(rows)
+    df = pd.DataFrame(records)
+    if "id" in df.columns and "transgenic_line" in df.columns:
+        df = df.rename(columns={"id": "specimen_id"})
+    if "cell_soma_location" in df.columns:
+        df["cell_soma_location"] = df["cell_soma_location"].map(str)
+    return df

@@ -234,11 +234,17 @@ def _harmonised(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_csvs(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
     """Project metadata CSVs by path; a file that does not parse raises ValueError naming it
-    (a job reads them before converting anything)."""
+    (a job reads them before converting anything). A ``.json`` file is a list of records,
+    such as the Cell Types ``cells.json`` (see :func:`abo_lake.celltypes.cells_table`)."""
     out = {}
     for path in map(str, paths):
         try:
-            out[path] = pd.read_csv(path)
+            if path.lower().endswith(".json"):
+                from abo_lake.celltypes import cells_table
+
+                out[path] = cells_table(path)
+            else:
+                out[path] = pd.read_csv(path)
         except (OSError, ValueError) as err:  # pandas' ParserError is a ValueError
             raise ValueError(f"{path}: not a readable metadata CSV ({err})") from err
     return out

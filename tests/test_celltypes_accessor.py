@@ -325,23 +325,63 @@ def test_renumbering_follows_file_order_not_ids(tmp_path):
 # --------------------------------------------------------------------------- release tables
 
 
+def _api_cell(specimen_id: int, line: str, layer: str, dendrite_type: str) -> dict:
+    """One record of the Allen API's cells.json (the fields AllenSDK's simple view reads)."""
+    return {
+        "specimen__id": specimen_id,
+        "specimen__name": f"{line}-{specimen_id}",
+        "line_name": line,
+        "structure__layer": layer,
+        "structure_parent__id": 385,
+        "structure_parent__acronym": "VISp",
+        "tag__dendrite_type": dendrite_type,
+        "tag__apical": "intact",
+        "cell_reporter_status": "positive",
+        "donor__species": "Mus musculus",
+        "donor__disease_state": "",
+        "donor__id": 1,
+        "specimen__hemisphere": "left",
+        "nr__reconstruction_type": "full",
+        "csl__x": 1.0,
+        "csl__y": 2.0,
+        "csl__z": 3.0,
+        "csl__normalized_depth": 0.5,
+        "erwkf__id": 9,  # a field the simple view drops
+    }
+
+
+def test_cells_json_gets_allensdk_simple_names(tmp_path):
+    api = tmp_path / "cells.json"
+    api.write_text(json.dumps([_api_cell(5, "Sst-IRES-Cre", "2/3", "aspiny")]))
+    table = celltypes.cells_table(api)
+    assert table.loc[0, "specimen_id"] == 5
+    assert table.loc[0, "transgenic_line"] == "Sst-IRES-Cre"
+    assert table.loc[0, "structure_area_abbrev"] == "VISp"
+    assert table.loc[0, "structure_layer_name"] == "2/3"
+    assert table.loc[0, "reporter_status"] == "positive"
+    assert table.loc[0, "cell_soma_location"] == "[1.0, 2.0, 3.0]"
+    assert "erwkf__id" not in table.columns
+    simple = tmp_path / "simple.json"  # get_cells() saved as it returns
+    simple.write_text(json.dumps([{"id": 5, "transgenic_line": "Sst-IRES-Cre"}]))
+    assert celltypes.cells_table(simple).columns.tolist() == ["specimen_id", "transgenic_line"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": 5}')
+    with pytest.raises(ValueError, match=r"bad\.json: expected a JSON list of records"):
+        celltypes.cells_table(bad)
+
+
 def test_release_tables_morphometry_and_specimens(tiny, tmp_path, dask_cluster):
     real = "Pvalb-IRES-Cre_Ai14_IVSCC_-172096.04.02.01_471781218_m.swc"
     src = tmp_path / "src"
     shutil.copytree(tiny["ephys.nwb"].parent, src / tiny["ephys.nwb"].parent.name)
     (src / "real").mkdir()
     shutil.copy(_swc(real, tiny), src / "real" / real)
-    cells = tmp_path / "celltypes_cells.csv"
-    pd.DataFrame(
-        {
-            "specimen_id": [SPECIMEN, 471781218],
-            "transgenic_line": ["Rorb-IRES2-Cre", "Pvalb-IRES-Cre"],
-            "structure_area_abbrev": ["VISp", "VISp"],
-            "structure_layer_name": ["4", "5"],
-            "dendrite_type": ["spiny", "aspiny"],
-            "reporter_status": ["positive", "positive"],
-        }
-    ).to_csv(cells, index=False)
+    cells = tmp_path / "cells.json"  # CellTypesCache's cells.json: the API's field names
+    records = [
+        _api_cell(SPECIMEN, "Rorb-IRES2-Cre", "4", "spiny"),
+        _api_cell(471781218, "Pvalb-IRES-Cre", "5", "aspiny"),
+    ]
+    cells.write_text(json.dumps(records))
     lake = abo_lake.open_lake(str(tmp_path / "lake"))
     report = jobs.run(
         [src],
@@ -361,7 +401,7 @@ def test_release_tables_morphometry_and_specimens(tiny, tmp_path, dask_cluster):
         expected = ds.morphology.morphometry()
         row = morphometry.loc[specimen_id]
         assert row[list(expected)].to_dict() == pytest.approx(expected)
-        assert row["transgenic_line"] in ("Rorb-IRES2-Cre", "Pvalb-IRES-Cre")  # the CSV too
+        assert row["transgenic_line"] in ("Rorb-IRES2-Cre", "Pvalb-IRES-Cre")  # cells.json too
     specimens = rel.table("celltypes_specimens")
     assert specimens.index.tolist() == [471781218, SPECIMEN]
     assert specimens["has_ephys"].tolist() == [False, True]
@@ -370,5 +410,11 @@ def test_release_tables_morphometry_and_specimens(tiny, tmp_path, dask_cluster):
     assert specimens.loc[SPECIMEN, "dendrite_type"] == "spiny"
     assert specimens.loc[471781218, "transgenic_line"] == "Pvalb-IRES-Cre"
     assert specimens.loc[SPECIMEN, "dataset_path"] == EPHYS
+    assert specimens.loc[SPECIMEN, "structure_layer_name"] == "4"
+    assert specimens.loc[SPECIMEN, "reporter_status"] == "positive"
+    assert specimens.loc[471781218, "structure_area_abbrev"] == "VISp"
+    assert any(
+        "cells.json joined celltypes_specimens by specimen_id (2 of 2" in n for n in report.notes
+    )
     ephys = rel.open(EPHYS)
     assert ephys.celltypes.get_sweep_numbers() == [8, 9, 10, 11, 12]
