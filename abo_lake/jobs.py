@@ -349,6 +349,8 @@ def convert_file(
     suffix = f"-v{CONVERTER_VERSION}" + (f"-{token}" if token else "")
     t0 = time.perf_counter()
     result = FileResult(source=source)
+    if refused := _name_error(source):
+        return refused
     storage = Storage(lake_url, **(storage_options or {}))
     fetched = ""
     try:
@@ -357,7 +359,9 @@ def convert_file(
         remote_key = _remote_identity(remote[0], remote[2]) if remote else None
         remote_ledger = f"{LEDGER_PREFIX}/{remote_key}{suffix}.json" if remote_key else None
         if remote_ledger and storage.exists(remote_ledger):
-            return _resumed(result, json.loads(storage.read(remote_ledger)))
+            resumed = _usable(json.loads(storage.read(remote_ledger)))
+            if resumed is not None:
+                return _resumed(result, resumed)
         if remote:
             source = fetched = _fetch(*remote)
             result.bytes_fetched = sum(p.stat().st_size for p in Path(fetched).parent.iterdir())
@@ -375,11 +379,12 @@ def convert_file(
             else hashlib.sha256("".join(digests).encode()).hexdigest()
         )
         ledger_key = f"{LEDGER_PREFIX}/{result.source_sha256}{suffix}.json"
-        if storage.exists(ledger_key):
-            record = storage.read(ledger_key)
+        if storage.exists(ledger_key) and (
+            resumed := _usable(json.loads(record := storage.read(ledger_key)))
+        ):
             if remote_ledger:
                 storage.write(remote_ledger, record)
-            return _resumed(result, json.loads(record))
+            return _resumed(result, resumed)
         result.format = sources.detect_format(source)
         lake = Lake(storage)
         # inside a worker, stream with as many threads as the worker has (not cpu_count + 4)
@@ -430,6 +435,37 @@ def convert_file(
 
             shutil.rmtree(Path(fetched).parent.parent, ignore_errors=True)
     return result
+
+
+def _name_error(source: str) -> FileResult | None:
+    """A failed result for a source whose name is not UTF-8 (None for any other): such a
+    name cannot be sent to a ``distributed`` worker (the job hung) nor stored in a
+    dataset's attributes or a resume record. The error shows the name with its odd bytes
+    escaped (``\\xff``)."""
+    try:
+        source.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        raw = os.fsencode(source)
+    shown = raw.decode("utf-8", "backslashreplace")
+    return FileResult(
+        source=shown,
+        error=f"SourceFileError: {shown}: the file name is not UTF-8 ({raw!r}); abo_lake "
+        "stores source names as text: rename the file (or its folder) to a UTF-8 name",
+    )
+
+
+def _usable(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A resume record, or None if it holds text that is not UTF-8 (written from a file
+    name of other bytes by an older version): that file is converted again instead, and its
+    record replaced."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        logger.warning("resume record of %s has a name that is not UTF-8; converting again",
+                       record.get("source_sha256", "?"))  # fmt: skip
+        return None
+    return record
 
 
 def _resumed(result: FileResult, record: dict[str, Any]) -> FileResult:
@@ -682,6 +718,8 @@ def run(
     files = plan(specs, source_options)
     if not files:
         raise FileNotFoundError(f"no source files found in {list(map(str, specs))}")
+    refused = [r for f in files if (r := _name_error(f))]  # never sent to a worker
+    files = [f for f in files if not _name_error(f)]
     sizes = {f: _size(f, source_options) for f in files}
     existing = lake.release(release).record if release in lake.releases() else None
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -692,7 +730,7 @@ def run(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
             )
     client = distributed.Client(cluster or scheduler, set_as_default=False)
-    results: list[FileResult] = []
+    results: list[FileResult] = list(refused)
     csv_notes: list[str] = []
     opened = lake.stage(release, notes=notes) if existing is None else _rerun(lake, release)
     raced, stage = False, None

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,7 +128,9 @@ class TestGzipBomb:
     @pytest.mark.parametrize("extra", [(), ("byte skip: 0",), ("line skip: 0",)])
     def test_inflating_stops_at_the_declared_size(self, tmp_path, extra):
         path = self._bomb(tmp_path, *extra)
-        with pytest.raises(SourceFileError, match=r"annotation_100\.nrrd.*more than the 4815360 bytes"):
+        with pytest.raises(
+            SourceFileError, match=r"annotation_100\.nrrd.*more than the 4815360 bytes"
+        ):
             open_volume(path)
         with pytest.raises(SourceFileError, match="decompression bomb"):
             reader.read(path)
@@ -261,3 +266,82 @@ class TestSecretsStayOut:
         # and the credentials given at open time still open it
         cat = catalog.open_catalog(lake.url, release="r2", **options)
         assert "abo_lake_release" in cat.metadata
+
+
+# -- 7. file names of any bytes -------------------------------------------------------------
+BAD_NAME = os.fsdecode(b"structures_\xff\xfe.json")  # not UTF-8: surrogates in a str
+
+
+@pytest.fixture(scope="module")
+def structures_json(tmp_path_factory):
+    from abo_lake.synthetic import synthesize
+
+    folder = tmp_path_factory.mktemp("ccf_src")
+    synthesize("ccf", folder, scale="tiny", seed=1)
+    return folder / "structures.json"
+
+
+def _ledger(lake_url: str) -> list[Path]:
+    return sorted((Path(lake_url) / "ledger").glob("*.json"))
+
+
+class TestFileNamesOfAnyBytes:
+    def test_convert_file_refuses_by_name_and_records_nothing(self, tmp_path, structures_json):
+        bad = tmp_path / "src" / BAD_NAME
+        bad.parent.mkdir()
+        shutil.copy(structures_json, bad)
+        lake_url = str(tmp_path / "lake")
+        result = jobs.convert_file(str(bad), lake_url)
+        assert r"structures_\xff\xfe.json" in result.error
+        assert "not UTF-8" in result.error
+        result.source.encode("utf-8")  # printable, storable
+        assert not _ledger(lake_url)
+
+    def test_a_legacy_record_of_such_a_name_is_converted_again(self, tmp_path, structures_json):
+        lake_url = str(tmp_path / "lake")
+        good = tmp_path / "structures.json"
+        shutil.copy(structures_json, good)
+        first = jobs.convert_file(str(good), lake_url)
+        assert not first.error, first.error
+        (key,) = _ledger(lake_url)
+        record = json.loads(key.read_bytes())  # as an older version wrote it
+        record["source"] = BAD_NAME
+        for attrs in record["attrs"].values():
+            attrs["source_file"] = BAD_NAME
+        key.write_text(json.dumps(record))
+        again = jobs.convert_file(str(good), lake_url)
+        assert not again.error, again.error
+        assert not again.resumed
+        json.dumps(again.attrs, ensure_ascii=False).encode("utf-8")
+        assert json.loads(key.read_bytes())["source"] == "structures.json"  # replaced
+        assert jobs.convert_file(str(good), lake_url).resumed
+
+    def test_a_job_fails_the_file_by_name_instead_of_hanging(self, tmp_path, structures_json):
+        src = tmp_path / "src"
+        src.mkdir()
+        shutil.copy(structures_json, src / BAD_NAME)
+        script = textwrap.dedent(
+            f"""
+            import abo_lake
+            from abo_lake import jobs
+            if __name__ == "__main__":
+                lake = abo_lake.open_lake({str(tmp_path / "lake")!r})
+                report = jobs.run([{str(src)!r}], lake, "r1", workers=1, progress=False)
+                print(report.summary())
+            """
+        )
+        (tmp_path / "job.py").write_text(script)
+        try:
+            out = subprocess.run(
+                [sys.executable, str(tmp_path / "job.py")],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                cwd=tmp_path,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("the job hung on a file name that is not UTF-8")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "NOT published" in out.stdout
+        assert r"FAILED " in out.stdout
+        assert r"structures_\xff\xfe.json" in out.stdout
