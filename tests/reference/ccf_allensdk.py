@@ -53,7 +53,11 @@ UNIONIZE_COLUMNS = (
 )  # fmt: skip
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ``ru_maxrss``, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -83,8 +87,8 @@ def _read(path: Path) -> np.ndarray:
 def _measure_mask(args: argparse.Namespace) -> tuple[dict, dict]:
     from allensdk.core.reference_space import ReferenceSpace
 
-    base = _peak_rss_mb()
-    t0 = time.perf_counter()
+    base = peak_rss_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
     annotation = _read(args.annotation)
     tree = _structure_tree(args.structures)
     t_load = time.perf_counter() - t0
@@ -92,12 +96,14 @@ def _measure_mask(args: argparse.Namespace) -> tuple[dict, dict]:
     rsp = ReferenceSpace(tree, annotation, [args.resolution] * 3)
     masks = [rsp.make_structure_mask([sid]) for sid in args.structure_id]
     t_compute = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     out = {}
     for sid, mask in zip(args.structure_id, masks):
         out[f"mask_{sid}_packed"] = np.packbits(mask.astype(bool), axis=-1)
     info = {
         "load_s": t_load,
         "compute_s": t_compute,
+        "cpu_s": cpu,
         "voxels": [int(np.count_nonzero(m)) for m in masks],
         "digests": [mask_digest(m) for m in masks],
         "shape": list(annotation.shape),
@@ -110,8 +116,8 @@ def _measure_points(args: argparse.Namespace) -> tuple[dict, dict]:
     from allensdk.core.reference_space import ReferenceSpace
 
     points = np.load(args.points)
-    base = _peak_rss_mb()
-    t0 = time.perf_counter()
+    base = peak_rss_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
     annotation = _read(args.annotation)
     tree = _structure_tree(args.structures)
     t_load = time.perf_counter() - t0
@@ -120,7 +126,14 @@ def _measure_points(args: argparse.Namespace) -> tuple[dict, dict]:
     idx = np.floor(points / np.asarray(rsp.resolution, dtype=np.float64)).astype(np.int64)
     ids = rsp.annotation[idx[:, 0], idx[:, 1], idx[:, 2]]
     t_compute = time.perf_counter() - t0
-    info = {"load_s": t_load, "compute_s": t_compute, "n_points": len(points), "base_rss_mb": base}
+    cpu = time.process_time() - c0
+    info = {
+        "load_s": t_load,
+        "compute_s": t_compute,
+        "cpu_s": cpu,
+        "n_points": len(points),
+        "base_rss_mb": base,
+    }
     return info, {"points_um": points, "structure_id": ids.astype(np.int64)}
 
 
@@ -147,9 +160,9 @@ def _measure_unionize(args: argparse.Namespace) -> tuple[dict, dict]:
         path = node["structure_id_path"]
         node["parent_structure_id"] = path[-2] if len(path) > 1 else None
     res = float(args.resolution)
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     # run_tissuecyte_unionize_classic.run, step by step: its reads, then its computation
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     annotation = du.load_annotation(str(args.annotation), str(_grid(exp, "data_mask")))
     inj_fraction = du.read(str(_grid(exp, "injection_fraction")))
     inj_density = du.read(str(_grid(exp, "injection_density")))
@@ -190,12 +203,14 @@ def _measure_unionize(args: argparse.Namespace) -> tuple[dict, dict]:
         item["hemisphere_id"] = 3
         records.append(item)
     t_compute = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     records.sort(key=lambda r: (r["hemisphere_id"], r["structure_id"], r["is_injection"]))
     out = {c: np.array([r[c] for r in records], dtype=np.float64) for c in UNIONIZE_COLUMNS}
     out["experiment_id"] = np.array(meta["id"], dtype=np.int64)
     info = {
         "load_s": t_load,
         "compute_s": t_compute,
+        "cpu_s": cpu,
         "n_records": len(records),
         "base_rss_mb": base,
     }
@@ -206,7 +221,7 @@ def measure(args: argparse.Namespace) -> None:
     """Run one AllenSDK measurement; print its JSON line, save its arrays to ``args.out``."""
     run = {"mask": _measure_mask, "points": _measure_points, "unionize": _measure_unionize}
     info, arrays = run[args.what](args)
-    info["peak_rss_mb"] = _peak_rss_mb()
+    info["peak_rss_mb"] = peak_rss_mb()
     np.savez_compressed(args.out, **arrays)
     print(json.dumps(info), flush=True)
 
