@@ -212,8 +212,17 @@ def get_sweep_metadata(ds: xr.Dataset, sweep_number: int) -> dict[str, Any]:
     return out
 
 
-def get_spike_times(ds: xr.Dataset, sweep_number: int) -> np.ndarray:
-    """AllenSDK's ``get_spike_times``: threshold crossings of a sweep, s from its start."""
+def get_spike_times(ds: xr.Dataset, sweep_number: int, key: str | None = None) -> np.ndarray:
+    """AllenSDK's ``get_spike_times``: threshold crossings of a sweep, s from its start.
+
+    ``key`` is AllenSDK's group under ``analysis/``; the lake holds ``spike_times`` (the
+    default) and raises ValueError for another.
+    """
+    if key not in (None, "spike_times"):
+        raise ValueError(
+            f"key {key!r}: the lake holds the spike times of analysis/spike_times only "
+            "(key=None or 'spike_times')"
+        )
     i = _row(ds, sweep_number)
     ends = ds["spike_times_index"].values
     lo = int(ends[i - 1]) if i else 0

@@ -291,6 +291,18 @@ ALLENSDK = {
         ("is_injection", None), ("structure_ids", None), ("include_descendants", False),
         ("hemisphere_ids", None),
     ],
+    # allensdk/core/nwb_data_set.py, NwbDataSet
+    ("Dataset.celltypes", "get_sweep"): [("sweep_number", _REQUIRED)],
+    ("Dataset.celltypes", "get_sweep_numbers"): [],
+    ("Dataset.celltypes", "get_sweep_metadata"): [("sweep_number", _REQUIRED)],
+    ("Dataset.celltypes", "get_spike_times"): [("sweep_number", _REQUIRED), ("key", None)],
+    # allensdk/core/swc.py, Morphology
+    ("Dataset.morphology", "node"): [("n", _REQUIRED)],
+    ("Dataset.morphology", "tree"): [("n", _REQUIRED)],
+    ("Dataset.morphology", "parent_of"): [("seg", _REQUIRED)],
+    ("Dataset.morphology", "children_of"): [("seg", _REQUIRED)],
+    ("Dataset.morphology", "compartment_list_by_type"): [("compartment_type", _REQUIRED)],
+    ("Dataset.morphology", "compartment_index_by_type"): [("compartment_type", _REQUIRED)],
     ("abo_lake.ccf", "projection_matrix"): [
         ("projection_structure_ids", None), ("hemisphere_ids", None),
         ("parameter", "projection_volume"),
@@ -313,6 +325,8 @@ ALLENSDK_PROPERTIES = {
                       "segmentation_mask_image", "corrected_fluorescence_traces",
                       "demixed_traces", "neuropil_traces", "motion_correction", "roi_masks"],
     "Dataset.ccf": ["ontology"],
+    "Dataset.morphology": ["compartment_list", "compartment_index", "soma", "num_nodes",
+                           "num_trees"],
 }  # fmt: skip
 
 

@@ -163,6 +163,13 @@ class TestBadInput:
         with pytest.raises(KeyError, match="sweep_number 9.5 does not exist"):
             ephys.celltypes.get_sweep(9.5)
 
+    def test_spike_times_key(self, ephys):
+        np.testing.assert_array_equal(
+            ephys.celltypes.get_spike_times(10, "spike_times"), ephys.celltypes.get_spike_times(10)
+        )
+        with pytest.raises(ValueError, match="key 'aibs_spike_times': the lake holds"):
+            ephys.celltypes.get_spike_times(10, key="aibs_spike_times")
+
     def test_unknown_stimulus_name(self, ephys):
         with pytest.raises(KeyError, match=r"stimulus_name 'Noise 1': no sweep of specimen "):
             ephys.celltypes.sweeps_by_stimulus(["Ramp", "Noise 1"])

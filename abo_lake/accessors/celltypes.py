@@ -85,9 +85,9 @@ class CellTypesAccessor:
         """AllenSDK's sweep metadata; see :func:`abo_lake.celltypes.get_sweep_metadata`."""
         return celltypes.get_sweep_metadata(self._ds, sweep_number)
 
-    def get_spike_times(self, sweep_number: int) -> np.ndarray:
+    def get_spike_times(self, sweep_number: int, key: str | None = None) -> np.ndarray:
         """Spike times (s from the sweep start); see :func:`abo_lake.celltypes.get_spike_times`."""
-        return celltypes.get_spike_times(self._ds, sweep_number)
+        return celltypes.get_spike_times(self._ds, sweep_number, key)
 
     @property
     def sweeps(self) -> pd.DataFrame:
