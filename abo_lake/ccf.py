@@ -410,6 +410,31 @@ def voxel_counts(
 # -- connectivity unionizes -----------------------------------------------------------------------
 
 
+def _key_lut(table: np.ndarray) -> np.ndarray:
+    """Dense label -> key table of the ids below ``_LUT_IDS`` (see :func:`_label_keys`)."""
+    small = table < _LUT_IDS
+    lut = np.ones(int(table[small].max()) + 2 if small.any() else 2, dtype=np.intp)
+    lut[0] = 0
+    lut[table[small]] = np.flatnonzero(small) + 2
+    return lut
+
+
+def _label_keys(ann: np.ndarray, table: np.ndarray, key_lut: np.ndarray) -> np.ndarray:
+    """Key of each voxel's label: 0 outside (label 0), 1 a label not in the sorted ``table``,
+    ``2 + i`` for ``table[i]``; one gather from ``key_lut`` (:func:`_key_lut`), ids past it
+    clip onto its last entry (unknown), then a ``searchsorted`` for ids ``>= _LUT_IDS``."""
+    key = key_lut.take(ann.astype(np.intp, copy=False), mode="clip")
+    if ann.dtype.kind == "i" and ann.min() < 0:  # clipped onto label 0: unknown, not outside
+        key[ann < 0] = 1
+    large = ann >= _LUT_IDS
+    if large.any():
+        vals = ann[large]
+        pos = np.searchsorted(table, vals)
+        found = table[np.minimum(pos, table.size - 1)] == vals
+        key[large] = np.where(found, pos + 2, 1)
+    return key
+
+
 def _chunk_stats(
     ann: np.ndarray,
     pd_: np.ndarray,
@@ -418,6 +443,7 @@ def _chunk_stats(
     mask: np.ndarray,
     *energies: np.ndarray,
     table: np.ndarray,
+    key_lut: np.ndarray,
     mid: int,
     shape: tuple[int, int, int],
     block_info: dict | None = None,
@@ -425,14 +451,18 @@ def _chunk_stats(
     """Per (label key, side) sums and maxima of one chunk; shape (1, 1, 1, n_keys, _NSTAT)."""
     loc = block_info[0]["array-location"]
     n_keys = 2 * (table.size + 2)
-    pos = np.searchsorted(table, ann)
-    found = table[np.minimum(pos, table.size - 1)] == ann
-    # key 0: outside / no data, 1: a label unknown to the ontology, 2 + i: table[i]
-    key = np.where(found, pos + 2, np.where(ann == 0, 0, 1))
+    out = np.zeros((n_keys, _NSTAT))
+    out[:, _NSUM::2] = -np.inf  # no voxel: max density -inf, at flat index +inf
+    out[:, _NSUM + 1 :: 2] = np.inf
+    if not ann.any():  # outside the brain (or never stored): nothing to add
+        return out[None, None, None]
+    key = _label_keys(ann, table, key_lut)
     key[~(mask > 0)] = 0  # AllenSDK: voxels outside the data mask are unannotated
     lr = np.arange(*loc[2])
     key = (2 * key + (lr >= mid)[None, None, :]).ravel()
     keep = key >= 2
+    if not keep.any():
+        return out[None, None, None]
     key = key[keep]
     f_ = inj_f.ravel()[keep].astype(np.float64)
     d_ = inj_d.ravel()[keep].astype(np.float64)
@@ -441,7 +471,6 @@ def _chunk_stats(
         (e.ravel()[keep].astype(np.float64) for e in energies) if energies else (d_, p_, d_, p_)
     )
     fields = [f_, d_, e_inj, i_inj, 1.0 - f_, p_ - d_, e_all - e_inj, i_all - i_inj]
-    out = np.zeros((n_keys, _NSTAT))
     for k, w in enumerate(fields):
         out[:, k] = np.bincount(key, weights=w, minlength=n_keys)
     (a0, a1), (d0, d1), (l0, l1) = loc
@@ -519,6 +548,7 @@ def direct_unionize(
         ann.data,
         *arrays,
         table=table,
+        key_lut=_key_lut(table),
         mid=int(np.round(ann.sizes["lr"] / 2)),
         shape=ann.shape,
         new_axis=[3, 4],
