@@ -269,6 +269,12 @@ def test_simulate_many_on_the_cluster_equals_one_by_one(dask_client):
     many = glif.simulate_many([CONFIGS[n] for n in names], stim, dt=REF.DT)
     for name, got in zip(names, many, strict=True):
         xr.testing.assert_identical(got, glif.simulate(CONFIGS[name], stim, dt=REF.DT))
+    spikes = glif.simulate_many(
+        [CONFIGS[n] for n in names], stim, dt=REF.DT, variables=["spike_times"]
+    )
+    assert [list(s.data_vars) for s in spikes] == [["spike_times"]] * 3
+    for got, full in zip(spikes, many, strict=True):
+        xr.testing.assert_identical(got["spike_times"], full["spike_times"])
 
 
 def test_the_accessor_refuses_another_kind():
