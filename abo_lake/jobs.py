@@ -31,7 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake import cas, schema, sources
-from abo_lake.errors import AboLakeError, ReleaseExistsError
+from abo_lake.errors import AboLakeError, ReleaseExistsError, SourceFileError
 from abo_lake.lake import HEARTBEAT_SECONDS, LEDGER_PREFIX, Lake, Stage
 from abo_lake.progress import BytesDone, FileProgress
 from abo_lake.release_tables import build_tables, read_csvs, row_tables
@@ -319,7 +319,15 @@ def _with_raw(
     from abo_lake.sources.hdf5_raw import read_raw
     from abo_lake.writer import groups
 
-    raw = read_raw(path, skip=mapped)
+    try:
+        raw = read_raw(path, skip=mapped)
+    except (AboLakeError, MemoryError):
+        raise
+    except Exception as err:  # h5py on a corrupt file: RuntimeError, KeyError, OSError...
+        raise SourceFileError(
+            f"{path}: cannot read its HDF5 objects for the raw copy ({type(err).__name__}: "
+            f"{err}); the file is corrupt or truncated: download it again"
+        ) from err
     # group path -> Dataset: no DataTree assembly (which copies and re-tokenizes every array)
     return {"": obj, **{f"raw/{g}" if g else "raw": ds for g, ds in groups(raw).items()}}
 

@@ -31,7 +31,15 @@ from abo_lake.release import Release, ReleaseRecord
 from abo_lake.storage import Storage, default_lake_url
 from abo_lake.writer import write_dataset
 
-__all__ = ["LEDGER_PREFIX", "PUBLISH_HOOKS", "VERIFY_HOOKS", "Lake", "Stage", "open_lake"]
+__all__ = [
+    "LEDGER_PREFIX",
+    "MIN_GRACE",
+    "PUBLISH_HOOKS",
+    "VERIFY_HOOKS",
+    "Lake",
+    "Stage",
+    "open_lake",
+]
 
 #: Conversion resume records: ``ledger/<source content hash>.json``.
 LEDGER_PREFIX = "ledger"
@@ -47,6 +55,9 @@ PUBLISH_HOOKS: list[Callable[[Lake, ReleaseRecord], None]] = []
 GC_BATCH = 1000
 #: Seconds between the heartbeats a long-running writer (a job) sends (:meth:`Stage.heartbeat`).
 HEARTBEAT_SECONDS = 30.0
+#: The smallest grace :meth:`Lake.gc` accepts while a stage has sent a heartbeat within it:
+#: four heartbeats, so a job whose heartbeat failed three times in a row still counts as open.
+MIN_GRACE = timedelta(seconds=4 * HEARTBEAT_SECONDS)
 #: Called by :meth:`Lake.verify` with (lake, record, report) to check what a publish hook
 #: wrote; they append to ``report.missing`` / ``report.corrupt``.
 VERIFY_HOOKS: list[Callable[[Lake, ReleaseRecord, VerifyReport], None]] = []
@@ -326,9 +337,25 @@ class Lake:
         (older than ``grace``) are removed. Releases and stages are read again after the
         listing, just before deleting, so a release published (or a job started) while GC
         listed the lake keeps what it references.
+
+        Raises
+        ------
+        ValueError
+            For a grace below :data:`MIN_GRACE` (four heartbeats) while a stage has sent a
+            heartbeat within :data:`MIN_GRACE`: that job may be running and re-using any
+            unreferenced object. (On a lake without such a stage any grace is accepted.)
         """
         grace_td = parse_duration(grace)
         now = now or _now()
+        if grace_td < MIN_GRACE and (recent := self._stages(now - MIN_GRACE)[0]):
+            names = sorted({str(doc.get("name")) for doc in recent.values()})
+            raise ValueError(
+                f"gc grace {grace!r} is shorter than {MIN_GRACE.total_seconds():.0f} s (4 "
+                f"stage heartbeats of {HEARTBEAT_SECONDS:.0f} s) while {len(recent)} stage(s) "
+                f"of release(s) {', '.join(map(repr, names))} in lake {self.url} sent a "
+                "heartbeat within it: a job may be running and re-using unreferenced objects; "
+                f"use a grace of at least {MIN_GRACE.total_seconds():.0f}s (e.g. '1h')"
+            )
         cutoff = now - grace_td
         marks = self._marks(cutoff)
         report = GCReport(

@@ -345,3 +345,70 @@ class TestFileNamesOfAnyBytes:
         assert "NOT published" in out.stdout
         assert r"FAILED " in out.stdout
         assert r"structures_\xff\xfe.json" in out.stdout
+
+
+# -- 8. corrupt NWB files, gc grace -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def vbo_nwb(tmp_path_factory):
+    from abo_lake.synthetic import synthesize
+
+    folder = tmp_path_factory.mktemp("vbo_src")
+    synthesize("vbo-ophys", folder, scale="tiny", seed=1)
+    return sorted(folder.rglob("*.nwb"))[0]
+
+
+def _zeroed(src: Path, out: Path, lo: float, hi: float) -> Path:
+    data = bytearray(src.read_bytes())
+    a, b = int(len(data) * lo), int(len(data) * hi)
+    data[a:b] = bytes(b - a)
+    out.write_bytes(data)
+    return out
+
+
+class TestCorruptNwb:
+    @pytest.mark.parametrize(
+        "window", [(0.5, 1.0), (0.1, 1.0), (0.9, 1.0), (0.98, 1.0), (0.95, 0.97), (0.0, 0.5)]
+    )
+    def test_a_zeroed_file_fails_by_name(self, tmp_path, vbo_nwb, window):
+        bad = _zeroed(vbo_nwb, tmp_path / "half_zeroed.nwb", *window)
+        result = jobs.convert_file(str(bad), str(tmp_path / "lake"))
+        assert result.error.startswith("SourceFileError: "), result.error
+        assert "half_zeroed.nwb" in result.error.splitlines()[0]
+        assert "Traceback" not in result.error
+
+    def test_read_names_the_file_whatever_the_reader_trips_over(self, tmp_path, vbo_nwb):
+        from abo_lake import sources
+
+        bad = _zeroed(vbo_nwb, tmp_path / "half_zeroed.nwb", 0.5, 1.0)
+        with pytest.raises(SourceFileError, match=r"half_zeroed\.nwb: cannot read it as vbo-ophys"):
+            sources.read(bad, "vbo-ophys")  # format known (from its name, say): no sniffing
+        with pytest.raises(SourceFileError, match=r"half_zeroed\.nwb.*root group"):
+            sources.read(bad)
+
+
+class TestGcGrace:
+    @pytest.mark.parametrize("grace", ["0s", "0", "30s", "90s", "119s"])
+    def test_a_short_grace_is_refused_beside_an_open_stage(self, lake, grace):
+        _publish_tiny(lake, "r1")
+        with lake.stage("r2") as stage:  # a running job
+            stage.write("a/2", __import__("xarray").Dataset({"v": ("t", np.arange(5.0))}))
+            with pytest.raises(ValueError, match="a job may be running"):
+                lake.gc(grace=grace, dry_run=False)
+            assert lake.gc(grace="2m", dry_run=False).live_stages  # the safe minimum runs
+        assert lake.release("r2").open("a/2")["v"].values.tolist() == [0.0, 1, 2, 3, 4]
+
+    def test_the_cli_refuses_it_with_exit_2(self, lake, capsys):
+        from abo_lake.cli import main
+
+        with lake.stage("r1"):
+            opts = json.dumps(lake.storage.storage_options)
+            code = main(["gc", "--lake", lake.url, "--storage-options", opts, "--grace", "0s"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "'0s'" in err
+        assert "120 s" in err
+        assert "'r1'" in err
+
+    def test_a_quiet_lake_accepts_any_grace(self, lake):
+        _publish_tiny(lake, "r1")
+        assert not lake.gc(grace="0s", dry_run=False).live_stages

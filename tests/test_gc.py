@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import ExitStack
+from datetime import UTC, datetime
 
 import numpy as np
 import xarray as xr
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 import abo_lake
 from abo_lake import cas
+from abo_lake.lake import MIN_GRACE
 
 
 def dataset(seed: int) -> xr.Dataset:
@@ -53,8 +55,11 @@ def test_gc_never_deletes_what_a_release_or_a_young_stage_references(ops):
                     stack.__exit__(RuntimeError, RuntimeError("abandoned"), None)
                 # "crash": dropped without cleanup, like a killed process
             elif op == "gc":
-                grace = "1h" if open_stages else "0s"
-                lake.gc(grace=grace, dry_run=False)
+                if open_stages:
+                    lake.gc(grace="1h", dry_run=False)
+                else:  # later than any heartbeat (a crashed stage's too) by MIN_GRACE
+                    later = datetime.now(UTC) + 2 * MIN_GRACE
+                    lake.gc(grace=MIN_GRACE, dry_run=False, now=later)
                 if not open_stages:  # everything unreferenced is collected
                     referenced = {
                         h

@@ -26,6 +26,7 @@ from abo_lake.errors import (
     ReleaseExistsError,
     ReleaseNotFoundError,
 )
+from abo_lake.lake import MIN_GRACE
 from abo_lake.manifest import manifest_key
 from abo_lake.testing import raise_if_dask_computes
 
@@ -304,7 +305,10 @@ def test_killed_stage_leaves_no_release_and_rerun_succeeds(local_lake, tmp_path)
     with lake.stage("r1") as stage:
         stage.write("a/1", xr.Dataset({"x": ("t", np.arange(100000.0))}))
     assert lake.releases() == ["r1"]
-    report = lake.gc(grace="0s", dry_run=False)
+    with pytest.raises(ValueError, match="a job may be running"):  # it beat seconds ago
+        lake.gc(grace="0s", dry_run=False)
+    later = datetime.now(UTC) + 2 * MIN_GRACE  # no heartbeat since: the stage is stale
+    report = lake.gc(grace=MIN_GRACE, dry_run=False, now=later)
     assert len(report.stale_stages) == 1
     assert lake.verify("r1").ok
 

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import xarray as xr
 
-from abo_lake.errors import SourceFileError
+from abo_lake.errors import AboLakeError, SourceFileError
 from abo_lake.kinds import FORMATS
 
 __all__ = ["READERS", "detect_format", "inputs", "members", "read"]
@@ -68,7 +68,14 @@ def _why_unreadable(p: Path) -> str:
     except SourceFileError as err:
         return str(err)
     with f:
-        version = read_str(f.attrs.get("nwb_version", "")) or "no nwb_version"
+        try:
+            version = read_str(f.attrs.get("nwb_version", "")) or "no nwb_version"
+        except Exception as err:  # h5py: KeyError, RuntimeError... on zeroed blocks
+            return (
+                f"{p}: an HDF5 file whose root group cannot be read ({type(err).__name__}: "
+                f"{err}); it is corrupt or truncated (e.g. zeroed blocks of an interrupted "
+                "copy): download it again"
+            )
     reasons = []
     for fmt in _HDF5_READERS:
         try:
@@ -84,9 +91,25 @@ def _why_unreadable(p: Path) -> str:
 
 
 def read(path: str | Path, fmt: str | None = None) -> dict[str, xr.Dataset]:
-    """Read one source file into the Datasets it holds, keyed by their path in a release."""
+    """Read one source file into the Datasets it holds, keyed by their path in a release.
+
+    Raises
+    ------
+    SourceFileError
+        Naming the file; a reader's own error as it is, anything else a reader trips over
+        (a ``KeyError`` from h5py on a half-zeroed file, say) with its type and message.
+    """
     fmt = fmt or detect_format(path)
-    return _module(fmt).read(Path(path))
+    try:
+        return _module(fmt).read(Path(path))
+    except (AboLakeError, MemoryError):
+        raise
+    except Exception as err:
+        raise SourceFileError(
+            f"{path}: cannot read it as {fmt} ({type(err).__name__}: {err}); the file is "
+            "corrupt or truncated (e.g. zeroed blocks of an interrupted copy), or a layout "
+            "abo_lake does not know: check it (h5ls -r for HDF5) or download it again"
+        ) from err
 
 
 def group_names(name: str, siblings: Iterable[str]) -> list[str]:
