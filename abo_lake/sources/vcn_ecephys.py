@@ -56,7 +56,7 @@ import xarray as xr
 
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
-from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str
+from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_dataset
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -321,16 +321,21 @@ def _colnames(group: h5py.Group) -> list[str]:
 
 def _table(group: h5py.Group, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The scalar (1-D, non-ragged, non-reference) columns of a DynamicTable."""
-    n = group["id"].shape[0]
+    where = f"{group.file.filename}: {group.name}"
+    n = require_dataset(group, "id", group.file.filename, ndim=1, what="row ids").shape[0]
     out = {}
     for name in _colnames(group):
-        if name in skip or f"{name}_index" in group or name not in group:
+        if name in skip or f"{name}_index" in group:
             continue
-        dset = group[name]
-        if (
-            dset.ndim != 1
-            or dset.shape[0] != n
-            or (dset.dtype.kind in "OV" and (h5py.check_string_dtype(dset.dtype) is None))
+        dset = group.get(name)
+        if not isinstance(dset, h5py.Dataset) or not dset.ndim or dset.shape[0] != n:
+            found = "missing" if dset is None else getattr(dset, "shape", type(dset).__name__)
+            raise SourceFileError(
+                f"{where}/{name}: {found}, expected a column of {n} rows or a ragged one "
+                f"indexed by {group.name}/{name}_index (the table's colnames attribute lists it)"
+            )
+        if dset.ndim != 1 or (
+            dset.dtype.kind in "OV" and h5py.check_string_dtype(dset.dtype) is None
         ):
             continue  # references, compound and multi-dimensional columns
         out[name] = _column(dset)
