@@ -41,6 +41,7 @@ __all__ = [
     "glif_level",
     "simulate",
     "simulate_many",
+    "simulate_sweep",
     "sweep_stimulus",
     "validate_config",
 ]
@@ -271,22 +272,52 @@ def _stimulus(stimulus: Any, dt: float | None) -> tuple[np.ndarray, float]:
 
 
 def sweep_stimulus(ephys: xr.Dataset, sweep_number: int) -> xr.DataArray:
-    """One sweep's stimulus of a ``celltypes_ephys`` Dataset, with units and sampling rate."""
-    numbers = [int(n) for n in ephys["sweep_number"].values]
-    if sweep_number not in numbers:
-        raise KeyError(f"sweep {sweep_number} is not in this specimen; sweeps: {numbers}")
-    i = numbers.index(sweep_number)
-    end = np.asarray(ephys["sweep_index"].values)
-    start = int(end[i - 1]) if i else 0
-    values = ephys["stimulus"][start : int(end[i])]
-    rate = float(ephys["sampling_rate"].values[i])
+    """One sweep's stimulus of a ``celltypes_ephys`` Dataset (AllenSDK's ``get_sweep``: the
+    whole sweep), with its units and sampling rate, for :func:`simulate`."""
+    from abo_lake import celltypes
+
+    sweep = celltypes.get_sweep(ephys, sweep_number)
+    rate = float(sweep["sampling_rate"])
     return xr.DataArray(
-        np.asarray(values.values),
+        sweep["stimulus"],
         dims=("time",),
-        coords={"time": np.arange(int(end[i]) - start) / rate},
-        attrs={"units": ephys["stimulus"].attrs.get("units"), "sampling_rate": rate},
+        coords={"time": np.arange(len(sweep["stimulus"])) / rate},
+        attrs={"units": sweep["stimulus_unit"], "sampling_rate": rate},
         name="stimulus",
     )
+
+
+def simulate_sweep(
+    ephys: xr.Dataset,
+    model: Mapping[str, Any] | xr.Dataset,
+    stimulus: Any,
+    dt: float | None = None,
+) -> xr.Dataset:
+    """``.celltypes.simulate``: a GLIF model on one of a specimen's sweeps or a custom current.
+
+    Parameters
+    ----------
+    ephys
+        The specimen's ``celltypes_ephys`` Dataset.
+    model
+        A ``glif_model`` Dataset (``celltypes/specimen/<id>/glif/<model_id>``) or config dict.
+    stimulus
+        A sweep number of ``ephys`` (its whole stimulus at its sampling rate, as AllenSDK's
+        GLIF example takes it from ``NwbDataSet.get_sweep``), or a current as for
+        :func:`simulate`.
+    dt
+        Time step (s); by default the sweep's sampling interval.
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`simulate`, with ``attrs["sweep_number"]`` for a sweep.
+    """
+    if isinstance(stimulus, int | np.integer) and not isinstance(stimulus, bool):
+        out = simulate(model, sweep_stimulus(ephys, int(stimulus)), dt)
+        out.attrs["sweep_number"] = int(stimulus)
+        return out
+    return simulate(model, stimulus, dt)
 
 
 # -- simulation -------------------------------------------------------------------------------

@@ -282,3 +282,26 @@ def test_the_accessor_refuses_another_kind():
 
     with pytest.raises(SchemaError, match="glif_model"):
         xr.Dataset(attrs={"abo_lake_kind": "celltypes_ephys"}).glif.simulate(np.zeros(3), 1e-5)
+
+
+def test_celltypes_simulate_runs_a_model_on_a_sweep(tiny_sources, configs):
+    ephys_path = next(Path(p) for p in jobs.plan([tiny_sources["celltypes"]]) if p.endswith(".nwb"))
+    [ephys] = sources.read(ephys_path).values()
+    [model] = sources.read(configs[4]).values()
+    number = ephys.celltypes.get_sweep_numbers()[1]
+    sweep = ephys.celltypes.get_sweep(number)
+    assert np.ptp(sweep["stimulus"]) > 0
+    got = ephys.celltypes.simulate(model, number)
+    stim = xr.DataArray(
+        sweep["stimulus"],
+        dims=("t",),
+        attrs={"units": "A", "sampling_rate": sweep["sampling_rate"]},
+    )
+    want = glif.simulate(reader.config_of(model), stim)
+    np.testing.assert_array_equal(got["voltage"], want["voltage"])
+    np.testing.assert_array_equal(got["spike_times"], want["spike_times"])
+    assert got.attrs["sweep_number"] == number
+    assert got.attrs["dt"] == 1 / sweep["sampling_rate"]
+    custom = ephys.celltypes.simulate(model, np.zeros(100), dt=1e-5)
+    assert custom.sizes["time"] == 100
+    assert custom.sizes["spike"] == 0

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import celltypes
+from abo_lake import celltypes, glif
 from abo_lake.errors import SchemaError
 from abo_lake.kinds import kinds_for
 from abo_lake.schema import kind_of, validate
@@ -103,6 +103,14 @@ class CellTypesAccessor:
     def sweeps_by_stimulus(self, stimulus_names: str | Sequence[str]) -> pd.DataFrame:
         """Sweeps of the named stimuli; see :func:`abo_lake.celltypes.sweeps_by_stimulus`."""
         return celltypes.sweeps_by_stimulus(self._ds, stimulus_names)
+
+    def simulate(
+        self, model: xr.Dataset | dict, stimulus: Any, dt: float | None = None
+    ) -> xr.Dataset:
+        """A GLIF model (``celltypes/specimen/<id>/glif/<model_id>``) on one of this
+        specimen's sweeps (a sweep number) or a custom current: voltage, threshold,
+        after-spike currents and spike times; see :func:`abo_lake.glif.simulate_sweep`."""
+        return glif.simulate_sweep(self._ds, model, stimulus, dt)
 
 
 @xr.register_dataset_accessor("morphology")
