@@ -463,25 +463,33 @@ def _chunk_stats(
     keep = key >= 2
     if not keep.any():
         return out[None, None, None]
-    key = key[keep]
-    f_ = inj_f.ravel()[keep].astype(np.float64)
-    d_ = inj_d.ravel()[keep].astype(np.float64)
-    p_ = pd_.ravel()[keep].astype(np.float64)
-    e_inj, e_all, i_inj, i_all = (
-        (e.ravel()[keep].astype(np.float64) for e in energies) if energies else (d_, p_, d_, p_)
-    )
-    fields = [f_, d_, e_inj, i_inj, 1.0 - f_, p_ - d_, e_all - e_inj, i_all - i_inj]
+    every = bool(keep.all())
+
+    def kept(a: np.ndarray) -> np.ndarray:
+        return (a.ravel() if every else a.ravel()[keep]).astype(np.float64)
+
+    key = key if every else key[keep]
+    f_, d_, p_ = kept(inj_f), kept(inj_d), kept(pd_)
+    e_inj, e_all, i_inj, i_all = (kept(e) for e in energies) if energies else (d_, p_, d_, p_)
+    diff = p_ - d_  # without energies, the intensities are the densities: fields repeat
+    fields = [f_, d_, e_inj, i_inj, 1.0 - f_, diff,
+              diff if e_all is p_ and e_inj is d_ else e_all - e_inj,
+              diff if i_all is p_ and i_inj is d_ else i_all - i_inj]  # fmt: skip
+    done: dict[int, np.ndarray] = {}  # one bincount per distinct field
     for k, w in enumerate(fields):
-        out[:, k] = np.bincount(key, weights=w, minlength=n_keys)
-    (a0, a1), (d0, d1), (l0, l1) = loc
-    ap = np.arange(a0, a1)[:, None, None] * (shape[1] * shape[2])
-    flat = (ap + np.arange(d0, d1)[None, :, None] * shape[2] + np.arange(l0, l1)).ravel()[keep]
+        if id(w) not in done:
+            done[id(w)] = np.bincount(key, weights=w, minlength=n_keys)
+        out[:, k] = done[id(w)]
+    where = np.flatnonzero(keep)  # local C-order positions of the kept voxels
+    (a0, _), (d0, _), (l0, _) = loc
     for k, dens in enumerate((d_, p_ * (1.0 - f_))):
         best = np.full(n_keys, -np.inf)
         np.maximum.at(best, key, dens)
         at = np.full(n_keys, np.inf)
-        top = dens == best[key]
-        np.minimum.at(at, key[top], flat[top].astype(np.float64))
+        top = np.flatnonzero(dens == best[key])
+        i, j, m = np.unravel_index(where[top], ann.shape)
+        flat = ((i + a0) * shape[1] + (j + d0)) * shape[2] + (m + l0)
+        np.minimum.at(at, key[top], flat.astype(np.float64))
         out[:, _NSUM + 2 * k] = best
         out[:, _NSUM + 2 * k + 1] = at
     return out[None, None, None]

@@ -876,3 +876,22 @@ def test_unionize_equals_allensdk(local_release, lake_level, exps, allensdk):
         np.testing.assert_allclose(
             rec[col].to_numpy(), allensdk[f"unionize_{col}"], rtol=1e-5, atol=1e-9, err_msg=col
         )
+
+
+def test_unionize_with_energy_grids_equal_to_the_densities(exps, tree, onto, records):
+    """Energy and intensity grids, when present, are used; equal to the densities they give
+    the records of the density stand-ins."""
+    exp = exps[0]
+    grids = {
+        "injection_energy": exp["injection_density"],
+        "projection_energy": exp["projection_density"],
+        "injection_sum_pixel_intensities": exp["injection_density"],
+        "sum_pixel_intensities": exp["projection_density"],
+    }
+    with_energy = exp.assign({k: v.copy(deep=True) for k, v in grids.items()})
+    rec = ccf.unionize(with_energy, annotation=tree, ontology=onto)
+    pd.testing.assert_frame_equal(rec, records[0], check_exact=False, rtol=1e-12)
+    doubled = with_energy.assign(projection_energy=2 * with_energy["projection_energy"])
+    rec2 = ccf.unionize(doubled, annotation=tree, ontology=onto)
+    proj = ~rec2.is_injection & (rec2.sum_projection_pixels > 0)
+    assert (rec2.loc[proj, "projection_energy"] > rec.loc[proj, "projection_energy"]).all()
