@@ -412,3 +412,31 @@ class TestGcGrace:
     def test_a_quiet_lake_accepts_any_grace(self, lake):
         _publish_tiny(lake, "r1")
         assert not lake.gc(grace="0s", dry_run=False).live_stages
+
+
+class TestNrrdSkips:
+    @pytest.mark.parametrize("skip", ["byte skip: -1", "byte skip: 16", "line skip: 1"])
+    def test_raw_skips_read_what_pynrrd_reads(self, tmp_path, skip):
+        import nrrd
+
+        data = _volume(2)
+        pad = b"0123456789abcde\n" if skip != "byte skip: -1" else b"junk before data"
+        path = tmp_path / "annotation_100.nrrd"
+        path.write_bytes(_header("raw", skip) + pad + data.tobytes(order="F"))
+        got, _ = open_volume(path)
+        np.testing.assert_array_equal(got, nrrd.read(str(path), index_order="F")[0])
+        np.testing.assert_array_equal(got, data)
+
+    def test_raw_data_shorter_than_declared_with_byte_skip_minus_one(self, tmp_path):
+        path = tmp_path / "annotation_100.nrrd"
+        path.write_bytes(_header("raw", "byte skip: -1") + _volume().tobytes(order="F")[:1000])
+        with pytest.raises(SourceFileError, match=r"annotation_100\.nrrd: 1000 bytes of raw"):
+            open_volume(path)
+
+    def test_gzip_byte_skip_drops_leading_bytes(self, tmp_path):
+        data = _volume(3)
+        path = tmp_path / "annotation_100.nrrd"
+        payload = gzip.compress(b"x" * 100 + data.tobytes(order="F"), 1)
+        path.write_bytes(_header("gzip", "byte skip: 100") + payload)
+        got, _ = open_volume(path)
+        np.testing.assert_array_equal(got, data)

@@ -69,7 +69,8 @@ def open_volume(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             start = fh.tell()
             if encoding == "raw":
                 size = source.stat().st_size
-                start = size - nbytes if byte_skip == -1 else start + byte_skip
+                # byte skip -1: the data is the file's last bytes, after the header
+                start = max(start, size - nbytes) if byte_skip == -1 else start + byte_skip
                 _check_size(source, size - start, nbytes, "raw")
                 return np.memmap(source, dtype, "r", start, shape, order="F"), header
             with tempfile.TemporaryFile(prefix="abo-lake-nrrd-") as out:
