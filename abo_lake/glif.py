@@ -19,12 +19,14 @@ State per step ``n -> n+1`` under stimulus ``I[n]`` (SI units: V, A, s, F, Ω):
 Between spikes the dynamics are linear with constant coefficients, so :func:`simulate` steps
 through blocks of samples at once (currents in closed form, voltage and threshold as
 first-order IIR filters, :func:`scipy.signal.lfilter`) and finds the first crossing of a block;
-only the spikes are handled one at a time.
+only the spikes are handled one at a time. Against AllenSDK 2.16.2 on GLIF 1–5 configs and
+square, ramp and noise stimuli at 200 kHz (``tests/reference/glif_allensdk.py``): the same spike
+time steps, voltage and threshold within 1e-12 V (in fact ~1e-14 V: the filters round the last
+bits differently), 40–100× faster (``tests/benchmarks/bench_glif.py``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -581,8 +583,3 @@ def _simulate_kept(
 ) -> xr.Dataset:
     out = simulate(config, stim, dt)
     return out if variables is None else out[list(variables)]
-
-
-def config_json(config: Mapping[str, Any]) -> str:
-    """A config as canonical JSON text (sorted keys)."""
-    return json.dumps(config, sort_keys=True)

@@ -305,3 +305,24 @@ def test_celltypes_simulate_runs_a_model_on_a_sweep(tiny_sources, configs):
     custom = ephys.celltypes.simulate(model, np.zeros(100), dt=1e-5)
     assert custom.sizes["time"] == 100
     assert custom.sizes["spike"] == 0
+
+
+def test_an_invalid_config_fails_the_job_by_name_and_nothing_is_published(
+    configs, local_lake, dask_cluster, tmp_path
+):
+    good = tmp_path / "specimen_1" / "glif_10" / "neuron_config.json"
+    bad = tmp_path / "specimen_1" / "glif_11" / "neuron_config.json"
+    for path in (good, bad):
+        path.parent.mkdir(parents=True)
+    good.write_text(configs[0].read_text())
+    cfg = json.loads(configs[0].read_text())
+    cfg["C"] = -1e-10
+    bad.write_text(json.dumps(cfg))
+    report = jobs.run(
+        [tmp_path], local_lake, "bad", scheduler=dask_cluster.scheduler_address, progress=False
+    )
+    [failure] = report.failures
+    assert Path(failure.source) == bad
+    assert "field 'C'" in failure.error
+    assert not report.published
+    assert local_lake.releases() == []

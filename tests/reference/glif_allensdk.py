@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 OUT = HERE / "glif_allensdk.npz"
 DT = 5e-6  # 200 kHz
-STEP = 50  # downsampling of the stored traces
+STEP = 250  # downsampling of the stored traces (1.25 ms)
 SEED = 2026
 STIMULI = ("square", "ramp", "noise")
 
