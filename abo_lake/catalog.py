@@ -82,14 +82,17 @@ WRITABLE_OPTIONS: dict[str, Any] = {
     "use_listings_cache": True,
     "listings_expiry_time": True,
     "auto_mkdir": True,
-    "client_kwargs": {"region_name": True, "endpoint_url": True},
+    "project": True,  # gcsfs
+    "account_name": True,  # adlfs: the storage account, not its key
+    "client_kwargs": {"region_name": True, "endpoint_url": True, "verify": True},
     "config_kwargs": {
+        "region_name": True,
         "connect_timeout": True,
         "read_timeout": True,
         "max_pool_connections": True,
         "signature_version": True,
         "retries": {"max_attempts": True, "total_max_attempts": True, "mode": True},
-        "s3": {"addressing_style": True},
+        "s3": {"addressing_style": True, "use_accelerate_endpoint": True},
     },
     "s3_additional_kwargs": {"RequestPayer": True},
 }
