@@ -10,7 +10,8 @@ kind ``glif_model``:
   ``spike_cut_length``, ...; a null ``th_adapt`` is left out and listed in ``glif_null_fields``),
   the coefficients as ``coeffs.<name>``, each method as ``<method kind>`` (its name) and
   ``<method kind>.params.<param>``; any other field is kept (a nested one as JSON text,
-  listed in ``glif_json_fields``), so :func:`config_of` gives the file's config back;
+  listed in ``glif_json_fields``); ``glif_config_attrs`` lists the attrs that are config
+  fields (a job adds its own), so :func:`config_of` gives the file's config back;
 - ``specimen_id``, ``neuronal_model_id`` and ``glif_level`` (1–5, 0 for another combination).
 
 Ids come from where the file lies, as in Allen's downloads: the specimen id from a folder
