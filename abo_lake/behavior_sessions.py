@@ -73,6 +73,22 @@ CSV_OVERRIDES = (
     "file_path",
 )
 
+#: Columns of an experiment that are not its session's (the session has several planes).
+_EXPERIMENT_ONLY = frozenset(
+    {
+        "ophys_experiment_id",
+        "dataset_path",
+        "source_file",
+        "source_sha256",
+        "abo_lake_kind",
+        "imaging_depth",
+        "targeted_imaging_depth",
+        "targeted_structure",
+        "imaging_plane_group",
+        "field_of_view_width",
+        "field_of_view_height",
+    }
+)
 _PER_SESSION = tuple(c for c in COLUMNS if c not in ("behavior_session_id",))
 
 
@@ -158,7 +174,13 @@ def _from_experiments(experiments: pd.DataFrame) -> pd.DataFrame:
     if not len(df):
         return pd.DataFrame()
     groups = df.groupby("behavior_session_id", sort=True)
-    out = groups.first()
+    # the session's own columns: those its experiments agree on (not depth, area, file, ...)
+    shared = [
+        c
+        for c in df.columns
+        if c not in _EXPERIMENT_ONLY and (groups[c].nunique(dropna=False) <= 1).all()
+    ]
+    out = groups[[c for c in shared if c != "behavior_session_id"]].first()
     out["ophys_experiment_id"] = groups["ophys_experiment_id"].agg(_list_text)
     if "dataset_path" in df.columns:  # its behavior is in each experiment: open the first
         out["dataset_path"] = groups["dataset_path"].min()

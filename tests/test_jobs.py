@@ -558,7 +558,8 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path):
     arrays = [
         k
         for k, d in docs["spec"].items()
-        if d.get("node_type") == "array" and d["data_type"] in ("float64", "float32", "uint16")
+        if d.get("node_type") == "array"
+        and d["data_type"] in ("float64", "float32", "uint16", "int64")
     ]
     smaller = [k for k in arrays if chunk_bytes(docs["spec"][k]) < chunk_bytes(docs["default"][k])]
     assert smaller  # arrays without a reader layout now have ~0.25 MB chunks
