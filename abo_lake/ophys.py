@@ -211,20 +211,7 @@ def frame_rate(ds: xr.Dataset) -> float:
 
 #: ``BehaviorOphysExperiment.metadata`` keys (behaviour, then ophys, as AllenSDK builds them).
 VBO_METADATA_KEYS = (
-    "equipment_name",
-    "sex",
-    "age_in_days",
-    "stimulus_frame_rate",
-    "session_type",
-    "date_of_acquisition",
-    "reporter_line",
-    "cre_line",
-    "behavior_session_uuid",
-    "driver_line",
-    "mouse_id",
-    "project_code",
-    "full_genotype",
-    "behavior_session_id",
+    *behavior.BEHAVIOR_METADATA_KEYS,
     "indicator",
     "emission_lambda",
     "excitation_lambda",

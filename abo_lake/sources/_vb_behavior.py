@@ -455,11 +455,12 @@ def read_behavior(path: str | Path, f: h5py.File) -> tuple[dict[str, xr.Variable
 # --- fidelity ----------------------------------------------------------------------------------
 
 
-def _as(dtype: Any) -> Any:
+def as_dtype(dtype: Any) -> Any:
+    """A fidelity transform: blocks as ``dtype``."""
     return blockwise(lambda a: np.asarray(a).astype(dtype))
 
 
-def _strings_or(a: np.ndarray) -> np.ndarray:
+def decoded_strings(a: np.ndarray) -> np.ndarray:
     """Decoded strings as ``<U`` (numbers pass through)."""
     a = np.asarray(a)
     if a.dtype.kind in "OST":
@@ -468,11 +469,11 @@ def _strings_or(a: np.ndarray) -> np.ndarray:
 
 
 def _strings_as(stored: xr.DataArray | None) -> Any:
-    """:func:`_strings_or`, then numbers as the stored column holds them: float64 when tables
+    """:func:`decoded_strings`, then numbers as the stored column holds them: float64 when tables
     lacking the column made it NaN-padded, text when other tables hold it as text."""
 
     def transform(a: np.ndarray) -> np.ndarray:
-        a = _strings_or(a)
+        a = decoded_strings(a)
         if stored is not None and a.dtype.kind in "biuf" and stored.dtype.kind in "fU":
             return a.astype(stored.dtype if stored.dtype.kind == "f" else str)
         return a
@@ -529,17 +530,20 @@ def fidelity_mappings(
     main: dict[str, Any] = {}
     if "intervals/trials" in f:
         g = f["intervals/trials"]
-        main["/intervals/trials/id"] = ("trials_id", _as(np.int64))
+        main["/intervals/trials/id"] = ("trials_id", as_dtype(np.int64))
         for col, obj in g.items():
             if isinstance(obj, h5py.Dataset) and col not in ("id", *INTERVALS_RAW):
-                func = _as(np.int64) if col.endswith("_index") else _strings_or
+                func = as_dtype(np.int64) if col.endswith("_index") else decoded_strings
                 main[f"/intervals/trials/{col}"] = (f"trials.{col}", func)
     main["/processing/licking/licks/timestamps"] = ("licks.timestamps", None)
-    main["/processing/licking/licks/data"] = ("licks.frame", _as(np.int64))
+    main["/processing/licking/licks/data"] = ("licks.frame", as_dtype(np.int64))
     for series in ("volume", "autorewarded"):
-        main[f"/processing/rewards/{series}/timestamps"] = ("rewards.timestamps", _as(np.float64))
-    main["/processing/rewards/volume/data"] = ("rewards.volume", _as(np.float64))
-    main["/processing/rewards/autorewarded/data"] = ("rewards.autorewarded", _as(bool))
+        main[f"/processing/rewards/{series}/timestamps"] = (
+            "rewards.timestamps",
+            as_dtype(np.float64),
+        )
+    main["/processing/rewards/volume/data"] = ("rewards.volume", as_dtype(np.float64))
+    main["/processing/rewards/autorewarded/data"] = ("rewards.autorewarded", as_dtype(bool))
     for group in [f"processing/running/{n}" for n in _RUNNING] + [
         f"acquisition/{n}" for n in _ACQUISITION
     ]:
@@ -550,7 +554,7 @@ def fidelity_mappings(
         main[f"/processing/stimulus/timestamps/{key}"] = ("stimulus_timestamps", None)
     eye = f"/{_EYE_GROUP}"
     main[f"{eye}/eye_tracking/timestamps"] = ("eye_tracking_time", None)
-    main[f"{eye}/likely_blink/data"] = ("eye_tracking.likely_blink", _as(bool))
+    main[f"{eye}/likely_blink/data"] = ("eye_tracking.likely_blink", as_dtype(bool))
     shorts = []
     for series, short in _EYE.items():
         if f"{eye}/{series}/data" in f:
@@ -561,7 +565,7 @@ def fidelity_mappings(
     if group is not None:
         main[f"/{group}/data"] = ("stimulus_templates.warped", None)
         main[f"/{group}/unwarped"] = ("stimulus_templates.unwarped", None)
-        main[f"/{group}/control_description"] = ("image_name", _strings_or)
+        main[f"/{group}/control_description"] = ("image_name", decoded_strings)
     out.append(({}, {k: v for k, v in main.items() if k in f}))
     out.append(
         (

@@ -47,7 +47,6 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import SourceFileError
-from abo_lake.fidelity import blockwise
 from abo_lake.sources import _vb_behavior
 from abo_lake.sources._hdf5 import (
     lazy_array,
@@ -56,6 +55,7 @@ from abo_lake.sources._hdf5 import (
     require_dataset,
     require_hdf5,
 )
+from abo_lake.sources._vb_behavior import as_dtype, decoded_strings
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -456,18 +456,6 @@ def _pixel_um(image: xr.Variable | None) -> float:
 # --- fidelity ----------------------------------------------------------------------------------
 
 
-def _as(dtype: Any) -> Any:
-    return blockwise(lambda a: np.asarray(a).astype(dtype))
-
-
-def _strings_or(a: np.ndarray) -> np.ndarray:
-    """Decoded strings as ``<U`` (numbers pass through)."""
-    a = np.asarray(a)
-    if a.dtype.kind in "OST":
-        return np.asarray([read_str(v) for v in a.ravel()], dtype=str).reshape(a.shape)
-    return a
-
-
 def _traces_view(ds: xr.Dataset, rows: dict[str, np.ndarray | None]) -> xr.Dataset:
     """Traces back in the source's (time, ROI) order; per-cell values in the ``rois`` order."""
     cell = "cell_specimen_id"
@@ -532,9 +520,9 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
             n_rois = f[f"{group}/data"].shape[1]
             rows[name] = order
             plain = order is None and n_rois == n
-            traces[f"/{group}/data"] = (name, None if plain else _as(np.float64))
+            traces[f"/{group}/data"] = (name, None if plain else as_dtype(np.float64))
             if f"{group}/timestamps" in f:
-                traces[f"/{group}/timestamps"] = ("time", _as(np.float64))
+                traces[f"/{group}/timestamps"] = ("time", as_dtype(np.float64))
         for key, name, group in (
             ("lambdas", "event_lambda", _TRACES["events"]),
             ("noise_stds", "event_noise_std", _TRACES["events"]),
@@ -543,19 +531,19 @@ def fidelity_mappings(ds: xr.Dataset, path: str | Path) -> list[tuple[Any, dict[
         ):
             if f"{group}/{key}" in f:
                 rows[name] = _roi_order(f, group, n, p)
-                traces[f"/{group}/{key}"] = (name, _as(np.float64))
+                traces[f"/{group}/{key}"] = (name, as_dtype(np.float64))
         out.append((functools.partial(_traces_view, rows=rows), traces))
         # cell table, images, motion correction, behaviour tables and series
         main: dict[str, Any] = {
-            f"/{_TABLE}/id": ("cell_roi_id", _as(np.int64)),
-            f"/{_TABLE}/image_mask": ("roi_mask", _as(bool)),
+            f"/{_TABLE}/id": ("cell_roi_id", as_dtype(np.int64)),
+            f"/{_TABLE}/image_mask": ("roi_mask", as_dtype(bool)),
         }
         if f"{_TABLE}/cell_specimen_id" in f:
             main[f"/{_TABLE}/cell_specimen_id"] = ("cell_specimen_id", _roi_specimen(roi_id))
         for col, obj in f[_TABLE].items():
             if col in {"image_mask", "cell_specimen_id", "id"} or not isinstance(obj, h5py.Dataset):
                 continue
-            main[f"/{_TABLE}/{col}"] = ({"x": "roi_x", "y": "roi_y"}.get(col, col), _strings_or)
+            main[f"/{_TABLE}/{col}"] = ({"x": "roi_x", "y": "roi_y"}.get(col, col), decoded_strings)
         for name, key in _IMAGES.items():
             main[f"/{_OPHYS}/images/{key}"] = (name, None)
         for axis in "xy":
