@@ -1,4 +1,4 @@
-"""What AllenSDK's own readers return from the AllenSDK-written fixtures in ``shared/data/allensdk``.
+"""What AllenSDK's own readers return from the AllenSDK-written fixtures (shared/data/allensdk).
 
 The fixtures and their references are made by ``shared/tools/allensdk/make_fixtures.py``
 (AllenSDK 2.16.2); its README documents the ``<stem>.reference.{json,npz}`` format that
