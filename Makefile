@@ -26,7 +26,7 @@ test: lint
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then $(BIN)/pytest -q --nbmake notebooks; fi
 
 # every source format synthesized at realistic scale, converted, published and verified
-# (about ten minutes on 2 cores; not part of `make test`)
+# (about five minutes on 2 cores; CI runs it after `make test`)
 realistic: $(BIN)/.installed
 	$(BIN)/python tests/benchmarks/bench_realistic_kinds.py
 
