@@ -26,6 +26,8 @@ first experiment, which holds the same behavior data.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -165,22 +167,32 @@ def _list_text(values: pd.Series) -> str:
     return str(sorted(int(v) for v in values.dropna()))
 
 
+def session_rows(
+    experiments: pd.DataFrame, by: str, per_experiment: Iterable[str]
+) -> tuple[pd.DataFrame, Any]:
+    """Experiments grouped into sessions by ``by``: one row per session holding the columns all
+    its experiments agree on, except ``per_experiment`` (depth, area, file, ...), and the groups
+    (for per-experiment lists). Experiments without a ``by`` are left out."""
+    df = experiments.reset_index() if experiments.index.name else experiments
+    if by not in df.columns:
+        return pd.DataFrame(), None
+    df = df.dropna(subset=[by])
+    if not len(df):
+        return pd.DataFrame(), None
+    groups = df.groupby(by, sort=True)
+    skip = {by, *per_experiment}
+    shared = [
+        c for c in df.columns if c not in skip and (groups[c].nunique(dropna=False) <= 1).all()
+    ]
+    return groups[shared].first(), groups
+
+
 def _from_experiments(experiments: pd.DataFrame) -> pd.DataFrame:
     """One row per behavior session of the imaging experiments (one per ophys session)."""
-    df = experiments.reset_index()
-    if "behavior_session_id" not in df.columns:
-        return pd.DataFrame()
-    df = df.dropna(subset=["behavior_session_id"])
-    if not len(df):
-        return pd.DataFrame()
-    groups = df.groupby("behavior_session_id", sort=True)
-    # the session's own columns: those its experiments agree on (not depth, area, file, ...)
-    shared = [
-        c
-        for c in df.columns
-        if c not in _EXPERIMENT_ONLY and (groups[c].nunique(dropna=False) <= 1).all()
-    ]
-    out = groups[[c for c in shared if c != "behavior_session_id"]].first()
+    out, groups = session_rows(experiments, "behavior_session_id", _EXPERIMENT_ONLY)
+    if groups is None:
+        return out
+    df = groups.obj
     out["ophys_experiment_id"] = groups["ophys_experiment_id"].agg(_list_text)
     if "dataset_path" in df.columns:  # its behavior is in each experiment: open the first
         out["dataset_path"] = groups["dataset_path"].min()

@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake import cas
-from abo_lake.behavior_sessions import CSV_OVERRIDES, behavior_sessions
+from abo_lake.behavior_sessions import CSV_OVERRIDES, behavior_sessions, session_rows
 from abo_lake.kinds import KINDS, RowTable
 from abo_lake.storage import Storage
 
@@ -303,20 +303,11 @@ def _ophys_sessions(experiments: pd.DataFrame) -> pd.DataFrame:
     ids, areas, depths and dataset paths as lists (text, like the Allen session table's
     ``ophys_experiment_id``), and their number. Experiments without a session id (Visual
     Coding's files name only the experiment) are left out."""
-    if "ophys_session_id" not in experiments.columns:
-        return pd.DataFrame()
-    df = experiments.dropna(subset=["ophys_session_id"])
-    if not len(df):
-        return pd.DataFrame()
-    groups = df.groupby("ophys_session_id", sort=True)
-    shared = [
-        c
-        for c in df.columns
-        if c not in SESSION_LISTS
-        and c not in {"ophys_session_id", "source_file", "source_sha256"}
-        and (groups[c].nunique(dropna=False) <= 1).all()
-    ]
-    out = groups[shared].first()
+    per_experiment = (*SESSION_LISTS, "source_file", "source_sha256")
+    out, groups = session_rows(experiments, "ophys_session_id", per_experiment)
+    if groups is None:
+        return out
+    df = groups.obj
     out["n_experiments"] = groups.size()
     for col in SESSION_LISTS:
         if col in df.columns:
