@@ -37,6 +37,7 @@ __all__ = [
     "dprime",
     "engaged_trials",
     "false_alarm_rate",
+    "get_engaged_trials",
     "get_performance_metrics",
     "get_reward_rate",
     "get_rolling_performance_df",
@@ -318,6 +319,16 @@ def get_reward_rate(ds: xr.Dataset) -> np.ndarray:
 def get_rolling_performance_df(ds: xr.Dataset) -> pd.DataFrame:
     """AllenSDK's ``get_rolling_performance_df()``; see :func:`rolling_performance`."""
     return rolling_performance(behavior.trials(ds), _response_window_start(ds))
+
+
+def get_engaged_trials(
+    ds: xr.Dataset, engaged_trial_reward_rate_threshold: float = 2.0
+) -> pd.Series:
+    """AllenSDK's engagement criterion per trial (``Trials._get_engaged_trials``; its sum is
+    ``get_performance_metrics()['engaged_trial_count']``): boolean, indexed by ``trials_id``,
+    True where the rolling reward rate exceeds the threshold (rewards/min)."""
+    rolling = get_rolling_performance_df(ds)
+    return engaged_trials(rolling, engaged_trial_reward_rate_threshold).rename("engaged")
 
 
 def get_performance_metrics(

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import behavior, ophys, schema, task_performance
+from abo_lake import behavior, behavior_alignment, ophys, schema, task_performance
 from abo_lake.errors import SchemaError
 
 __all__ = ["OphysAccessor"]
@@ -343,6 +343,34 @@ class OphysAccessor:
         :func:`abo_lake.task_performance.get_performance_metrics`."""
         return task_performance.get_performance_metrics(
             self._ds, engaged_trial_reward_rate_threshold
+        )
+
+    def get_engaged_trials(self, engaged_trial_reward_rate_threshold: float = 2.0) -> pd.Series:
+        """AllenSDK's engagement criterion per trial (reward rate above the threshold,
+        rewards/min); see :func:`abo_lake.task_performance.get_engaged_trials`."""
+        return task_performance.get_engaged_trials(self._ds, engaged_trial_reward_rate_threshold)
+
+    def get_eye_tracking(
+        self, *, z_threshold: float = 3.0, dilation_frames: int = 2
+    ) -> pd.DataFrame:
+        """AllenSDK's ``eye_tracking`` with other blink thresholds (``BehaviorSession.from_nwb``'s
+        ``eye_tracking_z_threshold`` / ``eye_tracking_dilation_frames``); see
+        :func:`abo_lake.behavior.eye_tracking`."""
+        return behavior.eye_tracking(
+            self._ds, z_threshold=z_threshold, dilation_frames=dilation_frames
+        )
+
+    def annotated_stimulus_presentations(
+        self,
+        time_window: Sequence[float] = behavior_alignment.TUTORIAL_WINDOW,
+        engaged_trial_reward_rate_threshold: float = 2.0,
+    ) -> pd.DataFrame:
+        """``stimulus_presentations`` with licks, rewards, mean running speed and pupil area,
+        time since the last lick/reward/change, reward rate and engagement per presentation
+        (the Visual Behavior tutorials' columns); see
+        :func:`abo_lake.behavior_alignment.annotated_stimulus_presentations`."""
+        return behavior_alignment.annotated_stimulus_presentations(
+            self._ds, time_window, engaged_trial_reward_rate_threshold
         )
 
     def running_speed_on_ophys_time(self) -> xr.DataArray:
