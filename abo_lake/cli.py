@@ -138,6 +138,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_repair(args: argparse.Namespace) -> int:
+    done = _lake(args).repair(args.release)
+    text = "\n".join(f"wrote {key} (was {state})" for key, state in done) or (
+        f"release {args.release} is complete; nothing to repair"
+    )
+    _emit(args, {"repaired": [{"key": k, "state": s} for k, s in done]}, text)
+    return 0
+
+
 def _cmd_gc(args: argparse.Namespace) -> int:
     report = _lake(args).gc(grace=args.grace, dry_run=not args.delete)
     from dataclasses import asdict
@@ -419,6 +428,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("release", nargs="?", default="latest", help="release (default: latest)")
     c.set_defaults(func=_cmd_verify)
+    c = lake_cmd(
+        "repair",
+        "complete a published release whose catalog or root-catalog entry is missing, stale "
+        "or altered (e.g. its publisher was killed after writing its record)",
+    )
+    c.add_argument("release", help="release name")
+    c.set_defaults(func=_cmd_repair)
     c = lake_cmd(
         "gc",
         "find (with --delete: delete) chunks and manifests no release references; "
