@@ -303,6 +303,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from abo_lake.web import serve
+
+    serve(_lake(args), host=args.host, port=args.port, base_url=args.base_url)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="abo-lake",
@@ -472,6 +479,20 @@ def _parser() -> argparse.ArgumentParser:
         help="e.g. cre_line=Vip imaging_depth=100:300 (substring, lo:hi range, a,b list)",
     )
     c.set_defaults(func=_cmd_catalog)
+    c = lake_cmd("serve", "a local, read-only web app over the lake: releases, search, plots")
+    c.add_argument("--port", type=_positive_int, default=8050, help="TCP port (default: 8050)")
+    c.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
+    )
+    c.add_argument(
+        "--base-url",
+        default="",
+        help="URL prefix when behind a proxy, e.g. /user/NAME/proxy/8050 for "
+        "jupyter-server-proxy (default: none)",
+    )
+    c.set_defaults(func=_cmd_serve)
     return p
 
 
