@@ -65,8 +65,6 @@ CELL, TIME = "cell_specimen_id", "time"
 PRESENTATION = "stimulus_presentation_id"
 RELATIVE_TIME = "time_relative_to_stimulus_onset"
 _OUT_CHUNK_BYTES = 8 * 2**20
-#: Brain Observatory 2016 drifting-grating windows in ophys frames (sweep, inter, extra).
-DG_SWEEP, DG_INTER, DG_EXTRA = 60, 30, 0
 
 
 class _NotFoundError(KeyError):
@@ -979,61 +977,48 @@ def running_speed(ds: xr.Dataset) -> xr.DataArray:
 # --------------------------------------------------------------------------- drifting gratings
 
 
-def _dg_sweeps(ds: xr.Dataset) -> tuple[pd.DataFrame, da.Array]:
-    """DG presentations kept and their lazy mean sweep response (presentation, cell), in %."""
-    if "corrected_fluorescence" not in ds.data_vars:
-        raise SchemaError(
-            "drifting_grating_metrics needs 'corrected_fluorescence' (cell_specimen_id, time), "
-            "as Brain Observatory 2016 analysis does; this Dataset has "
-            f"{sorted(n for n, v in ds.data_vars.items() if v.dims == (CELL, TIME))!r}"
-        )
-    table = stimulus_presentations(ds)
-    if "stimulus_name" not in table:
-        raise ValueError(
-            "no drifting_gratings presentations: the stimulus table has no 'stimulus_name' "
-            "(a Visual Behavior experiment?); drifting_grating_metrics needs a Visual Coding 2P "
-            "three_session_A experiment"
-        )
-    names = table["stimulus_name"]
-    dg = table[names == "drifting_gratings"]
-    if dg.empty:
-        session_type = ds.attrs.get("session_type")
-        this = f"session_type is {session_type!r}" if session_type else "session_type is unknown"
-        raise ValueError(
-            "no drifting_gratings presentations: drifting_grating_metrics needs a Visual "
-            f"Coding 2P three_session_A experiment; this experiment's {this} and its stimuli "
-            f"are {sorted(set(names))!r}"
-        )
-    start = dg["start_frame"].to_numpy(dtype=np.int64)
-    n_t = ds.sizes[TIME]
-    ok = (start - DG_INTER >= 0) & (start + DG_SWEEP + DG_INTER <= n_t)
-    _drop_outside(dg.index.to_numpy(), ok, f"frames 0..{n_t - 1}, sweep window ±30 frames")
-    dg = dg[ok]
-    frames = np.arange(-DG_INTER, DG_SWEEP + DG_INTER)
-    i0 = dg["start_frame"].to_numpy(dtype=np.int64)[:, None] + frames[None, :]
-    arr = _trace(ds, "corrected_fluorescence").data
-    sweeps = _sample(arr, i0, np.zeros(i0.shape)).astype(np.float64)
-    pre = sweeps[:, :DG_INTER].mean(axis=1, keepdims=True)
-    percent = 100.0 * (sweeps / pre - 1.0)
-    mean_sweep = percent[:, DG_INTER : DG_INTER + DG_SWEEP + DG_EXTRA].mean(axis=1)
-    return dg, mean_sweep
+#: Lake names of :func:`drifting_grating_metrics` (first six) and AllenSDK ``SessionAnalysis``
+#: names of the rest (``pref_dir_dg`` = ``pref_ori_dg``, ``p_dg`` = ``ptest_dg``).
+DG_METRICS = (
+    "pref_ori_dg",
+    "pref_tf_dg",
+    "osi_dg",
+    "dsi_dg",
+    "peak_dff_dg",
+    "ptest_dg",
+    "pref_dir_dg",
+    "p_dg",
+    "g_osi_dg",
+    "g_dsi_dg",
+    "reliability_dg",
+    "tfdi_dg",
+    "run_mod_dg",
+    "p_run_mod_dg",
+)
 
 
 def drifting_grating_metrics(ds: xr.Dataset) -> pd.DataFrame:
-    """Brain Observatory 2016 drifting-grating metrics per cell (reads the DG windows once).
+    """AllenSDK's drifting-grating metrics per cell (``DriftingGratings(data_set).peak``).
 
-    Sweep response: corrected fluorescence in each presentation's window of 30 + 60 + 30
-    frames as percent ΔF/F relative to the mean of the 30 pre frames; its mean over the 60
-    sweep frames is the trial response. Condition means over (orientation, temporal frequency)
-    give the preferred condition (argmax); ``osi_dg`` = (pref − orth)/(pref + orth) with orth
-    the mean of ±90°, ``dsi_dg`` = (pref − null)/(pref + null) with null at +180°, both at the
-    preferred TF; ``ptest_dg`` is the one-way ANOVA p over every condition plus the blank.
+    As :func:`abo_lake.vc2p_metrics.stimulus_analysis` ``(ds, "drifting_gratings")``: sweep
+    response = corrected fluorescence in each presentation's 30 + 60 + 30 frames as percent
+    ΔF/F from the mean of the 30 frames before; its mean over the 60 sweep frames is the trial
+    response. The preferred (direction, TF) is the argmax of the condition means; ``osi_dg`` =
+    (pref − orth)/(pref + orth) with orth the mean of ±90°, ``dsi_dg`` = (pref − null)/(pref +
+    null) with null at +180°, both at the preferred TF; ``ptest_dg`` (= ``p_dg``) the one-way
+    ANOVA over every condition plus the blank; ``g_osi_dg``/``g_dsi_dg`` AllenSDK's circular
+    variance terms, ``reliability_dg`` the mean trial-to-trial correlation at the preferred
+    condition, ``tfdi_dg`` the TF discrimination index, ``run_mod_dg``/``p_run_mod_dg`` the
+    running modulation and its Welch t-test p (running: mean speed ≥ 1 cm/s; NaN with fewer
+    than 3 running or still trials). Equal to AllenSDK 2.16.2 on the same file
+    (``tests/test_vc2p_metrics.py``).
 
     Returns
     -------
     pandas.DataFrame
-        Indexed by ``cell_specimen_id``: ``pref_ori_dg`` (direction, deg), ``pref_tf_dg`` (Hz),
-        ``osi_dg``, ``dsi_dg``, ``peak_dff_dg`` (% ΔF/F), ``ptest_dg``.
+        Indexed by ``cell_specimen_id``, columns :data:`DG_METRICS`: ``pref_ori_dg`` (direction,
+        deg), ``pref_tf_dg`` (Hz), ``osi_dg``, ``dsi_dg``, ``peak_dff_dg`` (% ΔF/F),
+        ``ptest_dg``, then AllenSDK's ``SessionAnalysis`` names.
 
     Raises
     ------
@@ -1046,50 +1031,12 @@ def drifting_grating_metrics(ds: xr.Dataset) -> pd.DataFrame:
     --------
     >>> ds.ophys.drifting_grating_metrics().query("ptest_dg < 0.05")  # doctest: +SKIP
     """
-    from scipy.stats import f_oneway  # imported here: scipy.stats costs ~0.3 s at start-up
+    from abo_lake import vc2p_metrics  # it builds on this module
 
-    dg, mean_sweep = _dg_sweeps(ds)
-    (msr,) = dask.compute(mean_sweep)
-    ori = dg["orientation"].to_numpy(dtype=np.float64)
-    tf = dg["temporal_frequency"].to_numpy(dtype=np.float64)
-    blank = np.isnan(tf) | np.isnan(ori)
-    if "blank_sweep" in dg:
-        blank |= dg["blank_sweep"].to_numpy(dtype=np.float64) == 1
-    orivals, tfvals = np.unique(ori[~blank]), np.unique(tf[~blank])
-    response = np.full((len(orivals), len(tfvals), msr.shape[1]), np.nan)
-    groups = []
-    for i, o in enumerate(orivals):
-        for j, f in enumerate(tfvals):
-            rows = (ori == o) & (tf == f) & ~blank
-            if rows.any():
-                response[i, j] = msr[rows].mean(axis=0)
-                groups.append(msr[rows])
-    if blank.any():
-        groups.append(msr[blank])
-    records = []
-    for c in range(msr.shape[1]):
-        tuning = response[:, :, c]
-        i, j = np.unravel_index(np.nanargmax(tuning), tuning.shape)
-        pref = tuning[i, j]
-
-        def at(delta: float, j: int = j, i: int = i, c: int = c) -> float:
-            k = np.flatnonzero(np.isclose(orivals, (orivals[i] + delta) % 360.0))
-            return float(response[k[0], j, c]) if len(k) else np.nan
-
-        orth = (at(90.0) + at(-90.0)) / 2.0
-        null = at(180.0)
-        p = f_oneway(*(g[:, c] for g in groups)).pvalue if len(groups) > 1 else np.nan
-        records.append(
-            {
-                "pref_ori_dg": float(orivals[i]),
-                "pref_tf_dg": float(tfvals[j]),
-                "osi_dg": (pref - orth) / (pref + orth),
-                "dsi_dg": (pref - null) / (pref + null),
-                "peak_dff_dg": float(pref),
-                "ptest_dg": float(p),
-            }
-        )
-    return pd.DataFrame(records, index=pd.Index(ds.indexes[CELL], name=CELL))
+    m = vc2p_metrics.stimulus_metrics(ds, stimuli=("drifting_gratings",))
+    m["pref_ori_dg"], m["ptest_dg"] = m["pref_dir_dg"].astype(np.float64), m["p_dg"]
+    m["pref_tf_dg"] = m["pref_tf_dg"].astype(np.float64)
+    return m[list(DG_METRICS)]
 
 
 # --------------------------------------------------------------------------- interop

@@ -310,8 +310,14 @@ class TestDriftingGratings:
     def test_equals_reference_implementation(self, vc):
         got = vc.ophys.drifting_grating_metrics()
         expected = _ref_dg_metrics(vc)
-        assert list(got.columns) == list(expected.columns)
-        pd.testing.assert_frame_equal(got, expected, rtol=1e-4, check_dtype=False)
+        # the first columns are these; AllenSDK's further DG metrics: tests/test_vc2p_metrics.py
+        assert list(got.columns[: len(expected.columns)]) == list(expected.columns)
+        # the lake computes sweeps in float32 as AllenSDK does (parity: test_vc2p_metrics.py);
+        # this float64 reference differs more where osi/dsi's denominator nearly cancels
+        ratios = ["osi_dg", "dsi_dg"]
+        rest = [c for c in expected.columns if c not in ratios]
+        pd.testing.assert_frame_equal(got[rest], expected[rest], rtol=1e-4, check_dtype=False)
+        pd.testing.assert_frame_equal(got[ratios], expected[ratios], rtol=1e-2)
 
     def test_recovers_ground_truth_tuning(self, vc, files):
         truth = pd.DataFrame(vc2p_ophys.ground_truth(files["vc2p"])["cells"])

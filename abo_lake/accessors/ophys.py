@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import behavior, behavior_alignment, ophys, schema, task_performance
+from abo_lake import (
+    behavior,
+    behavior_alignment,
+    ophys,
+    schema,
+    task_performance,
+    vc2p_metrics,
+)
 from abo_lake.errors import SchemaError
 
 __all__ = ["OphysAccessor"]
@@ -53,6 +60,8 @@ _IMAGING = frozenset(
         "change_responses",
         "omission_responses",
         "drifting_grating_metrics",
+        "stimulus_analysis",
+        "stimulus_metrics",
         "to_pynapple",
         "get_cell_specimen_ids",
         "get_cell_specimen_indices",
@@ -425,6 +434,22 @@ class OphysAccessor:
     def drifting_grating_metrics(self) -> pd.DataFrame:
         """See :func:`abo_lake.ophys.drifting_grating_metrics`."""
         return ophys.drifting_grating_metrics(self._ds)
+
+    def stimulus_analysis(
+        self, stimulus: str, cells: Sequence[int] | None = None
+    ) -> vc2p_metrics.StimulusAnalysis:
+        """AllenSDK's ``DriftingGratings(data_set)`` / ``StaticGratings`` / ``NaturalScenes`` /
+        ``NaturalMovie(data_set, name)`` (Visual Coding 2P): ``.peak``, ``.response``,
+        ``.sweep_response``, ``.mean_sweep_response``; see
+        :func:`abo_lake.vc2p_metrics.stimulus_analysis`."""
+        return vc2p_metrics.stimulus_analysis(self._ds, stimulus, cells)
+
+    def stimulus_metrics(
+        self, cells: Sequence[int] | None = None, stimuli: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Every AllenSDK per-cell stimulus metric the session's stimuli allow (Visual Coding
+        2P, ``SessionAnalysis`` names); see :func:`abo_lake.vc2p_metrics.stimulus_metrics`."""
+        return vc2p_metrics.stimulus_metrics(self._ds, cells, stimuli)
 
     def to_pynapple(self, *, trace: str = "dff") -> Any:
         """See :func:`abo_lake.ophys.to_pynapple`."""

@@ -101,6 +101,20 @@ _SCALES: dict[str, dict[str, Any]] = {
         "movie_frames_cap": 900,
         "template_px": (8, 16),
     },
+    # enough repeats for every AllenSDK stimulus analysis (10 movie repeats, running and still
+    # trials at a preferred condition), still small: the metric parity tests use it
+    "small": {
+        "n_cells": 6,
+        "dg_repeats": 6,
+        "sg_repeats": 10,
+        "ns_repeats": 10,
+        "movie_repeats": 10,
+        "lsn_frames": 480,
+        "spont_s": 30.0,
+        "gap_s": 2.0,
+        "movie_frames_cap": 900,
+        "template_px": (8, 16),
+    },
     "realistic": {
         "n_cells": 170,
         "dg_repeats": 15,
@@ -1038,8 +1052,9 @@ def write(
     out_dir
         Folder to write into (created if needed).
     scale
-        ``"tiny"`` (10 cells, 3 repeats of gratings, a few MB) or ``"realistic"`` (170 cells,
-        a one-hour session at 30 Hz).
+        ``"tiny"`` (10 cells, 3 repeats of gratings, a few MB), ``"small"`` (6 cells, the
+        repeats AllenSDK's stimulus analyses need, e.g. 10 movie repeats) or ``"realistic"``
+        (170 cells, a one-hour session at 30 Hz).
     seed
         Seed of ``np.random.default_rng``; the same seed gives byte-identical arrays.
     session_type
