@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import behavior, ecephys, schema, task_performance
+from abo_lake import behavior, ecephys, ecephys_metrics, schema, task_performance
 from abo_lake.errors import SchemaError
 from abo_lake.kinds import kinds_for
 
@@ -50,7 +50,8 @@ class EcephysAccessor:
     On a session: :attr:`units`, :meth:`units_in`, :attr:`stimulus_presentations` (AllenSDK's
     ``invalid_presentation`` masking), :meth:`spike_times`, :meth:`presentationwise_spike_counts`,
     :meth:`presentationwise_spike_times`, :meth:`conditionwise_spike_statistics`, :meth:`psth`,
-    :meth:`drifting_gratings_metrics`.
+    :meth:`drifting_gratings_metrics`; AllenSDK's stimulus analyses :meth:`stimulus_metrics`,
+    :meth:`receptive_fields` and :meth:`optotagging_metrics`.
     On a probe: :meth:`lfp` and :attr:`csd`.
     """
 
@@ -502,6 +503,40 @@ class EcephysAccessor:
             stimulus_name=stimulus_name,
             trial_duration=trial_duration,
         )
+
+    def stimulus_metrics(
+        self,
+        analysis: str | None = None,
+        unit_ids: Any = None,
+        *,
+        stimulus_key: str | None = None,
+        trial_duration: float | None = None,
+        seed: int | None = None,
+    ) -> pd.DataFrame:
+        """AllenSDK's ``<Analysis>(session).metrics`` (e.g. ``"drifting_gratings"``), or all
+        the session's stimuli allow; see :func:`abo_lake.ecephys_metrics.stimulus_metrics`."""
+        return ecephys_metrics.stimulus_metrics(
+            self._need("ecephys_session"),
+            analysis,
+            unit_ids,
+            stimulus_key=stimulus_key,
+            trial_duration=trial_duration,
+            seed=seed,
+        )
+
+    def receptive_fields(
+        self, unit_ids: Any = None, *, stimulus_key: str | None = None
+    ) -> xr.DataArray:
+        """AllenSDK's ``ReceptiveFieldMapping(session).receptive_fields["spike_counts"]``; see
+        :func:`abo_lake.ecephys_metrics.receptive_fields`."""
+        return ecephys_metrics.receptive_fields(
+            self._need("ecephys_session"), unit_ids, stimulus_key=stimulus_key
+        )
+
+    def optotagging_metrics(self, unit_ids: Any = None) -> pd.DataFrame:
+        """Baseline and evoked rates per unit and light condition (the Allen optotagging
+        tutorial's); see :func:`abo_lake.ecephys_metrics.optotagging_metrics`."""
+        return ecephys_metrics.optotagging_metrics(self._need("ecephys_session"), unit_ids)
 
     @property
     def mean_waveforms(self) -> ecephys.UnitMapping:

@@ -85,6 +85,8 @@ class _Scale:
 _SCALES = {
     "tiny": _Scale(2, 12, 3, 20, 1, 10.0, 10.0, 2, 30, 81, 1),
     "realistic": _Scale(6, 100, 15, 150, 50, 300.0, 600.0, 20, 600, 729, 3),
+    # small, but every Gabor position shown and repeated conditions: stimulus-metric parity
+    "metrics": _Scale(2, 12, 6, 40, 2, 10.0, 2.0, 3, 120, 243, 1),
 }
 
 
@@ -118,8 +120,9 @@ def write(
     out_dir
         Folder to write into; files go to ``session_<id>/``.
     scale
-        ``"tiny"`` (2 probes, 24 units, 10 s of LFP) or ``"realistic"`` (6 probes, 600 units,
-        ~20 M spikes, 10 min of LFP).
+        ``"tiny"`` (2 probes, 24 units, 10 s of LFP), ``"metrics"`` (tiny with 6 grating
+        repeats and every Gabor position shown: stimulus-metric parity) or ``"realistic"``
+        (6 probes, 600 units, ~20 M spikes, 10 min of LFP).
     seed
         Seed of ``np.random.default_rng``; the same seed gives byte-identical arrays.
     session_id
