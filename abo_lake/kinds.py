@@ -160,7 +160,7 @@ FORMATS: dict[str, SourceFormat] = {
             "abo_lake.sources.vbo_behavior",
             "Visual Behavior behavior-only session (NWB 2, AllenSDK's BehaviorSession)",
             synthetic="abo_lake.synthetic.vbo_behavior:write",
-            demo={},
+            demo={"training_days": 5, "behavior_seconds": 240.0},
             hdf5=True,
         ),
         SourceFormat(

@@ -35,6 +35,7 @@ from abo_lake.synthetic import _allen_nwb as allen
 
 __all__ = [
     "IMAGE_SETS",
+    "LEARNING",
     "OPHYS_BLOCKS",
     "TEMPLATE_SHAPE",
     "add_behavior",
@@ -128,6 +129,7 @@ def session(
     movie: tuple[int, int] = (0, 0),
     omitted_fraction: float = OMITTED_FRACTION,
     t0: float = 0.0,
+    response_probability: tuple[float, float] = (0.75, 0.2),
 ) -> dict[str, Any]:
     """Draw one change detection session: stimulus frames, presentations, trials, licks.
 
@@ -150,6 +152,9 @@ def session(
         Fraction of non-change flashes omitted (NaN in training: none).
     t0
         Sync time of the first stimulus frame.
+    response_probability
+        Probability that the mouse licks after a go trial's change and after a catch trial's
+        sham change (hit and false-alarm probabilities before the response window's cut).
 
     Returns
     -------
@@ -270,7 +275,11 @@ def session(
         lick_t: list[float] = []
         if tr["aborted"]:
             lick_t = [float(t_on[tr["end"] - 1] + rng.uniform(0.2, 0.5))]
-        elif ch is not None and not passive and rng.random() < (0.75 if tr["go"] else 0.2):
+        elif (
+            ch is not None
+            and not passive
+            and rng.random() < (response_probability[0] if tr["go"] else response_probability[1])
+        ):
             first_lick = change_time + rng.uniform(0.3, 0.6)
             lick_t = list(first_lick + 0.15 * np.arange(int(rng.integers(2, 6))))
         auto = tr["go"] and i < 3 and not passive
@@ -654,35 +663,67 @@ def session_uuid(seed: int, key: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{seed}/{key}"))
 
 
-def _sessions(seed: int, n_sessions: int) -> list[dict[str, Any]]:
+#: A mouse's learning over ``training_days``: lick probability after a go trial's change
+#: rises, after a catch trial's sham change falls, linearly from the first day to the last.
+LEARNING = {"hit": (0.3, 0.9), "false_alarm": (0.5, 0.15)}
+
+
+def _learning(day: int, training_days: int) -> tuple[float, float]:
+    """(go, catch) lick probabilities on ``day`` (0-based) of ``training_days``; the
+    untrained default (0.75, 0.2) for a single session."""
+    if training_days == 1:
+        return (0.75, 0.2)
+    f = day / (training_days - 1)
+    (h0, h1), (f0, f1) = LEARNING["hit"], LEARNING["false_alarm"]
+    return (h0 + (h1 - h0) * f, f0 + (f1 - f0) * f)
+
+
+def _sessions(seed: int, n_sessions: int, training_days: int = 1) -> list[dict[str, Any]]:
     rows = experiment_rows()
     if not 1 <= n_sessions <= len(rows):
         raise ValueError(f"n_sessions must be in 1..{len(rows)}, got {n_sessions}")
+    if not 1 <= training_days <= 25:
+        raise ValueError(f"training_days must be in 1..25, got {training_days}")
     rng = np.random.default_rng([seed, 0xBE4A])
     out = []
     for i in rng.permutation(len(rows))[:n_sessions]:
         row = dict(rows[int(i)])
         familiar = "G" if row["image_set"] in ("G", "H") else "A"
-        days = int(rng.integers(5, 30))
-        start = datetime.datetime.fromisoformat(row["date_of_acquisition"]).replace(
-            tzinfo=datetime.UTC
-        ) - datetime.timedelta(days=days, hours=int(rng.integers(0, 5)))
-        out.append(
-            {
-                "row": row,
-                "behavior_session_id": int(row["behavior_session_id"]) - 1000 * days - 7,
-                "session_type": _TRAINING[int(rng.integers(len(_TRAINING)))].format(familiar),
-                "image_set": familiar,
-                "equipment_name": _BOXES[int(rng.integers(len(_BOXES)))],
-                "age_in_days": int(row["age_in_days"]) - days,
-                "date_of_acquisition": start,
-            }
-        )
+        last = int(rng.integers(5, 30))  # days between the last training day and imaging
+        hours = int(rng.integers(0, 5))
+        stage = int(rng.integers(len(_TRAINING)))
+        box = _BOXES[int(rng.integers(len(_BOXES)))]
+        for day in range(training_days):
+            days = last + training_days - 1 - day
+            if training_days > 1:  # the stages in order over the training days
+                stage = day * len(_TRAINING) // training_days
+            start = datetime.datetime.fromisoformat(row["date_of_acquisition"]).replace(
+                tzinfo=datetime.UTC
+            ) - datetime.timedelta(days=days, hours=hours)
+            out.append(
+                {
+                    "row": row,
+                    "behavior_session_id": int(row["behavior_session_id"]) - 1000 * days - 7,
+                    "session_type": _TRAINING[stage].format(familiar),
+                    "image_set": familiar,
+                    "equipment_name": box,
+                    "age_in_days": int(row["age_in_days"]) - days,
+                    "date_of_acquisition": start,
+                    "response_probability": _learning(day, training_days),
+                }
+            )
     return out
 
 
-def ground_truth(seed: int = 0, *, scale: str = "tiny", n_sessions: int = 1) -> list[dict]:
-    """Return the known answers behind :func:`write` (same seed, scale, n_sessions).
+def ground_truth(
+    seed: int = 0,
+    *,
+    scale: str = "tiny",
+    n_sessions: int = 1,
+    training_days: int = 1,
+    behavior_seconds: float | None = None,
+) -> list[dict]:
+    """Return the known answers behind :func:`write` (same seed and options).
 
     Returns
     -------
@@ -691,8 +732,8 @@ def ground_truth(seed: int = 0, *, scale: str = "tiny", n_sessions: int = 1) -> 
         counts (hit, miss, false_alarm, correct_reject, aborted, auto_rewarded).
     """
     out = []
-    for i, s in enumerate(_sessions(seed, n_sessions)):
-        beh = _draw(s, i, seed, scale)
+    for i, s in enumerate(_sessions(seed, n_sessions, training_days)):
+        beh = _draw(s, i, seed, scale, behavior_seconds)
         t = beh["trials"]
         counts = {
             k: int(np.sum(t[k]))
@@ -709,21 +750,32 @@ def ground_truth(seed: int = 0, *, scale: str = "tiny", n_sessions: int = 1) -> 
     return out
 
 
-def _draw(s: dict[str, Any], index: int, seed: int, scale: str) -> dict[str, Any]:
+def _draw(
+    s: dict[str, Any], index: int, seed: int, scale: str, behavior_seconds: float | None = None
+) -> dict[str, Any]:
     if scale not in _BEHAVIOR_SECONDS:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(_BEHAVIOR_SECONDS)}")
+    if behavior_seconds is not None and not behavior_seconds >= 10:
+        raise ValueError(f"behavior_seconds must be at least 10 s, got {behavior_seconds!r}")
     rng = np.random.default_rng([seed, index, 0xB5])
     return session(
         s["image_set"],
         False,
         rng,
-        behavior_s=_BEHAVIOR_SECONDS[scale],
+        behavior_s=behavior_seconds or _BEHAVIOR_SECONDS[scale],
         omitted_fraction=np.nan,
+        response_probability=s["response_probability"],
     )
 
 
 def write(
-    out_dir: str | Path, *, scale: str = "tiny", seed: int = 0, n_sessions: int = 1
+    out_dir: str | Path,
+    *,
+    scale: str = "tiny",
+    seed: int = 0,
+    n_sessions: int = 1,
+    training_days: int = 1,
+    behavior_seconds: float | None = None,
 ) -> list[Path]:
     """Write ``behavior_session_<id>.nwb`` files as AllenSDK's BehaviorSession writes them.
 
@@ -736,7 +788,15 @@ def write(
     seed
         Seed of every random draw; the same seed gives byte-identical arrays.
     n_sessions
-        How many sessions (one per mouse of the vendored VBO experiment sample).
+        How many mice (one per mouse of the vendored VBO experiment sample).
+    training_days
+        Sessions per mouse, on consecutive days before its imaging, through the training
+        stages in order, with a seeded learning trend (:data:`LEARNING`: hit probability
+        rising, false-alarm probability falling; d′ grows across days). 1: one session of a
+        random stage at the untrained default (0.75, 0.2).
+    behavior_seconds
+        Seconds of change detection per session (None: the scale's, 125 s tiny, 3600 s
+        realistic); a learning curve wants a few hundred for enough catch trials.
 
     Returns
     -------
@@ -746,8 +806,8 @@ def write(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, s in enumerate(_sessions(seed, n_sessions)):
-        beh = _draw(s, i, seed, scale)
+    for i, s in enumerate(_sessions(seed, n_sessions, training_days)):
+        beh = _draw(s, i, seed, scale, behavior_seconds)
         row = s["row"]
         nwb = NWBFile(
             session_description=s["session_type"],
