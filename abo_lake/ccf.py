@@ -6,7 +6,7 @@ Pure, lazy functions over the Datasets of :mod:`abo_lake.sources.ccf` (``ALLEN_D
   descendants (from ``structure_id_path``), colours (defined in :mod:`abo_lake.ontology`,
   re-exported here);
 - annotation volumes (kind ``ccf_volume``, multiscale DataTree levels): :func:`structure_mask`
-  (one sorted-lookup gather per chunk), :func:`structure_at` (reads only the chunks holding the
+  (boolean lookup-table gathers), :func:`structure_at` (reads only the chunks holding the
   points), :func:`voxel_counts` and :func:`choose_level`;
 - connectivity experiments (kind ``connectivity_experiment``): :func:`unionize` gives AllenSDK's
   structure unionize records in one pass over the chunks (a ``bincount`` per chunk over compact
@@ -17,7 +17,10 @@ Hemispheres follow AllenSDK: left (``hemisphere_id`` 1) is LR index < ``round(n_
 right is 2 and both is 3.
 
 The ontology is small and is loaded into memory when an :class:`Ontology` is built; the volumes
-stay lazy (dask) until the caller computes.
+stay lazy (dask) until the caller computes. Volumes opened from the lake (one dask task per
+~1 MB stored chunk, whose scheduling costs more than its decoding) are read in slabs: one task
+per run of stored chunks along DV/LR within one AP block, about 8 MB per array (``_slabs``);
+per-voxel work still runs on pieces of about a chunk, so memory is a few chunks per thread.
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ UNIONIZE_FIELDS = (
 _DIMS = ("ap", "dv", "lr")
 _HLABEL = {1: "-L", 2: "-R", 3: ""}
 _LUT_IDS = 2**16  # ids below this get a dense lookup table (at most 64 kB per mask)
+_PIECE_VOXELS = 2**16  # voxels per LUT gather (_in_lut): the gather's temporaries stay in cache
+_NONE = np.iinfo(np.int64).max  # "no position" in per-key first positions
+_SLAB_BYTES = 8 * 2**20  # bytes of one array per dask task (several stored chunks; _slabs)
 # per-voxel sums of one chunk: injection record, then projection record
 _SUMS = ("sum_pixels", "sum_projection_pixels", "sum_projection_pixel_intensity",
          "sum_pixel_intensity")  # fmt: skip
@@ -174,6 +180,59 @@ def _annotation(volume: xr.Dataset | xr.DataTree | xr.DataArray) -> xr.DataArray
     return volume
 
 
+def _source(data: da.Array) -> Any | None:
+    """The array-like a dask array reads straight from, chunk by chunk, or None.
+
+    ``Release.open`` and ``xr.open_zarr(chunks={})`` give each variable a two-layer graph: the
+    backend array (a lazily indexed Zarr array) and one getter task per stored chunk. Other
+    graphs (sliced, computed, in memory) give None.
+    """
+    layers = data.dask.layers
+    if len(layers) != 2:
+        return None
+    originals = [dict(layer) for name, layer in layers.items() if name.startswith("original-")]
+    if len(originals) != 1 or len(originals[0]) != 1:
+        return None
+    (src,) = originals[0].values()
+    if getattr(src, "shape", None) != data.shape or not hasattr(src, "__getitem__"):
+        return None
+    return src
+
+
+def _slab_chunks(chunks: tuple[tuple[int, ...], ...], itemsize: int) -> tuple[tuple[int, ...], ...]:
+    """Dask chunks of whole runs of stored chunks, about :data:`_SLAB_BYTES` each.
+
+    Stored chunks are merged along the last axis first, then the one before, but never along
+    the first (AP): a slab is a few contiguous rows of chunks within one AP block, each stored
+    chunk lies in exactly one slab, and a window of AP planes reads only its AP blocks.
+    """
+    out = list(chunks)
+    size = itemsize * int(np.prod([max(c) for c in chunks]))
+    for ax in reversed(range(1, len(chunks))):
+        n = len(chunks[ax])
+        k = int(max(1, min(n, _SLAB_BYTES // max(size, 1))))
+        out[ax] = tuple(sum(chunks[ax][i : i + k]) for i in range(0, n, k))
+        size *= k
+        if k < n:
+            break
+    return tuple(out)
+
+
+def _slabs(data: da.Array) -> da.Array:
+    """``data`` read in slabs of stored chunks (:func:`_slab_chunks`): one dask task reads
+    and decodes several stored chunks in turn, instead of one task per ~1 MB chunk, whose
+    scheduling costs more than its decoding. Graphs that do not read straight from a stored
+    array (:func:`_source`) are returned as they are."""
+    src = _source(data)
+    if src is None:
+        return data
+    slabs = _slab_chunks(data.chunks, data.dtype.itemsize)
+    if slabs == data.chunks:
+        return data
+    # name=False: a random graph name (tokenizing would pickle the backend array)
+    return da.from_array(src, chunks=slabs, name=False, meta=np.empty((0,) * data.ndim, data.dtype))
+
+
 def _side(n_lr: int, hemisphere_id: int) -> slice:
     if hemisphere_id not in HEMISPHERE_IDS:
         raise ValueError(
@@ -202,23 +261,23 @@ def _in_lut(
     side: slice | None,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """Voxels whose label is selected, as one LUT gather per chunk.
+    """Voxels whose label is selected: LUT gathers over cache-sized pieces of the block.
 
-    A chunk of one label (outside the brain, never stored, or inside one structure) is a
-    constant; otherwise ids past the LUT clip onto its False end, and voxels labelled
-    ``>= _LUT_IDS`` are then looked up with ``searchsorted``.
+    Ids past the LUT (and negative ones) clip onto its False end; voxels labelled
+    ``>= _LUT_IDS`` are then looked up in ``big`` with ``searchsorted``. Pieces of about
+    :data:`_PIECE_VOXELS` keep the index conversion ``take`` makes in the CPU cache.
     """
-    lo, hi = (int(block.min()), int(block.max())) if block.size else (0, 0)
-    if lo == hi:
-        hit = np.isin(lo, big) if lo >= _LUT_IDS else lut[min(max(lo, 0), lut.size - 1)]
-        out = np.full(block.shape, bool(hit), dtype=bool)
-    else:
-        # an intp index gathers twice as fast; clipping is needed only past the LUT
-        out = lut.take(block.astype(np.intp, copy=False), mode="clip")
-        if big.size and hi >= _LUT_IDS:
-            cand = block >= _LUT_IDS
-            vals = block[cand]
-            out[cand] = big[np.minimum(np.searchsorted(big, vals), big.size - 1)] == vals
+    out = np.empty(block.shape, dtype=bool)
+    rows = max(1, _PIECE_VOXELS // max(1, int(np.prod(block.shape[1:]))))
+    for i in range(0, block.shape[0], rows):
+        piece, hit = block[i : i + rows], out[i : i + rows]
+        lut.take(piece, mode="clip", out=hit)
+        if big.size:
+            cand = np.flatnonzero(piece >= _LUT_IDS)
+            if cand.size:
+                vals = piece.ravel()[cand]
+                found = big[np.minimum(np.searchsorted(big, vals), big.size - 1)] == vals
+                hit.ravel()[cand] = found
     if side is not None:  # one hemisphere
         start, stop = block_info[None]["array-location"][2]
         lr = np.arange(start, stop)
@@ -256,7 +315,7 @@ def structure_mask(
     Returns
     -------
     xarray.DataArray
-        bool, dims (ap, dv, lr), dask-backed, chunked like the annotation.
+        bool, dims (ap, dv, lr), dask-backed, in slabs of whole stored chunks (see ``_slabs``).
     """
     onto = _ontology(ontology)
     ids = onto.structure_ids(structure)
@@ -264,7 +323,7 @@ def structure_mask(
     lut, big = _lut(onto._selection(ids, descendants))
     side = _side(ann.sizes["lr"], hemisphere_id) if hemisphere_id != 3 else None
     data = da.map_blocks(
-        _in_lut, ann.data, lut=lut, big=big, side=side, meta=np.array((), dtype=bool)
+        _in_lut, _slabs(ann.data), lut=lut, big=big, side=side, meta=np.array((), dtype=bool)
     )
     attrs = {
         "structure_id": ids,
@@ -349,9 +408,59 @@ def structure_at(volume: xr.Dataset | xr.DataTree, points_um: Any) -> xr.DataArr
             f"{bad.size} of {len(pts)} points lie outside the volume (extent {origin.tolist()} to "
             f"{extent} µm), e.g. point {int(bad[0])} at {pts[bad[0]].tolist()}"
         )
-    data = ann.data.vindex[idx[:, 0], idx[:, 1], idx[:, 2]] if len(pts) else da.zeros(0, ann.dtype)
+    if not len(pts):
+        data = da.zeros(0, ann.dtype)
+    elif (src := _source(ann.data)) is None:
+        data = ann.data.vindex[idx[:, 0], idx[:, 1], idx[:, 2]]
+    else:
+        data = _points_from_source(src, ann.data.chunks, idx, ann.dtype)
     coords = {d: ("point", pts[:, k], {"units": "um"}) for k, d in enumerate(_DIMS)}
     return xr.DataArray(data, dims=("point",), coords=coords, name="structure_id")
+
+
+def _points_from_source(
+    src: Any, chunks: tuple[tuple[int, ...], ...], idx: np.ndarray, dtype: np.dtype
+) -> da.Array:
+    """Values at voxel indices ``idx`` (n, 3) read from ``src``: one dask task per slab of
+    stored chunks (:func:`_slab_chunks`) holding points, reading only the chunks that hold
+    them, and one task putting the values back in the points' order."""
+    bounds = [np.cumsum((0, *c)) for c in chunks]
+    slabs = _slab_chunks(chunks, np.dtype(dtype).itemsize)
+    slab_bounds = [np.cumsum((0, *c)) for c in slabs]
+    chunk = np.stack(
+        [np.searchsorted(b, idx[:, k], side="right") - 1 for k, b in enumerate(bounds)], axis=1
+    )
+    slab = np.stack(
+        [np.searchsorted(b, idx[:, k], side="right") - 1 for k, b in enumerate(slab_bounds)], axis=1
+    )
+    slab_key = np.ravel_multi_index(slab.T, [len(c) for c in slabs])
+    chunk_key = np.ravel_multi_index(chunk.T, [len(c) for c in chunks])
+    order = np.lexsort((chunk_key, slab_key))
+    parts = []
+    starts = np.flatnonzero(np.diff(slab_key[order], prepend=-1))
+    for group in np.split(order, starts[1:]):
+        boxes = []
+        for run in np.split(group, np.flatnonzero(np.diff(chunk_key[group])) + 1):
+            lo = np.array([b[c] for b, c in zip(bounds, chunk[run[0]])])
+            hi = np.array([b[c + 1] for b, c in zip(bounds, chunk[run[0]])])
+            boxes.append((tuple(slice(a, b) for a, b in zip(lo, hi)), idx[run] - lo))
+        parts.append(dask.delayed(_read_points, pure=False)(src, boxes))
+    values = dask.delayed(_in_order, pure=False)(parts, order)
+    return da.from_delayed(values, shape=(len(idx),), dtype=dtype)
+
+
+def _read_points(src: Any, boxes: list[tuple[tuple[slice, ...], np.ndarray]]) -> np.ndarray:
+    """Values at local indices within each box of ``src`` (one stored chunk per box)."""
+    out = [np.asarray(src[box])[tuple(local.T)] for box, local in boxes]
+    return np.concatenate(out)
+
+
+def _in_order(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """Values grouped as ``order`` put back in the points' order."""
+    values = np.concatenate(parts)
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 def _unique_counts(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -435,6 +544,68 @@ def _label_keys(ann: np.ndarray, table: np.ndarray, key_lut: np.ndarray) -> np.n
     return key
 
 
+def _first_maxima(
+    key: np.ndarray, dens: np.ndarray, first: np.ndarray, n_keys: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per key: the largest density and the first position holding it (:data:`_NONE` if the
+    key has no voxel); ``first`` is each key's first position.
+
+    Densities are mostly 0 (no signal): when none is negative, a key's maximum is 0 at its
+    first voxel unless it has a positive voxel, so only the positive voxels are visited.
+    """
+    if dens.size and dens.min() >= 0:
+        best = np.where(first != _NONE, 0.0, -np.inf)
+        pos = np.flatnonzero(dens > 0)
+        at = first.copy()
+        if pos.size:
+            kp, dp = key[pos], dens[pos]
+            np.maximum.at(best, kp, dp)
+            top = dp == best[kp]
+            at[np.unique(kp)] = _NONE
+            np.minimum.at(at, kp[top], pos[top])
+        return best, at
+    best = np.full(n_keys, -np.inf)  # negative (or NaN) densities: visit every voxel
+    np.maximum.at(best, key, dens)
+    top = np.flatnonzero(dens == best[key])
+    at = np.full(n_keys, _NONE)
+    np.minimum.at(at, key[top], top)
+    return best, at
+
+
+def _slab_stats(
+    ann: np.ndarray,
+    *arrays: np.ndarray,
+    piece: tuple[int, int, int],
+    block_info: dict | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """:func:`_chunk_stats` of a slab, one ``piece`` (a stored chunk's shape) at a time, so the
+    per-voxel temporaries stay the size of one chunk; shape (1, 1, 1, n_keys, _NSTAT)."""
+    loc = block_info[0]["array-location"]
+    out = None
+    for start in np.ndindex(*(-(-n // p) for n, p in zip(ann.shape, piece))):
+        sub = tuple(slice(i * p, (i + 1) * p) for i, p in zip(start, piece))
+        where = [(lo + s.start, lo + min(s.stop, hi - lo)) for (lo, hi), s in zip(loc, sub)]
+        part = _chunk_stats(
+            ann[sub],
+            *(a[sub] for a in arrays),
+            block_info={0: {"array-location": where}},
+            **options,
+        )[0, 0, 0]
+        out = part if out is None else _merge_stats(out, part)
+    return out[None, None, None]
+
+
+def _merge_stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two pieces' stats as one: sums added; maxima the larger, the lower index on ties."""
+    out = a.copy()
+    out[:, :_NSUM] += b[:, :_NSUM]
+    for k in (_NSUM, _NSUM + 2):
+        take = (b[:, k] > a[:, k]) | ((b[:, k] == a[:, k]) & (b[:, k + 1] < a[:, k + 1]))
+        out[take, k : k + 2] = b[take, k : k + 2]
+    return out
+
+
 def _chunk_stats(
     ann: np.ndarray,
     pd_: np.ndarray,
@@ -480,18 +651,21 @@ def _chunk_stats(
         if id(w) not in done:
             done[id(w)] = np.bincount(key, weights=w, minlength=n_keys)
         out[:, k] = done[id(w)]
-    where = np.flatnonzero(keep)  # local C-order positions of the kept voxels
+    # the first voxel of each key (local C-order positions of the kept voxels: within a box,
+    # local C order is global C order); keys run in long stretches along LR
+    where = None if every else np.flatnonzero(keep)
+    starts = np.flatnonzero(np.diff(key, prepend=-1))
+    first = np.full(n_keys, _NONE)
+    np.minimum.at(first, key[starts], starts)
     (a0, _), (d0, _), (l0, _) = loc
     for k, dens in enumerate((d_, p_ * (1.0 - f_))):
-        best = np.full(n_keys, -np.inf)
-        np.maximum.at(best, key, dens)
-        at = np.full(n_keys, np.inf)
-        top = np.flatnonzero(dens == best[key])
-        i, j, m = np.unravel_index(where[top], ann.shape)
-        flat = ((i + a0) * shape[1] + (j + d0)) * shape[2] + (m + l0)
-        np.minimum.at(at, key[top], flat.astype(np.float64))
+        best, at = _first_maxima(key, dens, first, n_keys)
+        hit = at != _NONE
+        i, j, m = np.unravel_index(at[hit] if where is None else where[at[hit]], ann.shape)
+        flat = np.full(n_keys, np.inf)
+        flat[hit] = ((i + a0) * shape[1] + (j + d0)) * shape[2] + (m + l0)
         out[:, _NSUM + 2 * k] = best
-        out[:, _NSUM + 2 * k + 1] = at
+        out[:, _NSUM + 2 * k + 1] = flat
     return out[None, None, None]
 
 
@@ -536,9 +710,10 @@ def direct_unionize(
 ) -> xr.Dataset:
     """Lazy per-label, per-hemisphere sums of one experiment (the input of :func:`unionize`).
 
-    One task per chunk: the labels are mapped to compact keys with one ``searchsorted`` over
-    the ontology ids, then every sum is one ``bincount`` and each maximum one
-    ``maximum.at``; the chunk results are summed (maxima: max, ties -> lowest flat index).
+    One task per slab of stored chunks (one per chunk for in-memory data), chunk by chunk:
+    the labels are mapped to compact keys with a lookup table (``searchsorted`` for the large
+    ids), every sum is one ``bincount`` and each maximum one ``maximum.at`` over the voxels
+    with signal; the results are summed (maxima: max, ties -> lowest flat index).
 
     Returns
     -------
@@ -551,16 +726,19 @@ def direct_unionize(
     ann, arrays, _ = _experiment_arrays(experiment, annotation)
     table = np.sort(onto.ids)
     n_keys = 2 * (table.size + 2)
+    sources = [ann.data, *arrays]
+    if all(a.chunks == ann.data.chunks and _source(a) is not None for a in sources):
+        sources = [_slabs(a) for a in sources]  # the same slabs: all share the stored chunks
     stats = da.map_blocks(
-        _chunk_stats,
-        ann.data,
-        *arrays,
+        _slab_stats,
+        *sources,
+        piece=tuple(max(c) for c in ann.data.chunks),
         table=table,
         key_lut=_key_lut(table),
         mid=int(np.round(ann.sizes["lr"] / 2)),
         shape=ann.shape,
         new_axis=[3, 4],
-        chunks=(*((1,) * len(c) for c in ann.data.chunks), (n_keys,), (_NSTAT,)),
+        chunks=(*((1,) * len(c) for c in sources[0].chunks), (n_keys,), (_NSTAT,)),
         meta=np.array((), dtype=np.float64),
     )
     sums = stats[..., :_NSUM].sum(axis=(0, 1, 2))

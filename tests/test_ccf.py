@@ -895,3 +895,60 @@ def test_unionize_with_energy_grids_equal_to_the_densities(exps, tree, onto, rec
     rec2 = ccf.unionize(doubled, annotation=tree, ontology=onto)
     proj = ~rec2.is_injection & (rec2.sum_projection_pixels > 0)
     assert (rec2.loc[proj, "projection_energy"] > rec.loc[proj, "projection_energy"]).all()
+
+
+# -- slabs: several stored chunks per dask task (the lake's read path) ----------------------------
+
+
+@pytest.mark.parametrize("slab_bytes", [None, 2 * 64**3 * 4])
+def test_slab_path_equals_the_chunked_path(
+    local_release, ann, ann_np, onto, tree, exps, monkeypatch, slab_bytes
+):
+    """Datasets opened from the lake are read in slabs of stored chunks; masks, points and
+    unionizes equal the one-task-per-chunk path (in-memory data) exactly."""
+    if slab_bytes is not None:  # two stored chunks per slab: several slabs per AP block
+        monkeypatch.setattr(ccf, "_SLAB_BYTES", slab_bytes)
+    opened = local_release.open(ANN, group="100um")
+    assert opened["annotation"].chunks == ((64, 64, 4), (64, 16), (64, 50))
+    for hid in (1, 2, 3):
+        slab = ccf.structure_mask(opened, "Isocortex", ontology=onto, hemisphere_id=hid)
+        chunked = ccf.structure_mask(ann, "Isocortex", ontology=onto, hemisphere_id=hid)
+        assert slab.data.chunks[0] == (64, 64, 4)  # never merged along AP
+        assert slab.data.npartitions == (3 if slab_bytes is None else 6)
+        assert chunked.data.npartitions == 12
+        np.testing.assert_array_equal(slab.values, chunked.values)
+    rng = np.random.default_rng(5)
+    pts = rng.uniform(0, np.array(ann_np.shape) * 100.0, size=(2000, 3))
+    at = ccf.structure_at(opened, pts)
+    idx = (pts // 100).astype(int)
+    np.testing.assert_array_equal(at.values, ann_np[idx[:, 0], idx[:, 1], idx[:, 2]])
+    np.testing.assert_array_equal(at.values, ccf.structure_at(ann, pts).values)
+    exp = local_release.open(f"connectivity/experiment/{exps[0].attrs['id']}")
+    lake_onto = ccf.Ontology(local_release.open(STRUCT))
+    pd.testing.assert_frame_equal(
+        ccf.unionize(exp, annotation=opened, ontology=lake_onto),
+        ccf.unionize(exps[0], annotation=tree, ontology=onto),
+    )
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_first_maxima_equal_a_brute_force_reference(negative):
+    """Per-key maxima and the first position holding them (ties, all-zero keys, empty keys),
+    on the sparse fast path (no negative density) and the full path."""
+    rng = np.random.default_rng(7)
+    n_keys, n = 40, 5000
+    key = np.sort(rng.integers(2, n_keys - 4, n))[rng.permutation(n)]  # keys n_keys-4.. unused
+    dens = np.where(rng.random(n) < 0.8, 0.0, rng.integers(1, 4, n) / 4.0)
+    if negative:
+        dens[rng.random(n) < 0.1] = -0.5
+    first = np.full(n_keys, ccf._NONE)
+    np.minimum.at(first, key, np.arange(n))
+    best, at = ccf._first_maxima(key, dens, first, n_keys)
+    for k in range(n_keys):
+        pos = np.flatnonzero(key == k)
+        if not pos.size:
+            assert best[k] == -np.inf
+            assert at[k] == ccf._NONE
+            continue
+        assert best[k] == dens[pos].max()
+        assert at[k] == pos[np.argmax(dens[pos])]  # argmax: the first of the ties
