@@ -31,7 +31,14 @@ import yaml
 
 from abo_lake import cas
 from abo_lake.kinds import KINDS
-from abo_lake.lake import PUBLISH_HOOKS, VERIFY_HOOKS, Lake, VerifyReport, open_lake
+from abo_lake.lake import (
+    COMPLETENESS_HOOKS,
+    PUBLISH_HOOKS,
+    VERIFY_HOOKS,
+    Lake,
+    VerifyReport,
+    open_lake,
+)
 from abo_lake.release import Release, ReleaseRecord
 from abo_lake.tables import (
     Table,
@@ -332,7 +339,9 @@ def write_catalog(lake: Lake, record: ReleaseRecord) -> None:
             copies[_refs_key(record, p)] = value
         _write_many(lake, copies)
     lake.storage.write(f"releases/{record.name}/{CATALOG_KEY}", _dump(doc))
-    names = [n for n in lake.releases() if n != record.name] + [record.name]
+    names = lake.releases()  # oldest first, as verify derives it
+    if record.name not in names:
+        names.append(record.name)
     lake.storage.write(CATALOG_KEY, _dump(root_catalog_dict(lake, names)))
 
 
@@ -392,31 +401,77 @@ def root_catalog_dict(lake: Lake, names: list[str]) -> dict[str, Any]:
     }
 
 
-def verify_catalog(lake: Lake, record: ReleaseRecord, report: VerifyReport) -> None:
-    """Check a release's catalog and per-id manifest copies (for :meth:`Lake.verify`).
+def _catalog_states(lake: Lake, record: ReleaseRecord) -> list[tuple[str, str]]:
+    """(key, "missing" | "altered" | "stale") of the release catalog and the root catalog:
+    each is compared byte for byte with what :func:`catalog_dict` derives from the verified
+    record (and :func:`root_catalog_dict` from the lake's releases), so no entry, reader or
+    URL in them can differ from what the root hash covers."""
+    own = f"releases/{record.name}/{CATALOG_KEY}"
+    got = lake.storage.read_many([own, CATALOG_KEY])
+    out = []
+    if isinstance(got[own], Exception):
+        out.append((own, "missing"))
+    elif got[own] != _dump(catalog_dict(lake, record)):
+        out.append((own, "altered"))
+    if isinstance(got[CATALOG_KEY], Exception):
+        out.append((CATALOG_KEY, "missing"))
+    elif got[CATALOG_KEY] != _dump(root_catalog_dict(lake, lake.releases())):
+        out.append((CATALOG_KEY, "stale"))
+    return out
 
-    Registered in :data:`abo_lake.lake.VERIFY_HOOKS`. A copy must be byte-equal to the
-    manifest it copies (whose name is its hash); a missing copy or catalog is reported
-    missing, as plain intake could not open that entry.
-    """
+
+def _copy_states(lake: Lake, record: ReleaseRecord) -> dict[str, tuple[str, str, bytes | None]]:
+    """Per-id manifest copy key -> (dataset path, "ok" | "missing" | "altered", bytes)."""
     keys = {_refs_key(record, p): p for p in record.datasets if _match(p)}
-    catalog = f"releases/{record.name}/{CATALOG_KEY}"
-    got = lake.storage.read_many([*keys, catalog])
-    if isinstance(got[catalog], Exception):
-        report.missing.append(("catalog", catalog, ""))
+    got = lake.storage.read_many(list(keys))
+    out: dict[str, tuple[str, str, bytes | None]] = {}
     for key, path in keys.items():
+        data = got[key]
+        if isinstance(data, Exception):
+            out[key] = (path, "missing", None)
+        elif cas.digest(data) != record.datasets[path]["manifest"]:
+            out[key] = (path, "altered", data)
+        else:
+            out[key] = (path, "ok", data)
+    return out
+
+
+def catalog_completeness(lake: Lake, record: ReleaseRecord) -> list[tuple[str, str]]:
+    """What :func:`write_catalog` should have written for ``record`` but is missing, stale or
+    altered (registered in :data:`abo_lake.lake.COMPLETENESS_HOOKS`, for ``repair``)."""
+    copies = [(k, state) for k, (_, state, _) in _copy_states(lake, record).items()]
+    return _catalog_states(lake, record) + [(k, s) for k, s in copies if s != "ok"]
+
+
+def verify_catalog(lake: Lake, record: ReleaseRecord, report: VerifyReport) -> None:
+    """Check a release's catalog, the root catalog and the per-id manifest copies (for
+    :meth:`Lake.verify`; registered in :data:`abo_lake.lake.VERIFY_HOOKS`).
+
+    A copy must be byte-equal to the manifest it copies (whose name is its hash); the
+    catalogs must equal what the record derives. A missing catalog or a root catalog without
+    this release makes the release incomplete (``abo-lake repair`` completes it); a catalog
+    that differs from its derivation is corrupt.
+    """
+    for key, state in _catalog_states(lake, record):
+        report.checked += 1
+        if state == "altered":
+            report.corrupt.append(("catalog", key, ""))
+        else:
+            report.incomplete.append((key, state))
+    for key, (path, state, data) in _copy_states(lake, record).items():
         want = record.datasets[path]["manifest"]
         report.checked += 1
-        if isinstance(got[key], Exception):
+        if state == "missing":
             report.missing.append((f"catalog copy of {path}", key, want))
-        elif cas.digest(got[key]) != want:
+        elif state == "altered":
             report.corrupt.append((f"catalog copy of {path}", key, want))
         else:
-            report.bytes += len(got[key])
+            report.bytes += len(data or b"")
 
 
 PUBLISH_HOOKS.append(write_catalog)
 VERIFY_HOOKS.append(verify_catalog)
+COMPLETENESS_HOOKS.append(catalog_completeness)
 
 
 # -- opening catalogs ----------------------------------------------------------------------

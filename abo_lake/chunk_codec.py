@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from zarr.abc.codec import SupportsSyncCodec
+from zarr.codecs import Crc32cCodec
 from zarr.core.array_spec import parse_array_config
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.codec_pipeline import fill_value_or_default
@@ -116,6 +117,17 @@ def _decode(data: bytes, codecs: tuple[Any, Any, list[Any]], index: tuple[int, .
     return buf.as_numpy_array()
 
 
+class _CheckedCrc:
+    """Stands for the ``crc32c`` codec when the store has already checked each chunk's CRC
+    (:class:`abo_lake.stores.ManifestStore`): drops the 4 bytes instead of computing it again."""
+
+    def resolve_metadata(self, spec: Any) -> Any:
+        return spec
+
+    def _decode_sync(self, buf: Any, spec: Any) -> Any:
+        return spec.prototype.buffer.from_array_like(buf.as_numpy_array()[:-4])
+
+
 class SyncArray:
     """A stand-in for a read-only ``zarr.Array`` whose basic selections (ints and slices)
     decode chunks in the calling thread; other selections go to the Zarr array.
@@ -126,13 +138,28 @@ class SyncArray:
         The Zarr array (its metadata, path and fill value).
     get
         ``get(store key) -> bytes | None``: a chunk's stored bytes, None if never written.
+    on_error
+        ``on_error(store key, exception) -> exception`` to raise instead when a chunk fails
+        to decode (e.g. one naming the dataset and object); default: the codec's own error.
+    crc_checked
+        ``get`` returns only chunks whose ``crc32c`` it has checked: the codec need not.
     """
 
-    def __init__(self, array: zarr.Array, get: Callable[[str], bytes | None]) -> None:
+    def __init__(
+        self,
+        array: zarr.Array,
+        get: Callable[[str], bytes | None],
+        on_error: Callable[[str, Exception], Exception] | None = None,
+        *,
+        crc_checked: bool = False,
+    ) -> None:
         self._array = array
         self._get = get
+        self._on_error = on_error
         chain = list(array.metadata.codecs)
         synchronous = array.metadata.zarr_format == 3 and _synchronous(chain)
+        if synchronous and crc_checked and chain and isinstance(chain[-1], Crc32cCodec):
+            chain[-1] = _CheckedCrc()
         self._codecs = (array.metadata, array._async_array.config, chain) if synchronous else None
         self._prefix = f"{array.path}/" if array.path else ""
         self.shape = array.shape
@@ -149,11 +176,17 @@ class SyncArray:
         spec = metadata.get_chunk_spec((0,) * len(self.shape), config, default_buffer_prototype())
         out = np.empty(indexer.shape, dtype=spec.dtype.to_native_dtype())
         for coords, chunk_sel, out_sel, _ in indexer:
-            data = self._get(self._prefix + metadata.encode_chunk_key(coords))
+            key = self._prefix + metadata.encode_chunk_key(coords)
+            data = self._get(key)
             if data is None:
                 out[out_sel] = fill_value_or_default(spec)
             else:
-                values = _decode(data, self._codecs, coords)[chunk_sel]
+                try:
+                    values = _decode(data, self._codecs, coords)[chunk_sel]
+                except Exception as err:
+                    if self._on_error is None:
+                        raise
+                    raise self._on_error(key, err) from err
                 if indexer.drop_axes:
                     values = values.squeeze(axis=indexer.drop_axes)
                 out[out_sel] = values
@@ -186,9 +219,16 @@ def _zarr_wrappers(data: Any) -> Iterator[Any]:
         seen += 1
 
 
-def read_in_thread(obj: xr.Dataset | xr.DataTree, get: Callable[[str], bytes | None]) -> int:
+def read_in_thread(
+    obj: xr.Dataset | xr.DataTree,
+    get: Callable[[str], bytes | None],
+    on_error: Callable[[str, Exception], Exception] | None = None,
+    *,
+    crc_checked: bool = False,
+) -> int:
     """Make the lazy (not dask) variables of ``obj``, opened by xarray's Zarr backend,
-    decode their chunks in the calling thread (see :class:`SyncArray`).
+    decode their chunks in the calling thread (see :class:`SyncArray`, also for ``on_error``
+    and ``crc_checked``).
 
     Returns how many variables were switched; the others keep Zarr's path.
     """
@@ -198,7 +238,9 @@ def read_in_thread(obj: xr.Dataset | xr.DataTree, get: Callable[[str], bytes | N
         for var in ds.variables.values():
             for wrapper in _zarr_wrappers(getattr(var, "_data", None)):
                 if not isinstance(wrapper._array, SyncArray):
-                    wrapper._array = SyncArray(wrapper._array, get)
+                    wrapper._array = SyncArray(
+                        wrapper._array, get, on_error, crc_checked=crc_checked
+                    )
                 switched += 1
     return switched
 

@@ -47,8 +47,9 @@ _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
 #: makes of a file, so that reruns convert again instead of resuming the old output
 #: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence, units;
 #: 4: Visual Behavior behavior part read by sources._vb_behavior: templates, rig geometry,
-#: presentation columns a table lacks marked by absent_in).
-CONVERTER_VERSION = 4
+#: presentation columns a table lacks marked by absent_in; 5: a crc32c codec ends every
+#: array's codec chain, so every chunk's bytes change).
+CONVERTER_VERSION = 5
 
 
 @dataclass
@@ -621,6 +622,8 @@ class JobReport:
     already_published: bool = False
     #: Things the user should know that did not fail the job (a CSV that matched no table).
     notes: list[str] = field(default_factory=list)
+    #: Keys of an already-published release this rerun found missing or stale and wrote.
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[FileResult]:
@@ -641,6 +644,7 @@ class JobReport:
                     "already published, unchanged (files of this rerun failed)"
                     if self.failures
                     else "already published with this content"
+                    + (f"; completed {', '.join(self.repaired)}" if self.repaired else "")
                 )
                 if self.already_published
                 else ("published" if self.published else "NOT published")
@@ -805,6 +809,9 @@ def run(
         report.published = report.already_published = True
         if not report.failures:
             _same_as_published(stage, existing, lake.url, raced=raced)
+            # the same release: complete what its first publish may have left undone (a
+            # lost response to the record's PUT, a kill before the catalog)
+            report.repaired = [key for key, _ in lake.repair(release)]
     return report
 
 
@@ -851,7 +858,7 @@ def _rerun(lake: Lake, release: str) -> Iterator[Stage]:
 def _same_as_published(stage: Stage, record: Any, lake_url: str, *, raced: bool = False) -> None:
     """Raise ReleaseExistsError unless ``stage`` holds exactly the published ``record``
     (``raced``: another job published it while this one ran)."""
-    if stage.root == record.root:
+    if stage.root == record.content_root:
         return
     ours = {p: d["manifest"] for p, d in stage.datasets.items()}
     theirs = {p: d["manifest"] for p, d in record.datasets.items()}

@@ -32,6 +32,7 @@ from abo_lake.storage import Storage, default_lake_url
 from abo_lake.writer import write_dataset
 
 __all__ = [
+    "COMPLETENESS_HOOKS",
     "LEDGER_PREFIX",
     "MIN_GRACE",
     "PUBLISH_HOOKS",
@@ -61,6 +62,13 @@ MIN_GRACE = timedelta(seconds=4 * HEARTBEAT_SECONDS)
 #: Called by :meth:`Lake.verify` with (lake, record, report) to check what a publish hook
 #: wrote; they append to ``report.missing`` / ``report.corrupt``.
 VERIFY_HOOKS: list[Callable[[Lake, ReleaseRecord, VerifyReport], None]] = []
+#: Called as ``hook(lake, record) -> [(key, state)]`` to list what the publish hooks should
+#: have written for ``record`` but is ``"missing"``, ``"stale"`` (out of date with the lake)
+#: or ``"altered"`` (differs from what the record derives); empty when the release is
+#: complete. :meth:`Lake.repair` runs the publish hooks again when any is listed (the
+#: :data:`VERIFY_HOOKS` report the same parts: missing or stale as incomplete, altered as
+#: corrupt).
+COMPLETENESS_HOOKS: list[Callable[[Lake, ReleaseRecord], list[tuple[str, str]]]] = []
 
 
 def open_lake(url: str | None = None, **storage_options: Any) -> Lake:
@@ -118,8 +126,20 @@ class Lake:
 
     # -- releases --------------------------------------------------------------------------
     def releases(self) -> list[str]:
-        """Published release names, oldest first."""
-        names = [k.split("/")[1] for k in self.storage.glob("releases/*/release.json")]
+        """Published release names, oldest first.
+
+        A record that does not check (altered, or copied under another folder name) is left
+        out with a warning: it is not a release of this lake.
+        """
+        names = []
+        for key in self.storage.glob("releases/*/release.json"):
+            name = key.split("/")[1]
+            try:
+                self._record(name)
+            except (ManifestError, ReleaseNotFoundError) as err:
+                warnings.warn(f"not listed: {err}", UserWarning, stacklevel=2)
+                continue
+            names.append(name)
         return sorted(names, key=lambda n: (self._record(n).created, n))
 
     def _record(self, name: str) -> ReleaseRecord:
@@ -284,11 +304,29 @@ class Lake:
             "dedup_ratio": (logical / stored) if stored else 1.0,
         }
 
+    def repair(self, name: str) -> list[tuple[str, str]]:
+        """Complete a published release: write again whatever its publish hooks should have
+        written (catalog, root catalog entry) but is missing, stale or altered, e.g. after a
+        publisher was killed between its record and its catalog.
+
+        Returns
+        -------
+        list of (key, state)
+            What was found incomplete (and is now written); empty if the release was complete.
+        """
+        record = self.release(name).record
+        parts = [p for hook in COMPLETENESS_HOOKS for p in hook(self, record)]
+        if parts:
+            for hook in PUBLISH_HOOKS:
+                hook(self, record)
+        return parts
+
     def verify(self, spec: str = "latest", *, batch: int = 64) -> VerifyReport:
         """Re-hash every object a release references; report missing and corrupt ones.
 
         The chunks of every dataset, the Parquet object of every table, and what the
-        :data:`VERIFY_HOOKS` check (the catalog's per-release manifest copies).
+        :data:`VERIFY_HOOKS` check (the catalog re-derived from the record and compared, the
+        root catalog; a release published without them is reported incomplete).
         """
         rel = self.release(spec)
         where: dict[str, tuple[str, str]] = {}
@@ -564,7 +602,9 @@ class Stage:
 
     @property
     def root(self) -> str:
-        """The root hash the release would have if published now (datasets and tables)."""
+        """The content root of what is staged (datasets and tables): what a published
+        record's :attr:`~abo_lake.release.ReleaseRecord.content_root` is compared with. The
+        record's own root also covers its name, time and notes."""
         return root_hash(
             {p: d["manifest"] for p, d in self.datasets.items()},
             {n: t["object"] for n, t in self.tables.items()},
@@ -590,9 +630,8 @@ class Stage:
     def _publish(self) -> ReleaseRecord:
         from abo_lake import __version__
 
-        record = ReleaseRecord(
+        record = ReleaseRecord.sealed(
             name=self.name,
-            root=self.root,
             created=_now().isoformat(),
             abo_lake_version=__version__,
             notes=self.notes,
@@ -615,6 +654,11 @@ class Stage:
                             "abo_lake writes its catalog again",
                             stacklevel=3,
                         )
+            else:
+                same = self._same_published()
+                if same is not None:  # ours, or an identical one: complete it, as a rerun
+                    self.lake.repair(self.name)
+                    return same
         finally:
             self._discard()
         if not written:
@@ -623,6 +667,17 @@ class Stage:
                 f"open; nothing of this stage is visible. Publish under a new name."
             )
         return record
+
+    def _same_published(self) -> ReleaseRecord | None:
+        """The published record of this name if it holds this stage's content and notes
+        (e.g. this writer's own, stored by a PUT whose response was lost); else None."""
+        self.lake._records.pop(self.name, None)
+        try:
+            record = self.lake._record(self.name)
+        except (ManifestError, ReleaseNotFoundError):
+            return None
+        same = record.content_root == self.root and record.notes == self.notes
+        return record if same else None
 
 
 def _check_path(path: str) -> str:
@@ -741,11 +796,14 @@ class VerifyReport:
     bytes: int = 0
     missing: list[tuple[str, str, str]] = field(default_factory=list)
     corrupt: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (key, "missing" | "stale") of what publishing writes after the record (the catalog):
+    #: the release is published but incomplete; ``abo-lake repair`` completes it.
+    incomplete: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True if every referenced chunk is present and intact."""
-        return not self.missing and not self.corrupt
+        """True if every referenced object is present and intact and the release complete."""
+        return not self.missing and not self.corrupt and not self.incomplete
 
     def __str__(self) -> str:
         head = (
@@ -754,6 +812,9 @@ class VerifyReport:
         )
         rows = [f"  missing {p} {k} ({h[:12]})" for p, k, h in self.missing[:20]]
         rows += [f"  corrupt {p} {k} ({h[:12]})" for p, k, h in self.corrupt[:20]]
+        if self.incomplete:
+            head += f"; INCOMPLETE ({len(self.incomplete)}: run `abo-lake repair`)"
+        rows += [f"  incomplete: {k} {state}" for k, state in self.incomplete[:20]]
         return "\n".join([head, *rows])
 
 

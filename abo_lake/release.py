@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +23,39 @@ from abo_lake.stores import ManifestStore
 if TYPE_CHECKING:
     from abo_lake.lake import Lake
 
-__all__ = ["Release", "ReleaseRecord"]
+__all__ = ["Release", "ReleaseRecord", "record_root"]
+
+
+#: Fields of a release record; a record with any other field is refused.
+_RECORD_FIELDS = {
+    "format",
+    "name",
+    "root",
+    "created",
+    "abo_lake_version",
+    "notes",
+    "datasets",
+    "tables",
+}
+
+
+def record_root(doc: dict[str, Any]) -> str:
+    """The root hash of a format-2 release record: sha256 over its canonical JSON without
+    ``root`` itself, so it covers every published field (name, created, notes, each dataset's
+    manifest, kind and nbytes, each table's object, rows and columns)."""
+    body = {k: v for k, v in doc.items() if k != "root"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class ReleaseRecord:
-    """What ``releases/<name>/release.json`` holds (written last, never changed)."""
+    """What ``releases/<name>/release.json`` holds (written last, never changed).
+
+    ``root`` is what ``name@root`` pins. Format 2 (every record published now): the hash of
+    the whole record (:func:`record_root`). Format 1 (older records): the hash of the content
+    only (:attr:`content_root`), leaving the other fields unprotected.
+    """
 
     name: str
     root: str
@@ -36,13 +64,29 @@ class ReleaseRecord:
     notes: str
     datasets: dict[str, dict[str, Any]]  # path -> {"manifest": hash, "kind": ..., "nbytes": ...}
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"object", "rows"}
+    format: int = 1
+
+    @classmethod
+    def sealed(cls, **fields: Any) -> ReleaseRecord:
+        """A format-2 record of ``fields`` (all but ``root`` and ``format``), root computed."""
+        record = cls(root="", format=2, **fields)
+        return replace(record, root=record_root(record._doc()))
 
     @property
     def pin(self) -> str:
         """``name@root`` with a 12-hex root: enough to pin a study to this exact content."""
         return f"{self.name}@{self.root[:12]}"
 
-    def to_bytes(self) -> bytes:
+    @property
+    def content_root(self) -> str:
+        """The hash over the datasets' manifests and the tables' objects only: equal for
+        equal content whatever the name, time or notes (what a rerun is compared by)."""
+        return root_hash(
+            {p: d["manifest"] for p, d in self.datasets.items()},
+            {n: t["object"] for n, t in self.tables.items()},
+        )
+
+    def _doc(self) -> dict[str, Any]:
         doc = {
             "name": self.name,
             "root": self.root,
@@ -52,11 +96,16 @@ class ReleaseRecord:
             "datasets": self.datasets,
             "tables": self.tables,
         }
-        return json.dumps(doc, indent=1, sort_keys=True).encode()
+        if self.format != 1:
+            doc["format"] = self.format
+        return doc
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self._doc(), indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, where: str) -> ReleaseRecord:
-        """Parse and check a release record (its root hash must match its datasets)."""
+        """Parse and check a release record (its root hash must match what it covers)."""
         try:
             doc = json.loads(data)
             record = cls(
@@ -67,16 +116,22 @@ class ReleaseRecord:
                 notes=str(doc.get("notes", "")),
                 datasets={str(k): dict(v) for k, v in doc["datasets"].items()},
                 tables={str(k): dict(v) for k, v in (doc.get("tables") or {}).items()},
+                format=int(doc.get("format", 1)),
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
             raise ManifestError(f"{where}: unreadable release record ({err!r})") from err
-        expected = root_hash(
-            {p: d["manifest"] for p, d in record.datasets.items()},
-            {n: t["object"] for n, t in record.tables.items()},
-        )
+        if record.format == 2:
+            unknown = sorted(set(doc) - _RECORD_FIELDS)
+            if unknown:
+                raise ManifestError(f"{where}: unknown release record field(s) {unknown}")
+            expected, what = record_root(doc), "its fields"
+        elif record.format == 1:
+            expected, what = record.content_root, "its datasets"
+        else:
+            raise ManifestError(f"{where}: unknown release record format {record.format}")
         if expected != record.root:
             raise ManifestError(
-                f"{where}: root hash {record.root[:12]} does not match its datasets "
+                f"{where}: root hash {record.root[:12]} does not match {what} "
                 f"({expected[:12]}); the record was altered"
             )
         return record
@@ -204,7 +259,8 @@ class Release:
             warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
             ds = xr.open_zarr(store, group=group, consolidated=True, chunks=chunks, zarr_format=3)
         if chunks is None:  # one dask chunk per stored chunk, decoded in the task's thread
-            read_in_thread(ds, store.read_chunk)  # (no event-loop hop per chunk)
+            # (no event-loop hop per chunk; the store checked each chunk's CRC already)
+            read_in_thread(ds, store.read_chunk, store.decode_error, crc_checked=True)
             ds = chunked_as_stored(ds)
         ds.encoding["abo_lake_store"] = store  # store.chunk_reads: chunk objects read so far
         return self._stamp(ds, path)

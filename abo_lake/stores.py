@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
+import google_crc32c
+import numpy as np
 from zarr.abc.store import (
     ByteRequest,
     OffsetByteRequest,
@@ -36,6 +39,31 @@ __all__ = ["CaptureStore", "ManifestStore", "is_metadata_key"]
 def is_metadata_key(key: str) -> bool:
     """Whether a Zarr 3 key is a metadata document (kept inline in manifests)."""
     return key == "zarr.json" or key.endswith("/zarr.json")
+
+
+def array_of(key: str) -> str:
+    """The array path of a Zarr 3 chunk key (``"dff/c/0/1"`` -> ``"dff"``)."""
+    return key.split("/c/")[0] if "/c/" in key else key.rsplit("/", 1)[0]
+
+
+def checksummed_arrays(metadata: dict[str, bytes]) -> frozenset[str]:
+    """Paths of the arrays whose last codec is ``crc32c`` (every array the writer makes)."""
+    out = set()
+    for key, doc in metadata.items():
+        if not is_metadata_key(key) or b'"crc32c"' not in doc:
+            continue
+        codecs = json.loads(doc).get("codecs") or []
+        if codecs and isinstance(codecs[-1], dict) and codecs[-1].get("name") == "crc32c":
+            out.add(key[: -len("zarr.json")].rstrip("/"))
+    return frozenset(out)
+
+
+def crc_ok(data: bytes) -> bool:
+    """Whether ``data`` ends with the CRC-32C of the rest, as zarr's crc32c codec writes it."""
+    if len(data) < 4:
+        return False
+    body = np.frombuffer(data, np.uint8)[:-4]  # no copy
+    return google_crc32c.value(body) == int.from_bytes(data[-4:], "little")
 
 
 def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -204,6 +232,7 @@ class ManifestStore(_KeyMapStore):
         self.verify = verify
         self._meta = {k: v.encode() for k, v in manifest.metadata.items()}
         self._chunks = manifest.chunks
+        self._checksummed = checksummed_arrays(self._meta)
         self._cas = storage.zarr_store(cas.CAS_PREFIX)
         self._reads = itertools.count()
         self._token: str | None = None
@@ -254,12 +283,14 @@ class ManifestStore(_KeyMapStore):
             return None  # never written: zarr fills it with the fill value
         self.chunk_reads = next(self._reads) + 1
         obj = f"{h[:2]}/{h}"
-        buf = await self._cas.get(obj, prototype, None if self.verify else byte_range)
+        whole = self.verify or byte_range is None
+        buf = await self._cas.get(obj, prototype, None if whole else byte_range)
         if buf is None:
             raise self._missing(key, h)
-        if self.verify:
-            data = self._verified(key, h, buf.to_bytes())
-            buf = prototype.buffer.from_bytes(_slice(data, byte_range))
+        if whole:
+            data = self._checked(key, h, buf.to_bytes())
+            if byte_range is not None:
+                buf = prototype.buffer.from_bytes(_slice(data, byte_range))
         self.bytes_read += len(buf)
         return buf
 
@@ -274,10 +305,30 @@ class ManifestStore(_KeyMapStore):
             data = self.storage.read(cas.key_of(h))
         except FileNotFoundError:
             raise self._missing(key, h) from None
-        if self.verify:
-            data = self._verified(key, h, data)
+        data = self._checked(key, h, data)
         self.bytes_read += len(data)
         return data
+
+    def _checked(self, key: str, h: str, data: bytes) -> bytes:
+        """``data`` if it passes the checks: its CRC-32C (always, for arrays written with one)
+        and its hash (with ``verify``); else :class:`IntegrityError` naming the chunk."""
+        if self.verify:
+            return self._verified(key, h, data)
+        if array_of(key) in self._checksummed and not crc_ok(data):
+            raise self._corrupt(key, h, "its CRC-32C does not match")
+        return data
+
+    def decode_error(self, key: str, err: Exception) -> IntegrityError:
+        """The error to raise when chunk ``key`` read from this store fails to decode."""
+        h = self._chunks.get(key, "")
+        return self._corrupt(key, h, f"it does not decode ({type(err).__name__}: {err})")
+
+    def _corrupt(self, key: str, h: str, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"{self.label}: variable {array_of(key)!r}, chunk {key!r} is corrupt: {why} "
+            f"(object {self.storage.url_of(cas.key_of(h))}); run `abo-lake verify` on this "
+            "release"
+        )
 
     def _missing(self, key: str, h: str) -> IntegrityError:
         return IntegrityError(
@@ -287,10 +338,7 @@ class ManifestStore(_KeyMapStore):
 
     def _verified(self, key: str, h: str, data: bytes) -> bytes:
         if cas.digest(data) != h:
-            raise IntegrityError(
-                f"{self.label}: chunk {key!r} is corrupt: the object "
-                f"{cas.key_of(h)} does not hash to its name"
-            )
+            raise self._corrupt(key, h, "the object does not hash to its name")
         return data
 
     async def set(self, key: str, value: Buffer) -> None:

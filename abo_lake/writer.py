@@ -24,7 +24,7 @@ import xarray as xr
 import zarr
 from dask.array.core import normalize_chunks
 from xarray.backends.zarr import encode_zarr_variable
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.buffer import default_buffer_prototype
 
 from abo_lake import cas
@@ -35,6 +35,7 @@ from abo_lake.storage import Storage
 from abo_lake.stores import CaptureStore, is_metadata_key
 
 __all__ = [
+    "CHECKSUM",
     "DEFAULT_COMPRESSORS",
     "TARGET_CHUNK_BYTES",
     "WriteOptions",
@@ -45,6 +46,10 @@ __all__ = [
 
 #: Deterministic (same input -> same bytes -> same object), fast, and good on shuffled floats.
 DEFAULT_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+#: The last codec of every array written: a CRC-32C of the encoded chunk, so every reader
+#: (the lake's stores, and plain zarr/xarray/intake through a manifest) detects a corrupted
+#: chunk instead of decoding it into wrong numbers. Deterministic, so dedup still holds.
+CHECKSUM = Crc32cCodec()
 #: Chunk size aimed at when a variable does not say (``encoding["chunks"]``).
 TARGET_CHUNK_BYTES = 4 * 2**20
 
@@ -62,6 +67,8 @@ class WriteOptions:
 
     compressors: tuple[Any, ...] = DEFAULT_COMPRESSORS
     chunk_bytes: int = TARGET_CHUNK_BYTES
+    #: Append :data:`CHECKSUM` to every array's codecs (off only to measure its cost).
+    checksum: bool = True
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> WriteOptions:
@@ -88,9 +95,10 @@ class WriteOptions:
         """ "" for the defaults, else a short hash that tells conversions apart in the ledger."""
         if self == WriteOptions():
             return ""
-        desc = json.dumps(
-            [[c.to_dict() for c in self.compressors], self.chunk_bytes], sort_keys=True
-        )
+        parts: list[Any] = [[c.to_dict() for c in self.compressors], self.chunk_bytes]
+        if not self.checksum:
+            parts.append("unchecked")
+        desc = json.dumps(parts, sort_keys=True)
         return cas.digest(desc.encode())[:16]
 
 
@@ -159,7 +167,10 @@ def _prepare(
     options = options or WriteOptions()
     for name, var in ds.variables.items():
         chunks = _chunks_for(var, options.chunk_bytes)
-        encoding[name] = {"compressors": var.encoding.get("compressors") or options.compressors}
+        compressors = tuple(var.encoding.get("compressors") or options.compressors)
+        if options.checksum and not any(isinstance(c, Crc32cCodec) for c in compressors):
+            compressors += (CHECKSUM,)
+        encoding[name] = {"compressors": compressors}
         if var.ndim:
             encoding[name]["chunks"] = chunks
         if name in ds.indexes:
