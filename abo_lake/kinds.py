@@ -326,6 +326,13 @@ KINDS: dict[str, Kind] = {
             path="celltypes/specimen/{specimen_id}/ephys",
             id="specimen_id",
             table="celltypes_specimens",
+            row_tables=(
+                RowTable(
+                    "ephys_features",
+                    "specimen_id",
+                    rows="abo_lake.ephys_features:ephys_features_table",
+                ),
+            ),
             accessor="celltypes",
         ),
         Kind(

@@ -140,9 +140,11 @@ def build_tables(
                 for h in f.tables.get(name, [])
             ]
             tables[name] = pd.concat(parts).sort_index()
-    if "morphometry" in tables:
+    if "morphometry" in tables or "ephys_features" in tables:
         tables["celltypes_specimens"] = _specimens(
-            tables.get("celltypes_specimens"), tables["morphometry"]
+            tables.get("celltypes_specimens"),
+            tables.get("morphometry"),
+            tables.get("ephys_features"),
         )
     csvs = read_csvs(metadata)
     joined: dict[str, list[str]] = {path: [] for path in csvs}
@@ -173,19 +175,31 @@ def build_tables(
     return tables
 
 
-def _specimens(ephys: pd.DataFrame | None, morphometry: pd.DataFrame) -> pd.DataFrame:
+def _specimens(
+    ephys: pd.DataFrame | None,
+    morphometry: pd.DataFrame | None,
+    features: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """``celltypes_specimens``: one row per specimen with ephys or a morphology (or both),
     flagged ``has_ephys``/``has_morphology``, the morphometry columns prefixed
-    ``morphometry.`` (the ``morphometry`` table has them unprefixed); a project CSV keyed by
+    ``morphometry.`` and the electrophysiology features prefixed ``ephys_features.`` (the
+    ``morphometry`` and ``ephys_features`` tables have them unprefixed); a project CSV keyed by
     ``specimen_id`` (Cre line, area, layer, dendrite type, reporter status) joins it later."""
     if ephys is None:
         ephys = pd.DataFrame(index=pd.Index([], name="specimen_id", dtype="int64"))
-    extra = morphometry.add_prefix("morphometry.")
-    extra = extra[~extra.index.duplicated()]
-    out = ephys.join(extra, how="outer")
+    out = ephys
+    morph_index = pd.Index([])
+    for table, prefix in ((morphometry, "morphometry."), (features, "ephys_features.")):
+        if table is None:
+            continue
+        extra = table.add_prefix(prefix)
+        extra = extra[~extra.index.duplicated()]
+        out = out.join(extra, how="outer")
+        if prefix == "morphometry.":
+            morph_index = extra.index
     out.index.name = "specimen_id"
     out["has_ephys"] = out.index.isin(ephys.index)
-    out["has_morphology"] = out.index.isin(extra.index)
+    out["has_morphology"] = out.index.isin(morph_index)
     return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import celltypes, glif
+from abo_lake import celltypes, ephys_features, glif
 from abo_lake.errors import SchemaError
 from abo_lake.kinds import kinds_for
 from abo_lake.schema import kind_of, validate
@@ -63,6 +63,25 @@ class CellTypesAccessor:
             f"<.celltypes specimen {ds.attrs.get('specimen_id', '?')} · "
             f"{ds.sizes['sweep_number']} sweeps · {celltypes.stimulus_names(ds)}>"
         )
+
+    def spike_features(self, sweep_number: int) -> pd.DataFrame:
+        """One row per spike of a sweep (threshold, peak, trough, upstroke/downstroke, ...);
+        see :func:`abo_lake.ephys_features.spike_features`."""
+        return ephys_features.spike_features(self._ds, sweep_number)
+
+    def long_square_features(self) -> pd.DataFrame:
+        """Per Long Square sweep: rate, latency, ISI, adaptation, baseline, deflection, sag;
+        see :func:`abo_lake.ephys_features.long_square_features`."""
+        return ephys_features.long_square_features(self._ds)
+
+    def fi_curve(self) -> pd.DataFrame:
+        """Firing rate (Hz) against Long Square amplitude (pA)."""
+        return ephys_features.fi_curve(self._ds)
+
+    def cell_features(self) -> dict[str, Any]:
+        """The specimen's ``ephys_features.csv`` row (IPFX's definitions); see
+        :func:`abo_lake.ephys_features.cell_features`."""
+        return ephys_features.cell_features(self._ds)
 
     def get_sweep_numbers(self) -> list[int]:
         """Every sweep number, sorted; see :func:`abo_lake.celltypes.get_sweep_numbers`."""

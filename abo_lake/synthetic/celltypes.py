@@ -73,6 +73,10 @@ def _protocol(kind: str) -> tuple[_SweepSpec, ...]:
             ("Ramp", 400.0, "C1RP25PR1S"),
         ]
         first = 8  # numbers 8..12 so that HDF5's name order differs from numeric order
+    elif kind == "features":  # what IPFX's long-square analysis needs, in few samples
+        items = [("Long Square", float(a), "C1LSCOARSE150216") for a in range(-90, 300, 40)]
+        items += [("Ramp", 400.0, "C1RP25PR1S")]
+        first = 3
     else:
         items = [("Short Square", a, "C1SSCOARSE150112") for a in (700.0, 750.0, 800.0, 850.0)]
         items += [("Long Square", float(a), "C1LSCOARSE150216") for a in range(-110, 390, 20)]
@@ -89,6 +93,7 @@ def _protocol(kind: str) -> tuple[_SweepSpec, ...]:
 _SCALES = {
     "tiny": _Scale(0.5, 0.1, 0.3, _protocol("tiny"), morphology_orders=4),
     "realistic": _Scale(3.0, 1.02, 1.0, _protocol("realistic"), morphology_orders=6),
+    "features": _Scale(1.2, 0.2, 0.8, _protocol("features"), morphology_orders=3),
 }
 
 
@@ -451,7 +456,10 @@ def write(
         ``"tiny"``: 5 sweeps of 0.5 s (Short Square, Long Square at 50, 250 and 400 pA,
         Ramp), ~1.3 MB per NWB file. ``"realistic"``: 38 sweeps of 3 s (4 Short Square,
         25 Long Square 1 s steps from -110 to 370 pA, 3 Ramp, 6 Noise 1), ~55 MB per NWB file
-        (gzip level 1), about 7 s per specimen.
+        (gzip level 1), about 7 s per specimen. ``"features"``: 11 sweeps of 1.2 s (10 Long
+        Square 0.8 s steps from -90 to 270 pA by 40 pA, a Ramp), ~6 MB per NWB file, the
+        smallest protocol with what electrophysiology features need (hyperpolarising steps,
+        an f-I curve).
     seed
         Seed of ``np.random.default_rng``; the same seed gives byte-identical arrays.
     n_specimens

@@ -1,0 +1,191 @@
+"""IPFX 2.1.2's electrophysiology features on synthetic Cell Types specimens.
+
+Two uses, one file:
+
+- ``measure`` (run with a Python that has IPFX, e.g. ``/tmp/ipfx-try2/bin/python`` made by
+  ``python3 -m venv /tmp/ipfx-try2 && /tmp/ipfx-try2/bin/pip install ipfx==2.1.2``; IPFX pins
+  pynwb 3.1.2 so it cannot live in the project's venv): read each ``ephys.nwb`` (NWB 1, the
+  AIBS layout) with h5py as IPFX's NWB 1 reader did (``data * conversion``, A -> pA, V -> mV,
+  ``rate`` of ``starting_time``), run IPFX's ``LongSquareAnalysis`` (``subthresh_min_amp=-100``,
+  as ``ipfx.data_set_features``) and ``RampAnalysis`` with IPFX's default
+  ``SpikeFeatureExtractor``/``SpikeTrainFeatureExtractor`` between stimulus onset and offset,
+  then ``ipfx.feature_record.build_cell_feature_record``; write the record per specimen and
+  the first long-square spikes of every spiking sweep to ``--out.json``.
+- ``make`` (run with the project's Python): synthesise the specimens of
+  ``tests/test_ephys_features.py`` (``synthetic.celltypes.write(scale="features", seed=11,
+  n_specimens=2)``), run ``measure`` under IPFX's Python and write
+  ``tests/reference/ephys_features_ipfx.json`` (CI needs no IPFX)::
+
+      .venv/bin/python tests/reference/ephys_features_ipfx.py make [--ipfx PYTHON]
+
+Only numpy and the standard library are imported at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = HERE / "ephys_features_ipfx.json"
+IPFX_PYTHON = "/tmp/ipfx-try2/bin/python"
+SEED, N_SPECIMENS, SCALE = 11, 2, "features"
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_sweeps(path: str) -> list[dict]:
+    """Every sweep of an AIBS NWB 1 file: number, stimulus name, t (s), v (mV), i (pA)."""
+    import h5py
+
+    out = []
+    with h5py.File(path, "r") as f:
+        for name in f["epochs"]:
+            if not name.startswith("Sweep_"):
+                continue
+            n = int(name.split("_")[1])
+            stim = f[f"stimulus/presentation/{name}"]
+            resp = f[f"acquisition/timeseries/{name}"]
+            rate = float(stim["starting_time"].attrs["rate"])
+            i = stim["data"][()] * float(stim["data"].attrs["conversion"]) * 1e12
+            v = resp["data"][()] * float(resp["data"].attrs["conversion"]) * 1e3
+            label = stim["aibs_stimulus_name"][()]
+            label = label.decode() if isinstance(label, bytes) else str(label)
+            exp = f[f"epochs/Experiment_{n}/stimulus"]
+            first = int(exp["idx_start"][()])
+            out.append(
+                {
+                    "sweep_number": n,
+                    "stimulus_name": label,
+                    "t": np.arange(i.size) / rate,
+                    "v": v.astype(np.float64),
+                    "i": i.astype(np.float64),
+                    "rate": rate,
+                    "experiment_start": first,
+                }
+            )
+    return sorted(out, key=lambda s: s["sweep_number"])
+
+
+def stimulus_window(sweep: dict) -> tuple[float, float]:
+    """Onset and offset (s) of the stimulus after the test pulse (first and last non-zero)."""
+    i = sweep["i"][sweep["experiment_start"] :]
+    nz = np.flatnonzero(i != 0)
+    return (
+        (sweep["experiment_start"] + nz[0]) / sweep["rate"],
+        (sweep["experiment_start"] + nz[-1] + 1) / sweep["rate"],
+    )
+
+
+def measure(paths: list[str], out: str) -> None:
+    """IPFX's cell record of each ``ephys.nwb`` in ``paths``; see the module docstring."""
+    import ipfx
+    from ipfx.feature_extractor import SpikeFeatureExtractor, SpikeTrainFeatureExtractor
+    from ipfx.feature_record import build_cell_feature_record
+    from ipfx.stimulus_protocol_analysis import LongSquareAnalysis, RampAnalysis
+    from ipfx.sweep import Sweep, SweepSet
+
+    result = {"ipfx": ipfx.__version__, "specimens": {}}
+    for path in paths:
+        sweeps = read_sweeps(path)
+        features: dict = {"long_squares": None, "ramps": None, "short_squares": None}
+        per_sweep = {}
+        longs = [s for s in sweeps if s["stimulus_name"] == "Long Square"]
+        start, end = stimulus_window(longs[0])
+        ss = SweepSet(
+            [
+                Sweep(s["t"], s["v"], s["i"], "CurrentClamp", s["rate"], s["sweep_number"])
+                for s in longs
+            ]
+        )
+        lsa = LongSquareAnalysis(
+            SpikeFeatureExtractor(start=start, end=end),
+            SpikeTrainFeatureExtractor(start=start, end=end),
+            subthresh_min_amp=-100.0,
+        )
+        numbers = [s["sweep_number"] for s in longs]
+        raw = lsa.analyze(ss)
+        features["long_squares"] = lsa.as_dict(raw, [{"sweep_number": n} for n in numbers])
+        for s, spikes in zip(longs, lsa._spikes_set, strict=True):
+            cols = ["threshold_t", "threshold_v", "peak_t", "peak_v", "trough_t", "trough_v"]
+            cols += ["fast_trough_v", "upstroke", "downstroke", "upstroke_downstroke_ratio"]
+            cols += ["width"]
+            per_sweep[str(s["sweep_number"])] = {
+                c: spikes[c].tolist() if len(spikes) else [] for c in cols
+            }
+        sweep_table = lsa._sweep_features
+        ramps = [s for s in sweeps if s["stimulus_name"] == "Ramp"]
+        if ramps:
+            r_start, _ = stimulus_window(ramps[0])
+            r_end = ramps[0]["t"][-1]
+            rss = SweepSet(
+                [Sweep(s["t"], s["v"], s["i"], "CurrentClamp", s["rate"]) for s in ramps]
+            )
+            ra = RampAnalysis(
+                SpikeFeatureExtractor(start=r_start, end=r_end),
+                SpikeTrainFeatureExtractor(start=r_start, end=r_end),
+            )
+            ramp_numbers = [{"sweep_number": s["sweep_number"]} for s in ramps]
+            features["ramps"] = ra.as_dict(ra.analyze(rss), ramp_numbers)
+        record = build_cell_feature_record(features)
+        specimen = Path(path).parent.name.removeprefix("specimen_")
+        result["specimens"][specimen] = {
+            "record": _clean(record),
+            "rheobase_i": _clean(raw["rheobase_i"]),
+            "input_resistance": _clean(raw["input_resistance"]),
+            "spikes": _clean(per_sweep),
+            "avg_rate": {
+                str(numbers[k]): _clean(float(sweep_table["avg_rate"].iloc[k]))
+                for k in range(len(numbers))
+            },
+            "window": [start, end],
+        }
+    Path(out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+
+
+def make(ipfx_python: str) -> None:
+    """Synthesise the test's specimens, run :func:`measure` under IPFX, write the reference."""
+    sys.path.insert(0, str(HERE.parents[1]))
+    from abo_lake.synthetic import celltypes as synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = synth.write(tmp, scale=SCALE, seed=SEED, n_specimens=N_SPECIMENS)
+        nwbs = [str(p) for p in paths if p.name == "ephys.nwb"]
+        cmd = [ipfx_python, __file__, "measure", "--out", str(REFERENCE), *nwbs]
+        subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--out", required=True)
+    m.add_argument("paths", nargs="+")
+    k = sub.add_parser("make")
+    k.add_argument("--ipfx", default=IPFX_PYTHON)
+    args = parser.parse_args()
+    if args.cmd == "measure":
+        measure(args.paths, args.out)
+    else:
+        make(args.ipfx)
+
+
+if __name__ == "__main__":
+    main()
