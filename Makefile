@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench realistic clean
+.PHONY: demo test lint bench realistic screenshots clean
 
 # constraints.txt pins the versions this project is tested with (pip freeze of a working
 # environment): without it pip can spend many minutes backtracking through boto3/botocore.
@@ -29,6 +29,12 @@ test: lint
 # (about five minutes on 2 cores; CI runs it after `make test`)
 realistic: $(BIN)/.installed
 	$(BIN)/python tests/benchmarks/bench_realistic_kinds.py
+
+# a PNG of each page of `abo-lake serve` in headless Chromium (Debian's chromium and
+# chromium-driver) into abo_lake_work/screenshots, over a small sample lake built there on
+# first use, or LAKE=URL
+screenshots: $(BIN)/.installed
+	$(BIN)/python -m abo_lake.web.screenshots abo_lake_work/screenshots $(if $(LAKE),--lake $(LAKE))
 
 bench: $(BIN)/.installed
 	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
