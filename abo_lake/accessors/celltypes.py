@@ -64,10 +64,13 @@ class CellTypesAccessor:
             f"{ds.sizes['sweep_number']} sweeps · {celltypes.stimulus_names(ds)}>"
         )
 
-    def spike_features(self, sweep_number: int) -> pd.DataFrame:
-        """One row per spike of a sweep (threshold, peak, trough, upstroke/downstroke, ...);
-        see :func:`abo_lake.ephys_features.spike_features`."""
-        return ephys_features.spike_features(self._ds, sweep_number)
+    def spike_features(
+        self, sweep_number: int, start: float | None = None, end: float | None = None
+    ) -> pd.DataFrame:
+        """One row per spike of a sweep (threshold, peak, trough, upstroke/downstroke, ...)
+        between ``start`` and ``end`` (s, default the stimulus window); see
+        :func:`abo_lake.ephys_features.spike_features`."""
+        return ephys_features.spike_features(self._ds, sweep_number, start, end)
 
     def long_square_features(self) -> pd.DataFrame:
         """Per Long Square sweep: rate, latency, ISI, adaptation, baseline, deflection, sag;
