@@ -195,3 +195,35 @@ def test_a_session_without_behavior_says_so(served):
 
     with pytest.raises(SchemaError, match="stimulus presentations"):
         ba.annotated_stimulus_presentations(xr.Dataset())
+
+
+# --------------------------------------------------------------------------- the learning trend
+
+
+def test_synthetic_training_days_show_learning():
+    """The synthetic writer's training days (the demo's learning curve): one mouse, one session
+    a day through the stages in order, hits rising and false alarms falling; one day keeps the
+    old single-session draws."""
+    from abo_lake.synthetic import vbo_behavior as writer
+
+    days = writer.ground_truth(1, training_days=5, behavior_seconds=240.0)
+    ids = [d["behavior_session_id"] for d in days]
+    assert np.all(np.diff(ids) == 1000)  # consecutive days (ids step 1000 per day)
+    stages = [int(d["session_type"].split("_")[1]) for d in days]
+    assert stages == sorted(stages)
+    assert (stages[0], stages[-1]) == (3, 5)
+
+    def rates(d: dict) -> tuple[float, float]:
+        return (
+            d["hit"] / (d["hit"] + d["miss"]),
+            d["false_alarm"] / max(1, d["false_alarm"] + d["correct_reject"]),
+        )
+
+    (hit0, fa0), (hit1, fa1) = rates(days[0]), rates(days[-1])
+    assert hit1 - hit0 > 0.3
+    assert fa1 < fa0
+    assert writer.ground_truth(1, training_days=1) == writer.ground_truth(1)
+    with pytest.raises(ValueError, match="training_days"):
+        writer.ground_truth(1, training_days=0)
+    with pytest.raises(ValueError, match="behavior_seconds"):
+        writer.ground_truth(1, behavior_seconds=1.0)
