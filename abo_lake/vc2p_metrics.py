@@ -252,18 +252,23 @@ def _pearson_upper_mean(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _run_modulation(run: np.ndarray, still: np.ndarray, minimum: int) -> tuple[float, float]:
-    """AllenSDK's (p_run, run_modulation) of one cell's sweeps at its preferred condition."""
+def _run_modulation(
+    run: np.ndarray, still: np.ndarray, minimum: int, wide_negative: bool = False
+) -> tuple[float, float]:
+    """AllenSDK's (p_run, run_modulation) of one cell's sweeps at its preferred condition
+    (NaN unless more than ``minimum`` running and still sweeps)."""
     from scipy.stats import ttest_ind
 
     if not (len(run) > minimum and len(still) > minimum):
         return np.nan, np.nan
     p = float(ttest_ind(run, still, equal_var=False).pvalue)
-    m_run, m_still = run.mean(), still.mean()
+    m_run, m_still = run.mean(), still.mean()  # float32, as pandas gives them
     if m_run > m_still:
-        return p, float((m_run - m_still) / np.abs(m_run))
+        return p, float((m_run - m_still) / np.abs(m_run))  # float32 throughout
     if m_run < m_still:
-        return p, float(-1 * (m_still - m_run) / np.abs(m_still))
+        if wide_negative:  # DG's ``-1 * (a - b) / c``: float64 from ``-1 *`` on (NumPy 1 rules)
+            return p, float(-1 * np.float64(m_still - m_run) / np.float64(np.abs(m_still)))
+        return p, float(-1 * ((m_still - m_run) / np.abs(m_still)))  # SG, NS: float32
     return p, np.nan
 
 
@@ -407,7 +412,7 @@ def _peak_gratings(d: _Design, b: dict[str, Any], resp: np.ndarray, dx: np.ndarr
         m = msr[c, rows]
         dxm = dx[rows]
         rec["p_run" + sfx], rec["run_modulation" + sfx] = _run_modulation(
-            m[dxm >= 1], m[dxm < 1], minimum
+            m[dxm >= 1], m[dxm < 1], minimum, wide_negative=dg
         )
         rec["reliability" + sfx] = _pearson_upper_mean(reliable[None])[0]
         trials_rows = (table[second].to_numpy() != 0) & (
@@ -563,6 +568,8 @@ class StimulusAnalysis:
         out: dict[str, Any] = {"dx": dx_windows, "dx_mean": dx_mean}
         peak = pd.concat([p["peak"] for p in done], ignore_index=True)
         peak.index = pd.Index(np.asarray(ids), name=CELL)
+        if d.stimulus in PEAK_COLUMNS:  # AllenSDK's column order
+            peak = peak[PEAK_COLUMNS[d.stimulus]]
         out["peak"] = peak.astype({c: "int64" for c in peak.columns if c in _INDEX_COLUMNS})
         if not _is_movie(d):
             out["msr"] = np.concatenate([p["msr"] for p in done], axis=0)

@@ -105,9 +105,9 @@ _SCALES: dict[str, dict[str, Any]] = {
     # trials at a preferred condition), still small: the metric parity tests use it
     "small": {
         "n_cells": 6,
-        "dg_repeats": 6,
-        "sg_repeats": 10,
-        "ns_repeats": 10,
+        "dg_repeats": 10,
+        "sg_repeats": 16,
+        "ns_repeats": 16,
         "movie_repeats": 10,
         "lsn_frames": 480,
         "spont_s": 30.0,

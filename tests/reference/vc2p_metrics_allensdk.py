@@ -13,8 +13,8 @@ three), ``three_session_B`` (static gratings, natural scenes, natural movie one)
   in cell order, with ``cell_specimen_id``), ``sweeplength``/``interlength``, the seed;
 - ``vc2p_metrics_allensdk.npz``: ``<session>/<stimulus>/mean_sweep_response`` (sweeps, cells +
   ``dx``) float32, ``.../pval`` (sweeps, cells), ``.../response`` (AllenSDK's array, the ``dx``
-  column included), ``.../sweep_response`` of the first 3 sweeps (sweeps, cells, frames), and
-  ``.../start`` (the stim_table's start frames).
+  column included), ``.../sweep_response`` of the first 3 sweeps (sweeps, cells, first 150
+  frames), and ``.../start`` (the stim_table's start frames).
 
 Run with the AllenSDK venv (never a dependency of abo_lake)::
 
@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 GENERATOR = HERE.parents[1] / "abo_lake" / "synthetic" / "vc2p_ophys.py"
 #: session type -> seed of the generator (``write(scale="small", seed=...)``).
 SESSIONS = {"three_session_A": 11, "three_session_B": 12, "three_session_C": 13}
+SAMPLE = 150  #: frames of the stored sweep_response samples (a movie sweep has 900)
 STIMULI = {
     "three_session_A": ["drifting_gratings", "natural_movie_one", "natural_movie_three"],
     "three_session_B": ["static_gratings", "natural_scenes", "natural_movie_one"],
@@ -107,7 +108,7 @@ def main() -> None:
                 sr = a.sweep_response
                 cells = [c for c in sr.columns if c != "dx"]
                 arrays[f"{key}/sweep_response"] = np.array(
-                    [[np.asarray(sr[c].iloc[i]) for c in cells] for i in range(3)]
+                    [[np.asarray(sr[c].iloc[i])[:SAMPLE] for c in cells] for i in range(3)]
                 )
                 if not stimulus.startswith("natural_movie"):
                     msr = a.mean_sweep_response
