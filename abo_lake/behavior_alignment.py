@@ -24,6 +24,12 @@ Per presentation starting at ``s`` with ``time_window = (w0, w1)``:
   presentation outside the trials or in a trial without a rate); ``engaged``: that rate above
   ``engaged_trial_reward_rate_threshold``; ``engagement_state``: 'engaged' or 'disengaged'.
 
+On the ophys clock (:func:`behavior_on_ophys_time`, imaging experiments): per ophys frame the
+running speed and the blink-filtered pupil area linearly interpolated at the frame's time (NaN
+outside the recording and next to a blink, as ``scipy.interpolate.interp1d(bounds_error=False)``
+on the tutorials' path, without its forward fill), and the licks and rewards counted in
+``[t_i, t_i+1)`` (the last frame one median frame interval long).
+
 >>> ds.ophys.annotated_stimulus_presentations()     # doctest: +SKIP
 """
 
@@ -35,13 +41,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import behavior, task_performance
+from abo_lake import behavior, ophys, task_performance
 
 __all__ = [
     "ALIGNED_COLUMNS",
     "TUTORIAL_WINDOW",
     "annotated_stimulus_presentations",
+    "behavior_on_ophys_time",
     "events_in_windows",
+    "events_per_frame",
     "time_from_last",
     "window_means",
 ]
@@ -204,3 +212,68 @@ def annotated_stimulus_presentations(
             else pd.Series(columns[name], index=table.index, dtype=object)
         )
     return out
+
+
+def events_per_frame(frame_times: np.ndarray, event_times: np.ndarray) -> np.ndarray:
+    """Events counted per frame ``i`` in ``[t_i, t_i+1)``; the last frame lasts one median
+    frame interval; events outside every frame are not counted."""
+    t = _sorted(frame_times, "frame")
+    events = np.asarray(event_times, dtype=np.float64)
+    if len(t) == 0:
+        return np.zeros(0, dtype=np.int64)
+    end = t[-1] + (float(np.median(np.diff(t))) if len(t) > 1 else 0.0)
+    events = events[(events >= t[0]) & (events < end)]
+    frame = np.searchsorted(t, events, side="right") - 1
+    return np.bincount(frame, minlength=len(t)).astype(np.int64)
+
+
+def _interpolated(values: np.ndarray, times: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Linear interpolation at ``at``, NaN outside ``times`` and next to a NaN value."""
+    out = np.full(len(at), np.nan)
+    if len(times) < 2:
+        return out
+    inside = (at >= times[0]) & (at <= times[-1])
+    out[inside] = np.interp(at[inside], times, values)
+    return out
+
+
+def behavior_on_ophys_time(
+    ds: xr.Dataset, *, z_threshold: float = 3.0, dilation_frames: int = 2
+) -> xr.Dataset:
+    """Running speed, pupil area, licks and rewards on the ophys timestamps.
+
+    Parameters
+    ----------
+    ds
+        A Visual Behavior ``ophys_experiment`` Dataset.
+    z_threshold, dilation_frames
+        AllenSDK's blink filter of the eye tracking (:func:`abo_lake.behavior.eye_tracking`).
+
+    Returns
+    -------
+    xarray.Dataset
+        Along ``time`` (the ophys timestamps): ``running_speed`` (cm/s, lazy),
+        ``pupil_area`` (px², NaN on and next to likely blinks and without eye tracking),
+        ``lick_count`` and ``reward_count`` (int64 per frame); see the module docstring.
+    """
+    t = ophys.ophys_timestamps(ds)
+    eye = behavior.eye_tracking(ds, z_threshold=z_threshold, dilation_frames=dilation_frames)
+    pupil = _interpolated(
+        eye["pupil_area"].to_numpy(dtype=np.float64),
+        _sorted(eye["timestamps"].to_numpy(dtype=np.float64), "eye tracking"),
+        t,
+    )
+    licks = behavior.licks(ds)["timestamps"].to_numpy(dtype=np.float64)
+    rewards = behavior.rewards(ds)["timestamps"].to_numpy(dtype=np.float64)
+    time = {ophys.TIME: ds.indexes[ophys.TIME]}
+    return xr.Dataset(
+        {
+            "running_speed": ophys.running_speed(ds),
+            "pupil_area": xr.DataArray(pupil, dims=(ophys.TIME,), coords=time),
+            "lick_count": xr.DataArray(events_per_frame(t, licks), dims=(ophys.TIME,), coords=time),
+            "reward_count": xr.DataArray(
+                events_per_frame(t, rewards), dims=(ophys.TIME,), coords=time
+            ),
+        },
+        attrs={"z_threshold": z_threshold, "dilation_frames": dilation_frames},
+    )

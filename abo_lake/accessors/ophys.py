@@ -55,6 +55,7 @@ _IMAGING = frozenset(
         "timestamps",
         "frame_rate",
         "running_speed_on_ophys_time",
+        "behavior_on_ophys_time",
         "trial_responses",
         "mean_response",
         "change_responses",
@@ -380,6 +381,15 @@ class OphysAccessor:
         :func:`abo_lake.behavior_alignment.annotated_stimulus_presentations`."""
         return behavior_alignment.annotated_stimulus_presentations(
             self._ds, time_window, engaged_trial_reward_rate_threshold
+        )
+
+    def behavior_on_ophys_time(
+        self, *, z_threshold: float = 3.0, dilation_frames: int = 2
+    ) -> xr.Dataset:
+        """Running speed, blink-filtered pupil area, lick and reward counts per ophys frame;
+        see :func:`abo_lake.behavior_alignment.behavior_on_ophys_time`."""
+        return behavior_alignment.behavior_on_ophys_time(
+            self._ds, z_threshold=z_threshold, dilation_frames=dilation_frames
         )
 
     def running_speed_on_ophys_time(self) -> xr.DataArray:

@@ -20,6 +20,10 @@ with AllenSDK's own readers and stores:
 - ``reward_rate`` / ``engaged`` per presentation: AllenSDK's per-trial
   ``get_rolling_performance_df()['reward_rate']`` of the presentation's ``trials_id`` and
   AllenSDK's engagement rule (``Trials._get_engaged_trials``: reward rate > threshold);
+- on the ophys clock (the experiment): ``scipy.interpolate.interp1d(bounds_error=False)`` of
+  AllenSDK's blink-filtered ``pupil_area`` and of ``running_speed`` at ``ophys_timestamps``
+  (the tutorials' ``get_pupil_data(interpolate_to_ophys=True)`` without its forward fill), and
+  ``np.histogram`` counts of licks and rewards between successive ophys timestamps;
 - ``eye_tracking`` (``likely_blink``, ``pupil_area``, ``eye_area``) from AllenSDK's
   ``EyeTrackingTable.from_nwb`` with ``z_threshold=1.0, dilation_frames=5`` as well as the
   defaults (3.0, 2). ``BehaviorSession.from_nwb(eye_tracking_z_threshold=...,
@@ -105,6 +109,7 @@ def pupil_means(sp: pd.DataFrame, eye: pd.DataFrame, window) -> np.ndarray:
 def main() -> None:
     import brain_observatory_utilities as bou_package
     import brain_observatory_utilities.datasets.behavior.data_formatting as bou
+    from scipy.interpolate import interp1d
 
     warnings.filterwarnings("ignore")
     arrays: dict[str, np.ndarray] = {}
@@ -158,6 +163,16 @@ def main() -> None:
             meta["sessions"][key][f"engaged_trial_count__{threshold}"] = int(
                 metrics["engaged_trial_count"]
             )
+        if key == "vbo_ophys":  # the ophys clock
+            ts = np.asarray(session.ophys_timestamps, float)
+            for name, table, column in (("pupil_area", eye, "pupil_area"),
+                                        ("running_speed", running, "speed")):  # fmt: skip
+                f = interp1d(table["timestamps"], table[column], bounds_error=False)
+                arrays[f"{key}__ophys_time__{name}"] = f(ts)
+            edges = np.r_[ts, ts[-1] + np.median(np.diff(ts))]
+            for name, table in (("lick_count", licks), ("reward_count", rewards)):
+                counts = np.histogram(table["timestamps"], bins=edges)[0]
+                arrays[f"{key}__ophys_time__{name}"] = counts
         for ename, (z, dilation) in EYE.items():
             table = eye_tracking_table(key, z, dilation)
             for column in ("likely_blink", "pupil_area", "eye_area"):
