@@ -144,11 +144,11 @@ def _analysis(name: str) -> _Analysis:
 
 
 def _session_label(ds: xr.Dataset) -> str:
-    meta = ecephys.metadata(ds)
-    return (
-        f"session {ds.attrs.get('ecephys_session_id', '?')} "
-        f"(session_type {meta.get('session_type')!r})"
-    )
+    try:
+        session_type = ecephys.metadata(ds).get("session_type")
+    except (KeyError, SchemaError, ValueError):  # e.g. no behavior metadata: the attrs say
+        session_type = ds.attrs.get("session_type")
+    return f"session {ds.attrs.get('ecephys_session_id', '?')} (session_type {session_type!r})"
 
 
 @dataclass
