@@ -38,7 +38,7 @@ from abo_lake.errors import (
 )
 from abo_lake.lake import Lake
 from abo_lake.release import Release
-from abo_lake.release_tables import TABLES
+from abo_lake.release_tables import ROW_TABLES, TABLES
 from abo_lake.tables import parse_value, release_table
 from abo_lake.web.params import MAX_PAGE_SIZE, BadRequest, int_param, text_param
 from abo_lake.web.plots import plots_for, render
@@ -279,17 +279,10 @@ def _table_page(ctx: _Context, request: Request) -> Response:
     cols += [c for c in terms if c in df.columns and c not in cols]
     cols += [c for c in df.columns if c not in cols and c != "dataset_path"]
     cols = cols[:_SHOWN_COLUMNS]
-    paths = rows["dataset_path"] if "dataset_path" in rows.columns else None
-    has_data = set(rel.record.datasets)
+    links = _row_links(ctx, rel, name, rows)
     body = [
-        {
-            "id": idx,
-            "path": p if isinstance(p, str) and p in has_data else None,
-            "values": [row[c] for c in cols],
-        }
-        for (idx, row), p in zip(
-            rows.iterrows(), paths if paths is not None else [None] * len(rows)
-        )
+        {"id": idx, "href": href, "values": [row[c] for c in cols]}
+        for (idx, row), href in zip(rows.iterrows(), links)
     ]
     form_cols = [c for c in PREFERRED_COLUMNS if c in table.columns][:6]
     params = dict(terms)
@@ -314,6 +307,35 @@ def _table_page(ctx: _Context, request: Request) -> Response:
         params=params,
         code=_search_code(ctx, rel, name, terms),
     )
+
+
+#: Row table -> (plot, its id parameter): a unit's row opens its raster, a cell's its response.
+_ROW_PLOTS = {"units": ("raster", "unit"), "cells": ("response", "cells")}
+
+
+def _row_links(ctx: _Context, rel: Release, name: str, rows: pd.DataFrame) -> list[str | None]:
+    """Each row's dataset page: its own ``dataset_path``, or (units, cells, channels, probes)
+    its owner's, opening the row's plot where there is one."""
+    has_data = set(rel.record.datasets)
+    if "dataset_path" in rows.columns:
+        paths = list(rows["dataset_path"])
+        query = [""] * len(rows)
+    elif name in ROW_TABLES and ROW_TABLES[name][2] in rows.columns:
+        _, kind, owner = ROW_TABLES[name]
+        owners = next((t for t, (k, _) in TABLES.items() if k == kind), None)
+        if owners is None or owners not in rel.record.tables:
+            return [None] * len(rows)
+        df = release_table(rel, owners).df
+        by_owner = df["dataset_path"].to_dict() if "dataset_path" in df.columns else {}
+        paths = [by_owner.get(o) for o in rows[owner]]
+        plot = _ROW_PLOTS.get(name)
+        query = [f"?plot={plot[0]}&{plot[1]}={i}" if plot else "" for i in rows.index]
+    else:
+        return [None] * len(rows)
+    return [
+        ctx.url(f"/r/{rel.pin}/d/{p}{q}") if isinstance(p, str) and p in has_data else None
+        for p, q in zip(paths, query)
+    ]
 
 
 def _open_lines(ctx: _Context, rel: Release) -> list[str]:
@@ -351,6 +373,29 @@ def _dataset_code(ctx: _Context, rel: Release, path: str, kind: str | None, ds: 
     return "\n".join(lines)
 
 
+def _ids(values: Any, most: int = 12) -> str:
+    shown = ", ".join(str(v) for v in list(values)[:most])
+    return shown + (f", … ({len(values)} in all)" if len(values) > most else "")
+
+
+def _choices(ds: Any, kind: str | None) -> dict[str, str]:
+    """Plot name -> what its fields accept in this dataset (ids, names, ranges)."""
+    if kind == "ophys_experiment":
+        cells = f"cells: {_ids(ds['cell_specimen_id'].values)}"
+        t = ds["time"].values
+        span = f"; time {float(t[0]):.1f}–{float(t[-1]):.1f} s" if t.size else ""
+        return {"dff": cells + span, "response": cells}
+    if kind == "ecephys_session":
+        names = sorted({str(v) for v in ds["stimulus_presentations.stimulus_name"].values})
+        return {"raster": f"units: {_ids(ds['unit_id'].values)}; stimuli: {', '.join(names)}"}
+    if kind == "celltypes_ephys":
+        numbers = ds.celltypes.get_sweep_numbers()
+        return {"sweep": f"sweeps: {_ids(numbers, 40)}"}
+    if kind == "ccf_volume":
+        return {"slice": "a structure acronym of the CCF ontology, e.g. VISp, MOp, CA1, LGd"}
+    return {}
+
+
 def _table_row(rel: Release, kind: str | None, path: str) -> tuple[str, dict[str, Any]] | None:
     for name, (table_kind, _) in TABLES.items():
         if table_kind == kind and name in rel.record.tables:
@@ -374,6 +419,10 @@ def _dataset_page(ctx: _Context, request: Request) -> Response:
     attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("abo_lake_release")}
     variables = [(n, " × ".join(f"{d} {ds.sizes[d]}" for d in v.dims)) for n, v in ds.items()]
     plots = plots_for(kind, path)
+    try:
+        choices = _choices(ds, kind) if plots else {}
+    except (KeyError, ValueError, SchemaError):
+        choices = {}
     q = request.query_params
     chosen = q.get("plot", "")
     image = reads = None
@@ -398,6 +447,7 @@ def _dataset_page(ctx: _Context, request: Request) -> Response:
         row=_table_row(rel, kind, path),
         code=_dataset_code(ctx, rel, path, kind, ds),
         plots=plots,
+        choices=choices,
         chosen=chosen,
         query=q,
         image=image,

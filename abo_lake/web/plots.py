@@ -308,7 +308,6 @@ def draw_slice(rel: Release, path: str, query: Mapping[str, str]) -> PlotImage:
     if structure not in onto:
         raise BadRequest(f"no structure {structure!r} in the ontology of {rel.pin}")
     ap = ds["ap"].values
-    mask_all = ccf.structure_mask(ds, structure, ontology=onto)
     position = float_param(query, "ap", None, lo=float(ap[0]), hi=float(ap[-1]))
     extra = 0
     if position is None:  # the plane where the structure is largest, on the coarsest level
@@ -317,8 +316,9 @@ def draw_slice(rel: Release, path: str, query: Mapping[str, str]) -> PlotImage:
         position = float(area["ap"].values[int(area.values.argmax())])
         extra = coarse_reads()
     i = int(np.abs(ap - position).argmin())
-    labels = ds["annotation"].isel(ap=i).values
-    mask = mask_all.isel(ap=i).values
+    plane = ds.isel(ap=[i]).compute()  # the plane's chunks, read once
+    labels = plane["annotation"].values[0]
+    mask = np.asarray(ccf.structure_mask(plane, structure, ontology=onto))[0]
     ids = np.asarray(onto.ids)
     order = np.argsort(ids)
     rgb = np.asarray(onto_ds["rgb_triplet"].values, float)[order] / 255.0
