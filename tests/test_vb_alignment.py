@@ -153,6 +153,47 @@ def test_stricter_blink_thresholds_filter_more_frames():
     assert ophys["blinks__strict"] > 10 * ophys["blinks__default"] > 0
 
 
+# --------------------------------------------------------------------------- the ophys clock
+
+OPHYS_TIME = ("pupil_area", "running_speed", "lick_count", "reward_count")
+
+
+@pytest.fixture(scope="module")
+def on_ophys_time(served):
+    return served("vbo_ophys").behavior_on_ophys_time().compute()
+
+
+@pytest.mark.parametrize("column", OPHYS_TIME)
+def test_behavior_on_ophys_time(served, on_ophys_time, want, column):
+    """Interpolated values within 1e-12 relative (interp1d and np.interp order their operations
+    differently), NaN where interp1d gives NaN; counts exact."""
+    got = on_ophys_time[column]
+    expected = want[f"vbo_ophys__ophys_time__{column}"]
+    np.testing.assert_array_equal(got["time"].to_numpy(), served("vbo_ophys").ophys_timestamps)
+    if column.endswith("_count"):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got.to_numpy(), expected)
+        assert expected.sum() > 0
+    else:
+        np.testing.assert_array_equal(np.isnan(got.to_numpy()), np.isnan(expected))
+        np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-12, atol=0)
+        assert np.isnan(expected).any()
+        assert np.isfinite(expected).sum() > len(expected) // 2
+
+
+def test_behavior_on_ophys_time_needs_imaging(served):
+    from abo_lake.errors import SchemaError
+
+    with pytest.raises(SchemaError, match="behavior-only session"):
+        served("vbo_behavior").behavior_on_ophys_time()
+
+
+def test_events_per_frame_are_half_open():
+    frames = np.array([0.0, 1.0, 2.0])
+    got = ba.events_per_frame(frames, np.array([-0.5, 0.0, 0.99, 1.0, 2.5, 3.0, 3.5]))
+    np.testing.assert_array_equal(got, [2, 1, 1])  # the last frame is [2, 3)
+
+
 # --------------------------------------------------------------------------- the rules by hand
 
 
