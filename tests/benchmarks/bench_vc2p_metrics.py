@@ -1,0 +1,213 @@
+"""Benchmark: Visual Coding 2P stimulus metric tables, the lake beside AllenSDK, same files.
+
+Writes a three_session_A and a three_session_B experiment with the project's generator
+(``--scale realistic``: 170 cells, a one-hour session at 30 Hz, 15 drifting-grating and 50
+static-grating / natural-scene repeats, 10 movie repeats), converts both into a local lake,
+then for each stimulus (drifting gratings, natural movies one and three; static gratings,
+natural scenes) measures in fresh processes:
+
+- the lake: open the release's experiment (``open_s``) and compute
+  ``vc2p_metrics.stimulus_analysis(ds, stimulus).peak`` (``compute_s``, threaded dask);
+- AllenSDK 2.16.2 (``/tmp/allensdk-venv/bin/python``, when present): ``BrainObservatoryNwbDataSet``
+  and the traces, running speed and stimulus table its analysis loads (``load_s``, counted
+  separately), then ``DriftingGratings(data_set).peak`` etc. (``compute_s``).
+
+Each prints its peak resident set size (``VmHWM``, interpreter and imports included). The
+script prints a table with the ratios (AllenSDK / lake) and checks the two peak tables agree
+(choices exactly, floats to 1e-6). Without the AllenSDK venv only the lake's side runs, with
+a message. Run::
+
+    python tests/benchmarks/bench_vc2p_metrics.py [--scale realistic|small] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ALLENSDK_PYTHON = Path("/tmp/allensdk-venv/bin/python")
+GENERATOR = Path(__file__).resolve().parents[2] / "abo_lake" / "synthetic" / "vc2p_ophys.py"
+SESSIONS = {
+    "three_session_A": ["drifting_gratings", "natural_movie_one", "natural_movie_three"],
+    "three_session_B": ["static_gratings", "natural_scenes"],
+}
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _plain(v: object) -> object:
+    v = v.item() if hasattr(v, "item") else v
+    return None if isinstance(v, float) and v != v else v
+
+
+# -- measurements (each in its own process) ------------------------------------------------------
+
+
+def measure_lake(lake_dir: str, stimulus: str, out: str) -> dict:
+    import abo_lake
+    from abo_lake import vc2p_metrics
+
+    t0 = time.perf_counter()
+    ds = abo_lake.open_lake(lake_dir).release("r1").open("ophys/experiment/1")
+    t1 = time.perf_counter()
+    peak = vc2p_metrics.stimulus_analysis(ds, stimulus).peak
+    t2 = time.perf_counter()
+    Path(out).write_text(json.dumps({c: [_plain(v) for v in peak[c]] for c in peak.columns}))
+    return {"open_s": t1 - t0, "compute_s": t2 - t1, "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_allensdk(nwb: str, stimulus: str, out: str) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from allensdk.brain_observatory.drifting_gratings import DriftingGratings
+    from allensdk.brain_observatory.natural_movie import NaturalMovie
+    from allensdk.brain_observatory.natural_scenes import NaturalScenes
+    from allensdk.brain_observatory.static_gratings import StaticGratings
+    from allensdk.core.brain_observatory_nwb_data_set import BrainObservatoryNwbDataSet
+
+    t0 = time.perf_counter()
+    data_set = BrainObservatoryNwbDataSet(nwb)
+    if stimulus.startswith("natural_movie"):
+        a = NaturalMovie(data_set, stimulus)
+        _ = a.dfftraces
+    else:
+        cls = {
+            "drifting_gratings": DriftingGratings,
+            "static_gratings": StaticGratings,
+            "natural_scenes": NaturalScenes,
+        }[stimulus]
+        a = cls(data_set)
+        _ = a.celltraces, a.dxcm
+    _ = a.stim_table, a.cell_id
+    t1 = time.perf_counter()
+    peak = a.peak
+    t2 = time.perf_counter()
+    peak = peak.drop(columns="cell_specimen_id")
+    Path(out).write_text(json.dumps({c: [_plain(v) for v in peak[c]] for c in peak.columns}))
+    return {"load_s": t1 - t0, "compute_s": t2 - t1, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _run(python: Path | str, *args: str) -> dict:
+    done = subprocess.run(
+        [str(python), __file__, *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _agreement(lake: Path, sdk: Path) -> str:
+    import numpy as np
+
+    a, b = json.loads(lake.read_text()), json.loads(sdk.read_text())
+    worst = 0.0
+    for col, want in b.items():
+        x = np.array(a[col], dtype=float)
+        y = np.array(want, dtype=float)
+        if not np.array_equal(np.isnan(x), np.isnan(y)):
+            return f"{col}: NaN differ"
+        ok = ~np.isnan(y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(x[ok] - y[ok]) / np.maximum(np.abs(y[ok]), 1e-300)
+        worst = max(worst, float(rel.max()) if rel.size else 0.0)
+    return f"max rel diff {worst:.1e}"
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+def _prepare(work: Path, scale: str) -> dict[str, tuple[Path, Path]]:
+    import abo_lake
+    from abo_lake import sources
+    from abo_lake.synthetic import vc2p_ophys
+
+    out = {}
+    for i, session in enumerate(SESSIONS):
+        lake_dir = work / f"lake_{session}"
+        nwbs = sorted((work / session).glob("*.nwb"))
+        if not nwbs:
+            t0 = time.perf_counter()
+            nwbs = vc2p_ophys.write(work / session, scale=scale, seed=20 + i, session_type=session)
+            print(f"# wrote {session} ({nwbs[0].stat().st_size / 2**20:.0f} MB) "
+                  f"in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+        if not lake_dir.exists():
+            t0 = time.perf_counter()
+            (ds,) = sources.read(nwbs[0]).values()
+            lake = abo_lake.open_lake(str(lake_dir))
+            with lake.stage("r1") as stage:
+                stage.write("ophys/experiment/1", ds)
+            print(f"# converted {session} in {time.perf_counter() - t0:.0f} s", flush=True)
+        out[session] = (nwbs[0], lake_dir)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", default="realistic", choices=["small", "realistic"])
+    p.add_argument("--work", default=None, help="folder for files and lakes (reused)")
+    p.add_argument("--measure", choices=["lake", "allensdk"], help=argparse.SUPPRESS)
+    p.add_argument("--target", help=argparse.SUPPRESS)
+    p.add_argument("--stimulus", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure == "lake":
+        print(json.dumps(measure_lake(args.target, args.stimulus, args.out)))
+        return
+    if args.measure == "allensdk":
+        print(json.dumps(measure_allensdk(args.target, args.stimulus, args.out)))
+        return
+
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_vc2p_metrics_"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = _prepare(work, args.scale)
+    sdk = ALLENSDK_PYTHON.exists()
+    if not sdk:
+        print(f"# {ALLENSDK_PYTHON} not found: AllenSDK's side skipped")
+    lakes: dict[str, dict] = {}
+    print(f"{'stimulus':22s} {'lake open':>9s} {'lake s':>8s} {'lake MB':>8s}")
+    for session, stimuli in SESSIONS.items():
+        for stimulus in stimuli:
+            out = work / f"{stimulus}.lake.json"
+            lake = _run(sys.executable, "--measure", "lake", "--target", str(files[session][1]),
+                        "--stimulus", stimulus, "--out", str(out))  # fmt: skip
+            lakes[stimulus] = lake
+            print(f"{stimulus:22s} {lake['open_s']:9.2f} {lake['compute_s']:8.2f} "
+                  f"{lake['peak_rss_mb']:8.0f}", flush=True)  # fmt: skip
+    if not sdk:
+        return
+    print(f"{'stimulus':22s} {'sdk load':>9s} {'sdk s':>8s} {'sdk MB':>8s} {'x time':>7s} "
+          f"{'x mem':>6s}  parity")  # fmt: skip
+    for session, stimuli in SESSIONS.items():
+        for stimulus in stimuli:
+            lake, out = lakes[stimulus], work / f"{stimulus}.sdk.json"
+            nwb = str(files[session][0])
+            ref = _run(ALLENSDK_PYTHON, "--measure", "allensdk", "--target", nwb,
+                       "--stimulus", stimulus, "--out", str(out))  # fmt: skip
+            print(
+                f"{stimulus:22s} {ref['load_s']:9.2f} {ref['compute_s']:8.2f} "
+                f"{ref['peak_rss_mb']:8.0f}"
+                f" {ref['compute_s'] / (lake['open_s'] + lake['compute_s']):7.1f}"
+                f" {ref['peak_rss_mb'] / lake['peak_rss_mb']:6.2f}  "
+                f"{_agreement(work / f'{stimulus}.lake.json', out)}",
+                flush=True,
+            )
+    print("# x time: AllenSDK compute / lake open+compute (AllenSDK load not counted); "
+          "x mem: peak RSS AllenSDK / lake")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
