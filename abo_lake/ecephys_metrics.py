@@ -124,9 +124,29 @@ ANALYSES: dict[str, _Analysis] = {
 # --- selection -----------------------------------------------------------------------------------
 
 
-def _stimulus_key(ds: xr.Dataset, analysis: _Analysis, stimulus_key: str | None) -> str | None:
+@dataclass(frozen=True)
+class _Tables:
+    """The session's stimulus tables, read once per call."""
+
+    presentations: pd.DataFrame  # AllenSDK's stimulus_presentations (invalid ones masked)
+    conditions: pd.DataFrame  # AllenSDK's stimulus_conditions
+
+    @classmethod
+    def of(cls, ds: xr.Dataset) -> _Tables:
+        return cls(ecephys.stimulus_presentations(ds), ecephys.stimulus_conditions(ds))
+
+    @property
+    def names(self) -> list[str]:
+        return self.presentations["stimulus_name"].unique().tolist()
+
+    def stimulus(self, name: str) -> pd.DataFrame:
+        """AllenSDK's ``get_stimulus_table([name])`` (the columns used here)."""
+        return self.presentations[self.presentations["stimulus_name"] == name]
+
+
+def _stimulus_key(tables: _Tables, analysis: _Analysis, stimulus_key: str | None) -> str | None:
     """AllenSDK's ``_find_stimulus_key``: the first presented name that is a known key."""
-    names = ecephys.stimulus_presentations(ds)["stimulus_name"].unique().tolist()
+    names = tables.names
     if stimulus_key is not None:
         return stimulus_key if stimulus_key in names else None
     known = [k.lower() for k in analysis.keys]
@@ -174,22 +194,21 @@ def _unit_ids(ds: xr.Dataset, unit_ids: Any) -> np.ndarray:
 
 
 def _inputs(
-    ds: xr.Dataset, analysis: _Analysis, unit_ids: Any, stimulus_key: str | None
+    ds: xr.Dataset, tables: _Tables, analysis: _Analysis, unit_ids: Any, stimulus_key: str | None
 ) -> _Inputs:
     if ecephys.session_class(ds) != "EcephysSession":
         raise SchemaError(
             f"{analysis.cls} needs a Visual Coding Neuropixels session (AllenSDK's "
             f"EcephysSession); {_session_label(ds)} is a {ecephys.session_class(ds)}"
         )
-    key = _stimulus_key(ds, analysis, stimulus_key)
+    key = _stimulus_key(tables, analysis, stimulus_key)
     if key is None:
-        names = ecephys.stimulus_presentations(ds)["stimulus_name"].unique().tolist()
         wanted = stimulus_key if stimulus_key is not None else list(analysis.keys)
         raise KeyError(
             f"{analysis.cls}: {_session_label(ds)} has no {wanted!r} stimulus; its stimuli "
-            f"are {names}"
+            f"are {tables.names}"
         )
-    table = ecephys.get_stimulus_table(ds, [key])
+    table = tables.stimulus(key)
     if table.empty:
         raise KeyError(f"{analysis.cls}: no valid presentations of {key!r} in {_session_label(ds)}")
     ids = _unit_ids(ds, unit_ids)
@@ -197,7 +216,7 @@ def _inputs(
     mean = stats["spike_mean"].unstack("stimulus_condition_id").sort_index(axis=1)
     total = stats["spike_count"].unstack("stimulus_condition_id").sort_index(axis=1)
     mean, total = mean.loc[ids], total.loc[ids]
-    all_conditions = ecephys.stimulus_conditions(ds)
+    all_conditions = tables.conditions
     conditions = all_conditions.loc[mean.columns.to_numpy()]
     if analysis.null_column is None or analysis.null_column not in conditions:
         null = np.zeros(len(conditions), bool)
@@ -421,10 +440,22 @@ def analysis_metrics(
         If the session is a Visual Behavior Neuropixels one.
     """
     spec = _analysis(analysis)
+    return _analysis_metrics(ds, _Tables.of(ds), spec, unit_ids, stimulus_key, trial_duration, seed)
+
+
+def _analysis_metrics(
+    ds: xr.Dataset,
+    tables: _Tables,
+    spec: _Analysis,
+    unit_ids: Any,
+    stimulus_key: str | None,
+    trial_duration: float | None,
+    seed: int | None,
+) -> pd.DataFrame:
     duration = spec.trial_duration if trial_duration is None else float(trial_duration)
     if duration <= 0:
         raise ValueError(f"trial_duration must be > 0; got {duration}")
-    inp = _inputs(ds, spec, unit_ids, stimulus_key)
+    inp = _inputs(ds, tables, spec, unit_ids, stimulus_key)
     table, ids = inp.table, inp.unit_ids
     pres_ids = table.index.to_numpy()
     pref = _preferred_condition(inp)
@@ -495,7 +526,7 @@ def analysis_metrics(
     }
     out.update(common)
     if sfx == "dg":
-        out.update(_drifting_gratings(ds, inp, out, psth, centres, pref, f1f0, stimulus_key))
+        out.update(_drifting_gratings(ds, tables, inp, out, psth, centres, pref, f1f0))
     elif sfx == "sg":
         out["g_osi_sg"] = _static_gratings_osi(inp, out)
     elif sfx == "ns":
@@ -511,13 +542,13 @@ def analysis_metrics(
 
 def _drifting_gratings(
     ds: xr.Dataset,
+    tables: _Tables,
     inp: _Inputs,
     out: dict[str, Any],
     psth: np.ndarray,
     centres: np.ndarray,
     pref: np.ndarray,
     f1f0: np.ndarray,
-    stimulus_key: str | None,
 ) -> dict[str, np.ndarray]:
     tf = inp.conditions["temporal_frequency"].to_numpy()
     sample_rate = 1 / np.mean(np.diff(centres))
@@ -529,7 +560,7 @@ def _drifting_gratings(
         osi[j] = _circular(inp, j, rows, "orientation", 2)
         dsi[j] = _circular(inp, j, rows, "orientation", 1)
     return {"f1_f0_dg": f1f0, "mod_idx_dg": mod, "g_osi_dg": osi, "g_dsi_dg": dsi,
-            "c50_dg": _c50(ds, inp, out["pref_ori_dg"])}  # fmt: skip
+            "c50_dg": _c50(ds, tables, inp, out["pref_ori_dg"])}  # fmt: skip
 
 
 def _contrast_curve(x, b, c, d, e):
@@ -555,16 +586,14 @@ def _c50_fit(contrasts: np.ndarray, responses: np.ndarray) -> float:
     return float(x[order][k]) if k < x.size else np.nan
 
 
-def _c50(ds: xr.Dataset, inp: _Inputs, pref_ori: np.ndarray) -> np.ndarray:
+def _c50(ds: xr.Dataset, tables: _Tables, inp: _Inputs, pref_ori: np.ndarray) -> np.ndarray:
     """``c50_dg`` from the ``drifting_gratings_contrast`` stimulus (NaN without it)."""
-    names = ecephys.stimulus_presentations(ds)["stimulus_name"].unique().tolist()
-    if "drifting_gratings_contrast" not in names:
+    if "drifting_gratings_contrast" not in tables.names:
         return np.full(inp.unit_ids.size, np.nan)
-    table = ecephys.stimulus_presentations(ds)
-    table = table[table["stimulus_name"] == "drifting_gratings_contrast"]
+    table = tables.stimulus("drifting_gratings_contrast")
     stats = ecephys.conditionwise_spike_statistics(ds, table.index.to_numpy(), inp.unit_ids)
     mean = stats["spike_mean"].unstack("stimulus_condition_id")
-    contrast = ecephys.stimulus_conditions(ds)["contrast"]
+    contrast = tables.conditions["contrast"]
     out = np.full(inp.unit_ids.size, np.nan)
     for j, uid in enumerate(inp.unit_ids):
         conds = table.loc[table["orientation"] == pref_ori[j], "stimulus_condition_id"].unique()
@@ -653,14 +682,14 @@ def receptive_fields(
     AllenSDK's ``40 - y_position`` (ascending, so row 0 is the top of the screen).
     """
     spec = ANALYSES["receptive_field_mapping"]
-    key = _stimulus_key(ds, spec, stimulus_key)
+    tables = _Tables.of(ds)
+    key = _stimulus_key(tables, spec, stimulus_key)
     if key is None:
         raise KeyError(
             f"ReceptiveFieldMapping: {_session_label(ds)} has no Gabor stimulus "
-            f"({list(spec.keys)}); its stimuli are "
-            f"{ecephys.stimulus_presentations(ds)['stimulus_name'].unique().tolist()}"
+            f"({list(spec.keys)}); its stimuli are {tables.names}"
         )
-    table = ecephys.get_stimulus_table(ds, [key])
+    table = tables.stimulus(key)
     ids = _unit_ids(ds, unit_ids)
     counts = ecephys.presentationwise_spike_counts(ds, _RF_EDGES, table.index.to_numpy(), ids)
     return _rf_matrix(counts.data.sum(1).compute(), table, ids)
@@ -736,7 +765,8 @@ def _threshold_rf(rf: np.ndarray, threshold: float) -> tuple[np.ndarray, float, 
     best = np.argmax(ndi.maximum(filtered, labels=labels, index=np.unique(labels)))
     labels[labels != best] = 0
     labels[labels > 0] = 1
-    cy, cx = ndi.center_of_mass(labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy, cx = ndi.center_of_mass(labels)
     return labels, np.around(cx, 4), np.around(cy, 4), float(np.sum(labels))
 
 
@@ -833,18 +863,18 @@ def stimulus_metrics(
             f"EcephysSession); {_session_label(ds)} is a {ecephys.session_class(ds)}"
         )
     ids = _unit_ids(ds, unit_ids)
-    tables = [
-        analysis_metrics(ds, name, ids, seed=seed)
-        for name, spec in ANALYSES.items()
-        if _stimulus_key(ds, spec, None) is not None
+    tables = _Tables.of(ds)
+    frames = [
+        _analysis_metrics(ds, tables, spec, ids, None, None, seed)
+        for spec in ANALYSES.values()
+        if _stimulus_key(tables, spec, None) is not None
     ]
-    if not tables:
-        names = ecephys.stimulus_presentations(ds)["stimulus_name"].unique().tolist()
+    if not frames:
         raise KeyError(
             f"{_session_label(ds)} presents none of the analysed stimuli "
-            f"({[k for s in ANALYSES.values() for k in s.keys]}); its stimuli are {names}"
+            f"({[k for s in ANALYSES.values() for k in s.keys]}); its stimuli are {tables.names}"
         )
-    return pd.concat(tables, axis=1)
+    return pd.concat(frames, axis=1)
 
 
 # --- optotagging ---------------------------------------------------------------------------------
