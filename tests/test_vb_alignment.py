@@ -194,6 +194,31 @@ def test_events_per_frame_are_half_open():
     np.testing.assert_array_equal(got, [2, 1, 1])  # the last frame is [2, 3)
 
 
+def test_alignment_reads_no_imaging_chunks(allensdk_releases):
+    """The aligned tables read behavior variables only: no chunk of a trace, mask or image."""
+    import xarray as xr
+
+    rel = allensdk_releases["vbo_ophys"]
+    (path,) = rel.datasets(KEYS["vbo_ophys"])
+    store = rel.store(path)
+    read: list[str] = []
+    get = store.get
+
+    async def recording_get(key, *args, **kwargs):
+        if key in store._chunks:
+            read.append(key.rsplit("/c/", 1)[0])
+        return await get(key, *args, **kwargs)
+
+    store.get = recording_get
+    ds = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
+    read.clear()
+    ds.ophys.annotated_stimulus_presentations()
+    ds.ophys.behavior_on_ophys_time()
+    imaging = {n for n, v in ds.variables.items() if "cell_specimen_id" in v.dims or v.ndim > 2}
+    assert read  # the behavior tables were read
+    assert not imaging & set(read), sorted(imaging & set(read))
+
+
 # --------------------------------------------------------------------------- the rules by hand
 
 
