@@ -142,6 +142,11 @@ def _design(ds: xr.Dataset, stimulus: str) -> _Design:
             f"{_SESSIONS_OF.get(stimulus, 'Visual Coding 2P three_session')} experiments"
         )
     t = np.asarray(ds.indexes[TIME], dtype=np.float64)
+    if len(t) < 2:
+        raise ValueError(
+            f"{stimulus}: the experiment has {len(t)} ophys timestamp(s) (a truncated file?); "
+            "AllenSDK's analysis takes the frame rate from the first two"
+        )
     rate = 1.0 / (t[1] - t[0])
     st = pd.DataFrame(
         {

@@ -221,6 +221,12 @@ class TestErrors:
         ):
             vc2p_metrics.stimulus_metrics(only_lsn)
 
+    def test_truncated_real_file_is_refused_clearly(self, shared_data):
+        nwb = shared_data / "nwb" / "brain_observatory_496908818_nwb1_truncated.nwb"
+        (ds,) = sources.read(nwb).values()  # three_session_B, one frame, one sweep a stimulus
+        with pytest.raises(ValueError, match="static_gratings: the experiment has 1 ophys time"):
+            vc2p_metrics.stimulus_metrics(ds)
+
     def test_unknown_cell(self, lakes):
         with pytest.raises(KeyError, match="cell_specimen_id \\[1\\] not in"):
             vc2p_metrics.stimulus_analysis(lakes["three_session_A"][1], "drifting_gratings", [1])
