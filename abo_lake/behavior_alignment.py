@@ -42,6 +42,7 @@ import pandas as pd
 import xarray as xr
 
 from abo_lake import behavior, ophys, task_performance
+from abo_lake.errors import SchemaError
 
 __all__ = [
     "ALIGNED_COLUMNS",
@@ -169,6 +170,13 @@ def annotated_stimulus_presentations(
     """
     window = _window(time_window)
     table = behavior.stimulus_presentations(ds)
+    missing = [c for c in ("start_time", "is_change", "trials_id") if c not in table.columns]
+    if missing:
+        raise SchemaError(
+            f"{ds.attrs.get('abo_lake_kind', 'this Dataset')}'s stimulus presentations lack "
+            f"{missing} (AllenSDK's Visual Behavior table has them); columns: "
+            f"{list(table.columns)}"
+        )
     starts = table["start_time"].to_numpy(dtype=np.float64)
     lick_times = behavior.licks(ds)["timestamps"].to_numpy(dtype=np.float64)
     reward_times = behavior.rewards(ds)["timestamps"].to_numpy(dtype=np.float64)

@@ -253,6 +253,16 @@ def test_bad_windows_and_unsorted_events_are_refused():
         ba.time_from_last(np.array([0.0]), np.array([2.0, 1.0]))
 
 
+def test_presentations_without_trials_id_are_named(allensdk_releases):
+    from abo_lake.errors import SchemaError
+
+    rel = allensdk_releases["vbo_behavior"]
+    (path,) = rel.datasets(KEYS["vbo_behavior"])
+    ds = rel.open(path).drop_vars("stimulus_presentations.trials_id")
+    with pytest.raises(SchemaError, match=r"lack \['trials_id'\]"):
+        ba.annotated_stimulus_presentations(ds)
+
+
 def test_a_session_without_behavior_says_so(served):
     """A Visual Coding 2P-like Dataset (no trials) gets a SchemaError naming what is missing."""
     import xarray as xr
