@@ -23,6 +23,10 @@ Per presentation starting at ``s`` with ``time_window = (w0, w1)``:
 - ``reward_rate``: AllenSDK's ``get_reward_rate()`` of the presentation's trial (NaN for a
   presentation outside the trials or in a trial without a rate); ``engaged``: that rate above
   ``engaged_trial_reward_rate_threshold``; ``engagement_state``: 'engaged' or 'disengaged'.
+  This is AllenSDK's rule (``get_performance_metrics()['engaged_trial_count']`` counts the
+  same trials); the tutorials' ``add_engagement_state_to_stimulus_presentations`` recomputes
+  the rate with the first 10 trials infinite (engaged) and assigns it by change time, which
+  this does not copy.
 
 On the ophys clock (:func:`behavior_on_ophys_time`, imaging experiments): per ophys frame the
 running speed and the blink-filtered pupil area linearly interpolated at the frame's time (NaN
