@@ -69,14 +69,16 @@ class Plot:
 
 
 def _figure(height: float = 3.6) -> Figure:
-    fig = Figure(figsize=(8, height), dpi=90, layout="constrained")
+    """A figure with fixed margins (a layout engine would draw it twice: too slow here)."""
+    fig = Figure(figsize=(8, height), dpi=90)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.5 / height, top=1 - 0.55 / height)
     return fig
 
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
@@ -99,6 +101,23 @@ def _open(
     store = ds.encoding["abo_lake_store"]
     start = store.chunk_reads
     return ds, lambda: store.chunk_reads - start
+
+
+_PRESENTATIONS: OrderedDict[str, pd.DataFrame] = OrderedDict()
+
+
+def _presentations(rel: Release, path: str, ds: xr.Dataset, accessor: str) -> pd.DataFrame:
+    """A dataset's stimulus table through its accessor, kept for the last few datasets."""
+    key = rel.record.datasets[path]["manifest"]
+    if key not in _PRESENTATIONS:
+        try:
+            _PRESENTATIONS[key] = getattr(ds, accessor).stimulus_presentations
+        except (KeyError, ValueError):  # no stimulus table (SchemaError is a ValueError)
+            _PRESENTATIONS[key] = pd.DataFrame()
+        while len(_PRESENTATIONS) > 8:
+            _PRESENTATIONS.popitem(last=False)
+    _PRESENTATIONS.move_to_end(key)
+    return _PRESENTATIONS[key]
 
 
 def _title(rel: Release, path: str, what: str) -> str:
@@ -154,10 +173,7 @@ def draw_dff(rel: Release, path: str, query: Mapping[str, str]) -> PlotImage:
     if t1 - t0 > MAX_TIME_SPAN:
         raise BadRequest(f"time range {t1 - t0:g} s is longer than {MAX_TIME_SPAN:g} s")
     dff = ds["dff"].sel(cell_specimen_id=cells, time=slice(t0, t1)).compute()
-    try:
-        pres = ds.ophys.stimulus_presentations
-    except Exception:
-        pres = pd.DataFrame()
+    pres = _presentations(rel, path, ds, "ophys")
     fig = _figure(1.4 + 0.9 * len(cells))
     ax = fig.subplots()
     colours = {}
@@ -190,7 +206,7 @@ def draw_response(rel: Release, path: str, query: Mapping[str, str]) -> PlotImag
     if cell is None:
         raise BadRequest("this experiment has no cells")
     one = ds.sel(cell_specimen_id=[cell])
-    pres = one.ophys.stimulus_presentations
+    pres = _presentations(rel, path, ds, "ophys")
     fig = _figure(3.4)
     ax = fig.subplots()
     if "is_change" in pres and pres["is_change"].fillna(False).astype(bool).any():
@@ -239,7 +255,7 @@ def draw_raster(rel: Release, path: str, query: Mapping[str, str]) -> PlotImage:
     unit = int_param(query, "unit", int(units[0]), lo=-(2**62), hi=2**62)
     if unit not in set(units.tolist()):
         raise BadRequest(f"no unit_id {unit} in this session; it has {units.tolist()[:20]}")
-    pres = ds.ecephys.stimulus_presentations
+    pres = _presentations(rel, path, ds, "ecephys")
     names = pres["stimulus_name"].astype("string").dropna()
     default = names.value_counts().index[0] if len(names) else ""
     stimulus = text_param(query, "stimulus", str(default))
@@ -263,7 +279,7 @@ def draw_raster(rel: Release, path: str, query: Mapping[str, str]) -> PlotImage:
     rel_t = spikes.index.to_numpy() - onset.loc[spikes["stimulus_presentation_id"]].to_numpy()
     keep = (rel_t >= -pre) & (rel_t <= post)
     y = spikes["stimulus_presentation_id"].map(row).to_numpy()
-    top.scatter(rel_t[keep], y[keep], s=2, color="k", marker="|")
+    top.plot(rel_t[keep], y[keep], "|", ms=3, color="k")
     top.set_ylabel("presentation")
     top.axvline(0, color="C3", lw=0.8)
     top.set_title(
