@@ -149,21 +149,30 @@ def _dvdt(v: np.ndarray, rate: float) -> np.ndarray:
 
 
 def _peaks(tr: dict[str, Any], start: float, end: float) -> np.ndarray:
-    """Sample indices of spike peaks between ``start`` and ``end`` (eFEL ``peak_indices``)."""
+    """Sample indices of spike peaks between ``start`` and ``end`` (eFEL ``peak_indices`` on
+    the window and 5 ms either side, at the sweep's sampling interval)."""
     import efel
 
+    rate = tr["rate"]
+    lo, hi = round(start * rate), round(end * rate)
+    margin = round(0.005 * rate)
+    first, last = max(0, lo - margin), min(tr["v"].size, hi + margin)
     efel.reset()
     efel.set_setting("Threshold", _MIN_PEAK_MV)
-    efel.set_setting("interp_step", 1e3 / tr["rate"])
-    trace = {"T": tr["t"] * 1e3, "V": tr["v"], "stim_start": [start * 1e3], "stim_end": [end * 1e3]}
+    efel.set_setting("interp_step", 1e3 / rate)
+    trace = {
+        "T": np.arange(last - first) * (1e3 / rate),
+        "V": tr["v"][first:last],
+        "stim_start": [(lo - first) * 1e3 / rate],
+        "stim_end": [(hi - first) * 1e3 / rate],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         found = efel.get_feature_values([trace], ["peak_indices"], raise_warnings=False)[0]
     peaks = found["peak_indices"]
     if peaks is None:
         return np.array([], dtype=np.int64)
-    peaks = np.asarray(peaks, dtype=np.int64)
-    lo, hi = round(start * tr["rate"]), round(end * tr["rate"])
+    peaks = np.asarray(peaks, dtype=np.int64) + first
     return peaks[(peaks >= lo) & (peaks <= hi)]
 
 

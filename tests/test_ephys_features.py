@@ -7,8 +7,8 @@ The reference ``tests/reference/ephys_features_ipfx.json`` is IPFX's ``LongSquar
 installed beside the project's pynwb; see DESIGN.md, "Electrophysiology features").
 
 Tolerance: relative 1e-5 for every value (the lake's float64 SI samples vs IPFX's float32
-products), sweep numbers exact; ``fast_trough_*`` within 0.5 mV / 0.5 ms (IPFX's trough-detail
-analysis, not reproduced).
+products), sweep numbers exact; ``fast_trough_*`` within 0.5 mV / 0.5 ms where IPFX has one
+(IPFX's trough-detail analysis, not reproduced).
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def test_cell_features_equal_ipfx(ref, cells):
         theirs = ref[sid]["record"]
         for column in ephys_features.CELL_FEATURES:
             want = theirs[_ipfx_name(column) if column != "input_resistance_mohm" else "ri"]
+            if want is None and column.startswith("fast_trough"):
+                continue  # IPFX's trough-detail analysis found none; ours is always defined
             if want is None:
                 assert column not in got or math.isnan(got[column]), column
                 continue

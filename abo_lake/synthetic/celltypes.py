@@ -93,7 +93,7 @@ def _protocol(kind: str) -> tuple[_SweepSpec, ...]:
 _SCALES = {
     "tiny": _Scale(0.5, 0.1, 0.3, _protocol("tiny"), morphology_orders=4),
     "realistic": _Scale(3.0, 1.02, 1.0, _protocol("realistic"), morphology_orders=6),
-    "features": _Scale(1.2, 0.2, 0.8, _protocol("features"), morphology_orders=3),
+    "features": _Scale(0.7, 0.15, 0.5, _protocol("features"), morphology_orders=3),
 }
 
 
@@ -456,8 +456,8 @@ def write(
         ``"tiny"``: 5 sweeps of 0.5 s (Short Square, Long Square at 50, 250 and 400 pA,
         Ramp), ~1.3 MB per NWB file. ``"realistic"``: 38 sweeps of 3 s (4 Short Square,
         25 Long Square 1 s steps from -110 to 370 pA, 3 Ramp, 6 Noise 1), ~55 MB per NWB file
-        (gzip level 1), about 7 s per specimen. ``"features"``: 11 sweeps of 1.2 s (10 Long
-        Square 0.8 s steps from -90 to 270 pA by 40 pA, a Ramp), ~6 MB per NWB file, the
+        (gzip level 1), about 7 s per specimen. ``"features"``: 11 sweeps of 0.7 s (10 Long
+        Square 0.5 s steps from -90 to 270 pA by 40 pA, a Ramp), ~4 MB per NWB file, the
         smallest protocol with what electrophysiology features need (hyperpolarising steps,
         an f-I curve).
     seed

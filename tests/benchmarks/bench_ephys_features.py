@@ -8,13 +8,13 @@ thread each), and prints both times, their ratio and that the tables are equal::
 
     nice .venv/bin/python tests/benchmarks/bench_ephys_features.py [--n 6]
 
-Measured 2026-12-07, N=6, on 2 cores shared with six other engineers' test runs (load average
-16-18, so each worker got a small and varying share of a core): synthesis 33 s; 1 worker
-225.7 s (37.6 s per specimen), 2 workers 257.1 s (42.9 s per specimen), ratio 0.88, tables
-equal, 6 of 6 specimens with features. On that load the ratio measures the other jobs, not
-the cluster; one specimen alone takes about 5-6 s in one process on a quieter machine
-(``cell_features``: 11 sweep reads of ~0.35 s from gzip NWB and eFEL peak detection ~0.4 s
-per sweep dominate), so two idle cores should approach a ratio of 2.
+Measured 2026-12-07, N=6 (sweeps of 1.2 s then; the scale now has 0.7 s), on 2 cores shared
+with six other engineers' test runs (load average 16-18, so each worker got a small and varying
+share of a core): synthesis 33 s; 1 worker 225.7 s (37.6 s per specimen), 2 workers 257.1 s
+(42.9 s per specimen), ratio 0.88, tables equal, 6 of 6 specimens with features. On that load
+the ratio measures the other jobs, not the cluster; one specimen alone took 5.0-6.3 s in one
+process on a quieter machine (``cell_features``: 11 sweep reads of ~0.35 s from gzip NWB and
+eFEL peak detection ~0.4 s per sweep dominate), so two idle cores should approach a ratio of 2.
 """
 
 from __future__ import annotations

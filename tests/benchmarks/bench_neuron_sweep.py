@@ -23,7 +23,8 @@ Two Pythons, as the reference scripts:
 
 Measured here (2 shared, busy cores, 2026-12-07): ``pip install neuron==9.0.2`` from the
 manylinux wheel (68 MB installed) in about a minute; ``nrnivmodl`` of the one mod file 15-22 s
-(gcc); the 270 pA Long Square sweep (1.2 s at 200 kHz, 240,001 steps) read from the lake ran
+(gcc); the 270 pA Long Square sweep (1.2 s at 200 kHz, 240,001 steps: the ``features`` scale
+before its sweeps were cut to 0.7 s) read from the lake ran
 in 6.3 s and fired 70 spikes (the synthetic recording has 56; a different cell, no fit).
 The whole script, with synthesis and conversion, about 110 s.
 """
