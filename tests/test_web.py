@@ -361,3 +361,21 @@ def test_timings_on_the_sample_lake(client, rel):
     print(f"warm dF/F plot: {seconds:.2f} s")
     assert seconds < 10
     assert np.isfinite(seconds)
+
+
+def test_a_damaged_lake_is_a_500_page_naming_what_is_missing(web_lake, rel, tmp_path):
+    import shutil
+
+    from abo_lake.manifest import manifest_key
+
+    copy = tmp_path / "lake"
+    shutil.copytree(web_lake.storage.root, copy)
+    path = _path_of(rel, "celltypes_ephys")
+    key = manifest_key(rel.record.datasets[path]["manifest"])
+    (copy / key).unlink()
+    c = TestClient(create_app(abo_lake.open_lake(str(copy))), follow_redirects=False)
+    r = c.get(f"/r/{rel.pin}/d/{path}")
+    assert r.status_code == 500
+    assert key in r.text
+    assert "Traceback" not in r.text
+    assert c.get(f"/r/{rel.pin}").status_code == 200  # the rest still answers

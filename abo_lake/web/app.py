@@ -32,6 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from abo_lake.catalog import _public
 from abo_lake.errors import (
     DatasetNotFoundError,
+    IntegrityError,
+    ManifestError,
     ReleaseNotFoundError,
     SchemaError,
     StructureNotFoundError,
@@ -494,6 +496,10 @@ def _handler(ctx: _Context, fn: Any) -> Any:
         try:
             return await run_in_threadpool(fn, ctx, request)
         except Exception as err:  # every failure becomes a page, never a traceback
+            if isinstance(err, ManifestError | IntegrityError):  # the lake, not the request
+                log.error("abo-lake serve: %s: %s", request.url.path, err)
+                message = f"the lake cannot serve this: {_message(err)}"
+                return ctx.page("error.html", 500, status=500, message=message)
             for cls, status in _CLIENT_ERRORS:
                 if isinstance(err, cls):
                     return ctx.page("error.html", status, status=status, message=_message(err))
