@@ -8,8 +8,11 @@ A release catalog has:
   ``XArrayDatasetReader`` through ``reference://`` and that release's own manifest;
 - one entry per modality chosen by id through a catalog-level user parameter
   (``cat(ophys_experiment_id=951980471).ophys_experiment.read()``). A manifest URL is the hash
-  of its content, so no template on the id can reach it; these entries read per-release
-  copies of the manifests at ``releases/<name>/refs/<root12>/<dataset path>.json``;
+  of its content, so no template on the id can reach it directly; these entries read it
+  through the release's by-id index ``releases/<name>/byid.json``, itself an fsspec
+  reference file mapping ``<dataset path>.json`` to the content-addressed manifest object
+  (``fo`` templated on the id, ``target_protocol="reference"``): one small object per
+  release instead of a copy of every manifest (issue 18);
 - one entry per metadata table (intake's ``PandasParquet``).
 
 Stored catalogs never hold credentials: users give them through their environment (or to
@@ -21,6 +24,7 @@ Stored catalogs never hold credentials: users give them through their environmen
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from functools import cache
@@ -29,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import xarray as xr
 import yaml
 
-from abo_lake import cas
 from abo_lake.kinds import KINDS
 from abo_lake.lake import (
     COMPLETENESS_HOOKS,
@@ -39,6 +42,7 @@ from abo_lake.lake import (
     VerifyReport,
     open_lake,
 )
+from abo_lake.manifest import manifest_key
 from abo_lake.release import Release, ReleaseRecord
 from abo_lake.tables import (
     Table,
@@ -66,6 +70,8 @@ __all__ = [
 ]
 
 CATALOG_KEY = "catalog.yaml"
+#: The by-id index of a release, beside its catalog (see the module docstring).
+BYID_KEY = "byid.json"
 _READER = "intake.readers.readers:XArrayDatasetReader"
 _OPTIONS_UP = "intake.readers.user_parameters:OptionsUserParameter"
 #: Storage options that may be written into a stored catalog: an allow-list, since a
@@ -145,8 +151,21 @@ def _options(lake: Lake) -> tuple[dict[str, Any], dict[str, Any]]:
     return ref, plain
 
 
-def _refs_key(record: ReleaseRecord, path: str) -> str:
-    return f"releases/{record.name}/refs/{record.root[:12]}/{path}.json"
+def _index_key(record: ReleaseRecord) -> str:
+    return f"releases/{record.name}/{BYID_KEY}"
+
+
+def index_bytes(lake: Lake, record: ReleaseRecord) -> bytes:
+    """The release's by-id index: an fsspec reference file whose keys are
+    ``<dataset path>.json`` (each dataset a parametrised catalog entry reaches) and whose
+    values are whole-object references to the datasets' manifests."""
+    refs = {
+        f"{path}.json": [lake.storage.url_of(manifest_key(entry["manifest"]))]
+        for path, entry in sorted(record.datasets.items())
+        if _match(path)
+    }
+    doc = {"version": 1, "refs": refs}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _entry_name(path: str, taken: set[str]) -> str:
@@ -259,13 +278,21 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
             "default": min(levels),
             "description": "CCF multiscale level (µm per voxel)",
         }
-    refs_base = lake.storage.url_of(f"releases/{record.name}/refs/{record.root[:12]}")
+    index = {  # how the by-id entries read the index (and, through it, the manifests)
+        "target_protocol": "reference",
+        "target_options": {
+            "fo": lake.storage.url_of(_index_key(record)),
+            "remote_protocol": ref_options["remote_protocol"],
+            "remote_options": dict(plain),  # reads the manifests
+            **({"target_options": dict(plain)} if plain else {}),  # reads the index
+        },
+    }
     for entry_name, (template, _) in PARAMETRISED.items():
         if entry_name not in found:
             continue
-        fo = f"{refs_base}/{template}.json"
         root = "{resolution_um}um" if entry_name in _MULTISCALE and levels else ""
-        data[f"{entry_name}_by_id"] = _zarr(fo, ref_options, root)
+        by_id = {k: v for k, v in ref_options.items() if k != "target_options"} | index
+        data[f"{entry_name}_by_id"] = _zarr(f"{template}.json", by_id, root)
         meta = {
             **pin,
             "abo_lake_dataset": template,
@@ -306,38 +333,15 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
     }
 
 
-def _write_many(lake: Lake, items: dict[str, bytes]) -> None:
-    if lake.storage.local:
-        for key, value in items.items():
-            lake.storage.write(key, value)
-    elif items:
-        lake.storage.fs.pipe({lake.storage.path(k): v for k, v in items.items()})
-
-
 def write_catalog(lake: Lake, record: ReleaseRecord) -> None:
-    """Write a release's catalog, its per-id manifest copies, and refresh the root catalog.
+    """Write a release's by-id index and catalog, and refresh the root catalog.
 
     Registered in :data:`abo_lake.lake.PUBLISH_HOOKS`: runs just after ``release.json`` is
     written by the writer that won the name, so a catalog never shows content that was not
-    published; a release killed in between gets its catalog when it is opened.
+    published; a release killed in between is completed by ``repair`` or a rerun.
     """
     doc = catalog_dict(lake, record)
-    paths = [p for p in record.datasets if _match(p)]
-    for i in range(0, len(paths), 256):
-        part = paths[i : i + 256]
-        keys = {
-            p: f"manifests/{record.datasets[p]['manifest'][:2]}/"
-            f"{record.datasets[p]['manifest']}.json"
-            for p in part
-        }
-        got = lake.storage.read_many(list(keys.values()))
-        copies = {}
-        for p in part:
-            value = got[keys[p]]
-            if isinstance(value, Exception):
-                raise value
-            copies[_refs_key(record, p)] = value
-        _write_many(lake, copies)
+    lake.storage.write(_index_key(record), index_bytes(lake, record))
     lake.storage.write(f"releases/{record.name}/{CATALOG_KEY}", _dump(doc))
     names = lake.releases()  # oldest first, as verify derives it
     if record.name not in names:
@@ -401,18 +405,20 @@ def root_catalog_dict(lake: Lake, names: list[str]) -> dict[str, Any]:
     }
 
 
-def _catalog_states(lake: Lake, record: ReleaseRecord) -> list[tuple[str, str]]:
-    """(key, "missing" | "altered" | "stale") of the release catalog and the root catalog:
-    each is compared byte for byte with what :func:`catalog_dict` derives from the verified
-    record (and :func:`root_catalog_dict` from the lake's releases), so no entry, reader or
-    URL in them can differ from what the root hash covers."""
-    own = f"releases/{record.name}/{CATALOG_KEY}"
-    got = lake.storage.read_many([own, CATALOG_KEY])
+def catalog_completeness(lake: Lake, record: ReleaseRecord) -> list[tuple[str, str]]:
+    """(key, "missing" | "altered" | "stale") of what :func:`write_catalog` writes: the by-id
+    index and the release catalog, compared byte for byte with what the verified record
+    derives, and the root catalog, with what the lake's releases derive; so no entry, reader
+    or URL in them can differ from what the root hash covers. Registered in
+    :data:`abo_lake.lake.COMPLETENESS_HOOKS` (for ``repair``)."""
+    own, index = f"releases/{record.name}/{CATALOG_KEY}", _index_key(record)
+    got = lake.storage.read_many([index, own, CATALOG_KEY])
     out = []
-    if isinstance(got[own], Exception):
-        out.append((own, "missing"))
-    elif got[own] != _dump(catalog_dict(lake, record)):
-        out.append((own, "altered"))
+    for key, want in ((index, index_bytes(lake, record)), (own, None)):
+        if isinstance(got[key], Exception):
+            out.append((key, "missing"))
+        elif got[key] != (want if want is not None else _dump(catalog_dict(lake, record))):
+            out.append((key, "altered"))
     if isinstance(got[CATALOG_KEY], Exception):
         out.append((CATALOG_KEY, "missing"))
     elif got[CATALOG_KEY] != _dump(root_catalog_dict(lake, lake.releases())):
@@ -420,53 +426,20 @@ def _catalog_states(lake: Lake, record: ReleaseRecord) -> list[tuple[str, str]]:
     return out
 
 
-def _copy_states(lake: Lake, record: ReleaseRecord) -> dict[str, tuple[str, str, bytes | None]]:
-    """Per-id manifest copy key -> (dataset path, "ok" | "missing" | "altered", bytes)."""
-    keys = {_refs_key(record, p): p for p in record.datasets if _match(p)}
-    got = lake.storage.read_many(list(keys))
-    out: dict[str, tuple[str, str, bytes | None]] = {}
-    for key, path in keys.items():
-        data = got[key]
-        if isinstance(data, Exception):
-            out[key] = (path, "missing", None)
-        elif cas.digest(data) != record.datasets[path]["manifest"]:
-            out[key] = (path, "altered", data)
-        else:
-            out[key] = (path, "ok", data)
-    return out
-
-
-def catalog_completeness(lake: Lake, record: ReleaseRecord) -> list[tuple[str, str]]:
-    """What :func:`write_catalog` should have written for ``record`` but is missing, stale or
-    altered (registered in :data:`abo_lake.lake.COMPLETENESS_HOOKS`, for ``repair``)."""
-    copies = [(k, state) for k, (_, state, _) in _copy_states(lake, record).items()]
-    return _catalog_states(lake, record) + [(k, s) for k, s in copies if s != "ok"]
-
-
 def verify_catalog(lake: Lake, record: ReleaseRecord, report: VerifyReport) -> None:
-    """Check a release's catalog, the root catalog and the per-id manifest copies (for
-    :meth:`Lake.verify`; registered in :data:`abo_lake.lake.VERIFY_HOOKS`).
+    """Check a release's by-id index, catalog and the root catalog (for :meth:`Lake.verify`;
+    registered in :data:`abo_lake.lake.VERIFY_HOOKS`).
 
-    A copy must be byte-equal to the manifest it copies (whose name is its hash); the
-    catalogs must equal what the record derives. A missing catalog or a root catalog without
-    this release makes the release incomplete (``abo-lake repair`` completes it); a catalog
-    that differs from its derivation is corrupt.
+    Each must equal what the record derives. A missing one or a root catalog without this
+    release makes the release incomplete (``abo-lake repair`` completes it); one that differs
+    from its derivation is corrupt.
     """
-    for key, state in _catalog_states(lake, record):
-        report.checked += 1
+    for key, state in catalog_completeness(lake, record):
         if state == "altered":
             report.corrupt.append(("catalog", key, ""))
         else:
             report.incomplete.append((key, state))
-    for key, (path, state, data) in _copy_states(lake, record).items():
-        want = record.datasets[path]["manifest"]
-        report.checked += 1
-        if state == "missing":
-            report.missing.append((f"catalog copy of {path}", key, want))
-        elif state == "altered":
-            report.corrupt.append((f"catalog copy of {path}", key, want))
-        else:
-            report.bytes += len(data or b"")
+    report.checked += 3
 
 
 PUBLISH_HOOKS.append(write_catalog)
@@ -528,7 +501,13 @@ def _with_credentials(doc: dict[str, Any], options: dict[str, Any]) -> dict[str,
         if isinstance(so, dict) and "fo" in so:
             so = dict(so)
             so["remote_options"] = {**so.get("remote_options", {}), **options}
-            so["target_options"] = {**so.get("target_options", {}), **options}
+            target = dict(so.get("target_options", {}))
+            if so.get("target_protocol") == "reference":  # the by-id index, then manifests
+                for k in ("remote_options", "target_options"):
+                    target[k] = {**target.get(k, {}), **options}
+            else:
+                target.update(options)
+            so["target_options"] = target
             so["remote_options"]["asynchronous"] = True
         elif "url" in desc["kwargs"]:
             so = {**(so or {}), **options}
