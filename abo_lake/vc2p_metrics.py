@@ -556,9 +556,13 @@ class StimulusAnalysis:
         return ophys._sample(arr, self._idx, np.zeros(self._idx.shape))  # (sweep, frame, cell)
 
     def _dx_graph(self) -> Any:
-        """Delayed (window speeds, their means over the response window)."""
-        speed = ophys.running_speed(self._ds).data
+        """Delayed (window speeds, their means over the response window); NaN for a movie
+        of an experiment without running speed (AllenSDK's NaturalMovie does not use it)."""
         d = self._design
+        if _is_movie(d) and "running_speed.speed" not in self._ds.variables:
+            speed = np.full(self._ds.sizes[TIME], np.nan, dtype=np.float32)
+        else:  # a SchemaError without running speed: AllenSDK's run modulation needs it
+            speed = ophys.running_speed(self._ds).data
         lo, hi = d.interlength, d.interlength + d.sweeplength + d.extralength
         return dask.delayed(_window_speed)(speed, self._idx, lo, hi)
 

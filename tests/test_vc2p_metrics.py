@@ -28,6 +28,7 @@ import xarray as xr
 import abo_lake
 import abo_lake.accessors
 from abo_lake import sources, vc2p_metrics
+from abo_lake.errors import SchemaError
 from abo_lake.synthetic import vc2p_ophys
 
 REF = Path(__file__).parent / "reference"
@@ -226,6 +227,14 @@ class TestErrors:
         (ds,) = sources.read(nwb).values()  # three_session_B, one frame, one sweep a stimulus
         with pytest.raises(ValueError, match="static_gratings: the experiment has 1 ophys time"):
             vc2p_metrics.stimulus_metrics(ds)
+
+    def test_without_running_speed(self, lakes, analyses):
+        ds = lakes["three_session_A"][1]
+        still = ds.drop_vars([v for v in ds.variables if v.startswith("running_speed")])
+        with pytest.raises(SchemaError, match="no running speed"):
+            _ = vc2p_metrics.stimulus_analysis(still, "drifting_gratings").peak
+        movie = vc2p_metrics.stimulus_analysis(still, "natural_movie_one").peak  # not needed
+        pd.testing.assert_frame_equal(movie, analyses["three_session_A", "natural_movie_one"].peak)
 
     def test_unknown_cell(self, lakes):
         with pytest.raises(KeyError, match="cell_specimen_id \\[1\\] not in"):
