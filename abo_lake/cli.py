@@ -430,8 +430,8 @@ def _parser() -> argparse.ArgumentParser:
     lake_cmd("stats", "logical vs stored bytes, dedup ratio").set_defaults(func=_cmd_stats)
     c = lake_cmd(
         "verify",
-        "re-hash every object a release references: chunks, tables, catalog copies "
-        "(exit 1 on a problem)",
+        "re-hash every object a release references (chunks, tables) and compare its catalogs "
+        "with the record (exit 1 on a problem, or if the release is incomplete)",
     )
     c.add_argument("release", nargs="?", default="latest", help="release (default: latest)")
     c.set_defaults(func=_cmd_verify)
