@@ -750,3 +750,73 @@ def test_mean_waveforms_are_allensdks(session, tiny):
     np.testing.assert_allclose(wf["time"].values, np.arange(rows.shape[1]) / rate)
     with pytest.raises(KeyError):
         session.ecephys.mean_waveforms(-1)
+
+
+# --- counts: the sparse kernel, the streaming .values, the PSTH from the same bins ---------------
+
+
+def _stretch_rows(d):
+    """Rows stretched by 1-7x (far from the first row's edges): the exact fallback."""
+    return d[:, :1] + (d - d[:, :1]) * (1.0 + np.arange(d.shape[0])[:, None] % 7)
+
+
+@pytest.mark.parametrize(
+    ("edges", "callback"),
+    [
+        (np.arange(-0.1, 0.5001, 0.001), None),  # 1 ms bins: mostly empty
+        (np.array([0.0, 0.01, 0.01, 0.02, 0.05, 0.05, 0.05, 0.3]), None),  # zero-width bins
+        (np.arange(0.0, 0.2001, 0.01), _stretch_rows),
+    ],
+)
+def test_many_unit_counts_equal_per_unit_counts(lake_session, session, all_units, edges, callback):
+    """From the lake (spikes in 2048-spike chunks: several unit blocks), ``.values`` (one
+    result filled block by block), dask's compute and one unit at a time all equal AllenSDK's
+    loop."""
+    ds = lake_session.open("ecephys/session/1")
+    counts = ds.ecephys.presentationwise_spike_counts(
+        edges, None, all_units, time_domain_callback=callback
+    )
+    assert counts.data.numblocks[2] > 1
+    values = counts.values
+    assert values.flags.c_contiguous
+    (computed,) = dask.compute(counts.data)
+    np.testing.assert_array_equal(values, computed)
+    np.testing.assert_array_equal(counts.data.sum(axis=1).compute(), values.sum(axis=1))
+    starts = _col(session, "start_time")
+    if callback is None:
+        ref = _allen_counts(_unit_spikes(session), all_units, starts, edges)
+        np.testing.assert_array_equal(values, ref)
+    for k in (0, 3, len(all_units) - 1):
+        one = ds.ecephys.presentationwise_spike_counts(
+            edges, None, [all_units[k]], time_domain_callback=callback
+        )
+        np.testing.assert_array_equal(one.values[:, :, 0], values[:, :, k])
+    assert values.sum() > 100
+
+
+def test_counts_values_hold_one_result(session, all_units):
+    """``.values`` writes every block into one array: the peak is about the result, where
+    dask's compute holds all blocks and then copies them (twice the result)."""
+    import tracemalloc
+
+    fine = np.arange(-0.1, 0.5001, 0.001)
+    counts = session.ecephys.presentationwise_spike_counts(fine, None, all_units)
+    with dask.config.set(scheduler="threads"):
+        tracemalloc.start()
+        values = counts.values
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert values.nbytes > 1_000_000
+    assert peak < 1.3 * values.nbytes
+
+
+def test_psth_from_sparse_bins_equals_the_mean_of_counts(session, all_units):
+    ids = session["stimulus_presentation_id"].values[:200]
+    fine = np.arange(-0.05, 0.3001, 0.001)
+    got = session.ecephys.psth(bin_edges=fine, stimulus_presentation_ids=ids, unit_ids=all_units)
+    counts = session.ecephys.presentationwise_spike_counts(fine, ids, all_units).values
+    cond = _col(session, "stimulus_condition_id")[ids]
+    for k, c in enumerate(got.stimulus_condition_id.values):
+        want = counts[cond == c].mean(0) / np.diff(fine)[:, None]
+        np.testing.assert_allclose(got.values[k], want, rtol=1e-12)
+    assert got.values.sum() > 0

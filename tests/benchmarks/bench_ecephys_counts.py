@@ -1,0 +1,292 @@
+"""Neuropixels counts and PSTH from the lake vs AllenSDK 2.16.2's ``EcephysSession``, end to end.
+
+One run, on a realistic Visual Coding Neuropixels session (``synthesize("vcn-ecephys",
+scale="realistic")``: 6 probes x 100 units, ~21 M spikes, ~8,000 presentations, written with
+pynwb in AllenSDK's layout), converted into a local lake. Every measurement runs in its own
+fresh process (best of ``--repeat``; peak RSS from ``VmHWM``, and above the process's RSS after
+its imports):
+
+- lake: ``open_lake(...).release(...).open(session)`` then
+  ``.ecephys.presentationwise_spike_counts(edges, presentation_ids, unit_ids).values`` (and
+  ``.ecephys.psth(...).values``);
+- AllenSDK (its own Python, a subprocess): ``EcephysSession.from_nwb_path(nwb)`` with the
+  spike times, units and presentations loaded (its load), then the same
+  ``presentationwise_spike_counts(...)`` (its compute); its PSTH is the mean of those counts over
+  each ``stimulus_condition_id``'s presentations divided by the bin width (what the lake's
+  ``psth`` defines; AllenSDK has no PSTH method).
+
+Same unit ids (the first ``--units`` of AllenSDK's units table with its QC filter lifted:
+amplitude cutoff, presence ratio and ISI violations; the default keeps ~100 of the 600) and
+presentation ids (the first ``--presentations``) on both sides; results compared by SHA-256
+of the bytes (counts: bitwise) or to 1e-12 relative (PSTH). Run::
+
+    python tests/benchmarks/bench_ecephys_counts.py [--work DIR] [--nwb SESSION.nwb]
+        [--lake DIR --release NAME] [--units 600] [--presentations 6000] [--cases 1ms,10ms,psth]
+
+``--nwb``/``--lake`` reuse an existing session and its lake (e.g. ``make realistic``'s);
+without them the session is synthesised and converted under ``--work``. The full case
+(600 x 6,000 x 600 1 ms bins) is a 4.3 GB result: AllenSDK needs about 5 GB beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ALLENSDK_PYTHON = "/tmp/allensdk-venv/bin/python"
+CASES = {  # name: (bin edges (start, stop, step) in s, what)
+    "1ms": ((-0.1, 0.5, 0.001), "counts"),
+    "10ms": ((-0.1, 0.5, 0.01), "counts"),
+    "psth": ((-0.1, 0.5, 0.01), "psth"),
+}
+
+
+def _edges(case: str) -> np.ndarray:
+    (lo, hi, step), _ = CASES[case]
+    return np.arange(lo, hi + step / 2, step)
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- one lake measurement, in a fresh process -----------------------------------------------------
+
+
+def measure_lake(args: argparse.Namespace) -> dict:
+    import abo_lake
+    import abo_lake.accessors
+
+    sel = json.loads(Path(args.selection).read_text())
+    edges = _edges(args.case)
+    base = _rss_mb("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
+    ds = abo_lake.open_lake(args.lake).release(args.release).open(sel["dataset"])
+    t_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if CASES[args.case][1] == "counts":
+        out = ds.ecephys.presentationwise_spike_counts(
+            edges, sel["presentations"], sel["units"]
+        ).values
+    else:
+        psth = ds.ecephys.psth(
+            bin_edges=edges, stimulus_presentation_ids=sel["presentations"], unit_ids=sel["units"]
+        )
+        out = psth.values
+        np.save(args.out, out)
+    t_compute = time.perf_counter() - t0
+    return {
+        "load_s": t_open,
+        "compute_s": t_compute,
+        "cpu_s": time.process_time() - c0,
+        "base_rss_mb": base,
+        "peak_rss_mb": _rss_mb("VmHWM"),
+        "result_mb": out.nbytes / 2**20,
+        "shape": list(out.shape),
+        "digest": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(),
+    }
+
+
+# -- AllenSDK, in its own Python -----------------------------------------------------------------
+
+_ALLENSDK = r"""
+import hashlib, json, sys, time, warnings
+from pathlib import Path
+import numpy as np
+warnings.simplefilter("ignore")
+def rss(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
+nwb, selection, lo, hi, step, what, out_path = sys.argv[1:8]
+sel = json.loads(Path(selection).read_text())
+edges = np.arange(float(lo), float(hi) + float(step) / 2, float(step))
+base = rss("VmRSS")
+t0, c0 = time.perf_counter(), time.process_time()
+# every unit (AllenSDK's QC filter lifted): the session's 600, as the lake's explicit ids
+LIFTED = {"amplitude_cutoff_maximum": np.inf, "presence_ratio_minimum": -np.inf,
+          "isi_violations_maximum": np.inf}
+session = EcephysSession.from_nwb_path(nwb, api_kwargs=LIFTED)
+session.spike_times, session.units, session.stimulus_presentations  # its load
+t_load = time.perf_counter() - t0
+if what == "units":  # the ids both sides use
+    units = session.units.index.to_numpy()[: sel["units"]].tolist()
+    pres = session.stimulus_presentations.index.to_numpy()[: sel["presentations"]].tolist()
+    print(json.dumps({"units": units, "presentations": pres}))
+    sys.exit()
+t0 = time.perf_counter()
+counts = session.presentationwise_spike_counts(edges, sel["presentations"], sel["units"])
+if what == "counts":
+    out = counts.values
+else:
+    cond = session.stimulus_presentations.loc[sel["presentations"], "stimulus_condition_id"]
+    counts = counts.assign_coords(
+        stimulus_condition_id=("stimulus_presentation_id", cond.to_numpy()))
+    mean = counts.astype(np.float64).groupby("stimulus_condition_id").mean(
+        "stimulus_presentation_id")
+    out = (mean / np.diff(edges)[None, :, None]).values
+    np.save(out_path, out)
+t_compute = time.perf_counter() - t0
+print(json.dumps({"load_s": t_load, "compute_s": t_compute, "cpu_s": time.process_time() - c0,
+                  "base_rss_mb": base, "peak_rss_mb": rss("VmHWM"),
+                  "result_mb": out.nbytes / 2**20, "shape": list(out.shape),
+                  "digest": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest()}))
+"""
+
+
+def run_allensdk(python: str, nwb: Path, selection: Path, case: str, out: Path) -> dict:
+    (lo, hi, step), what = CASES.get(case, ((0, 1, 1), case))
+    cmd = [python, "-c", _ALLENSDK, str(nwb), str(selection), str(lo), str(hi), str(step),
+           what, str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"AllenSDK's {case} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_lake(lake: Path, release: str, selection: Path, case: str, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--measure", case, "--lake", str(lake), "--release",
+           release, "--selection", str(selection), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the lake's {case} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
+    """The session NWB and its lake (reused when given or present under ``work``)."""
+    import abo_lake
+    from abo_lake import jobs
+    from abo_lake.synthetic import synthesize
+
+    nwb = args.nwb
+    if nwb is None:
+        found = sorted((work / "src").glob("**/session_*.nwb"))
+        if not found:
+            t0 = time.perf_counter()
+            synthesize("vcn-ecephys", work / "src", scale="realistic")
+            print(f"synthesised the realistic session in {time.perf_counter() - t0:.0f} s")
+            found = sorted((work / "src").glob("**/session_*.nwb"))
+        nwb = found[0]
+    if args.lake is not None:
+        return nwb, args.lake, args.release
+    lake_dir = work / "lake"
+    lake = abo_lake.open_lake(str(lake_dir))
+    if "bench" not in lake.releases():
+        t0 = time.perf_counter()
+        report = jobs.run([nwb.parent], lake, "bench", workers=2, progress=False)
+        if not report.published:
+            raise SystemExit(f"conversion failed:\n{report.summary()}")
+        print(f"converted into {lake_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return nwb, lake_dir, "bench"
+
+
+def _best(runs: list[dict]) -> dict:
+    best = dict(min(runs, key=lambda r: r["load_s"] + r["compute_s"]))
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
+def _line(name: str, lake: dict, sdk: dict | None) -> str:
+    total = lake["load_s"] + lake["compute_s"]
+    extra = lake["peak_rss_mb"] - lake["base_rss_mb"]
+    text = (
+        f"{name:<6} lake     {lake['load_s']:6.2f} + {lake['compute_s']:6.2f} = {total:6.2f} s "
+        f"(CPU {lake['cpu_s']:6.2f} s), peak RSS +{extra:6.0f} MB = "
+        f"{extra / lake['result_mb']:4.2f}x the {lake['result_mb']:.0f} MB result"
+    )
+    if sdk is None:
+        return text
+    sdk_total = sdk["load_s"] + sdk["compute_s"]
+    sdk_extra = sdk["peak_rss_mb"] - sdk["base_rss_mb"]
+    return (
+        f"{text}\n{'':<6} AllenSDK {sdk['load_s']:6.2f} + {sdk['compute_s']:6.2f} = "
+        f"{sdk_total:6.2f} s (CPU {sdk['cpu_s']:6.2f} s), peak RSS +{sdk_extra:6.0f} MB\n"
+        f"{'':<6} ratio: {sdk_total / total:5.1f}x faster end to end "
+        f"({sdk['compute_s'] / lake['compute_s']:5.1f}x compute alone, "
+        f"{sdk['cpu_s'] / lake['cpu_s']:5.1f}x less CPU), {sdk_extra / max(extra, 1):4.1f}x less "
+        "memory"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="keep the session, lake and results here")
+    parser.add_argument("--nwb", type=Path, help="an existing realistic session NWB")
+    parser.add_argument("--lake", type=Path, help="an existing lake holding that session")
+    parser.add_argument("--release", default="bench")
+    parser.add_argument("--allensdk", default=ALLENSDK_PYTHON, help="AllenSDK's Python")
+    parser.add_argument("--units", type=int, default=600)
+    parser.add_argument("--presentations", type=int, default=6000)
+    parser.add_argument("--cases", default="1ms,10ms,psth")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--selection", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        args.case = args.measure
+        print(json.dumps(measure_lake(args)), flush=True)
+        return 0
+    tmp = None if args.work else tempfile.TemporaryDirectory()
+    work = args.work or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    nwb, lake_dir, release = _prepare(args, work)
+    if not Path(args.allensdk).exists():
+        raise SystemExit(f"AllenSDK's Python {args.allensdk} is absent: nothing to compare with")
+    import abo_lake
+
+    session = next(d for d in abo_lake.open_lake(str(lake_dir)).release(release).datasets()
+                   if d.startswith("ecephys/session/"))  # fmt: skip
+    selection = work / "selection.json"
+    selection.write_text(json.dumps({"units": args.units, "presentations": args.presentations}))
+    ids = run_allensdk(args.allensdk, nwb, selection, "units", work / "unused")
+    ids["dataset"] = session
+    selection.write_text(json.dumps(ids))
+    print(f"{nwb.name}: {len(ids['units'])} units x {len(ids['presentations'])} presentations "
+          f"(lake {lake_dir}, release {release!r})", flush=True)  # fmt: skip
+    problems = []
+    for case in args.cases.split(","):
+        lake_out, sdk_out = work / f"lake_{case}.npy", work / f"allensdk_{case}.npy"
+        lake = _best([run_lake(lake_dir, release, selection, case, lake_out)
+                      for _ in range(args.repeat)])  # fmt: skip
+        sdk = _best([run_allensdk(args.allensdk, nwb, selection, case, sdk_out)
+                     for _ in range(args.repeat)])  # fmt: skip
+        print(_line(case, lake, sdk), flush=True)
+        if lake["shape"] != sdk["shape"]:
+            problems.append(f"{case}: shapes differ ({lake['shape']} vs {sdk['shape']})")
+        elif CASES[case][1] == "counts":
+            same = lake["digest"] == sdk["digest"]
+            print(f"{'':<6} values: {'bitwise equal' if same else 'DIFFER'} (sha256)")
+            if not same:
+                problems.append(f"{case}: counts differ from AllenSDK's")
+        else:
+            a, b = np.load(lake_out), np.load(sdk_out)
+            worst = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300), initial=0.0))
+            print(f"{'':<6} values: worst relative difference {worst:.1e}")
+            if worst > 1e-12:
+                problems.append(f"{case}: PSTH differs from AllenSDK's counts' mean ({worst:.1e})")
+    for problem in problems:
+        print("FAILED:", problem)
+    if tmp is not None:
+        tmp.cleanup()
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
