@@ -21,12 +21,21 @@ bits hash, voxel counts, point ids, and the unionize records (float32 sums in Al
 
     python tests/benchmarks/bench_ccf_allensdk.py [--work DIR] [--allensdk PYTHON]
 
-Measured (2 shared cores, AllenSDK 2.16.2, best of 2; 2026-12-07): Isocortex mask 0.93 s
-(open 0.21 + compute 0.72; CPU 0.92 s; +44 MB RSS, 9 MiB traced) vs AllenSDK 6.78 s (NRRD
-2.29 + mask 4.49; +739 MB): 7.3x faster, 17x less memory, 8,978,572 voxels in both, identical
-positions; structure_at 0.55 s vs 3.99 s (7.3x); unionize 7.1 s vs 36.7 s (5.2x; +127 MB vs
-+3.9 GB), 491 records equal to 7e-7 (2 max voxels are ties). Of the mask's 0.72 s, ~0.3 s is
-dask scheduling 360 tasks of 1 MB chunks (a plain loop over the same chunks takes 0.27 s).
+Measured (2 shared cores, AllenSDK 2.16.2, best of 2; 2026-12-07), before the slab reads
+(idle machine): Isocortex mask 0.93 s (open 0.21 + compute 0.72; CPU 0.92 s; +44 MB RSS) vs
+AllenSDK 6.78 s (NRRD 2.29 + mask 4.49; +739 MB): 7.3x; structure_at 0.55 s vs 3.99 s (7.3x);
+unionize 7.1 s vs 36.7 s (5.2x; +127 MB vs +3.9 GB). Of the mask's 0.72 s, ~0.3 s was dask
+scheduling 360 tasks of 1 MB chunks.
+
+After (``abo_lake.ccf`` reads lake volumes in slabs of stored chunks, 45 tasks at 25 µm;
+LUT gathers on cache-sized pieces; point lookups one task per slab; unionize maxima over the
+voxels with signal), measured while other jobs kept the 2 cores busy (load average 10-16, so
+wall times are inflated, AllenSDK's most): mask 3.14 s (CPU 0.90 s; +62 MB) vs AllenSDK
+54.1 s (CPU 7.72 s; +739 MB): 17.2x wall, 8.6x less CPU; structure_at 1.96 s (CPU 0.51 s) vs
+55.7 s (CPU 3.90 s): 28.5x wall, 7.6x less CPU; unionize 46.6 s (CPU 7.80 s; +135 MB) vs
+235 s (CPU 31.7 s; +3.9 GB): 5.0x wall, 4.1x less CPU (short of the 10x goal). Masks
+identical (8,978,572 voxels, same packed-bit hash), 10,000/10,000 point ids equal, 491
+unionize records equal to 7e-7 (2 max voxels are ties).
 
 ``--work`` keeps (and reuses) the sources and the lake. Without AllenSDK's Python (default
 ``/tmp/allensdk-venv/bin/python``; not in CI) only the lake's side runs, with a message.
