@@ -379,3 +379,12 @@ def test_a_damaged_lake_is_a_500_page_naming_what_is_missing(web_lake, rel, tmp_
     assert key in r.text
     assert "Traceback" not in r.text
     assert c.get(f"/r/{rel.pin}").status_code == 200  # the rest still answers
+
+
+def test_a_multiscale_volume_lists_the_arrays_of_its_levels(client, rel):
+    path = next(p for p in rel.datasets() if p.endswith("annotation"))
+    text = client.get(f"/r/{rel.pin}/d/{path}").text.split('id="variables"')[1]
+    levels = [a for a in rel.manifest(path).arrays() if a.endswith("/annotation")]
+    assert len(levels) >= 2
+    for array in levels:
+        assert f"<th>{array}</th>" in text

@@ -420,6 +420,13 @@ def _dataset_page(ctx: _Context, request: Request) -> Response:
     ds = rel.open(path)
     attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("abo_lake_release")}
     variables = [(n, " × ".join(f"{d} {ds.sizes[d]}" for d in v.dims)) for n, v in ds.items()]
+    if not variables and manifest.arrays():  # a multiscale volume: its groups' arrays
+        tree = rel.open_datatree(path)
+        variables = [
+            (f"{node.path.strip('/')}/{n}", " × ".join(f"{d} {v.sizes[d]}" for d in v.dims))
+            for node in tree.subtree
+            for n, v in node.ds.data_vars.items()
+        ]
     plots = plots_for(kind, path)
     try:
         choices = _choices(ds, kind) if plots else {}
