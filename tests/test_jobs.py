@@ -952,3 +952,20 @@ def test_a_name_taken_before_the_job_opens_its_stage(vbo_sources, tmp_path, monk
     monkeypatch.setattr(Lake, "stage", taken_meanwhile)
     with pytest.raises(ReleaseExistsError, match="r1"):
         jobs.run([vbo_sources[2][0]], lake, "r1", progress=False, workers=1)
+
+
+def test_a_rerun_completes_a_release_published_without_its_catalog(vbo_sources, tmp_path):
+    """A kill between the record and the catalog (or a lost response to the record's PUT)
+    left a published release without its catalog: a rerun of the same job completes it."""
+    v1 = vbo_sources[2][0]
+    lake = abo_lake.open_lake(tmp_path / "lake")
+    assert jobs.run([v1], lake, "r1", progress=False, workers=1).published
+    gone = ["releases/r1/catalog.yaml", "releases/r1/byid.json", "catalog.yaml"]
+    lake.storage.delete(gone)
+    report = lake.verify("r1")
+    assert sorted(report.incomplete) == sorted((k, "missing") for k in gone)
+    again = jobs.run([v1], lake, "r1", progress=False, workers=1)
+    assert again.already_published
+    assert sorted(again.repaired) == sorted(gone)
+    assert "already published with this content; completed releases/r1/" in again.summary()
+    assert abo_lake.open_lake(lake.url).verify("r1").ok
