@@ -33,6 +33,7 @@ equals IPFX 2.1.2 to a relative 1e-5 (float32 vs float64 input).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
@@ -94,6 +95,7 @@ _SUBTHRESH_MIN_PA = -100.0
 _SAG_TARGET_MV = -100.0
 _HERO_OFFSET_PA = (39.0, 61.0)
 _AMPS = {"Amps", "A", "amperes", "Amperes"}
+_EFEL = threading.Lock()  # eFEL's settings are process-global
 
 
 def _trace(ds: xr.Dataset, sweep_number: int) -> dict[str, Any]:
@@ -157,17 +159,17 @@ def _peaks(tr: dict[str, Any], start: float, end: float) -> np.ndarray:
     lo, hi = round(start * rate), round(end * rate)
     margin = round(0.005 * rate)
     first, last = max(0, lo - margin), min(tr["v"].size, hi + margin)
-    efel.reset()
-    efel.set_setting("Threshold", _MIN_PEAK_MV)
-    efel.set_setting("interp_step", 1e3 / rate)
     trace = {
         "T": np.arange(last - first) * (1e3 / rate),
         "V": tr["v"][first:last],
         "stim_start": [(lo - first) * 1e3 / rate],
         "stim_end": [(hi - first) * 1e3 / rate],
     }
-    with warnings.catch_warnings():
+    with _EFEL, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        efel.reset()
+        efel.set_setting("Threshold", _MIN_PEAK_MV)
+        efel.set_setting("interp_step", 1e3 / rate)
         found = efel.get_feature_values([trace], ["peak_indices"], raise_warnings=False)[0]
     peaks = found["peak_indices"]
     if peaks is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,15 @@ def test_release_table_on_a_cluster_equals_in_process(
     number = int(table.loc[sid, "rheobase_sweep_number"])
     got = from_lake.spike_features(number)
     pd.testing.assert_frame_equal(got, specimens[str(sid)].celltypes.spike_features(number))
+
+
+def test_threads_give_the_same_rows(specimens, cells):
+    """eFEL's settings are process-global: rows computed in threads equal sequential ones."""
+    with ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(ephys_features.ephys_features_table, specimens.values()))
+    threaded = pd.concat(rows).sort_index()
+    expected = ephys_features.features_frame(list(cells.values())).sort_index()
+    pd.testing.assert_frame_equal(threaded, expected)
 
 
 def test_sweep_that_does_not_exist(specimens):
