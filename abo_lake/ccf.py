@@ -654,7 +654,7 @@ def _chunk_stats(
     # the first voxel of each key (local C-order positions of the kept voxels: within a box,
     # local C order is global C order); keys run in long stretches along LR
     where = None if every else np.flatnonzero(keep)
-    starts = np.flatnonzero(np.diff(key, prepend=-1))
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     first = np.full(n_keys, _NONE)
     np.minimum.at(first, key[starts], starts)
     (a0, _), (d0, _), (l0, _) = loc
