@@ -1,0 +1,310 @@
+"""An opt-in local cache of a lake's immutable objects, for notebooks on slow or metered links.
+
+Chunk objects (``cas/<2 hex>/<sha256>``) and manifests (``manifests/<2 hex>/<sha256>.json``)
+are named by the hash of their bytes and never change, so a local copy stored under the same
+key is valid forever and is checked against its name on every read: an altered or truncated
+entry is dropped and fetched again. Nothing else is cached: release records, catalogs,
+listings and stages are always read from the lake, so a new release is seen at once.
+
+The cache is bounded: after each addition the least recently used entries (by file mtime,
+refreshed on each hit) are removed until the total is within ``max_bytes``. Several
+processes may share one cache folder (entries are written to a temporary file and renamed).
+
+Why not fsspec's ``simplecache``/``filecache``: they cache every file by path (records and
+catalogs too), do not check content against a hash and have no size bound; and the lake's
+chunk reads go through a Zarr store, not the lake's filesystem object, so both paths need
+the same cache (:meth:`CachedStorage.read`, :meth:`CachedStorage.zarr_store`).
+
+Use::
+
+    lake = abo_lake.cache.open_cached_lake("s3://bucket/lake", cache="~/.cache/abo-lake",
+                                          anon=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.storage import WrapperStore
+
+from abo_lake import cas
+from abo_lake.storage import Storage
+
+__all__ = ["DEFAULT_CACHE", "DEFAULT_MAX_BYTES", "CachedStorage", "ChunkCache", "open_cached_lake"]
+
+#: The suggested folder (``open_cached_lake(url, cache=DEFAULT_CACHE)``).
+DEFAULT_CACHE = "~/.cache/abo-lake"
+#: Default bound on the cache's size: 10 GiB.
+DEFAULT_MAX_BYTES = 10 * 2**30
+
+#: Keys that are named by their content hash (the only ones cached).
+_IMMUTABLE_RE = re.compile(
+    r"^(cas/[0-9a-f]{2}/([0-9a-f]{64})|manifests/[0-9a-f]{2}/([0-9a-f]{64})\.json)$"
+)
+
+
+def content_hash(key: str) -> str | None:
+    """The sha256 a lake key is named by, or None if ``key`` is not a CAS object or manifest."""
+    m = _IMMUTABLE_RE.match(key)
+    if not m or key.split("/")[1] != (m.group(2) or m.group(3))[:2]:
+        return None
+    return m.group(2) or m.group(3)
+
+
+class ChunkCache:
+    """A folder of content-addressed objects, checked on read and bounded in size.
+
+    Parameters
+    ----------
+    directory
+        The cache folder (``~`` is expanded; created if absent).
+    max_bytes
+        Size bound; the least recently used entries are evicted beyond it.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"cache max_bytes must be positive, got {max_bytes}")
+        self.directory = Path(directory).expanduser().resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = int(max_bytes)
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+        self._lock = threading.Lock()
+        self._total = sum(p.stat().st_size for p in self._entries())
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ChunkCache({str(self.directory)!r}, max_bytes={self.max_bytes})"
+
+    def _entries(self) -> list[Path]:
+        return [
+            p for p in self.directory.glob("*/*/*") if p.is_file() and not p.name.startswith(".")
+        ]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (as tracked by this process)."""
+        return self._total
+
+    def get(self, key: str) -> bytes | None:
+        """The cached bytes of ``key`` if present and they hash to its name, else None
+        (a mismatching entry is removed, so the caller fetches it again)."""
+        h = content_hash(key)
+        if h is None:
+            return None
+        path = self.directory / key
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        if cas.digest(data) != h:
+            self.corrupt += 1
+            self.misses += 1
+            self._remove(path)
+            return None
+        self.hits += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)  # most recently used
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` if it is an immutable key and ``data`` hashes to its
+        name (a corrupt download is never cached), then evict beyond the bound."""
+        h = content_hash(key)
+        if h is None or cas.digest(data) != h or len(data) > self.max_bytes:
+            return
+        path = self.directory / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
+        tmp.write_bytes(data)
+        existed = path.exists()
+        os.replace(tmp, path)
+        with self._lock:
+            if not existed:
+                self._total += len(data)
+            if self._total > self.max_bytes:
+                self._evict()
+
+    def _remove(self, path: Path) -> None:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._total = max(0, self._total - size)
+
+    def _evict(self) -> None:
+        """Remove least recently used entries until the total is within the bound (rescans
+        the folder: other processes sharing it add entries too)."""
+        entries = []
+        for p in self._entries():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, p))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in entries:
+            if total <= self.max_bytes:
+                break
+            p.unlink(missing_ok=True)
+            total -= size
+        self._total = total
+
+
+class CachedStorage(Storage):
+    """A :class:`~abo_lake.storage.Storage` whose reads of chunk objects and manifests go
+    through a :class:`ChunkCache`; everything else (records, catalogs, listings, writes) goes
+    to the lake as usual.
+
+    Parameters
+    ----------
+    url
+        The lake's URL.
+    cache
+        The cache folder, e.g. ``"~/.cache/abo-lake"``.
+    max_bytes
+        Bound on the cache's size.
+    **storage_options
+        As for :class:`~abo_lake.storage.Storage`.
+    """
+
+    def __init__(
+        self,
+        url: str | Path,
+        cache: str | os.PathLike = DEFAULT_CACHE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        **storage_options: Any,
+    ) -> None:
+        super().__init__(url, **storage_options)
+        self.cache = ChunkCache(cache, max_bytes)
+
+    def __reduce__(self) -> tuple:
+        # dask workers rebuild it with the same cache folder
+        return (
+            _rebuild_cached,
+            (self.url, str(self.cache.directory), self.cache.max_bytes, self.storage_options),
+        )
+
+    def __repr__(self) -> str:
+        return f"CachedStorage({self.url!r}, cache={str(self.cache.directory)!r})"
+
+    def read(self, key: str) -> bytes:
+        """As :meth:`Storage.read`, served from the cache for CAS objects and manifests."""
+        data = self.cache.get(key)
+        if data is None:
+            data = super().read(key)
+            self.cache.put(key, data)
+        return data
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
+        """As :meth:`Storage.read_many`; only the keys not in the cache are fetched."""
+        out: dict[str, bytes | Exception] = {}
+        for key in keys:
+            data = self.cache.get(key)
+            if data is not None:
+                out[key] = data
+        fetched = super().read_many([k for k in keys if k not in out])
+        for key, data in fetched.items():
+            if isinstance(data, bytes):
+                self.cache.put(key, data)
+        out.update(fetched)
+        return {k: out[k] for k in keys}
+
+    def zarr_store(self, prefix: str) -> Store:
+        """As :meth:`Storage.zarr_store`; for ``cas`` (the chunk reads of ``open``) the
+        store reads whole objects through the cache."""
+        store = super().zarr_store(prefix)
+        if prefix.strip("/") == cas.CAS_PREFIX:
+            return CachedCASStore(store, self.cache)
+        return store
+
+
+def _rebuild_cached(url: str, cache: str, max_bytes: int, options: dict) -> CachedStorage:
+    return CachedStorage(url, cache, max_bytes, **options)
+
+
+class CachedCASStore(WrapperStore[Store]):
+    """A read-only Zarr store over ``<lake>/cas`` that serves whole objects from a
+    :class:`ChunkCache` (byte ranges are cut from the cached whole object)."""
+
+    def __init__(self, store: Store, cache: ChunkCache) -> None:
+        super().__init__(store)
+        self.cache = cache
+
+    def _with_store(self, store: Store) -> CachedCASStore:
+        return type(self)(store, self.cache)
+
+    async def get(
+        self,
+        key: str,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        prototype = prototype or default_buffer_prototype()
+        lake_key = f"{cas.CAS_PREFIX}/{key}"
+        data = self.cache.get(lake_key)
+        if data is None:
+            buf = await self._store.get(key, prototype, None)
+            if buf is None:
+                return None
+            data = buf.to_bytes()
+            self.cache.put(lake_key, data)
+        return prototype.buffer.from_bytes(_cut(data, byte_range))
+
+
+def _cut(data: bytes, byte_range: ByteRequest | None) -> bytes:
+    if byte_range is None:
+        return data
+    if isinstance(byte_range, RangeByteRequest):
+        return data[byte_range.start : byte_range.end]
+    if isinstance(byte_range, SuffixByteRequest):
+        return data[-byte_range.suffix :] if byte_range.suffix else b""
+    return data[byte_range.offset :]
+
+
+def open_cached_lake(
+    url: str | None = None,
+    *,
+    cache: str | os.PathLike = DEFAULT_CACHE,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    **storage_options: Any,
+):
+    """Open a lake whose chunk objects and manifests are cached in ``cache``.
+
+    Parameters
+    ----------
+    url
+        As for :func:`abo_lake.open_lake` (``None``: ``$ABO_LAKE_URL`` or the default folder).
+    cache
+        The cache folder.
+    max_bytes
+        Bound on the cache's size (least recently used entries are evicted).
+    **storage_options
+        For the filesystem, as for :func:`abo_lake.open_lake`.
+    """
+    from abo_lake.lake import Lake
+    from abo_lake.storage import default_lake_url
+
+    return Lake(CachedStorage(url or default_lake_url(), cache, max_bytes, **storage_options))

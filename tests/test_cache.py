@@ -1,0 +1,165 @@
+"""The opt-in local chunk cache (abo_lake.cache): reruns fetch nothing, bad entries are
+refetched, the size bound holds, and release records are never served stale."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import s3fs
+import xarray as xr
+
+import abo_lake
+from abo_lake import cas
+from abo_lake.cache import CachedStorage, ChunkCache, content_hash, open_cached_lake
+
+
+def make_dataset(seed: int = 0) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    return xr.Dataset(
+        {
+            "dff": (("cell", "time"), rng.normal(size=(8, 500)).astype("float32")),
+            "events": (("cell", "time"), rng.random((8, 500)).astype("float32")),
+        },
+        coords={"time": np.arange(500) / 30.0},
+    )
+
+
+@pytest.fixture
+def s3_lake_url(s3_bucket, s3_options):
+    url = f"s3://{s3_bucket}/lake"
+    with abo_lake.open_lake(url, **s3_options).stage("r1") as stage:
+        stage.write("ophys/experiment/1", make_dataset())
+    return url
+
+
+@pytest.fixture
+def s3_gets(monkeypatch):
+    """Every S3 request the client sends: (operation, key)."""
+    calls: Counter = Counter()
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):
+        calls[(method, kwargs.get("Key", kwargs.get("Prefix", "")))] += 1
+        return await original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    return calls
+
+
+def immutable_gets(calls: Counter) -> int:
+    """GETs/HEADs of chunk objects and manifests."""
+    return sum(
+        n
+        for (method, key), n in calls.items()
+        if method in ("get_object", "head_object") and ("/cas/" in key or "/manifests/" in key)
+    )
+
+
+def test_rerun_fetches_nothing_from_s3(s3_lake_url, s3_options, s3_gets, tmp_path):
+    cache = tmp_path / "cache"
+    first = open_cached_lake(s3_lake_url, cache=cache, **s3_options)
+    expected = make_dataset()
+    ds = first.release("r1").open("ophys/experiment/1").load()
+    xr.testing.assert_equal(ds[["dff", "events"]], expected[["dff", "events"]])
+    fetched = immutable_gets(s3_gets)
+    n_chunks = len(first.release("r1").manifest("ophys/experiment/1").chunks)
+    assert fetched >= n_chunks + 1  # every chunk and the manifest came from S3 once
+    assert first.storage.cache.nbytes > 0
+
+    s3_gets.clear()
+    rerun = open_cached_lake(s3_lake_url, cache=cache, **s3_options)  # a new session
+    ds = rerun.release("r1").open("ophys/experiment/1").load()
+    xr.testing.assert_equal(ds[["dff", "events"]], expected[["dff", "events"]])
+    assert immutable_gets(s3_gets) == 0, s3_gets
+    assert rerun.storage.cache.hits >= n_chunks + 1
+    # the release record is not cached: it is read from the lake each session
+    assert any("release.json" in key for _, key in s3_gets)
+
+
+def test_corrupt_cache_entry_is_refetched(s3_lake_url, s3_options, s3_gets, tmp_path):
+    cache = tmp_path / "cache"
+    lake = open_cached_lake(s3_lake_url, cache=cache, **s3_options)
+    lake.release("r1").open("ophys/experiment/1").load()
+    h = next(iter(lake.release("r1").manifest("ophys/experiment/1").chunks.values()))
+    entry = cache / cas.key_of(h)
+    entry.write_bytes(b"\x00" * entry.stat().st_size)  # same size, wrong bytes
+
+    s3_gets.clear()
+    again = open_cached_lake(s3_lake_url, cache=cache, **s3_options)
+    ds = again.release("r1").open("ophys/experiment/1").load()
+    xr.testing.assert_equal(ds[["dff", "events"]], make_dataset()[["dff", "events"]])
+    assert again.storage.cache.corrupt == 1
+    assert immutable_gets(s3_gets) == 1  # only the bad entry came from S3 again
+    assert cas.digest(entry.read_bytes()) == h  # and the entry is good again
+
+
+def test_read_many_uses_and_fills_the_cache(tmp_path):
+    lake = abo_lake.open_lake(str(tmp_path / "lake"))
+    keys = [cas.key_of(cas.put(lake.storage, f"obj {i}".encode())[0]) for i in range(5)]
+    st = CachedStorage(lake.url, tmp_path / "cache")
+    got = st.read_many([*keys, "cas/00/" + "0" * 64])
+    assert [got[k] for k in keys] == [f"obj {i}".encode() for i in range(5)]
+    assert isinstance(got["cas/00/" + "0" * 64], Exception)
+    for k in keys:
+        (tmp_path / "lake" / k).unlink()  # the lake copies are gone: the cache serves them
+    assert st.read_many(keys) == {k: f"obj {i}".encode() for i, k in enumerate(keys)}
+    assert st.read(keys[0]) == b"obj 0"
+
+
+def test_size_bound_evicts_least_recently_used(tmp_path):
+    cache = ChunkCache(tmp_path / "cache", max_bytes=1000)
+    blobs = [bytes([i]) * 300 for i in range(5)]
+    keys = [cas.key_of(cas.digest(b)) for b in blobs]
+    for i, (k, b) in enumerate(zip(keys, blobs)):
+        cache.put(k, b)
+        os.utime(cache.directory / k, (1_000_000 + i, 1_000_000 + i))  # distinct ages
+        if i == 2:
+            assert cache.get(keys[0]) == blobs[0]  # a hit makes it the most recent
+            os.utime(cache.directory / keys[0], (1_000_000 + 2.5, 1_000_000 + 2.5))
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert on_disk <= 1000
+    assert cache.nbytes == on_disk
+    assert cache.get(keys[1]) is None  # the least recently used went first
+    assert cache.get(keys[0]) == blobs[0]
+    assert cache.get(keys[4]) == blobs[4]
+    big = b"x" * 2000  # larger than the bound: not cached at all
+    cache.put(cas.key_of(cas.digest(big)), big)
+    assert cache.get(cas.key_of(cas.digest(big))) is None
+
+
+def test_only_content_named_objects_are_cached(tmp_path):
+    cache = ChunkCache(tmp_path / "cache", max_bytes=10_000)
+    data = b"record"
+    h = cas.digest(data)
+    assert content_hash(cas.key_of(h)) == h
+    assert content_hash(f"manifests/{h[:2]}/{h}.json") == h
+    for key in ("releases/r1/release.json", "catalog.yaml", f"cas/zz/{h}", f"cas/{h[:2]}/x"):
+        assert content_hash(key) is None
+        cache.put(key, data)
+        assert cache.get(key) is None
+    cache.put(cas.key_of(h), b"not the named content")  # a corrupt download is not kept
+    assert cache.get(cas.key_of(h)) is None
+    with pytest.raises(ValueError, match="max_bytes"):
+        ChunkCache(tmp_path / "c2", max_bytes=0)
+
+
+def test_new_release_is_seen_and_storage_pickles(tmp_path):
+    url = str(tmp_path / "lake")
+    with abo_lake.open_lake(url).stage("r1") as stage:
+        stage.write("ophys/experiment/1", make_dataset())
+    cached = open_cached_lake(url, cache=tmp_path / "cache")
+    assert cached.releases() == ["r1"]
+    with abo_lake.open_lake(url).stage("r2") as stage:
+        stage.write("ophys/experiment/1", make_dataset(1))
+    assert cached.releases() == ["r1", "r2"]
+    ds = cached.release("r2").open("ophys/experiment/1").load()
+    xr.testing.assert_equal(ds[["dff"]], make_dataset(1)[["dff"]])
+    clone = pickle.loads(pickle.dumps(cached.storage))  # as dask ships it to workers
+    assert isinstance(clone, CachedStorage)
+    assert clone.cache.directory == cached.storage.cache.directory
+    store = pickle.loads(pickle.dumps(cached.release("r2").store("ophys/experiment/1")))
+    assert isinstance(store.storage, CachedStorage)
