@@ -150,7 +150,7 @@ def main(work: Path) -> None:
     nwb, lake_path, few, every = prepare(work)
     have_allensdk = ALLENSDK_PYTHON.exists() and not os.environ.get("BENCH_LAKE_ONLY")
     print(f"{len(few)} units compared (of {len(every)}); AllenSDK: "
-          f"{ALLENSDK_PYTHON if have_allensdk else 'absent'}")  # fmt: skip
+          f"{ALLENSDK_PYTHON if have_allensdk else 'skipped'}")  # fmt: skip
     header = (f"{'table':<24} {'lake s':>8} {'lake MB':>8} {'AllenSDK s':>11} "
               f"{'AllenSDK MB':>12} {'ratio s':>8} {'lake, all units s':>18}")  # fmt: skip
     print(header)
