@@ -262,11 +262,9 @@ def _run_modulation(
 ) -> tuple[float, float]:
     """AllenSDK's (p_run, run_modulation) of one cell's sweeps at its preferred condition
     (NaN unless more than ``minimum`` running and still sweeps)."""
-    from scipy.stats import ttest_ind
-
     if not (len(run) > minimum and len(still) > minimum):
         return np.nan, np.nan
-    p = float(ttest_ind(run, still, equal_var=False).pvalue)
+    p = _welch_p(run, still)
     m_run, m_still = run.mean(), still.mean()  # float32, as pandas gives them
     if m_run > m_still:
         return p, float((m_run - m_still) / np.abs(m_run))  # float32 throughout
@@ -277,16 +275,36 @@ def _run_modulation(
     return p, np.nan
 
 
+def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Welch's two-sided t-test p of float32 samples as SciPy 1.10 (AllenSDK's) computes it:
+    means and variances in float32, the rest in float64 (NumPy 1 divides a float32 scalar by
+    a Python int in float64)."""
+    from scipy.stats import t as t_dist
+
+    def var(x: np.ndarray) -> np.float64:  # scipy 1.10's _var: the float32 2nd moment * n/(n-1)
+        return np.float64(np.mean((x - x.mean()) ** 2)) * np.divide(len(x), len(x) - 1)
+
+    n1, n2 = len(a), len(b)
+    vn1, vn2 = var(a) / n1, var(b) / n2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (vn1 + vn2) ** 2 / (vn1**2 / (n1 - 1) + vn2**2 / (n2 - 1))
+        df = 1.0 if np.isnan(df) else df
+        t = np.float64(np.mean(a) - np.mean(b)) / np.sqrt(vn1 + vn2)
+    return float(t_dist.sf(np.abs(t), df) * 2)
+
+
 def _tuning_index(tuning: np.ndarray, trials: np.ndarray) -> float:
-    """AllenSDK's tf_index_dg / sf_index_sg: ptp / (ptp + 2 sqrt(SSE / (n - 5)))."""
-    sse = np.sqrt(np.sum((trials - trials.mean()) ** 2) / (len(trials) - 5))
+    """AllenSDK's tf_index_dg / sf_index_sg: ptp / (ptp + 2 sqrt(SSE / (n - 5))), the float32
+    sum divided in float64 (NumPy 1's scalar rule)."""
+    sse = np.sqrt(np.float64(np.sum((trials - trials.mean()) ** 2)) / (len(trials) - 5))
     return float(np.ptp(tuning) / (np.ptp(tuning) + 2 * sse))
 
 
 def _cv(tuning: np.ndarray, angles_deg: np.ndarray, k: int) -> float:
     """AllenSDK's circular variance term |Σ r e^{ikθ}| / Σ r over positive responses."""
     r = np.where(tuning > 0, tuning, 0)
-    return float(np.abs(np.sum(r * np.exp(1j * k * np.deg2rad(angles_deg)))) / r.sum())
+    theta = np.deg2rad(angles_deg).astype(np.float64)  # float32 degrees stay float32 radians
+    return float(np.abs(np.sum(r * np.exp(1j * k * theta))) / r.sum())
 
 
 def _block(d: _Design, sweeps: np.ndarray) -> dict[str, Any]:
@@ -406,7 +424,8 @@ def _peak_gratings(d: _Design, b: dict[str, Any], resp: np.ndarray, dx: np.ndarr
             rec["ori_sg"], rec["sf_sg"], rec["phase_sg"] = (int(i) for i in pref)
             orth = r[(pref[0] + 3) % 6, pref[1], pref[2]]
             tuning = r[:, pref[1], pref[2]]
-            rec["cv_os_sg"] = _cv(tuning, ori, 2)
+            # AllenSDK's static-grating orientations are the file's float32, in radians too
+            rec["cv_os_sg"] = _cv(tuning, ori.astype(np.float32), 2)
             test = _mean_rows(sweeps[c, rows])
             rec["time_to_peak_sg"] = (np.argmax(test) - d.interlength) / d.rate
             reliable = sweeps[c, rows, 28:42]
