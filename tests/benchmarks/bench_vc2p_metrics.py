@@ -18,6 +18,24 @@ script prints a table with the ratios (AllenSDK / lake) and checks the two peak 
 a message. Run::
 
     python tests/benchmarks/bench_vc2p_metrics.py [--scale realistic|small] [--work DIR]
+
+Measured 2026-12-07 on the shared 2-core machine under a load average of ~15 (wall times are
+inflated several-fold; CPU seconds are steadier), realistic scale (170 cells, 15 DG / 50 SG
+and NS / 10 movie repeats), lake open + compute vs AllenSDK compute (its load apart):
+
+===================  ==================  ===========================  ============  ==========
+stimulus             lake s (CPU s), MB  AllenSDK load, s (CPU s), MB  x wall/x CPU  parity
+===================  ==================  ===========================  ============  ==========
+drifting_gratings    6.8 (1.7), 423      1.8, 368 (90), 567           54 / 52       3e-13
+natural_movie_one    2.3 (0.6), 287      0.5, 88 (21), 645            38 / 37       5e-16
+natural_movie_three  2.9 (0.7), 297      0.7, 133 (25), 647           45 / 34       5e-16
+static_gratings      24.7 (6.3), 1093    not finished in 20 min wall (5 CPU min)   -
+natural_scenes       25.8 (6.8), 1080    not run                                    -
+===================  ==================  ===========================  ============  ==========
+
+(parity: largest relative difference over every peak column and cell.) At ``--scale small``
+(6 cells, 16 SG/NS repeats) AllenSDK's static gratings took 29 s vs the lake's 1.9 s (16x)
+and natural scenes 25 s vs 2.3 s (11x), both ~270 MB peak (interpreter and imports).
 """
 
 from __future__ import annotations
