@@ -35,7 +35,10 @@ wall times are inflated, AllenSDK's most): mask 3.14 s (CPU 0.90 s; +62 MB) vs A
 55.7 s (CPU 3.90 s): 28.5x wall, 7.6x less CPU; unionize 46.6 s (CPU 7.80 s; +135 MB) vs
 235 s (CPU 31.7 s; +3.9 GB): 5.0x wall, 4.1x less CPU (short of the 10x goal). Masks
 identical (8,978,572 voxels, same packed-bit hash), 10,000/10,000 point ids equal, 491
-unionize records equal to 7e-7 (2 max voxels are ties).
+unionize records equal to 7e-7 (2 max voxels are ties). A second run (``--repeat 1``, as
+loaded, after the unionize's first-voxel fix): mask 5.02 s (CPU 0.99) vs 76.6 s (CPU 12.4):
+15.3x wall, 12.6x less CPU; structure_at 2.37 s (CPU 0.51) vs 16.0 s (CPU 3.13): 6.8x, 6.1x
+less CPU; unionize 18.7 s (CPU 5.35) vs 89.1 s (CPU 33.8): 4.8x, 6.3x less CPU.
 
 ``--work`` keeps (and reuses) the sources and the lake. Without AllenSDK's Python (default
 ``/tmp/allensdk-venv/bin/python``; not in CI) only the lake's side runs, with a message.

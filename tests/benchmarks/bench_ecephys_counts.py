@@ -23,6 +23,24 @@ of the bytes (counts: bitwise) or to 1e-12 relative (PSTH). Run::
     python tests/benchmarks/bench_ecephys_counts.py [--work DIR] [--nwb SESSION.nwb]
         [--lake DIR --release NAME] [--units 600] [--presentations 6000] [--cases 1ms,10ms,psth]
 
+Measured 2026-12-07 (2 cores shared with other jobs, load average 13-16: wall times are
+inflated, AllenSDK's load most), scaled case: ``make realistic``'s session, 522 units (600
+less those AllenSDK drops even with the QC filter lifted) x 1,500 presentations, one run each:
+
+====  =====================================  ======================================  ==========
+case  lake (open + compute; CPU; peak +RSS)  AllenSDK (load + compute; CPU; +RSS)    end to end
+====  =====================================  ======================================  ==========
+1 ms  0.71 + 10.90 s; 3.8 s; +984 MB (1.10x  165.2 + 204.3 s; 84.0 s; +1,951 MB      31.8x
+      the 896 MB result)
+10ms  0.60 + 6.35 s; 1.6 s; +163 MB           303.2 + 20.4 s; 56.1 s; +1,054 MB        46.6x
+psth  1.24 + 7.52 s; 1.9 s; +150 MB           190.6 + 19.6 s; 58.5 s; +1,503 MB        24.0x
+====  =====================================  ======================================  ==========
+
+Counts bitwise equal (sha256), PSTH equal to AllenSDK's counts' condition means (worst
+relative difference 0). With small results (10 ms, PSTH) the lake's peak is the spike chunks
+in flight, not the result. The full 600 x 6,000 x 1 ms case was not run here (4.3 GB result
+beside AllenSDK's ~5 GB on a shared 24 GB machine).
+
 ``--nwb``/``--lake`` reuse an existing session and its lake (e.g. ``make realistic``'s);
 without them the session is synthesised and converted under ``--work``. The full case
 (600 x 6,000 x 600 1 ms bins) is a 4.3 GB result: AllenSDK needs about 5 GB beside it.
