@@ -14,6 +14,23 @@ the receptive-field shuffles alone about 3 s per unit); the lake is also timed o
 Ratio = AllenSDK / lake. AllenSDK reads every unit's spike times inside its first table call
 (lazily), so that read is in its table time, as the lake's chunk reads are in ours.
 
+Measured here (2026-12-07, 2 shared cores, other jobs running; 40 of 522 units; seconds):
+
+=========================  ======  ==========  =====  ===========  ==========  ===========
+table                      lake s  AllenSDK s  ratio  lake MB (a)  SDK MB (b)  lake, 522 u
+=========================  ======  ==========  =====  ===========  ==========  ===========
+drifting_gratings             7.4       116.1   15.6           92         326           34
+static_gratings               5.8       106.0   18.2           80         187           25
+natural_scenes                6.0       171.7   28.4          108         274           28
+flashes                       4.7        83.2   17.8           74         119           19
+receptive_field_mapping      13.0       172.2   13.3           93         185           91
+=========================  ======  ==========  =====  ===========  ==========  ===========
+
+AllenSDK's load (``from_nwb_path`` + units) 78.8 s per run; the lake's open 0.6 s.
+(a) from a lake-only rerun (``BENCH_LAKE_ONLY=1``, VmHWM reset); its times were 5-18 s for 40
+units and 18-164 s for all (busier machine). (b) growth of ``ru_maxrss`` over the RSS before
+the table (the first run's measure; a lower bound of the peak growth).
+
 Run (about 20 minutes with AllenSDK on a busy 2-core machine, plus writing the session;
 ``BENCH_LAKE_ONLY=1`` skips AllenSDK)::
 
