@@ -15,6 +15,11 @@ catalogs too), do not check content against a hash and have no size bound; and t
 chunk reads go through a Zarr store, not the lake's filesystem object, so both paths need
 the same cache (:meth:`CachedStorage.read`, :meth:`CachedStorage.zarr_store`).
 
+``read_many`` (what :meth:`~abo_lake.lake.Lake.verify` reads chunks with) always reads the
+lake, so verify checks the lake's objects. Verify re-reads manifests with ``read``, so on a
+cached lake a manifest deleted from the lake but held in the cache goes unnoticed: verify a
+lake opened without a cache (the CLI does).
+
 Use::
 
     lake = abo_lake.cache.open_cached_lake("s3://bucket/lake", cache="~/.cache/abo-lake",
@@ -219,18 +224,14 @@ class CachedStorage(Storage):
         return data
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
-        """As :meth:`Storage.read_many`; only the keys not in the cache are fetched."""
-        out: dict[str, bytes | Exception] = {}
-        for key in keys:
-            data = self.cache.get(key)
-            if data is not None:
-                out[key] = data
-        fetched = super().read_many([k for k in keys if k not in out])
-        for key, data in fetched.items():
+        """As :meth:`Storage.read_many`, always from the lake (it is what
+        :meth:`~abo_lake.lake.Lake.verify` reads, which must see the lake's own objects, not
+        the cache's); the good objects are added to the cache."""
+        got = super().read_many(keys)
+        for key, data in got.items():
             if isinstance(data, bytes):
                 self.cache.put(key, data)
-        out.update(fetched)
-        return {k: out[k] for k in keys}
+        return got
 
     def zarr_store(self, prefix: str) -> Store:
         """As :meth:`Storage.zarr_store`; for ``cas`` (the chunk reads of ``open``) the

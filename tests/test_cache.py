@@ -97,17 +97,21 @@ def test_corrupt_cache_entry_is_refetched(s3_lake_url, s3_options, s3_gets, tmp_
     assert cas.digest(entry.read_bytes()) == h  # and the entry is good again
 
 
-def test_read_many_uses_and_fills_the_cache(tmp_path):
-    lake = abo_lake.open_lake(str(tmp_path / "lake"))
-    keys = [cas.key_of(cas.put(lake.storage, f"obj {i}".encode())[0]) for i in range(5)]
-    st = CachedStorage(lake.url, tmp_path / "cache")
-    got = st.read_many([*keys, "cas/00/" + "0" * 64])
-    assert [got[k] for k in keys] == [f"obj {i}".encode() for i in range(5)]
-    assert isinstance(got["cas/00/" + "0" * 64], Exception)
-    for k in keys:
-        (tmp_path / "lake" / k).unlink()  # the lake copies are gone: the cache serves them
-    assert st.read_many(keys) == {k: f"obj {i}".encode() for i, k in enumerate(keys)}
-    assert st.read(keys[0]) == b"obj 0"
+def test_read_many_reads_the_lake_so_verify_sees_a_missing_object(tmp_path):
+    url = str(tmp_path / "lake")
+    with abo_lake.open_lake(url).stage("r1") as stage:
+        stage.write("ophys/experiment/1", make_dataset())
+    lake = open_cached_lake(url, cache=tmp_path / "cache")
+    lake.release("r1").open("ophys/experiment/1").load()  # every chunk is now cached
+    assert lake.verify("r1").ok
+    h = next(iter(lake.release("r1").manifest("ophys/experiment/1").chunks.values()))
+    (tmp_path / "lake" / cas.key_of(h)).unlink()
+    assert lake.storage.read(cas.key_of(h))  # reads are served from the cache...
+    report = open_cached_lake(url, cache=tmp_path / "cache").verify("r1")
+    assert [m[2] for m in report.missing] == [h]  # ...but verify checks the lake itself
+    missing = "cas/00/" + "0" * 64
+    got = lake.storage.read_many([cas.key_of(h), missing])
+    assert all(isinstance(v, Exception) for v in got.values())
 
 
 def test_size_bound_evicts_least_recently_used(tmp_path):

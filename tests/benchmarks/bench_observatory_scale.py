@@ -225,7 +225,9 @@ def measure(url: str, op) -> tuple[float, int, object]:
     return time.perf_counter() - t0, counts["requests"], result
 
 
-def simulate(n: int, n_chunks: int, workdir: Path, skip_verify_release: bool) -> dict:
+def simulate(
+    n: int, n_chunks: int, workdir: Path, skip_verify_release: bool, stage_adds: bool = True
+) -> dict:
     url = str(workdir / f"lake-{n}")
     lake = abo_lake.open_lake(url)
     w = Writer(lake)
@@ -241,10 +243,9 @@ def simulate(n: int, n_chunks: int, workdir: Path, skip_verify_release: bool) ->
     w.publish("r0", datasets, tables, "2026-01-01T00:00:00+00:00")
     out["generate s"] = time.perf_counter() - t0
     out["r0 objects"], out["r0 bytes"] = w.objects, w.bytes
-    step = max(1, n // 100)  # 1% of datasets per release
     for r in (1, 2, 3):
         w.objects = w.bytes = 0
-        for p in paths[r * 7 % step :: step][: max(1, n // 100)]:
+        for p in paths[r * 7 % 100 :: 100]:  # every 100th dataset: 1%
             for i in range(0, n_chunks, 10):  # every 10th chunk changes
                 versions[p][i] = r
             h, nbytes = w.manifest(p, n_chunks, versions[p])
@@ -252,7 +253,7 @@ def simulate(n: int, n_chunks: int, workdir: Path, skip_verify_release: bool) ->
         w.publish(f"r{r}", datasets, tables, f"2026-0{r + 1}-01T00:00:00+00:00")
         out[f"r{r} objects added"], out[f"r{r} bytes added"] = w.objects, w.bytes
     # an abandoned run: 1% of datasets' worth of unreferenced chunks and manifests
-    for p in paths[::step]:
+    for p in paths[50::100]:
         w.manifest(p, n_chunks, dict.fromkeys(range(n_chunks), 99))
     total_objects = sum(1 for _ in (Path(url) / "cas").rglob("*")) + sum(
         1 for _ in (Path(url) / "manifests").rglob("*.json")
@@ -275,6 +276,8 @@ def simulate(n: int, n_chunks: int, workdir: Path, skip_verify_release: bool) ->
         yield "verify 1 dataset (store)", lambda lk: verify_one(lk, some)
         if not skip_verify_release:
             yield "verify('r3') (release)", lambda lk: lk.verify("r3")
+        if stage_adds:
+            yield "stage.add of N/5 (discarded)", lambda lk: stage_adds_of(lk, n // 5)
         yield "gc dry run", lambda lk: lk.gc(grace="0s", dry_run=True)
         yield "gc delete", lambda lk: lk.gc(grace="0s", dry_run=False)
 
@@ -288,6 +291,24 @@ def simulate(n: int, n_chunks: int, workdir: Path, skip_verify_release: bool) ->
             assert result.ok, str(result)
         print(f"  N={n:>6} {label:<26} {seconds:8.2f} s {requests:>9} req", flush=True)
     return out
+
+
+class _Discard(Exception):
+    pass
+
+
+def stage_adds_of(lake: Lake, n: int) -> int:
+    """Stage ``n`` already-stored datasets with ``Stage.add`` (what a job resuming from its
+    ledger does), then discard the stage: each add rewrites the stage document."""
+    items = list(lake.release("r0").record.datasets.items())[:n]
+    try:
+        with lake.stage("probe") as stage:
+            for path, entry in items:
+                stage.add(path, entry["manifest"], kind=entry["kind"])
+            raise _Discard
+    except _Discard:
+        pass
+    return len(items)
 
 
 def verify_one(lake: Lake, path: str) -> int:
@@ -309,6 +330,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1500, 15000])
     parser.add_argument("--chunks", type=int, default=65, help="chunk objects per dataset")
     parser.add_argument("--skip-verify-release", action="store_true")
+    parser.add_argument(
+        "--skip-stage-add", action="store_true", help="skip timing Stage.add of N/5 datasets"
+    )
     parser.add_argument("--workdir", default=None, help="keep the lakes here (default: temp)")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="abo-scale-"))
@@ -317,7 +341,9 @@ def main() -> None:
     try:
         for n in args.sizes:
             print(f"N = {n} datasets x {args.chunks} chunks", flush=True)
-            results.append(simulate(n, args.chunks, workdir, args.skip_verify_release))
+            results.append(
+                simulate(n, args.chunks, workdir, args.skip_verify_release, not args.skip_stage_add)
+            )
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
