@@ -20,6 +20,19 @@ keys listed or deleted).
 
 Run: ``nice python tests/benchmarks/bench_observatory_scale.py --sizes 1500 15000``
 (``--chunks 65`` per dataset gives ~1 M objects at 15,000 datasets).
+
+Measured 2026-12-07 on the shared 2-core machine (load 9-17), local lake, ``--chunks 6
+--skip-verify-release`` (~105 k objects at 15 k; 65 chunks/1 M objects did not fit the time:
+its generation had reached 445 k objects after ~8 min). Seconds at N=1.5k / 15k, S3 requests
+estimated: releases() 0.02/1.98 s (5 req; reads every full record, 2.5 MB each at 15 k);
+release() 0.00/0.41 s (1 req); datasets() 0.01/0.43 s; table search 0.03/0.60 s (2 req);
+diff 0.76/22.2 s (1,517/15,152 req: every manifest of both releases); stats 1.25/28.2 s
+(1,562/15,563 req: every manifest + full cas/ listing); verify of one dataset 0.02/0.49 s
+(8 req); verify of a release 83 s at 15 k (105,009 req, one per object; 64 s at 1.5 k with
+65 chunks); Stage.add of N/5 datasets 1.15/50.5 s (quadratic: the stage document is
+rewritten on each add); GC dry run 1.34/29.1 s, delete 0.68/36.3 s (~15.6 k req). Bytes
+added by a release changing 1% of datasets: 1.97 MB at 1.5 k, 19.7 MB at 15 k, almost all
+release metadata (catalog.yaml 14.3 MB, release.json 2.5 MB, byid.json 2.2 MB at 15 k).
 """
 
 from __future__ import annotations
