@@ -9,9 +9,9 @@ Pure, lazy functions over the Datasets of :mod:`abo_lake.sources.ccf` (``ALLEN_D
   (boolean lookup-table gathers), :func:`structure_at` (reads only the chunks holding the
   points), :func:`voxel_counts` and :func:`choose_level`;
 - connectivity experiments (kind ``connectivity_experiment``): :func:`unionize` gives AllenSDK's
-  structure unionize records in one pass over the chunks (a ``bincount`` per chunk over compact
-  label keys, then a propagation to ancestors), :func:`projection_matrix` the matrix of
-  ``MouseConnectivityCache.get_projection_matrix``.
+  structure unionize records in one pass over the chunks holding labels (sums per run of equal
+  compact label keys per chunk, then a propagation to ancestors), :func:`projection_matrix`
+  the matrix of ``MouseConnectivityCache.get_projection_matrix``.
 
 Hemispheres follow AllenSDK: left (``hemisphere_id`` 1) is LR index < ``round(n_lr / 2)``,
 right is 2 and both is 3.
@@ -25,6 +25,8 @@ per-voxel work still runs on pieces of about a chunk, so memory is a few chunks 
 
 from __future__ import annotations
 
+import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -104,6 +106,15 @@ _SUMS = ("sum_pixels", "sum_projection_pixels", "sum_projection_pixel_intensity"
          "sum_pixel_intensity")  # fmt: skip
 _NSUM = 2 * len(_SUMS)
 _NSTAT = _NSUM + 4  # + (max density, flat index) of the injection and the projection record
+
+
+def _compute(*objs: Any) -> tuple:
+    """``dask.compute(*objs)``; on the local threads when no scheduler is configured and
+    ``distributed`` was never imported (so no Client can be active): dask would otherwise
+    import it to look for one, ~0.25 s of CPU in a fresh process."""
+    if "distributed" in sys.modules or dask.config.get("scheduler", None) is not None:
+        return dask.compute(*objs)
+    return dask.compute(*objs, scheduler="threads")
 
 
 # -- volumes -------------------------------------------------------------------------------------
@@ -503,7 +514,7 @@ def voxel_counts(
     ann = _annotation(volume)
     arr = ann.data[:, :, _side(ann.sizes["lr"], hemisphere_id)]
     parts = [dask.delayed(_unique_counts)(b) for b in arr.to_delayed().ravel()]
-    (counts,) = dask.compute(dask.delayed(_merge_counts)(parts))
+    (counts,) = _compute(dask.delayed(_merge_counts)(parts))
     counts = counts.drop(0, errors="ignore")
     if not descendants:
         return counts
@@ -576,24 +587,46 @@ def _slab_stats(
     ann: np.ndarray,
     *arrays: np.ndarray,
     piece: tuple[int, int, int],
+    sources: Sequence[Any] | None = None,
     block_info: dict | None = None,
     **options: Any,
 ) -> np.ndarray:
     """:func:`_chunk_stats` of a slab, one ``piece`` (a stored chunk's shape) at a time, so the
-    per-voxel temporaries stay the size of one chunk; shape (1, 1, 1, n_keys, _NSTAT)."""
+    per-voxel temporaries stay the size of one chunk; shape (1, 1, 1, n_keys, _NSTAT).
+
+    With ``sources`` (the experiment's stored arrays, :func:`_source`) instead of ``arrays``,
+    a piece's experiment chunks are read only when its annotation has a label and its data
+    mask a valid voxel: the chunks outside the brain are never decoded.
+    """
     loc = block_info[0]["array-location"]
     out = None
     for start in np.ndindex(*(-(-n // p) for n, p in zip(ann.shape, piece))):
         sub = tuple(slice(i * p, (i + 1) * p) for i, p in zip(start, piece))
+        labels = ann[sub]
+        if not labels.any():  # outside the brain (or never stored): nothing to add
+            continue
         where = [(lo + s.start, lo + min(s.stop, hi - lo)) for (lo, hi), s in zip(loc, sub)]
-        part = _chunk_stats(
-            ann[sub],
-            *(a[sub] for a in arrays),
-            block_info={0: {"array-location": where}},
-            **options,
-        )[0, 0, 0]
+        if sources is None:
+            parts = [a[sub] for a in arrays]
+        else:
+            box = tuple(slice(lo, hi) for lo, hi in where)
+            mask = np.asarray(sources[3][box])
+            if not (mask > 0).any():
+                continue
+            parts = [mask if k == 3 else np.asarray(s[box]) for k, s in enumerate(sources)]
+        part = _chunk_stats(labels, *parts, where=where, **options)
         out = part if out is None else _merge_stats(out, part)
+    if out is None:
+        out = _empty_stats(2 * (options["table"].size + 2))
     return out[None, None, None]
+
+
+def _empty_stats(n_keys: int) -> np.ndarray:
+    """Stats of no voxel: sums 0, max density -inf at flat index +inf."""
+    out = np.zeros((n_keys, _NSTAT))
+    out[:, _NSUM::2] = -np.inf
+    out[:, _NSUM + 1 :: 2] = np.inf
+    return out
 
 
 def _merge_stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -617,56 +650,76 @@ def _chunk_stats(
     key_lut: np.ndarray,
     mid: int,
     shape: tuple[int, int, int],
-    block_info: dict | None = None,
+    where: list[tuple[int, int]],
 ) -> np.ndarray:
-    """Per (label key, side) sums and maxima of one chunk; shape (1, 1, 1, n_keys, _NSTAT)."""
-    loc = block_info[0]["array-location"]
+    """Per (label key, side) sums and maxima of one chunk at ``where`` (global bounds); shape
+    (n_keys, _NSTAT).
+
+    One selection of the counted voxels (labelled, inside the data mask), then one combined
+    key per selected voxel (``2 * label key + side``); each distinct quantity is summed over
+    the runs of equal keys (``np.add.reduceat`` of the float32 values gathered once) and the
+    runs per key with a small ``bincount``; ``sum(1 - f)`` is ``count - sum(f)``, so no
+    whole-chunk float64 copy is made but the projection's ``p - d``.
+    """
     n_keys = 2 * (table.size + 2)
-    out = np.zeros((n_keys, _NSTAT))
-    out[:, _NSUM::2] = -np.inf  # no voxel: max density -inf, at flat index +inf
-    out[:, _NSUM + 1 :: 2] = np.inf
-    if not ann.any():  # outside the brain (or never stored): nothing to add
-        return out[None, None, None]
-    key = _label_keys(ann, table, key_lut)
-    key[~(mask > 0)] = 0  # AllenSDK: voxels outside the data mask are unannotated
-    lr = np.arange(*loc[2])
-    key = (2 * key + (lr >= mid)[None, None, :]).ravel()
-    keep = key >= 2
-    if not keep.any():
-        return out[None, None, None]
-    every = bool(keep.all())
+    out = _empty_stats(n_keys)
+    sel = np.flatnonzero((ann.ravel() != 0) & (mask.ravel() > 0))
+    if not sel.size:  # AllenSDK: voxels outside the data mask are unannotated
+        return out
+    key = 2 * _label_keys(ann.ravel()[sel], table, key_lut)
+    (l0, l1) = where[2]
+    if l0 >= mid:
+        key += 1
+    elif l1 > mid:  # the chunk straddles the midline
+        key += (sel % (l1 - l0)) >= (mid - l0)
 
-    def kept(a: np.ndarray) -> np.ndarray:
-        return (a.ravel() if every else a.ravel()[keep]).astype(np.float64)
-
-    key = key if every else key[keep]
-    f_, d_, p_ = kept(inj_f), kept(inj_d), kept(pd_)
-    e_inj, e_all, i_inj, i_all = (kept(e) for e in energies) if energies else (d_, p_, d_, p_)
-    diff = p_ - d_  # without energies, the intensities are the densities: fields repeat
-    fields = [f_, d_, e_inj, i_inj, 1.0 - f_, diff,
-              diff if e_all is p_ and e_inj is d_ else e_all - e_inj,
-              diff if i_all is p_ and i_inj is d_ else i_all - i_inj]  # fmt: skip
-    done: dict[int, np.ndarray] = {}  # one bincount per distinct field
-    for k, w in enumerate(fields):
-        if id(w) not in done:
-            done[id(w)] = np.bincount(key, weights=w, minlength=n_keys)
-        out[:, k] = done[id(w)]
-    # the first voxel of each key (local C-order positions of the kept voxels: within a box,
-    # local C order is global C order); keys run in long stretches along LR
-    where = None if every else np.flatnonzero(keep)
+    # keys run in long stretches along LR: each quantity is summed per run (one reduceat
+    # pass, float32 accumulated in float64), then the runs per key (a small bincount)
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    run_key = key[starts]
+
+    def total(w: np.ndarray) -> np.ndarray:
+        runs = np.add.reduceat(w, starts, dtype=np.float64)
+        return np.bincount(run_key, weights=runs, minlength=n_keys)
+
+    if sel.size == ann.size:  # every voxel counted: no gather
+        f_, d_, p_ = (a.ravel() for a in (inj_f, inj_d, pd_))
+    else:
+        f_, d_, p_ = (a.ravel()[sel] for a in (inj_f, inj_d, pd_))
+    n = np.bincount(run_key, weights=np.diff(np.r_[starts, key.size]), minlength=n_keys)
+    s_f, s_d = total(f_), total(d_)
+    s_diff = total(np.subtract(p_, d_, dtype=np.float64))
+    out[:, 0], out[:, 1], out[:, 4], out[:, 5] = s_f, s_d, n - s_f, s_diff
+    if energies:
+        e_inj, e_all, i_inj, i_all = (e.ravel()[sel] for e in energies)
+        out[:, 2], out[:, 3] = total(e_inj), total(i_inj)
+        out[:, 6] = total(np.subtract(e_all, e_inj, dtype=np.float64))
+        out[:, 7] = total(np.subtract(i_all, i_inj, dtype=np.float64))
+    else:  # the intensities are the densities
+        out[:, 2] = out[:, 3] = s_d
+        out[:, 6] = out[:, 7] = s_diff
+    # the first voxel of each key (positions in ``sel``, which runs in C order)
     first = np.full(n_keys, _NONE)
-    np.minimum.at(first, key[starts], starts)
-    (a0, _), (d0, _), (l0, _) = loc
-    for k, dens in enumerate((d_, p_ * (1.0 - f_))):
-        best, at = _first_maxima(key, dens, first, n_keys)
+    np.minimum.at(first, run_key, starts)
+    (a0, _), (d0, _), _ = where
+    for k in range(2):
+        if k == 0:
+            best, at = _first_maxima(key, d_, first, n_keys)
+        elif p_.min() >= 0 and f_.max() <= 1:  # densities >= 0: visit the positive ones only
+            pos = np.flatnonzero(p_ > 0)
+            dens = np.zeros(sel.size)
+            dens[pos] = p_[pos] * (1.0 - f_[pos].astype(np.float64))
+            best, at = _first_maxima(key, dens, first, n_keys)
+        else:
+            dens = p_.astype(np.float64) * (1.0 - f_.astype(np.float64))
+            best, at = _first_maxima(key, dens, first, n_keys)
         hit = at != _NONE
-        i, j, m = np.unravel_index(at[hit] if where is None else where[at[hit]], ann.shape)
+        i, j, m = np.unravel_index(sel[at[hit]], ann.shape)
         flat = np.full(n_keys, np.inf)
         flat[hit] = ((i + a0) * shape[1] + (j + d0)) * shape[2] + (m + l0)
         out[:, _NSUM + 2 * k] = best
         out[:, _NSUM + 2 * k + 1] = flat
-    return out[None, None, None]
+    return out
 
 
 def _experiment_arrays(
@@ -710,10 +763,13 @@ def direct_unionize(
 ) -> xr.Dataset:
     """Lazy per-label, per-hemisphere sums of one experiment (the input of :func:`unionize`).
 
-    One task per slab of stored chunks (one per chunk for in-memory data), chunk by chunk:
-    the labels are mapped to compact keys with a lookup table (``searchsorted`` for the large
-    ids), every sum is one ``bincount`` and each maximum one ``maximum.at`` over the voxels
-    with signal; the results are summed (maxima: max, ties -> lowest flat index).
+    One task per slab of the annotation's stored chunks (one per chunk for in-memory data),
+    chunk by chunk; from the lake, a chunk's experiment grids are read only where the
+    annotation has labels (the ~40% of chunks outside the brain are never decoded). The
+    counted voxels' labels are mapped to compact keys with a lookup table (``searchsorted``
+    for the large ids), each sum is a ``reduceat`` over runs of equal keys then a small
+    ``bincount``, each maximum one ``maximum.at`` over the voxels with signal; the results
+    are summed (maxima: max, ties -> lowest flat index).
 
     Returns
     -------
@@ -727,11 +783,17 @@ def direct_unionize(
     table = np.sort(onto.ids)
     n_keys = 2 * (table.size + 2)
     sources = [ann.data, *arrays]
+    stored = None
     if all(a.chunks == ann.data.chunks and _source(a) is not None for a in sources):
-        sources = [_slabs(a) for a in sources]  # the same slabs: all share the stored chunks
+        # the annotation in slabs of stored chunks; the experiment's chunks read in the slab's
+        # task, only where the annotation has labels (see _slab_stats)
+        stored = [_source(a) for a in arrays]
+        sources = [_slabs(ann.data)]
     stats = da.map_blocks(
         _slab_stats,
         *sources,
+        sources=stored,
+        name=f"unionize-{uuid.uuid4().hex}",  # not tokenized: that would pickle the stores
         piece=tuple(max(c) for c in ann.data.chunks),
         table=table,
         key_lut=_key_lut(table),
@@ -903,7 +965,7 @@ def unionize(
     """
     onto = _ontology(ontology)
     direct = direct_unionize(experiment, annotation=annotation, ontology=onto)
-    (direct,) = dask.compute(direct)
+    (direct,) = _compute(direct)
     records = _records(direct, onto)
     return _filter(records, onto, structure_ids, include_descendants, hemisphere_ids, is_injection)
 
@@ -963,9 +1025,7 @@ def projection_matrix(
         projection_structure_ids = [n["id"] for n in summary]
     sids = onto.structure_ids(projection_structure_ids)
     hemis = list(HEMISPHERE_IDS if hemisphere_ids is None else hemisphere_ids)
-    directs = dask.compute(
-        *[direct_unionize(e, annotation=annotation, ontology=onto) for e in exps]
-    )
+    directs = _compute(*[direct_unionize(e, annotation=annotation, ontology=onto) for e in exps])
     recs = [_filter(_records(d, onto), onto, sids, False, hemis, False) for d in directs]
     present = sorted({int(h) for rec in recs for h in rec.hemisphere_id})  # AllenSDK: a set
     columns = [
