@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,13 @@ import zarr.storage
 from fsspec.core import url_to_fs
 
 __all__ = ["DEFAULT_LAKE", "Storage", "default_lake_url"]
+
+try:  # s3fs's HTTP client; its payload errors are not OSErrors
+    from aiohttp import ClientPayloadError as _PayloadError
+
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (_PayloadError,)
+except ImportError:  # pragma: no cover - local-only installs
+    _TRANSPORT_ERRORS = ()
 
 #: Used when neither an explicit URL nor ``$ABO_LAKE_URL`` is given.
 DEFAULT_LAKE = Path.home() / ".local" / "share" / "abo-lake" / "lake"
@@ -70,10 +79,33 @@ class Storage:
         """Full URL of ``key`` (what a reference manifest points to)."""
         return f"{self.url}/{key}"
 
+    @contextmanager
+    def naming(self, key: str) -> Iterator[None]:
+        """Re-raise a storage failure on ``key`` (an OSError left after the filesystem's
+        retries, such as s3fs's ``OSError(121, 'We encountered an internal error...')``) as an
+        OSError whose message names the object; a FileNotFoundError stays one (callers test for
+        it), naming the object too. Exists/permission errors and botocore's pass as they are."""
+        try:
+            yield
+        except FileNotFoundError as err:
+            if key in str(err):
+                raise
+            raise FileNotFoundError(
+                err.errno, f"{self.url_of(key)}: {err.strerror or err}"
+            ) from err
+        except (FileExistsError, PermissionError):
+            raise
+        except OSError as err:
+            raise OSError(err.errno, f"{self.url_of(key)}: {err.strerror or err}") from err
+        except _TRANSPORT_ERRORS as err:  # a body cut short on every attempt
+            raise OSError(f"{self.url_of(key)}: {type(err).__name__}: {err}") from err
+
     # -- reads ---------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
-        """Return the bytes of ``key``; raise FileNotFoundError if absent."""
-        return self.fs.cat_file(self.path(key))
+        """Return the bytes of ``key``; raise FileNotFoundError if absent, an OSError naming
+        the object if the storage keeps failing."""
+        with self.naming(key):
+            return self.fs.cat_file(self.path(key))
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
         """Read many objects at once (concurrently on S3); missing ones map to an exception."""
@@ -91,7 +123,8 @@ class Storage:
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
-        return self.fs.exists(self.path(key))
+        with self.naming(key):
+            return self.fs.exists(self.path(key))
 
     def find(self, prefix: str) -> dict[str, dict]:
         """Every object under ``prefix`` (recursive): key -> {"size", "mtime"}."""
@@ -150,7 +183,8 @@ class Storage:
             finally:
                 tmp.unlink(missing_ok=True)
         try:
-            self.fs.pipe_file(self.path(key), data, mode="create")
+            with self.naming(key):
+                self.fs.pipe_file(self.path(key), data, mode="create")
             return True
         except FileExistsError:
             return False
@@ -164,7 +198,8 @@ class Storage:
             tmp.write_bytes(data)
             os.replace(tmp, final)
         else:
-            self.fs.pipe_file(self.path(key), data)
+            with self.naming(key):
+                self.fs.pipe_file(self.path(key), data)
 
     def delete(self, keys: list[str]) -> None:
         """Delete objects; absent ones are ignored."""
