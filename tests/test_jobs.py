@@ -139,6 +139,7 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
         "ophys_experiments",
         "celltypes_specimens",
         "morphometry",
+        "ephys_features",
         "connectivity_experiments",
         "cells",
     }
