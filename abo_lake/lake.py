@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import uuid
 import warnings
@@ -71,7 +72,13 @@ VERIFY_HOOKS: list[Callable[[Lake, ReleaseRecord, VerifyReport], None]] = []
 COMPLETENESS_HOOKS: list[Callable[[Lake, ReleaseRecord], list[tuple[str, str]]]] = []
 
 
-def open_lake(url: str | None = None, **storage_options: Any) -> Lake:
+def open_lake(
+    url: str | None = None,
+    *,
+    cache: str | os.PathLike | None = None,
+    cache_max_bytes: int | None = None,
+    **storage_options: Any,
+) -> Lake:
     """Open a lake.
 
     Parameters
@@ -80,6 +87,12 @@ def open_lake(url: str | None = None, **storage_options: Any) -> Lake:
         ``None`` for ``$ABO_LAKE_URL`` or the local default folder
         (``~/.local/share/abo-lake/lake``); a local path; or any fsspec URL such as
         ``"s3://bucket/prefix"``.
+    cache
+        Opt-in local folder (e.g. ``"~/.cache/abo-lake"``) caching chunk objects and
+        manifests by their content hash (checked on every read; records, catalogs and
+        listings are never cached), so a rerun notebook fetches no chunk twice.
+    cache_max_bytes
+        Bound of the cache folder (least recently used entries go first; 10 GiB default).
     **storage_options
         For the filesystem, e.g. ``anon=True`` for a public bucket, ``endpoint_url=...``
         for an S3-compatible store.
@@ -90,7 +103,14 @@ def open_lake(url: str | None = None, **storage_options: Any) -> Lake:
     >>> lake.releases()  # doctest: +SKIP
     ['2026.1', '2026.2']
     """
-    return Lake(Storage(url or default_lake_url(), **storage_options))
+    url = url or default_lake_url()
+    if cache is not None:
+        from abo_lake.cache import DEFAULT_MAX_BYTES, CachedStorage
+
+        return Lake(
+            CachedStorage(url, cache, cache_max_bytes or DEFAULT_MAX_BYTES, **storage_options)
+        )
+    return Lake(Storage(url, **storage_options))
 
 
 def _now() -> datetime:
@@ -191,11 +211,16 @@ class Lake:
             )
         return Release(self, record)
 
-    def _manifest(self, h: str, *, where: str) -> Manifest:
-        if h not in self._manifests:
+    def _manifest(self, h: str, *, where: str, fresh: bool = False) -> Manifest:
+        if fresh or h not in self._manifests:
             key = manifest_key(h)
             try:
-                data = self.storage.read(key)
+                if fresh:  # from the lake itself, never from a local cache
+                    data = self.storage.read_many([key])[key]
+                    if isinstance(data, Exception):
+                        raise data
+                else:
+                    data = self.storage.read(key)
             except FileNotFoundError:
                 raise ManifestError(f"{where}: manifest {key} is missing from the lake") from None
             if cas.digest(data) != h:
@@ -333,9 +358,10 @@ class Lake:
         bad_manifests: list[tuple[str, str, str, bool]] = []
         for path in rel.datasets():
             h = rel.record.datasets[path]["manifest"]
-            self._manifests.pop(h, None)  # read it again: verify trusts nothing cached
-            try:
-                chunks = rel.manifest(path).chunks
+            try:  # read it again from the lake: verify trusts nothing cached
+                chunks = self._manifest(
+                    h, where=f"release {rel.name}, dataset {path!r}", fresh=True
+                ).chunks
             except ManifestError as err:
                 bad_manifests.append((path, manifest_key(h), h, "missing" in str(err)))
                 continue

@@ -15,6 +15,7 @@ import xarray as xr
 import abo_lake
 from abo_lake import cas
 from abo_lake.cache import CachedStorage, ChunkCache, content_hash, open_cached_lake
+from abo_lake.manifest import manifest_key
 
 
 def make_dataset(seed: int = 0) -> xr.Dataset:
@@ -167,3 +168,18 @@ def test_new_release_is_seen_and_storage_pickles(tmp_path):
     assert clone.cache.directory == cached.storage.cache.directory
     store = pickle.loads(pickle.dumps(cached.release("r2").store("ophys/experiment/1")))
     assert isinstance(store.storage, CachedStorage)
+
+
+def test_open_lake_cache_option_and_verify_reads_manifests_from_the_lake(tmp_path):
+    url = str(tmp_path / "lake")
+    with abo_lake.open_lake(url).stage("r1") as stage:
+        stage.write("ophys/experiment/1", make_dataset())
+    lake = abo_lake.open_lake(url, cache=tmp_path / "cache", cache_max_bytes=2**20)
+    assert lake.storage.cache.max_bytes == 2**20
+    lake.release("r1").open("ophys/experiment/1").load()  # manifest and chunks cached
+    h = lake.release("r1").record.datasets["ophys/experiment/1"]["manifest"]
+    (tmp_path / "lake" / manifest_key(h)).unlink()
+    assert lake.storage.read(manifest_key(h))  # the cache still serves it...
+    report = abo_lake.open_lake(url, cache=tmp_path / "cache").verify("r1")
+    assert not report.ok  # ...but verify reads the lake's own manifest
+    assert manifest_key(h) in str(report)
