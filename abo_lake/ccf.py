@@ -572,7 +572,7 @@ def _first_maxima(
             kp, dp = key[pos], dens[pos]
             np.maximum.at(best, kp, dp)
             top = dp == best[kp]
-            at[np.unique(kp)] = _NONE
+            at[kp] = _NONE  # repeated keys: the same value, no np.unique needed
             np.minimum.at(at, kp[top], pos[top])
         return best, at
     best = np.full(n_keys, -np.inf)  # negative (or NaN) densities: visit every voxel
