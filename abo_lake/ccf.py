@@ -447,22 +447,35 @@ def _points_from_source(
     slab_key = np.ravel_multi_index(slab.T, [len(c) for c in slabs])
     chunk_key = np.ravel_multi_index(chunk.T, [len(c) for c in chunks])
     order = np.lexsort((chunk_key, slab_key))
+    # per slab: each run of points in one stored chunk as that chunk's bounds and the points'
+    # local indices, in plain arrays (dask does not traverse them when building the graph)
+    lo_all = np.stack([b[c] for b, c in zip(bounds, chunk.T)], axis=1)
+    hi_all = np.stack([b[c + 1] for b, c in zip(bounds, chunk.T)], axis=1)
     parts = []
     starts = np.flatnonzero(np.diff(slab_key[order], prepend=-1))
     for group in np.split(order, starts[1:]):
-        boxes = []
-        for run in np.split(group, np.flatnonzero(np.diff(chunk_key[group])) + 1):
-            lo = np.array([b[c] for b, c in zip(bounds, chunk[run[0]])])
-            hi = np.array([b[c + 1] for b, c in zip(bounds, chunk[run[0]])])
-            boxes.append((tuple(slice(a, b) for a, b in zip(lo, hi)), idx[run] - lo))
-        parts.append(dask.delayed(_read_points, pure=False)(src, boxes))
+        runs = np.flatnonzero(np.r_[True, np.diff(chunk_key[group]) != 0])
+        heads = group[runs]
+        counts = np.diff(np.r_[runs, group.size])
+        local = idx[group] - lo_all[group]
+        parts.append(
+            dask.delayed(_read_points, pure=False)(src, lo_all[heads], hi_all[heads], counts, local)
+        )
     values = dask.delayed(_in_order, pure=False)(parts, order)
     return da.from_delayed(values, shape=(len(idx),), dtype=dtype)
 
 
-def _read_points(src: Any, boxes: list[tuple[tuple[slice, ...], np.ndarray]]) -> np.ndarray:
-    """Values at local indices within each box of ``src`` (one stored chunk per box)."""
-    out = [np.asarray(src[box])[tuple(local.T)] for box, local in boxes]
+def _read_points(
+    src: Any, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray, local: np.ndarray
+) -> np.ndarray:
+    """Values at ``local`` indices (n, 3) within boxes ``lo:hi`` of ``src`` (one stored chunk
+    per box; ``counts`` points per box, in order)."""
+    out = []
+    end = np.cumsum(counts)
+    for a, b, e, n in zip(lo, hi, end, counts):
+        box = tuple(slice(int(i), int(j)) for i, j in zip(a, b))
+        pts = local[e - n : e]
+        out.append(np.asarray(src[box])[pts[:, 0], pts[:, 1], pts[:, 2]])
     return np.concatenate(out)
 
 
