@@ -185,16 +185,18 @@ def test_a_chunk_that_never_arrives_is_reported_naming_the_object(proxy, proxied
 
 # -- conversion ----------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", FAULTS)
 def test_conversion_under_faults_publishes_the_fault_free_release(
-    proxy, proxied, s3_options, tiny_sources, dask_cluster, fault
+    proxy, proxied, s3_options, tiny_sources, dask_cluster
 ):
+    """Every fault kind at once, each on its own rhythm (one conversion takes minutes under
+    botocore's backoff, so the kinds share a run rather than one run each)."""
     source = tiny_sources["celltypes"]
     lake = _lake(proxied)
-    proxy.add(fault, "/lake/", every=4)
+    for fault, every in zip(FAULTS, (23, 29, 31, 37, 41, 43)):  # ~17% of requests
+        proxy.add(fault, "/lake/", every=every)
     report = jobs.run([source], lake, "r1", scheduler=dask_cluster.scheduler_address)
     assert not report.failures, report.summary()
-    assert proxy.faults()
+    assert len({hit.fault for hit in proxy.faults()}) >= 4, proxy.faults()
     proxy.clear()
     assert lake.verify("r1").ok, str(lake.verify("r1"))
     direct = abo_lake.open_lake(proxied["url"], **s3_options)
