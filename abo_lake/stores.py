@@ -75,7 +75,7 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
         return data[byte_range.offset :]
     if isinstance(byte_range, SuffixByteRequest):
         return data[-byte_range.suffix :]
-    raise TypeError(f"unexpected byte range {byte_range!r}")
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
 
 
 class _KeyMapStore(Store):
@@ -243,7 +243,7 @@ class ManifestStore(_KeyMapStore):
         return (
             isinstance(other, ManifestStore)
             and other.storage.url == self.storage.url
-            and other.manifest is self.manifest
+            and (other.manifest is self.manifest or other.manifest == self.manifest)
         )
 
     __hash__ = object.__hash__
@@ -284,7 +284,12 @@ class ManifestStore(_KeyMapStore):
         self.chunk_reads = next(self._reads) + 1
         obj = f"{h[:2]}/{h}"
         whole = self.verify or byte_range is None
-        buf = await self._cas.get(obj, prototype, None if whole else byte_range)
+        try:
+            buf = await self._cas.get(obj, prototype, None if whole else byte_range)
+        except FileNotFoundError:
+            buf = None
+        except OSError as err:  # retries spent: name what could not be read
+            raise self._unreadable(key, h, err) from err
         if buf is None:
             raise self._missing(key, h)
         if whole:
@@ -305,6 +310,8 @@ class ManifestStore(_KeyMapStore):
             data = self.storage.read(cas.key_of(h))
         except FileNotFoundError:
             raise self._missing(key, h) from None
+        except OSError as err:
+            raise self._unreadable(key, h, err) from err
         data = self._checked(key, h, data)
         self.bytes_read += len(data)
         return data
@@ -334,6 +341,13 @@ class ManifestStore(_KeyMapStore):
         return IntegrityError(
             f"{self.label}: chunk {key!r} is missing from the lake "
             f"({self.storage.url_of(cas.key_of(h))}); run `abo-lake verify` on this release"
+        )
+
+    def _unreadable(self, key: str, h: str, err: OSError) -> OSError:
+        return OSError(
+            err.errno,
+            f"{self.label}: variable {array_of(key)!r}, chunk {key!r} could not be read from "
+            f"the lake ({self.storage.url_of(cas.key_of(h))}): {err}",
         )
 
     def _verified(self, key: str, h: str, data: bytes) -> bytes:

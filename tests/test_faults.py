@@ -164,23 +164,16 @@ def test_verify_under_faults_passes_and_finds_nothing_wrong(proxy, proxied, faul
     assert proxy.faults()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ManifestStore.get reads chunks through zarr's FsspecStore (storage.zarr_store) "
-    "and does not wrap its errors: a chunk GET that keeps failing (500 on every attempt) ends "
-    "in s3fs's OSError(121, 'We encountered an internal error...') naming no dataset, chunk "
-    "key or object. Fix in abo_lake/stores.py: catch OSError around self._cas.get and raise "
-    "an error naming label, chunk key and object URL (as _missing does)",
-)
 def test_a_chunk_that_never_arrives_is_reported_naming_the_object(proxy, proxied):
     lake = _lake(proxied)
     _publish(lake)
     rel = lake.release("r1")
     h = next(iter(rel.manifest(DATASET).chunks.values()))
     proxy.add("500", h, "GET", times=1000)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(OSError) as err:
         rel.open(DATASET).load()
     assert h in str(err.value), repr(err.value)
+    assert DATASET in str(err.value), repr(err.value)
 
 
 # -- conversion ----------------------------------------------------------------------------
