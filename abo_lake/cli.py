@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from abo_lake import __version__, release_tables
 from abo_lake.errors import AboLakeError
 from abo_lake.kinds import FORMATS
+from abo_lake.storage import describe_storage_error
 
 __all__ = ["main", "reference"]
 
@@ -75,7 +75,7 @@ def _lake(args: argparse.Namespace, *, must_exist: bool = True):
     from abo_lake.lake import open_lake
 
     lake = open_lake(args.lake, **(args.storage_options or {}))
-    if must_exist and not lake.storage.fs.exists(lake.storage.root):
+    if must_exist and not lake.storage.root_exists():
         raise FileNotFoundError(
             f"no lake at {lake.url}: nothing is there (check the bucket and folder); "
             "`abo-lake convert` or `abo-lake demo` creates a lake"
@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except Exception as err:
-        problem = _storage_problem(err)
+        problem = describe_storage_error(err)
         if problem is None:
             raise
         print(f"abo-lake {args.command}: error: {problem}", file=sys.stderr)
@@ -542,14 +542,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 2  # not reached: parser.error exits
-
-
-def _raised_in_storage_client(err: BaseException) -> bool:
-    """Whether ``err`` was raised inside fsspec, s3fs or the AWS client (not in our code)."""
-    frames = traceback.extract_tb(err.__traceback__)
-    return bool(frames) and any(
-        part in frames[-1].filename for part in ("fsspec", "s3fs", "botocore", "aiobotocore")
-    )
 
 
 def _terminate_as_interrupt() -> Any:
@@ -563,31 +555,6 @@ def _terminate_as_interrupt() -> Any:
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, interrupt)
-
-
-def _storage_problem(err: BaseException) -> str | None:
-    """What is wrong with the storage a command was pointed at, if ``err`` says so: an
-    option the filesystem does not take, missing or refused credentials, an endpoint that
-    cannot be reached (botocore's errors are not OSErrors). None for anything else."""
-    if (
-        isinstance(err, TypeError)
-        and "unexpected keyword argument" in str(err)
-        and _raised_in_storage_client(err)
-    ):
-        return (
-            f"an option of --storage-options or --source-options is not one the filesystem "
-            f"takes ({err}); see the fsspec/s3fs documentation for its names, e.g. endpoint_url"
-        )
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # pragma: no cover - s3fs brings botocore
-        return None
-    if isinstance(err, BotoCoreError | ClientError):
-        return (
-            f"cannot access S3 storage: {err} (check --lake, the sources, --storage-options "
-            "and --source-options, or the AWS environment)"
-        )
-    return None
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ class Lake:
             if name not in tb:
                 tables.append(TableChange(name, "removed"))
             elif name not in ta or ta[name]["object"] != tb[name]["object"]:
-                size = self.storage.fs.size(self.storage.path(cas.key_of(tb[name]["object"])))
+                size = self.storage.size(cas.key_of(tb[name]["object"]))
                 tables.append(TableChange(name, "added" if name not in ta else "changed", size))
             else:
                 tables.append(TableChange(name, "unchanged"))

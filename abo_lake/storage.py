@@ -8,6 +8,7 @@ relative to the lake root (``"cas/ab/ab12..."``).
 from __future__ import annotations
 
 import os
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import fsspec
 import zarr.storage
 from fsspec.core import url_to_fs
 
-__all__ = ["DEFAULT_LAKE", "Storage", "default_lake_url"]
+__all__ = ["DEFAULT_LAKE", "Storage", "default_lake_url", "describe_storage_error"]
 
 try:  # s3fs's HTTP client; its payload errors are not OSErrors
     from aiohttp import ClientPayloadError as _PayloadError
@@ -125,6 +126,16 @@ class Storage:
         """Whether ``key`` exists."""
         with self.naming(key):
             return self.fs.exists(self.path(key))
+
+    def size(self, key: str) -> int:
+        """Size in bytes of ``key``."""
+        with self.naming(key):
+            return int(self.fs.size(self.path(key)))
+
+    def root_exists(self) -> bool:
+        """Whether the lake's root folder (or bucket prefix) exists."""
+        with self.naming(""):
+            return bool(self.fs.exists(self.root))
 
     def find(self, prefix: str) -> dict[str, dict]:
         """Every object under ``prefix`` (recursive): key -> {"size", "mtime"}."""
@@ -235,3 +246,36 @@ def _mtime(info: dict) -> datetime:
     if value is None:
         return datetime.now(UTC)
     return datetime.fromtimestamp(float(value), tz=UTC)
+
+
+def _raised_in_storage_client(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside fsspec, s3fs or the AWS client (not in our code)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and any(
+        part in frames[-1].filename for part in ("fsspec", "s3fs", "botocore", "aiobotocore")
+    )
+
+
+def describe_storage_error(err: BaseException) -> str | None:
+    """What is wrong with the storage a command was pointed at, if ``err`` says so: an
+    option the filesystem does not take, missing or refused credentials, an endpoint that
+    cannot be reached (botocore's errors are not OSErrors). None for anything else."""
+    if (
+        isinstance(err, TypeError)
+        and "unexpected keyword argument" in str(err)
+        and _raised_in_storage_client(err)
+    ):
+        return (
+            f"an option of --storage-options or --source-options is not one the filesystem "
+            f"takes ({err}); see the fsspec/s3fs documentation for its names, e.g. endpoint_url"
+        )
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return None
+    if isinstance(err, BotoCoreError | ClientError):
+        return (
+            f"cannot access S3 storage: {err} (check --lake, the sources, --storage-options "
+            "and --source-options, or the AWS environment)"
+        )
+    return None

@@ -377,11 +377,11 @@ def test_a_lake_url_with_nothing_there_is_an_error(tmp_path, s3_options, capsys)
 def test_our_own_type_errors_are_not_called_storage_options():
     """Only a TypeError raised inside fsspec/s3fs/botocore is a bad storage option; one of
     our own (a programming error) keeps its traceback."""
-    from abo_lake.cli import _storage_problem
+    from abo_lake.storage import describe_storage_error
 
     def ours() -> None:
         pass
 
     with pytest.raises(TypeError, match="unexpected keyword argument") as info:
         ours(endpoint="x")  # type: ignore[call-arg]
-    assert _storage_problem(info.value) is None
+    assert describe_storage_error(info.value) is None

@@ -68,6 +68,13 @@ class TestStorageContract:
         assert got["m/2"] == b"22"
         assert isinstance(got["m/3"], FileNotFoundError)
 
+    def test_size_and_root(self, storage):
+        storage.write("s/x", b"12345")
+        assert storage.size("s/x") == 5
+        assert storage.root_exists()
+        with pytest.raises(FileNotFoundError, match="s/missing"):
+            storage.size("s/missing")
+
     def test_exists(self, storage):
         assert not storage.exists("e/x")
         storage.write("e/x", b"x")
