@@ -10,6 +10,10 @@ The cache is bounded: after each addition the least recently used entries (by fi
 refreshed on each hit) are removed until the total is within ``max_bytes``. Several
 processes may share one cache folder (entries are written to a temporary file and renamed).
 
+Chunks stored in packs are read as byte ranges of their object
+(:meth:`CachedStorage.read_ranges`): a range is cut from a cached whole object, or cached on
+its own (``<key>.<start>-<end>``, followed by its sha256, checked on read).
+
 Why not fsspec's ``simplecache``/``filecache``: they cache every file by path (records and
 catalogs too), do not check content against a hash and have no size bound; and the lake's
 chunk reads go through a Zarr store, not the lake's filesystem object, so both paths need
@@ -29,6 +33,7 @@ Use::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -131,13 +136,51 @@ class ChunkCache:
             os.utime(path)  # most recently used
         return data
 
+    def get_range(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes ``start:end`` of ``key``: cut from the cached whole object, or a cached
+        range entry (checked against the sha256 stored after it); else None."""
+        if content_hash(key) is None:
+            return None
+        if (self.directory / key).exists():
+            data = self.get(key)
+            if data is not None:
+                return data[start:end]
+        path = self._range_path(key, start, end)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        data, digest = raw[:-32], raw[-32:]
+        if len(raw) < 32 or hashlib.sha256(data).digest() != digest:
+            self.corrupt += 1
+            self.misses += 1
+            self._remove(path)
+            return None
+        self.hits += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+        return data
+
+    def put_range(self, key: str, start: int, end: int, data: bytes) -> None:
+        """Store bytes ``start:end`` of the immutable object ``key`` (followed by their
+        sha256, so an altered entry is detected), then evict beyond the bound."""
+        if content_hash(key) is None or len(data) != end - start or len(data) > self.max_bytes:
+            return
+        self._write(self._range_path(key, start, end), data + hashlib.sha256(data).digest())
+
+    def _range_path(self, key: str, start: int, end: int) -> Path:
+        return self.directory / f"{key}.{start}-{end}"
+
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` if it is an immutable key and ``data`` hashes to its
         name (a corrupt download is never cached), then evict beyond the bound."""
         h = content_hash(key)
         if h is None or cas.digest(data) != h or len(data) > self.max_bytes:
             return
-        path = self.directory / key
+        self._write(self.directory / key, data)
+
+    def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
         tmp.write_bytes(data)
@@ -222,6 +265,23 @@ class CachedStorage(Storage):
             data = super().read(key)
             self.cache.put(key, data)
         return data
+
+    def read_ranges(self, spans: list[tuple[str, int, int]]) -> list[bytes | Exception]:
+        """As :meth:`Storage.read_ranges`, served from the cache where it holds the object or
+        that range; what is fetched is added (a whole object if the span is all of it)."""
+        out: list[bytes | Exception | None] = [self.cache.get_range(*span) for span in spans]
+        todo = [i for i, data in enumerate(out) if data is None]
+        fetched = super().read_ranges([spans[i] for i in todo])
+        for i, data in zip(todo, fetched):
+            out[i] = data
+            if isinstance(data, bytes):
+                key, start, end = spans[i]
+                h = content_hash(key)
+                if start == 0 and h is not None and cas.digest(data) == h:
+                    self.cache.put(key, data)
+                else:
+                    self.cache.put_range(key, start, end, data)
+        return out  # type: ignore[return-value]
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
         """As :meth:`Storage.read_many`, always from the lake (it is what

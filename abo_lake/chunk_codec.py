@@ -143,6 +143,10 @@ class SyncArray:
         to decode (e.g. one naming the dataset and object); default: the codec's own error.
     crc_checked
         ``get`` returns only chunks whose ``crc32c`` it has checked: the codec need not.
+    get_many
+        ``get_many(store keys) -> {key: bytes | None}``: the chunks of one selection in one
+        call (e.g. :meth:`abo_lake.stores.ManifestStore.read_chunks`, one request per object);
+        default: ``get`` for each.
     """
 
     def __init__(
@@ -152,9 +156,11 @@ class SyncArray:
         on_error: Callable[[str, Exception], Exception] | None = None,
         *,
         crc_checked: bool = False,
+        get_many: Callable[[list[str]], dict[str, bytes | None]] | None = None,
     ) -> None:
         self._array = array
         self._get = get
+        self._get_many = get_many
         self._on_error = on_error
         chain = list(array.metadata.codecs)
         synchronous = array.metadata.zarr_format == 3 and _synchronous(chain)
@@ -175,9 +181,16 @@ class SyncArray:
         indexer = BasicIndexer(selection, self.shape, metadata.chunk_grid)
         spec = metadata.get_chunk_spec((0,) * len(self.shape), config, default_buffer_prototype())
         out = np.empty(indexer.shape, dtype=spec.dtype.to_native_dtype())
-        for coords, chunk_sel, out_sel, _ in indexer:
-            key = self._prefix + metadata.encode_chunk_key(coords)
-            data = self._get(key)
+        parts = [
+            (self._prefix + metadata.encode_chunk_key(coords), coords, chunk_sel, out_sel)
+            for coords, chunk_sel, out_sel, _ in indexer
+        ]
+        if self._get_many is not None:
+            got = self._get_many([key for key, *_ in parts])
+        else:
+            got = {key: self._get(key) for key, *_ in parts}
+        for key, coords, chunk_sel, out_sel in parts:
+            data = got[key]
             if data is None:
                 out[out_sel] = fill_value_or_default(spec)
             else:
@@ -225,10 +238,11 @@ def read_in_thread(
     on_error: Callable[[str, Exception], Exception] | None = None,
     *,
     crc_checked: bool = False,
+    get_many: Callable[[list[str]], dict[str, bytes | None]] | None = None,
 ) -> int:
     """Make the lazy (not dask) variables of ``obj``, opened by xarray's Zarr backend,
-    decode their chunks in the calling thread (see :class:`SyncArray`, also for ``on_error``
-    and ``crc_checked``).
+    decode their chunks in the calling thread (see :class:`SyncArray`, also for ``on_error``,
+    ``crc_checked`` and ``get_many``).
 
     Returns how many variables were switched; the others keep Zarr's path.
     """
@@ -239,24 +253,31 @@ def read_in_thread(
             for wrapper in _zarr_wrappers(getattr(var, "_data", None)):
                 if not isinstance(wrapper._array, SyncArray):
                     wrapper._array = SyncArray(
-                        wrapper._array, get, on_error, crc_checked=crc_checked
+                        wrapper._array, get, on_error, crc_checked=crc_checked, get_many=get_many
                     )
                 switched += 1
     return switched
 
 
-def chunked_as_stored(ds: xr.Dataset) -> xr.Dataset:
+def chunked_as_stored(
+    ds: xr.Dataset, packs: dict[str, tuple[int, ...]] | None = None
+) -> xr.Dataset:
     """``ds`` (opened lazily, without dask) with each non-index variable dask-chunked as
-    stored, as ``open_zarr(chunks={})`` would; reads keep the variables' backend arrays
-    (e.g. :class:`SyncArray` after :func:`read_in_thread`)."""
+    stored, as ``open_zarr(chunks={})`` would, or by its pack shape (``packs``: variable
+    name -> shape): one dask task per stored object. Reads keep the variables' backend
+    arrays (e.g. :class:`SyncArray` after :func:`read_in_thread`)."""
+    packs = packs or {}
 
-    def chunk(var: xr.Variable) -> xr.Variable:
+    def chunk(name: str, var: xr.Variable) -> xr.Variable:
         preferred = var.encoding.get("preferred_chunks")
         if not preferred or not var.ndim:
             return var
+        pack = packs.get(name)
+        if pack is not None and len(pack) == var.ndim:
+            preferred = dict(zip(var.dims, pack))
         # a random graph name: tokenizing would pickle the backend array
         return var.chunk(preferred, from_array_kwargs={"name": False})
 
     return ds.copy(data=None).assign(
-        {n: chunk(v) for n, v in ds.variables.items() if n not in ds.indexes}
+        {n: chunk(n, v) for n, v in ds.variables.items() if n not in ds.indexes}
     )

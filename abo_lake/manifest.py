@@ -5,8 +5,19 @@ A manifest describes one stored Dataset (or DataTree): its Zarr metadata documen
 
     {"version": 1,
      "templates": {"lake": "s3://bucket/lake"},
-     "refs": {"zarr.json": "{...}", "dff/c/0/0": ["{{lake}}/cas/ab/ab12..."]},
-     "abo_lake": {"format": 1, "sizes": {"dff/c/0/0": 1048576}}}
+     "refs": {"zarr.json": "{...}",
+              "lfp/c/0/0": ["{{lake}}/cas/ab/ab12..."],            # a whole object
+              "dff/c/5/0": ["{{lake}}/cas/cd/cd34...", 81920, 16384],  # a range of a pack
+              "time/c/0": "base64:..."},                             # inline (index coords)
+     "abo_lake": {"format": 2, "sizes": {"lfp/c/0/0": 1048576, ...},
+                  "packs": {"dff": [32, 39600]}}}
+
+A *pack* is one object holding several whole chunks of one array, concatenated in C order
+of chunk index (each chunk encoded alone, with its own CRC-32C); the manifest points each
+chunk at its byte range, as the reference spec allows, and ``packs`` records the array's
+pack shape (the dask chunks :meth:`abo_lake.release.Release.open` uses by default). The
+chunks of index coordinates are inline (base64), so opening a dataset reads only the
+release record and the manifest.
 
 Because it is the standard reference format, plain ``xarray`` + ``fsspec`` can open it
 without abo_lake. The ``lake`` template lets abo_lake read a lake that was moved or mirrored.
@@ -15,6 +26,8 @@ Manifests are stored by the hash of their bytes, so an unchanged dataset costs n
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -64,17 +77,36 @@ class Manifest:
     chunks
         Zarr chunk key (``"dff/c/0/0"``) -> sha256 of the stored chunk object.
     sizes
-        Zarr chunk key -> stored size in bytes.
+        Zarr chunk key -> stored size in bytes (of its range, for a chunk in a pack).
+    ranges
+        Zarr chunk key -> ``(offset, length)`` in its object, for chunks stored in packs;
+        chunks not listed are whole objects.
+    inline
+        Zarr chunk key -> the chunk's stored bytes, held in the manifest itself.
+    packs
+        Array path -> pack shape (in elements), for arrays stored in packs.
     """
 
     metadata: dict[str, str]
     chunks: dict[str, str]
     sizes: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    inline: dict[str, bytes] = field(default_factory=dict)
+    packs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
         """Stored bytes of all chunks (what a full download of this dataset moves)."""
-        return sum(self.sizes.values())
+        return sum(self.sizes.values()) + sum(len(v) for v in self.inline.values())
+
+    def object_sizes(self) -> dict[str, int]:
+        """Object hash -> its stored bytes (a pack counts once, however many chunks it has)."""
+        out: dict[str, int] = {}
+        for key, h in self.chunks.items():
+            rng = self.ranges.get(key)
+            end = rng[0] + rng[1] if rng else self.sizes.get(key, 0)
+            out[h] = max(out.get(h, 0), end)
+        return out
 
     def arrays(self) -> dict[str, dict[str, str]]:
         """Array path -> {chunk key: hash}, e.g. ``{"dff": {"dff/c/0/0": "ab12..."}}``."""
@@ -88,13 +120,16 @@ class Manifest:
         """The reference-format document, pointing chunk keys into ``lake_url``."""
         refs: dict[str, object] = dict(sorted(self.metadata.items()))
         for key, h in sorted(self.chunks.items()):
-            refs[key] = ["{{lake}}/" + key_of(h)]
-        return {
-            "version": 1,
-            "templates": {"lake": lake_url},
-            "refs": refs,
-            "abo_lake": {"format": 1, "sizes": dict(sorted(self.sizes.items()))},
-        }
+            rng = self.ranges.get(key)
+            refs[key] = ["{{lake}}/" + key_of(h), *(rng if rng else ())]
+        for key, data in sorted(self.inline.items()):
+            refs[key] = "base64:" + base64.b64encode(data).decode()
+        extra: dict[str, object] = {"format": 1, "sizes": dict(sorted(self.sizes.items()))}
+        if self.ranges or self.inline or self.packs:
+            extra["format"] = 2
+        if self.packs:
+            extra["packs"] = {k: list(v) for k, v in sorted(self.packs.items())}
+        return {"version": 1, "templates": {"lake": lake_url}, "refs": refs, "abo_lake": extra}
 
     def to_bytes(self, lake_url: str) -> bytes:
         """Canonical bytes (sorted keys, compact): equal content -> equal hash."""
@@ -121,22 +156,67 @@ class Manifest:
         refs = doc.get("refs")
         if not isinstance(refs, dict):
             raise ManifestError(f"{where}: has no 'refs' mapping")
-        sizes = (doc.get("abo_lake") or {}).get("sizes") or {}
-        metadata, chunks = {}, {}
+        extra = doc.get("abo_lake") or {}
+        sizes = extra.get("sizes") or {}
+        metadata: dict[str, str] = {}
+        chunks: dict[str, str] = {}
+        ranges: dict[str, tuple[int, int]] = {}
+        inline: dict[str, bytes] = {}
         for key, value in refs.items():
             _check_key(key, where)
             if isinstance(value, str):
-                if not key.endswith("zarr.json"):
-                    raise ManifestError(f"{where}: inline value for non-metadata key {key!r}")
-                metadata[key] = value
+                if key.endswith("zarr.json"):
+                    metadata[key] = value
+                else:
+                    inline[key] = _inline_chunk(key, value, where)
                 continue
-            match = _REF_RE.match(value[0]) if isinstance(value, list) and len(value) == 1 else None
+            ok = isinstance(value, list) and len(value) in (1, 3) and isinstance(value[0], str)
+            match = _REF_RE.match(value[0]) if ok else None
             if not match or match.group(1) != match.group(2)[:2]:
                 raise ManifestError(
                     f"{where}: reference for {key!r} is {value!r}; every chunk must point "
-                    "to one whole object under the lake's cas/ ('{{lake}}/cas/<2 hex>/<sha256>')"
+                    "to an object under the lake's cas/ ('{{lake}}/cas/<2 hex>/<sha256>', "
+                    "optionally with a byte offset and length)"
                 )
             chunks[key] = match.group(2)
+            if len(value) == 3:
+                offset, length = value[1], value[2]
+                if not all(type(v) is int and v >= 0 for v in (offset, length)):
+                    raise ManifestError(
+                        f"{where}: reference for {key!r} has byte range {value[1:]!r}; "
+                        "offset and length must be non-negative integers"
+                    )
+                ranges[key] = (offset, length)
         if "zarr.json" not in metadata:
             raise ManifestError(f"{where}: no root 'zarr.json' metadata document")
-        return cls(metadata, chunks, {k: int(v) for k, v in sizes.items() if k in chunks})
+        packs = _packs(extra.get("packs") or {}, where)
+        sized = {k: int(v) for k, v in sizes.items() if k in chunks}
+        sized.update({k: n for k, (_, n) in ranges.items()})
+        return cls(metadata, chunks, sized, ranges, inline, packs)
+
+
+def _inline_chunk(key: str, value: str, where: str) -> bytes:
+    """The bytes of an inline chunk reference (``"base64:..."``); ManifestError otherwise."""
+    if not value.startswith("base64:"):
+        raise ManifestError(
+            f"{where}: inline value for chunk key {key!r} is not 'base64:' data (only "
+            "metadata documents are inline text)"
+        )
+    try:
+        return base64.b64decode(value[7:], validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ManifestError(f"{where}: inline chunk {key!r} is not valid base64 ({err})") from err
+
+
+def _packs(packs: object, where: str) -> dict[str, tuple[int, ...]]:
+    """The ``abo_lake.packs`` mapping, checked: array path -> list of positive ints."""
+    if not isinstance(packs, dict):
+        raise ManifestError(f"{where}: 'abo_lake.packs' is {packs!r}, not a mapping")
+    out = {}
+    for array, shape in packs.items():
+        if not (isinstance(shape, list) and all(type(n) is int and n > 0 for n in shape)):
+            raise ManifestError(
+                f"{where}: pack shape of {array!r} is {shape!r}; expected positive integers"
+            )
+        out[str(array)] = tuple(shape)
+    return out

@@ -23,7 +23,7 @@ from abo_lake.stores import ManifestStore
 if TYPE_CHECKING:
     from abo_lake.lake import Lake
 
-__all__ = ["Release", "ReleaseRecord", "record_root"]
+__all__ = ["Release", "ReleaseHead", "ReleaseRecord", "record_root"]
 
 
 #: Fields of a release record; a record with any other field is refused.
@@ -137,6 +137,84 @@ class ReleaseRecord:
         return record
 
 
+@dataclass(frozen=True)
+class ReleaseHead:
+    """What ``releases/<name>/head.json`` holds: a few hundred bytes that let a lake list
+    its releases and sum their sizes without reading every full record.
+
+    Written just after the record by the publisher that won the name (and again by
+    :meth:`abo_lake.lake.Lake.repair` if missing or altered). ``record`` is the sha256 of the
+    record's exact bytes, so a listing checks a record by hashing it, without parsing it;
+    ``seal`` is the sha256 over the head's other fields (an altered head is not trusted: the
+    record is then checked on its own). ``summary`` is what :meth:`abo_lake.lake.Lake.stats`
+    needs: ``datasets``, ``logical_bytes`` (sum of the datasets' ``nbytes``), ``objects``
+    and ``object_bytes`` (unique chunk objects the release references and their stored
+    bytes), ``previous`` (the release created just before, or None) and ``new_objects`` /
+    ``new_object_bytes`` (those not referenced by ``previous``).
+    """
+
+    name: str
+    created: str
+    root: str
+    record: str
+    summary: dict[str, Any]
+    seal: str = ""
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "name": self.name,
+            "created": self.created,
+            "root": self.root,
+            "record": self.record,
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def of(cls, record: ReleaseRecord, record_bytes: bytes, summary: dict) -> ReleaseHead:
+        """The sealed head of ``record`` (stored as ``record_bytes``)."""
+        head = cls(
+            record.name,
+            record.created,
+            record.root,
+            hashlib.sha256(record_bytes).hexdigest(),
+            dict(summary),
+        )
+        return replace(head, seal=_seal(head._body()))
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({**self._body(), "seal": self.seal}, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str) -> ReleaseHead:
+        """Parse a head and check its seal; ManifestError naming ``where`` otherwise."""
+        try:
+            doc = json.loads(data)
+            head = cls(
+                name=str(doc["name"]),
+                created=str(doc["created"]),
+                root=str(doc["root"]),
+                record=str(doc["record"]),
+                summary=dict(doc["summary"]),
+                seal=str(doc["seal"]),
+            )
+            body = {k: v for k, v in doc.items() if k != "seal"}
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            raise ManifestError(f"{where}: unreadable release head ({err!r})") from err
+        if doc.get("format") != 1 or _seal(body) != head.seal:
+            raise ManifestError(f"{where}: release head does not match its seal; altered")
+        return head
+
+    def matches(self, record_bytes: bytes) -> bool:
+        """Whether ``record_bytes`` are exactly the record this head was sealed for."""
+        return hashlib.sha256(record_bytes).hexdigest() == self.record
+
+
+def _seal(body: dict[str, Any]) -> str:
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class Release:
     """One published, immutable release of a lake.
 
@@ -246,7 +324,8 @@ class Release:
         verify
             Hash-check every chunk as it is read; raises :class:`IntegrityError` on mismatch.
         chunks
-            Dask chunks; default: one dask chunk per stored chunk.
+            Dask chunks; default: one dask chunk per stored object (a pack of chunks, or
+            one chunk), each read with one request.
 
         Returns
         -------
@@ -258,11 +337,24 @@ class Release:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
             ds = xr.open_zarr(store, group=group, consolidated=True, chunks=chunks, zarr_format=3)
-        if chunks is None:  # one dask chunk per stored chunk, decoded in the task's thread
+        if chunks is None:  # one dask chunk per stored object, decoded in the task's thread
             # (no event-loop hop per chunk; the store checked each chunk's CRC already)
-            read_in_thread(ds, store.read_chunk, store.decode_error, crc_checked=True)
-            ds = chunked_as_stored(ds)
-        ds.encoding["abo_lake_store"] = store  # store.chunk_reads: chunk objects read so far
+            read_in_thread(
+                ds,
+                store.read_chunk,
+                store.decode_error,
+                crc_checked=True,
+                get_many=store.read_chunks,
+            )
+            prefix = f"{group.strip('/')}/" if group and group.strip("/") else ""
+            packs = {
+                k[len(prefix) :]: v
+                for k, v in store.manifest.packs.items()
+                if k.startswith(prefix) and "/" not in k[len(prefix) :]
+            }
+            ds = chunked_as_stored(ds, packs)
+        # store.chunk_reads / .requests / .bytes_read: what was read from the lake so far
+        ds.encoding["abo_lake_store"] = store
         return self._stamp(ds, path)
 
     def open_datatree(self, path: str, *, verify: bool = False) -> xr.DataTree:

@@ -122,6 +122,39 @@ class Storage:
             for k, p in zip(keys, paths)
         }
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of ``key`` (one ranged request); errors as :meth:`read`."""
+        with self.naming(key):
+            return self.fs.cat_file(self.path(key), start=start, end=end)
+
+    def read_ranges(self, spans: list[tuple[str, int, int]]) -> list[bytes | Exception]:
+        """Several ``(key, start, end)`` spans at once (concurrently on S3; one request
+        each); a span that cannot be read maps to the exception, naming its object."""
+        if len(spans) <= 1:
+            out: list[bytes | Exception] = []
+            for key, start, end in spans:
+                try:
+                    out.append(self.read_range(key, start, end))
+                except OSError as err:
+                    out.append(err)
+            return out
+        got = self.fs.cat_ranges(
+            [self.path(k) for k, _, _ in spans],
+            [s for _, s, _ in spans],
+            [e for _, _, e in spans],
+            on_error="return",
+        )
+        out = []
+        for (key, _, _), data in zip(spans, got):
+            if isinstance(data, Exception):
+                try:
+                    with self.naming(key):
+                        raise data
+                except Exception as named:
+                    data = named
+            out.append(data)
+        return out
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
         with self.naming(key):

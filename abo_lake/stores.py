@@ -9,9 +9,10 @@ map to chunk hashes.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,12 @@ if TYPE_CHECKING:
     from abo_lake.manifest import Manifest
     from abo_lake.storage import Storage
 
-__all__ = ["CaptureStore", "ManifestStore", "is_metadata_key"]
+__all__ = ["MERGE_GAP", "CaptureStore", "ManifestStore", "is_metadata_key"]
+
+#: Ranges of one object closer than this are read as one span (one request).
+MERGE_GAP = 256 * 2**10
+#: Bytes of whole objects a verifying store keeps after checking their hash.
+VERIFIED_CACHE_BYTES = 64 * 2**20
 
 
 def is_metadata_key(key: str) -> bool:
@@ -85,12 +91,13 @@ class _KeyMapStore(Store):
     supports_partial_writes = False
     _meta: dict[str, bytes]
     _chunks: dict[str, str]
+    _inline: dict[str, bytes]
 
     def _keys(self) -> list[str]:
-        return [*self._meta, *self._chunks]
+        return [*self._meta, *self._chunks, *self._inline]
 
     async def exists(self, key: str) -> bool:
-        return key in self._meta or key in self._chunks
+        return key in self._meta or key in self._chunks or key in self._inline
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -143,7 +150,13 @@ class CaptureStore(_KeyMapStore):
         self.storage = storage
         self._meta = {}
         self._chunks = {}
+        self._inline = {}
         self.sizes: dict[str, int] = {}
+        self.ranges: dict[str, tuple[int, int]] = {}
+        self.packs: dict[str, tuple[int, ...]] = {}
+        #: Arrays whose chunks written through :meth:`set` are kept in the manifest
+        #: (index coordinates: what opening a dataset reads).
+        self.inline_arrays: set[str] = set()
         self.new_objects = 0
         self.new_bytes = 0
 
@@ -160,12 +173,26 @@ class CaptureStore(_KeyMapStore):
         _LIVE_CAPTURES[id(self)] = self
         return _live_capture, (id(self),)
 
-    def record(self, key: str, h: str, size: int, written: bool) -> None:
-        """Record that chunk ``key`` is the object ``h`` (written by a task elsewhere)."""
+    def record(
+        self,
+        key: str,
+        h: str,
+        size: int,
+        written: bool,
+        offset: int | None = None,
+        object_bytes: int | None = None,
+    ) -> None:
+        """Record that chunk ``key`` is the object ``h`` (written by a task elsewhere), or
+        bytes ``offset:offset+size`` of it (a pack); ``written``: the object is new (said of
+        one chunk per object), of ``object_bytes`` (default ``size``)."""
         self._chunks[key] = h
         self.sizes[key] = size
+        if offset is None:
+            self.ranges.pop(key, None)
+        else:
+            self.ranges[key] = (offset, size)
         self.new_objects += int(written)
-        self.new_bytes += size if written else 0
+        self.new_bytes += (size if object_bytes is None else object_bytes) if written else 0
 
     async def get(
         self,
@@ -176,31 +203,54 @@ class CaptureStore(_KeyMapStore):
         prototype = prototype or default_buffer_prototype()
         if key in self._meta:
             data = self._meta[key]
+        elif key in self._inline:
+            data = self._inline[key]
         elif key in self._chunks:
             data = await asyncio.to_thread(self.storage.read, cas.key_of(self._chunks[key]))
+            if key in self.ranges:
+                offset, length = self.ranges[key]
+                data = data[offset : offset + length]
         else:
             return None
         return prototype.buffer.from_bytes(_slice(data, byte_range))
+
+    def put_chunk(self, key: str, data: bytes) -> None:
+        """Store chunk ``key``: inline if its array is in :attr:`inline_arrays`, else as a
+        CAS object (in the calling thread)."""
+        if array_of(key) in self.inline_arrays:
+            self._inline[key] = data
+            self._chunks.pop(key, None)
+            self.sizes.pop(key, None)
+            self.ranges.pop(key, None)
+            return
+        h, written = cas.put(self.storage, data)
+        self.record(key, h, len(data), written)
 
     async def set(self, key: str, value: Buffer) -> None:
         data = value.to_bytes()
         if is_metadata_key(key):
             self._meta[key] = data
             return
-        h, written = await asyncio.to_thread(cas.put, self.storage, data)
-        self.record(key, h, len(data), written)
+        await asyncio.to_thread(self.put_chunk, key, data)
 
     async def delete(self, key: str) -> None:
         self._meta.pop(key, None)
         self._chunks.pop(key, None)
+        self._inline.pop(key, None)
         self.sizes.pop(key, None)
+        self.ranges.pop(key, None)
 
     def manifest(self) -> Manifest:
         """The manifest of everything captured so far."""
         from abo_lake.manifest import Manifest
 
         return Manifest(
-            {k: v.decode() for k, v in self._meta.items()}, dict(self._chunks), dict(self.sizes)
+            {k: v.decode() for k, v in self._meta.items()},
+            dict(self._chunks),
+            dict(self.sizes),
+            {k: r for k, r in self.ranges.items() if k in self._chunks},
+            dict(self._inline),
+            dict(self.packs),
         )
 
 
@@ -232,11 +282,22 @@ class ManifestStore(_KeyMapStore):
         self.verify = verify
         self._meta = {k: v.encode() for k, v in manifest.metadata.items()}
         self._chunks = manifest.chunks
+        self._inline = manifest.inline
+        self._ranges = manifest.ranges
         self._checksummed = checksummed_arrays(self._meta)
-        self._cas = storage.zarr_store(cas.CAS_PREFIX)
-        self._reads = itertools.count()
         self._token: str | None = None
+        self._sizes_of_objects: dict[str, int] | None = None
+        self._init_counters()
+
+    def _init_counters(self) -> None:
+        self._lock = threading.Lock()
+        self._verified_objects: OrderedDict[str, bytes] = OrderedDict()
+        self._verified_bytes = 0
+        #: Chunks delivered from the lake (inline chunks not counted).
         self.chunk_reads = 0
+        #: Requests made to the lake for them (a span of a pack or a whole object each).
+        self.requests = 0
+        #: Bytes those requests moved.
         self.bytes_read = 0
 
     def __eq__(self, other: object) -> bool:
@@ -252,17 +313,24 @@ class ManifestStore(_KeyMapStore):
         """A cheap, stable token (xarray tokenizes the store once per group it opens)."""
         if self._token is None:
             items = sorted(self._chunks.items())
-            self._token = cas.digest(repr((items, sorted(self._meta.items()))).encode())
+            ranges = sorted(self._ranges.items())
+            inline = sorted(self._inline.items())
+            self._token = cas.digest(
+                repr((items, ranges, inline, sorted(self._meta.items()))).encode()
+            )
         return ("abo_lake.ManifestStore", self.storage.url, self._token, self.verify)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_reads")
+        for name in ("_lock", "_verified_objects", "_verified_bytes"):
+            state.pop(name)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._reads = itertools.count()
+        counts = self.chunk_reads, self.requests, self.bytes_read
+        self._init_counters()
+        self.chunk_reads, self.requests, self.bytes_read = counts
 
     def with_read_only(self, read_only: bool = False) -> ManifestStore:
         if not read_only:
@@ -278,49 +346,123 @@ class ManifestStore(_KeyMapStore):
         prototype = prototype or default_buffer_prototype()
         if key in self._meta:
             return prototype.buffer.from_bytes(_slice(self._meta[key], byte_range))
-        h = self._chunks.get(key)
-        if h is None:
+        if key not in self._chunks and key not in self._inline:
             return None  # never written: zarr fills it with the fill value
-        self.chunk_reads = next(self._reads) + 1
-        obj = f"{h[:2]}/{h}"
-        whole = self.verify or byte_range is None
-        try:
-            buf = await self._cas.get(obj, prototype, None if whole else byte_range)
-        except FileNotFoundError:
-            buf = None
-        except OSError as err:  # retries spent: name what could not be read
-            raise self._unreadable(key, h, err) from err
-        if buf is None:
-            raise self._missing(key, h)
-        if whole:
-            data = self._checked(key, h, buf.to_bytes())
-            if byte_range is not None:
-                buf = prototype.buffer.from_bytes(_slice(data, byte_range))
-        self.bytes_read += len(buf)
-        return buf
+        if key in self._inline:
+            data = self.read_chunks([key])[key]
+        else:
+            data = (await asyncio.to_thread(self.read_chunks, [key]))[key]
+        return prototype.buffer.from_bytes(_slice(data, byte_range))  # type: ignore[arg-type]
 
     def read_chunk(self, key: str) -> bytes | None:
         """The stored bytes of chunk ``key``, read in the calling thread (no event loop);
         None if it was never written. Checked like :meth:`get`."""
-        h = self._chunks.get(key)
-        if h is None:
-            return None
-        self.chunk_reads = next(self._reads) + 1
-        try:
-            data = self.storage.read(cas.key_of(h))
-        except FileNotFoundError:
-            raise self._missing(key, h) from None
-        except OSError as err:
-            raise self._unreadable(key, h, err) from err
-        data = self._checked(key, h, data)
-        self.bytes_read += len(data)
-        return data
+        return self.read_chunks([key])[key]
+
+    def read_chunks(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """The stored bytes of several chunks, read in the calling thread with one request
+        per object (chunks of one pack are read as one span when they are within
+        :data:`MERGE_GAP` of each other; objects are read concurrently). Each chunk is
+        checked (its CRC-32C; with ``verify``, its object's hash); a chunk never written maps
+        to None."""
+        out: dict[str, bytes | None] = {}
+        wanted: dict[str, list[tuple[int, int, str]]] = {}  # object -> [(start, end, key)]
+        whole: dict[str, list[str]] = {}  # object -> keys (whole-object chunks)
+        for key in keys:
+            if key in out:
+                continue
+            if key in self._inline:
+                out[key] = self._checked(key, "", self._inline[key])
+                continue
+            h = self._chunks.get(key)
+            if h is None:
+                out[key] = None
+                continue
+            rng = self._ranges.get(key)
+            if rng is None:
+                whole.setdefault(h, []).append(key)
+            else:
+                wanted.setdefault(h, []).append((rng[0], rng[0] + rng[1], key))
+        if self.verify:
+            for h, spans in wanted.items():
+                whole.setdefault(h, []).extend(k for _, _, k in spans)
+            wanted = {}
+        spans = [span for h, ranges in wanted.items() for span in _merged(h, ranges)]
+        jobs = [(h, None, None, ks) for h, ks in whole.items() if h not in self._verified_objects]
+        jobs += [(h, start, end, ks) for h, start, end, ks in spans]
+        got = self._fetch(jobs)
+        for (h, start, _, ks), data in zip(jobs, got):
+            first = ks[0]
+            if start is None:
+                data = self._verified(first, h, data) if self.verify else data
+            for key in ks:
+                if start is None:
+                    rng = self._ranges.get(key)
+                    piece = data if rng is None else data[rng[0] : rng[0] + rng[1]]
+                else:
+                    a, n = self._ranges[key]
+                    piece = data[a - start : a - start + n]
+                    if len(piece) != n:
+                        raise self._corrupt(key, h, "its object is shorter than its byte range")
+                out[key] = piece if self.verify else self._checked(key, h, piece)
+        for h, ks in whole.items():  # objects this store verified before
+            if ks[0] not in out:
+                data = self._verified_objects[h]
+                self._verified_objects.move_to_end(h)
+                for key in ks:
+                    rng = self._ranges.get(key)
+                    out[key] = data if rng is None else data[rng[0] : rng[0] + rng[1]]
+        return out
+
+    def _fetch(self, jobs: list[tuple[str, int | None, int | None, list[str]]]) -> list[bytes]:
+        """Read each ``(object, start, end, keys)`` (whole object if start is None) with one
+        request; raise the error naming the chunk if one cannot be read."""
+        if not jobs:
+            return []
+        spans: list[tuple[str, int, int]] = []
+        unsized: dict[int, str] = {}
+        for i, (h, start, end, ks) in enumerate(jobs):
+            if start is None:
+                size = self._object_size(h, ks)
+                if size is None:
+                    unsized[i] = cas.key_of(h)
+                    continue
+                start, end = 0, size
+            spans.append((cas.key_of(h), start, end))  # type: ignore[arg-type]
+        got = iter(self.storage.read_ranges(spans))
+        results: list[bytes | Exception] = []
+        for i in range(len(jobs)):
+            if i in unsized:
+                try:
+                    results.append(self.storage.read(unsized[i]))
+                except OSError as err:
+                    results.append(err)
+            else:
+                results.append(next(got))
+        for (h, _, _, ks), data in zip(jobs, results):
+            if isinstance(data, FileNotFoundError):
+                raise self._missing(ks[0], h) from data
+            if isinstance(data, OSError):  # retries spent: name what could not be read
+                raise self._unreadable(ks[0], h, data) from data
+            if isinstance(data, Exception):
+                raise data
+        with self._lock:
+            self.requests += len(jobs)
+            self.chunk_reads += sum(len(ks) for *_, ks in jobs)
+            self.bytes_read += sum(len(d) for d in results)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+    def _object_size(self, h: str, keys: list[str]) -> int | None:
+        """Stored bytes of object ``h`` (holding chunks ``keys``), from the manifest."""
+        if all(k not in self._ranges for k in keys):
+            return self.manifest.sizes.get(keys[0])
+        if self._sizes_of_objects is None:
+            self._sizes_of_objects = self.manifest.object_sizes()
+        return self._sizes_of_objects.get(h)
 
     def _checked(self, key: str, h: str, data: bytes) -> bytes:
-        """``data`` if it passes the checks: its CRC-32C (always, for arrays written with one)
-        and its hash (with ``verify``); else :class:`IntegrityError` naming the chunk."""
-        if self.verify:
-            return self._verified(key, h, data)
+        """``data`` if its CRC-32C matches (for arrays written with one); else
+        :class:`IntegrityError` naming the chunk."""
         if array_of(key) in self._checksummed and not crc_ok(data):
             raise self._corrupt(key, h, "its CRC-32C does not match")
         return data
@@ -353,6 +495,13 @@ class ManifestStore(_KeyMapStore):
     def _verified(self, key: str, h: str, data: bytes) -> bytes:
         if cas.digest(data) != h:
             raise self._corrupt(key, h, "the object does not hash to its name")
+        if len(data) <= VERIFIED_CACHE_BYTES:
+            with self._lock:
+                self._verified_objects[h] = data
+                self._verified_bytes += len(data)
+                while self._verified_bytes > VERIFIED_CACHE_BYTES:
+                    _, old = self._verified_objects.popitem(last=False)
+                    self._verified_bytes -= len(old)
         return data
 
     async def set(self, key: str, value: Buffer) -> None:
@@ -360,3 +509,16 @@ class ManifestStore(_KeyMapStore):
 
     async def delete(self, key: str) -> None:
         raise PermissionError(f"{self.label}: releases are immutable")
+
+
+def _merged(h: str, ranges: list[tuple[int, int, str]]) -> list[tuple[str, int, int, list[str]]]:
+    """The spans to read of object ``h`` for chunk ranges ``(start, end, key)``: ranges
+    closer than :data:`MERGE_GAP` are merged into one span."""
+    out: list[tuple[str, int, int, list[str]]] = []
+    for start, end, key in sorted(ranges):
+        if out and start - out[-1][2] <= MERGE_GAP:
+            _, a, b, ks = out[-1]
+            out[-1] = (h, a, max(b, end), [*ks, key])
+        else:
+            out.append((h, start, end, [key]))
+    return out

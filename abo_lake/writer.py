@@ -2,10 +2,17 @@
 
 Zarr does all encoding (xarray's CF encoding, Zarr 3 codecs); abo_lake only decides where
 the encoded bytes go. Metadata and index coordinates are written in-process through a
-:class:`~abo_lake.stores.CaptureStore`; every other array is encoded by one dask task per
-chunk that puts its bytes into the CAS and returns only ``(key, hash, size)``, so a write
-streams on any scheduler (threads or a ``distributed`` cluster) and the graph never carries
-data back.
+:class:`~abo_lake.stores.CaptureStore` (index coordinates' chunks inline in the manifest:
+opening a dataset reads them); every other array is encoded by one dask task per chunk (or
+per *pack*) that puts its bytes into the CAS and returns only ``(key, hash, size, ...)``, so
+a write streams on any scheduler (threads or a ``distributed`` cluster) and the graph never
+carries data back.
+
+A variable whose ``encoding["shards"]`` names a pack shape (a multiple of its
+``encoding["chunks"]``) is stored in packs: each task encodes the chunks of one pack, each
+with the array's own codecs (and CRC-32C), and stores them concatenated in C order of chunk
+index as ONE object; the manifest points each chunk at its byte range. The Zarr metadata is
+a plain regular-chunked array (no sharding codec), so any reference-spec reader reads it.
 """
 
 from __future__ import annotations
@@ -139,6 +146,18 @@ def _chunks_for(var: xr.Variable, chunk_bytes: int = TARGET_CHUNK_BYTES) -> tupl
     return tuple(max(1, c[0]) if c else 1 for c in auto)
 
 
+def _pack_for(var: xr.Variable, chunks: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The pack shape of ``var`` (``encoding["shards"]`` rounded down to whole chunks, the
+    whole dimension where it asks for more), or None when it is not stored in packs."""
+    wanted = var.encoding.get("shards")
+    if wanted is None or len(wanted) != var.ndim or not var.ndim:
+        return None
+    pack = tuple(
+        n if int(w) >= n else max(c, int(w) // c * c) for w, c, n in zip(wanted, chunks, var.shape)
+    )
+    return None if pack == chunks else pack
+
+
 def _streamable(var: xr.Variable) -> bool:
     return var.dtype.kind in "biufc" and var.size > 0 and var.ndim > 0
 
@@ -156,13 +175,15 @@ _PLACEMENT_KEYS = ("chunks", "preferred_chunks", "compressors", "shards", "seria
 
 def _prepare(
     ds: xr.Dataset, options: WriteOptions | None = None
-) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]], dict[str, tuple[int, ...]]]:
     """Chunk every non-index numeric variable as it will be stored; build the encoding.
 
-    Numeric arrays become dask arrays whose blocks are exactly the Zarr chunks (encoded by
-    tasks); index coordinates, strings and scalars are written in-process.
+    Numeric arrays become dask arrays whose blocks are exactly the Zarr chunks, or the
+    packs (returned: name -> pack shape), encoded by tasks; index coordinates, strings and
+    scalars are written in-process.
     """
     encoding: dict[str, dict[str, Any]] = {}
+    packs: dict[str, tuple[int, ...]] = {}
     variables: dict[str, xr.Variable] = {}
     options = options or WriteOptions()
     for name, var in ds.variables.items():
@@ -176,7 +197,10 @@ def _prepare(
         if name in ds.indexes:
             new = var.copy(deep=False)
         elif _streamable(var):
-            new = _chunked(var, chunks)
+            pack = _pack_for(var, chunks)
+            if pack is not None:
+                packs[name] = pack
+            new = _chunked(var, pack or chunks)
         else:
             new = var.load() if isinstance(var.data, da.Array) else var.copy(deep=False)
         new.encoding = {k: v for k, v in var.encoding.items() if k not in _PLACEMENT_KEYS}
@@ -186,22 +210,36 @@ def _prepare(
         coords={n: variables[n] for n in ds.coords},
         attrs=ds.attrs,
     )
-    return out, encoding
+    return out, encoding, packs
 
 
 def _encode_block(
-    block: np.ndarray, meta: bytes, region: tuple[slice, ...], storage: Storage, prefix: str
-) -> list[tuple[str, str, int, bool]]:
-    """Encode one block with Zarr into its chunk objects; put them; return (key, hash, size)."""
+    block: np.ndarray,
+    meta: bytes,
+    region: tuple[slice, ...],
+    storage: Storage,
+    prefix: str,
+    pack: bool = False,
+) -> list[tuple[str, str, int, bool, int | None, int]]:
+    """Encode one block with Zarr into its chunks and put them into the CAS: each chunk as
+    its own object, or (``pack``) all of them concatenated in C order of chunk index as one.
+
+    Returns ``(key, hash, size, written, offset, object bytes)`` per chunk; ``offset`` is
+    None for a chunk that is a whole object; ``written`` is said once per new object.
+    """
     encoder = array_codecs(meta)
     chunks = getattr(encoder[0].chunk_grid, "chunk_shape", None) if encoder else None
-    if chunks is not None and all(
-        s.start % c == 0 and s.stop - s.start <= c for s, c in zip(region, chunks)
-    ):
-        index = tuple(s.start // c for s, c in zip(region, chunks))
-        # the usual case: the block is exactly one chunk (blocks follow the Zarr chunks)
-        one = encode_chunk(block, meta, index)
-        encoded = [] if one is None else [one]
+    if chunks is not None and all(s.start % c == 0 for s, c in zip(region, chunks)):
+        # the usual case: the block is whole chunks (blocks follow the Zarr chunks or packs)
+        first = tuple(s.start // c for s, c in zip(region, chunks))
+        counts = tuple(-(-(s.stop - s.start) // c) for s, c in zip(region, chunks))
+        encoded = []
+        for step in np.ndindex(*counts):
+            index = tuple(f + i for f, i in zip(first, step))
+            part = tuple(slice(i * c, (i + 1) * c) for i, c in zip(step, chunks))
+            one = encode_chunk(block[part], meta, index)
+            if one is not None:
+                encoded.append(one)
     else:
         mem = zarr.storage.MemoryStore()
         mem._store_dict["zarr.json"] = default_buffer_prototype().buffer.from_bytes(meta)
@@ -212,14 +250,25 @@ def _encode_block(
             for key, buf in mem._store_dict.items()
             if not is_metadata_key(key)
         ]
+        pack = False
     out = []
+    if pack and len(encoded) > 1:
+        data = b"".join(d for _, d in encoded)
+        h, written = cas.put(storage, data)
+        offset = 0
+        for i, (key, chunk) in enumerate(encoded):
+            out.append((f"{prefix}{key}", h, len(chunk), written and i == 0, offset, len(data)))
+            offset += len(chunk)
+        return out
     for key, data in encoded:
         h, written = cas.put(storage, data)
-        out.append((f"{prefix}{key}", h, len(data), written))
+        out.append((f"{prefix}{key}", h, len(data), written, None, len(data)))
     return out
 
 
-def _block_tasks(data: da.Array, meta: bytes, storage: Storage, prefix: str) -> list[dask.delayed]:
+def _block_tasks(
+    data: da.Array, meta: bytes, storage: Storage, prefix: str, pack: bool = False
+) -> list[dask.delayed]:
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks]
     blocks = data.to_delayed(optimize_graph=False)  # fuse in the one merged graph, not per array
     tasks = []
@@ -230,7 +279,9 @@ def _block_tasks(data: da.Array, meta: bytes, storage: Storage, prefix: str) -> 
         tasks.append(
             # pure=False: content addressing makes reruns idempotent anyway, and tokenizing the
             # arguments (the storage object) for every block cost seconds on many-group trees
-            dask.delayed(_encode_block, pure=False)(blocks[index], meta, region, storage, prefix)
+            dask.delayed(_encode_block, pure=False)(
+                blocks[index], meta, region, storage, prefix, pack
+            )
         )
     return tasks
 
@@ -340,9 +391,13 @@ def _write(
     capture = CaptureStore(storage)
     tasks: list[dask.delayed] = []
     for group, ds in groups(obj).items():
-        prepared, encoding = _prepare(ds, options)
-        _write_metadata(prepared, capture, group, encoding)
+        prepared, encoding, packs = _prepare(ds, options)
         prefix = f"{group}/" if group else ""
+        # index coordinates are what opening a dataset reads: kept in the manifest
+        capture.inline_arrays = {f"{prefix}{name}" for name in ds.indexes}
+        _write_metadata(prepared, capture, group, encoding)
+        capture.inline_arrays = set()
+        capture.packs.update({f"{prefix}{name}": pack for name, pack in packs.items()})
         for name, var in prepared.variables.items():
             if not isinstance(var.data, da.Array):
                 continue
@@ -353,15 +408,18 @@ def _write(
                 encoded = encode_zarr_variable(original, name=name, zarr_format=3)
                 region = tuple(slice(0, n) for n in var.shape)
                 block = np.asarray(encoded.data)
-                for result in _encode_block(block, meta, region, storage, f"{prefix}{name}/"):
+                packed = name in packs
+                for result in _encode_block(
+                    block, meta, region, storage, f"{prefix}{name}/", packed
+                ):
                     capture.record(*result)
                 continue
             encoded = encode_zarr_variable(var, name=name, zarr_format=3)
-            tasks += _block_tasks(encoded.data, meta, storage, f"{prefix}{name}/")
+            tasks += _block_tasks(encoded.data, meta, storage, f"{prefix}{name}/", name in packs)
     with TaskFraction(progress) if progress else contextlib.nullcontext():
         computed = dask.compute(*tasks)
     for results in computed:
-        for key, h, size, written in results:
-            capture.record(key, h, size, written)
+        for result in results:
+            capture.record(*result)
     zarr.consolidate_metadata(capture, zarr_format=3)
     return Written(capture.manifest(), capture.new_objects, capture.new_bytes)

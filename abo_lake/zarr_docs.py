@@ -32,7 +32,6 @@ from zarr.core.dtype import parse_dtype
 from zarr.core.dtype.common import HasItemSize
 from zarr.core.group import GroupMetadata
 
-from abo_lake import cas
 from abo_lake.chunk_codec import encode_chunk
 from abo_lake.stores import CaptureStore
 
@@ -92,8 +91,7 @@ class _DocArray:
             encoded = encode_chunk(block, meta, index)
             if encoded is not None:
                 key, payload = encoded
-                h, written = cas.put(capture.storage, payload)
-                capture.record(f"{self.path}/{key}", h, len(payload), written)
+                capture.put_chunk(f"{self.path}/{key}", payload)
 
 
 class DocGroup:
