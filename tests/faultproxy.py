@@ -19,6 +19,14 @@ fault instead:
 
 The proxy listens on 127.0.0.1 only, forwards only to a loopback upstream, serves at most
 ``max_requests`` requests and stops at :meth:`FaultProxy.stop` (or leaving its ``with``).
+
+It also counts: every request is a :class:`Hit` with the bytes read from the client
+(request line, headers, body) and written to it (status line, headers, body), its status and
+``Range`` header; :meth:`FaultProxy.tally` sums them over the requests since a
+:meth:`FaultProxy.mark`, so a benchmark can read requests and bytes on the wire of one
+operation (``tests/benchmarks/bench_cloud_reads.py``). Bodies are written in 1 MiB pieces and
+only what the client accepted is counted (a client that hangs up after the headers, as a
+streaming size probe does, is charged what was in flight).
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ import re
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FAULTS", "FaultProxy", "Rule"]
+__all__ = ["FAULTS", "FaultProxy", "Hit", "Rule", "Tally"]
 
 FAULTS = ("500", "503", "slowdown", "reset-before", "reset-after", "truncate")
 
@@ -43,6 +53,7 @@ _ERRORS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
 }
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+_PIECE = 1 << 20  # bytes per write of a response body
 
 
 @dataclass
@@ -90,13 +101,51 @@ class Rule:
         return self.nth <= self.seen < self.nth + self.times
 
 
-@dataclass(frozen=True)
+@dataclass
 class Hit:
-    """One request seen by the proxy: what was asked and which fault (if any) it got."""
+    """One request seen by the proxy: what was asked, which fault (if any) it got, and what
+    crossed the client's connection (filled in when the request is done)."""
 
     method: str
     path: str
     fault: str | None
+    range: str | None = None
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    body_out: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Requests and bytes on the client's side of the proxy over some requests.
+
+    ``bytes_out`` is what the proxy wrote to the client (status lines, headers, bodies),
+    ``bytes_in`` what it read from the client, ``body_out`` the response bodies alone.
+    """
+
+    requests: int
+    gets: int
+    bytes_in: int
+    bytes_out: int
+    body_out: int
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes both ways on the client's connection."""
+        return self.bytes_in + self.bytes_out
+
+    @classmethod
+    def of(cls, hits: list[Hit]) -> Tally:
+        """Sum ``hits``."""
+        return cls(
+            requests=len(hits),
+            gets=sum(h.method == "GET" for h in hits),
+            bytes_in=sum(h.bytes_in for h in hits),
+            bytes_out=sum(h.bytes_out for h in hits),
+            body_out=sum(h.body_out for h in hits),
+        )
 
 
 class FaultProxy:
@@ -153,6 +202,30 @@ class FaultProxy:
         with self._lock:
             return [h for h in self.hits if h.fault]
 
+    def mark(self) -> int:
+        """A position in the request log, for :meth:`tally` (waits for requests in flight)."""
+        self.wait_idle()
+        with self._lock:
+            return len(self.hits)
+
+    def tally(self, since: int = 0, until: int | None = None) -> Tally:
+        """Requests and bytes of the requests from mark ``since`` to mark ``until`` (now)."""
+        if until is None:
+            until = self.mark()
+        with self._lock:
+            return Tally.of(self.hits[since:until])
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every request seen so far is done (its bytes counted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if all(h.done for h in self.hits):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fault proxy: requests still in flight after {timeout} s")
+            time.sleep(0.002)
+
     def stop(self) -> None:
         """Stop serving and close the listening socket."""
         self._server.shutdown()
@@ -165,16 +238,16 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _decide(self, method: str, path: str) -> str | None:
+    def _decide(self, method: str, path: str, range_: str | None) -> tuple[str | None, Hit]:
         with self._lock:
-            if len(self.hits) >= self.max_requests:
-                return "refuse"
-            fault = None
-            for rule in self.rules:
-                if rule.take(method, path) and fault is None:
-                    fault = rule.fault
-            self.hits.append(Hit(method, path, fault))
-            return fault
+            fault = "refuse" if len(self.hits) >= self.max_requests else None
+            if fault is None:
+                for rule in self.rules:
+                    if rule.take(method, path) and fault is None:
+                        fault = rule.fault
+            hit = Hit(method, path, fault, range_)
+            self.hits.append(hit)
+            return fault, hit
 
 
 def _loopback(host: str) -> bool:
@@ -195,12 +268,56 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Counted:
+    """A file-like wrapper counting the bytes read from or written to it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def read(self, *args: int) -> bytes:
+        data = self.raw.read(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args: int) -> bytes:
+        data = self.raw.readline(*args)
+        self.count += len(data)
+        return data
+
+    def write(self, data: bytes) -> int | None:
+        out = self.raw.write(data)
+        self.count += len(data)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     proxy: FaultProxy
+    _hit: Hit | None = None
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _Counted(self.rfile)
+        self.wfile = _Counted(self.wfile)
+
+    def handle_one_request(self) -> None:
+        self._hit = None
+        read0, written0 = self.rfile.count, self.wfile.count
+        try:
+            super().handle_one_request()
+        finally:
+            hit = self._hit
+            if hit is not None:
+                hit.bytes_in = self.rfile.count - read0
+                hit.bytes_out = self.wfile.count - written0
+                hit.done = True
 
     def do_GET(self) -> None:
         self._handle()
@@ -220,10 +337,15 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self._hit is not None:
+            self._hit.status = code
+        super().send_response(code, message)
+
     def _handle(self) -> None:
         body = self._body()
         path = unquote(urlsplit(self.path).path)
-        fault = self.proxy._decide(self.command, path)
+        fault, self._hit = self.proxy._decide(self.command, path, self.headers.get("Range"))
         if fault == "refuse":
             self._error(503, "ServiceUnavailable", "fault proxy: request budget exhausted")
             return
@@ -248,12 +370,25 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", length)
         self.end_headers()
         if fault == "truncate":
-            self.wfile.write(data[: len(data) // 2])
+            self._write_body(data[: len(data) // 2])
             self.wfile.flush()
             self._reset()
             return
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self._write_body(data)
+
+    def _write_body(self, data: bytes) -> None:
+        """Write ``data`` in pieces, counting the body bytes the client accepted."""
+        view = memoryview(data)
+        for start in range(0, len(view), _PIECE):
+            piece = view[start : start + _PIECE]
+            try:
+                self.wfile.write(piece)
+            except (ConnectionError, TimeoutError):  # the client hung up: stop here
+                self.close_connection = True
+                return
+            if self._hit is not None:
+                self._hit.body_out += len(piece)
 
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
@@ -278,7 +413,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self._write_body(data)
 
     def _reset(self) -> None:
         """Drop the connection with a TCP reset (no FIN, no response)."""
