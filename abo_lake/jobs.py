@@ -49,7 +49,7 @@ _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
 #: 4: Visual Behavior behavior part read by sources._vb_behavior: templates, rig geometry,
 #: presentation columns a table lacks marked by absent_in; 5: a crc32c codec ends every
 #: array's codec chain, so every chunk's bytes change).
-CONVERTER_VERSION = 5
+CONVERTER_VERSION = 6
 
 
 @dataclass

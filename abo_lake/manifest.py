@@ -124,7 +124,9 @@ class Manifest:
             refs[key] = ["{{lake}}/" + key_of(h), *(rng if rng else ())]
         for key, data in sorted(self.inline.items()):
             refs[key] = "base64:" + base64.b64encode(data).decode()
-        extra: dict[str, object] = {"format": 1, "sizes": dict(sorted(self.sizes.items()))}
+        # a ranged chunk's size is its range's length: not repeated
+        sizes = {k: n for k, n in sorted(self.sizes.items()) if k not in self.ranges}
+        extra: dict[str, object] = {"format": 1, "sizes": sizes}
         if self.ranges or self.inline or self.packs:
             extra["format"] = 2
         if self.packs:

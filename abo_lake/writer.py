@@ -44,10 +44,15 @@ from abo_lake.stores import CaptureStore, is_metadata_key
 __all__ = [
     "CHECKSUM",
     "DEFAULT_COMPRESSORS",
+    "PACK_BYTES",
+    "RAGGED_CHUNK",
     "TARGET_CHUNK_BYTES",
+    "TRACE_CHUNK_MAX_BYTES",
     "WriteOptions",
     "Written",
+    "cell_major_layout",
     "groups",
+    "ragged_layout",
     "write_dataset",
 ]
 
@@ -146,6 +151,35 @@ def _chunks_for(var: xr.Variable, chunk_bytes: int = TARGET_CHUNK_BYTES) -> tupl
     return tuple(max(1, c[0]) if c else 1 for c in auto)
 
 
+#: A cell's whole trace is one chunk up to this size (longer traces split along time).
+TRACE_CHUNK_MAX_BYTES = 2**20
+#: Bytes of one pack (one object, one request for a whole-population read).
+PACK_BYTES = 4 * 2**20
+#: Elements per chunk of a ragged per-unit array (``spike_times``): 64 KiB of float64, at
+#: most half the spikes of a 5th-percentile unit of the realistic Neuropixels session
+#: (17,313 spikes; median 31,746), so a unit's read is <= 2x its bytes.
+RAGGED_CHUNK = 8192
+
+
+def cell_major_layout(shape: tuple[int, int], itemsize: int) -> dict[str, tuple[int, int]]:
+    """``{"chunks", "shards"}`` encoding of a (cell, time) trace array: one chunk per cell
+    (its whole trace, split along time only beyond :data:`TRACE_CHUNK_MAX_BYTES`), packed
+    ~:data:`PACK_BYTES` of cells to an object."""
+    n_cells, n_time = (max(1, int(n)) for n in shape)
+    pieces = -(-n_time * itemsize // TRACE_CHUNK_MAX_BYTES)
+    t = -(-n_time // pieces)
+    cells = max(1, min(n_cells, PACK_BYTES // (t * itemsize)))
+    return {"chunks": (1, t), "shards": (cells, t)}
+
+
+def ragged_layout(n: int, itemsize: int) -> dict[str, tuple[int]]:
+    """``{"chunks", "shards"}`` encoding of a flat ragged array ordered by unit: chunks of
+    :data:`RAGGED_CHUNK` elements packed ~:data:`PACK_BYTES` to an object."""
+    n = max(1, int(n))
+    chunk = min(n, RAGGED_CHUNK)
+    return {"chunks": (chunk,), "shards": (min(n, max(chunk, PACK_BYTES // itemsize)),)}
+
+
 def _pack_for(var: xr.Variable, chunks: tuple[int, ...]) -> tuple[int, ...] | None:
     """The pack shape of ``var`` (``encoding["shards"]`` rounded down to whole chunks, the
     whole dimension where it asks for more), or None when it is not stored in packs."""
@@ -174,6 +208,13 @@ _PLACEMENT_KEYS = ("chunks", "preferred_chunks", "compressors", "shards", "seria
 
 
 def _prepare(
+    ds: xr.Dataset, options: WriteOptions | None = None
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """:func:`_prepare_packed` without the pack shapes."""
+    return _prepare_packed(ds, options)[:2]
+
+
+def _prepare_packed(
     ds: xr.Dataset, options: WriteOptions | None = None
 ) -> tuple[xr.Dataset, dict[str, dict[str, Any]], dict[str, tuple[int, ...]]]:
     """Chunk every non-index numeric variable as it will be stored; build the encoding.
@@ -391,7 +432,7 @@ def _write(
     capture = CaptureStore(storage)
     tasks: list[dask.delayed] = []
     for group, ds in groups(obj).items():
-        prepared, encoding, packs = _prepare(ds, options)
+        prepared, encoding, packs = _prepare_packed(ds, options)
         prefix = f"{group}/" if group else ""
         # index coordinates are what opening a dataset reads: kept in the manifest
         capture.inline_arrays = {f"{prefix}{name}" for name in ds.indexes}

@@ -84,11 +84,11 @@ class TestLake:
             stage.write("ophys/experiment/1", make_dataset())
         store = lake.release("r1").store("ophys/experiment/1")
         opened = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
-        # metadata is inline; opening reads only the index coordinates (one chunk each)
-        assert store.chunk_reads == 2
+        # metadata and the index coordinates' chunks are inline: opening reads no object
+        assert store.chunk_reads == store.requests == 0
         with dask.config.set(scheduler="synchronous"):
             opened["dff"].isel(cell_specimen_id=slice(0, 8), time=slice(0, 2000)).values
-        assert store.chunk_reads == 3
+        assert store.chunk_reads == store.requests == 1
 
     def test_same_data_twice_adds_no_object_and_one_changed_chunk_adds_one(self, lake):
         ds = make_dataset()
@@ -244,7 +244,13 @@ class TestLakeErrors:
             (lambda r: r.update({"../../etc/zarr.json": "{}"}), "not a plain relative"),
             (lambda r: r.update({"dff/c/0/0": ["s3://elsewhere/x"]}), "outside|under the lake"),
             (lambda r: r.update({"dff/c/0/0": ["{{lake}}/cas/00/" + "1" * 64]}), "cas/"),
-            (lambda r: r.update({"dff/c/0/0": "inline data"}), "non-metadata key"),
+            (lambda r: r.update({"dff/c/0/0": "inline data"}), "not 'base64:' data"),
+            (lambda r: r.update({"dff/c/0/0": "base64:!!not base64"}), "not valid base64"),
+            (
+                lambda r: r.update({"dff/c/0/0": [r["dff/c/0/0"][0], -1, 10]}),
+                "non-negative integers",
+            ),
+            (lambda r: r.update({"dff/c/0/0": [r["dff/c/0/0"][0], 0]}), "cas/"),
         ],
     )
     def test_bad_manifest_is_refused(self, local_lake, edit, message):

@@ -56,6 +56,7 @@ from abo_lake.sources._hdf5 import (
     require_hdf5,
 )
 from abo_lake.sources._vb_behavior import as_dtype, decoded_strings
+from abo_lake.writer import cell_major_layout
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -373,7 +374,8 @@ def read(path: str | Path) -> dict[str, xr.Dataset]:
         for name, group in _TRACES.items():
             if f"{group}/data" in f:
                 var = xr.Variable((cell, "time"), _trace(p, f, group, n, n_t))
-                var.encoding["chunks"] = var.data.chunksize
+                # one chunk per cell (its whole trace), packed ~4 MB
+                var.encoding.update(cell_major_layout(var.shape, var.dtype.itemsize))
                 data[name] = var
         if "events" in data:
             group = _TRACES["events"]

@@ -60,6 +60,7 @@ import xarray as xr
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
 from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_hdf5
+from abo_lake.writer import cell_major_layout
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -249,7 +250,8 @@ def _traces(p: Path, f: h5py.File, shape: tuple[int, int]) -> dict[str, xr.Varia
     for name, (arr, units, long_name) in arrays.items():
         if arr is not None:
             out[name] = xr.Variable(dims, arr, {"units": units, "long_name": long_name})
-            out[name].encoding["chunks"] = chunks
+            # one chunk per cell (its whole trace), packed ~4 MB
+            out[name].encoding.update(cell_major_layout(shape, out[name].dtype.itemsize))
     for name in ("r", "rmse"):
         if f"{_FL}/{name}" in f and f[f"{_FL}/{name}"].shape == (shape[0],):
             out[name] = xr.Variable("cell_specimen_id", f[f"{_FL}/{name}"][()])

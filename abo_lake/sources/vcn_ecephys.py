@@ -57,6 +57,7 @@ import xarray as xr
 from abo_lake.errors import SourceFileError
 from abo_lake.fidelity import blockwise
 from abo_lake.sources._hdf5 import lazy_array, open_hdf5, read_str, require_dataset
+from abo_lake.writer import ragged_layout
 
 __all__ = ["MAPPED_HDF5", "fidelity_mappings", "read", "sniff"]
 
@@ -535,7 +536,8 @@ def _add_units(p: Path, f: h5py.File, ds: xr.Dataset, channels: dict, probes: di
     chunk = max(1, min(n_spikes, _SPIKE_CHUNK))
     ds["spike_times"] = ("spike", lazy_array(p, "/units/spike_times", chunks=(chunk,)))
     ds["spike_times"].attrs.update(units="s", description="sorted within each unit")
-    ds["spike_times"].encoding["chunks"] = (chunk,)
+    # small chunks packed ~4 MB: one unit's spikes in <= 2 requests and <= 2x their bytes
+    ds["spike_times"].encoding.update(ragged_layout(n_spikes, 8))
     ds["spike_times_index"] = ("unit_id", idx)
     ds["spike_times_index"].attrs["description"] = "end offset of each unit in spike_times"
     if "spike_amplitudes" in g:
@@ -549,7 +551,9 @@ def _add_units(p: Path, f: h5py.File, ds: xr.Dataset, channels: dict, probes: di
             lazy_array(p, "/units/spike_amplitudes", chunks=(chunk,)),
         )
         ds["spike_amplitudes"].attrs["units"] = "V"
-        ds["spike_amplitudes"].encoding["chunks"] = (chunk,)
+        ds["spike_amplitudes"].encoding.update(
+            ragged_layout(n_spikes, ds["spike_amplitudes"].dtype.itemsize)
+        )
     if "waveform_mean" in g:
         _add_waveforms(p, f, ds, n)
 
