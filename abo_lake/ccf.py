@@ -21,6 +21,13 @@ stay lazy (dask) until the caller computes. Volumes opened from the lake (one da
 ~1 MB stored chunk, whose scheduling costs more than its decoding) are read in slabs: one task
 per run of stored chunks along DV/LR within one AP block, about 8 MB per array (``_slabs``);
 per-voxel work still runs on pieces of about a chunk, so memory is a few chunks per thread.
+
+Schedulers. :func:`structure_at` from the lake uses no dask: a point query reads a few chunks,
+and building, scheduling and (in a fresh process) dask's import of ``distributed`` would cost
+more than decoding them. The eager analyses (:func:`unionize`, :func:`projection_matrix`,
+:func:`voxel_counts`) compute once, on the scheduler the caller chose (``dask.config`` or a
+distributed Client), else on the local threads (``_compute``). Masks and
+:func:`direct_unionize` stay lazy dask arrays, computed however the caller computes them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from xarray.core import indexing as xr_indexing
 
 from abo_lake.errors import SchemaError, StructureNotFoundError
 from abo_lake.ontology import (
@@ -109,9 +117,10 @@ _NSTAT = _NSUM + 4  # + (max density, flat index) of the injection and the proje
 
 
 def _compute(*objs: Any) -> tuple:
-    """``dask.compute(*objs)``; on the local threads when no scheduler is configured and
-    ``distributed`` was never imported (so no Client can be active): dask would otherwise
-    import it to look for one, ~0.25 s of CPU in a fresh process."""
+    """``dask.compute(*objs)`` on the scheduler chosen by the module's rule (module docstring):
+    the caller's (dask's ``scheduler`` setting, or a distributed Client, which exists only once
+    ``distributed`` is imported), else the local threads, without the import of
+    ``distributed`` dask makes to look for a Client (~0.25 s of CPU in a fresh process)."""
     if "distributed" in sys.modules or dask.config.get("scheduler", None) is not None:
         return dask.compute(*objs)
     return dask.compute(*objs, scheduler="threads")
@@ -384,6 +393,12 @@ def many_structure_masks(
 def structure_at(volume: xr.Dataset | xr.DataTree, points_um: Any) -> xr.DataArray:
     """Structure ids at points, reading only the chunks that hold them (lazy).
 
+    From the lake (a volume opened by ``Release.open``/``open_zarr``), the result is a lazily
+    indexed array, as ``xr.open_dataset`` gives without dask: nothing is read until its values
+    are asked for, then one Zarr coordinate selection reads and decodes each chunk holding
+    points once, concurrently, with no dask graph or scheduler (see :func:`_lazy_points`).
+    Other volumes (in memory, or dask graphs that are not a plain read) give a dask array.
+
     Parameters
     ----------
     volume
@@ -419,72 +434,35 @@ def structure_at(volume: xr.Dataset | xr.DataTree, points_um: Any) -> xr.DataArr
             f"{bad.size} of {len(pts)} points lie outside the volume (extent {origin.tolist()} to "
             f"{extent} µm), e.g. point {int(bad[0])} at {pts[bad[0]].tolist()}"
         )
+    coords = {d: ("point", pts[:, k], {"units": "um"}) for k, d in enumerate(_DIMS)}
+    lazy = _lazy_points(ann.data, idx) if len(pts) else None
+    if lazy is not None:
+        return xr.Dataset({"structure_id": lazy}, coords=coords)["structure_id"]
     if not len(pts):
         data = da.zeros(0, ann.dtype)
-    elif (src := _source(ann.data)) is None:
-        data = ann.data.vindex[idx[:, 0], idx[:, 1], idx[:, 2]]
     else:
-        data = _points_from_source(src, ann.data.chunks, idx, ann.dtype)
-    coords = {d: ("point", pts[:, k], {"units": "um"}) for k, d in enumerate(_DIMS)}
+        data = ann.data.vindex[idx[:, 0], idx[:, 1], idx[:, 2]]
     return xr.DataArray(data, dims=("point",), coords=coords, name="structure_id")
 
 
-def _points_from_source(
-    src: Any, chunks: tuple[tuple[int, ...], ...], idx: np.ndarray, dtype: np.dtype
-) -> da.Array:
-    """Values at voxel indices ``idx`` (n, 3) read from ``src``: one dask task per slab of
-    stored chunks (:func:`_slab_chunks`) holding points, reading only the chunks that hold
-    them, and one task putting the values back in the points' order."""
-    bounds = [np.cumsum((0, *c)) for c in chunks]
-    slabs = _slab_chunks(chunks, np.dtype(dtype).itemsize)
-    slab_bounds = [np.cumsum((0, *c)) for c in slabs]
-    chunk = np.stack(
-        [np.searchsorted(b, idx[:, k], side="right") - 1 for k, b in enumerate(bounds)], axis=1
-    )
-    slab = np.stack(
-        [np.searchsorted(b, idx[:, k], side="right") - 1 for k, b in enumerate(slab_bounds)], axis=1
-    )
-    slab_key = np.ravel_multi_index(slab.T, [len(c) for c in slabs])
-    chunk_key = np.ravel_multi_index(chunk.T, [len(c) for c in chunks])
-    order = np.lexsort((chunk_key, slab_key))
-    # per slab: each run of points in one stored chunk as that chunk's bounds and the points'
-    # local indices, in plain arrays (dask does not traverse them when building the graph)
-    lo_all = np.stack([b[c] for b, c in zip(bounds, chunk.T)], axis=1)
-    hi_all = np.stack([b[c + 1] for b, c in zip(bounds, chunk.T)], axis=1)
-    parts = []
-    starts = np.flatnonzero(np.diff(slab_key[order], prepend=-1))
-    for group in np.split(order, starts[1:]):
-        runs = np.flatnonzero(np.r_[True, np.diff(chunk_key[group]) != 0])
-        heads = group[runs]
-        counts = np.diff(np.r_[runs, group.size])
-        local = idx[group] - lo_all[group]
-        parts.append(
-            dask.delayed(_read_points, pure=False)(src, lo_all[heads], hi_all[heads], counts, local)
-        )
-    values = dask.delayed(_in_order, pure=False)(parts, order)
-    return da.from_delayed(values, shape=(len(idx),), dtype=dtype)
+def _lazy_points(data: da.Array, idx: np.ndarray) -> xr.Variable | None:
+    """The values at voxel indices ``idx`` (n, 3) of a stored array, as a lazy Variable, or
+    None when ``data`` is not a plain read of a stored array (:func:`_source`).
 
-
-def _read_points(
-    src: Any, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray, local: np.ndarray
-) -> np.ndarray:
-    """Values at ``local`` indices (n, 3) within boxes ``lo:hi`` of ``src`` (one stored chunk
-    per box; ``counts`` points per box, in order)."""
-    out = []
-    end = np.cumsum(counts)
-    for a, b, e, n in zip(lo, hi, end, counts):
-        box = tuple(slice(int(i), int(j)) for i, j in zip(a, b))
-        pts = local[e - n : e]
-        out.append(np.asarray(src[box])[pts[:, 0], pts[:, 1], pts[:, 2]])
-    return np.concatenate(out)
-
-
-def _in_order(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
-    """Values grouped as ``order`` put back in the points' order."""
-    values = np.concatenate(parts)
-    out = np.empty_like(values)
-    out[order] = values
-    return out
+    The backend array behind the dask graph (xarray's lazily indexed Zarr array) is indexed
+    with one vectorized (pointwise) indexer; xarray defers it and, when the values are asked
+    for, hands it to Zarr's coordinate selection, which reads only the chunks holding points.
+    Skipping dask here matters for a point query: building and scheduling a graph, and dask's
+    import of ``distributed`` to look for a client, cost more than decoding the chunks.
+    """
+    src = _source(data)
+    backend = getattr(src, "array", None)
+    if not isinstance(backend, xr_indexing.ExplicitlyIndexed):
+        return None
+    # kept lazy (an explicitly indexed backend array); the values, once read, are held
+    stored = xr.Variable(_DIMS, xr_indexing.MemoryCachedArray(backend))
+    point = {d: xr.Variable("point", idx[:, k]) for k, d in enumerate(_DIMS)}
+    return stored.isel(point)
 
 
 def _unique_counts(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

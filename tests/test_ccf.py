@@ -521,16 +521,27 @@ def _open_level(rel, group="100um"):
 
 
 def test_point_query_reads_only_the_chunks_holding_the_points(local_release, ann_np):
+    """From the lake, structure_at builds no dask graph: nothing is read until the values are
+    asked for, then exactly the chunks holding points, once, with no dask compute."""
     ds, store = _open_level(local_release)
     assert ds["annotation"].chunks == ((64, 64, 4), (64, 16), (64, 50))
     pts = np.array([[100.0, 100.0, 100.0], [7000.0, 6000.0, 6000.0], [6300.0, 6100.0, 6200.0]])
-    with dask.config.set(scheduler="synchronous"):
-        before = store.chunk_reads
-        out = ds.ccf.structure_at(pts).values
+    before = store.chunk_reads
+    with raise_if_dask_computes():
+        at = ds.ccf.structure_at(pts)
+        assert store.chunk_reads == before  # lazy: nothing read yet
+        out = at.values
         reads = store.chunk_reads - before
+        np.testing.assert_array_equal(at.values, out)  # read once, then held
+    assert store.chunk_reads - before == reads == 2  # chunks (0, 0, 0) and (1, 0, 0) of the 12
     idx = (pts // 100).astype(int)
     np.testing.assert_array_equal(out, ann_np[idx[:, 0], idx[:, 1], idx[:, 2]])
-    assert reads == 2  # chunks (0, 0, 0) and (1, 0, 0) of the 12
+    assert at.dims == ("point",)
+    assert at.name == "structure_id"
+    assert out.dtype == ann_np.dtype
+    np.testing.assert_array_equal(at["lr"].values, pts[:, 2])
+    # still usable with dask when asked for
+    np.testing.assert_array_equal(at.chunk({"point": 2}).compute().values, out)
 
 
 def _isocortex(ann_np, onto):
