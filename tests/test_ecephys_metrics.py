@@ -11,6 +11,13 @@ ours (scipy 1.17) and AllenSDK's venv (scipy 1.10) fits within 2e-7 relative for
 (flat fields; leastsq stops at maxfev). AllenSDK's own fit code run under scipy 1.17 on the
 reference fields gives our values (checked by hand). So: rtol 1e-5 up to 150 degrees; beyond,
 both must be degenerate (> 150 degrees).
+
+``ecephys_metrics_fc_allensdk.npz`` is AllenSDK's ``DriftingGratings`` and ``DotMotion`` on
+``vcn_ecephys.write(scale="metrics", seed=4, fc_stimuli=True)`` (the Functional Connectivity
+``drifting_gratings_contrast`` and ``dot_motion`` stimuli added). ``c50_dg`` is a curve fit
+(``curve_fit``, MINPACK) but AllenSDK reads it off a 256-point contrast grid, so fits that
+differ by less than a grid step give the same value: it is compared exactly, and is equal on
+every unit (AllenSDK's venv runs scipy 1.10.1, ours 1.17.1).
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from abo_lake.sources import vcn_ecephys as reader
 from abo_lake.synthetic import vcn_ecephys
 
 REFERENCE = Path(__file__).parent / "reference" / "ecephys_metrics_allensdk.npz"
+FC_REFERENCE = REFERENCE.with_name("ecephys_metrics_fc_allensdk.npz")
 SEED = 20240607  # the reference script's np.random.seed before ReceptiveFieldMapping.metrics
-EXACT = ("pref_", "_multi_", "on_screen_rf", "p_value_rf")
+EXACT = ("pref_", "_multi_", "on_screen_rf", "p_value_rf", "c50_dg")
 FITS = ("width_rf", "height_rf")  # leastsq across scipy versions (module doc)
 AREAS = ("drifting_gratings", "static_gratings", "natural_scenes", "flashes",
          "receptive_field_mapping")  # fmt: skip
@@ -64,14 +72,25 @@ def unit_ids(session, ref):
     return lifted
 
 
-def test_input_is_the_reference_input(session, unit_ids, ref):
-    total = sum(float(np.sum(ecephys.spike_times(session, u).values)) for u in unit_ids)
-    assert total == pytest.approx(float(ref["input/spike_times_sum"]), rel=1e-12)
+@pytest.fixture(scope="module")
+def fc_ref():
+    return dict(np.load(FC_REFERENCE))
 
 
-@pytest.mark.parametrize("analysis", AREAS)
-def test_metrics_equal_allensdk_unit_by_unit(session, unit_ids, ref, analysis):
-    got = session.ecephys.stimulus_metrics(analysis, unit_ids, seed=SEED)
+@pytest.fixture(scope="module")
+def fc_session(tmp_path_factory):
+    """The FC reference's input: the 'metrics' session, seed 4, with contrast gratings and dots."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = vcn_ecephys.write(
+            tmp_path_factory.mktemp("vcn_fc"), scale="metrics", seed=4, fc_stimuli=True
+        )[0]
+        out = reader.read(path)
+    return next(v for k, v in out.items() if k.startswith("ecephys/session/"))
+
+
+def _assert_equal_to_reference(got: pd.DataFrame, ref: dict, analysis: str) -> int:
+    """Every column of ``got`` against AllenSDK's; the number of finite values compared."""
     assert list(got.columns) == list(ref[f"{analysis}/columns"])
     np.testing.assert_array_equal(got.index.to_numpy(), ref[f"{analysis}/unit_id"])
     compared = 0
@@ -88,7 +107,52 @@ def test_metrics_equal_allensdk_unit_by_unit(session, unit_ids, ref, analysis):
             np.testing.assert_allclose(ours, want, rtol=1e-9, atol=1e-12,
                                        err_msg=f"{analysis}: {column}")  # fmt: skip
         compared += int(np.sum(~pd.isna(want)))
+    return compared
+
+
+def test_input_is_the_reference_input(session, unit_ids, ref):
+    total = sum(float(np.sum(ecephys.spike_times(session, u).values)) for u in unit_ids)
+    assert total == pytest.approx(float(ref["input/spike_times_sum"]), rel=1e-12)
+
+
+@pytest.mark.parametrize("analysis", AREAS)
+def test_metrics_equal_allensdk_unit_by_unit(session, unit_ids, ref, analysis):
+    got = session.ecephys.stimulus_metrics(analysis, unit_ids, seed=SEED)
+    compared = _assert_equal_to_reference(got, ref, analysis)
     assert compared > 2 * len(unit_ids)  # not a table of NaN
+
+
+@pytest.mark.parametrize("analysis", ["drifting_gratings", "dot_motion"])
+def test_fc_metrics_equal_allensdk_unit_by_unit(fc_session, fc_ref, analysis):
+    """Dot motion (Dir, Speed) and drifting gratings with c50_dg from the contrast gratings."""
+    ids = fc_ref[f"{analysis}/unit_id"]
+    total = sum(float(np.sum(ecephys.spike_times(fc_session, u).values)) for u in ids)
+    assert total == pytest.approx(float(fc_ref["input/spike_times_sum"]), rel=1e-12)
+    got = fc_session.ecephys.stimulus_metrics(analysis, ids)
+    compared = _assert_equal_to_reference(got, fc_ref, analysis)
+    assert compared > 5 * len(ids)
+
+
+def test_fc_reference_exercises_every_branch(fc_ref):
+    """c50_dg is fitted for units preferring a contrast-grating orientation (NaN for the
+    others, as in AllenSDK), dot motion has running modulation and several preferences."""
+    c50 = fc_ref["drifting_gratings/c50_dg"]
+    assert 5 <= np.isfinite(c50).sum() < c50.size
+    assert np.all((c50[np.isfinite(c50)] > 0.01) & (c50[np.isfinite(c50)] < 1.1))
+    prefers_contrast_ori = np.isin(fc_ref["drifting_gratings/pref_ori_dg"], [0, 45, 90, 135])
+    assert not np.isfinite(c50[~prefers_contrast_ori]).any()
+    assert np.isfinite(fc_ref["dot_motion/run_pval_dm"]).sum() >= 5
+    assert len(set(fc_ref["dot_motion/pref_dir_dm"].tolist())) > 2
+    assert len(set(fc_ref["dot_motion/pref_speed_dm"].tolist())) > 2
+
+
+def test_fc_entry_point_joins_dot_motion(fc_session, fc_ref):
+    few = fc_ref["dot_motion/unit_id"][:3]
+    everything = fc_session.ecephys.stimulus_metrics(unit_ids=few, seed=SEED)
+    for name in ("pref_dir_dm", "pref_speed_dm", "c50_dg"):
+        analysis = "dot_motion" if name.endswith("_dm") else "drifting_gratings"
+        np.testing.assert_array_equal(everything[name].to_numpy(),
+                                      fc_ref[f"{analysis}/{name}"][:3], err_msg=name)  # fmt: skip
 
 
 def test_reference_exercises_every_branch(ref):

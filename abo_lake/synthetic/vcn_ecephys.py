@@ -15,6 +15,16 @@ Units are Poisson neurons tuned to the drifting gratings (von Mises in direction
 log temporal frequency, with an F1 modulation at the grating's frequency), with ON/OFF flash
 responses, sparse natural-scene responses and optotagged cells. The ground truth is written to
 ``session_<id>.truth.json`` beside the session file; read it with :func:`ground_truth`.
+
+With ``fc_stimuli=True`` the session also presents two stimuli of Allen's Functional Connectivity
+sessions, after the Gabors: ``drifting_gratings_contrast`` (4 orientations × 9 contrasts at
+2 Hz, 0.5 s on / 0.5 s gray, the rows AllenSDK's ``DriftingGratings`` fits ``c50_dg`` to) and
+``dot_motion`` (``Dir`` 8 directions × ``Speed`` 5 speeds, 1 s on / 1 s gray, with the FC
+columns ``coherence``, ``dotLife``, ``dotSize``, ``fieldPos``, ``fieldShape``, ``fieldSize``,
+``nDots``). Units respond to contrast through a Naka-Rushton curve (truth ``c50``,
+``contrast_n``) times their grating tuning at 2 Hz, and to dots through von Mises direction ×
+log-Gaussian speed tuning (``pref_dir``, ``pref_speed``, ``dm_gain``). Those draws come from a
+separate generator, so without the option the files are the same as before it existed.
 """
 
 from __future__ import annotations
@@ -65,6 +75,14 @@ _LAYERS = (
 )
 _FLASH_ISI = 2.0
 _DG_ON, _DG_OFF = 2.0, 1.0
+# Functional Connectivity stimuli (fc_stimuli=True)
+CONTRAST_ORIENTATIONS = (0.0, 45.0, 90.0, 135.0)
+CONTRASTS = (0.01, 0.02, 0.04, 0.08, 0.13, 0.2, 0.35, 0.6, 1.0)
+CONTRAST_TF = 2.0
+DOT_DIRECTIONS = ORIENTATIONS
+DOT_SPEEDS = (0.001, 0.005, 0.01, 0.02, 0.04)
+_CONTRAST_ON, _CONTRAST_OFF = 0.5, 0.5
+_DOT_ON, _DOT_OFF = 1.0, 1.0
 
 
 @dataclass(frozen=True)
@@ -80,13 +98,14 @@ class _Scale:
     n_static: int
     n_gabors: int
     gabor_repeats: int
+    fc_repeats: int = 3  # repeats of each contrast and dot-motion condition (fc_stimuli)
 
 
 _SCALES = {
     "tiny": _Scale(2, 12, 3, 20, 1, 10.0, 10.0, 2, 30, 81, 1),
-    "realistic": _Scale(6, 100, 15, 150, 50, 300.0, 600.0, 20, 600, 729, 3),
+    "realistic": _Scale(6, 100, 15, 150, 50, 300.0, 600.0, 20, 600, 729, 3, 15),
     # small, but every Gabor position shown and repeated conditions: stimulus-metric parity
-    "metrics": _Scale(2, 12, 6, 40, 2, 10.0, 2.0, 3, 120, 243, 1),
+    "metrics": _Scale(2, 12, 6, 40, 2, 10.0, 2.0, 3, 120, 243, 1, 6),
 }
 
 
@@ -111,7 +130,12 @@ def ground_truth(session_file: str | Path) -> dict[str, Any]:
 
 
 def write(
-    out_dir: str | Path, *, scale: str = "tiny", seed: int = 0, session_id: int | None = None
+    out_dir: str | Path,
+    *,
+    scale: str = "tiny",
+    seed: int = 0,
+    session_id: int | None = None,
+    fc_stimuli: bool = False,
 ) -> list[Path]:
     """Write one synthetic VCN session and its probe LFP files.
 
@@ -127,6 +151,9 @@ def write(
         Seed of ``np.random.default_rng``; the same seed gives byte-identical arrays.
     session_id
         ``ecephys_session_id``; default ``715093703 + seed``.
+    fc_stimuli
+        Also present the Functional Connectivity ``drifting_gratings_contrast`` and
+        ``dot_motion`` stimuli (module doc); False writes exactly what it wrote before.
 
     Returns
     -------
@@ -147,8 +174,11 @@ def write(
     folder.mkdir(parents=True, exist_ok=True)
 
     probes = [_probe(k, sid, rng) for k in range(sc.n_probes)]
-    stim = _schedule(sc, rng)
+    fc_rng = np.random.default_rng([seed, 0xFC]) if fc_stimuli else None
+    stim = _schedule(sc, rng, fc_rng)
     units = _units(probes, sc.units_per_probe, rng)
+    if fc_rng is not None:
+        units["truth"].update(_fc_tuning(units["truth"]["unit_id"].size, fc_rng))
     spikes = _spikes(units, stim, rng)
     running = _running(stim["duration"], rng)
     eye = _eye(stim["duration"], np.random.default_rng([seed, 0xE7E]))
@@ -241,8 +271,11 @@ def _probe(k: int, sid: int, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def _schedule(sc: _Scale, rng: np.random.Generator) -> dict[str, Any]:
-    """Stimulus blocks: flashes, spontaneous, gratings, spontaneous, scenes, optotagging."""
+def _schedule(
+    sc: _Scale, rng: np.random.Generator, fc_rng: np.random.Generator | None = None
+) -> dict[str, Any]:
+    """Stimulus blocks: flashes, spontaneous, gratings, spontaneous, scenes, static gratings,
+    Gabors, (with ``fc_rng``: contrast gratings, dot motion), optotagging."""
     tables: dict[str, dict[str, np.ndarray]] = {}
     t = 1.0
     colors = rng.permutation(np.repeat([1.0, -1.0], (sc.n_flashes + 1) // 2)[: sc.n_flashes])
@@ -272,6 +305,9 @@ def _schedule(sc: _Scale, rng: np.random.Generator) -> dict[str, Any]:
     }
     t = starts[-1] + 0.25 + 1.0
     tables.update(_gratings_and_gabors(sc, t, np.random.default_rng(rng.integers(2**32))))
+    if fc_rng is not None:
+        t = max(float(v["stop_time"][-1]) for v in tables.values()) + 1.0
+        tables.update(_fc_tables(sc, t, fc_rng))
     t = max(float(v["stop_time"][-1]) for v in tables.values())
     tables["spontaneous"] = {
         "start_time": np.array([s for s, _ in spont]),
@@ -334,6 +370,44 @@ def _gratings_and_gabors(sc: _Scale, t: float, rng: np.random.Generator) -> dict
         "y_position": gabor[order, 2],
     }
     return out
+
+
+def _fc_tables(sc: _Scale, t: float, rng: np.random.Generator) -> dict[str, dict]:
+    """Contrast-tuning gratings then dot motion, each condition ``fc_repeats`` times, shuffled."""
+    conds = np.array([(o, c) for o in CONTRAST_ORIENTATIONS for c in CONTRASTS])
+    order = np.concatenate([rng.permutation(len(conds)) for _ in range(sc.fc_repeats)])
+    starts = t + (_CONTRAST_ON + _CONTRAST_OFF) * np.arange(order.size)
+    out = {
+        "drifting_gratings_contrast": {
+            "start_time": starts,
+            "stop_time": starts + _CONTRAST_ON,
+            "orientation": conds[order, 0],
+            "contrast": conds[order, 1],
+            "temporal_frequency": np.full(order.size, CONTRAST_TF),
+        }
+    }
+    t = starts[-1] + _CONTRAST_ON + _CONTRAST_OFF + 1.0
+    conds = np.array([(d, v) for d in DOT_DIRECTIONS for v in DOT_SPEEDS])
+    order = np.concatenate([rng.permutation(len(conds)) for _ in range(sc.fc_repeats)])
+    starts = t + (_DOT_ON + _DOT_OFF) * np.arange(order.size)
+    out["dot_motion"] = {
+        "start_time": starts,
+        "stop_time": starts + _DOT_ON,
+        "Dir": conds[order, 0],
+        "Speed": conds[order, 1],
+    }
+    return out
+
+
+def _fc_tuning(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Contrast and dot-motion tuning of ``n`` units (ground truth)."""
+    return {
+        "c50": rng.uniform(0.05, 0.5, n),
+        "contrast_n": rng.uniform(1.5, 3.0, n),
+        "pref_dir": rng.choice(np.asarray(DOT_DIRECTIONS), n),
+        "pref_speed": rng.choice(np.asarray(DOT_SPEEDS), n),
+        "dm_gain": np.where(rng.random(n) < 0.7, rng.uniform(8.0, 30.0, n), 0.0),
+    }
 
 
 def _units(probes: list[dict[str, Any]], n_per: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -435,6 +509,22 @@ def _spikes(units: dict[str, Any], stim: dict[str, Any], rng: np.random.Generato
         drive * (1 + tr["f1_mod"][:, None]),
         dg["temporal_frequency"],
     )
+    if "drifting_gratings_contrast" in stim["tables"]:
+        cg = stim["tables"]["drifting_gratings_contrast"]
+        dtheta = np.deg2rad(cg["orientation"][None, :] - tr["pref_ori"][:, None])
+        vm = np.exp(tr["kappa"][:, None] * (np.cos(dtheta) - 1.0))
+        vm += tr["null_gain"][:, None] * np.exp(tr["kappa"][:, None] * (np.cos(dtheta + np.pi) - 1))
+        octaves = np.log2(CONTRAST_TF / tr["pref_tf"])[:, None]
+        cn = cg["contrast"][None, :] ** tr["contrast_n"][:, None]
+        naka = cn / (cn + tr["c50"][:, None] ** tr["contrast_n"][:, None])
+        drive = tr["r_max"][:, None] * vm * np.exp(-(octaves**2) / 8.0) * naka
+        add(cg["start_time"], cg["stop_time"], drive * (1 + tr["f1_mod"][:, None]),
+            cg["temporal_frequency"])  # fmt: skip
+        dm = stim["tables"]["dot_motion"]
+        dtheta = np.deg2rad(dm["Dir"][None, :] - tr["pref_dir"][:, None])
+        octaves = np.log2(dm["Speed"][None, :] / tr["pref_speed"][:, None])
+        drive = tr["dm_gain"][:, None] * np.exp(3.0 * (np.cos(dtheta) - 1.0) - octaves**2 / 4.0)
+        add(dm["start_time"] + 0.05, dm["stop_time"], drive)
     ns = stim["tables"]["natural_scenes"]
     selectivity = rng.gamma(0.3, 1.0, (base.size, 118))
     img = ns["frame"].astype(np.int64)
@@ -654,6 +744,15 @@ _COLUMN_DESCRIPTIONS = {
     "contrast": "Contrast of stimulus",
     "phase": "Phase of grating stimulus",
     "size": "Size of stimulus (see ‘units’ field for units)",
+    "Speed": "Speed of moving dot field",
+    "Dir": "Direction of stimulus motion",
+    "coherence": "Coherence of moving dot field",
+    "dotLife": "Longevity of individual dots",
+    "dotSize": "Size of individual dots",
+    "fieldPos": "Position of moving dot field",
+    "fieldShape": "Shape of moving dot field",
+    "fieldSize": "Size of moving dot field",
+    "nDots": "Number of dots in moving dot field",
 }
 #: the columns AllenSDK keeps for each stimulus (the others are all NaN and dropped)
 _STIM_COLUMNS = {
@@ -719,6 +818,34 @@ _STIM_COLUMNS = {
         "size",
         "frame",
     ),
+    "drifting_gratings_contrast": (
+        "units",
+        "mask",
+        "opacity",
+        "color",
+        "orientation",
+        "x_position",
+        "y_position",
+        "temporal_frequency",
+        "spatial_frequency",
+        "contrast",
+        "phase",
+        "size",
+    ),
+    "dot_motion": (
+        "units",
+        "opacity",
+        "color",
+        "Dir",
+        "Speed",
+        "coherence",
+        "dotLife",
+        "dotSize",
+        "fieldPos",
+        "fieldShape",
+        "fieldSize",
+        "nDots",
+    ),
 }
 _CONSTANT = {
     "units": "deg",
@@ -745,6 +872,21 @@ _PER_STIMULUS = {
     },
     "static_gratings": {"size": "[250.0, 250.0]"},
     "natural_scenes": {"size": "[1174.0, 918.0]"},
+    "drifting_gratings_contrast": {
+        "phase": "[5308.98333333, 5308.98333333]",
+        "size": "[250.0, 250.0]",
+        "spatial_frequency": 0.04,
+    },
+    "dot_motion": {
+        "color": "[-1.0, -1.0, -1.0]",
+        "coherence": 0.8,
+        "dotLife": 40.0,
+        "dotSize": 2.5,
+        "fieldPos": "[0.0, 0.0]",
+        "fieldShape": "circle",
+        "fieldSize": "[250.0, 250.0]",
+        "nDots": 180.0,
+    },
 }
 _STIM_INDEX = {
     "spontaneous": 0,
@@ -753,6 +895,8 @@ _STIM_INDEX = {
     "natural_scenes": 3,
     "static_gratings": 4,
     "gabors": 5,
+    "drifting_gratings_contrast": 6,
+    "dot_motion": 7,
 }
 _STIM_BLOCK = {
     "flashes": 0.0,
@@ -760,6 +904,8 @@ _STIM_BLOCK = {
     "natural_scenes": 2.0,
     "static_gratings": 3.0,
     "gabors": 4.0,
+    "drifting_gratings_contrast": 5.0,
+    "dot_motion": 6.0,
 }
 
 
