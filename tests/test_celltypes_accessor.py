@@ -132,8 +132,9 @@ class TestSweepsTable:
         assert table.index.name == "sweep_number"
         shared = [c for c in table.columns if c in expected.columns]
         assert len(shared) >= 11
-        for col in shared:
-            assert table[col].tolist() == pytest.approx(expected[col].tolist()), col
+        for col in shared:  # QC fields are null where IPFX computes none (NaN in the table)
+            want = [np.nan if v is None else v for v in expected[col].tolist()]
+            assert table[col].tolist() == pytest.approx(want, nan_ok=True), col
         assert table["n_samples"].tolist() == [100_000] * 5
         assert table["sampling_rate"].tolist() == [200_000.0] * 5
 
