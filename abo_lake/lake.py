@@ -5,18 +5,23 @@ Layout (``DESIGN.md``)::
     <lake>/cas/<2 hex>/<sha256>            chunk objects
     <lake>/manifests/<2 hex>/<sha256>.json one per dataset version (fsspec reference format)
     <lake>/releases/<name>/release.json    written last, put-if-absent
+    <lake>/releases/<name>/head.json       its digest and size summary (listing, stats)
     <lake>/stages/<id>/stage.json          work in progress, with a heartbeat
+    <lake>/stages/<id>/parts/<n>.json      what it staged, appended at each heartbeat
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
+import threading
+import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,7 +33,7 @@ import xarray as xr
 from abo_lake import cas
 from abo_lake.errors import ManifestError, ReleaseExistsError, ReleaseNotFoundError
 from abo_lake.manifest import MANIFEST_PREFIX, Manifest, manifest_key, root_hash
-from abo_lake.release import Release, ReleaseRecord
+from abo_lake.release import Release, ReleaseHead, ReleaseRecord
 from abo_lake.storage import Storage, default_lake_url
 from abo_lake.writer import write_dataset
 
@@ -40,6 +45,7 @@ __all__ = [
     "VERIFY_HOOKS",
     "Lake",
     "Stage",
+    "object_sizes",
     "open_lake",
 ]
 
@@ -53,6 +59,8 @@ _PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 #: record won the name (the catalog module registers the catalog writer here): a writer that
 #: lost, or was killed before publishing, leaves no catalog of its content.
 PUBLISH_HOOKS: list[Callable[[Lake, ReleaseRecord], None]] = []
+#: Manifests read at once (concurrently on S3) by diff, stats, verify, GC and publishing.
+MANIFEST_BATCH = 256
 #: Keys GC deletes at once; between batches it stops if a new stage has opened.
 GC_BATCH = 1000
 #: Seconds between the heartbeats a long-running writer (a job) sends (:meth:`Stage.heartbeat`).
@@ -117,6 +125,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def object_sizes(manifest: Manifest) -> dict[str, int]:
+    """Object hash -> stored bytes of each object ``manifest`` references, once per object
+    (several chunk keys may share one object: a pack, or equal chunks)."""
+    sizes = getattr(manifest, "object_sizes", None)  # Manifest.object_sizes (packed chunks)
+    if sizes is not None:
+        return sizes()
+    return {h: manifest.sizes.get(k, 0) for k, h in manifest.chunks.items()}
+
+
 def parse_duration(text: str | timedelta) -> timedelta:
     """``"90s"``, ``"30m"``, ``"1h"``, ``"2d"`` or ``"0"`` -> timedelta."""
     if isinstance(text, timedelta):
@@ -134,6 +151,8 @@ class Lake:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._records: dict[str, ReleaseRecord] = {}
+        self._heads: dict[str, ReleaseHead] = {}
+        self._listed: dict[str, bytes] = {}  # record bytes read by releases(), not yet parsed
         self._manifests: dict[str, Manifest] = {}
 
     def __repr__(self) -> str:
@@ -149,40 +168,73 @@ class Lake:
         """Published release names, oldest first.
 
         A record that does not check (altered, or copied under another folder name) is left
-        out with a warning: it is not a release of this lake.
+        out with a warning: it is not a release of this lake. One listing, then every record
+        and head read at once; a record whose head (sealed at publish) holds its sha256 is
+        checked by hashing its bytes, without parsing it.
         """
-        names = []
-        for key in self.storage.glob("releases/*/release.json"):
-            name = key.split("/")[1]
+        keys = self.storage.glob("releases/*/*.json")
+        names = sorted({k.split("/")[1] for k in keys if k.endswith("/release.json")})
+        heads = {k.split("/")[1] for k in keys if k.endswith("/head.json")}
+        wanted = [f"releases/{n}/release.json" for n in names if _NAME_RE.match(n)]
+        wanted += [f"releases/{n}/head.json" for n in names if n in heads and _NAME_RE.match(n)]
+        got = self.storage.read_many(wanted)
+        created: dict[str, str] = {}
+        for name in names:
             try:
-                self._record(name)
+                created[name] = self._check_listed(name, got)
             except (ManifestError, ReleaseNotFoundError) as err:
                 warnings.warn(f"not listed: {err}", UserWarning, stacklevel=2)
-                continue
-            names.append(name)
-        return sorted(names, key=lambda n: (self._record(n).created, n))
+        return sorted(created, key=lambda n: (created[n], n))
+
+    def _check_listed(self, name: str, got: Mapping[str, bytes | Exception]) -> str:
+        """Check the record of ``name`` read by :meth:`releases`; return its creation time."""
+        _check_release_name(name, self.url)
+        key, head_key = f"releases/{name}/release.json", f"releases/{name}/head.json"
+        data = got.get(key)
+        if isinstance(data, FileNotFoundError):
+            raise self._not_found(name)
+        if isinstance(data, Exception):
+            raise data
+        assert isinstance(data, bytes)
+        head_data = got.get(head_key)
+        if isinstance(head_data, bytes):
+            try:
+                head = ReleaseHead.from_bytes(head_data, where=self.storage.url_of(head_key))
+            except ManifestError:
+                head = None  # derived data: the record is checked on its own
+            if head is not None and head.name == name and head.matches(data):
+                self._heads[name] = head
+                if name not in self._records:
+                    self._listed[name] = data
+                return head.created
+        self._heads.pop(name, None)
+        self._listed.pop(name, None)
+        self._records[name] = self._checked_record(name, data)
+        return self._records[name].created
 
     def _record(self, name: str) -> ReleaseRecord:
-        if not _NAME_RE.match(name) or name == "latest":
-            # every read of a record comes here: no name reaches outside releases/<name>/
-            raise ReleaseNotFoundError(
-                f"no release {name!r} in lake {self.url}: not a release name (letters, "
-                "digits, '.', '_' or '-', starting with a letter or digit, e.g. '2026.1')"
-            )
+        _check_release_name(name, self.url)  # no name reaches outside releases/<name>/
         if name not in self._records:
             key = f"releases/{name}/release.json"
-            try:
-                data = self.storage.read(key)
-            except FileNotFoundError:
-                raise self._not_found(name) from None
-            record = ReleaseRecord.from_bytes(data, where=self.storage.url_of(key))
-            if record.name != name:  # its catalog would be written under the other name
-                raise ManifestError(
-                    f"{self.storage.url_of(key)}: the record names release {record.name!r}, "
-                    f"not {name!r}; it was moved or altered"
-                )
-            self._records[name] = record
+            data = self._listed.pop(name, None)
+            if data is None:
+                try:
+                    data = self.storage.read(key)
+                except FileNotFoundError:
+                    raise self._not_found(name) from None
+            self._records[name] = self._checked_record(name, data)
         return self._records[name]
+
+    def _checked_record(self, name: str, data: bytes) -> ReleaseRecord:
+        """Parse the record stored under ``name`` and check its root and its name."""
+        key = f"releases/{name}/release.json"
+        record = ReleaseRecord.from_bytes(data, where=self.storage.url_of(key))
+        if record.name != name:  # its catalog would be written under the other name
+            raise ManifestError(
+                f"{self.storage.url_of(key)}: the record names release {record.name!r}, "
+                f"not {name!r}; it was moved or altered"
+            )
+        return record
 
     def _not_found(self, spec: str) -> ReleaseNotFoundError:
         names = [k.split("/")[1] for k in self.storage.glob("releases/*/release.json")]
@@ -216,17 +268,49 @@ class Lake:
             key = manifest_key(h)
             try:
                 if fresh:  # from the lake itself, never from a local cache
-                    data = self.storage.read_many([key])[key]
-                    if isinstance(data, Exception):
-                        raise data
+                    data: bytes | Exception = self.storage.read_many([key])[key]
                 else:
                     data = self.storage.read(key)
-            except FileNotFoundError:
-                raise ManifestError(f"{where}: manifest {key} is missing from the lake") from None
-            if cas.digest(data) != h:
-                raise ManifestError(f"{where}: manifest {key} does not hash to its name")
-            self._manifests[h] = Manifest.from_bytes(data, where=f"{where} ({key})")
+            except FileNotFoundError as err:
+                data = err
+            self._manifests[h] = self._parsed_manifest(h, data, where)
         return self._manifests[h]
+
+    def _manifests_of(
+        self, hashes: Iterable[str], *, where: str | Mapping[str, str], fresh: bool = False
+    ) -> tuple[dict[str, Manifest], dict[str, ManifestError]]:
+        """Many manifests: those not cached (all, if ``fresh``) read :data:`MANIFEST_BATCH`
+        at a time with :meth:`Storage.read_many` (concurrent GETs on S3), each checked.
+
+        Returns
+        -------
+        (manifests, errors)
+            hash -> Manifest, and hash -> ManifestError for those missing or failing their
+            hash or format check. Other storage errors raise.
+        """
+        wanted = list(dict.fromkeys(hashes))
+        todo = wanted if fresh else [h for h in wanted if h not in self._manifests]
+        errors: dict[str, ManifestError] = {}
+        for i in range(0, len(todo), MANIFEST_BATCH):
+            part = todo[i : i + MANIFEST_BATCH]
+            got = self.storage.read_many([manifest_key(h) for h in part])
+            for h in part:
+                place = where if isinstance(where, str) else where.get(h, "manifest")
+                try:
+                    self._manifests[h] = self._parsed_manifest(h, got[manifest_key(h)], place)
+                except ManifestError as err:
+                    errors[h] = err
+        return {h: self._manifests[h] for h in wanted if h not in errors}, errors
+
+    def _parsed_manifest(self, h: str, data: bytes | Exception, where: str) -> Manifest:
+        key = manifest_key(h)
+        if isinstance(data, FileNotFoundError):
+            raise ManifestError(f"{where}: manifest {key} is missing from the lake")
+        if isinstance(data, Exception):
+            raise data
+        if cas.digest(data) != h:
+            raise ManifestError(f"{where}: manifest {key} does not hash to its name")
+        return Manifest.from_bytes(data, where=f"{where} ({key})")
 
     # -- writing ---------------------------------------------------------------------------
     @contextmanager
@@ -267,28 +351,50 @@ class Lake:
         return h
 
     # -- maintenance -----------------------------------------------------------------------
-    def diff(self, a: str, b: str) -> ReleaseDiff:
-        """What changed from release ``a`` to release ``b``, per dataset and array."""
+    def diff(self, a: str, b: str, *, exact_bytes: bool = False) -> ReleaseDiff:
+        """What changed from release ``a`` to release ``b``, per dataset and array.
+
+        The records' manifest hashes are compared first; only the manifests of datasets whose
+        hash differs are read (at once, concurrently on S3).
+
+        Parameters
+        ----------
+        exact_bytes
+            ``bytes_to_fetch`` counts the objects of ``b`` that ``a``'s versions of the
+            differing datasets do not hold; an object ``b`` shares with one of ``a``'s
+            *unchanged* datasets is counted too, unless ``exact_bytes`` (which reads every
+            manifest of ``a``, as many requests as ``a`` has datasets).
+        """
         ra, rb = self.release(a), self.release(b)
         da_, db = ra.record.datasets, rb.record.datasets
-        a_hashes = {h for p in da_ for h in ra.manifest(p).chunks.values()}
+        differ = sorted(
+            p
+            for p in set(da_) | set(db)
+            if (da_.get(p) or {}).get("manifest") != (db.get(p) or {}).get("manifest")
+        )
+        a_side = [p for p in (sorted(da_) if exact_bytes else differ) if p in da_]
+        where = {da_[p]["manifest"]: f"release {ra.name}, dataset {p!r}" for p in a_side}
+        where |= {db[p]["manifest"]: f"release {rb.name}, dataset {p!r}" for p in differ if p in db}
+        manifests, errors = self._manifests_of(where, where=where)
+        if errors:
+            raise next(iter(errors.values()))
+        a_hashes = {h for p in a_side for h in manifests[da_[p]["manifest"]].chunks.values()}
         rows = []
         for path in sorted(set(da_) | set(db)):
             if path not in db:
                 rows.append(DatasetChange(path, "removed"))
             elif path not in da_:
-                m = rb.manifest(path)
                 new = {
-                    h: s
-                    for k, h in m.chunks.items()
+                    h: size
+                    for h, size in object_sizes(manifests[db[path]["manifest"]]).items()
                     if h not in a_hashes
-                    for s in [m.sizes.get(k, 0)]
                 }
                 rows.append(DatasetChange(path, "added", bytes_to_fetch=sum(new.values())))
             elif da_[path]["manifest"] == db[path]["manifest"]:
                 rows.append(DatasetChange(path, "unchanged"))
             else:
-                rows.append(_dataset_change(path, ra.manifest(path), rb.manifest(path), a_hashes))
+                ma, mb = manifests[da_[path]["manifest"]], manifests[db[path]["manifest"]]
+                rows.append(_dataset_change(path, ma, mb, a_hashes))
         ta, tb = ra.record.tables, rb.record.tables
         tables = []
         for name in sorted(set(ta) | set(tb)):
@@ -301,23 +407,33 @@ class Lake:
                 tables.append(TableChange(name, "unchanged"))
         return ReleaseDiff(ra.pin, rb.pin, rows, tables)
 
-    def stats(self) -> dict[str, Any]:
-        """Logical bytes (every release counted in full) against bytes stored, and the ratio."""
-        logical = 0
-        per_release = {}
-        referenced: set[str] = set()
-        for name in self.releases():
-            rel = self.release(name)
-            size = 0
-            for path in rel.datasets():
-                m = rel.manifest(path)
-                size += m.nbytes
-                referenced.update(m.chunks.values())
-            per_release[name] = size
-            logical += size
+    def stats(self, *, exact: bool = False) -> dict[str, Any]:
+        """Logical bytes (every release counted in full) against bytes stored, and the ratio.
+
+        Logical bytes and referenced objects come from the releases' heads (summed at
+        publish), read with the listing of releases; stored bytes and object counts from one
+        listing of ``cas/`` and ``manifests/`` (one request per 1,000 objects on S3).
+        ``referenced_objects`` sums, over the releases in order, the objects each references
+        that the release before it did not: an object dropped by one release and referenced
+        again by a later one counts twice. ``exact=True`` (or a release without a head, or
+        heads not chained release after release) reads every manifest of every release and
+        counts the union instead.
+        """
+        names = self.releases()
+        heads = [self._heads.get(n) for n in names]
+        chained = all(
+            head is not None and head.summary.get("previous") == (names[i - 1] if i else None)
+            for i, head in enumerate(heads)
+        )
+        if chained and not exact:
+            per_release = {n: int(h.summary["logical_bytes"]) for n, h in zip(names, heads)}
+            referenced = sum(int(h.summary["new_objects"]) for h in heads)
+        else:
+            per_release, referenced = self._stats_from_manifests(names)
         objects = self.storage.find(cas.CAS_PREFIX)
         stored = sum(o["size"] for o in objects.values())
         manifests = self.storage.find(MANIFEST_PREFIX)
+        logical = sum(per_release.values())
         return {
             "lake": self.url,
             "releases": per_release,
@@ -325,9 +441,27 @@ class Lake:
             "stored_bytes": stored,
             "manifest_bytes": sum(o["size"] for o in manifests.values()),
             "chunk_objects": len(objects),
-            "referenced_objects": len(referenced),
+            "referenced_objects": referenced,
             "dedup_ratio": (logical / stored) if stored else 1.0,
         }
+
+    def _stats_from_manifests(self, names: list[str]) -> tuple[dict[str, int], int]:
+        """Logical bytes per release and the number of distinct referenced objects, from
+        every manifest of every release (each distinct manifest read once)."""
+        per_release, referenced = {}, set()
+        for name in names:
+            record = self._record(name)
+            where = {d["manifest"]: f"release {name}, dataset {p!r}" for p, d in
+                     record.datasets.items()}  # fmt: skip
+            manifests, errors = self._manifests_of(where, where=where)
+            if errors:
+                raise next(iter(errors.values()))
+            per_release[name] = sum(
+                manifests[d["manifest"]].nbytes for d in record.datasets.values()
+            )
+            for m in manifests.values():
+                referenced.update(m.chunks.values())
+        return per_release, len(referenced)
 
     def repair(self, name: str) -> list[tuple[str, str]]:
         """Complete a published release: write again whatever its publish hooks should have
@@ -340,11 +474,69 @@ class Lake:
             What was found incomplete (and is now written); empty if the release was complete.
         """
         record = self.release(name).record
-        parts = [p for hook in COMPLETENESS_HOOKS for p in hook(self, record)]
-        if parts:
+        parts = []
+        head_state = self._head_state(record)
+        if head_state:  # written first: the hooks list releases (root catalog)
+            self._write_head(record)
+            parts.append((_head_key(record.name), head_state))
+        hooked = [p for hook in COMPLETENESS_HOOKS for p in hook(self, record)]
+        if hooked:
             for hook in PUBLISH_HOOKS:
                 hook(self, record)
-        return parts
+        return parts + hooked
+
+    def _head_state(self, record: ReleaseRecord) -> str | None:
+        """``"missing"`` or ``"altered"`` if the head of ``record`` is not its own; else None."""
+        key = _head_key(record.name)
+        try:
+            head = ReleaseHead.from_bytes(self.storage.read(key), where=self.storage.url_of(key))
+        except FileNotFoundError:
+            return "missing"
+        except ManifestError:
+            return "altered"
+        data = self.storage.read(f"releases/{record.name}/release.json")
+        return None if head.name == record.name and head.matches(data) else "altered"
+
+    def _write_head(self, record: ReleaseRecord, data: bytes | None = None) -> ReleaseHead:
+        """Store ``releases/<name>/head.json`` of the published ``record`` (its bytes ``data``)."""
+        if data is None:
+            data = self.storage.read(f"releases/{record.name}/release.json")
+        head = ReleaseHead.of(record, data, self._summary(record))
+        self.storage.write(_head_key(record.name), head.to_bytes())
+        self._heads[record.name] = head
+        return head
+
+    def _summary(self, record: ReleaseRecord) -> dict[str, Any]:
+        """What a head sums up (:class:`~abo_lake.release.ReleaseHead`): the unique objects
+        ``record`` references and their stored bytes, and those the release listed just
+        before it does not reference (read from manifests a publisher mostly has in memory)."""
+        names = self.releases()
+        i = names.index(record.name) if record.name in names else len(names)
+        previous = self._record(names[i - 1]) if i else None
+
+        def objects_of(rec: ReleaseRecord) -> dict[str, int]:
+            where = {d["manifest"]: f"release {rec.name}, dataset {p!r}" for p, d in
+                     rec.datasets.items()}  # fmt: skip
+            manifests, errors = self._manifests_of(where, where=where)
+            if errors:
+                raise next(iter(errors.values()))
+            out: dict[str, int] = {}
+            for m in manifests.values():
+                out.update(object_sizes(m))
+            return out
+
+        objects = objects_of(record)
+        before = objects_of(previous) if previous is not None else {}
+        new = [size for h, size in objects.items() if h not in before]
+        return {
+            "datasets": len(record.datasets),
+            "logical_bytes": sum(int(d.get("nbytes", 0)) for d in record.datasets.values()),
+            "objects": len(objects),
+            "object_bytes": sum(objects.values()),
+            "previous": previous.name if previous is not None else None,
+            "new_objects": len(new),
+            "new_object_bytes": sum(new),
+        }
 
     def verify(self, spec: str = "latest", *, batch: int = 64) -> VerifyReport:
         """Re-hash every object a release references; report missing and corrupt ones.
@@ -356,16 +548,21 @@ class Lake:
         rel = self.release(spec)
         where: dict[str, tuple[str, str]] = {}
         bad_manifests: list[tuple[str, str, str, bool]] = []
+        places = {}
+        for path in rel.datasets():
+            places.setdefault(rel.record.datasets[path]["manifest"], []).append(path)
+        # read again from the lake (verify trusts nothing cached), many at once
+        manifests, errors = self._manifests_of(
+            places,
+            where={h: f"release {rel.name}, dataset {ps[0]!r}" for h, ps in places.items()},
+            fresh=True,
+        )
         for path in rel.datasets():
             h = rel.record.datasets[path]["manifest"]
-            try:  # read it again from the lake: verify trusts nothing cached
-                chunks = self._manifest(
-                    h, where=f"release {rel.name}, dataset {path!r}", fresh=True
-                ).chunks
-            except ManifestError as err:
-                bad_manifests.append((path, manifest_key(h), h, "missing" in str(err)))
+            if h in errors:
+                bad_manifests.append((path, manifest_key(h), h, "missing" in str(errors[h])))
                 continue
-            for key, c in chunks.items():
+            for key, c in manifests[h].chunks.items():
                 where.setdefault(c, (path, key))
         for name, table in rel.record.tables.items():
             where.setdefault(table["object"], (f"table {name}", "parquet"))
@@ -374,6 +571,8 @@ class Lake:
             (report.missing if missing else report.corrupt).append((path, key, h))
         for hook in VERIFY_HOOKS:
             hook(self, rel.record, report)
+        if self._head_state(rel.record) == "altered":  # a missing head only costs speed
+            report.incomplete.append((_head_key(rel.name), "altered"))
         hashes = sorted(where)
         for i in range(0, len(hashes), batch):
             part = hashes[i : i + batch]
@@ -491,9 +690,12 @@ class Lake:
         # one that publishes between the two listings is in at least one of them
         live, marks.stale = self._stages(cutoff)
         marks.live = list(live)
-        for doc in live.values():
-            marks.manifests.update(doc.get("manifests", []))
+        for sid, doc in live.items():
+            marks.manifests.update(doc.get("manifests", []))  # stages written before parts
             marks.objects.update(doc.get("objects", []))
+            for data in self.storage.read_many(self.storage.glob(f"stages/{sid}/parts/*")).values():
+                if isinstance(data, bytes):
+                    marks.manifests.update(json.loads(data).get("manifests", []))
         for name in self.releases():
             record = self._record(name)
             marks.manifests.update(d["manifest"] for d in record.datasets.values())
@@ -532,13 +734,26 @@ class Lake:
         return live, stale
 
     def _chunks_of(self, marks: _Marks) -> set[str]:
+        """Every object the marked manifests reference: each manifest read once per lake
+        (cached by hash, so GC's second marking pass reads only new ones), many at once."""
         keep = set(marks.objects)
-        for h in marks.manifests:
-            try:
-                keep.update(self._manifest(h, where="gc").chunks.values())
-            except ManifestError:
-                continue
+        manifests, _ = self._manifests_of(sorted(marks.manifests), where="gc")
+        for m in manifests.values():  # a missing or bad manifest references nothing
+            keep.update(m.chunks.values())
         return keep
+
+
+def _head_key(name: str) -> str:
+    return f"releases/{name}/head.json"
+
+
+def _check_release_name(name: str, url: str) -> None:
+    """ReleaseNotFoundError unless ``name`` can be a release's folder name."""
+    if not _NAME_RE.match(name) or name == "latest":
+        raise ReleaseNotFoundError(
+            f"no release {name!r} in lake {url}: not a release name (letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit, e.g. '2026.1')"
+        )
 
 
 def _hash_of(key: str) -> str:
@@ -563,7 +778,15 @@ class _Marks:
 
 
 class Stage:
-    """A release being built. Write datasets, then leave the ``with`` block to publish."""
+    """A release being built. Write datasets, then leave the ``with`` block to publish.
+
+    Its document ``stages/<id>/stage.json`` (name, times, number of parts) is rewritten at
+    each heartbeat; what was staged since the previous heartbeat is appended as a new part
+    ``stages/<id>/parts/<n>.json``, so staging N datasets writes O(N) bytes. :meth:`add` sends a
+    heartbeat when the last is :data:`HEARTBEAT_SECONDS` old. (While any stage has a heartbeat
+    younger than GC's grace, GC deletes no object or manifest at all; the parts tell which
+    manifests a stage holds.)
+    """
 
     def __init__(self, lake: Lake, name: str, notes: str) -> None:
         self.lake = lake
@@ -575,6 +798,10 @@ class Stage:
         self.new_objects = 0
         self.new_bytes = 0
         self.created = _now().isoformat()
+        self._unsent: list[str] = []  # manifests staged since the last heartbeat
+        self._parts = 0
+        self._last_beat = -math.inf
+        self._lock = threading.Lock()  # a job's heartbeat thread beats too
 
     def __repr__(self) -> str:
         return f"<abo_lake.Stage {self.name!r} · {len(self.datasets)} datasets>"
@@ -623,7 +850,9 @@ class Stage:
             root = json.loads(m.metadata["zarr.json"])
             kind = (root.get("attributes") or {}).get("abo_lake_kind")
         self.datasets[path] = {"manifest": manifest_hash, "kind": kind, "nbytes": m.nbytes}
-        self._heartbeat()
+        self._unsent.append(manifest_hash)
+        if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
+            self._heartbeat()
         return manifest_hash
 
     @property
@@ -641,14 +870,26 @@ class Stage:
         self._heartbeat()
 
     def _heartbeat(self) -> None:
-        doc = {
-            "name": self.name,
-            "created": self.created,
-            "heartbeat": _now().isoformat(),
-            "manifests": sorted({d["manifest"] for d in self.datasets.values()}),
-            "objects": sorted(t["object"] for t in self.tables.values()),
-        }
-        self.lake.storage.write(f"stages/{self.id}/stage.json", json.dumps(doc).encode())
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+            try:
+                if unsent:  # append what was staged since the last beat as a new part
+                    part = {"manifests": sorted(set(unsent))}
+                    key = f"stages/{self.id}/parts/{self._parts:06d}.json"
+                    self.lake.storage.write(key, json.dumps(part).encode())
+                    self._parts += 1
+            except BaseException:
+                self._unsent = unsent + self._unsent  # sent with the next beat
+                raise
+            doc = {
+                "name": self.name,
+                "created": self.created,
+                "heartbeat": _now().isoformat(),
+                "parts": self._parts,
+                "objects": sorted(t["object"] for t in self.tables.values()),
+            }
+            self.lake.storage.write(f"stages/{self.id}/stage.json", json.dumps(doc).encode())
+            self._last_beat = time.monotonic()
 
     def _discard(self) -> None:
         self.lake.storage.delete_prefix(f"stages/{self.id}")
@@ -664,12 +905,20 @@ class Stage:
             datasets=dict(sorted(self.datasets.items())),
             tables=dict(sorted(self.tables.items())),
         )
+        data = record.to_bytes()
         try:
-            written = self.lake.storage.put_if_absent(
-                f"releases/{self.name}/release.json", record.to_bytes()
-            )
-            if written:  # only the writer that won the name writes its catalog (hooks)
+            written = self.lake.storage.put_if_absent(f"releases/{self.name}/release.json", data)
+            if written:  # only the writer that won the name writes its head and catalog
                 self.lake._records[self.name] = record
+                try:
+                    self.lake._write_head(record, data)
+                except Exception as err:
+                    warnings.warn(
+                        f"release {self.name!r} is published, but its head (listing and "
+                        f"stats summary) was not written ({type(err).__name__}: {err}); "
+                        "`abo-lake repair` writes it",
+                        stacklevel=3,
+                    )
                 for hook in PUBLISH_HOOKS:
                     try:
                         hook(self.lake, record)
@@ -749,6 +998,7 @@ class TableChange:
 
 def _dataset_change(path: str, ma: Manifest, mb: Manifest, a_hashes: set[str]) -> DatasetChange:
     arrays_a, arrays_b = ma.arrays(), mb.arrays()
+    sizes_b = object_sizes(mb)
     change = DatasetChange(path, "changed")
     for array in sorted(set(arrays_a) | set(arrays_b)):
         ca, cb = arrays_a.get(array, {}), arrays_b.get(array, {})
@@ -756,9 +1006,8 @@ def _dataset_change(path: str, ma: Manifest, mb: Manifest, a_hashes: set[str]) -
         ac.added = len(cb.keys() - ca.keys())
         ac.removed = len(ca.keys() - cb.keys())
         ac.changed = sum(1 for k in ca.keys() & cb.keys() if ca[k] != cb[k])
-        ac.bytes_to_fetch = sum(
-            mb.sizes.get(k, 0) for k, h in cb.items() if h not in a_hashes and ca.get(k) != h
-        )
+        fetch = {h for k, h in cb.items() if h not in a_hashes and ca.get(k) != h}
+        ac.bytes_to_fetch = sum(sizes_b.get(h, 0) for h in fetch)  # once per object
         if ac.added or ac.removed or ac.changed:
             change.arrays.append(ac)
     change.bytes_to_fetch = sum(a.bytes_to_fetch for a in change.arrays)

@@ -50,9 +50,10 @@ def test_a_one_chunk_rerelease_adds_a_fixed_number_of_small_objects(local_lake, 
     assert sorted(k for k in added if k.startswith("releases/")) == [
         "releases/r2/byid.json",
         "releases/r2/catalog.yaml",
+        "releases/r2/head.json",
         "releases/r2/release.json",
     ]
-    assert len(added) == 5  # nothing else: no per-dataset copies, whatever n is
+    assert len(added) == 6  # nothing else: no per-dataset copies, whatever n is
     assert set(rewritten) <= {"catalog.yaml"}  # the root catalog lists r2
     assert added["releases/r2/byid.json"] < 64 + 250 * n  # small: a path and a URL each
     assert local_lake.verify("r2").ok
