@@ -24,8 +24,10 @@ averaged. Only the traces of the cells asked for are read, and of them only the 
 windows cover (:func:`abo_lake.ophys._sample`); the per-cell statistics run as one dask task
 per cell chunk, so a ``distributed`` client spreads them over its workers.
 
-Not here (yet): locally sparse noise receptive fields, AllenSDK's speed tuning (``peak_run``)
-and the noise/signal correlations.
+Locally sparse noise receptive fields (``LocallySparseNoise``, the ``rf_*_lsn`` metrics) are in
+:mod:`abo_lake.vc2p_receptive_fields`; :func:`stimulus_analysis` and :func:`stimulus_metrics`
+reach them too. Not here (yet): AllenSDK's speed tuning (``peak_run``) and the noise/signal
+correlations.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import ophys
+from abo_lake import ophys, vc2p_receptive_fields
 from abo_lake.errors import SchemaError
 
 __all__ = [
@@ -711,7 +713,7 @@ class StimulusAnalysis:
 
 def stimulus_analysis(
     ds: xr.Dataset, stimulus: str, cells: Sequence[int] | None = None
-) -> StimulusAnalysis:
+) -> StimulusAnalysis | vc2p_receptive_fields.LocallySparseNoise:
     """AllenSDK's stimulus analysis of one stimulus (``DriftingGratings(data_set)`` etc.).
 
     Parameters
@@ -720,7 +722,9 @@ def stimulus_analysis(
         A Visual Coding 2P ``ophys_experiment`` Dataset.
     stimulus
         One of :data:`ANALYSES`: ``drifting_gratings``, ``static_gratings``,
-        ``natural_scenes``, ``natural_movie_one``/``_two``/``_three``.
+        ``natural_scenes``, ``natural_movie_one``/``_two``/``_three``, or a locally sparse
+        noise stimulus (``locally_sparse_noise``, ``_4deg``, ``_8deg``: AllenSDK's
+        ``LocallySparseNoise``, :class:`abo_lake.vc2p_receptive_fields.LocallySparseNoise`).
     cells
         ``cell_specimen_id`` values to analyse (default: every cell); only their traces are read.
 
@@ -733,6 +737,8 @@ def stimulus_analysis(
     --------
     >>> ds.ophys.stimulus_analysis("drifting_gratings").peak  # doctest: +SKIP
     """
+    if stimulus in vc2p_receptive_fields.LSN_STIMULI:
+        return vc2p_receptive_fields.LocallySparseNoise(ds, stimulus, cells)
     return StimulusAnalysis(ds, stimulus, cells)
 
 
@@ -741,6 +747,8 @@ def _session_metrics(a: StimulusAnalysis, session_letter: str) -> pd.DataFrame:
     p = a.peak
     s = a.stimulus
     out = pd.DataFrame(index=p.index)
+    if s in vc2p_receptive_fields.LSN_STIMULI:  # append_metrics_locally_sparse_noise
+        return p[vc2p_receptive_fields.PEAK_COLUMNS].copy()
     if s == "drifting_gratings":
         out["osi_dg"], out["dsi_dg"] = p["osi_dg"], p["dsi_dg"]
         out["pref_dir_dg"] = a.orivals[p["ori_dg"].to_numpy()]
@@ -772,6 +780,21 @@ def _session_metrics(a: StimulusAnalysis, session_letter: str) -> pd.DataFrame:
     return out
 
 
+def _lsn_for_metrics(ds: xr.Dataset, shown: set[str]) -> list[str]:
+    """The LSN stimulus AllenSDK's ``SessionAnalysis`` takes the ``rf_*_lsn`` metrics from:
+    ``locally_sparse_noise`` (three_session_C); in three_session_C2 the 4deg one for VISp and
+    the 8deg one elsewhere. None where the lake has no template for it (converted before the
+    reader mapped LSN templates)."""
+    shown = {s for s in shown if vc2p_receptive_fields.template_variable(s) in ds.variables}
+    if "locally_sparse_noise" in shown:
+        return ["locally_sparse_noise"]
+    lsn4, lsn8 = "locally_sparse_noise_4deg", "locally_sparse_noise_8deg"
+    if lsn4 in shown or lsn8 in shown:
+        pick = lsn4 if ds.attrs.get("targeted_structure") == "VISp" else lsn8
+        return [pick] if pick in shown else [lsn4 if lsn4 in shown else lsn8]
+    return []
+
+
 def stimulus_metrics(
     ds: xr.Dataset,
     cells: Sequence[int] | None = None,
@@ -784,7 +807,10 @@ def stimulus_metrics(
     ``SessionAnalysis`` does (``osi_dg``, ``pref_dir_dg``, ``p_dg``, ``g_osi_dg``, ``tfdi_dg``,
     ``run_mod_dg``, ``osi_sg``, ``pref_sf_sg``, ``time_to_peak_sg``, ``pref_image_ns``,
     ``image_sel_ns``, ``reliability_nm1`` (and ``reliability_nm1_a``/``_b``/``_c`` by session
-    letter, as the cross-session cell table names it), ...).
+    letter, as the cross-session cell table names it), ...) and, for three_session_C/C2,
+    AllenSDK's receptive-field metrics (``rf_chi2_lsn``, ``rf_area_on_lsn``,
+    ``rf_center_on_x_lsn``, ..., ``rf_distance_lsn``, ``rf_overlap_index_lsn``; C2: from the
+    4deg stimulus for VISp, the 8deg one elsewhere, as ``SessionAnalysis``).
 
     Parameters
     ----------
@@ -813,10 +839,13 @@ def stimulus_metrics(
     table = ophys.stimulus_presentations(ds)
     shown = set(table["stimulus_name"]) if "stimulus_name" in table else set()
     todo = [s for s in ANALYSES if s in shown] if stimuli is None else list(stimuli)
+    if stimuli is None:
+        todo += _lsn_for_metrics(ds, shown)
     if not todo:
         raise ValueError(
-            "no stimulus with an AllenSDK analysis (drifting/static gratings, natural scenes "
-            f"or movies): this experiment's session_type is "
+            "no stimulus with an AllenSDK analysis (drifting/static gratings, natural scenes, "
+            "movies, or locally sparse noise with its template): this experiment's "
+            f"session_type is "
             f"{ds.attrs.get('session_type') or 'unknown'!r} and its stimuli are {sorted(shown)!r}"
         )
     session_type = str(ds.attrs.get("session_type") or "")

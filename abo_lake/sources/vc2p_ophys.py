@@ -541,6 +541,28 @@ def _pixel_size_um(f: h5py.File) -> float:
     return float(m.group(1)) if m else 400.0 / 512.0
 
 
+def _lsn_templates(p: Path, f: h5py.File) -> dict[str, xr.Variable]:
+    """The locally sparse noise template stacks (frames, rows, columns) uint8 0/127/255,
+    as ``stimulus_template.<stimulus>`` (AllenSDK's receptive-field analysis needs them)."""
+    from abo_lake.vc2p_receptive_fields import LSN_STIMULI, template_dims, template_variable
+
+    out: dict[str, xr.Variable] = {}
+    for name, grid in LSN_STIMULI.items():
+        path = f"stimulus/templates/{name}_image_stack/data"
+        if path not in f:
+            continue
+        shape = f[path].shape
+        if len(shape) != 3 or shape[1:] != grid:
+            raise SourceFileError(
+                f"{p}: {path} has shape {shape}, expected (frames, {grid[0]}, {grid[1]}) for {name}"
+            )
+        arr = lazy_array(p, path, chunks=-1)
+        out[template_variable(name)] = xr.Variable(
+            template_dims(name), arr, {"long_name": f"{name} template", "units": "luminance"}
+        )
+    return out
+
+
 def _build(p: Path, f: h5py.File) -> xr.Dataset:
     ts = np.asarray(f[f"{_DFF}/timestamps"][()], dtype=np.float64)
     shape = f[f"{_DFF}/data"].shape
@@ -571,6 +593,7 @@ def _build(p: Path, f: h5py.File) -> xr.Dataset:
         variables["x"] = xr.Variable("x", np.arange(nx) * px, {"units": "um"})
     variables.update(_behaviour(f))
     variables.update(_stimulus_table(p, f, ts))
+    variables.update(_lsn_templates(p, f))
     meta = _metadata(f, ts)
     coords = [
         k

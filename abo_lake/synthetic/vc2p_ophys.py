@@ -344,6 +344,12 @@ def _evoked_rates(
         cols = c["rf_col"] * tmpl.shape[2] // 28
         px = tmpl[:, rows, cols].T[:, st["frames"]]  # (cells, presentations)
         hit = np.where(c["rf_on"][:, None], px == 255, px == 0)
+        # the first ``lsn_on_off_cells`` cells also have the opposite subfield, 3 columns over
+        k = min(int(c.get("lsn_on_off_cells", 0)), n)
+        if k:
+            cols2 = (c["rf_col"][:k] + 3) % 28 * tmpl.shape[2] // 28
+            px2 = tmpl[:, rows[:k], cols2].T[:, st["frames"]]
+            hit[:k] |= np.where(c["rf_on"][:k, None], px2 == 0, px2 == 255)
         return 6.0 * hit
     return np.zeros((n, len(st["on"])))
 
@@ -956,6 +962,7 @@ def _write_one(out: Path, sc: dict[str, Any], session_type: str, rng: np.random.
         st["end_frame"] = np.minimum(np.searchsorted(ts, t0 + st["off_abs"]), n_frames - 1)
     n = sc["n_cells"]
     c = _cells(n, rng, _LSN_GRID["locally_sparse_noise"])
+    c["lsn_on_off_cells"] = np.int64(sc.get("lsn_on_off_cells", 0))
     templates = _templates(stims, sc, rng)
     movie_drive = {
         name: 4.0 * np.maximum(_smooth_noise(rng, (n, int(st["frames"].max()) + 1), 8.0) - 1.0, 0)
@@ -1028,6 +1035,7 @@ def _write_one(out: Path, sc: dict[str, Any], session_type: str, rng: np.random.
                 "rf_center_row_lsn": int(c["rf_row"][i]),
                 "rf_center_col_lsn": int(c["rf_col"][i]),
                 "rf_on_lsn": bool(c["rf_on"][i]),
+                "rf_on_off_lsn": bool(i < c["lsn_on_off_cells"]),
                 "r": float(c["r"][i]),
             }
             for i in range(n)
@@ -1044,6 +1052,7 @@ def write(
     seed: int = 0,
     session_type: str = "three_session_A",
     n_experiments: int = 1,
+    lsn_on_off_cells: int = 0,
 ) -> list[Path]:
     """Write Visual Coding 2P experiments as NWB 1.0.5 files, ``<ophys_experiment_id>.nwb``.
 
@@ -1061,6 +1070,10 @@ def write(
         One of :data:`SESSION_TYPES` (``three_session_A``, ``_B``, ``_C`` or ``_C2``).
     n_experiments
         Number of independent experiments (files) to write.
+    lsn_on_off_cells
+        The first this many cells respond to both polarities of the locally sparse noise: their
+        drawn subfield and the opposite one 3 grid columns over (ground truth
+        ``rf_on_off_lsn``). 0 (default) keeps the files of a seed as they were.
 
     Returns
     -------
@@ -1079,8 +1092,9 @@ def write(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sc = {**_SCALES[scale], "lsn_on_off_cells": lsn_on_off_cells}
     return [
-        _write_one(out, _SCALES[scale], session_type, np.random.default_rng([seed, i]))
+        _write_one(out, sc, session_type, np.random.default_rng([seed, i]))
         for i in range(n_experiments)
     ]
 
@@ -1092,6 +1106,6 @@ def ground_truth(path: str | Path) -> dict[str, Any]:
     order) of dicts with ``cell_specimen_id``, ``pref_direction`` (deg), ``pref_temporal_frequency``
     (Hz), ``osi_dg``, ``dsi_dg``, ``responsive_dg``, ``pref_orientation_sg``,
     ``pref_spatial_frequency_sg``, ``pref_image_ns``, ``rf_center_row_lsn``/``_col_lsn``,
-    ``rf_on_lsn`` and the neuropil coefficient ``r``.
+    ``rf_on_lsn``, ``rf_on_off_lsn`` (both subfields) and the neuropil coefficient ``r``.
     """
     return json.loads(Path(path).with_suffix(".truth.json").read_text())
