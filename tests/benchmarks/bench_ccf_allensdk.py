@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,14 +71,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
-from ccf_allensdk import (
-    ALLENSDK_PYTHON,
-    UNIONIZE_COLUMNS,
-    peak_rss_mb,
-    run_allensdk,
-    sample_points,
-)
+import ccf_allensdk
+from _measure import Clock, best, row, run_callable, run_script
+from ccf_allensdk import ALLENSDK_PYTHON, UNIONIZE_COLUMNS, sample_points
 
 ANN = "ccf/ccf_2017/annotation"
 STRUCT = "ccf/ccf_2017/structures"
@@ -88,28 +84,28 @@ RES = 25
 N_POINTS = 10_000
 
 
-# -- one lake measurement, in a fresh process -----------------------------------------------------
+# -- the lake's side: each measurement in a fresh process (_measure.run_callable) ------------------
 
 
-def _lake_mask(lake_dir: str, out: Path, materialise: bool) -> dict:
+def lake_mask(lake_dir: str, out: str, materialise: bool) -> dict:
+    """Open the release, the 25 µm annotation and the ontology (``load``), then the Isocortex
+    mask's packed bits and voxel count, or its ``.values`` (``compute``)."""
     import dask
     import dask.array as da
 
     import abo_lake
     from abo_lake import ccf
 
-    base = peak_rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
+    clock = Clock()
     rel = abo_lake.open_lake(lake_dir).release(RELEASE)
     ann = rel.open(ANN, group=f"{RES}um")
     onto = ccf.Ontology(rel.open(STRUCT))
-    t_open = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    clock.lap("load")
     mask = ann.ccf.structure_mask("Isocortex", ontology=onto, descendants=True)
     if materialise:
         values = mask.values
-        t_compute = time.perf_counter() - t0
-        cpu = time.process_time() - c0
+        clock.lap("compute")
+        report = clock.report()
         packed = np.packbits(values, axis=-1)
         voxels = int(np.count_nonzero(values))
     else:
@@ -125,95 +121,64 @@ def _lake_mask(lake_dir: str, out: Path, materialise: bool) -> dict:
         )
         packed, voxels = dask.compute(bits, mask.data.sum())
         voxels = int(voxels)
-        t_compute = time.perf_counter() - t0
-        cpu = time.process_time() - c0
+        clock.lap("compute")
+        report = clock.report()
     np.save(out, packed)
-    return {
-        "open_s": t_open,
-        "compute_s": t_compute,
-        "cpu_s": cpu,
-        "voxels": voxels,
-        "digest": hashlib.sha256(packed.tobytes()).hexdigest(),
-        "chunks": [[c[0], len(c)] for c in ann["annotation"].chunks],
-        "base_rss_mb": base,
-    }
+    report.update(
+        voxels=voxels,
+        digest=hashlib.sha256(packed.tobytes()).hexdigest(),
+        chunks=[[c[0], len(c)] for c in ann["annotation"].chunks],
+    )
+    return report
 
 
-def _lake_points(lake_dir: str, out: Path, points: Path) -> dict:
+def lake_points(lake_dir: str, out: str, points: str) -> dict:
+    """Open the release and the annotation (``load``), then ``structure_at`` of the points'
+    ``.values`` (``compute``); ``chunk_reads``: chunk objects read."""
     import abo_lake
 
     pts = np.load(points)
-    base = peak_rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
+    clock = Clock()
     rel = abo_lake.open_lake(lake_dir).release(RELEASE)
     ann = rel.open(ANN, group=f"{RES}um")
-    t_open = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    clock.lap("load")
     ids = ann.ccf.structure_at(pts).values
-    t_compute = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    clock.lap("compute")
+    report = clock.report(
+        chunk_reads=ann.encoding["abo_lake_store"].chunk_reads,
+        imported_distributed="distributed" in sys.modules,
+    )
     np.save(out, ids.astype(np.int64))
-    store = ann.encoding["abo_lake_store"]
-    return {"open_s": t_open, "compute_s": t_compute,
-        "cpu_s": cpu, "chunk_reads": store.chunk_reads,
-            "base_rss_mb": base}  # fmt: skip
+    return report
 
 
-def _lake_unionize(lake_dir: str, out: Path, experiment_id: int) -> dict:
+def lake_unionize(lake_dir: str, out: str, experiment_id: int) -> dict:
+    """Open the release, annotation, experiment and ontology (``load``), then ``unionize``
+    (``compute``)."""
     import abo_lake
     from abo_lake import ccf
 
-    base = peak_rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
+    clock = Clock()
     rel = abo_lake.open_lake(lake_dir).release(RELEASE)
     ann = rel.open(ANN, group=f"{RES}um")
     exp = rel.open(f"connectivity/experiment/{experiment_id}")
     onto = ccf.Ontology(rel.open(STRUCT))
-    t_open = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    clock.lap("load")
     rec = exp.ccf.unionize(annotation=ann, ontology=onto)
-    t_compute = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    clock.lap("compute")
+    report = clock.report(n_records=len(rec))
     rec = rec.sort_values(["hemisphere_id", "structure_id", "is_injection"])
     np.savez(out, **{c: rec[c].to_numpy(dtype=np.float64) for c in UNIONIZE_COLUMNS})
-    return {
-        "open_s": t_open,
-        "compute_s": t_compute,
-        "cpu_s": cpu,
-        "n_records": len(rec),
-        "base_rss_mb": base,
-    }
+    return report
 
 
-def measure_lake(args: argparse.Namespace) -> None:
-    """One lake measurement (``--measure``); prints its JSON line."""
-    out = Path(args.out)
-    if args.measure in ("mask", "mask-values"):
-        info = _lake_mask(args.lake, out, args.measure == "mask-values")
-    elif args.measure == "points":
-        info = _lake_points(args.lake, out, Path(args.points))
-    else:
-        info = _lake_unionize(args.lake, out, int(args.experiment_id))
-    info["peak_rss_mb"] = peak_rss_mb()
-    print(json.dumps(info), flush=True)
-
-
-def _run_lake(what: str, lake_dir: Path, out: Path, **options: object) -> dict:
-    cmd = [sys.executable, __file__, "--measure", what, "--lake", str(lake_dir), "--out", str(out)]
+def run_allensdk(python: str, what: str, out: Path, **options: object) -> dict:
+    """AllenSDK's side: ``tests/reference/ccf_allensdk.py measure`` in a fresh process of its
+    Python (NRRD ``load`` and ``compute`` timed apart by that script)."""
+    args = ["measure", what, "--out", out]
     for key, value in options.items():
-        cmd += ["--" + key.replace("_", "-"), str(value)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the lake's {what} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _best(runs: list[dict]) -> dict:
-    """The fastest run (end to end), with the largest peak RSS seen over all runs."""
-    key = "open_s" if "open_s" in runs[0] else "load_s"
-    best = dict(min(runs, key=lambda r: r[key] + r["compute_s"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return best
+        args += ["--" + key.replace("_", "-"), *(value if isinstance(value, list) else [value])]
+    return run_script(python, ccf_allensdk.__file__, *args)
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -242,26 +207,6 @@ def _prepare(work: Path) -> tuple[Path, Path, Path]:
             raise SystemExit(f"conversion failed:\n{report.summary()}")
         print(f"converted into {lake_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     return ccf_src, conn_src, lake_dir
-
-
-def _line(name: str, lake: dict, sdk: dict | None) -> str:
-    total = lake["open_s"] + lake["compute_s"]
-    work_mb = lake["peak_rss_mb"] - lake["base_rss_mb"]
-    text = (
-        f"{name:<20} lake {lake['open_s']:5.2f} + {lake['compute_s']:5.2f} = {total:5.2f} s "
-        f"(CPU {lake['cpu_s']:5.2f} s), peak RSS {lake['peak_rss_mb']:4.0f} MB (+{work_mb:4.0f})"
-    )
-    if sdk is None:
-        return text
-    sdk_total = sdk["load_s"] + sdk["compute_s"]
-    sdk_work = sdk["peak_rss_mb"] - sdk["base_rss_mb"]
-    return (
-        f"{text}\n{'':<20} AllenSDK {sdk['load_s']:5.2f} + {sdk['compute_s']:5.2f} = "
-        f"{sdk_total:5.2f} s (CPU {sdk['cpu_s']:5.2f} s), peak RSS {sdk['peak_rss_mb']:4.0f} MB "
-        f"(+{sdk_work:4.0f})\n{'':<20} ratio: {sdk_total / total:4.1f}x faster "
-        f"({sdk['cpu_s'] / lake['cpu_s']:4.1f}x less CPU), "
-        f"{sdk_work / max(work_mb, 1.0):4.1f}x less memory"
-    )
 
 
 def _densities(exp_dir: Path) -> dict[bool, np.ndarray]:
@@ -318,15 +263,10 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="keep sources and the lake here")
     parser.add_argument("--allensdk", default=ALLENSDK_PYTHON, help="AllenSDK's Python")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--lake", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--points", help=argparse.SUPPRESS)
-    parser.add_argument("--experiment-id", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", help="comma-separated subset of mask,mask-values,points,unionize (all)"
+    )
     args = parser.parse_args()
-    if args.measure:
-        measure_lake(args)
-        return 0
     import nrrd
 
     tmp = None if args.work else tempfile.TemporaryDirectory()
@@ -344,19 +284,24 @@ def main() -> int:
     exp_id = json.loads((exp_dir / "metadata.json").read_text())["id"]
     common = {"annotation": annotation, "structures": structures, "resolution": RES}
     jobs_ = {
-        "mask (packed bits)": ("mask", {}, ("mask", {"structure_id": 315})),
-        "mask (.values)": ("mask-values", {}, None),
+        "mask (packed bits)": (lake_mask, (False,), "mask", ("mask", {"structure_id": 315})),
+        "mask (.values)": (lake_mask, (True,), "mask-values", None),
         f"structure_at {N_POINTS}": (
-            "points", {"points": work / "points.npy"},
+            lake_points, (work / "points.npy",), "points",
             ("points", {"points": work / "points.npy"}),
         ),
-        "unionize": ("unionize", {"experiment_id": exp_id}, ("unionize", {"experiment": exp_dir})),
+        "unionize": (lake_unionize, (exp_id,), "unionize", ("unionize", {"experiment": exp_dir})),
     }  # fmt: skip
+    only = set(args.only.split(",")) if args.only else None
     problems = []
     results = {}
-    for name, (what, opts, sdk_job) in jobs_.items():
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"best of {args.repeat} runs each, every run in a fresh process; load average {load}")
+    for name, (func, opts, what, sdk_job) in jobs_.items():
+        if only is not None and what not in only:
+            continue
         out = work / f"lake_{what}"  # np.save/np.savez add .npy/.npz
-        lake = _best([_run_lake(what, lake_dir, out, **opts) for _ in range(args.repeat)])
+        lake = best([run_callable(func, lake_dir, out, *opts) for _ in range(args.repeat)])
         sdk = None
         if have_sdk and sdk_job is not None:
             sdk_what, sdk_opts = sdk_job
@@ -365,25 +310,30 @@ def main() -> int:
                 run_allensdk(args.allensdk, sdk_what, sdk_out, **common, **sdk_opts)
                 for _ in range(args.repeat)
             ]
-            sdk = _best(runs)
+            sdk = best(runs)
         results[name] = (lake, sdk)
-        print(_line(name, lake, sdk), flush=True)
-    lake_mask = results["mask (packed bits)"][0]
-    values_mask = results["mask (.values)"][0]
-    print(f"Isocortex (315) with descendants at {RES} µm: lake {lake_mask['voxels']:,} voxels, "
-          f"chunks {lake_mask['chunks']} (first size, count per axis)")  # fmt: skip
-    if values_mask["digest"] != lake_mask["digest"]:
-        problems.append("mask: packed bits and .values differ")
-    if have_sdk:
+        print(row(name, lake, sdk), flush=True)
+        if what == "points":
+            imported = "imported" if lake["imported_distributed"] else "never imported"
+            print(f"{'':<20}lake: {lake['chunk_reads']} chunk objects read, distributed {imported}")
+    if "mask (packed bits)" in results:
+        packed = results["mask (packed bits)"][0]
+        print(f"Isocortex (315) with descendants at {RES} µm: lake {packed['voxels']:,} "
+              f"voxels, chunks {packed['chunks']} (first size, count per axis)")  # fmt: skip
+        values = results.get("mask (.values)", ({"digest": packed["digest"]},))[0]
+        if values["digest"] != packed["digest"]:
+            problems.append("mask: packed bits and .values differ")
+    if have_sdk and "mask (packed bits)" in results:
         sdk_mask = results["mask (packed bits)"][1]
         same = (sdk_mask["voxels"], sdk_mask["digests"]) == (
-            [lake_mask["voxels"]],
-            [lake_mask["digest"]],
+            [packed["voxels"]],
+            [packed["digest"]],
         )
         print(f"AllenSDK: {sdk_mask['voxels'][0]:,} voxels; positions (sha256 of packed bits) "
               + ("identical" if same else "DIFFER"))  # fmt: skip
         if not same:
             problems.append("mask: differs from AllenSDK's")
+    if have_sdk and f"structure_at {N_POINTS}" in results:
         ours = np.load(work / "lake_points.npy")
         with np.load(work / "allensdk_points.npz") as z:
             theirs = z["structure_id"]
@@ -391,6 +341,7 @@ def main() -> int:
         print(f"structure_at: {n_same} of {N_POINTS} ids equal")
         if n_same != N_POINTS:
             problems.append("structure_at: differs from AllenSDK's")
+    if have_sdk and "unionize" in results:
         problems += _compare_unionize(
             work / "lake_unionize.npz", work / "allensdk_unionize.npz", exp_dir
         )

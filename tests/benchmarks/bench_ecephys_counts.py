@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,11 +58,23 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import Clock, best, row, run_callable
+
 ALLENSDK_PYTHON = "/tmp/allensdk-venv/bin/python"
 CASES = {  # name: (bin edges (start, stop, step) in s, what)
     "1ms": ((-0.1, 0.5, 0.001), "counts"),
     "10ms": ((-0.1, 0.5, 0.01), "counts"),
     "psth": ((-0.1, 0.5, 0.01), "psth"),
+}
+#: every unit, as the lake's explicit ids: AllenSDK's QC filter, validity and in-brain filters
+#: lifted (with the QC filter alone lifted, AllenSDK keeps 522 of the session's 600 units)
+ALLENSDK_API_KWARGS = {
+    "amplitude_cutoff_maximum": float("inf"),
+    "presence_ratio_minimum": float("-inf"),
+    "isi_violations_maximum": float("inf"),
+    "filter_by_validity": False,
+    "filter_out_of_brain_units": False,
 }
 
 
@@ -72,115 +83,82 @@ def _edges(case: str) -> np.ndarray:
     return np.arange(lo, hi + step / 2, step)
 
 
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-# -- one lake measurement, in a fresh process -----------------------------------------------------
-
-
-def measure_lake(args: argparse.Namespace) -> dict:
-    import abo_lake
-    import abo_lake.accessors
-
-    sel = json.loads(Path(args.selection).read_text())
-    edges = _edges(args.case)
-    base = _rss_mb("VmRSS")
-    t0, c0 = time.perf_counter(), time.process_time()
-    ds = abo_lake.open_lake(args.lake).release(args.release).open(sel["dataset"])
-    t_open = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if CASES[args.case][1] == "counts":
-        out = ds.ecephys.presentationwise_spike_counts(
-            edges, sel["presentations"], sel["units"]
-        ).values
-    else:
-        psth = ds.ecephys.psth(
-            bin_edges=edges, stimulus_presentation_ids=sel["presentations"], unit_ids=sel["units"]
-        )
-        out = psth.values
-        np.save(args.out, out)
-    t_compute = time.perf_counter() - t0
+def _summary(out: np.ndarray) -> dict:
     return {
-        "load_s": t_open,
-        "compute_s": t_compute,
-        "cpu_s": time.process_time() - c0,
-        "base_rss_mb": base,
-        "peak_rss_mb": _rss_mb("VmHWM"),
         "result_mb": out.nbytes / 2**20,
         "shape": list(out.shape),
         "digest": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(),
     }
 
 
-# -- AllenSDK, in its own Python -----------------------------------------------------------------
-
-_ALLENSDK = r"""
-import hashlib, json, sys, time, warnings
-from pathlib import Path
-import numpy as np
-warnings.simplefilter("ignore")
-def rss(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
-nwb, selection, lo, hi, step, what, out_path = sys.argv[1:8]
-sel = json.loads(Path(selection).read_text())
-edges = np.arange(float(lo), float(hi) + float(step) / 2, float(step))
-base = rss("VmRSS")
-t0, c0 = time.perf_counter(), time.process_time()
-# every unit (AllenSDK's QC filter lifted): the session's 600, as the lake's explicit ids
-LIFTED = {"amplitude_cutoff_maximum": np.inf, "presence_ratio_minimum": -np.inf,
-          "isi_violations_maximum": np.inf}
-session = EcephysSession.from_nwb_path(nwb, api_kwargs=LIFTED)
-session.spike_times, session.units, session.stimulus_presentations  # its load
-t_load = time.perf_counter() - t0
-if what == "units":  # the ids both sides use
-    units = session.units.index.to_numpy()[: sel["units"]].tolist()
-    pres = session.stimulus_presentations.index.to_numpy()[: sel["presentations"]].tolist()
-    print(json.dumps({"units": units, "presentations": pres}))
-    sys.exit()
-t0 = time.perf_counter()
-counts = session.presentationwise_spike_counts(edges, sel["presentations"], sel["units"])
-if what == "counts":
-    out = counts.values
-else:
-    cond = session.stimulus_presentations.loc[sel["presentations"], "stimulus_condition_id"]
-    counts = counts.assign_coords(
-        stimulus_condition_id=("stimulus_presentation_id", cond.to_numpy()))
-    mean = counts.astype(np.float64).groupby("stimulus_condition_id").mean(
-        "stimulus_presentation_id")
-    out = (mean / np.diff(edges)[None, :, None]).values
-    np.save(out_path, out)
-t_compute = time.perf_counter() - t0
-print(json.dumps({"load_s": t_load, "compute_s": t_compute, "cpu_s": time.process_time() - c0,
-                  "base_rss_mb": base, "peak_rss_mb": rss("VmHWM"),
-                  "result_mb": out.nbytes / 2**20, "shape": list(out.shape),
-                  "digest": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest()}))
-"""
+# -- the two sides, each run in a fresh process by _measure.run_callable -------------------------
 
 
-def run_allensdk(python: str, nwb: Path, selection: Path, case: str, out: Path) -> dict:
-    (lo, hi, step), what = CASES.get(case, ((0, 1, 1), case))
-    cmd = [python, "-c", _ALLENSDK, str(nwb), str(selection), str(lo), str(hi), str(step),
-           what, str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"AllenSDK's {case} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def lake_side(lake: str, release: str, selection: str, case: str, out_path: str) -> dict:
+    """The lake: open the release and the session (``load``), then the counts' or the PSTH's
+    ``.values`` (``compute``)."""
+    import abo_lake
+    import abo_lake.accessors
+
+    sel = json.loads(Path(selection).read_text())
+    edges = _edges(case)
+    clock = Clock()
+    ds = abo_lake.open_lake(lake).release(release).open(sel["dataset"])
+    clock.lap("load")
+    if CASES[case][1] == "counts":
+        counts = ds.ecephys.presentationwise_spike_counts(edges, sel["presentations"], sel["units"])
+        out = counts.values
+    else:
+        psth = ds.ecephys.psth(
+            bin_edges=edges, stimulus_presentation_ids=sel["presentations"], unit_ids=sel["units"]
+        )
+        out = psth.values
+    clock.lap("compute")
+    report = clock.report(**_summary(out))
+    if CASES[case][1] == "psth":
+        np.save(out_path, out)
+    return report
 
 
-def run_lake(lake: Path, release: str, selection: Path, case: str, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--measure", case, "--lake", str(lake), "--release",
-           release, "--selection", str(selection), "--out", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the lake's {case} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def allensdk_side(nwb: str, selection: str, case: str, out_path: str) -> dict:
+    """AllenSDK (run under its Python): ``EcephysSession.from_nwb_path`` with the spike times,
+    units and presentations loaded (``load``), then ``presentationwise_spike_counts``
+    (``compute``); for the PSTH, the mean of those counts per ``stimulus_condition_id`` over
+    the bin width. With ``case == "units"``: the unit and presentation ids both sides use."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
+
+    sel = json.loads(Path(selection).read_text())
+    clock = Clock()
+    session = EcephysSession.from_nwb_path(nwb, api_kwargs=ALLENSDK_API_KWARGS)
+    session.spike_times, session.units, session.stimulus_presentations  # its load
+    clock.lap("load")
+    if case == "units":
+        units = session.units.index.to_numpy()[: sel["units"]].tolist()
+        pres = session.stimulus_presentations.index.to_numpy()[: sel["presentations"]].tolist()
+        return {"units": units, "presentations": pres}
+    edges = _edges(case)
+    counts = session.presentationwise_spike_counts(edges, sel["presentations"], sel["units"])
+    if CASES[case][1] == "counts":
+        out = counts.values
+    else:
+        cond = session.stimulus_presentations.loc[sel["presentations"], "stimulus_condition_id"]
+        counts = counts.assign_coords(
+            stimulus_condition_id=("stimulus_presentation_id", cond.to_numpy())
+        )
+        mean = (
+            counts.astype(np.float64)
+            .groupby("stimulus_condition_id")
+            .mean("stimulus_presentation_id")
+        )
+        out = (mean / np.diff(edges)[None, :, None]).values
+    clock.lap("compute")
+    report = clock.report(**_summary(out))
+    if CASES[case][1] == "psth":
+        np.save(out_path, out)
+    return report
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -214,32 +192,25 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
     return nwb, lake_dir, "bench"
 
 
-def _best(runs: list[dict]) -> dict:
-    best = dict(min(runs, key=lambda r: r["load_s"] + r["compute_s"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return best
-
-
-def _line(name: str, lake: dict, sdk: dict | None) -> str:
-    total = lake["load_s"] + lake["compute_s"]
-    extra = lake["peak_rss_mb"] - lake["base_rss_mb"]
-    text = (
-        f"{name:<6} lake     {lake['load_s']:6.2f} + {lake['compute_s']:6.2f} = {total:6.2f} s "
-        f"(CPU {lake['cpu_s']:6.2f} s), peak RSS +{extra:6.0f} MB = "
-        f"{extra / lake['result_mb']:4.2f}x the {lake['result_mb']:.0f} MB result"
-    )
-    if sdk is None:
-        return text
-    sdk_total = sdk["load_s"] + sdk["compute_s"]
-    sdk_extra = sdk["peak_rss_mb"] - sdk["base_rss_mb"]
-    return (
-        f"{text}\n{'':<6} AllenSDK {sdk['load_s']:6.2f} + {sdk['compute_s']:6.2f} = "
-        f"{sdk_total:6.2f} s (CPU {sdk['cpu_s']:6.2f} s), peak RSS +{sdk_extra:6.0f} MB\n"
-        f"{'':<6} ratio: {sdk_total / total:5.1f}x faster end to end "
-        f"({sdk['compute_s'] / lake['compute_s']:5.1f}x compute alone, "
-        f"{sdk['cpu_s'] / lake['cpu_s']:5.1f}x less CPU), {sdk_extra / max(extra, 1):4.1f}x less "
-        "memory"
-    )
+def _allensdk_case(args: argparse.Namespace, nwb: Path, selection: Path, case: str) -> dict:
+    """AllenSDK's measurement of ``case`` (best of ``--repeat``), or with ``--reuse-allensdk``
+    the one saved in the work folder for the same file and selection (its runs take minutes)."""
+    saved = selection.parent / f"allensdk_{case}.json"
+    key = hashlib.sha256(f"{nwb.resolve()}\n{selection.read_text()}".encode()).hexdigest()
+    if args.reuse_allensdk and saved.exists():
+        old = json.loads(saved.read_text())
+        if old.get("key") == key:
+            print(f"{'':<6} (AllenSDK's {case} from {saved}, measured {old['when']})")
+            return old
+    out = selection.parent / f"allensdk_{case}.npy"
+    runs = [
+        run_callable(allensdk_side, nwb, selection, case, out, python=args.allensdk)
+        for _ in range(args.repeat)
+    ]
+    result = best(runs)
+    result.update(key=key, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    saved.write_text(json.dumps(result))
+    return result
 
 
 def main() -> int:
@@ -253,14 +224,12 @@ def main() -> int:
     parser.add_argument("--presentations", type=int, default=6000)
     parser.add_argument("--cases", default="1ms,10ms,psth")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--selection", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--reuse-allensdk",
+        action="store_true",
+        help="reuse AllenSDK's results saved under --work for the same file and selection",
+    )
     args = parser.parse_args()
-    if args.measure:
-        args.case = args.measure
-        print(json.dumps(measure_lake(args)), flush=True)
-        return 0
     tmp = None if args.work else tempfile.TemporaryDirectory()
     work = args.work or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -272,31 +241,40 @@ def main() -> int:
     session = next(d for d in abo_lake.open_lake(str(lake_dir)).release(release).datasets()
                    if d.startswith("ecephys/session/"))  # fmt: skip
     selection = work / "selection.json"
-    selection.write_text(json.dumps({"units": args.units, "presentations": args.presentations}))
-    ids = run_allensdk(args.allensdk, nwb, selection, "units", work / "unused")
+    wanted = {"units": args.units, "presentations": args.presentations}
+    ids_file = work / f"ids_{args.units}x{args.presentations}.json"
+    if args.reuse_allensdk and ids_file.exists():
+        ids = json.loads(ids_file.read_text())
+    else:
+        selection.write_text(json.dumps(wanted))
+        ids = run_callable(allensdk_side, nwb, selection, "units", work / "unused",
+                           python=args.allensdk)  # fmt: skip
+        ids = {"units": ids["units"], "presentations": ids["presentations"]}
+        ids_file.write_text(json.dumps(ids))
     ids["dataset"] = session
     selection.write_text(json.dumps(ids))
+    load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"{nwb.name}: {len(ids['units'])} units x {len(ids['presentations'])} presentations "
-          f"(lake {lake_dir}, release {release!r})", flush=True)  # fmt: skip
+          f"(lake {lake_dir}, release {release!r}); load average {' '.join(load)}",
+          flush=True)  # fmt: skip
     problems = []
     for case in args.cases.split(","):
         lake_out, sdk_out = work / f"lake_{case}.npy", work / f"allensdk_{case}.npy"
-        lake = _best([run_lake(lake_dir, release, selection, case, lake_out)
-                      for _ in range(args.repeat)])  # fmt: skip
-        sdk = _best([run_allensdk(args.allensdk, nwb, selection, case, sdk_out)
+        lake = best([run_callable(lake_side, lake_dir, release, selection, case, lake_out)
                      for _ in range(args.repeat)])  # fmt: skip
-        print(_line(case, lake, sdk), flush=True)
+        sdk = _allensdk_case(args, nwb, selection, case)
+        print(row(case, lake, sdk, width=6), flush=True)
         if lake["shape"] != sdk["shape"]:
             problems.append(f"{case}: shapes differ ({lake['shape']} vs {sdk['shape']})")
         elif CASES[case][1] == "counts":
             same = lake["digest"] == sdk["digest"]
-            print(f"{'':<6} values: {'bitwise equal' if same else 'DIFFER'} (sha256)")
+            print(f"{'':<6}values: {'bitwise equal' if same else 'DIFFER'} (sha256)")
             if not same:
                 problems.append(f"{case}: counts differ from AllenSDK's")
         else:
             a, b = np.load(lake_out), np.load(sdk_out)
             worst = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300), initial=0.0))
-            print(f"{'':<6} values: worst relative difference {worst:.1e}")
+            print(f"{'':<6}values: worst relative difference {worst:.1e}")
             if worst > 1e-12:
                 problems.append(f"{case}: PSTH differs from AllenSDK's counts' mean ({worst:.1e})")
     for problem in problems:
