@@ -229,15 +229,24 @@ def get_spike_times(ds: xr.Dataset, sweep_number: int, key: str | None = None) -
     return np.asarray(ds["spike_times"][lo : int(ends[i])].values, dtype=np.float64)
 
 
-def sweeps(ds: xr.Dataset) -> pd.DataFrame:
+def sweeps(ds: xr.Dataset, qc: bool = True) -> pd.DataFrame:
     """One row per sweep, indexed by ``sweep_number``, columns named as ``ephys_sweeps.json``.
 
     ``stimulus_name``, ``stimulus_description``, ``stimulus_absolute_amplitude`` (pA),
     ``stimulus_interval`` (s), ``stimulus_units``, ``num_spikes``, ``gain``,
     ``initial_access_resistance``, ``seal``, ``bridge_balance_mohm`` (those the file has),
     then ``sampling_rate`` (Hz), ``start_time``/``stop_time`` (s, session clock),
-    ``n_samples``, ``index_range_start``/``index_range_stop`` and ``specimen_id``. Search it
-    with pandas (``sweeps.query("stimulus_name == 'Long Square' and num_spikes > 0")``).
+    ``n_samples``, ``index_range_start``/``index_range_stop`` and ``specimen_id``.
+
+    With ``qc`` (the default) also IPFX's sweep QC (:mod:`abo_lake.sweep_qc`, computed from
+    the samples when first asked for, one sweep at a time, then kept for this Dataset):
+    ``stimulus_start_time``/``stimulus_duration`` (s), ``stimulus_amplitude`` (pA),
+    ``pre_noise_rms_mv``, ``slow_vm_mv``, ``slow_noise_rms_mv``, ``pre_vm_mv``,
+    ``post_vm_mv``, ``post_noise_rms_mv``, ``vm_delta_mv`` (names as AllenSDK's
+    ``get_ephys_sweeps``), ``passed`` (bool), ``workflow_state`` (``auto_passed`` /
+    ``auto_failed``) and ``fail_tags`` (list of IPFX's failure texts). ``qc=False`` reads
+    no samples. Search it with pandas
+    (``sweeps.query("stimulus_name == 'Long Square' and passed and num_spikes > 0")``).
     """
     data = {col: ds[var].values for col, var in SWEEP_COLUMNS.items() if var in ds.variables}
     ends = ds["sweep_index"].values
@@ -249,6 +258,11 @@ def sweeps(ds: xr.Dataset) -> pd.DataFrame:
         if col in df:
             df[col] = df[col].astype(str)
     df["specimen_id"] = ds.attrs.get("specimen_id")
+    if qc:
+        from abo_lake import sweep_qc  # sweep_qc reads sweeps through this module
+
+        table = sweep_qc.sweep_qc_table(ds)
+        df = df.join(table[[c for c in table.columns if c not in df.columns]])
     return df
 
 
@@ -257,8 +271,11 @@ def stimulus_names(ds: xr.Dataset) -> list[str]:
     return list(dict.fromkeys(str(s) for s in ds["stimulus_name"].values))
 
 
-def sweeps_by_stimulus(ds: xr.Dataset, stimulus_names: str | Sequence[str]) -> pd.DataFrame:
-    """The rows of :func:`sweeps` whose ``stimulus_name`` is one of ``stimulus_names``.
+def sweeps_by_stimulus(
+    ds: xr.Dataset, stimulus_names: str | Sequence[str], qc: bool = True
+) -> pd.DataFrame:
+    """The rows of :func:`sweeps` whose ``stimulus_name`` is one of ``stimulus_names``
+    (``qc``: with the QC columns, as :func:`sweeps`).
 
     Raises
     ------
@@ -273,7 +290,7 @@ def sweeps_by_stimulus(ds: xr.Dataset, stimulus_names: str | Sequence[str]) -> p
             f"stimulus_name {missing[0]!r}: no sweep of specimen {_specimen(ds)} has it; "
             f"its stimulus names are {have}"
         )
-    table = sweeps(ds)
+    table = sweeps(ds, qc=qc)
     return table[table["stimulus_name"].isin(wanted)]
 
 

@@ -25,6 +25,9 @@ the source file (``tests/test_ephys_features.py``):
   deflection is closest to -100 mV; ``vrest`` the mean ``v_baseline``; ``*_long_square`` the
   first spike of the rheobase sweep and ``*_ramp`` the first spike of the ramps (averaged).
 
+Only sweeps that pass IPFX's sweep QC (:mod:`abo_lake.sweep_qc`) enter the cell features and
+the f-I curve, as IPFX's pipeline drops failed sweeps before feature extraction.
+
 Times ``*_t_*`` are s from the sweep start (IPFX's pipeline counts from the experiment
 epoch). ``fast_trough_*`` is the minimum within 5 ms of the peak; IPFX's trough-detail
 analysis places it differently (measured: up to 0.3 mV and 0.4 ms apart); every other column
@@ -42,7 +45,7 @@ import pandas as pd
 import xarray as xr
 from scipy import optimize, signal
 
-from abo_lake import celltypes
+from abo_lake import celltypes, sweep_qc
 
 __all__ = [
     "CELL_FEATURES",
@@ -271,13 +274,15 @@ def _tau(tr: dict[str, Any], start: float, end: float, fit_end: float) -> float:
 def long_square_features(ds: xr.Dataset) -> pd.DataFrame:
     """One row per Long Square sweep (indexed by ``sweep_number``): ``stim_amp`` (pA),
     ``avg_rate`` (Hz), ``latency`` (s), ``mean_isi`` (s), ``adapt``, ``v_baseline``,
-    ``peak_deflect`` (mV), ``peak_deflect_t`` (s), ``sag`` and the ``spikes`` table of each."""
+    ``peak_deflect`` (mV), ``peak_deflect_t`` (s), ``sag``, the ``spikes`` table of each and
+    ``passed`` (IPFX's sweep QC, :mod:`abo_lake.sweep_qc`; the cell features use only the
+    sweeps that pass, as IPFX's pipeline)."""
     return _long_squares(ds, {})
 
 
 def _long_squares(ds: xr.Dataset, traces: dict[int, dict[str, Any]]) -> pd.DataFrame:
     """:func:`long_square_features`, keeping each sweep's samples in ``traces`` (read once)."""
-    numbers = [int(n) for n in celltypes.sweeps_by_stimulus(ds, "Long Square").index]
+    numbers = [int(n) for n in celltypes.sweeps_by_stimulus(ds, "Long Square", qc=False).index]
     rows = []
     for n in numbers:
         tr = traces[n] = _trace(ds, n)
@@ -308,15 +313,17 @@ def _long_squares(ds: xr.Dataset, traces: dict[int, dict[str, Any]]) -> pd.DataF
                 "peak_deflect_t": deflect / rate,
                 "sag": (v_peak - steady) / (v_peak - base30),
                 "spikes": spikes,
+                "passed": sweep_qc.evaluate(tr["v"], tr["i"], rate, "Long Square")["passed"],
             }
         )
     return pd.DataFrame(rows).set_index("sweep_number")
 
 
 def fi_curve(ds: xr.Dataset) -> pd.DataFrame:
-    """Firing rate (Hz) against step amplitude (pA) of the Long Square sweeps, by amplitude."""
+    """Firing rate (Hz) against step amplitude (pA) of the Long Square sweeps that pass QC, by
+    amplitude (the sweeps IPFX's f-I slope is fitted to)."""
     table = long_square_features(ds)
-    return table[["stim_amp", "avg_rate"]].sort_values("stim_amp")
+    return table.loc[table["passed"], ["stim_amp", "avg_rate"]].sort_values("stim_amp")
 
 
 def _spike_record(spikes: pd.DataFrame, protocol: str) -> dict[str, float]:
@@ -328,16 +335,26 @@ def _spike_record(spikes: pd.DataFrame, protocol: str) -> dict[str, float]:
 def cell_features(ds: xr.Dataset) -> dict[str, Any]:
     """The specimen's ``ephys_features.csv`` row (:data:`CELL_FEATURES`), IPFX's definitions.
 
+    Only sweeps that pass IPFX's sweep QC (:mod:`abo_lake.sweep_qc`) are used, as IPFX's
+    pipeline drops the failed ones before extracting features.
+
     Raises
     ------
     ValueError
-        When no Long Square sweep spikes or none is a hyperpolarising non-spiking step in
-        (-100, 0) pA (IPFX's ``FeatureError`` cases), naming the specimen.
+        When no Long Square sweep passes QC, none that passes spikes or none is a
+        hyperpolarising non-spiking step in (-100, 0) pA (IPFX's ``FeatureError`` cases),
+        naming the specimen.
     """
     sid = ds.attrs.get("specimen_id")
     _check_protocol(ds)
     traces: dict[int, dict[str, Any]] = {}
     table = _long_squares(ds, traces)
+    if not table["passed"].any():
+        raise ValueError(
+            f"specimen {sid}: no Long Square sweep passed QC (sweeps {table.index.tolist()}; "
+            "see .celltypes.sweeps['fail_tags'])"
+        )
+    table = table[table["passed"]]
     spiking = table[table["avg_rate"] > 0].sort_values("stim_amp")
     quiet = table[table["avg_rate"] == 0]
     rheo = spiking[spiking["stim_amp"] > 0]
@@ -361,12 +378,10 @@ def cell_features(ds: xr.Dataset) -> dict[str, Any]:
     slope = np.linalg.lstsq(np.vstack([amps, np.ones_like(amps)]).T, rates, rcond=None)[0][0]
     sag_row = quiet.iloc[int(np.argmin(np.abs(quiet["peak_deflect"] - _SAG_TARGET_MV)))]
     median_peak_t = float(np.median(calc["peak_deflect_t"]))
-    taus = [
-        _tau(_trace(ds, int(n)), r["start"], r["end"], median_peak_t) for n, r in calc.iterrows()
-    ]
+    taus = [_tau(traces[int(n)], r["start"], r["end"], median_peak_t) for n, r in calc.iterrows()]
     i_at_peak, v_peak = [], []
     for n, r in calc.iterrows():
-        tr = _trace(ds, int(n))
+        tr = traces[int(n)]
         k = round(r["peak_deflect_t"] * tr["rate"])
         i_at_peak.append(tr["i"][k])
         v_peak.append(r["peak_deflect"])
@@ -394,7 +409,7 @@ def cell_features(ds: xr.Dataset) -> dict[str, Any]:
 def _check_protocol(ds: xr.Dataset) -> None:
     """Fail before reading samples when the recorded step amplitudes cannot give the features."""
     sid = ds.attrs.get("specimen_id")
-    steps = celltypes.sweeps_by_stimulus(ds, "Long Square")
+    steps = celltypes.sweeps_by_stimulus(ds, "Long Square", qc=False)
     amps = steps.get("stimulus_absolute_amplitude")
     if amps is None or not np.isfinite(amps.to_numpy(dtype=float)).all():
         return
@@ -415,12 +430,15 @@ def _slope(i: list[float], v: list[float], calc: pd.DataFrame, ds: xr.Dataset) -
 
 
 def _ramp_record(ds: xr.Dataset) -> dict[str, float]:
-    """``*_ramp`` columns: the first spike of each ramp sweep, averaged (IPFX ``mean_spike_0``)."""
+    """``*_ramp`` columns: the first spike of each ramp sweep that passes QC, averaged (IPFX
+    ``mean_spike_0``)."""
     if "Ramp" not in celltypes.stimulus_names(ds):
         return {}
     firsts = []
-    for n in celltypes.sweeps_by_stimulus(ds, "Ramp").index:
+    for n in celltypes.sweeps_by_stimulus(ds, "Ramp", qc=False).index:
         tr = _trace(ds, int(n))
+        if not sweep_qc.evaluate(tr["v"], tr["i"], tr["rate"], "Ramp")["passed"]:
+            continue
         start, _ = _window(tr)
         spikes = _spikes(tr, start, float(tr["t"][-1]))
         if len(spikes):

@@ -1,8 +1,10 @@
 """Electrophysiology features (``abo_lake.ephys_features``) against IPFX 2.1.2 run on the source.
 
 The reference ``tests/reference/ephys_features_ipfx.json`` is IPFX's ``LongSquareAnalysis`` /
-``RampAnalysis`` / ``build_cell_feature_record`` on the NWB files of
-``synthetic.celltypes.write(scale="features", seed=11, n_specimens=2)``, made by
+``RampAnalysis`` / ``build_cell_feature_record`` on the sweeps that pass IPFX's sweep QC of
+the NWB files of ``synthetic.celltypes.write(scale="features", seed=11, n_specimens=2,
+qc_failures=...)`` (one sweep of each specimen spoiled so that it fails QC; see
+``tests/reference/sweep_qc_ipfx.py``), made by
 ``tests/reference/ephys_features_ipfx.py make`` with IPFX in its own venv (IPFX cannot be
 installed beside the project's pynwb; see DESIGN.md, "Electrophysiology features").
 
@@ -13,6 +15,7 @@ products), sweep numbers exact; ``fast_trough_*`` within 0.5 mV / 0.5 ms where I
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -30,6 +33,12 @@ from abo_lake.sources import celltypes as reader
 from abo_lake.synthetic import celltypes as synth
 
 REFERENCE = Path(__file__).parent / "reference" / "ephys_features_ipfx.json"
+_spec = importlib.util.spec_from_file_location(
+    "sweep_qc_ipfx", Path(__file__).parent / "reference" / "sweep_qc_ipfx.py"
+)
+_qc_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_qc_reference)
+SPECIMENS = _qc_reference.SPECIMENS  # what the references were computed on
 RTOL = 1e-5
 
 
@@ -41,7 +50,7 @@ def ref() -> dict:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features")
-    synth.write(out, scale="features", seed=11, n_specimens=2)
+    synth.write(out, **SPECIMENS["features"])
     return out
 
 
@@ -116,7 +125,26 @@ def test_fi_curve_rates_equal_ipfx(ref, fi_curves):
         want = {int(k): v for k, v in ref[sid]["avg_rate"].items()}
         assert fi["avg_rate"].to_dict() == pytest.approx(want)
         assert fi["stim_amp"].is_monotonic_increasing
-        assert fi["stim_amp"].to_numpy() == pytest.approx(np.arange(-90, 300, 40), abs=0.5)
+        passed = [n for n in ref[sid]["passed"] if n != 13]  # 13 is the Ramp
+        assert fi.index.tolist() == passed
+        assert fi["stim_amp"].to_numpy() == pytest.approx(
+            [-90 + 40 * (n - 3) for n in passed], abs=0.5
+        )
+
+
+def test_failed_sweeps_are_left_out_as_ipfx_does(ref, specimens, cells):
+    """The spoiled sweeps (5 of the first specimen: a -10 pA step IPFX uses for input
+    resistance and tau; 9 of the second: its rheobase sweep) are not used; with them the
+    features would differ."""
+    first, second = sorted(specimens)
+    assert 5 not in ref[first]["passed"]
+    assert 9 not in ref[second]["passed"]
+    table = specimens[second].celltypes.long_square_features()
+    assert not table.loc[9, "passed"]
+    assert table.loc[9, "avg_rate"] > 0
+    assert table.loc[table["passed"] & (table["avg_rate"] > 0)].index[0] == 10
+    assert cells[second]["rheobase_sweep_number"] == 10
+    assert specimens[first].celltypes.long_square_features()["passed"].sum() == 9
 
 
 def test_rheobase_is_the_first_spiking_step(cells, fi_curves):

@@ -28,13 +28,14 @@ potential added at each spike. The neuron's rheobase is 100-200 pA by constructi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-__all__ = ["SAMPLING_RATE", "write"]
+__all__ = ["QC_FAILURES", "SAMPLING_RATE", "write"]
 
 #: Sampling rate of every sweep (Hz), as in most Cell Types files.
 SAMPLING_RATE = 200_000.0
@@ -93,7 +94,9 @@ def _protocol(kind: str) -> tuple[_SweepSpec, ...]:
 _SCALES = {
     "tiny": _Scale(0.5, 0.1, 0.3, _protocol("tiny"), morphology_orders=4),
     "realistic": _Scale(3.0, 1.02, 1.0, _protocol("realistic"), morphology_orders=6),
-    "features": _Scale(0.7, 0.15, 0.5, _protocol("features"), morphology_orders=3),
+    # 0.6 s before and 0.7 s after the step: IPFX's QC epochs (0.5 s of stable Vm before the
+    # stimulus and at the end of the recording) lie after the test pulse and the step
+    "features": _Scale(1.8, 0.6, 0.5, _protocol("features"), morphology_orders=3),
 }
 
 
@@ -209,6 +212,28 @@ def _simulate(
             response[j, start:stop] += shape[: stop - start]
     response += rng.normal(0.0, 0.05, response.shape)  # amplifier noise, mV
     return response, [np.asarray(s, dtype=np.float64) for s in spikes]
+
+
+#: Ways :func:`write` can spoil a sweep so that it fails IPFX's sweep QC.
+QC_FAILURES = {
+    "noisy_baseline": "0.3 mV rms noise from the sweep start to the stimulus onset (pre-noise "
+    "and slow noise above IPFX's 0.07 / 0.5 mV)",
+    "drifting_vm": "Vm drifting linearly from the stimulus onset to +3 mV at the sweep end "
+    "(Vm delta above IPFX's 1 mV)",
+}
+
+
+def _spoil(resp_mv: np.ndarray, how: str, scale: _Scale, rng: np.random.Generator) -> None:
+    """Make one sweep (row of ``resp_mv``, in place) fail QC as :data:`QC_FAILURES` says."""
+    n = resp_mv.size
+    onset = round(scale.onset_s * SAMPLING_RATE)
+    if how == "noisy_baseline":
+        resp_mv[:onset] += rng.normal(0.0, 0.3, onset)
+    elif how == "drifting_vm":
+        resp_mv[onset:] += np.linspace(0.0, 3.0, n - onset)
+    else:
+        choices = sorted(QC_FAILURES)
+        raise ValueError(f"qc_failures: unknown failure {how!r}; choose one of {choices}")
 
 
 def _bytes(s: str) -> np.bytes_:
@@ -348,17 +373,33 @@ def _write_nwb(
             interval_start += count / SAMPLING_RATE + sw["stimulus_interval"]
 
 
+#: QC fields of ``ephys_sweeps.json`` (IPFX's definitions, :mod:`abo_lake.sweep_qc`).
+_QC_JSON = ("pre_noise_rms_mv", "slow_noise_rms_mv", "slow_vm_mv", "pre_vm_mv", "post_vm_mv")
+_QC_JSON += ("post_noise_rms_mv", "vm_delta_mv")
+
+
+def _json_float(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
 def _sweep_records(
     specimen_id: int,
     scale: _Scale,
     spikes: list[np.ndarray],
+    stim_pa: np.ndarray,
     resp_mv: np.ndarray,
     rng: np.random.Generator,
 ) -> list[dict]:
-    """Return the ``ephys_sweeps.json`` records (a subset of the Allen API's fields)."""
+    """Return the ``ephys_sweeps.json`` records (a subset of the Allen API's fields; the QC
+    fields as IPFX computes them from the stored float32 samples)."""
+    from abo_lake import sweep_qc
+
     pre = slice(round(_EXPERIMENT_START_S * SAMPLING_RATE), round(scale.onset_s * SAMPLING_RATE))
     records = []
     for j, spec in enumerate(scale.protocol):
+        stored_i = stim_pa[j].astype(np.float32).astype(np.float64)
+        stored_v = resp_mv[j].astype(np.float32).astype(np.float64)
+        qc = sweep_qc.evaluate(stored_v, stored_i, SAMPLING_RATE, spec.stimulus_name)
         records.append(
             {
                 "id": int(specimen_id * 1000 + spec.sweep_number),
@@ -368,14 +409,11 @@ def _sweep_records(
                 "stimulus_description": spec.description,
                 "stimulus_units": "Amps",
                 "stimulus_absolute_amplitude": spec.amplitude_pa,
-                "stimulus_start_time": scale.onset_s,
-                "stimulus_duration": {
-                    "Long Square": scale.long_square_s,
-                    "Short Square": 0.003,
-                }.get(spec.stimulus_name, scale.sweep_s - scale.onset_s),
+                "stimulus_start_time": _json_float(qc["stimulus_start_time"]),
+                "stimulus_duration": _json_float(qc["stimulus_duration"]),
                 "stimulus_interval": 5.0,
                 "num_spikes": int(spikes[j].size),
-                "pre_vm_mv": round(float(resp_mv[j, pre].mean()), 4),
+                **{k: _json_float(qc[k]) for k in _QC_JSON},
                 "peak_deflection": round(float(resp_mv[j].max() - resp_mv[j, pre].mean()), 4),
                 "leak_pa": round(float(rng.normal(0.0, 5.0)), 3),
                 "bridge_balance_mohm": round(float(rng.uniform(8.0, 20.0)), 3),
@@ -444,7 +482,12 @@ def _write_swc(path: Path, table: np.ndarray, specimen_id: int, seed: int) -> No
 
 
 def write(
-    out_dir: str | Path, *, scale: str = "tiny", seed: int = 0, n_specimens: int = 1
+    out_dir: str | Path,
+    *,
+    scale: str = "tiny",
+    seed: int = 0,
+    n_specimens: int = 1,
+    qc_failures: Mapping[tuple[int, int], str] | None = None,
 ) -> list[Path]:
     """Write synthetic Cell Types specimens (ephys NWB 1, sweep table, SWC).
 
@@ -456,14 +499,21 @@ def write(
         ``"tiny"``: 5 sweeps of 0.5 s (Short Square, Long Square at 50, 250 and 400 pA,
         Ramp), ~1.3 MB per NWB file. ``"realistic"``: 38 sweeps of 3 s (4 Short Square,
         25 Long Square 1 s steps from -110 to 370 pA, 3 Ramp, 6 Noise 1), ~55 MB per NWB file
-        (gzip level 1), about 7 s per specimen. ``"features"``: 11 sweeps of 0.7 s (10 Long
-        Square 0.5 s steps from -90 to 270 pA by 40 pA, a Ramp), ~4 MB per NWB file, the
-        smallest protocol with what electrophysiology features need (hyperpolarising steps,
-        an f-I curve).
+        (gzip level 1), about 7 s per specimen. ``"features"``: 11 sweeps of 1.8 s (10 Long
+        Square 0.5 s steps at 0.6 s from -90 to 270 pA by 40 pA, a Ramp), the smallest
+        protocol with what electrophysiology features need (hyperpolarising steps, an f-I
+        curve) and with IPFX's sweep-QC epochs (0.5 s of baseline before the step and at the
+        end) clear of the test pulse and the step. The other scales' sweeps start their
+        stimulus less than 0.5 s after the sweep start and fail IPFX's QC.
     seed
         Seed of ``np.random.default_rng``; the same seed gives byte-identical arrays.
     n_specimens
         Number of specimens.
+    qc_failures
+        ``{(specimen index, sweep_number): how}``: sweeps to spoil so that they fail IPFX's
+        sweep QC, ``how`` one of :data:`QC_FAILURES` (``"noisy_baseline"``,
+        ``"drifting_vm"``). Every other sweep and specimen is byte-identical to a write
+        without them (the spoiling noise has its own random stream).
 
     Returns
     -------
@@ -487,7 +537,17 @@ def write(
         cell = _neuron(rng)
         stim = np.stack([_stimulus(spec, sc, rng) for spec in sc.protocol])
         resp, spikes = _simulate(stim, cell, rng)
-        records = _sweep_records(specimen_id, sc, spikes, resp, rng)
+        for (index, number), how in (qc_failures or {}).items():
+            if index != k:
+                continue
+            rows = [j for j, spec in enumerate(sc.protocol) if spec.sweep_number == number]
+            if not rows:
+                numbers = [spec.sweep_number for spec in sc.protocol]
+                raise ValueError(
+                    f"qc_failures: sweep {number} is not in the {scale!r} protocol {numbers}"
+                )
+            _spoil(resp[rows[0]], how, sc, np.random.default_rng([seed, k, number, 7]))
+        records = _sweep_records(specimen_id, sc, spikes, stim, resp, rng)
         name = f"Syn-IRES-Cre;Ai14-{specimen_id % 1_000_000:06d}.01.01.01"
         _write_nwb(folder / "ephys.nwb", specimen_id, name, records, stim, resp, spikes)
         (folder / "ephys_sweeps.json").write_text(json.dumps(records, indent=1) + "\n")

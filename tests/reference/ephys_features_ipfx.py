@@ -10,10 +10,13 @@ Two uses, one file:
   as ``ipfx.data_set_features``) and ``RampAnalysis`` with IPFX's default
   ``SpikeFeatureExtractor``/``SpikeTrainFeatureExtractor`` between stimulus onset and offset,
   then ``ipfx.feature_record.build_cell_feature_record``; write the record per specimen and
-  the first long-square spikes of every spiking sweep to ``--out.json``.
+  the first long-square spikes of every spiking sweep to ``--out.json``. As IPFX's pipeline
+  (``run_feature_extraction`` drops the sweeps whose ``passed`` is False), only sweeps that
+  pass IPFX's sweep QC (``sweep_qc_ipfx.qc_sweep``, IPFX's own QC functions) are analysed.
 - ``make`` (run with the project's Python): synthesise the specimens of
   ``tests/test_ephys_features.py`` (``synthetic.celltypes.write(scale="features", seed=11,
-  n_specimens=2)``), run ``measure`` under IPFX's Python and write
+  n_specimens=2, qc_failures=...)``: ``sweep_qc_ipfx.SPECIMENS["features"]``, one sweep of
+  each specimen spoiled so that it fails QC), run ``measure`` under IPFX's Python and write
   ``tests/reference/ephys_features_ipfx.json`` (CI needs no IPFX)::
 
       .venv/bin/python tests/reference/ephys_features_ipfx.py make [--ipfx PYTHON]
@@ -36,7 +39,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "ephys_features_ipfx.json"
 IPFX_PYTHON = "/tmp/ipfx-try2/bin/python"
-SEED, N_SPECIMENS, SCALE = 11, 2, "features"
+sys.path.insert(0, str(HERE))
+import sweep_qc_ipfx  # noqa: E402  (beside this file)
+
+SPECIMENS = "features"  # sweep_qc_ipfx.SPECIMENS key
 
 
 def _clean(value):
@@ -104,7 +110,8 @@ def measure(paths: list[str], out: str) -> None:
 
     result = {"ipfx": ipfx.__version__, "specimens": {}}
     for path in paths:
-        sweeps = read_sweeps(path)
+        qc = {s["sweep_number"]: sweep_qc_ipfx.qc_sweep(s) for s in sweep_qc_ipfx.read_sweeps(path)}
+        sweeps = [s for s in read_sweeps(path) if qc[s["sweep_number"]].get("passed")]
         features: dict = {"long_squares": None, "ramps": None, "short_squares": None}
         per_sweep = {}
         longs = [s for s in sweeps if s["stimulus_name"] == "Long Square"]
@@ -156,18 +163,15 @@ def measure(paths: list[str], out: str) -> None:
                 for k in range(len(numbers))
             },
             "window": [start, end],
+            "passed": sorted(s["sweep_number"] for s in sweeps),
         }
     Path(out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
 
 
 def make(ipfx_python: str) -> None:
     """Synthesise the test's specimens, run :func:`measure` under IPFX, write the reference."""
-    sys.path.insert(0, str(HERE.parents[1]))
-    from abo_lake.synthetic import celltypes as synth
-
     with tempfile.TemporaryDirectory() as tmp:
-        paths = synth.write(tmp, scale=SCALE, seed=SEED, n_specimens=N_SPECIMENS)
-        nwbs = [str(p) for p in paths if p.name == "ephys.nwb"]
+        nwbs = sweep_qc_ipfx.write_specimens(Path(tmp), SPECIMENS)
         cmd = [ipfx_python, __file__, "measure", "--out", str(REFERENCE), *nwbs]
         subprocess.run(cmd, check=True)
 
