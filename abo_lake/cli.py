@@ -119,7 +119,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    s = _lake(args).stats()
+    s = _lake(args).stats(storage=True)
     text = (
         f"{s['lake']}: {len(s['releases'])} releases, logical {s['logical_bytes'] / 1e6:.1f}"
         f" MB, stored {s['stored_bytes'] / 1e6:.1f} MB in {s['chunk_objects']} chunk "

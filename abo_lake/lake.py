@@ -407,17 +407,25 @@ class Lake:
                 tables.append(TableChange(name, "unchanged"))
         return ReleaseDiff(ra.pin, rb.pin, rows, tables)
 
-    def stats(self, *, exact: bool = False) -> dict[str, Any]:
+    def stats(self, *, exact: bool = False, storage: bool = False) -> dict[str, Any]:
         """Logical bytes (every release counted in full) against bytes stored, and the ratio.
 
-        Logical bytes and referenced objects come from the releases' heads (summed at
-        publish), read with the listing of releases; stored bytes and object counts from one
-        listing of ``cas/`` and ``manifests/`` (one request per 1,000 objects on S3).
-        ``referenced_objects`` sums, over the releases in order, the objects each references
-        that the release before it did not: an object dropped by one release and referenced
-        again by a later one counts twice. ``exact=True`` (or a release without a head, or
-        heads not chained release after release) reads every manifest of every release and
-        counts the union instead.
+        By default everything comes from the releases' heads (summed at publish, read with
+        the listing of releases: no manifest read, no listing of objects): ``stored_bytes``
+        and ``chunk_objects`` are then the chunk objects some release references (what the
+        lake holds once GC has run), summed over the releases in order as the objects each
+        references that the release before it did not (an object dropped by one release and
+        referenced again by a later one counts twice).
+
+        Parameters
+        ----------
+        exact
+            Read every manifest of every release and count the union instead (also done
+            when a release has no head, or heads are not chained release after release).
+        storage
+            Also list ``cas/`` and ``manifests/`` (one request per 1,000 objects on S3,
+            seconds per 100,000 objects): ``stored_bytes``, ``chunk_objects`` and
+            ``manifest_bytes`` are then what is stored, unreferenced objects included.
         """
         names = self.releases()
         heads = [self._heads.get(n) for n in names]
@@ -428,27 +436,32 @@ class Lake:
         if chained and not exact:
             per_release = {n: int(h.summary["logical_bytes"]) for n, h in zip(names, heads)}
             referenced = sum(int(h.summary["new_objects"]) for h in heads)
+            referenced_bytes = sum(int(h.summary["new_object_bytes"]) for h in heads)
         else:
-            per_release, referenced = self._stats_from_manifests(names)
-        objects = self.storage.find(cas.CAS_PREFIX)
-        stored = sum(o["size"] for o in objects.values())
-        manifests = self.storage.find(MANIFEST_PREFIX)
-        logical = sum(per_release.values())
-        return {
+            per_release, referenced, referenced_bytes = self._stats_from_manifests(names)
+        out: dict[str, Any] = {
             "lake": self.url,
             "releases": per_release,
-            "logical_bytes": logical,
-            "stored_bytes": stored,
-            "manifest_bytes": sum(o["size"] for o in manifests.values()),
-            "chunk_objects": len(objects),
+            "logical_bytes": sum(per_release.values()),
+            "stored_bytes": referenced_bytes,
+            "chunk_objects": referenced,
             "referenced_objects": referenced,
-            "dedup_ratio": (logical / stored) if stored else 1.0,
+            "referenced_bytes": referenced_bytes,
         }
+        if storage:
+            objects = self.storage.find(cas.CAS_PREFIX)
+            manifests = self.storage.find(MANIFEST_PREFIX)
+            out["stored_bytes"] = sum(o["size"] for o in objects.values())
+            out["chunk_objects"] = len(objects)
+            out["manifest_bytes"] = sum(o["size"] for o in manifests.values())
+        stored = out["stored_bytes"]
+        out["dedup_ratio"] = (out["logical_bytes"] / stored) if stored else 1.0
+        return out
 
-    def _stats_from_manifests(self, names: list[str]) -> tuple[dict[str, int], int]:
-        """Logical bytes per release and the number of distinct referenced objects, from
-        every manifest of every release (each distinct manifest read once)."""
-        per_release, referenced = {}, set()
+    def _stats_from_manifests(self, names: list[str]) -> tuple[dict[str, int], int, int]:
+        """Logical bytes per release, and the number and stored bytes of the distinct
+        objects referenced, from every manifest of every release (each read once)."""
+        per_release, referenced = {}, {}
         for name in names:
             record = self._record(name)
             where = {d["manifest"]: f"release {name}, dataset {p!r}" for p, d in
@@ -460,8 +473,8 @@ class Lake:
                 manifests[d["manifest"]].nbytes for d in record.datasets.values()
             )
             for m in manifests.values():
-                referenced.update(m.chunks.values())
-        return per_release, len(referenced)
+                referenced.update(object_sizes(m))
+        return per_release, len(referenced), sum(referenced.values())
 
     def repair(self, name: str) -> list[tuple[str, str]]:
         """Complete a published release: write again whatever its publish hooks should have
