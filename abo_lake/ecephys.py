@@ -1158,12 +1158,9 @@ def psth(
     )
 
 
-def _selectivity(theta_deg: np.ndarray, tuning: np.ndarray, harmonic: int) -> np.ndarray:
-    """AllenSDK osi (harmonic 2) / dsi (harmonic 1): |Σ r e^{ikθ}| / Σ r over axis 0."""
-    total = tuning.sum(0)
-    vec = np.abs((tuning * np.exp(1j * harmonic * np.deg2rad(theta_deg))[:, None]).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total == 0, np.nan, vec / total)
+#: The columns of :func:`drifting_gratings_metrics`: a subset of AllenSDK's ``DriftingGratings``.
+DRIFTING_GRATINGS_COLUMNS = ("pref_ori_dg", "pref_tf_dg", "g_osi_dg", "g_dsi_dg",
+                             "firing_rate_dg", "fano_dg")  # fmt: skip
 
 
 def drifting_gratings_metrics(
@@ -1173,61 +1170,38 @@ def drifting_gratings_metrics(
     stimulus_name: str = "drifting_gratings",
     trial_duration: float = 2.0,
 ) -> pd.DataFrame:
-    """AllenSDK's drifting-grating metrics per unit (eager, one pass over the spikes).
+    """Six of AllenSDK's ``DriftingGratings(session).metrics`` columns per unit (eager).
 
-    ``pref_ori_dg``/``pref_tf_dg`` maximise the condition mean count averaged over the other
-    parameter; ``g_osi_dg``/``g_dsi_dg`` = |Σ r·e^{2iθ}|/Σ r and |Σ r·e^{iθ}|/Σ r over the
-    condition means at the preferred TF; ``firing_rate_dg`` = spikes per second over the
-    stimulus blocks; ``fano_dg`` = var/mean of counts in [0, ``trial_duration``] at the
-    preferred condition.
+    The columns :data:`DRIFTING_GRATINGS_COLUMNS` of
+    ``abo_lake.ecephys_metrics.stimulus_metrics(ds, "drifting_gratings", ...)`` (one
+    implementation; same names and values): ``pref_ori_dg``/``pref_tf_dg`` maximise the
+    condition mean count averaged over the other parameter; ``g_osi_dg``/``g_dsi_dg`` =
+    |Σ r·e^{2iθ}|/Σ r and |Σ r·e^{iθ}|/Σ r over the condition means at the preferred TF;
+    ``firing_rate_dg`` = spikes per second over the stimulus blocks; ``fano_dg`` = var/mean of
+    counts in [0, ``trial_duration``] at the preferred condition. Use ``stimulus_metrics`` for
+    all of AllenSDK's columns.
 
     Raises
     ------
     KeyError
         If ``stimulus_name`` is not presented in the session (suggests close names).
+    ValueError
+        If every presentation of it is an ``invalid_presentation`` (AllenSDK renames them).
     """
+    from abo_lake import ecephys_metrics  # it builds on this module
+
     names = _load(ds, [_SP + "stimulus_name"])[_SP + "stimulus_name"]
     if stimulus_name not in set(names.tolist()):
         raise _unknown("stimulus_name", [stimulus_name], sorted(set(names.tolist())))
-    pres_ids = ds.indexes["stimulus_presentation_id"].to_numpy()[names == stimulus_name]
-    cols = ("start_time", "stop_time", "stimulus_condition_id", "orientation",
-            "temporal_frequency")  # fmt: skip
-    sel = _select(ds, unit_ids, pres_ids, cols, drop_invalid=True)  # AllenSDK: renamed away
-    start, stop = sel.pres["start_time"], sel.pres["stop_time"]
-    gaps = np.flatnonzero(np.diff(start) > 2 * trial_duration)
-    blocks = np.stack([start[np.r_[0, gaps + 1]], stop[np.r_[gaps, start.size - 1]]], 1)
-    counts, window, block = _interval_counts(ds, sel, [
-        (np.stack([start, stop], 1), ("right", "right")),
-        (np.stack([start, start + trial_duration], 1), ("left", "right")),
-        (blocks, ("left", "left")),
-    ])  # fmt: skip
-    st = _condition_stats(counts, sel.pres["stimulus_condition_id"])
-    first = np.unique(sel.pres["stimulus_condition_id"], return_index=True)[1]
-    ori = sel.pres["orientation"][first]  # per condition, same order as st["condition"]
-    tf = sel.pres["temporal_frequency"][first]
-    mean = st["mean"]
-    orivals, tfvals = np.unique(ori[~np.isnan(ori)]), np.unique(tf[~np.isnan(tf)])
-    by_ori = np.stack([mean[ori == o].mean(0) for o in orivals])
-    by_tf = np.stack([mean[tf == f].mean(0) for f in tfvals])
-    pref_ori = orivals[np.argmax(by_ori, 0)]
-    pref_tf = tfvals[np.argmax(by_tf, 0)]
-    n_u = sel.unit_id.size
-    osi, dsi, fano = np.full(n_u, np.nan), np.full(n_u, np.nan), np.full(n_u, np.nan)
-    pref_cond = st["condition"][np.argmax(np.where(np.isnan(tf)[:, None], -np.inf, mean), 0)]
-    for f in np.unique(pref_tf):
-        units_f = pref_tf == f
-        rows = np.flatnonzero(tf == f)
-        rows = rows[np.argsort(ori[rows], kind="stable")]
-        osi[units_f] = _selectivity(ori[rows], mean[rows][:, units_f], 2)
-        dsi[units_f] = _selectivity(ori[rows], mean[rows][:, units_f], 1)
-    for j in range(n_u):
-        x = window[sel.pres["stimulus_condition_id"] == pref_cond[j], j].astype(np.float64)
-        fano[j] = np.var(x) / x.mean() if x.mean() > 0 else np.nan
-    rate = block.sum(0) / np.sum(blocks[:, 1] - blocks[:, 0])
-    return pd.DataFrame(
-        {"pref_ori_dg": pref_ori, "pref_tf_dg": pref_tf, "g_osi_dg": osi, "g_dsi_dg": dsi,
-         "firing_rate_dg": rate, "fano_dg": fano},
-        index=pd.Index(sel.unit_id, name="unit_id"),
+    shown = stimulus_presentations(ds)["stimulus_name"]
+    if not (shown == stimulus_name).any():
+        raise ValueError(
+            f"no valid presentations of {stimulus_name!r}: every one overlaps an invalid_times "
+            "interval tagged 'stimulus' (AllenSDK's 'invalid_presentation')"
+        )
+    return ecephys_metrics.analysis_metrics(
+        ds, "drifting_gratings", unit_ids, stimulus_key=stimulus_name,
+        trial_duration=trial_duration, columns=DRIFTING_GRATINGS_COLUMNS,
     )  # fmt: skip
 
 

@@ -242,6 +242,8 @@ def _preferred_value(inp: _Inputs, column: str) -> tuple[np.ndarray, np.ndarray]
     """AllenSDK's ``_get_pref_<param>`` and ``_check_multiple_pref_conditions``."""
     col = inp.conditions[column]
     values = np.sort(col[col != _NULL].unique())
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+        values = values.astype(np.float64)  # AllenSDK's column is float64 (not object)
     means = np.stack(
         [np.mean(inp.mean[:, (col == v).to_numpy()], axis=1) for v in values], axis=1
     )  # (U, V): the mean over each value's conditions, reduced along a contiguous axis
@@ -406,6 +408,7 @@ def analysis_metrics(
     stimulus_key: str | None = None,
     trial_duration: float | None = None,
     seed: int | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """AllenSDK's ``<Analysis>(session).metrics`` for one stimulus analysis (eager).
 
@@ -426,6 +429,10 @@ def analysis_metrics(
         Seconds counted after each onset; default AllenSDK's for the analysis.
     seed
         Receptive field mapping only: seed of the ``p_value_rf`` shuffles (see module doc).
+    columns
+        Only these of the analysis' columns, in this order; the 1 ms PSTH (``time_to_peak``,
+        ``f1_f0_dg``, ``mod_idx_dg``, ``sustained_idx_fl``) and the ``c50_dg`` fit are
+        skipped when none of them is asked for. Default all, in AllenSDK's order.
 
     Returns
     -------
@@ -440,7 +447,17 @@ def analysis_metrics(
         If the session is a Visual Behavior Neuropixels one.
     """
     spec = _analysis(analysis)
-    return _analysis_metrics(ds, _Tables.of(ds), spec, unit_ids, stimulus_key, trial_duration, seed)
+    if columns is not None:
+        unknown = [c for c in columns if c not in spec.columns]
+        if unknown:
+            raise KeyError(f"{spec.cls} has no columns {unknown}; its columns are {spec.columns}")
+    return _analysis_metrics(
+        ds, _Tables.of(ds), spec, unit_ids, stimulus_key, trial_duration, seed, columns
+    )
+
+
+#: Columns that need the 1 ms PSTH (or, for c50_dg, the contrast gratings' statistics).
+_FINE_COLUMNS = ("time_to_peak_", "f1_f0_dg", "mod_idx_dg", "sustained_idx_fl", "c50_dg")
 
 
 def _analysis_metrics(
@@ -451,7 +468,11 @@ def _analysis_metrics(
     stimulus_key: str | None,
     trial_duration: float | None,
     seed: int | None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
+    """One analysis' table; with ``columns``, only those (the 1 ms PSTH, F1/F0 and the c50 fit
+    are skipped when none of them is asked for)."""
+    fine_needed = columns is None or any(c.startswith(_FINE_COLUMNS) for c in columns)
     duration = spec.trial_duration if trial_duration is None else float(trial_duration)
     if duration <= 0:
         raise ValueError(f"trial_duration must be > 0; got {duration}")
@@ -470,23 +491,30 @@ def _analysis_metrics(
     )
     centres = fine["time_relative_to_stimulus_onset"].to_numpy()
     tf_pref = None
-    if spec.suffix == "dg":
+    if spec.suffix == "dg" and fine_needed:
         tf_pref = (
             table.groupby("stimulus_condition_id")["temporal_frequency"].first().loc[pref_ids]
         ).to_numpy()
     blocks_of_units = np.r_[0, np.cumsum(fine.data.chunks[2])]
-    pref_parts = [
-        dask.delayed(_preferred_block)(
-            block,
-            cond,
-            pref_ids[a:b],
-            None if tf_pref is None else tf_pref[a:b].astype(np.float64),
-            float(centres.max()),
-        )
-        for block, a, b in zip(
-            fine.data.to_delayed().ravel(), blocks_of_units[:-1], blocks_of_units[1:], strict=True
-        )
-    ]
+    pref_parts = (
+        [
+            dask.delayed(_preferred_block)(
+                block,
+                cond,
+                pref_ids[a:b],
+                None if tf_pref is None else tf_pref[a:b].astype(np.float64),
+                float(centres.max()),
+            )
+            for block, a, b in zip(
+                fine.data.to_delayed().ravel(),
+                blocks_of_units[:-1],
+                blocks_of_units[1:],
+                strict=True,
+            )
+        ]
+        if fine_needed
+        else []
+    )
     blocks = _blocks(table, duration)
     rates = [dask.delayed(_firing_rate)(s, blocks) for s in _unit_spikes(ds, ids)]
     arrays = [window.data]
@@ -497,7 +525,10 @@ def _analysis_metrics(
     done = dask.compute(*arrays, *pref_parts, *rates)
     counts = np.asarray(done[0])[:, 0, :].astype(np.float64)  # (P, U)
     rf_counts = np.asarray(done[1]).sum(1) if spec.suffix == "rf" else None
-    pref_out = np.concatenate(done[len(arrays) : len(arrays) + len(pref_parts)], axis=0)
+    if fine_needed:
+        pref_out = np.concatenate(done[len(arrays) : len(arrays) + len(pref_parts)], axis=0)
+    else:
+        pref_out = np.full((ids.size, centres.size + 1), np.nan)
     psth, f1f0 = pref_out[:, :-1], pref_out[:, -1]
     rate = np.asarray(done[len(arrays) + len(pref_parts) :], dtype=np.float64)
 
@@ -510,7 +541,7 @@ def _analysis_metrics(
         m = np.mean(x)
         fano[j] = np.var(x) / m if m != 0 else np.nan
         run_p[j], run_mod[j] = _running_modulation(x, speeds[rows])
-    ttp = centres[np.argmax(psth, axis=1)]
+    ttp = centres[np.argmax(psth, axis=1)] if fine_needed else np.full(n_u, np.nan)
     out: dict[str, Any] = {}
     sfx = spec.suffix
     for column, stem in spec.params:
@@ -526,7 +557,8 @@ def _analysis_metrics(
     }
     out.update(common)
     if sfx == "dg":
-        out.update(_drifting_gratings(ds, tables, inp, out, psth, centres, pref, f1f0))
+        out.update(_drifting_gratings(ds, tables, inp, out, psth, centres, pref, f1f0,
+                                      fine_needed))  # fmt: skip
     elif sfx == "sg":
         out["g_osi_sg"] = _static_gratings_osi(inp, out)
     elif sfx == "ns":
@@ -537,7 +569,7 @@ def _analysis_metrics(
         rf = _rf_matrix(rf_counts, table, ids)
         out.update(_rf_stats(rf, counts, table, seed))
     frame = pd.DataFrame(out, index=pd.Index(ids, name="unit_id"))
-    return frame[list(spec.columns)]
+    return frame[list(spec.columns) if columns is None else list(columns)]
 
 
 def _drifting_gratings(
@@ -549,18 +581,20 @@ def _drifting_gratings(
     centres: np.ndarray,
     pref: np.ndarray,
     f1f0: np.ndarray,
+    fine_needed: bool = True,
 ) -> dict[str, np.ndarray]:
     tf = inp.conditions["temporal_frequency"].to_numpy()
     sample_rate = 1 / np.mean(np.diff(centres))
     mod = np.array([_modulation_index(psth[j], float(tf[pref[j]]), sample_rate)
-                    for j in range(psth.shape[0])])  # fmt: skip
+                    for j in range(psth.shape[0])]) if fine_needed else f1f0  # fmt: skip
     osi, dsi = np.full(psth.shape[0], np.nan), np.full(psth.shape[0], np.nan)
     for j, f in enumerate(out["pref_tf_dg"]):
         rows = np.flatnonzero(inp.conditions["temporal_frequency"].to_numpy() == f)
         osi[j] = _circular(inp, j, rows, "orientation", 2)
         dsi[j] = _circular(inp, j, rows, "orientation", 1)
+    c50 = _c50(ds, tables, inp, out["pref_ori_dg"]) if fine_needed else f1f0
     return {"f1_f0_dg": f1f0, "mod_idx_dg": mod, "g_osi_dg": osi, "g_dsi_dg": dsi,
-            "c50_dg": _c50(ds, tables, inp, out["pref_ori_dg"])}  # fmt: skip
+            "c50_dg": c50}  # fmt: skip
 
 
 def _contrast_curve(x, b, c, d, e):

@@ -301,3 +301,18 @@ def test_metrics_of_a_few_units_read_only_their_spike_chunks(s3_release, unit_id
     assert len(read) < ds["spike_times"].data.numblocks[0]
     assert not any(k.startswith(("spike_amplitudes/c", "waveform")) for k in keys)
     assert got["firing_rate_fl"].gt(0).all()
+
+
+def test_drifting_gratings_metrics_is_a_column_subset(session, unit_ids, ref):
+    """The 6-column .ecephys.drifting_gratings_metrics() is stimulus_metrics' table cut down:
+    same names, same values, equal to AllenSDK's."""
+    got = session.ecephys.drifting_gratings_metrics(unit_ids=unit_ids)
+    assert list(got.columns) == list(ecephys.DRIFTING_GRATINGS_COLUMNS)
+    full = session.ecephys.stimulus_metrics("drifting_gratings", unit_ids)
+    pd.testing.assert_frame_equal(got, full[list(got.columns)])
+    for column in got.columns:
+        np.testing.assert_allclose(got[column].to_numpy(np.float64),
+                                   ref[f"drifting_gratings/{column}"], rtol=1e-9)  # fmt: skip
+    assert got["pref_ori_dg"].dtype == np.float64  # as AllenSDK's table, not object
+    with pytest.raises(KeyError, match=r"DriftingGratings has no columns \['c50'\]"):
+        ecephys_metrics.analysis_metrics(session, "drifting_gratings", columns=["c50"])
