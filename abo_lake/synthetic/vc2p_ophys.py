@@ -1053,6 +1053,7 @@ def write(
     session_type: str = "three_session_A",
     n_experiments: int = 1,
     lsn_on_off_cells: int = 0,
+    lsn_frames: int | None = None,
 ) -> list[Path]:
     """Write Visual Coding 2P experiments as NWB 1.0.5 files, ``<ophys_experiment_id>.nwb``.
 
@@ -1074,6 +1075,9 @@ def write(
         The first this many cells respond to both polarities of the locally sparse noise: their
         drawn subfield and the opposite one 3 grid columns over (ground truth
         ``rf_on_off_lsn``). 0 (default) keeps the files of a seed as they were.
+    lsn_frames
+        Locally sparse noise sweeps of ``locally_sparse_noise`` (the 4deg and 8deg variants get
+        half each) instead of the scale's (240 tiny, 480 small, 8880 realistic).
 
     Returns
     -------
@@ -1093,6 +1097,8 @@ def write(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sc = {**_SCALES[scale], "lsn_on_off_cells": lsn_on_off_cells}
+    if lsn_frames is not None:
+        sc["lsn_frames"] = int(lsn_frames)
     return [
         _write_one(out, sc, session_type, np.random.default_rng([seed, i]))
         for i in range(n_experiments)
