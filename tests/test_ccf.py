@@ -813,6 +813,11 @@ def test_unionize_on_a_cluster_from_s3_equals_threaded(
         mask_threaded = ann.ccf.structure_mask("VISp", ontology=onto).sum().values
     pd.testing.assert_frame_equal(on_cluster, threaded)
     assert mask_cluster == mask_threaded > 0
+    # point lookups from S3: no dask graph, the same ids as the in-memory volume
+    pts = np.array([[8000.0, 2000.0, 3000.0], [6300.0, 6100.0, 6200.0]])
+    np.testing.assert_array_equal(
+        ann.ccf.structure_at(pts).values, ccf.structure_at(tree["100um"].to_dataset(), pts).values
+    )
     assert len(on_cluster) > 100
     assert n_tasks < 20 * 12  # ∝ the 12 chunks, not the voxels or the structures
 
