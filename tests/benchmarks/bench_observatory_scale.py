@@ -5,34 +5,43 @@ A local lake of N datasets in the Observatory's proportions (Visual Behavior, VC
 Neuropixels, Cell Types, connectivity) is generated with the lake's own layout: chunk objects
 at ``cas.key_of(hash)``, manifests built as :class:`~abo_lake.manifest.Manifest` and stored
 with :meth:`Lake.put_manifest`, records built with :meth:`ReleaseRecord.sealed` and published
-with put-if-absent plus the lake's publish hooks (catalog, by-id index, root catalog), and a
-``datasets`` Parquet table. ``Stage.add`` is not used for the bulk: it rewrites the stage
-document (every manifest hash) on each add, so staging N datasets costs O(N^2) bytes (that
-is one finding). Chunk objects are small (64 bytes); it is their count that matters.
+with put-if-absent, its head (``Lake._write_head``, as ``Stage._publish`` does) and the lake's
+publish hooks (catalog, by-id index, root catalog), and a ``datasets`` Parquet table. Chunk
+objects are small (64 bytes); it is their count that matters.
 
 Then three releases each change 1% of the datasets (a few chunks each, so new chunks and a
 new manifest), and some unreferenced objects are left (an abandoned run) for GC to find.
 
 Every lake call below runs on a fresh :class:`Lake` (no in-memory record/manifest cache)
 with its :class:`~abo_lake.storage.Storage` methods wrapped to count calls and keys; the
-"requests" column estimates S3 requests from them (1 per object read/written, 1 per 1000
-keys listed or deleted).
+"requests" column estimates S3 requests from them (1 per object read/written, 1 per key of a
+``read_many``, 1 per 1000 keys listed or deleted). Where the old path still exists it runs
+in the same run: ``releases() old`` parses and checks every record as ``releases()`` did
+before heads; ``diff exact_bytes`` reads every manifest of the older release (the old diff's
+work); ``stats(exact, storage)`` reads every manifest and lists ``cas/`` (the old stats'
+work). ``stage.add ... beat each`` forces a heartbeat (a part) on every add: the worst case.
 
 Run: ``nice python tests/benchmarks/bench_observatory_scale.py --sizes 1500 15000``
 (``--chunks 65`` per dataset gives ~1 M objects at 15,000 datasets).
 
-Measured 2026-12-07 on the shared 2-core machine (load 9-17), local lake, ``--chunks 6
---skip-verify-release`` (~105 k objects at 15 k; 65 chunks/1 M objects did not fit the time:
-its generation had reached 445 k objects after ~8 min). Seconds at N=1.5k / 15k, S3 requests
-estimated: releases() 0.02/1.98 s (5 req; reads every full record, 2.5 MB each at 15 k);
-release() 0.00/0.41 s (1 req); datasets() 0.01/0.43 s; table search 0.03/0.60 s (2 req);
-diff 0.76/22.2 s (1,517/15,152 req: every manifest of both releases); stats 1.25/28.2 s
-(1,562/15,563 req: every manifest + full cas/ listing); verify of one dataset 0.02/0.49 s
-(8 req); verify of a release 83 s at 15 k (105,009 req, one per object; 64 s at 1.5 k with
-65 chunks); Stage.add of N/5 datasets 1.15/50.5 s (quadratic: the stage document is
-rewritten on each add); GC dry run 1.34/29.1 s, delete 0.68/36.3 s (~15.6 k req). Bytes
-added by a release changing 1% of datasets: 1.97 MB at 1.5 k, 19.7 MB at 15 k, almost all
-release metadata (catalog.yaml 14.3 MB, release.json 2.5 MB, byid.json 2.2 MB at 15 k).
+Measured 2026-12-07 08:42-08:50 UTC on the shared 2-core machine (load 11-18), local lake,
+``--chunks 6 --skip-verify-release`` (~105 k objects at 15 k). Seconds at N=1.5k / 15k
+(estimated S3 requests at 15k), new path beside the old in the same run:
+releases() 0.02 / 0.04 s (9 req: one listing, every record and head in one read_many) vs
+old 0.24 / 1.54 s; diff(r2, r3) 0.19 / 0.89 s (302 req: the 150 differing datasets' two
+manifests) vs exact_bytes/old 2.20 / 10.2 s (15,152 req); stats() 0.00 / 0.04 s (9 req:
+the heads) vs stats(storage=True) 1.69 / 7.37 s (117 req, listing 105 k objects) and old
+4.79 / 17.9 s (15,567 req), referenced objects equal (9,045 / 90,450); Stage.add of N/5
+0.42 / 1.89 s writing 140 stage bytes (no heartbeat due; the 3,004 requests are the
+manifest reads of each add), with a beat on every add 2.46 / 11.6 s and 67.5 kB / 677 kB
+(linear: x10.0; before: 1.15 / 50.5 s, quadratic); GC dry run 2.89 / 15.5 s and delete
+3.62 / 19.4 s (~15.6 k req: every distinct manifest once, 2 listings; before: 1.34 / 29.1
+and 0.68 / 36.3 s at lower load); release() 0.00 / 0.19 s, datasets() 0.03 / 0.23 s and table
+search 0.16 / 0.86 s (1-2 req); verify of one dataset 0.09 / 0.21 s (8 req). Bytes added by a
+release changing 1% of datasets: 1.99 MB at 1.5 k, 19.9 MB at 15 k (the head adds 462 B;
+the rest is release metadata a line per dataset: release.json, catalog.yaml, byid.json).
+Before (recorded 2026-12-07, load 9-17): releases() 0.02/1.98 s, diff 0.76/22.2 s, stats
+1.25/28.2 s.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ import pandas as pd
 
 import abo_lake
 from abo_lake import cas
+from abo_lake import lake as lake_module
 from abo_lake.lake import PUBLISH_HOOKS, Lake
 from abo_lake.manifest import Manifest, manifest_key
 from abo_lake.release import ReleaseRecord
@@ -187,8 +197,10 @@ class Writer:
             tables=dict(sorted(tables.items())),
         )
         before = self.lake.storage.find("releases") | self.lake.storage.find("catalog.yaml")
-        assert self.lake.storage.put_if_absent(f"releases/{name}/release.json", record.to_bytes())
+        data = record.to_bytes()
+        assert self.lake.storage.put_if_absent(f"releases/{name}/release.json", data)
         self.lake._records[name] = record
+        self.lake._write_head(record, data)  # as Stage._publish: the head, then the hooks
         for hook in PUBLISH_HOOKS:
             hook(self.lake, record)
         after = self.lake.storage.find("releases") | self.lake.storage.find("catalog.yaml")
@@ -276,6 +288,7 @@ def simulate(
 
     def ops():
         yield "releases()", lambda lk: lk.releases()
+        yield "releases() old: parse records", old_releases
         yield "release('r3')", lambda lk: lk.release("r3")
         yield "release+datasets()", lambda lk: lk.release("r3").datasets()
         yield (
@@ -285,12 +298,16 @@ def simulate(
             ),
         )
         yield "diff(r2, r3)", lambda lk: lk.diff("r2", "r3")
+        yield "diff exact_bytes (~old)", lambda lk: lk.diff("r2", "r3", exact_bytes=True)
         yield "stats()", lambda lk: lk.stats()
+        yield "stats(storage=True)", lambda lk: lk.stats(storage=True)
+        yield "stats(exact, storage) (old)", lambda lk: lk.stats(exact=True, storage=True)
         yield "verify 1 dataset (store)", lambda lk: verify_one(lk, some)
         if not skip_verify_release:
             yield "verify('r3') (release)", lambda lk: lk.verify("r3")
         if stage_adds:
             yield "stage.add of N/5 (discarded)", lambda lk: stage_adds_of(lk, n // 5)
+            yield "stage.add N/5, beat each", lambda lk: stage_adds_of(lk, n // 5, beat=True)
         yield "gc dry run", lambda lk: lk.gc(grace="0s", dry_run=True)
         yield "gc delete", lambda lk: lk.gc(grace="0s", dry_run=False)
 
@@ -300,6 +317,12 @@ def simulate(
         out[f"{label} req"] = requests
         if label.startswith("gc"):
             out[f"{label} found"] = len(result.chunks) + len(result.manifests)
+        if label.startswith("stage.add"):
+            out[f"{label} stage bytes"] = result
+        if label.startswith("diff"):
+            out[f"{label} MB to fetch"] = result.bytes_to_fetch / 1e6
+        if label.startswith("stats"):
+            out[f"{label} referenced"] = result["referenced_objects"]
         if label.startswith("verify('r3')"):
             assert result.ok, str(result)
         print(f"  N={n:>6} {label:<26} {seconds:8.2f} s {requests:>9} req", flush=True)
@@ -310,10 +333,21 @@ class _Discard(Exception):
     pass
 
 
-def stage_adds_of(lake: Lake, n: int) -> int:
+def stage_adds_of(lake: Lake, n: int, beat: bool = False) -> int:
     """Stage ``n`` already-stored datasets with ``Stage.add`` (what a job resuming from its
-    ledger does), then discard the stage: each add rewrites the stage document."""
+    ledger does), then discard the stage; return the bytes written under ``stages/``.
+    ``beat``: a heartbeat on every add (the worst case: one part per add)."""
     items = list(lake.release("r0").record.datasets.items())[:n]
+    written = [0]
+    write = lake.storage.write
+
+    def counting(key: str, data: bytes) -> None:
+        written[0] += len(data) if key.startswith("stages/") else 0
+        write(key, data)
+
+    lake.storage.write = counting
+    saved = lake_module.HEARTBEAT_SECONDS
+    lake_module.HEARTBEAT_SECONDS = 0.0 if beat else saved
     try:
         with lake.stage("probe") as stage:
             for path, entry in items:
@@ -321,7 +355,20 @@ def stage_adds_of(lake: Lake, n: int) -> int:
             raise _Discard
     except _Discard:
         pass
-    return len(items)
+    finally:
+        lake_module.HEARTBEAT_SECONDS = saved
+    return written[0]
+
+
+def old_releases(lake: Lake) -> list[str]:
+    """What ``releases()`` did before heads: read and fully check every record in turn."""
+    names = [k.split("/")[1] for k in lake.storage.glob("releases/*/release.json")]
+    created = {}
+    for name in names:
+        created[name] = lake._checked_record(
+            name, lake.storage.read(f"releases/{name}/release.json")
+        ).created
+    return sorted(names, key=lambda n: (created[n], n))
 
 
 def verify_one(lake: Lake, path: str) -> int:
