@@ -17,6 +17,7 @@ from abo_lake import schema
 from abo_lake.errors import SourceFileError
 from abo_lake.sources import vbo_ophys as reader
 from abo_lake.synthetic import vbo_ophys as writer
+from abo_lake.writer import cell_major_layout
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED, N_EXP = 0, 4  # rows 0-2 are Mesoscope (11 Hz), row 3 is a passive CAM2P.4 (31 Hz) session
@@ -118,7 +119,9 @@ def test_traces_equal_hdf5_and_are_lazy(files, datasets):
                 assert ds[name].dims == ("cell_specimen_id", "time")
                 assert ds[name].dtype == np.float64
                 np.testing.assert_array_equal(ds[name].values, f[h5path][()].T)
-                assert ds[name].encoding["chunks"] == ds[name].data.chunksize
+                # one chunk per cell (its whole trace), packed ~4 MB (issue 18)
+                assert ds[name].encoding["chunks"] == (1, n_t)
+                assert ds[name].encoding == {**ds[name].encoding, **cell_major_layout((n, n_t), 8)}
             np.testing.assert_array_equal(
                 ds["time"].values, f["processing/ophys/dff/traces/timestamps"][()]
             )
