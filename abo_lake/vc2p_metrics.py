@@ -26,8 +26,9 @@ per cell chunk, so a ``distributed`` client spreads them over its workers.
 
 Locally sparse noise receptive fields (``LocallySparseNoise``, the ``rf_*_lsn`` metrics) are in
 :mod:`abo_lake.vc2p_receptive_fields`; :func:`stimulus_analysis` and :func:`stimulus_metrics`
-reach them too. Not here (yet): AllenSDK's speed tuning (``peak_run``) and the noise/signal
-correlations.
+reach them too. AllenSDK's speed tuning (``get_speed_tuning``, ``binned_*``, ``peak_run``) is
+in :mod:`abo_lake.vc2p_speed_tuning`, reached from :class:`StimulusAnalysis`. Not here (yet):
+the noise/signal correlations.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abo_lake import ophys, vc2p_receptive_fields
+from abo_lake import ophys, vc2p_receptive_fields, vc2p_speed_tuning
 from abo_lake.errors import SchemaError
 
 __all__ = [
@@ -709,6 +710,43 @@ class StimulusAnalysis:
         if factor not in d.factors:
             raise AttributeError(f"{ANALYSES[self.stimulus]} has no {factor} values")
         return d.levels[d.factors.index(factor)]
+
+    # AllenSDK's speed tuning (any StimulusAnalysis has it): abo_lake.vc2p_speed_tuning
+    def get_speed_tuning(
+        self, binsize: int = 800, seed: int | None = None
+    ) -> vc2p_speed_tuning.SpeedTuning:
+        """AllenSDK's ``get_speed_tuning(binsize)`` of this analysis' cells (unpacks as its
+        5-tuple); see :func:`abo_lake.vc2p_speed_tuning.speed_tuning` (``seed``: shuffles)."""
+        return vc2p_speed_tuning.speed_tuning(self._ds, binsize=binsize, seed=seed)
+
+    @cached_property
+    def _speed_tuning(self) -> vc2p_speed_tuning.SpeedTuning:
+        return self.get_speed_tuning(800)  # AllenSDK's properties use binsize 800
+
+    @property
+    def binned_dx_sp(self) -> xr.DataArray:
+        """AllenSDK's ``binned_dx_sp`` (binsize 800): running speed per bin, spontaneous."""
+        return self._speed_tuning.binned_dx_sp
+
+    @property
+    def binned_cells_sp(self) -> xr.DataArray:
+        """AllenSDK's ``binned_cells_sp`` (binsize 800): dF/F per cell and bin, spontaneous."""
+        return self._speed_tuning.binned_cells_sp
+
+    @property
+    def binned_dx_vis(self) -> xr.DataArray:
+        """AllenSDK's ``binned_dx_vis`` (binsize 800): running speed per bin, other frames."""
+        return self._speed_tuning.binned_dx_vis
+
+    @property
+    def binned_cells_vis(self) -> xr.DataArray:
+        """AllenSDK's ``binned_cells_vis`` (binsize 800): dF/F per cell and bin, other frames."""
+        return self._speed_tuning.binned_cells_vis
+
+    @property
+    def peak_run(self) -> pd.DataFrame:
+        """AllenSDK's ``peak_run`` (binsize 800), indexed by ``cell_specimen_id``."""
+        return self._speed_tuning.peak_run.copy()
 
 
 def stimulus_analysis(
