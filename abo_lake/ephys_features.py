@@ -10,8 +10,10 @@ the source file (``tests/test_ephys_features.py``):
 - dV/dt is that of the response low-passed by a 4-pole Bessel filter at 10 kHz (forward and
   backward), in mV/ms; ``upstroke``/``downstroke`` are its maximum before / minimum after the
   peak, ``threshold`` the last sample before the upstroke where dV/dt is at most 5 % of the
-  sweep's mean upstroke; ``trough`` the minimum between the peak and the next threshold,
-  ``fast_trough`` within 5 ms of the peak;
+  sweep's mean upstroke; ``trough`` the minimum between the peak and the next threshold;
+  ``fast_trough``, ``adp`` and ``slow_trough`` IPFX's trough details (:func:`_trough_details`:
+  the end of the downstroke, an after-depolarisation seen in a 1 kHz dV/dt, the later minimum
+  of a "detour" reset; ``isi_type`` "direct" or "detour");
 - per long-square sweep: ``avg_rate`` (spikes per s of the step), ``latency`` (first threshold
   from the step onset, s), ``mean_isi``, ``adapt`` (mean of (ISI[k+1]-ISI[k])/(ISI[k+1]+ISI[k])),
   ``v_baseline`` (mean over 100 ms before the onset), ``peak_deflect`` (minimum during the step),
@@ -29,9 +31,8 @@ Only sweeps that pass IPFX's sweep QC (:mod:`abo_lake.sweep_qc`) enter the cell 
 the f-I curve, as IPFX's pipeline drops failed sweeps before feature extraction.
 
 Times ``*_t_*`` are s from the sweep start (IPFX's pipeline counts from the experiment
-epoch). ``fast_trough_*`` is the minimum within 5 ms of the peak; IPFX's trough-detail
-analysis places it differently (measured: up to 0.3 mV and 0.4 ms apart); every other column
-equals IPFX 2.1.2 to a relative 1e-5 (float32 vs float64 input).
+epoch). Every column equals IPFX 2.1.2 to a relative 1e-5 (float32 vs float64 input), spike
+times on the same samples.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ CELL_FEATURES: dict[str, str] = {
             ("trough_v", "mV"),
             ("fast_trough_t", "s"),
             ("fast_trough_v", "mV"),
+            ("slow_trough_t", "s"),
+            ("slow_trough_v", "mV"),
             ("upstroke_downstroke_ratio", "upstroke / -downstroke"),
         ]
     },
@@ -93,7 +96,13 @@ CELL_FEATURES: dict[str, str] = {
 _FILTER_KHZ = 10.0  # IPFX's Bessel cutoff for dV/dt
 _THRESH_FRAC = 0.05  # IPFX: threshold at 5 % of the upstroke
 _MIN_PEAK_MV = -30.0  # IPFX's min_peak
-_FAST_TROUGH_S = 0.005
+_HEAVY_FILTER_KHZ = 1.0  # IPFX's trough-detail filter
+_TERM_FRAC = 0.01  # fast trough: dV/dt back to 1 % of the downstroke
+_ADP_THRESH = 0.5  # mV/ms
+_TROUGH_TOL_MV = 0.5
+_FLAT_INTERVAL_S = 0.002
+_ADP_MAX_DT_S = 0.005
+_ADP_MAX_DV_MV = 10.0
 _SUBTHRESH_MIN_PA = -100.0
 _SAG_TARGET_MV = -100.0
 _HERO_OFFSET_PA = (39.0, 61.0)
@@ -148,9 +157,57 @@ def _window(tr: dict[str, Any]) -> tuple[float, float]:
     return (first + nz[0]) / tr["rate"], (first + nz[-1] + 1) / tr["rate"]
 
 
-def _dvdt(v: np.ndarray, rate: float) -> np.ndarray:
-    b, a = signal.bessel(4, _FILTER_KHZ * 1e3 / (rate / 2.0), "low")
+def _dvdt(v: np.ndarray, rate: float, khz: float = _FILTER_KHZ) -> np.ndarray:
+    b, a = signal.bessel(4, khz * 1e3 / (rate / 2.0), "low")
     return np.diff(signal.filtfilt(b, a, v)) * rate * 1e-3
+
+
+def _trough_details(
+    tr: dict[str, Any], dvdt: np.ndarray, rows: list[dict[str, Any]], end_index: int
+) -> None:
+    """IPFX's ``analyze_trough_details`` (in place on ``rows``): ``fast_trough_index`` where
+    dV/dt after the downstroke recovers to 1 % of it, then an ADP (1 kHz dV/dt above
+    0.5 mV/ms within 2 ms, back to 0, 0.5 mV above the later minimum, at most 10 mV and 5 ms
+    from the fast trough) or a "detour" (Vm falls 0.5 mV below the fast trough) gives
+    ``slow_trough_index``; NaN for "direct" resets and, as IPFX, for the last spike."""
+    v, t = tr["v"], tr["t"]
+    heavy = _dvdt(v, tr["rate"], _HEAVY_FILTER_KHZ)
+    for k, row in enumerate(rows):
+        peak = row["peak_index"]
+        nxt = rows[k + 1]["threshold_index"] if k + 1 < len(rows) else end_index
+        row.update(fast_trough_index=np.nan, adp_index=np.nan, slow_trough_index=np.nan)
+        row["isi_type"] = None
+        if nxt <= peak:
+            continue
+        down = peak + int(np.argmin(dvdt[peak:nxt]))
+        ended = np.flatnonzero(dvdt[down:nxt] >= _TERM_FRAC * dvdt[down])
+        if not ended.size:
+            continue
+        term = down + int(ended[0])
+        row["fast_trough_index"] = term
+        kind, slow = "direct", None
+        over = np.flatnonzero(heavy[term:nxt] >= _ADP_THRESH)
+        if over.size and t[term + over[0]] - t[term] < _FLAT_INTERVAL_S:
+            cross = term + int(over[0])
+            back = np.flatnonzero(heavy[cross:nxt] <= 0)
+            if back.size:
+                adp = cross + int(back[0])
+                low = adp + int(np.argmin(v[adp:nxt]))
+                if (
+                    v[adp] - v[low] >= _TROUGH_TOL_MV
+                    and v[adp] - v[term] <= _ADP_MAX_DV_MV
+                    and t[adp] - t[term] <= _ADP_MAX_DT_S
+                ):
+                    row["adp_index"], kind, slow = adp, "detour", low
+        if row["adp_index"] != row["adp_index"]:  # no ADP
+            low = term + int(np.argmin(v[term:nxt]))
+            if v[term] - v[low] >= _TROUGH_TOL_MV:
+                kind, slow = "detour", low
+        row["isi_type"] = kind
+        if slow is not None and k + 1 < len(rows):
+            row["slow_trough_index"] = slow
+    if rows:  # IPFX: the last spike's ADP and slow trough are not reliable
+        rows[-1]["adp_index"] = rows[-1]["slow_trough_index"] = np.nan
 
 
 def _peaks(tr: dict[str, Any], start: float, end: float) -> np.ndarray:
@@ -185,7 +242,7 @@ def _spikes(tr: dict[str, Any], start: float, end: float) -> pd.DataFrame:
     peaks = _peaks(tr, start, end)
     cols = ["threshold", "peak", "trough", "fast_trough"]
     if not peaks.size:
-        names = [f"{c}_{x}" for c in cols for x in ("index", "t", "v")]
+        names = [f"{c}_{x}" for c in [*cols, "adp", "slow_trough"] for x in ("index", "t", "v")]
         return pd.DataFrame(columns=[*names, "threshold_i", "upstroke", "downstroke"])
     v, t, i = tr["v"], tr["t"], tr["i"]
     dvdt = _dvdt(v, tr["rate"])
@@ -207,15 +264,16 @@ def _spikes(tr: dict[str, Any], start: float, end: float) -> pd.DataFrame:
         stop = rows[k + 1]["threshold_index"] if k + 1 < len(rows) else end_index
         stop = max(stop, p + 1)
         trough = p + int(np.argmin(v[p:stop]))
-        fast_stop = min(stop, p + round(_FAST_TROUGH_S * tr["rate"]))
         row["trough_index"] = trough
-        row["fast_trough_index"] = p + int(np.argmin(v[p : max(fast_stop, p + 1)]))
         row["downstroke"] = float(np.min(dvdt[p : max(trough, p + 1)]))
+    _trough_details(tr, dvdt, rows, end_index)
     df = pd.DataFrame(rows)
-    for c in cols:
-        idx = df[f"{c}_index"].to_numpy()
-        df[f"{c}_t"] = t[idx]
-        df[f"{c}_v"] = v[idx]
+    for c in [*cols, "adp", "slow_trough"]:
+        idx = df[f"{c}_index"].to_numpy(dtype=float)
+        ok = ~np.isnan(idx)
+        where = np.where(ok, idx, 0).astype(np.int64)
+        df[f"{c}_t"] = np.where(ok, t[where], np.nan)
+        df[f"{c}_v"] = np.where(ok, v[where], np.nan)
     df["threshold_i"] = i[df["threshold_index"].to_numpy()]
     df["upstroke_downstroke_ratio"] = df["upstroke"] / -df["downstroke"]
     return df
@@ -229,8 +287,9 @@ def spike_features(
 ) -> pd.DataFrame:
     """One row per spike of a sweep, IPFX's ``SpikeFeatureExtractor`` columns.
 
-    ``threshold_{index,t,v,i}``, ``peak_*``, ``trough_*``, ``fast_trough_*`` (t in s from the
-    sweep start, v in mV, i in pA), ``upstroke``/``downstroke`` (mV/ms) and
+    ``threshold_{index,t,v,i}``, ``peak_*``, ``trough_*``, ``fast_trough_*``, ``adp_*``,
+    ``slow_trough_*`` (t in s from the sweep start, v in mV, i in pA; NaN where IPFX finds
+    none), ``isi_type``, ``upstroke``/``downstroke`` (mV/ms) and
     ``upstroke_downstroke_ratio``; between ``start`` and ``end`` (s; default the stimulus
     window, :func:`stimulus_window`). Raises KeyError for a sweep that does not exist and
     ValueError for a stimulus not in Amps.
@@ -328,7 +387,8 @@ def fi_curve(ds: xr.Dataset) -> pd.DataFrame:
 
 def _spike_record(spikes: pd.DataFrame, protocol: str) -> dict[str, float]:
     names = ["threshold_i", "threshold_t", "threshold_v", "peak_t", "peak_v", "trough_t"]
-    names += ["trough_v", "fast_trough_t", "fast_trough_v", "upstroke_downstroke_ratio"]
+    names += ["trough_v", "fast_trough_t", "fast_trough_v", "slow_trough_t", "slow_trough_v"]
+    names += ["upstroke_downstroke_ratio"]
     return {f"{n}_{protocol}": float(spikes[n]) for n in names}
 
 

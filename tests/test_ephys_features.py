@@ -9,8 +9,8 @@ qc_failures=...)`` (one sweep of each specimen spoiled so that it fails QC; see
 installed beside the project's pynwb; see DESIGN.md, "Electrophysiology features").
 
 Tolerance: relative 1e-5 for every value (the lake's float64 SI samples vs IPFX's float32
-products), sweep numbers exact; ``fast_trough_*`` within 0.5 mV / 0.5 ms where IPFX has one
-(IPFX's trough-detail analysis, not reproduced).
+products), sweep numbers exact, spike times (threshold, peak, trough, fast trough, ADP, slow
+trough) on the same samples, and NaN where IPFX has none.
 """
 
 from __future__ import annotations
@@ -82,16 +82,10 @@ def test_cell_features_equal_ipfx(ref, cells):
         theirs = ref[sid]["record"]
         for column in ephys_features.CELL_FEATURES:
             want = theirs[_ipfx_name(column) if column != "input_resistance_mohm" else "ri"]
-            if want is None and column.startswith("fast_trough"):
-                continue  # IPFX's trough-detail analysis found none; ours is always defined
             if want is None:
                 assert column not in got or math.isnan(got[column]), column
                 continue
-            if column.startswith("fast_trough_v"):
-                assert got[column] == pytest.approx(want, abs=0.5), (sid, column)
-            elif column.startswith("fast_trough_t"):
-                assert got[column] == pytest.approx(want, abs=5e-4), (sid, column)
-            elif column.endswith("_sweep_number"):
+            if column.endswith("_sweep_number"):
                 assert got[column] == want, (sid, column)
             else:
                 assert got[column] == pytest.approx(want, rel=RTOL), (sid, column)
@@ -108,6 +102,15 @@ def test_spike_features_of_every_long_square_equal_ipfx(ref, specimens):
                 continue
             for col in ("threshold_t", "peak_t", "trough_t"):  # the same samples
                 np.testing.assert_allclose(got[col], theirs[col], rtol=0, atol=1e-9)
+            for col in ("fast_trough_t", "adp_t", "slow_trough_t"):  # trough details, NaN alike
+                want = np.array([np.nan if x is None else x for x in theirs[col]], dtype=float)
+                np.testing.assert_allclose(got[col], want, rtol=0, atol=1e-9)
+            for col in ("fast_trough_v", "adp_v", "slow_trough_v"):
+                want = np.array([np.nan if x is None else x for x in theirs[col]], dtype=float)
+                np.testing.assert_allclose(got[col], want, rtol=RTOL)
+            kinds = [k if k in ("direct", "detour") else None for k in theirs["isi_type"]]
+            mine = [k if isinstance(k, str) else None for k in got["isi_type"]]
+            assert mine == kinds, (sid, number)
             for col in ("threshold_v", "peak_v", "trough_v", "upstroke", "downstroke"):
                 np.testing.assert_allclose(got[col], theirs[col], rtol=RTOL)
             np.testing.assert_allclose(

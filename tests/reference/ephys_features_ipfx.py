@@ -133,7 +133,8 @@ def measure(paths: list[str], out: str) -> None:
         for s, spikes in zip(longs, lsa._spikes_set, strict=True):
             cols = ["threshold_t", "threshold_v", "peak_t", "peak_v", "trough_t", "trough_v"]
             cols += ["fast_trough_v", "upstroke", "downstroke", "upstroke_downstroke_ratio"]
-            cols += ["width"]
+            cols += ["width", "fast_trough_t", "adp_t", "adp_v", "slow_trough_t", "slow_trough_v"]
+            cols += ["isi_type"]
             per_sweep[str(s["sweep_number"])] = {
                 c: spikes[c].tolist() if len(spikes) else [] for c in cols
             }
