@@ -605,7 +605,7 @@ def _reopened(store: Any, *, tree: bool = False, group: str | None = None) -> An
         if tree
         else xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=3)
     )
-    read_in_thread(opened, store.read_chunk)
+    read_in_thread(opened, store.read_chunk, get_many=store.read_chunks)  # a span per pack
     return opened
 
 
@@ -781,11 +781,12 @@ def run(
             bar.close()
             results.sort(key=lambda r: r.source)
             _fail_on_shared_paths(results)
-            for res in results:
-                if res.error:
-                    continue
-                for path, h in res.datasets.items():
-                    stage.add(path, h, kind=res.kinds.get(path) or None)
+            stage.add_many(  # their manifests read at once, not one request per dataset
+                (path, h, res.kinds.get(path) or None)
+                for res in results
+                if not res.error
+                for path, h in res.datasets.items()
+            )
             for name, table in build_tables(results, metadata, lake.storage, csv_notes).items():
                 stage.write_table(name, table)
             if any(r.error for r in results) or not publish or existing is not None:
