@@ -14,6 +14,7 @@ import xarray as xr
 
 import abo_lake
 from abo_lake import lake as lake_module
+from abo_lake.errors import ManifestError
 from abo_lake.lake import Lake, object_sizes
 from abo_lake.manifest import MANIFEST_PREFIX
 from abo_lake.release import ReleaseRecord
@@ -266,6 +267,20 @@ def test_stage_add_without_heartbeat_due_writes_nothing(three_releases):
         assert json.loads(lake.storage.read(parts[0]))["manifests"] == [h]
         assert json.loads(lake.storage.read(f"stages/{stage.id}/stage.json"))["parts"] == 1
     assert len(lake.release("r4").datasets()) == 50
+
+
+def test_add_many_reads_the_manifests_at_once(three_releases):
+    lake = abo_lake.open_lake(three_releases.url)
+    entries = [(p, e["manifest"], e["kind"]) for p, e in lake.release("r2").record.datasets.items()]
+    calls = []
+    read_many = lake.storage.read_many
+    lake.storage.read_many = lambda keys: calls.append(len(keys)) or read_many(keys)
+    with lake.stage("r4") as stage:
+        stage.add_many(entries)
+        with pytest.raises(ManifestError, match="stage 'r4', dataset 'x/1'"):
+            stage.add_many([("x/1", "0" * 64, None)])
+    assert calls[0] == len({h for _, h, _ in entries})  # one batch
+    assert lake.release("r4").record.datasets == lake.release("r2").record.datasets
 
 
 def test_gc_reads_each_manifest_once(three_releases):
