@@ -119,8 +119,8 @@ class _Blur:
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """AllenSDK's ``convolve`` of each (rows, cols) image of a stack, normalised to the
         image's sum (an all-zero image stays zero)."""
-        full = np.einsum("ij,fjk,lk->fil", self.rows, img, self.cols)
-        total = np.einsum("j,fjk,k->f", self.row_sums, img, self.col_sums)
+        full = self.rows @ img @ self.cols.T
+        total = (self.row_sums @ img) @ self.col_sums
         s = img.sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
             out = full / total[:, None, None] * s[:, None, None]

@@ -179,17 +179,19 @@ def test_receptive_field_map_equals_allensdk(analyses, session, stimulus):
 
 
 def test_stimulus_metrics_has_allensdk_rf_columns(lakes, analyses):
-    c = lakes["three_session_C"][1].ophys.stimulus_metrics()
-    peak = analyses["three_session_C", "locally_sparse_noise"].peak
+    ds = lakes["three_session_C"][1]
+    ids = ds.indexes[CELL][:2]  # two cells keep it fast; the table is per cell
+    c = ds.ophys.stimulus_metrics(cells=ids)
+    peak = analyses["three_session_C", "locally_sparse_noise"].peak.loc[ids]
     pd.testing.assert_frame_equal(c[PEAK_COLUMNS], peak)
     assert {"reliability_nm1", "reliability_nm2"} <= set(c)
     # three_session_C2: SessionAnalysis takes 4deg for VISp, 8deg elsewhere
     c2 = lakes["three_session_C2"][1]
     pick = "4deg" if c2.attrs.get("targeted_structure") == "VISp" else "8deg"
-    m = c2.ophys.stimulus_metrics()
-    pd.testing.assert_frame_equal(
-        m[PEAK_COLUMNS], analyses["three_session_C2", f"locally_sparse_noise_{pick}"].peak
-    )
+    ids = c2.indexes[CELL][:2]
+    m = c2.ophys.stimulus_metrics(cells=ids)
+    expected = analyses["three_session_C2", f"locally_sparse_noise_{pick}"].peak.loc[ids]
+    pd.testing.assert_frame_equal(m[PEAK_COLUMNS], expected)
 
 
 def test_two_cells_read_only_their_dff_chunks(lakes, analyses):
@@ -220,6 +222,33 @@ def test_two_cells_read_only_their_dff_chunks(lakes, analyses):
     assert len(read) < -(-ds.sizes["time"] // CHUNK[1])
     full = analyses["three_session_C", "locally_sparse_noise"].peak.loc[ids]
     pd.testing.assert_frame_equal(got, full)
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_cluster_on_s3_lake_equals_allensdk(files, s3_bucket, s3_options, dask_client):
+    """On a distributed LocalCluster reading the moto S3 lake: the same table as AllenSDK's,
+    the per-cell-chunk tasks run on the workers."""
+    import dask
+    import distributed
+
+    lake = abo_lake.open_lake(f"s3://{s3_bucket}/lake", **s3_options)
+    (full,) = sources.read(files["three_session_C2"]).values()
+    keep = ["dff", "roi_mask", "max_projection"]
+    ds = full[[n for n in full.data_vars if n in keep or n.startswith("stimulus_")]]
+    ds.attrs = dict(full.attrs)
+    ds["dff"].encoding["chunks"] = CHUNK
+    with dask.config.set(scheduler="threads"), lake.stage("r1") as stage:
+        stage.write("ophys/experiment/1", ds)
+    s3 = lake.release("r1").open("ophys/experiment/1")
+    stimulus = "locally_sparse_noise_8deg"
+    with distributed.get_task_stream(dask_client) as stream:
+        on_cluster = vc2p_receptive_fields.locally_sparse_noise(s3, stimulus).peak
+    assert any("_cells" in str(t["key"]) for t in stream.data)
+    ref = META["sessions"]["three_session_C2"]["stimuli"][stimulus]["peak"]
+    for col in PEAK_COLUMNS:
+        expected = _none_nan(ref[col])
+        np.testing.assert_allclose(on_cluster[col].to_numpy(), expected, rtol=1e-7, err_msg=col)
 
 
 class TestErrors:

@@ -2,7 +2,8 @@
 files, for ``tests/test_vc2p_receptive_fields.py``.
 
 Writes two seeded experiments with :mod:`abo_lake.synthetic.vc2p_ophys` at scale ``small``
-with ``lsn_on_off_cells=3`` (the first three cells have an ON and an OFF subfield; loaded from
+with ``lsn_on_off_cells=3`` (the first three cells have an ON and an OFF subfield) and 1440
+LSN sweeps in three_session_C (see :data:`LSN_FRAMES`; the generator is loaded from
 its file path, so the AllenSDK venv runs it without installing abo_lake): ``three_session_C``
 (``locally_sparse_noise``) and ``three_session_C2`` (``locally_sparse_noise_4deg`` and
 ``_8deg``). It opens each with AllenSDK's ``BrainObservatoryNwbDataSet`` and stores what
@@ -40,6 +41,9 @@ GENERATOR = HERE.parents[1] / "abo_lake" / "synthetic" / "vc2p_ophys.py"
 #: session type -> seed of the generator (``write(scale="small", seed=..., lsn_on_off_cells=3)``).
 SESSIONS = {"three_session_C": 31, "three_session_C2": 32}
 ON_OFF_CELLS = 3
+#: LSN sweeps per session (``write(lsn_frames=...)``; None: the scale's 480, 240 per C2 variant):
+#: 1440 in C, so that the cells with both polarities show both subfields (rf_distance_lsn)
+LSN_FRAMES = {"three_session_C": 1440, "three_session_C2": None}
 STIMULI = {
     "three_session_C": ["locally_sparse_noise"],
     "three_session_C2": ["locally_sparse_noise_4deg", "locally_sparse_noise_8deg"],
@@ -59,7 +63,12 @@ def write_files(out: Path) -> dict[str, Path]:
     gen = generator()
     return {
         st: gen.write(
-            out / st, scale="small", seed=seed, session_type=st, lsn_on_off_cells=ON_OFF_CELLS
+            out / st,
+            scale="small",
+            seed=seed,
+            session_type=st,
+            lsn_on_off_cells=ON_OFF_CELLS,
+            lsn_frames=LSN_FRAMES[st],
         )[0]
         for st, seed in SESSIONS.items()
     }
