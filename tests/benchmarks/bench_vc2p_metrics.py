@@ -42,9 +42,9 @@ Locally sparse noise (``--scale small --stimuli locally_sparse_noise``: 6 cells,
 16 x 28 grid; the same run, load average ~15 with an AllenSDK reference computing beside it):
 lake open 2.4 s + compute 16.0 s (CPU 2.0 s), 372 MB; AllenSDK load 64.8 s, compute 129.4 s
 (CPU 16.5 s), 667 MB: 7.0x wall, 8.4x CPU, 1.8x memory; every ``rf_*_lsn`` column equal to
-2.9e-14. The realistic scale (170 cells, 8880 sweeps) was not run: AllenSDK's per-cell
+2.9e-14. AllenSDK was not run at the realistic scale (170 cells, 8880 sweeps): its per-cell
 shuffles (10000 ``choice`` draws over 8880 sweeps, each followed by a column sum of the blurred
-template) take hours on this machine.
+template) are estimated from the small run at tens of CPU minutes.
 """
 
 from __future__ import annotations
