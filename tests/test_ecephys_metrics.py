@@ -17,7 +17,10 @@ both must be degenerate (> 150 degrees).
 ``drifting_gratings_contrast`` and ``dot_motion`` stimuli added). ``c50_dg`` is a curve fit
 (``curve_fit``, MINPACK) but AllenSDK reads it off a 256-point contrast grid, so fits that
 differ by less than a grid step give the same value: it is compared exactly, and is equal on
-every unit (AllenSDK's venv runs scipy 1.10.1, ours 1.17.1).
+every unit (AllenSDK's venv runs scipy 1.10.1, ours 1.17.1). Measured on the reference's 10
+curves: the fitted coefficients agree within 2e-7 relative for 7, the same fit fails on 1 in
+both, and the 2 steepest (Hill slopes 22 and 36) differ by 5e-4 and 1e-2 relative, still well
+inside one grid step of the half-way contrast.
 """
 
 from __future__ import annotations
