@@ -184,7 +184,10 @@ class Lake:
                 created[name] = self._check_listed(name, got)
             except (ManifestError, ReleaseNotFoundError) as err:
                 warnings.warn(f"not listed: {err}", UserWarning, stacklevel=2)
-        return sorted(created, key=lambda n: (created[n], n))
+        listed = sorted(created, key=lambda n: (created[n], n))
+        # keep the bytes of the newest record only (what release("latest") parses next)
+        self._listed = {n: d for n, d in self._listed.items() if listed and n == listed[-1]}
+        return listed
 
     def _check_listed(self, name: str, got: Mapping[str, bytes | Exception]) -> str:
         """Check the record of ``name`` read by :meth:`releases`; return its creation time."""
