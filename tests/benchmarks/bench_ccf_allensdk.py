@@ -14,12 +14,14 @@ beside AllenSDK on the same NRRD files, in a subprocess of AllenSDK's Python
 (``tests/reference/ccf_allensdk.py measure``: NRRD load and compute timed apart):
 ``ReferenceSpace(tree, annotation, [25, 25, 25]).make_structure_mask([315])``, annotation
 indexing, and the ``TissuecyteUnionizer`` steps. Every measurement runs in its own fresh
-process (best of ``--repeat``: wall and CPU time; peak RSS from ``VmHWM`` and, in brackets,
-above the process's RSS after its imports). The results must be identical: the masks' packed
-bits hash, voxel counts, point ids, and the unionize records (float32 sums in AllenSDK: rtol
-1e-5). Run::
+process (``_measure.run_callable``/``run_script``; best of ``--repeat``: wall time of the load
+(lake: open) and compute phases, CPU time; peak RSS from ``VmHWM`` and, in brackets, above the
+process's RSS after its imports). The results must be identical: the masks' packed bits hash,
+voxel counts, point ids, and the unionize records (float32 sums in AllenSDK: rtol 1e-5). On a
+shared machine compare the CPU ratios: wall times grow with the other jobs' load. Run::
 
     python tests/benchmarks/bench_ccf_allensdk.py [--work DIR] [--allensdk PYTHON]
+        [--repeat N] [--only mask,mask-values,points,unionize]
 
 Measured (2 shared cores, AllenSDK 2.16.2, best of 2; 2026-12-07), before the slab reads
 (idle machine): Isocortex mask 0.93 s (open 0.21 + compute 0.72; CPU 0.92 s; +44 MB RSS) vs
@@ -53,6 +55,17 @@ Again after the point boxes became plain arrays (best of 2, load ~4.5): structur
 (CPU 0.42) vs 4.05 s (CPU 2.75): 8.4x, 6.5x less CPU; unionize 5.70 s (CPU 2.80) vs 40.2 s
 (CPU 32.9): 7.0x wall (the lake's tasks waited for the busy cores), 11.7x less CPU; mask
 13.5x, 12.9x less CPU.
+
+After ``structure_at`` lost its dask graph (from the lake it is a lazily indexed pointwise
+selection that one Zarr coordinate selection reads: 204 chunk objects, no scheduler, no import
+of ``distributed``), best of 2, load average 12-23 (other engineers' test suites), 2026-12-07
+08:40-09:00 UTC: structure_at 0.60 + 2.09 = 2.70 s (CPU 0.27 s; +36 MB) vs AllenSDK 31.3 s
+(CPU 2.86 s; +591 MB): 11.6x wall, 10.5x less CPU (a separate best of 3 at load ~17: 1.61 s,
+CPU 0.28 s vs 11.8 s, CPU 3.02 s: 7.3x wall, 10.9x less CPU; the lake's wall is mostly waiting
+for the busy cores: 0.27 s of CPU in 2.7 s). In the same run: mask 4.78 s (CPU 0.85) vs 56.1 s
+(CPU 7.76): 11.7x, 9.1x less CPU; unionize 18.8 s (CPU 2.93; +73 MB) vs 252 s (CPU 31.1;
++3.9 GB): 13.5x, 10.6x less CPU. Same results: masks identical (8,978,572 voxels), 10,000 of
+10,000 ids, 491 records equal to 6.8e-7 (2 max-voxel ties).
 
 ``--work`` keeps (and reuses) the sources and the lake. Without AllenSDK's Python (default
 ``/tmp/allensdk-venv/bin/python``; not in CI) only the lake's side runs, with a message.
