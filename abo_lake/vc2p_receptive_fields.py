@@ -10,8 +10,9 @@ The same definitions as AllenSDK 2.16.2's ``LocallySparseNoise`` and
   more than 0.05, later than early and ends above half the noise threshold;
 - **pixel p-values**: the event-triggered average of the blurred ON (``> 127``) and OFF
   (``< 127``) template against 10000 shuffles of the events (their number jittered by 10 %),
-  drawn from ``np.random.seed(1)`` exactly as AllenSDK draws them (so the p-values are
-  AllenSDK's), Holm-Sidak corrected at alpha 0.05 over ON and OFF pixels; significant pixels
+  drawn from ``np.random.seed(1)`` exactly as AllenSDK draws them (the same shuffles; a
+  p-value differs only where a shuffle ties the events' value within rounding), Holm-Sidak
+  corrected at alpha 0.05 over ON and OFF pixels; significant pixels
   grouped into 8-connected subfields (in AllenSDK's order);
 - **Gaussian fits** of each subfield on the template upsampled to ~1 degree pixels (moments,
   then Nelder-Mead, as ``fitgaussian2D``): area ``pi (3/2)^2 w_x w_y``, centres, ON/OFF
@@ -584,6 +585,13 @@ def _peak_row(rf: dict[str, Any]) -> dict[str, float]:
     return {k: (np.nan if v is None else float(v)) for k, v in row.items()}
 
 
+def _sweep_means(d: Any, block: np.ndarray) -> np.ndarray:
+    """One dask task: AllenSDK's mean_sweep_response (cell, sweep) float32 of a cell chunk."""
+    from abo_lake import vc2p_metrics
+
+    return vc2p_metrics._block(d, block)["msr"]
+
+
 def _cells(d: _Design, block: np.ndarray) -> list[dict[str, Any]]:
     """One dask task: every cell of a chunk; block (sweeps, 14, cells) of dF/F."""
     return [_cell(d, block[:, :, c]) for c in range(block.shape[2])]
@@ -658,6 +666,78 @@ class LocallySparseNoise:
         raw = ophys._sample(dff, d.segments, np.zeros(d.segments.shape)).rechunk({0: -1, 1: -1})
         parts = [dask.delayed(_cells)(d, blk) for blk in raw.to_delayed().ravel()]
         return [cell for part in dask.compute(*parts) for cell in part]
+
+    @cached_property
+    def _msr(self) -> np.ndarray:
+        """(cell, sweep) mean sweep responses, as AllenSDK's ``StimulusAnalysis`` computes them
+        for LSN: sweeps of the second sweep's length ``L``, ``4 L`` frames before (the
+        baseline), the mean over ``2 L`` frames from the start, % ΔF/F of corrected
+        fluorescence, float32."""
+        from abo_lake import vc2p_metrics
+
+        if "corrected_fluorescence" not in self._ds.data_vars:
+            raise ValueError(
+                "mean_sweep_response needs 'corrected_fluorescence' (cell_specimen_id, time), as "
+                "AllenSDK's sweep responses do"
+            )
+        length = self.sweeplength
+        t = np.asarray(self._ds.indexes[TIME], dtype=np.float64)
+        d = vc2p_metrics._Design(
+            self.stimulus,
+            self._design.table[["start", "end"]],
+            length,
+            4 * length,
+            length,
+            (),
+            (),
+            1.0 / (t[1] - t[0]),
+        )
+        idx = vc2p_metrics._windows(self._ds, d)
+        arr = ophys._trace(self._ds, "corrected_fluorescence").data
+        raw = ophys._sample(arr, idx, np.zeros(idx.shape)).rechunk({0: -1, 1: -1})
+        parts = [dask.delayed(_sweep_means)(d, blk) for blk in raw.to_delayed().ravel()]
+        return np.concatenate(dask.compute(*parts), axis=0)
+
+    @property
+    def mean_sweep_response(self) -> xr.DataArray:
+        """AllenSDK's ``mean_sweep_response`` (sweep, cell): % ΔF/F from the 4-sweep baseline,
+        averaged over two sweep lengths from the start, float32 (its ``dx`` column apart)."""
+        st = self._design.table
+        return xr.DataArray(
+            self._msr.T,
+            dims=(PRESENTATION, CELL),
+            coords={
+                PRESENTATION: st.index.to_numpy(),
+                CELL: self.cell_specimen_ids,
+                "frame": (PRESENTATION, st["frame"].to_numpy()),
+            },
+            name="mean_sweep_response",
+            attrs={"units": "%", "stimulus": self.stimulus},
+        )
+
+    @property
+    def mean_response(self) -> xr.DataArray:
+        """AllenSDK's ``mean_response``: per pixel the mean ``mean_sweep_response`` of the
+        sweeps showing it ON (255) and OFF (0); dims (row, col, cell_specimen_id, on_off)
+        (AllenSDK's extra ``dx`` cell apart). NaN where a pixel is never ON or OFF."""
+        msr = self._msr
+        d = self._design
+        shown = d.template[d.table["frame"].to_numpy()]  # (sweep, row, col)
+        out = np.full((self.nrows, self.ncols, msr.shape[0], 2), np.nan)
+        for k, value in enumerate((LSN_ON, LSN_OFF)):
+            hit = shown == value
+            for r in range(self.nrows):
+                for c in range(self.ncols):
+                    rows = np.flatnonzero(hit[:, r, c])
+                    if len(rows):  # pandas' float32 mean: a float32 sum over the sweeps
+                        out[r, c, :, k] = np.ascontiguousarray(msr[:, rows]).mean(axis=-1)
+        return xr.DataArray(
+            out,
+            dims=("row", "col", CELL, "on_off"),
+            coords={CELL: self.cell_specimen_ids, "on_off": ["on", "off"]},
+            name="mean_response",
+            attrs={"units": "%", "stimulus": self.stimulus},
+        )
 
     @property
     def cell_specimen_ids(self) -> np.ndarray:

@@ -15,6 +15,7 @@ local lake, and compared cell by cell:
   differs from AllenSDK's by ~1e-16, so shuffles that tie AllenSDK's event-triggered value
   within rounding may count the other way: each pixel's p within 0.02 (200 of 10000 shuffles)
   and the mean difference under 0.002;
+- ``mean_response`` (per pixel the mean ON / OFF sweep response) exactly;
 - the blurred event-triggered maps at atol 1e-12, the chi-square p-value grid at rtol 1e-9,
   every ``rf_*_lsn`` column and the Gaussian fits' parameters at rtol 1e-7 (Nelder-Mead from
   inputs equal to ~1e-16).
@@ -176,6 +177,20 @@ def test_receptive_field_map_equals_allensdk(analyses, session, stimulus):
     assert rf.dims == ("row", "col", CELL, "on_off")
     np.testing.assert_allclose(rf.values, ref, rtol=0, atol=1e-12)
     assert np.isfinite(ref).any() == np.isfinite(rf.values).any()
+
+
+@pytest.mark.parametrize(("session", "stimulus"), CASES)
+def test_mean_response_equals_allensdk(analyses, session, stimulus):
+    """Per pixel the mean of the ON / OFF sweeps' mean_sweep_response: exactly AllenSDK's
+    (float32 sweep means, pandas' float32 averages); AllenSDK's last cell is its dx column."""
+    a = analyses[session, stimulus]
+    ref = ARRAYS[f"{session}/{stimulus}/mean_response"]
+    got = a.mean_response
+    assert got.dims == ("row", "col", CELL, "on_off")
+    np.testing.assert_array_equal(got.values, ref[:, :, :-1])
+    msr = a.mean_sweep_response
+    assert msr.dtype == np.float32
+    assert msr.sizes == {"stimulus_presentation_id": len(a.stim_table), CELL: ref.shape[2] - 1}
 
 
 def test_stimulus_metrics_has_allensdk_rf_columns(lakes, analyses):
