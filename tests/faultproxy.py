@@ -24,9 +24,10 @@ It also counts: every request is a :class:`Hit` with the bytes read from the cli
 (request line, headers, body) and written to it (status line, headers, body), its status and
 ``Range`` header; :meth:`FaultProxy.tally` sums them over the requests since a
 :meth:`FaultProxy.mark`, so a benchmark can read requests and bytes on the wire of one
-operation (``tests/benchmarks/bench_cloud_reads.py``). Bodies are written in 1 MiB pieces and
-only what the client accepted is counted (a client that hangs up after the headers, as a
-streaming size probe does, is charged what was in flight).
+operation (``tests/benchmarks/bench_cloud_reads.py``). A response without a fault is streamed
+from the server in 1 MiB pieces as it arrives, and only what the client accepted is counted
+(a client that hangs up after the headers, as a streaming size probe does, is charged what
+was in flight, and the rest is not fetched).
 """
 
 from __future__ import annotations
@@ -355,16 +356,27 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         if fault == "reset-before":
             self._reset()
             return
-        status, reason, headers, data = self._forward(body)
+        conn, resp = self._forward(body)
+        try:
+            self._respond(fault, resp)
+        finally:
+            conn.close()
+
+    def _respond(self, fault: str | None, resp: http.client.HTTPResponse) -> None:
+        """Relay the upstream response; a plain one is streamed piece by piece as it arrives
+        (so a client hanging up early stops the transfer), a faulted one read whole first."""
+        headers = resp.getheaders()
+        length = {k.lower(): v for k, v in headers}.get("content-length")
+        stream = fault is None and self.command != "HEAD" and length is not None
+        data = b"" if stream else resp.read()
         if fault == "reset-after":
             self._reset()
             return
-        self.send_response(status, reason)
+        self.send_response(resp.status, resp.reason)
         for name, value in headers:
             if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
                 self.send_header(name, value)
-        length = {k.lower(): v for k, v in headers}.get("content-length")
-        if self.command != "HEAD":
+        if self.command != "HEAD" and not stream:
             length = str(len(data))
         if length is not None:
             self.send_header("Content-Length", length)
@@ -374,11 +386,16 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self._reset()
             return
-        if self.command != "HEAD":
+        if stream:
+            while piece := resp.read(_PIECE):
+                if not self._write_body(piece):
+                    return
+        elif self.command != "HEAD":
             self._write_body(data)
 
-    def _write_body(self, data: bytes) -> None:
-        """Write ``data`` in pieces, counting the body bytes the client accepted."""
+    def _write_body(self, data: bytes) -> bool:
+        """Write ``data`` in pieces, counting the body bytes the client accepted; False if
+        the client hung up."""
         view = memoryview(data)
         for start in range(0, len(view), _PIECE):
             piece = view[start : start + _PIECE]
@@ -386,21 +403,22 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(piece)
             except (ConnectionError, TimeoutError):  # the client hung up: stop here
                 self.close_connection = True
-                return
+                return False
             if self._hit is not None:
                 self._hit.body_out += len(piece)
+        return True
 
-    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the request upstream; the connection and its response, body not yet read."""
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
         headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection(*self.proxy.upstream, timeout=self.proxy.timeout)
         try:
             conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, resp.reason, resp.getheaders(), data
-        finally:
+            return conn, conn.getresponse()
+        except BaseException:
             conn.close()
+            raise
 
     def _error(self, status: int, code: str, message: str) -> None:
         data = (
