@@ -1,0 +1,570 @@
+"""Cloud reads, lake vs peers, same run, counted by a proxy (issue 18).
+
+A moto S3 server on loopback and a counting proxy in front of it (``tests/faultproxy.py``:
+requests and bytes on the client's connection, both ways, status lines and headers
+included). A Visual Behavior 2P experiment and a Visual Coding Neuropixels session are
+synthesised (``abo_lake.synthetic``, ``--scale realistic``: 39,614 frames x 200 cells; 600
+units, ~21 M spikes), their NWB files uploaded to the bucket (for the peers) and converted
+into an S3 lake in the same bucket with ``abo_lake.jobs.run`` (as ``abo-lake convert`` does).
+Uploads and the conversion go straight to moto; every measured read goes through the proxy.
+
+Tools, each reading through the proxy as its user would:
+
+``lake``
+    ``abo_lake.open_lake(url, endpoint_url=...)``, ``.release(name).open(path)``; one cell
+    ``ds["dff"].sel(cell_specimen_id=id).values``; all cells ``ds["dff"].values``; one unit
+    ``ds.ecephys.spike_times(unit_id).values`` (the accessor's lazy form: the mapping form
+    ``spike_times[unit_id]`` first loads the default-filtered units table, as AllenSDK's dict
+    keys are those units); all units ``spike_times``, ``spike_times_index`` (ragged arrays).
+``s3fs``
+    ``h5py.File(S3FileSystem(...).open(key))`` with s3fs's defaults (readahead, 50 MiB blocks).
+``blockcache``
+    fsspec's ``blockcache`` over s3 (a fresh, empty cache folder per open).
+``remfile``
+    ``h5py.File(remfile.File(presigned_url))`` with remfile's defaults (skipped with a note if
+    remfile is not installed: ``pip install -e .[bench]``).
+``download``
+    ``S3FileSystem.get_file`` of the whole file, then h5py on the local copy (its open is the
+    download; its reads are local and make no request).
+
+The peers get the benefit of h5py with the dataset paths known (pynwb's ``NWBHDF5IO.read``
+would visit every group); they locate the cell or unit from the NWB's id columns
+(``cell_specimen_table/cell_specimen_id`` via ``dff/traces/rois``; ``units/id``), which
+counts in their read.
+
+Operations: ``open`` (lake: open_lake + release + open; peers: open the file and reach the
+datasets), ``cell`` (one cell's dF/F), ``dff_all`` (every cell), ``unit`` (one unit's spike
+times), ``spikes_all`` (every unit's). Each tool x operation runs in its own fresh Python
+process: *cold* is the first run there (imports included in the open, new connections), then
+``--repeat`` *warm* runs, each on a freshly opened handle (no data cached between runs; module
+imports, fsspec instances and their connection pools reused). A read operation is measured
+after its open (requests, bytes and seconds of the read alone); the ``+open`` columns add the
+open's. Tables show the warm medians. Values are checked equal across tools (SHA-256 of the
+values in cell/unit id order) before any table is printed; a mismatch fails the run.
+
+"Own bytes" are the result's values as float64 (one cell: frames x 8; one unit: spikes x 8;
+all spikes: spikes x 8 + units x 8 for the index). The lake's goals (issue 18): open in <= 2
+requests and < 0.3 s warm; one cell's trace or one unit's spikes in <= 2 requests and <= 2x
+its own bytes on the wire; whole-population reads no slower than before the chunking change
+(the ``BEFORE`` figures below: bytes and requests within 5%, warm wall within 25%, the machine
+being shared).
+
+remfile's size probe is a streaming GET of the whole object closed after the headers: the
+proxy charges what the client accepted before hanging up (up to a few MiB of loopback
+buffers), as a real link would carry what was in flight.
+
+Run::
+
+    nice .venv/bin/python tests/benchmarks/bench_cloud_reads.py [--scale realistic|tiny]
+        [--repeat 3] [--tools lake,s3fs,blockcache,remfile,download] [--kinds ophys,ecephys]
+        [--ops open,cell,dff_all,unit,spikes_all] [--work DIR]
+
+Everything is written under a temporary folder (or ``--work``, which keeps the synthesised
+NWB files for the next run); the lake lives in moto's memory.
+
+Measured
+--------
+(filled in below by the runs recorded for issue 18)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for faultproxy
+
+TOOLS = ("lake", "s3fs", "blockcache", "remfile", "download")
+OPS = {"ophys": ("open", "cell", "dff_all"), "ecephys": ("open", "unit", "spikes_all")}
+SYNTH = {"ophys": "vbo-ophys", "ecephys": "vcn-ecephys"}
+CREDENTIALS = {"key": "testing", "secret": "testing"}
+MIB = 2**20
+
+#: The lake's whole-population figures before the chunking change (issue 18), measured by
+#: this script at the realistic scale: (requests, MiB on the wire, warm seconds).
+BEFORE: dict[str, tuple[int, float, float]] = {}
+
+DFF = "processing/ophys/dff/traces/data"
+ROIS = "processing/ophys/dff/traces/rois"
+CELL_IDS = "processing/ophys/image_segmentation/cell_specimen_table/cell_specimen_id"
+ROI_IDS = "processing/ophys/image_segmentation/cell_specimen_table/id"  # cell_roi_id
+
+
+# -- values in a canonical form (equal across tools) ---------------------------------------------
+
+
+def _digest_one(values: np.ndarray) -> tuple[str, int]:
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    return hashlib.sha256(values.tobytes()).hexdigest(), values.nbytes
+
+
+def _digest_rows(ids: np.ndarray, rows: np.ndarray) -> tuple[str, int]:
+    """(cell, time) rows in ``cell_roi_id`` order (invalid ROIs share cell_specimen_id -1 in
+    the NWB file; the lake gives them distinct negative ids)."""
+    order = np.argsort(ids, kind="stable")
+    h = hashlib.sha256(np.asarray(ids, dtype=np.int64)[order].tobytes())
+    values = np.ascontiguousarray(np.asarray(rows, dtype=np.float64)[order])
+    h.update(values.tobytes())
+    return h.hexdigest(), values.nbytes
+
+
+def _digest_ragged(ids: np.ndarray, ends: np.ndarray, values: np.ndarray) -> tuple[str, int]:
+    """Each unit's spikes (``values[start:end]``, NWB's ragged layout) in unit id order."""
+    ids, ends = np.asarray(ids, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    starts = np.concatenate([[0], ends[:-1]])
+    h = hashlib.sha256()
+    for u in np.argsort(ids, kind="stable"):
+        h.update(ids[u : u + 1].tobytes())
+        h.update(values[starts[u] : ends[u]].tobytes())
+    return h.hexdigest(), values.nbytes + ends.nbytes
+
+
+# -- the tools (run in a worker process) -----------------------------------------------------------
+
+
+class LakeTool:
+    """The lake through its public API."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+
+    def open(self, kind: str) -> Any:
+        import abo_lake
+
+        lake = abo_lake.open_lake(self.cfg["lake_url"], **self.cfg["proxied"])
+        return lake.release(self.cfg["release"]).open(self.cfg[kind]["path"])
+
+    def cell(self, ds: Any) -> tuple[str, int]:
+        return _digest_one(ds["dff"].sel(cell_specimen_id=self.cfg["ophys"]["cell"]).values)
+
+    def dff_all(self, ds: Any) -> tuple[str, int]:
+        values = ds["dff"].transpose("cell_specimen_id", ...).values
+        return _digest_rows(ds["cell_roi_id"].values, values)
+
+    def unit(self, ds: Any) -> tuple[str, int]:
+        return _digest_one(ds.ecephys.spike_times(self.cfg["ecephys"]["unit"]).values)
+
+    def spikes_all(self, ds: Any) -> tuple[str, int]:
+        ends = ds["spike_times_index"].values
+        return _digest_ragged(ds["unit_id"].values, ends, ds["spike_times"].values)
+
+
+class H5Tool:
+    """A peer: h5py over some file object; subclasses say how the file is reached."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.handles: list[Any] = []
+
+    def file(self, kind: str) -> Any:
+        raise NotImplementedError
+
+    def open(self, kind: str) -> Any:
+        import h5py
+
+        for h in self.handles:  # the previous run's handles
+            h.close()
+        self.handles = []
+        h = h5py.File(self.file(kind), "r")
+        self.handles.insert(0, h)
+        if kind == "ophys":
+            return {"dff": h[DFF], "rois": h[ROIS], "ids": h[CELL_IDS], "roi_ids": h[ROI_IDS]}
+        return {
+            "ids": h["units/id"],
+            "ends": h["units/spike_times_index"],
+            "times": h["units/spike_times"],
+        }
+
+    def cell(self, d: dict) -> tuple[str, int]:
+        ids = d["ids"][:][d["rois"][:]]
+        (col,) = np.flatnonzero(ids == self.cfg["ophys"]["cell"])
+        return _digest_one(d["dff"][:, int(col)])
+
+    def dff_all(self, d: dict) -> tuple[str, int]:
+        return _digest_rows(d["roi_ids"][:][d["rois"][:]], d["dff"][:].T)
+
+    def unit(self, d: dict) -> tuple[str, int]:
+        (pos,) = np.flatnonzero(d["ids"][:] == self.cfg["ecephys"]["unit"])
+        first = int(d["ends"][pos - 1]) if pos else 0
+        return _digest_one(d["times"][first : int(d["ends"][pos])])
+
+    def spikes_all(self, d: dict) -> tuple[str, int]:
+        return _digest_ragged(d["ids"][:], d["ends"][:], d["times"][:])
+
+    def _s3(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.cfg["proxied"])
+
+
+class S3fsTool(H5Tool):
+    def file(self, kind: str) -> Any:
+        f = self._s3().open(self.cfg[kind]["key"], "rb")
+        self.handles.append(f)
+        return f
+
+
+class BlockcacheTool(H5Tool):
+    def file(self, kind: str) -> Any:
+        import fsspec
+
+        cache = Path(self.cfg["tmp"]) / f"blockcache-{uuid.uuid4().hex[:8]}"
+        fs = fsspec.filesystem(
+            "blockcache",
+            target_protocol="s3",
+            target_options=self.cfg["proxied"],
+            cache_storage=str(cache),
+            skip_instance_cache=True,
+        )
+        f = fs.open(self.cfg[kind]["key"], "rb")
+        self.handles.append(f)
+        return f
+
+
+class RemfileTool(H5Tool):
+    def file(self, kind: str) -> Any:
+        import boto3
+        import remfile
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.cfg["proxied"]["endpoint_url"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )  # presigning is local: no request
+        bucket, key = self.cfg[kind]["key"].split("/", 1)
+        url = client.generate_presigned_url("get_object", {"Bucket": bucket, "Key": key})
+        return remfile.File(url)
+
+
+class DownloadTool(H5Tool):
+    """The whole file fetched, then read locally; a read after the open reuses the copy."""
+
+    local: Path | None = None
+    reuse = False
+
+    def file(self, kind: str) -> Any:
+        if self.local is None or not self.reuse:
+            if self.local is not None:
+                self.local.unlink()
+            self.local = Path(self.cfg["tmp"]) / f"download-{uuid.uuid4().hex[:8]}.nwb"
+            self._s3().get_file(self.cfg[kind]["key"], str(self.local))
+        return str(self.local)
+
+
+TOOL_CLASSES = {
+    "lake": LakeTool,
+    "s3fs": S3fsTool,
+    "blockcache": BlockcacheTool,
+    "remfile": RemfileTool,
+    "download": DownloadTool,
+}
+
+
+def worker(cfg: dict) -> None:
+    """Measure one tool x operation: a cold run, then ``repeat`` warm runs; marks on stdout."""
+
+    def mark(label: str) -> None:
+        print(f"@@mark {label}", flush=True)
+        sys.stdin.readline()  # the parent has taken its mark
+
+    tool = TOOL_CLASSES[cfg["tool"]](cfg)
+    kind, op = cfg["kind"], cfg["op"]
+    seconds: dict[str, float] = {}
+    digests: set[str] = set()
+    own = 0
+
+    def timed(label: str, fn: Any, *args: Any) -> Any:
+        mark(f"{label}:begin")
+        t0 = time.perf_counter()
+        out = fn(*args)
+        seconds[label] = time.perf_counter() - t0
+        mark(f"{label}:end")
+        return out
+
+    for run in ["cold"] + [f"warm{i}" for i in range(cfg["repeat"])]:
+        if isinstance(tool, DownloadTool):
+            tool.reuse = op != "open" and run != "cold"
+        if op == "open":
+            timed(f"{run}.open", tool.open, kind)
+            continue
+        handle = timed(f"{run}.open", tool.open, kind)
+        digest, own = timed(f"{run}.op", getattr(tool, op), handle)
+        digests.add(digest)
+    print("@@result " + json.dumps({"seconds": seconds, "digests": sorted(digests), "own": own}))
+
+
+# -- the parent: server, proxy, data, workers, tables ---------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(cfg: dict, proxy: Any) -> dict:
+    """Run one worker process, taking the proxy's marks when it asks; its result and tallies."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps(cfg)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    marks: dict[str, int] = {}
+    result = None
+    for line in proc.stdout:
+        if line.startswith("@@mark "):
+            marks[line.split()[1]] = proxy.mark()
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        elif line.startswith("@@result "):
+            result = json.loads(line[len("@@result ") :])
+    if proc.wait() != 0 or result is None:
+        raise RuntimeError(f"{cfg['tool']} {cfg['kind']} {cfg['op']} failed (see stderr)")
+    result["tally"] = {
+        label: proxy.tally(marks[f"{label}:begin"], marks[f"{label}:end"])
+        for label in result["seconds"]
+    }
+    return result
+
+
+def prepare(args: argparse.Namespace, tmp: Path, moto_url: str, bucket: str) -> dict:
+    """Synthesise (or reuse), upload and convert; the configuration the workers share."""
+    import boto3
+    import h5py
+
+    import abo_lake
+    from abo_lake import jobs
+    from abo_lake.synthetic import synthesize
+
+    work = Path(args.work) if args.work else tmp
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    cfg: dict[str, Any] = {"lake_url": f"s3://{bucket}/lake", "release": "bench"}
+    files = []
+    for kind in args.kinds:
+        src = work / f"src-{args.scale}-{kind}"
+        pattern = "**/session_*.nwb" if kind == "ecephys" else "**/*.nwb"
+        found = sorted(src.glob(pattern))
+        if not found:
+            t0 = time.perf_counter()
+            synthesize(SYNTH[kind], src, scale=args.scale)
+            found = sorted(src.glob(pattern))
+            print(f"synthesised {found[0].name} in {time.perf_counter() - t0:.0f} s", flush=True)
+        nwb = found[0]
+        key = f"nwb/{nwb.name}"
+        client.upload_file(str(nwb), bucket, key)
+        cfg[kind] = {"key": f"{bucket}/{key}", "nwb_mib": nwb.stat().st_size / MIB}
+        files.append(nwb)
+        with h5py.File(nwb, "r") as h:
+            if kind == "ophys":
+                ids = np.sort(h[CELL_IDS][:][h[ROIS][:]])
+                ids = ids[ids > 0]  # valid cells (invalid ROIs have -1)
+                cfg[kind]["cell"] = int(ids[len(ids) // 2])
+                cfg[kind]["shape"] = list(h[DFF].shape)
+            else:
+                ids = h["units/id"][:]
+                cfg[kind]["unit"] = int(ids[len(ids) // 2])
+                cfg[kind]["shape"] = [len(ids), int(h["units/spike_times"].shape[0])]
+    direct = {"endpoint_url": moto_url, **CREDENTIALS}
+    lake = abo_lake.open_lake(cfg["lake_url"], **direct)
+    t0 = time.perf_counter()
+    report = jobs.run(files, lake, cfg["release"], workers=2, progress=False)
+    if not report.published:
+        raise SystemExit(f"conversion failed:\n{report.summary()}")
+    print(f"converted into {cfg['lake_url']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    datasets = lake.release(cfg["release"]).datasets()
+    for kind, prefix in (("ophys", "ophys/experiment/"), ("ecephys", "ecephys/session/")):
+        if kind in cfg:
+            cfg[kind]["path"] = next(d for d in datasets if d.startswith(prefix))
+    return cfg
+
+
+def summary(res: dict, name: str) -> dict:
+    """Warm medians and the cold figures of one measured step (``open`` or ``op``)."""
+    warm = [k for k in res["seconds"] if k.startswith("warm") and k.endswith("." + name)]
+    cold = res["tally"][f"cold.{name}"]
+    return {
+        "requests": median(res["tally"][k].requests for k in warm),
+        "mib": median(res["tally"][k].wire_bytes for k in warm) / MIB,
+        "s": median(res["seconds"][k] for k in warm),
+        "cold_requests": cold.requests,
+        "cold_mib": cold.wire_bytes / MIB,
+        "cold_s": res["seconds"][f"cold.{name}"],
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "UNMET"
+
+
+def table(
+    kind: str, op: str, rows: dict[str, dict], opens: dict[str, dict], scale: str
+) -> list[str]:
+    """Print one operation's table; return the lake's goal lines (met/unmet).
+
+    ``x lake`` is the tool's warm seconds over the lake's (with the open for a read).
+    """
+    read = op != "open"
+    print(
+        f"\n{kind} / {op}" + ("  (the read alone; +open: with the open's figures)" if read else "")
+    )
+    head = f"{'tool':<11}{'requests':>16}{'MiB wire':>10}{'own MiB':>9}{'wire/own':>9}"
+    head += f"{'cold s':>8}{'warm s':>8}"
+    if read:
+        head += f"{'+open req':>10}{'+open MiB':>10}{'+open s':>8}"
+    print(head + f"{'x lake':>8}")
+    goals, totals, lines = [], {}, {}
+    for tool, res in rows.items():
+        m = summary(res, "op" if read else "open")
+        req, wire, own = m["requests"], m["mib"], res["own"] / MIB
+        cold_req = m["cold_requests"]
+        reqs = f"{req:.0f}" if cold_req == req else f"{req:.0f} (cold {cold_req})"
+        line = f"{tool:<11}{reqs:>16}{wire:>10.2f}"
+        line += f"{own:>9.2f}{wire / own:>9.2f}" if own else f"{'-':>9}{'-':>9}"
+        line += f"{m['cold_s']:>8.2f}{m['s']:>8.2f}"
+        totals[tool] = m["s"]
+        if read:
+            o = opens.get(tool) or summary(res, "open")
+            totals[tool] = m["s"] + o["s"]
+            line += f"{req + o['requests']:>10.0f}{wire + o['mib']:>10.2f}{totals[tool]:>8.2f}"
+        lines[tool] = line
+        if tool != "lake":
+            continue
+        cold_note = f"{m['cold_s']:.2f} s cold, {cold_req} requests cold"
+        if op == "open":
+            ok = max(req, cold_req) <= 2 and m["s"] < 0.3
+            goals.append(
+                f"{kind} open: {req:.0f} requests, {wire:.2f} MiB, {m['s']:.2f} s warm "
+                f"({cold_note}) [goal <= 2 requests, < 0.3 s warm: {_verdict(ok)}]"
+            )
+        elif op in ("cell", "unit"):
+            ok = max(req, cold_req) <= 2 and wire <= 2 * own
+            goals.append(
+                f"{kind} {op}: {req:.0f} requests, {wire:.2f} MiB on the wire for {own:.2f} "
+                f"MiB own ({wire / own:.2f}x), {m['s']:.2f} s warm ({cold_note}) "
+                f"[goal <= 2 requests, <= 2x: {_verdict(ok)}]"
+            )
+        else:
+            text = f"{kind} {op}: {req:.0f} requests, {wire:.2f} MiB, {m['s']:.2f} s warm"
+            before = BEFORE.get(op) if scale == "realistic" else None
+            if before is None:
+                goals.append(text + " [no 'before' figures to compare with]")
+            else:
+                b_req, b_mib, b_s = before
+                ok = req <= 1.05 * b_req and wire <= 1.05 * b_mib and m["s"] <= 1.25 * b_s
+                goals.append(
+                    f"{text} vs before {b_req} requests, {b_mib:.2f} MiB, {b_s:.2f} s "
+                    f"[goal no slower: {_verdict(ok)}]"
+                )
+    lake_s = totals.get("lake")
+    for tool, line in lines.items():
+        print(line + (f"{totals[tool] / lake_s:>8.1f}" if lake_s else ""))
+    return goals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="realistic", choices=("tiny", "realistic"))
+    parser.add_argument("--repeat", type=int, default=3, help="warm runs per tool and operation")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--kinds", default="ophys,ecephys")
+    parser.add_argument("--ops", default=None, help="subset of open,cell,dff_all,unit,spikes_all")
+    parser.add_argument("--work", help="keep the synthesised NWB files here (default: temporary)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
+    args.kinds = args.kinds.split(",")
+    tools = args.tools.split(",")
+    if "remfile" in tools:
+        try:
+            import remfile  # noqa: F401
+        except ImportError:
+            print("note: remfile is not installed (pip install -e .[bench]): skipping that peer")
+            tools.remove("remfile")
+    load0 = os.getloadavg()
+    import logging
+
+    from faultproxy import FaultProxy
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="abo-cloud-reads-") as tmp_name:
+        tmp = Path(tmp_name)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        moto_url = f"http://{host}:{port}"
+        proxy = FaultProxy(moto_url, max_requests=10**7, timeout=120)
+        try:
+            cfg = prepare(args, tmp, moto_url, f"abo-{uuid.uuid4().hex[:12]}")
+            cfg.update(
+                proxied={"endpoint_url": proxy.url, **CREDENTIALS},
+                tmp=str(tmp),
+                repeat=args.repeat,
+                scale=args.scale,
+            )
+            for kind in args.kinds:
+                print(f"{kind}: {cfg[kind]['key']} ({cfg[kind]['nwb_mib']:.0f} MiB, shape "
+                      f"{cfg[kind]['shape']}), lake {cfg[kind]['path']}")  # fmt: skip
+            goals, problems = [], []
+            for kind in args.kinds:
+                ops = [o for o in OPS[kind] if args.ops is None or o in args.ops.split(",")]
+                opens: dict[str, dict] = {}
+                for op in ops:
+                    rows = {}
+                    for tool in tools:
+                        job = {**cfg, "tool": tool, "kind": kind, "op": op}
+                        rows[tool] = run_worker(job, proxy)
+                    if op != "open":
+                        seen = {t: r["digests"] for t, r in rows.items()}
+                        if (
+                            any(len(d) != 1 for d in seen.values())
+                            or len({d[0] for d in seen.values()}) != 1
+                        ):
+                            problems.append(f"{kind}/{op}: values differ across tools: {seen}")
+                            continue
+                    if op == "open":
+                        opens = {t: summary(r, "open") for t, r in rows.items()}
+                    goals += table(kind, op, rows, opens, args.scale)
+        finally:
+            proxy.stop()
+            moto.stop()
+    print("\nthe lake's goals (issue 18):")
+    for line in goals:
+        print("  " + line)
+    import abo_lake
+
+    here = Path(abo_lake.__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=here).stdout.strip() or "not a git tree"  # fmt: skip
+    print(f"(abo_lake from {here}, commit {commit}; {os.cpu_count()} cores, load "
+          f"{load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; scale {args.scale}, "
+          f"{args.repeat} warm runs)")  # fmt: skip
+    for problem in problems:
+        print("FAILED:", problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
