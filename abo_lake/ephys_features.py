@@ -57,6 +57,7 @@ __all__ = [
     "long_square_features",
     "spike_features",
     "stimulus_window",
+    "trace_spike_features",
 ]
 
 #: ``ephys_features.csv`` columns this module fills, with units.
@@ -298,6 +299,23 @@ def spike_features(
     if start is None or end is None:
         w0, w1 = _window(tr)
         start, end = (w0 if start is None else start), (w1 if end is None else end)
+    return _spikes(tr, start, end)
+
+
+def trace_spike_features(
+    v_mv: np.ndarray, i_pa: np.ndarray, rate: float, start: float, end: float
+) -> pd.DataFrame:
+    """:func:`spike_features` of any trace: ``v_mv`` (mV) and ``i_pa`` (pA) sampled at
+    ``rate`` (Hz) from time 0, spikes between ``start`` and ``end`` (s)."""
+    v = np.asarray(v_mv, dtype=np.float64)
+    tr = {
+        "t": np.arange(v.size) / rate,
+        "v": v,
+        "i": np.asarray(i_pa, dtype=np.float64),
+        "rate": float(rate),
+        "index_range": (0, v.size - 1),
+        "sweep_number": -1,
+    }
     return _spikes(tr, start, end)
 
 

@@ -118,6 +118,44 @@ def test_spike_features_of_every_long_square_equal_ipfx(ref, specimens):
             )
 
 
+_spec = importlib.util.spec_from_file_location("ephys_features_ipfx", REFERENCE.with_suffix(".py"))
+_features_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_features_reference)
+
+
+@pytest.mark.parametrize("kind", _features_reference.RESHAPES)
+def test_trough_details_of_detour_and_adp_resets_equal_ipfx(ref, specimens, kind):
+    """The synthetic resets are direct; with a slow after-hyperpolarisation (and an ADP) added
+    after each spike of sweep 10 (``reshaped``, the same function IPFX's values were made
+    with), the slow troughs and ADPs fall on IPFX's samples."""
+    number = _features_reference.RESHAPED_SWEEP
+    found = {"adp_t": 0, "slow_trough_t": 0}
+    for sid, ds in specimens.items():
+        sweep = ds.celltypes.get_sweep(number)
+        rate = sweep["sampling_rate"]
+        v = _features_reference.reshaped(
+            sweep["response"] * 1e3, rate, ds.celltypes.get_spike_times(number), kind
+        )
+        start, end = ephys_features.stimulus_window(ds, number)
+        got = ephys_features.trace_spike_features(v, sweep["stimulus"] * 1e12, rate, start, end)
+        theirs = ref[sid]["trough_details"][kind]
+        assert len(got) == len(theirs["peak_t"])
+        for col, want in theirs.items():
+            if col == "isi_type":
+                mine = [k if isinstance(k, str) else None for k in got[col]]
+                assert mine == [k if k in ("direct", "detour") else None for k in want]
+                continue
+            want = np.array([np.nan if x is None else x for x in want], dtype=float)
+            if col.endswith("_t"):
+                np.testing.assert_allclose(got[col], want, rtol=0, atol=1e-9, err_msg=col)
+            else:
+                np.testing.assert_allclose(got[col], want, rtol=RTOL, err_msg=col)
+            if col in found:
+                found[col] += int(np.isfinite(want).sum())
+    assert found["slow_trough_t"] > 20
+    assert (found["adp_t"] > 20) == (kind == "adp")
+
+
 @pytest.fixture(scope="module")
 def fi_curves(specimens) -> dict[str, pd.DataFrame]:
     return {sid: ds.celltypes.fi_curve() for sid, ds in specimens.items()}

@@ -57,6 +57,47 @@ def _clean(value):
     return value
 
 
+#: Sweep whose after-spike shape :func:`reshaped` changes, and the shapes.
+RESHAPED_SWEEP, RESHAPES = 10, ("detour", "adp")
+
+
+def reshaped(v: np.ndarray, rate: float, spike_times: np.ndarray, kind: str) -> np.ndarray:
+    """``v`` (mV) with a slow after-hyperpolarisation (12 mV, 3/20 ms, 2.5 ms after each spike
+    time: a "detour" reset) or for ``kind="adp"`` an after-depolarisation (6 mV, 0.5/1.5 ms,
+    1.8 ms after it) and that after-hyperpolarisation 4 ms after it, so that IPFX's trough
+    details find slow troughs and ADPs (the synthetic spikes reset directly)."""
+    t = np.arange(v.size) / rate
+    out = np.array(v, dtype=np.float64)
+    for s in spike_times:
+        if kind == "adp":
+            y = t - s - 0.0018
+            k = y > 0
+            out[k] += 6.0 * (np.exp(-y[k] / 0.0015) - np.exp(-y[k] / 0.0005))
+        z = t - s - (0.004 if kind == "adp" else 0.0025)
+        n = z > 0
+        out[n] += -12.0 * (np.exp(-z[n] / 0.020) - np.exp(-z[n] / 0.003))
+    return out
+
+
+def _trough_detail_spikes(path: str, sweeps: list[dict]) -> dict:
+    """IPFX's spikes of :data:`RESHAPED_SWEEP` after :func:`reshaped`, per shape."""
+    import h5py
+    from ipfx.feature_extractor import SpikeFeatureExtractor
+
+    (s,) = [s for s in sweeps if s["sweep_number"] == RESHAPED_SWEEP]
+    with h5py.File(path, "r") as f:
+        times = f[f"analysis/spike_times/Sweep_{RESHAPED_SWEEP}"][()]
+    start, end = stimulus_window(s)
+    out = {}
+    for kind in RESHAPES:
+        v = reshaped(s["v"], s["rate"], times, kind)
+        spikes = SpikeFeatureExtractor(start=start, end=end).process(s["t"], v, s["i"])
+        cols = ["threshold_t", "peak_t", "trough_t", "trough_v", "fast_trough_t", "fast_trough_v"]
+        cols += ["adp_t", "adp_v", "slow_trough_t", "slow_trough_v", "isi_type"]
+        out[kind] = {c: spikes[c].tolist() for c in cols}
+    return out
+
+
 def read_sweeps(path: str) -> list[dict]:
     """Every sweep of an AIBS NWB 1 file: number, stimulus name, t (s), v (mV), i (pA)."""
     import h5py
@@ -165,6 +206,7 @@ def measure(paths: list[str], out: str) -> None:
             },
             "window": [start, end],
             "passed": sorted(s["sweep_number"] for s in sweeps),
+            "trough_details": _clean(_trough_detail_spikes(path, sweeps)),
         }
     Path(out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
 
