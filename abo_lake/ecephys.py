@@ -1193,16 +1193,18 @@ def drifting_gratings_metrics(
     names = _load(ds, [_SP + "stimulus_name"])[_SP + "stimulus_name"]
     if stimulus_name not in set(names.tolist()):
         raise _unknown("stimulus_name", [stimulus_name], sorted(set(names.tolist())))
-    shown = stimulus_presentations(ds)["stimulus_name"]
-    if not (shown == stimulus_name).any():
-        raise ValueError(
-            f"no valid presentations of {stimulus_name!r}: every one overlaps an invalid_times "
-            "interval tagged 'stimulus' (AllenSDK's 'invalid_presentation')"
-        )
-    return ecephys_metrics.analysis_metrics(
-        ds, "drifting_gratings", unit_ids, stimulus_key=stimulus_name,
-        trial_duration=trial_duration, columns=DRIFTING_GRATINGS_COLUMNS,
-    )  # fmt: skip
+    try:
+        return ecephys_metrics.analysis_metrics(
+            ds, "drifting_gratings", unit_ids, stimulus_key=stimulus_name,
+            trial_duration=trial_duration, columns=DRIFTING_GRATINGS_COLUMNS,
+        )  # fmt: skip
+    except KeyError:
+        if not (stimulus_presentations(ds)["stimulus_name"] == stimulus_name).any():
+            raise ValueError(
+                f"no valid presentations of {stimulus_name!r}: every one overlaps an "
+                "invalid_times interval tagged 'stimulus' (AllenSDK's 'invalid_presentation')"
+            ) from None
+        raise
 
 
 def spike_times(ds: xr.Dataset, unit_id: int) -> xr.DataArray:

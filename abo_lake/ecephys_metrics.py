@@ -330,6 +330,38 @@ def _interval_counts(spikes: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return spikes.searchsorted(intervals[:, 1]) - spikes.searchsorted(intervals[:, 0])
 
 
+def _grouped_spikes(ds: xr.Dataset, unit_ids: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """Units in groups that share spike chunks: (lazy spike slice of the group, (u, 3) rows of
+    output position, begin and end within the slice). Only chunks the units' spikes touch are
+    in a slice; one dask task per group instead of one per unit."""
+    index = ds.indexes["unit_id"]
+    pos = index.get_indexer(unit_ids)
+    if np.any(pos < 0):
+        raise KeyError(f"unknown unit_id {unit_ids[pos < 0].tolist()[:10]}")
+    ends = np.asarray(ds["spike_times_index"].values, dtype=np.int64)
+    begins = np.r_[0, ends[:-1]]
+    data = ds["spike_times"].data
+    bounds = np.cumsum((0, *data.chunks[0]))
+    order = np.argsort(pos, kind="stable")
+    b, e = begins[pos[order]], ends[pos[order]]
+    first = np.searchsorted(bounds, b, side="right") - 1  # chunk of each unit's first spike
+    last = np.searchsorted(bounds, np.maximum(e - 1, b), side="right") - 1
+    reach = np.maximum.accumulate(last)
+    starts = np.flatnonzero(np.r_[True, first[1:] > reach[:-1]])  # a new group after a gap
+    groups = []
+    for g0, g1 in zip(starts, np.r_[starts[1:], order.size], strict=True):
+        lo, hi = int(b[g0:g1].min()), int(e[g0:g1].max())
+        rows = np.stack([order[g0:g1], b[g0:g1] - lo, e[g0:g1] - lo], 1)
+        groups.append((data[lo:hi], rows))
+    return groups
+
+
+def _group_rates(spikes: np.ndarray, rows: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """(u, 2) output position and firing rate of each unit of one group."""
+    spikes = np.asarray(spikes)
+    return np.array([(j, _firing_rate(spikes[a:z], blocks)) for j, a, z in rows], np.float64)
+
+
 def _firing_rate(spikes: np.ndarray, blocks: np.ndarray) -> float:
     if len(spikes) == 0:
         return 0.0
@@ -516,7 +548,7 @@ def _analysis_metrics(
         else []
     )
     blocks = _blocks(table, duration)
-    rates = [dask.delayed(_firing_rate)(s, blocks) for s in _unit_spikes(ds, ids)]
+    rates = [dask.delayed(_group_rates)(s, rows, blocks) for s, rows in _grouped_spikes(ds, ids)]
     arrays = [window.data]
     if spec.suffix == "rf":
         arrays.append(ecephys.presentationwise_spike_counts(ds, _RF_EDGES, pres_ids, ids).data)
@@ -530,7 +562,9 @@ def _analysis_metrics(
     else:
         pref_out = np.full((ids.size, centres.size + 1), np.nan)
     psth, f1f0 = pref_out[:, :-1], pref_out[:, -1]
-    rate = np.asarray(done[len(arrays) + len(pref_parts) :], dtype=np.float64)
+    rate = np.full(ids.size, np.nan)
+    for part in done[len(arrays) + len(pref_parts) :]:
+        rate[part[:, 0].astype(np.int64)] = part[:, 1]
 
     speeds = _running_speed(ds, table)
     n_u = ids.size
