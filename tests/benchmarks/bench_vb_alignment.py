@@ -19,7 +19,10 @@ Measured (2 shared cores under a load average of ~20 from other jobs, so absolut
 inflated; 2026-12-07): 1 h session, 4,800 presentations, 441 trials, 959 licks. Annotation
 6.0 s (lake) vs 29.8 s (AllenSDK + tutorials' package): 4.9x; performance metrics 1.9 s vs
 11.4 s: 6.0x; open 0.9 s vs AllenSDK's NWB load 43.7 s; peak RSS 253 MB vs 514 MB; every
-compared result equal.
+compared result equal. Again through ``_measure`` (each side in a fresh process; load average
+~23; 2026-12-07 09:01 UTC): load/open 0.94 s vs 26.3 s, annotation 4.40 s vs 18.5 s (4.2x),
+metrics 1.11 s vs 9.31 s (8.4x); end to end 6.45 s vs 54.1 s (8.4x), CPU 0.77 s vs 6.19 s
+(8.1x less); peak RSS 262 MB vs 515 MB; results equal.
 
 AllenSDK's side needs ``PYTHONPATH`` to hold brain_observatory_utilities (see the reference
 script); without AllenSDK's Python only the lake's side runs. Exits 1 when a result differs.
@@ -28,73 +31,57 @@ script); without AllenSDK's Python only the lake's side runs. Exits 1 when a res
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import Clock, row, run_callable, run_script
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "vb_alignment_allensdk.py"
 ALLENSDK_PYTHON = "/tmp/allensdk-venv/bin/python"
 RELEASE = "bench"
 COMPARED = ("presentations", "trials", "lick_count", "mean_running_speed_sum",
             "time_from_last_lick_sum", "engaged", "mean_dprime")  # fmt: skip
+PHASES = ("load", "annotate", "metrics")
 
 
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def lake_side(lake_url: str) -> None:
-    """Time the lake's side in this (fresh) process; print one JSON line."""
+def lake_side(lake_url: str) -> dict:
+    """The lake's side (run in a fresh process): open the release and the session (``load``),
+    ``annotated_stimulus_presentations()`` (``annotate``), ``get_performance_metrics()``
+    (``metrics``)."""
     import numpy as np
 
     import abo_lake.accessors  # noqa: F401
     from abo_lake.lake import open_lake
 
-    t0 = time.perf_counter()
+    clock = Clock()
     rel = open_lake(lake_url).release(RELEASE)
     (path,) = rel.datasets("behavior/session/")
     acc = rel.open(path).ophys
-    t1 = time.perf_counter()
+    clock.lap("load")
     table = acc.annotated_stimulus_presentations()
-    t2 = time.perf_counter()
+    clock.lap("annotate")
     metrics = acc.get_performance_metrics()
-    t3 = time.perf_counter()
-    print(json.dumps({
-        "load_s": t1 - t0, "annotate_s": t2 - t1, "metrics_s": t3 - t2,
-        "peak_rss_mb": peak_rss_mb(), "presentations": len(table),
-        "trials": int(acc._ds.sizes["trials_id"]),
-        "lick_count": int(sum(map(len, table["licks"]))),
-        "mean_running_speed_sum": float(np.nansum(table["mean_running_speed"])),
-        "time_from_last_lick_sum": float(np.nansum(table["time_from_last_lick"])),
-        "engaged": int(table["engaged"].sum()),
-        "mean_dprime": float(metrics["mean_dprime"]),
-    }))  # fmt: skip
-
-
-def _json_line(cmd: list[str], env: dict | None = None) -> dict:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    clock.lap("metrics")
+    return clock.report(
+        presentations=len(table),
+        trials=int(acc._ds.sizes["trials_id"]),
+        lick_count=int(sum(map(len, table["licks"]))),
+        mean_running_speed_sum=float(np.nansum(table["mean_running_speed"])),
+        time_from_last_lick_sum=float(np.nansum(table["time_from_last_lick"])),
+        engaged=int(table["engaged"].sum()),
+        mean_dprime=float(metrics["mean_dprime"]),
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--allensdk", default=ALLENSDK_PYTHON)
-    parser.add_argument("--side", choices=["lake"], help=argparse.SUPPRESS)
-    parser.add_argument("--lake", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.side == "lake":
-        lake_side(args.lake)
-        return 0
 
     from abo_lake import jobs
     from abo_lake.lake import open_lake
@@ -116,20 +103,14 @@ def main() -> int:
             print(report.summary())
             return 1
         print(f"converted and published in {time.perf_counter() - t:.1f} s")
-    ours = _json_line([sys.executable, __file__, "--side", "lake", "--lake", str(work / "lake")])
-    print("lake     ", json.dumps({k: round(v, 3) for k, v in ours.items()}))
+    ours = run_callable(lake_side, work / "lake")
     if not Path(args.allensdk).exists():
+        print(row("annotate + metrics", ours, phases=PHASES))
         print(f"no AllenSDK Python at {args.allensdk}: the lake's side only")
         return 0
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "/tmp/bou")}
-    theirs = _json_line([args.allensdk, str(REFERENCE), "measure", str(files[0])], env)
-    print("AllenSDK ", json.dumps({k: round(v, 3) for k, v in theirs.items()}))
-    for step in ("annotate_s", "metrics_s"):
-        print(f"{step:11} lake {ours[step]:7.3f} s  AllenSDK {theirs[step]:7.3f} s  "
-              f"ratio {theirs[step] / ours[step]:6.1f}x")  # fmt: skip
-    print(f"open/load   lake {ours['load_s']:7.3f} s  AllenSDK {theirs['load_s']:7.3f} s")
-    rss = ours["peak_rss_mb"], theirs["peak_rss_mb"]
-    print(f"peak RSS    lake {rss[0]:7.0f} MB AllenSDK {rss[1]:7.0f} MB")
+    theirs = run_script(args.allensdk, REFERENCE, "measure", files[0], env=env)
+    print(row("annotate + metrics", ours, theirs, phases=PHASES))
     differ = [
         k for k in COMPARED
         if not abs(ours[k] - theirs[k]) <= 1e-9 * max(1.0, abs(theirs[k]))

@@ -185,28 +185,21 @@ def main() -> None:
     print(json.dumps(meta["sessions"], indent=1), file=sys.stderr)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def measure(path: str) -> None:
     """AllenSDK's load, then the tutorials' annotation and AllenSDK's performance metrics,
     timed apart; digests of the results for the benchmark to compare."""
-    import time
-
     import brain_observatory_utilities.datasets.behavior.data_formatting as bou
     from allensdk.brain_observatory.behavior.behavior_session import BehaviorSession
 
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    from _measure import Clock  # the benchmarks' measurement helper (standard library only)
+
     warnings.filterwarnings("ignore")
-    t0 = time.perf_counter()
+    clock = Clock()
     session = BehaviorSession.from_nwb_path(path)
     sp, licks, rewards = session.stimulus_presentations, session.licks, session.rewards
     running, trials = session.running_speed, session.trials
-    t1 = time.perf_counter()
+    clock.lap("load")
     table = bou.add_licks_to_stimulus_presentations(sp.copy(), licks, [0, 0.75])
     table = bou.add_rewards_to_stimulus_presentations(table, rewards, [0, 0.75])
     table = bou.add_mean_running_speed_to_stimulus_presentations(table, running, [0, 0.75])
@@ -215,18 +208,17 @@ def measure(path: str) -> None:
     table = bou.add_time_from_last_change_to_stimulus_presentations(table)
     rate = session.get_rolling_performance_df()["reward_rate"]
     table["engaged"] = table["trials_id"].map(rate).to_numpy(float) > 2.0
-    t2 = time.perf_counter()
+    clock.lap("annotate")
     metrics = session.get_performance_metrics()
-    t3 = time.perf_counter()
-    print(json.dumps({
-        "load_s": t1 - t0, "annotate_s": t2 - t1, "metrics_s": t3 - t2,
-        "peak_rss_mb": peak_rss_mb(), "presentations": len(table), "trials": len(trials),
-        "lick_count": int(sum(map(len, table["licks"]))),
-        "mean_running_speed_sum": float(np.nansum(table["mean_running_speed"])),
-        "time_from_last_lick_sum": float(np.nansum(table["time_from_last_lick"])),
-        "engaged": int(table["engaged"].sum()),
-        "mean_dprime": float(metrics["mean_dprime"]),
-    }))  # fmt: skip
+    clock.lap("metrics")
+    print(json.dumps(clock.report(
+        presentations=len(table), trials=len(trials),
+        lick_count=int(sum(map(len, table["licks"]))),
+        mean_running_speed_sum=float(np.nansum(table["mean_running_speed"])),
+        time_from_last_lick_sum=float(np.nansum(table["time_from_last_lick"])),
+        engaged=int(table["engaged"].sum()),
+        mean_dprime=float(metrics["mean_dprime"]),
+    )))  # fmt: skip
 
 
 if __name__ == "__main__":
