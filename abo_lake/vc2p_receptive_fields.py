@@ -221,7 +221,7 @@ def _events(trace: np.ndarray) -> np.ndarray:
     return (np.sqrt(xz**2 + yz**2) > 4) & (yy > 0.05) & (xx < yy) & (tf > noise / 2)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # a realistic cell's sets are ~100 MB
 def _shuffles(n_events: int, n_sweeps: int) -> sparse.csr_matrix:
     """AllenSDK's shuffled event sets for ``n_events`` events as a (shuffles, sweeps) 0/1
     sparse matrix: ``np.random.seed(1)``, then per shuffle a jittered size from ``randn`` and
@@ -236,7 +236,7 @@ def _shuffles(n_events: int, n_sweeps: int) -> sparse.csr_matrix:
                 f"a shuffle of {n_events} events draws {size} of {n_sweeps} sweeps; "
                 "AllenSDK's shuffle fails on this cell too"
             )
-        picks.append(rs.permutation(n_sweeps)[:size])
+        picks.append(rs.permutation(n_sweeps)[:size].copy())  # not a view of all n_sweeps
     indptr = np.r_[0, np.cumsum([len(p) for p in picks])]
     indices = np.concatenate(picks) if indptr[-1] else np.zeros(0, dtype=np.int64)
     return sparse.csr_matrix(
