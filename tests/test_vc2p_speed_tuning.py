@@ -164,3 +164,38 @@ def test_bad_input_is_named(lakes):
         vc2p_speed_tuning.speed_tuning(renamed)
     assert isinstance(vc2p_speed_tuning.speed_tuning(ds, binsize=400, seed=1).peak_run,
                       pd.DataFrame)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_cluster_on_s3_lake_equals_threaded(s3_bucket, s3_options, dask_client, tmp_path):
+    """On a distributed LocalCluster reading the moto S3 lake: one task per cell chunk, the
+    same result as the threaded scheduler (and AllenSDK's). Opened with storage chunks, the
+    6 cells are 3 tasks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = vc2p_ophys.write(tmp_path, scale="small", seed=13, session_type="three_session_C")
+        (full,) = sources.read(path[0]).values()
+    ds = full[["dff", "running_speed.speed"]]
+    ds.attrs = dict(full.attrs)
+    table = [n for n in full.variables if n.startswith("stimulus_presentations.")]
+    ds = ds.assign(**{n: full[n] for n in table})
+    ds["dff"].encoding["chunks"] = (2, 8192)
+    lake = abo_lake.open_lake(f"s3://{s3_bucket}/speed-lake", **s3_options)
+    with dask.config.set(scheduler="threads"), lake.stage("r1") as stage:
+        stage.write("ophys/experiment/1", ds)
+    s3 = xr.open_zarr(lake.release("r1").store("ophys/experiment/1"), consolidated=True,
+                      chunks={}, zarr_format=3)  # fmt: skip
+    with dask.config.set(scheduler="threads"):
+        threaded = vc2p_speed_tuning.speed_tuning(s3, binsize=150, seed=SEED)
+    import distributed
+
+    with distributed.get_task_stream(dask_client) as stream:
+        on_cluster = vc2p_speed_tuning.speed_tuning(s3, binsize=150, seed=SEED)
+    blocks = s3["dff"].data.numblocks[0]  # one task per cell chunk of the opened Dataset
+    assert blocks == 3
+    assert sum("_cell_block" in str(t["key"]) for t in stream.data) == blocks
+    pd.testing.assert_frame_equal(on_cluster.peak_run, threaded.peak_run)
+    xr.testing.assert_equal(on_cluster.binned_cells_vis, threaded.binned_cells_vis)
+    np.testing.assert_array_equal(_as_float(on_cluster.peak_run["mod_sp"]),
+                                  REF["three_session_C/150/mod_sp"])  # fmt: skip
