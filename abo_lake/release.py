@@ -334,6 +334,8 @@ class Release:
             ``["abo_lake_dataset"]`` recording exactly what was opened.
         """
         store = self.store(path, verify=verify)
+        # index coordinates too large to be inline: read together, not one after another
+        store.prefetch(store.index_chunks(group or ""))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
             ds = xr.open_zarr(store, group=group, consolidated=True, chunks=chunks, zarr_format=3)

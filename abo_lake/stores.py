@@ -38,6 +38,9 @@ __all__ = ["MERGE_GAP", "CaptureStore", "ManifestStore", "is_metadata_key"]
 
 #: Ranges of one object closer than this are read as one span (one request).
 MERGE_GAP = 256 * 2**10
+#: Index-coordinate chunks up to this size are kept inline in the manifest (larger ones, such
+#: as 60 Hz behaviour timestamps of ~1 MB, stay objects: every re-release would copy them).
+INLINE_CHUNK_MAX_BYTES = 256 * 2**10
 #: Bytes of whole objects a verifying store keeps after checking their hash.
 VERIFIED_CACHE_BYTES = 64 * 2**20
 
@@ -217,7 +220,7 @@ class CaptureStore(_KeyMapStore):
     def put_chunk(self, key: str, data: bytes) -> None:
         """Store chunk ``key``: inline if its array is in :attr:`inline_arrays`, else as a
         CAS object (in the calling thread)."""
-        if array_of(key) in self.inline_arrays:
+        if array_of(key) in self.inline_arrays and len(data) <= INLINE_CHUNK_MAX_BYTES:
             self._inline[key] = data
             self._chunks.pop(key, None)
             self.sizes.pop(key, None)
@@ -287,6 +290,7 @@ class ManifestStore(_KeyMapStore):
         self._checksummed = checksummed_arrays(self._meta)
         self._token: str | None = None
         self._sizes_of_objects: dict[str, int] | None = None
+        self._prefetched: dict[str, bytes | None] = {}
         self._init_counters()
 
     def _init_counters(self) -> None:
@@ -322,6 +326,7 @@ class ManifestStore(_KeyMapStore):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
+        state["_prefetched"] = {}
         for name in ("_lock", "_verified_objects", "_verified_bytes"):
             state.pop(name)
         return state
@@ -348,11 +353,31 @@ class ManifestStore(_KeyMapStore):
             return prototype.buffer.from_bytes(_slice(self._meta[key], byte_range))
         if key not in self._chunks and key not in self._inline:
             return None  # never written: zarr fills it with the fill value
-        if key in self._inline:
+        if key in self._prefetched:
+            data = self._prefetched.pop(key)
+        elif key in self._inline:
             data = self.read_chunks([key])[key]
         else:
             data = (await asyncio.to_thread(self.read_chunks, [key]))[key]
         return prototype.buffer.from_bytes(_slice(data, byte_range))  # type: ignore[arg-type]
+
+    def index_chunks(self, group: str = "") -> list[str]:
+        """Chunk keys of the index coordinates of ``group`` (arrays named as their only
+        dimension) that are objects, not inline: what opening it must read."""
+        prefix = f"{group.strip('/')}/" if group.strip("/") else ""
+        arrays = set()
+        for key, doc in self._meta.items():
+            name = key[len(prefix) : -len("/zarr.json")] if key.startswith(prefix) else ""
+            if not name or "/" in name or b'"dimension_names"' not in doc:
+                continue
+            if json.loads(doc).get("dimension_names") == [name]:
+                arrays.add(prefix + name)
+        return sorted(k for k in self._chunks if array_of(k) in arrays)
+
+    def prefetch(self, keys: list[str]) -> None:
+        """Read ``keys`` now, in one batch (objects concurrently), for the next :meth:`get`
+        of each (e.g. the index coordinates xarray loads one after another at open)."""
+        self._prefetched.update(self.read_chunks(keys))
 
     def read_chunk(self, key: str) -> bytes | None:
         """The stored bytes of chunk ``key``, read in the calling thread (no event loop);

@@ -175,11 +175,21 @@ def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path)
     # only the events and their per-cell parameters (and the raw copies of nothing else)
     assert changed_arrays <= {"events", "event_lambda", "event_noise_std"}, changed_arrays
     assert "events" in changed_arrays
-    n_changed = sum(a.changed + a.added for d in diff.datasets for a in d.arrays)
     rel1, rel2 = lake.release("2026.1"), lake.release("2026.2")
     referenced = {h for p in rel2.datasets() for h in rel2.manifest(p).chunks.values()}
+    old = {h for p in rel1.datasets() for h in rel1.manifest(p).chunks.values()}
+    # the objects (packs of ~4 MB, or whole chunks) that hold a changed or added chunk
+    changed_objects = {
+        rel2.manifest(d.path).chunks[k]
+        for d in diff.datasets
+        if d.status == "changed"
+        for k in rel2.manifest(d.path).chunks
+        if rel2.manifest(d.path).chunks[k] not in old
+    }
+    assert changed_objects
+    n_changed = len(changed_objects)
     new_hashes = {k.rsplit("/", 1)[1] for k in new}
-    assert len(new_hashes & referenced) == n_changed  # chunk objects: only the changed chunks
+    assert new_hashes & referenced == changed_objects  # chunk objects: only the changed ones
     # the job's summary counts exactly those objects and their bytes as new
     new_size = sum(len(lake.storage.read(cas.key_of(h))) for h in new_hashes & referenced)
     assert sum(f.new_objects for f in second.files) == n_changed

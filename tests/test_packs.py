@@ -257,3 +257,67 @@ def test_cache_serves_ranges(tmp_path):
     c = third.release("r1").open(PATH).dff.isel(cell_specimen_id=9).values
     np.testing.assert_array_equal(a, c)
     assert third.storage.cache.corrupt == 1
+
+
+def test_open_of_a_visual_behavior_experiment_reads_release_and_manifest_only(
+    allensdk_releases, s3_endpoint, s3_options, s3_bucket
+):
+    """The AllenSDK-written Visual Behavior experiment, its lake copied to moto S3 and read
+    through the counting proxy: opening costs the release record and the manifest; one
+    cell's dF/F one GET of its own bytes."""
+    import s3fs
+
+    local = allensdk_releases["vbo_ophys"]
+    (path,) = [p for p in local.datasets() if p.startswith("ophys/experiment/")]
+    fs = s3fs.S3FileSystem(endpoint_url=s3_options["endpoint_url"], key="testing", secret="testing")
+    fs.put(local.lake.storage.root + "/", f"{s3_bucket}/lake/", recursive=True)
+    m = local.manifest(path)
+    dff = sorted(k for k in m.chunks if k.startswith("dff/"))
+    assert m.packs["dff"][0] > 1  # several cells per pack
+    assert all(k in m.ranges for k in dff)  # one chunk per cell, in packs
+    with FaultProxy(s3_endpoint) as proxy:
+        lake = abo_lake.open_lake(
+            f"s3://{s3_bucket}/lake",
+            endpoint_url=proxy.url,
+            key="testing",
+            secret="testing",
+            anon=False,
+            skip_instance_cache=True,
+        )
+        proxy.wait_idle()
+        mark = proxy.mark()
+        ds = lake.release("allensdk").open(path)
+        proxy.wait_idle()
+        at_open = proxy.tally(mark)
+        opened_hits = [(h.method, h.path) for h in proxy.hits[mark:]]
+        mark = proxy.mark()
+        values = ds.dff.isel(cell_specimen_id=1).values
+        proxy.wait_idle()
+        cell = proxy.tally(mark)
+    assert at_open.requests <= 2, (at_open, opened_hits)
+    np.testing.assert_array_equal(values, local.open(path).dff.isel(cell_specimen_id=1).values)
+    assert cell.gets == cell.requests == 1, cell
+    assert cell.body_out == m.sizes[dff[1]]
+
+
+def test_large_index_coordinates_stay_objects_read_together_at_open(local_lake):
+    """An index-coordinate chunk over INLINE_CHUNK_MAX_BYTES (60 Hz behaviour timestamps are
+    ~1 MB) is an object, not manifest text; opening reads all such chunks in one batch."""
+    rng = np.random.default_rng(1)
+    ds = traces()
+    ds = ds.assign_coords(
+        running_time=np.sort(rng.uniform(0, 600, 50_000)),
+        eye_time=np.sort(rng.uniform(0, 600, 50_000)),
+    )
+    ds["running_speed"] = ("running_time", rng.normal(size=50_000))
+    ds["pupil_area"] = ("eye_time", rng.normal(size=50_000))
+    rel = publish(local_lake, ds)
+    m = rel.manifest(PATH)
+    assert {"running_time/c/0", "eye_time/c/0"} <= set(m.chunks)
+    assert {"time/c/0", "cell_specimen_id/c/0"} <= set(m.inline)
+    opened = rel.open(PATH)
+    store = opened.encoding["abo_lake_store"]
+    assert store.chunk_reads == 2
+    assert store.requests == 2  # one batch: the two objects read concurrently
+    np.testing.assert_array_equal(opened.eye_time.values, ds.eye_time.values)
+    assert store.requests == 2  # index values were loaded at open
