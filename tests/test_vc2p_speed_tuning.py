@@ -25,6 +25,7 @@ import pytest
 import xarray as xr
 
 import abo_lake
+import abo_lake.accessors
 from abo_lake import sources, vc2p_metrics, vc2p_speed_tuning
 from abo_lake.errors import SchemaError
 from abo_lake.synthetic import vc2p_ophys
@@ -106,7 +107,7 @@ def test_reference_exercises_every_branch():
 
 def test_properties_are_allensdks_binsize_800(lakes):
     ds = lakes["three_session_A"][1]
-    analysis = vc2p_metrics.stimulus_analysis(ds, "drifting_gratings")
+    analysis = ds.ophys.stimulus_analysis("drifting_gratings")  # as AllenSDK reaches it
     key = "three_session_A/800"
     np.testing.assert_allclose(analysis.binned_dx_vis.values, REF[f"{key}/binned_dx_vis"],
                                rtol=RTOL)  # fmt: skip
