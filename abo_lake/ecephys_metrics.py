@@ -23,6 +23,11 @@ Definitions follow AllenSDK, including its choices:
 - ``time_to_peak``, ``sustained_idx_fl`` and ``mod_idx_dg`` use the 1 ms PSTH over
   [0, trial_duration) at the preferred condition; ``f1_f0_dg`` the 1 ms counts of its trials;
 - ``pref_image_ns`` is, as in AllenSDK, the preferred ``stimulus_condition_id`` (not the frame);
+- ``c50_dg`` fits AllenSDK's log-logistic curve to the ``drifting_gratings_contrast``
+  presentations (Functional Connectivity sessions) at the unit's ``pref_ori_dg``, and reads the
+  half-way contrast off a 256-point grid; NaN without that stimulus or at an orientation it
+  does not show. ``DotMotion`` uses the ``Dir`` and ``Speed`` columns of ``dot_motion``
+  (``motion_stimulus``) presentations, no blank condition, a 1 s window;
 - ``p_value_rf`` is AllenSDK's chi-square shuffle test (1000 resamplings with replacement per
   unit, in unit order, from NumPy's legacy global generator). With ``seed`` we draw from
   ``np.random.RandomState(seed)`` in AllenSDK's order, so the value equals AllenSDK's after
