@@ -54,6 +54,7 @@ def lake_session(tiny, tmp_path_factory):
     ds = tiny["session"].chunk({"spike": 2048})
     for name in ("spike_times", "spike_amplitudes"):
         ds[name].encoding["chunks"] = (2048,)
+        ds[name].encoding.pop("shards", None)  # unpacked: one dask block per 2048 spikes
     lake = abo_lake.open_lake(str(tmp_path_factory.mktemp("lake")))
     with lake.stage("r1") as st:
         st.write("ecephys/session/1", ds)
