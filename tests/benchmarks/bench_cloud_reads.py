@@ -62,9 +62,41 @@ Run::
 Everything is written under a temporary folder (or ``--work``, which keeps the synthesised
 NWB files for the next run); the lake lives in moto's memory.
 
-Measured
---------
-(filled in below by the runs recorded for issue 18)
+Measured 2026-12-07 on the shared 2-core machine (load 14-24 throughout: wall times are
+inflated and noisy; requests and bytes are exact and repeatable), realistic scale. Moto reads
+a whole object for any range of it: a 100-byte range GET of the VB file (312 MiB) took
+1.7-2.7 s, of the Neuropixels file (370 MiB) 2.3-3.6 s, of the lake's largest object (3.5 MiB)
+0.04-0.07 s, so the peers' wall times carry ~2 s per request that real S3 would not charge;
+compare their requests and bytes, and read their seconds as upper bounds.
+
+The lake, before and after the chunking change (``--tools lake --repeat 2``; warm medians;
+"before" is commit 6061509, the tree before f08418c "Packed chunks and inline index
+coordinates", run from a ``git archive`` copy; "after" is 86f33db; both in the same
+half hour):
+
+=====================  ==================================  ==================================
+operation              before (6061509)                    after (86f33db)
+=====================  ==================================  ==================================
+VB open                11 req, 2.59 MiB, 2.92 s (cold 44)  4 req, 2.73 MiB, 1.42 s (cold 26)
+VB one cell's dF/F     5 req, 8.63 MiB = 28.6x own, 0.87 s 1 req, 0.27 MiB = 0.91x own, 0.11 s
+VB all dF/F (60 MiB)   36 req, 53.9 MiB, 10.0 s            17 req, 54.0 MiB, 2.39 s
+Npx open               11 req, 0.76 MiB, 3.13 s (cold 48)  2 req, 1.35 MiB, 1.79 s (cold 21)
+Npx one unit's spikes  2 req, 2.79 MiB = 8.3x own, 0.29 s  2 req, 0.27 MiB = 0.80x own, 0.16 s
+Npx all spikes (160M)  41 req, 110.8 MiB, 9.27 s           41 req, 111.5 MiB, 5.14 s
+=====================  ==================================  ==================================
+
+Goals after: one cell and one unit met (1 and 2 requests, <= 1x their own bytes: the lake's
+chunks are compressed); Neuropixels open met on requests (2) but not on time (1.79 s warm
+here, on a machine at load ~20; < 0.3 s not shown); VB open unmet (4 requests; a lake converted minutes earlier,
+before ccde457 inlined only index coordinates <= 256 KiB, opened in 2 requests, 3.33 MiB:
+likely the 39,614-frame time coordinate, 310 KiB, now read as its own object - not checked
+object by object); whole-population reads not slower (same bytes, fewer or equal requests,
+faster). (The ``BEFORE`` figures above are these "before" rows.)
+
+The peers, same files, same proxy (their figures do not depend on the lake's format; warm
+medians; ``+open`` adds the open's):
+
+PEERS_PLACEHOLDER
 """
 
 from __future__ import annotations
@@ -95,7 +127,10 @@ MIB = 2**20
 
 #: The lake's whole-population figures before the chunking change (issue 18), measured by
 #: this script at the realistic scale: (requests, MiB on the wire, warm seconds).
-BEFORE: dict[str, tuple[int, float, float]] = {}
+BEFORE: dict[str, tuple[int, float, float]] = {
+    "dff_all": (36, 53.89, 10.00),  # commit 6061509, 2026-12-07, load ~20
+    "spikes_all": (41, 110.83, 9.27),
+}
 
 DFF = "processing/ophys/dff/traces/data"
 ROIS = "processing/ophys/dff/traces/rois"
@@ -391,11 +426,34 @@ def prepare(args: argparse.Namespace, tmp: Path, moto_url: str, bucket: str) -> 
     if not report.published:
         raise SystemExit(f"conversion failed:\n{report.summary()}")
     print(f"converted into {cfg['lake_url']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    cfg["floor"] = server_floor(client, bucket, cfg)
     datasets = lake.release(cfg["release"]).datasets()
     for kind, prefix in (("ophys", "ophys/experiment/"), ("ecephys", "ecephys/session/")):
         if kind in cfg:
             cfg[kind]["path"] = next(d for d in datasets if d.startswith(prefix))
     return cfg
+
+
+def server_floor(client: Any, bucket: str, cfg: dict) -> dict[str, float]:
+    """Seconds moto takes for a 100-byte range GET, straight (no proxy), per NWB object and
+    for the lake's largest object: moto reads a whole object for any range of it, so each
+    request of a peer on a large NWB file costs this much on top of its transfer (real S3
+    does not); the peers' wall times include it."""
+    objects = {kind: cfg[kind]["key"].split("/", 1)[1] for kind in OPS if kind in cfg}
+    listing = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="lake/")
+    sizes = {o["Key"]: o["Size"] for page in listing for o in page.get("Contents", [])}
+    objects["largest lake object"] = max(sizes, key=sizes.get)
+    floor = {}
+    for name, key in objects.items():
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            client.get_object(Bucket=bucket, Key=key, Range="bytes=0-99")["Body"].read()
+            times.append(time.perf_counter() - t0)
+        floor[name] = median(times)
+        size = client.head_object(Bucket=bucket, Key=key)["ContentLength"] / MIB
+        print(f"moto: a 100-byte range GET of {name} ({size:.1f} MiB) takes {floor[name]:.3f} s")
+    return floor
 
 
 def summary(res: dict, name: str) -> dict:
