@@ -122,9 +122,11 @@ class CellTypesAccessor:
         """Distinct stimulus names; see :func:`abo_lake.celltypes.stimulus_names`."""
         return celltypes.stimulus_names(self._ds)
 
-    def sweeps_by_stimulus(self, stimulus_names: str | Sequence[str]) -> pd.DataFrame:
+    def sweeps_by_stimulus(
+        self, stimulus_names: str | Sequence[str], qc: bool = True
+    ) -> pd.DataFrame:
         """Sweeps of the named stimuli; see :func:`abo_lake.celltypes.sweeps_by_stimulus`."""
-        return celltypes.sweeps_by_stimulus(self._ds, stimulus_names)
+        return celltypes.sweeps_by_stimulus(self._ds, stimulus_names, qc)
 
     def simulate(
         self, model: xr.Dataset | dict, stimulus: Any, dt: float | None = None
