@@ -42,9 +42,11 @@ Locally sparse noise (``--scale small --stimuli locally_sparse_noise``: 6 cells,
 16 x 28 grid; the same run, load average ~15 with an AllenSDK reference computing beside it):
 lake open 2.4 s + compute 16.0 s (CPU 2.0 s), 372 MB; AllenSDK load 64.8 s, compute 129.4 s
 (CPU 16.5 s), 667 MB: 7.0x wall, 8.4x CPU, 1.8x memory; every ``rf_*_lsn`` column equal to
-2.9e-14. AllenSDK was not run at the realistic scale (170 cells, 8880 sweeps): its per-cell
-shuffles (10000 ``choice`` draws over 8880 sweeps, each followed by a column sum of the blurred
-template) are estimated from the small run at tens of CPU minutes.
+2.9e-14. At the realistic scale (170 cells, 8880 sweeps; load average ~23) the lake took
+0.9 s to open and 1805 s wall (596 CPU s, ~3.5 CPU s a cell: 10000 shuffles of ~250 events
+each), 841 MB peak; AllenSDK's side was stopped unfinished (its per-cell shuffles, 10000
+``choice`` draws over 8880 sweeps each followed by a column sum of the blurred template, do the
+same arithmetic one shuffle at a time), so there is no realistic ratio.
 """
 
 from __future__ import annotations
