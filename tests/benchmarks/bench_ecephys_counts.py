@@ -26,16 +26,16 @@ selection. Run::
         [--lake DIR --release NAME] [--units 600] [--presentations 6000] [--cases 1ms,10ms,psth]
         [--repeat N] [--reuse-allensdk]
 
-Full case, measured 2026-12-07 09:00-09:25 UTC (2 cores shared with other engineers' test
-suites: load average 19-24, so wall times are inflated, the lake's mostly waiting for a core:
+Full case, measured 2026-12-07 09:00-09:40 UTC (2 cores shared with other engineers' test
+suites: load average 6-24, so wall times are inflated, the lake's mostly waiting for a core:
 compare the CPU ratios too), ``make realistic``'s session converted with converter version 6,
 600 units x 6,000 presentations, one run each:
 
 ====  ==========================================  ==========================================  =====
 case  lake (open + compute; CPU; peak +RSS)       AllenSDK (load + compute; CPU; peak +RSS)   ratio
 ====  ==========================================  ==========================================  =====
-1 ms  1.02 + 33.90 = 34.9 s; 9.8 s; +4,282 MB     390.5 + 726.2 = 1,116.7 s; 182.2 s*;        32.0x
-      (1.04x the 4,120 MB result)                 +9,269 MB*                                  18.5x
+1 ms  0.59 + 25.87 = 26.5 s; 10.0 s; +4,283 MB    132.6 + 363.0 = 495.6 s; 180.9 s; +5,149 MB  18.7x
+      (1.04x the 4,120 MB result)                 (1.25x the result)                          18.1x
 10ms  0.89 + 14.76 = 15.7 s; 4.4 s; +498 MB       189.5 + 46.8 = 236.2 s; 64.3 s*;            15.1x
       (1.21x the 412 MB result)                   +1,855 MB*                                  14.6x
 psth  0.68 + 14.40 = 15.1 s; 3.9 s; +173 MB       158.5 + 48.3 = 206.8 s; 65.6 s; +3,088 MB   13.7x
@@ -44,11 +44,13 @@ psth  0.68 + 14.40 = 15.1 s; 3.9 s; +173 MB       158.5 + 48.3 = 206.8 s; 65.6 s
 
 Ratio: end to end (wall), then less CPU. Goals of issue 18 met: 1 ms >= 10x end to end and peak
 <= 1.2x the result; 10 ms >= 5x; PSTH >= 10x. Counts bitwise equal (sha256, 600 of 600 units),
-PSTH equal to AllenSDK's counts' condition means (worst relative difference 0). * AllenSDK's 1
-and 10 ms runs came from the first run of this script, whose digest copied the result before
-the measurement ended: their CPU and peak include a copy of the result (4.1 GB, 0.4 GB) and its
-hashing. In that first run (same copy on the lake's side, load ~24) the lake's 1 ms took 3.0 +
-107.9 s (CPU 20.6 s): 10.1x end to end, 8.9x less CPU.
+PSTH equal to AllenSDK's counts' condition means (worst relative difference 0). The 1 ms row
+is one clean run of both sides (09:24-09:40, load falling from 18 to 6). * AllenSDK's 10 ms run
+came from the first run of this script, whose digest copied the result before the measurement
+ended: its CPU and peak include a 0.4 GB copy and its hashing. In that first run (with the
+4.1 GB copy on both sides, load ~24) 1 ms was lake 3.0 + 107.9 s (CPU 20.6 s) vs AllenSDK
+390.5 + 726.2 s (CPU 182.2 s): 10.1x end to end, 8.9x less CPU; a lake-only rerun then
+(load ~20) took 1.02 + 33.90 s (CPU 9.8 s, 1.04x the result).
 
 Earlier, scaled case (load average 13-16), ``make realistic``'s session, 522 units (600 less
 those AllenSDK drops with its QC filter alone lifted) x 1,500 presentations, one run each:
