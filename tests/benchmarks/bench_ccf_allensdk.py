@@ -59,13 +59,14 @@ Again after the point boxes became plain arrays (best of 2, load ~4.5): structur
 After ``structure_at`` lost its dask graph (from the lake it is a lazily indexed pointwise
 selection that one Zarr coordinate selection reads: 204 chunk objects, no scheduler, no import
 of ``distributed``), best of 2, load average 12-23 (other engineers' test suites), 2026-12-07
-08:40-09:00 UTC: structure_at 0.60 + 2.09 = 2.70 s (CPU 0.27 s; +36 MB) vs AllenSDK 31.3 s
-(CPU 2.86 s; +591 MB): 11.6x wall, 10.5x less CPU (a separate best of 3 at load ~17: 1.61 s,
-CPU 0.28 s vs 11.8 s, CPU 3.02 s: 7.3x wall, 10.9x less CPU; the lake's wall is mostly waiting
-for the busy cores: 0.27 s of CPU in 2.7 s). In the same run: mask 4.78 s (CPU 0.85) vs 56.1 s
-(CPU 7.76): 11.7x, 9.1x less CPU; unionize 18.8 s (CPU 2.93; +73 MB) vs 252 s (CPU 31.1;
-+3.9 GB): 13.5x, 10.6x less CPU. Same results: masks identical (8,978,572 voxels), 10,000 of
-10,000 ids, 491 records equal to 6.8e-7 (2 max-voxel ties).
+08:40-09:00 UTC: structure_at 0.60 + 2.09 = 2.70 s (CPU 0.27 s; +36 MB) vs AllenSDK 31.3 s (CPU
+2.86 s; +591 MB): 11.6x wall, 10.5x less CPU (a separate best of 3 at load ~17: 1.61 s, CPU
+0.28 s vs 11.8 s, CPU 3.02 s: 7.3x wall, 10.9x less CPU; the lake's wall is mostly waiting for
+the busy cores: 0.27 s of CPU in 2.7 s; at load ~6, best of 3, 09:41 UTC: 0.05 + 0.34 = 0.40 s,
+CPU 0.26 s, vs AllenSDK 5.77 s, CPU 3.91 s: 14.6x wall, 15.1x less CPU). In the same run: mask
+4.78 s (CPU 0.85) vs 56.1 s (CPU 7.76): 11.7x, 9.1x less CPU; unionize 18.8 s (CPU 2.93; +73
+MB) vs 252 s (CPU 31.1; +3.9 GB): 13.5x, 10.6x less CPU. Same results: masks identical
+(8,978,572 voxels), 10,000 of 10,000 ids, 491 records equal to 6.8e-7 (2 max-voxel ties).
 
 ``--work`` keeps (and reuses) the sources and the lake. Without AllenSDK's Python (default
 ``/tmp/allensdk-venv/bin/python``; not in CI) only the lake's side runs, with a message.
