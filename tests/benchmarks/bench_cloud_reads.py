@@ -85,18 +85,46 @@ Npx one unit's spikes  2 req, 2.79 MiB = 8.3x own, 0.29 s  2 req, 0.27 MiB = 0.8
 Npx all spikes (160M)  41 req, 110.8 MiB, 9.27 s           41 req, 111.5 MiB, 5.14 s
 =====================  ==================================  ==================================
 
-Goals after: one cell and one unit met (1 and 2 requests, <= 1x their own bytes: the lake's
-chunks are compressed); Neuropixels open met on requests (2) but not on time (1.79 s warm
-here, on a machine at load ~20; < 0.3 s not shown); VB open unmet (4 requests; a lake converted minutes earlier,
-before ccde457 inlined only index coordinates <= 256 KiB, opened in 2 requests, 3.33 MiB:
-likely the 39,614-frame time coordinate, 310 KiB, now read as its own object - not checked
-object by object); whole-population reads not slower (same bytes, fewer or equal requests,
-faster). (The ``BEFORE`` figures above are these "before" rows.)
+Goals after: one cell and one unit met (1 and 2 requests, <= 1x their own bytes: the
+lake's chunks are compressed); Neuropixels open met on requests (2) but not on time (1.79 s
+warm here, at load ~20; < 0.3 s not shown); VB open unmet (4 requests; a lake converted
+minutes earlier, before ccde457 inlined only index coordinates <= 256 KiB, opened in 2
+requests, 3.33 MiB: likely the 39,614-frame time coordinate, 310 KiB, now read as its own
+object - not checked object by object); whole-population reads not slower (same bytes,
+fewer or equal requests, faster). (``BEFORE`` above holds these "before" rows.)
 
-The peers, same files, same proxy (their figures do not depend on the lake's format; warm
-medians; ``+open`` adds the open's):
+The peers, same files, same proxy (their figures do not depend on the lake's format).
+Full run (all tools, ``--repeat 1``, load 23 falling to 7; the lake converted at ~09:11, a
+tree after 6c6c584 and before ccde457). Per read alone: requests / MiB on the wire / warm s;
+``+open``: requests / MiB / s with the open. Values equal across all five tools (SHA-256):
 
-PEERS_PLACEHOLDER
+==========  ====================  =====================  ======================================
+op          lake                  s3fs (defaults)        blockcache | remfile | download
+==========  ====================  =====================  ======================================
+VB open     2 / 3.33 / 1.52       20 / 682.6 / 91.2      6/161.7/16.1 | 14/2.36/30.8 |
+                                                         8/311.7/18.1
+VB cell     1 / 0.27 / 0.20;      4 / 150.4 / 11.0;      0 (open's block); +open 6/161.7/18.0 |
+(0.30 MiB)  +open 3/3.60/1.72     +open 24/833/102       10/60.4/7.4, +open 24/62.7/38.2 |
+                                                         0, +open 8/311.7/18.2
+VB all dF/F 17 / 54.0 / 2.20;     3 / 160.9 / 4.5;       0, +open 6/161.7/17.0 | 1/60.4/2.4,
+(60.5 MiB)  +open 19/57.3/3.72    +open 23/843/95.7      +open 15/62.7/33.2 | 0, +open 8/312/18.7
+Npx open    2 / 1.35 / 0.92       16 / 615.6 / 21.3      7/220.4/7.8 | 11/0.99/11.6 |
+                                                         9/370.4/16.4
+Npx unit    2 / 0.27 / 0.13;      4 / 154.2 / 4.8;       1/50.0/1.1, +open 8/270/8.9 |
+(0.33 MiB)  +open 4/1.61/1.05     +open 20/770/26.1      1/4.10/0.67, +open 12/5.09/12.3 |
+                                                         0, +open 9/370/16.4
+Npx all     41 / 111.5 / 2.69;    6 / 256.2 / 10.7;      2/100/3.1, +open 9/320/10.9 |
+spikes      +open 43/112.8/3.61   +open 22/872/32.0      7/165.8/7.6, +open 18/166.8/19.2 |
+(160 MiB)                                                0, +open 9/370/16.8
+==========  ====================  =====================  ======================================
+
+With the open, the lake is the fastest tool for every operation in this run (peers 3.0x to
+60x its wall time, moto's per-request floor included) and moves the fewest bytes for one cell
+or one unit with the open (3.60 / 1.61 MiB; next remfile, 62.7 / 5.09 MiB). remfile's open
+alone moves fewer bytes than the lake's (2.36 vs 3.33 MiB VB, 0.99 vs 1.35 MiB Npx) in more
+requests (14 / 11 vs 2). s3fs's defaults (readahead, 50 MiB blocks) fetch 616-683 MiB just to open a
+file with h5py. The lake's open is still not < 0.3 s warm here (0.92-1.52 s at load ~20; the
+cold open, imports included, 8.6-39 s).
 """
 
 from __future__ import annotations
