@@ -89,9 +89,15 @@ Goals after: one cell and one unit met (1 and 2 requests, <= 1x their own bytes:
 lake's chunks are compressed); Neuropixels open met on requests (2) but not on time (1.79 s
 warm here, at load ~20; < 0.3 s not shown); VB open unmet (4 requests; a lake converted
 minutes earlier, before ccde457 inlined only index coordinates <= 256 KiB, opened in 2
-requests, 3.33 MiB: likely the 39,614-frame time coordinate, 310 KiB, now read as its own
-object - not checked object by object); whole-population reads not slower (same bytes,
+requests, 3.33 MiB); whole-population reads not slower (same bytes,
 fewer or equal requests, faster). (``BEFORE`` above holds these "before" rows.)
+
+Last run, 09:43-09:48 at addb923, load 5 falling to 0.3 (``--tools lake --kinds ophys
+--ops open,cell --show-requests``): VB open 4 requests, 2.73 MiB, 0.36 s warm, 4.68 s cold
+(imports included): release.json (5.9 KB), the manifest (966 KB) and two ranged reads of
+~0.9 MiB each from the start of packed objects (index coordinates over 256 KiB, which
+ccde457 no longer inlines; which coordinates was not checked); one cell 1 request, 0.27 MiB,
+0.03 s warm. Moto's 100-byte range GET of the VB file: 0.29 s at that load.
 
 The peers, same files, same proxy (their figures do not depend on the lake's format).
 Full run (all tools, ``--repeat 1``, load 23 falling to 7; the lake converted at ~09:11, a
@@ -400,6 +406,11 @@ def run_worker(cfg: dict, proxy: Any) -> dict:
         label: proxy.tally(marks[f"{label}:begin"], marks[f"{label}:end"])
         for label in result["seconds"]
     }
+    if cfg.get("show_requests"):
+        last = [k for k in result["seconds"] if k.startswith("warm")][-1]
+        for hit in proxy.hits[marks[f"{last}:begin"] : marks[f"{last}:end"]]:
+            print(f"  {cfg['tool']} {cfg['kind']} {last}: {hit.method} {hit.path} "
+                  f"{hit.range or ''} {hit.body_out} B")  # fmt: skip
     return result
 
 
@@ -575,6 +586,9 @@ def main() -> int:
     parser.add_argument("--kinds", default="ophys,ecephys")
     parser.add_argument("--ops", default=None, help="subset of open,cell,dff_all,unit,spikes_all")
     parser.add_argument("--work", help="keep the synthesised NWB files here (default: temporary)")
+    parser.add_argument(
+        "--show-requests", action="store_true", help="list each request of the last warm run"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -609,6 +623,7 @@ def main() -> int:
                 tmp=str(tmp),
                 repeat=args.repeat,
                 scale=args.scale,
+                show_requests=args.show_requests,
             )
             for kind in args.kinds:
                 print(f"{kind}: {cfg[kind]['key']} ({cfg[kind]['nwb_mib']:.0f} MiB, shape "
