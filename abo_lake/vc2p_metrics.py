@@ -516,10 +516,33 @@ def _analyse(d: _Design, sweeps: np.ndarray, dx: tuple[np.ndarray, np.ndarray]) 
     }
 
 
+def _sweep_response(
+    raw: da.Array, d: _Design, coords: dict[str, Any], dx: np.ndarray
+) -> xr.DataArray:
+    """AllenSDK's ``sweep_response`` from the windows' traces ``raw`` (sweep, frame, cell) as
+    read: percent change from the pre-sweep mean (movies as they are), float32, lazy; ``dx``
+    (sweep, frame) the windows' running speed, a coordinate."""
+    raw = raw.transpose(0, 2, 1)
+    if not _is_movie(d):
+        inter = d.interlength
+        base = raw[..., :inter].mean(axis=-1, keepdims=True)
+        raw = 100 * ((raw / base) - 1)
+    coords = dict(coords)
+    coords[SWEEP_FRAME] = np.arange(raw.shape[-1]) - d.interlength
+    coords["dx"] = ((PRESENTATION, SWEEP_FRAME), dx)
+    return xr.DataArray(
+        raw,
+        dims=(PRESENTATION, CELL, SWEEP_FRAME),
+        coords=coords,
+        name="sweep_response",
+        attrs={"units": "dF/F" if _is_movie(d) else "%", "stimulus": d.stimulus},
+    )
+
+
 # --------------------------------------------------------------------------- public API
 
 
-class StimulusAnalysis:
+class StimulusAnalysis(vc2p_speed_tuning.SpeedTuningMixin):
     """AllenSDK's ``DriftingGratings(data_set)`` (and the other ``StimulusAnalysis``
     subclasses) on one lake experiment: ``stim_table``, ``sweep_response``,
     ``mean_sweep_response``, ``pval``, ``response`` and ``peak``, computed once on first use.
@@ -620,22 +643,7 @@ class StimulusAnalysis:
         """AllenSDK's ``sweep_response``: per sweep and cell the window's trace, percent ΔF/F
         from the pre-sweep mean (natural movies: dF/F as is), float32, lazy (dask); its
         ``dx`` column is the coordinate ``dx`` (running speed, cm/s)."""
-        d = self._design
-        raw = self._raw.transpose(0, 2, 1)
-        if not _is_movie(d):
-            inter = d.interlength
-            base = raw[..., :inter].mean(axis=-1, keepdims=True)
-            raw = 100 * ((raw / base) - 1)
-        coords = self._coords()
-        coords[SWEEP_FRAME] = np.arange(raw.shape[-1]) - d.interlength
-        coords["dx"] = ((PRESENTATION, SWEEP_FRAME), self._results["dx"])
-        return xr.DataArray(
-            raw,
-            dims=(PRESENTATION, CELL, SWEEP_FRAME),
-            coords=coords,
-            name="sweep_response",
-            attrs={"units": "dF/F" if _is_movie(d) else "%", "stimulus": self.stimulus},
-        )
+        return _sweep_response(self._raw, self._design, self._coords(), self._results["dx"])
 
     def _per_sweep(self, key: str, name: str, units: str) -> xr.DataArray:
         if _is_movie(self._design):
@@ -710,43 +718,6 @@ class StimulusAnalysis:
         if factor not in d.factors:
             raise AttributeError(f"{ANALYSES[self.stimulus]} has no {factor} values")
         return d.levels[d.factors.index(factor)]
-
-    # AllenSDK's speed tuning (any StimulusAnalysis has it): abo_lake.vc2p_speed_tuning
-    def get_speed_tuning(
-        self, binsize: int = 800, seed: int | None = None
-    ) -> vc2p_speed_tuning.SpeedTuning:
-        """AllenSDK's ``get_speed_tuning(binsize)`` of this analysis' cells (unpacks as its
-        5-tuple); see :func:`abo_lake.vc2p_speed_tuning.speed_tuning` (``seed``: shuffles)."""
-        return vc2p_speed_tuning.speed_tuning(self._ds, binsize=binsize, seed=seed)
-
-    @cached_property
-    def _speed_tuning(self) -> vc2p_speed_tuning.SpeedTuning:
-        return self.get_speed_tuning(800)  # AllenSDK's properties use binsize 800
-
-    @property
-    def binned_dx_sp(self) -> xr.DataArray:
-        """AllenSDK's ``binned_dx_sp`` (binsize 800): running speed per bin, spontaneous."""
-        return self._speed_tuning.binned_dx_sp
-
-    @property
-    def binned_cells_sp(self) -> xr.DataArray:
-        """AllenSDK's ``binned_cells_sp`` (binsize 800): dF/F per cell and bin, spontaneous."""
-        return self._speed_tuning.binned_cells_sp
-
-    @property
-    def binned_dx_vis(self) -> xr.DataArray:
-        """AllenSDK's ``binned_dx_vis`` (binsize 800): running speed per bin, other frames."""
-        return self._speed_tuning.binned_dx_vis
-
-    @property
-    def binned_cells_vis(self) -> xr.DataArray:
-        """AllenSDK's ``binned_cells_vis`` (binsize 800): dF/F per cell and bin, other frames."""
-        return self._speed_tuning.binned_cells_vis
-
-    @property
-    def peak_run(self) -> pd.DataFrame:
-        """AllenSDK's ``peak_run`` (binsize 800), indexed by ``cell_specimen_id``."""
-        return self._speed_tuning.peak_run.copy()
 
 
 def stimulus_analysis(

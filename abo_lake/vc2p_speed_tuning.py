@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import dask
@@ -38,7 +39,7 @@ import xarray as xr
 from abo_lake import ophys
 from abo_lake.errors import SchemaError
 
-__all__ = ["PEAK_RUN_COLUMNS", "SpeedTuning", "speed_tuning"]
+__all__ = ["PEAK_RUN_COLUMNS", "SpeedTuning", "SpeedTuningMixin", "speed_tuning"]
 
 CELL, TIME = ophys.CELL, ophys.TIME
 SPEED_BIN, STAT = "speed_bin", "stat"
@@ -293,3 +294,48 @@ def speed_tuning(
         index=pd.Index(np.asarray(ids), name=CELL),
     )
     return SpeedTuning(peak_run=peak_run, **result)
+
+
+class SpeedTuningMixin:
+    """AllenSDK's speed tuning as every ``StimulusAnalysis`` has it: :meth:`get_speed_tuning`
+    and the ``binned_*``/``peak_run`` properties (binsize 800) of the analysis' cells.
+
+    For classes holding their (cell-selected) experiment as ``self._ds``:
+    ``vc2p_metrics.StimulusAnalysis`` and ``vc2p_receptive_fields.LocallySparseNoise``.
+    """
+
+    _ds: xr.Dataset
+
+    def get_speed_tuning(self, binsize: int = 800, seed: int | None = None) -> SpeedTuning:
+        """AllenSDK's ``get_speed_tuning(binsize)`` of this analysis' cells (unpacks as its
+        5-tuple); see :func:`speed_tuning` (``seed``: shuffles)."""
+        return speed_tuning(self._ds, binsize=binsize, seed=seed)
+
+    @cached_property
+    def _speed_tuning(self) -> SpeedTuning:
+        return self.get_speed_tuning(800)  # AllenSDK's properties use binsize 800
+
+    @property
+    def binned_dx_sp(self) -> xr.DataArray:
+        """AllenSDK's ``binned_dx_sp`` (binsize 800): running speed per bin, spontaneous."""
+        return self._speed_tuning.binned_dx_sp
+
+    @property
+    def binned_cells_sp(self) -> xr.DataArray:
+        """AllenSDK's ``binned_cells_sp`` (binsize 800): dF/F per cell and bin, spontaneous."""
+        return self._speed_tuning.binned_cells_sp
+
+    @property
+    def binned_dx_vis(self) -> xr.DataArray:
+        """AllenSDK's ``binned_dx_vis`` (binsize 800): running speed per bin, other frames."""
+        return self._speed_tuning.binned_dx_vis
+
+    @property
+    def binned_cells_vis(self) -> xr.DataArray:
+        """AllenSDK's ``binned_cells_vis`` (binsize 800): dF/F per cell and bin, other frames."""
+        return self._speed_tuning.binned_cells_vis
+
+    @property
+    def peak_run(self) -> pd.DataFrame:
+        """AllenSDK's ``peak_run`` (binsize 800), indexed by ``cell_specimen_id``."""
+        return self._speed_tuning.peak_run.copy()
