@@ -41,7 +41,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage, optimize, sparse, stats
 
-from abo_lake import ophys
+from abo_lake import ophys, vc2p_speed_tuning
 
 __all__ = [
     "LSN_STIMULI",
@@ -600,14 +600,16 @@ def _cells(d: _Design, block: np.ndarray) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- public API
 
 
-class LocallySparseNoise:
+class LocallySparseNoise(vc2p_speed_tuning.SpeedTuningMixin):
     """AllenSDK's ``LocallySparseNoise(data_set, stimulus)`` on one lake experiment.
 
     ``peak`` (AllenSDK's ``rf_*_lsn`` columns), ``receptive_field`` (ON/OFF maps masked to
     their significant subfields), ``cell_index_receptive_field_analysis_data`` (AllenSDK's
     nested per-cell results) and :meth:`receptive_field_analysis` (one cell's), computed once
-    on first use. Built by :func:`locally_sparse_noise` or
-    ``ds.ophys.stimulus_analysis("locally_sparse_noise")``.
+    on first use; from AllenSDK's base ``StimulusAnalysis`` also ``sweep_response``,
+    ``mean_sweep_response``, ``mean_response`` (running speed ``dx`` as a coordinate) and
+    :meth:`get_speed_tuning` with ``binned_*``/``peak_run``. Built by
+    :func:`locally_sparse_noise` or ``ds.ophys.stimulus_analysis("locally_sparse_noise")``.
     """
 
     def __init__(self, ds: xr.Dataset, stimulus: str, cells: Sequence[int] | None = None):
@@ -667,50 +669,101 @@ class LocallySparseNoise:
         parts = [dask.delayed(_cells)(d, blk) for blk in raw.to_delayed().ravel()]
         return [cell for part in dask.compute(*parts) for cell in part]
 
+    @property
+    def interlength(self) -> int:
+        """Frames before (and after) a sweep's window: ``4 * sweeplength`` (AllenSDK's)."""
+        return 4 * self.sweeplength
+
+    @property
+    def extralength(self) -> int:
+        """Frames after the sweep averaged too: ``sweeplength`` (AllenSDK's)."""
+        return self.sweeplength
+
+    @cached_property
+    def _sweep_design(self) -> Any:
+        """The sweeps as :mod:`abo_lake.vc2p_metrics` windows them (AllenSDK's base
+        ``StimulusAnalysis``): ``interlength`` frames before the start to ``sweeplength +
+        interlength`` after it, the mean over ``sweeplength + extralength`` from the start."""
+        from abo_lake import vc2p_metrics
+
+        t = np.asarray(self._ds.indexes[TIME], dtype=np.float64)
+        table = self._design.table[["start", "end"]]
+        length = self.sweeplength
+        return vc2p_metrics._Design(
+            self.stimulus, table, length, 4 * length, length, (), (), 1.0 / (t[1] - t[0])
+        )
+
+    @cached_property
+    def _sweep_idx(self) -> np.ndarray:
+        from abo_lake import vc2p_metrics
+
+        return vc2p_metrics._windows(self._ds, self._sweep_design)
+
+    @cached_property
+    def _raw_sweeps(self) -> Any:
+        """(sweep, frame, cell) corrected fluorescence of the windows, lazy (dask)."""
+        if "corrected_fluorescence" not in self._ds.data_vars:
+            raise ValueError(
+                "sweep responses need 'corrected_fluorescence' (cell_specimen_id, time), as "
+                "AllenSDK's do"
+            )
+        idx = self._sweep_idx
+        arr = ophys._trace(self._ds, "corrected_fluorescence").data
+        return ophys._sample(arr, idx, np.zeros(idx.shape))
+
+    @cached_property
+    def _dx(self) -> tuple[np.ndarray, np.ndarray]:
+        """Running speed of each window (sweep, frame) and its float32 mean over the response
+        window (AllenSDK's ``dx`` column); a SchemaError without running speed."""
+        from abo_lake import vc2p_metrics
+
+        d = self._sweep_design
+        speed = ophys.running_speed(self._ds).data
+        lo, hi = d.interlength, d.interlength + d.sweeplength + d.extralength
+        windows = dask.delayed(vc2p_metrics._window_speed)(speed, self._sweep_idx, lo, hi)
+        return dask.compute(windows)[0]
+
     @cached_property
     def _msr(self) -> np.ndarray:
         """(cell, sweep) mean sweep responses, as AllenSDK's ``StimulusAnalysis`` computes them
         for LSN: sweeps of the second sweep's length ``L``, ``4 L`` frames before (the
         baseline), the mean over ``2 L`` frames from the start, % ΔF/F of corrected
         fluorescence, float32."""
-        from abo_lake import vc2p_metrics
-
-        if "corrected_fluorescence" not in self._ds.data_vars:
-            raise ValueError(
-                "mean_sweep_response needs 'corrected_fluorescence' (cell_specimen_id, time), as "
-                "AllenSDK's sweep responses do"
-            )
-        length = self.sweeplength
-        t = np.asarray(self._ds.indexes[TIME], dtype=np.float64)
-        d = vc2p_metrics._Design(
-            self.stimulus,
-            self._design.table[["start", "end"]],
-            length,
-            4 * length,
-            length,
-            (),
-            (),
-            1.0 / (t[1] - t[0]),
-        )
-        idx = vc2p_metrics._windows(self._ds, d)
-        arr = ophys._trace(self._ds, "corrected_fluorescence").data
-        raw = ophys._sample(arr, idx, np.zeros(idx.shape)).rechunk({0: -1, 1: -1})
+        d = self._sweep_design
+        raw = self._raw_sweeps.rechunk({0: -1, 1: -1})
         parts = [dask.delayed(_sweep_means)(d, blk) for blk in raw.to_delayed().ravel()]
         return np.concatenate(dask.compute(*parts), axis=0)
+
+    def _sweep_coords(self) -> dict[str, Any]:
+        st = self._design.table
+        return {
+            PRESENTATION: st.index.to_numpy(),
+            CELL: self.cell_specimen_ids,
+            "frame": (PRESENTATION, st["frame"].to_numpy()),
+        }
+
+    @property
+    def sweep_response(self) -> xr.DataArray:
+        """AllenSDK's ``sweep_response`` (sweep, cell, sweep_frame): each window's corrected
+        fluorescence as % ΔF/F from its ``interlength`` frames before the start, float32, lazy
+        (dask); AllenSDK's ``dx`` column is the coordinate ``dx`` (running speed, cm/s)."""
+        from abo_lake import vc2p_metrics
+
+        return vc2p_metrics._sweep_response(
+            self._raw_sweeps, self._sweep_design, self._sweep_coords(), self._dx[0]
+        )
 
     @property
     def mean_sweep_response(self) -> xr.DataArray:
         """AllenSDK's ``mean_sweep_response`` (sweep, cell): % ΔF/F from the 4-sweep baseline,
-        averaged over two sweep lengths from the start, float32 (its ``dx`` column apart)."""
-        st = self._design.table
+        averaged over two sweep lengths from the start, float32; its ``dx`` column (the mean
+        running speed over the same frames) is the coordinate ``dx``."""
+        coords = self._sweep_coords()
+        coords["dx"] = (PRESENTATION, self._dx[1])
         return xr.DataArray(
             self._msr.T,
             dims=(PRESENTATION, CELL),
-            coords={
-                PRESENTATION: st.index.to_numpy(),
-                CELL: self.cell_specimen_ids,
-                "frame": (PRESENTATION, st["frame"].to_numpy()),
-            },
+            coords=coords,
             name="mean_sweep_response",
             attrs={"units": "%", "stimulus": self.stimulus},
         )
@@ -718,9 +771,10 @@ class LocallySparseNoise:
     @property
     def mean_response(self) -> xr.DataArray:
         """AllenSDK's ``mean_response``: per pixel the mean ``mean_sweep_response`` of the
-        sweeps showing it ON (255) and OFF (0); dims (row, col, cell_specimen_id, on_off)
-        (AllenSDK's extra ``dx`` cell apart). NaN where a pixel is never ON or OFF."""
-        msr = self._msr
+        sweeps showing it ON (255) and OFF (0); dims (row, col, cell_specimen_id, on_off);
+        AllenSDK's extra ``dx`` cell (the same mean of the sweeps' running speed) is the
+        coordinate ``dx`` (row, col, on_off). NaN where a pixel is never ON or OFF."""
+        msr = np.concatenate([self._msr, self._dx[1][None].astype(self._msr.dtype)])
         d = self._design
         shown = d.template[d.table["frame"].to_numpy()]  # (sweep, row, col)
         out = np.full((self.nrows, self.ncols, msr.shape[0], 2), np.nan)
@@ -732,9 +786,13 @@ class LocallySparseNoise:
                     if len(rows):  # pandas' float32 mean: a float32 sum over the sweeps
                         out[r, c, :, k] = np.ascontiguousarray(msr[:, rows]).mean(axis=-1)
         return xr.DataArray(
-            out,
+            out[:, :, :-1],
             dims=("row", "col", CELL, "on_off"),
-            coords={CELL: self.cell_specimen_ids, "on_off": ["on", "off"]},
+            coords={
+                CELL: self.cell_specimen_ids,
+                "on_off": ["on", "off"],
+                "dx": (("row", "col", "on_off"), out[:, :, -1]),
+            },
             name="mean_response",
             attrs={"units": "%", "stimulus": self.stimulus},
         )

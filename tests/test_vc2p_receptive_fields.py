@@ -15,7 +15,15 @@ local lake, and compared cell by cell:
   differs from AllenSDK's by ~1e-16, so shuffles that tie AllenSDK's event-triggered value
   within rounding may count the other way: each pixel's p within 0.02 (200 of 10000 shuffles)
   and the mean difference under 0.002;
-- ``mean_response`` (per pixel the mean ON / OFF sweep response) exactly;
+- ``mean_response`` (per pixel the mean ON / OFF sweep response, and its ``dx`` running-speed
+  entry) exactly;
+- on three_session_C, the base ``StimulusAnalysis`` surface: ``sweep_response`` (120 sampled
+  sweeps, every cell and frame, and its ``dx`` windows) and ``mean_sweep_response`` with its
+  ``dx`` column exactly; ``get_speed_tuning(binsize, seed)`` for binsize 800 and 150 (seeded
+  as AllenSDK after ``np.random.seed``): ``ptest_*``/``mod_*`` exactly, the binned means and
+  standard errors and ``speed_max_*``/``speed_min_*`` at rtol 2.5e-7 (AllenSDK's NumPy 1.23
+  float32 ``std``/``mean`` differ by a float32 step, as ``tests/test_vc2p_speed_tuning.py``
+  measured); the ``binned_*``/``peak_run`` properties as binsize 800;
 - the blurred event-triggered maps at atol 1e-12, the chi-square p-value grid at rtol 1e-9,
   every ``rf_*_lsn`` column and the Gaussian fits' parameters at rtol 1e-7 (Nelder-Mead from
   inputs equal to ~1e-16).
@@ -34,7 +42,8 @@ import xarray as xr
 
 import abo_lake
 import abo_lake.accessors
-from abo_lake import sources, vc2p_metrics, vc2p_receptive_fields
+from abo_lake import sources, vc2p_metrics, vc2p_receptive_fields, vc2p_speed_tuning
+from abo_lake.errors import SchemaError
 from abo_lake.vc2p_receptive_fields import PEAK_COLUMNS
 
 REF = Path(__file__).parent / "reference"
@@ -59,7 +68,7 @@ def _lake_dataset(nwb: Path, root: Path) -> tuple[abo_lake.Release, xr.Dataset]:
         n
         for n in full.data_vars
         if n in ("dff", "corrected_fluorescence", "roi_mask", "max_projection")
-        or n.startswith(("stimulus_presentations.", "stimulus_template."))
+        or n.startswith(("stimulus_presentations.", "stimulus_template.", "running_speed."))
     ]
     ds = full[keep]
     ds.attrs = dict(full.attrs)
@@ -188,9 +197,87 @@ def test_mean_response_equals_allensdk(analyses, session, stimulus):
     got = a.mean_response
     assert got.dims == ("row", "col", CELL, "on_off")
     np.testing.assert_array_equal(got.values, ref[:, :, :-1])
+    assert got["dx"].dims == ("row", "col", "on_off")
+    np.testing.assert_array_equal(got["dx"].values, ref[:, :, -1])
+    assert np.isfinite(ref[:, :, -1]).any()
     msr = a.mean_sweep_response
     assert msr.dtype == np.float32
     assert msr.sizes == {"stimulus_presentation_id": len(a.stim_table), CELL: ref.shape[2] - 1}
+
+
+LSN_C = ("three_session_C", "locally_sparse_noise")
+LSN_C_KEY = "/".join(LSN_C)
+SPEED_RTOL = 2.5e-7  # two float32 steps (module doc)
+
+
+def test_sweep_response_equals_allensdk(analyses):
+    """AllenSDK's base ``get_sweep_response`` on LSN: windows of 4 L + L + 4 L frames (L = 8),
+    % ΔF/F of corrected fluorescence from the 4 L frames before; the ``dx`` column as the
+    running speed of the same frames; ``mean_sweep_response`` of every sweep with its ``dx``."""
+    a = analyses[LSN_C]
+    sample = _reference_module().SWEEP_SAMPLE
+    ref_cells = ARRAYS[f"{LSN_C_KEY}/sweep_response/cells"]
+    sr = a.sweep_response
+    assert sr.dims == ("stimulus_presentation_id", CELL, "sweep_frame")
+    assert (a.interlength, a.sweeplength, a.extralength) == (32, 8, 8)
+    assert sr.sizes["sweep_frame"] == ref_cells.shape[-1] == 72
+    got = sr.isel(stimulus_presentation_id=sample)
+    assert got.dtype == np.float32
+    for c in range(ref_cells.shape[1]):
+        np.testing.assert_array_equal(got.values[:, c], ref_cells[:, c], err_msg=f"cell {c}")
+    np.testing.assert_array_equal(got["dx"].values, ARRAYS[f"{LSN_C_KEY}/sweep_response/dx"])
+    ref_msr = ARRAYS[f"{LSN_C_KEY}/mean_sweep_response"]  # cells, then AllenSDK's dx column
+    msr = a.mean_sweep_response
+    for c in range(msr.sizes[CELL]):
+        np.testing.assert_array_equal(msr.values[:, c], ref_msr[:, c], err_msg=f"cell {c}")
+    np.testing.assert_array_equal(msr["dx"].values, ref_msr[:, -1])
+
+
+def _speed_ref(binsize: int, name: str) -> np.ndarray:
+    return ARRAYS[f"{LSN_C_KEY}/speed_tuning/{binsize}/{name}"]
+
+
+@pytest.mark.parametrize("binsize", [800, 150])
+def test_speed_tuning_equals_allensdk(analyses, binsize):
+    """``get_speed_tuning(binsize, seed)`` of the LSN analysis equals AllenSDK's
+    ``LocallySparseNoise.get_speed_tuning(binsize)`` after ``np.random.seed(seed)``, cell by
+    cell (the shuffles behind ``mod_*`` replayed from the seed)."""
+    a = analyses[LSN_C]
+    seed = _reference_module().SPEED_SEED
+    tuning = a.get_speed_tuning(binsize, seed=seed)
+    dx_sp, cells_sp, dx_vis, cells_vis, peak_run = tuning
+    for name, got in (("binned_dx_sp", dx_sp), ("binned_dx_vis", dx_vis)):
+        np.testing.assert_allclose(got.values, _speed_ref(binsize, name), rtol=SPEED_RTOL)
+    for name, got in (("binned_cells_sp", cells_sp), ("binned_cells_vis", cells_vis)):
+        ref = _speed_ref(binsize, name)
+        assert got.shape == ref.shape
+        for c in range(ref.shape[0]):
+            err = f"{name} cell {c}"
+            np.testing.assert_allclose(got.values[c], ref[c], rtol=SPEED_RTOL, err_msg=err)
+    np.testing.assert_array_equal(peak_run.index, a.cell_specimen_ids)
+    assert list(peak_run.columns) == list(vc2p_speed_tuning.PEAK_RUN_COLUMNS)
+    for column in peak_run.columns:
+        got = peak_run[column].to_numpy(dtype=float)
+        want = _speed_ref(binsize, f"peak_run/{column}")
+        if column.startswith(("ptest", "mod")):
+            np.testing.assert_array_equal(got, want, err_msg=column)
+        else:
+            np.testing.assert_allclose(got, want, rtol=SPEED_RTOL, err_msg=column)
+    assert cells_vis.sizes["speed_bin"] > 1  # several speed bins: the binning is exercised
+
+
+def test_speed_tuning_properties_are_binsize_800(analyses):
+    a = analyses[LSN_C]
+    assert isinstance(a, vc2p_speed_tuning.SpeedTuningMixin)
+    for name in ("binned_dx_sp", "binned_cells_sp", "binned_dx_vis", "binned_cells_vis"):
+        np.testing.assert_allclose(
+            getattr(a, name).values, _speed_ref(800, name), rtol=SPEED_RTOL, err_msg=name
+        )
+    # unseeded shuffles: only mod_* may differ from AllenSDK's draws
+    run = a.peak_run
+    for column in ("ptest_sp", "ptest_vis"):
+        got = run[column].to_numpy(dtype=float)
+        np.testing.assert_array_equal(got, _speed_ref(800, f"peak_run/{column}"), column)
 
 
 def test_stimulus_metrics_has_allensdk_rf_columns(lakes, analyses):
@@ -280,6 +367,13 @@ class TestErrors:
         ds = lakes["three_session_C"][1].drop_vars("stimulus_template.locally_sparse_noise")
         with pytest.raises(ValueError, match=r"stimulus_template\.locally_sparse_noise"):
             vc2p_receptive_fields.locally_sparse_noise(ds)
+
+    def test_sweep_response_without_running_speed_names_it(self, lakes):
+        ds = lakes["three_session_C"][1]
+        ds = ds.drop_vars([n for n in ds.variables if str(n).startswith("running_speed")])
+        a = vc2p_receptive_fields.locally_sparse_noise(ds, cells=ds.indexes[CELL][:1])
+        with pytest.raises(SchemaError, match="running"):
+            a.sweep_response
 
     def test_unknown_cell(self, lakes):
         with pytest.raises(KeyError, match="cell_specimen_id"):

@@ -19,9 +19,20 @@ it):
   ``on/rts``, ``on/rts_convolution``, ``chi_squared_analysis/pvalues``, ...), and
   ``<session>/<stimulus>/receptive_field``, ``.../mean_response``.
 
+``--extend`` adds to the ``.npz`` (its other arrays and the ``.json`` left as they are) what
+AllenSDK's base ``StimulusAnalysis`` serves on the three_session_C ``locally_sparse_noise``:
+
+- ``<key>/sweep_response/cells`` (sampled sweeps :data:`SWEEP_SAMPLE`, cells, frames) float32
+  and ``<key>/sweep_response/dx`` (sampled sweeps, frames): ``get_sweep_response()[0]``;
+- ``<key>/mean_sweep_response`` (sweeps, cells + dx) of every sweep;
+- ``<key>/speed_tuning/<binsize>/binned_dx_sp`` (and ``binned_cells_sp``, ``binned_dx_vis``,
+  ``binned_cells_vis``, ``peak_run/<column>`` float64, ``mod_*`` as 1.0/0.0/NaN):
+  ``get_speed_tuning(binsize)`` after ``np.random.seed(SPEED_SEED)``, per
+  :data:`SPEED_BINSIZES`.
+
 Run with the AllenSDK venv (never a dependency of abo_lake)::
 
-    /tmp/allensdk-venv/bin/python tests/reference/vc2p_lsn_allensdk.py
+    /tmp/allensdk-venv/bin/python tests/reference/vc2p_lsn_allensdk.py [--extend]
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ ON_OFF_CELLS = 3
 #: LSN sweeps per session (``write(lsn_frames=...)``; None: the scale's 480, 240 per C2 variant):
 #: 1440 in C, so that the cells with both polarities show both subfields (rf_distance_lsn)
 LSN_FRAMES = {"three_session_C": 1440, "three_session_C2": None}
+#: sweeps of sweep_response stored (every 12th: 120 of 1440, keeps the file small)
+SWEEP_SAMPLE = slice(None, None, 12)
+SPEED_SEED = 20240611  #: np.random.seed before each get_speed_tuning (its 400 permutations)
+SPEED_BINSIZES = (800, 150)
 STIMULI = {
     "three_session_C": ["locally_sparse_noise"],
     "three_session_C2": ["locally_sparse_noise_4deg", "locally_sparse_noise_8deg"],
@@ -139,5 +154,51 @@ def main() -> None:
     np.savez_compressed(HERE / "vc2p_lsn_allensdk.npz", **arrays)
 
 
+def _float(v) -> float:
+    return np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def extend() -> None:
+    """Add AllenSDK's sweep_response, mean_sweep_response and speed tuning of the
+    three_session_C ``locally_sparse_noise`` to the ``.npz`` (module doc)."""
+    from allensdk.brain_observatory.locally_sparse_noise import LocallySparseNoise
+    from allensdk.core.brain_observatory_nwb_data_set import BrainObservatoryNwbDataSet
+
+    warnings.filterwarnings("ignore")
+    npz = HERE / "vc2p_lsn_allensdk.npz"
+    with np.load(npz) as old:
+        arrays = {k: old[k] for k in old.files}
+    session, stimulus = "three_session_C", "locally_sparse_noise"
+    key = f"{session}/{stimulus}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_files(Path(tmp))[session]
+        lsn = LocallySparseNoise(BrainObservatoryNwbDataSet(str(path)), stimulus)
+        t0 = time.perf_counter()
+        sr = lsn.sweep_response
+        msr = lsn.mean_sweep_response
+        print(f"{key} sweep_response: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        cells = [c for c in sr.columns if c != "dx"]
+        rows = sr.iloc[SWEEP_SAMPLE]
+        arrays[f"{key}/sweep_response/cells"] = np.array(
+            [[np.asarray(rows[c].iloc[i]) for c in cells] for i in range(len(rows))]
+        )
+        arrays[f"{key}/sweep_response/dx"] = np.array([np.asarray(v) for v in rows["dx"]])
+        arrays[f"{key}/mean_sweep_response"] = msr.to_numpy(dtype=np.float64)
+        for binsize in SPEED_BINSIZES:
+            np.random.seed(SPEED_SEED)  # noqa: NPY002 - AllenSDK draws from the global generator
+            t0 = time.perf_counter()
+            tuning = lsn.get_speed_tuning(binsize)
+            seconds = time.perf_counter() - t0
+            print(f"{key} speed tuning {binsize}: {seconds:.1f} s", file=sys.stderr)
+            names = ("binned_dx_sp", "binned_cells_sp", "binned_dx_vis", "binned_cells_vis")
+            for name, value in zip(names, tuning[:4]):
+                arrays[f"{key}/speed_tuning/{binsize}/{name}"] = np.asarray(value, dtype=np.float64)
+            for column in tuning[4].columns:
+                arrays[f"{key}/speed_tuning/{binsize}/peak_run/{column}"] = np.array(
+                    [_float(v) for v in tuning[4][column]]
+                )
+    np.savez_compressed(npz, **arrays)
+
+
 if __name__ == "__main__":
-    main()
+    extend() if "--extend" in sys.argv[1:] else main()
