@@ -16,6 +16,7 @@ from abo_lake import cas
 from abo_lake.cache import open_cached_lake
 from abo_lake.errors import IntegrityError
 from abo_lake.manifest import Manifest
+from abo_lake.stores import INLINE_CHUNK_MAX_BYTES
 from abo_lake.writer import cell_major_layout, ragged_layout, write_dataset
 
 N_CELLS, N_TIME = 70, 3000
@@ -300,20 +301,25 @@ def test_open_of_a_visual_behavior_experiment_reads_release_and_manifest_only(
     assert cell.body_out == m.sizes[dff[1]]
 
 
+#: Index values whose one chunk compresses to more than INLINE_CHUNK_MAX_BYTES.
+N_LARGE = 400_000
+
+
 def test_large_index_coordinates_stay_objects_read_together_at_open(local_lake):
-    """An index-coordinate chunk over INLINE_CHUNK_MAX_BYTES (60 Hz behaviour timestamps are
-    ~1 MB) is an object, not manifest text; opening reads all such chunks in one batch."""
+    """An index-coordinate chunk over INLINE_CHUNK_MAX_BYTES is an object, not manifest text;
+    opening reads all such chunks in one batch."""
     rng = np.random.default_rng(1)
     ds = traces()
     ds = ds.assign_coords(
-        running_time=np.sort(rng.uniform(0, 600, 50_000)),
-        eye_time=np.sort(rng.uniform(0, 600, 50_000)),
+        running_time=np.sort(rng.uniform(0, 600, N_LARGE)),
+        eye_time=np.sort(rng.uniform(0, 600, N_LARGE)),
     )
-    ds["running_speed"] = ("running_time", rng.normal(size=50_000))
-    ds["pupil_area"] = ("eye_time", rng.normal(size=50_000))
+    ds["running_speed"] = ("running_time", rng.normal(size=N_LARGE))
+    ds["pupil_area"] = ("eye_time", rng.normal(size=N_LARGE))
     rel = publish(local_lake, ds)
     m = rel.manifest(PATH)
     assert {"running_time/c/0", "eye_time/c/0"} <= set(m.chunks)
+    assert m.sizes["eye_time/c/0"] > INLINE_CHUNK_MAX_BYTES
     assert {"time/c/0", "cell_specimen_id/c/0"} <= set(m.inline)
     opened = rel.open(PATH)
     store = opened.encoding["abo_lake_store"]
