@@ -585,11 +585,13 @@ def _peak_row(rf: dict[str, Any]) -> dict[str, float]:
     return {k: (np.nan if v is None else float(v)) for k, v in row.items()}
 
 
-def _sweep_means(d: Any, block: np.ndarray) -> np.ndarray:
-    """One dask task: AllenSDK's mean_sweep_response (cell, sweep) float32 of a cell chunk."""
+def _sweep_stats(d: Any, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One dask task: AllenSDK's mean_sweep_response (cell, sweep) float32 and the sweeps'
+    ANOVA ``pval`` of a cell chunk."""
     from abo_lake import vc2p_metrics
 
-    return vc2p_metrics._block(d, block)["msr"]
+    b = vc2p_metrics._block(d, block)
+    return b["msr"], b["pval"]
 
 
 def _cells(d: _Design, block: np.ndarray) -> list[dict[str, Any]]:
@@ -724,15 +726,20 @@ class LocallySparseNoise(vc2p_speed_tuning.SpeedTuningMixin):
         return dask.compute(windows)[0]
 
     @cached_property
-    def _msr(self) -> np.ndarray:
-        """(cell, sweep) mean sweep responses, as AllenSDK's ``StimulusAnalysis`` computes them
-        for LSN: sweeps of the second sweep's length ``L``, ``4 L`` frames before (the
-        baseline), the mean over ``2 L`` frames from the start, % ΔF/F of corrected
-        fluorescence, float32."""
+    def _sweep_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cell, sweep) mean sweep responses and ANOVA p-values, as AllenSDK's
+        ``StimulusAnalysis`` computes them for LSN: sweeps of the second sweep's length ``L``,
+        ``4 L`` frames before (the baseline), the mean over ``2 L`` frames from the start, %
+        ΔF/F of corrected fluorescence, float32; p of the frames before against those."""
         d = self._sweep_design
         raw = self._raw_sweeps.rechunk({0: -1, 1: -1})
-        parts = [dask.delayed(_sweep_means)(d, blk) for blk in raw.to_delayed().ravel()]
-        return np.concatenate(dask.compute(*parts), axis=0)
+        parts = [dask.delayed(_sweep_stats)(d, blk) for blk in raw.to_delayed().ravel()]
+        done = dask.compute(*parts)
+        return tuple(np.concatenate([p[k] for p in done], axis=0) for k in (0, 1))
+
+    @property
+    def _msr(self) -> np.ndarray:
+        return self._sweep_stats[0]
 
     def _sweep_coords(self) -> dict[str, Any]:
         st = self._design.table
@@ -766,6 +773,18 @@ class LocallySparseNoise(vc2p_speed_tuning.SpeedTuningMixin):
             coords=coords,
             name="mean_sweep_response",
             attrs={"units": "%", "stimulus": self.stimulus},
+        )
+
+    @property
+    def pval(self) -> xr.DataArray:
+        """AllenSDK's ``pval`` (sweep, cell): one-way ANOVA p of each sweep's ``interlength``
+        frames before against its response window (its ``dx`` column apart)."""
+        return xr.DataArray(
+            self._sweep_stats[1].T,
+            dims=(PRESENTATION, CELL),
+            coords=self._sweep_coords(),
+            name="pval",
+            attrs={"units": "1", "stimulus": self.stimulus},
         )
 
     @property

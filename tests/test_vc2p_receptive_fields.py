@@ -19,11 +19,12 @@ local lake, and compared cell by cell:
   entry) exactly;
 - on three_session_C, the base ``StimulusAnalysis`` surface: ``sweep_response`` (120 sampled
   sweeps, every cell and frame, and its ``dx`` windows) and ``mean_sweep_response`` with its
-  ``dx`` column exactly; ``get_speed_tuning(binsize, seed)`` for binsize 800 and 150 (seeded
-  as AllenSDK after ``np.random.seed``): ``ptest_*``/``mod_*`` exactly, the binned means and
-  standard errors and ``speed_max_*``/``speed_min_*`` at rtol 2.5e-7 (AllenSDK's NumPy 1.23
-  float32 ``std``/``mean`` differ by a float32 step, as ``tests/test_vc2p_speed_tuning.py``
-  measured); the ``binned_*``/``peak_run`` properties as binsize 800;
+  ``dx`` column exactly, ``pval`` at rtol 1e-9; ``get_speed_tuning(binsize, seed)`` for
+  binsize 800 and 150 (seeded as AllenSDK after ``np.random.seed``): ``ptest_*``/``mod_*``
+  exactly, the binned means and standard errors and ``speed_max_*``/``speed_min_*`` at rtol
+  2.5e-7 (AllenSDK's NumPy 1.23 float32 ``std``/``mean`` differ by a float32 step, as
+  ``tests/test_vc2p_speed_tuning.py`` measured); the ``binned_*``/``peak_run`` properties as
+  binsize 800;
 - the blurred event-triggered maps at atol 1e-12, the chi-square p-value grid at rtol 1e-9,
   every ``rf_*_lsn`` column and the Gaussian fits' parameters at rtol 1e-7 (Nelder-Mead from
   inputs equal to ~1e-16).
@@ -213,7 +214,8 @@ SPEED_RTOL = 2.5e-7  # two float32 steps (module doc)
 def test_sweep_response_equals_allensdk(analyses):
     """AllenSDK's base ``get_sweep_response`` on LSN: windows of 4 L + L + 4 L frames (L = 8),
     % ΔF/F of corrected fluorescence from the 4 L frames before; the ``dx`` column as the
-    running speed of the same frames; ``mean_sweep_response`` of every sweep with its ``dx``."""
+    running speed of the same frames; ``mean_sweep_response`` of every sweep with its ``dx``;
+    ``pval``."""
     a = analyses[LSN_C]
     sample = _reference_module().SWEEP_SAMPLE
     ref_cells = ARRAYS[f"{LSN_C_KEY}/sweep_response/cells"]
@@ -231,6 +233,11 @@ def test_sweep_response_equals_allensdk(analyses):
     for c in range(msr.sizes[CELL]):
         np.testing.assert_array_equal(msr.values[:, c], ref_msr[:, c], err_msg=f"cell {c}")
     np.testing.assert_array_equal(msr["dx"].values, ref_msr[:, -1])
+    ref_p = ARRAYS[f"{LSN_C_KEY}/pval"]  # ANOVA in float64 from float32 sweeps
+    for c in range(msr.sizes[CELL]):
+        np.testing.assert_allclose(a.pval.values[:, c], ref_p[:, c], rtol=1e-9, err_msg=f"{c}")
+    assert (ref_p[:, :-1] < 0.05).any()
+    assert (ref_p[:, :-1] > 0.5).any()
 
 
 def _speed_ref(binsize: int, name: str) -> np.ndarray:

@@ -24,7 +24,7 @@ AllenSDK's base ``StimulusAnalysis`` serves on the three_session_C ``locally_spa
 
 - ``<key>/sweep_response/cells`` (sampled sweeps :data:`SWEEP_SAMPLE`, cells, frames) float32
   and ``<key>/sweep_response/dx`` (sampled sweeps, frames): ``get_sweep_response()[0]``;
-- ``<key>/mean_sweep_response`` (sweeps, cells + dx) of every sweep;
+- ``<key>/mean_sweep_response`` and ``<key>/pval`` (sweeps, cells + dx) of every sweep;
 - ``<key>/speed_tuning/<binsize>/binned_dx_sp`` (and ``binned_cells_sp``, ``binned_dx_vis``,
   ``binned_cells_vis``, ``peak_run/<column>`` float64, ``mod_*`` as 1.0/0.0/NaN):
   ``get_speed_tuning(binsize)`` after ``np.random.seed(SPEED_SEED)``, per
@@ -184,6 +184,7 @@ def extend() -> None:
         )
         arrays[f"{key}/sweep_response/dx"] = np.array([np.asarray(v) for v in rows["dx"]])
         arrays[f"{key}/mean_sweep_response"] = msr.to_numpy(dtype=np.float64)
+        arrays[f"{key}/pval"] = lsn.pval.to_numpy(dtype=np.float64)
         for binsize in SPEED_BINSIZES:
             np.random.seed(SPEED_SEED)  # noqa: NPY002 - AllenSDK draws from the global generator
             t0 = time.perf_counter()
