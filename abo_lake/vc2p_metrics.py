@@ -27,7 +27,9 @@ per cell chunk, so a ``distributed`` client spreads them over its workers.
 Locally sparse noise receptive fields (``LocallySparseNoise``, the ``rf_*_lsn`` metrics) are in
 :mod:`abo_lake.vc2p_receptive_fields`; :func:`stimulus_analysis` and :func:`stimulus_metrics`
 reach them too. AllenSDK's speed tuning (``get_speed_tuning``, ``binned_*``, ``peak_run``) is
-in :mod:`abo_lake.vc2p_speed_tuning`, reached from :class:`StimulusAnalysis`. Not here (yet):
+in :mod:`abo_lake.vc2p_speed_tuning`, whose ``SpeedTuningMixin`` both :class:`StimulusAnalysis`
+and ``LocallySparseNoise`` inherit (which also builds its ``sweep_response`` with
+:func:`_sweep_response` and its sweep means with :func:`_block`). Not here (yet):
 the noise/signal correlations.
 """
 

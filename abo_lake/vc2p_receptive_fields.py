@@ -24,6 +24,12 @@ The blurs (AllenSDK's ``convolve`` and ``smooth_STA``: bilinear upsampling, a Ga
 block sums) are linear and separable, so they run here as small matrix products for all
 frames at once. Only the dF/F of the cells asked for is read, and of it only the frames the
 sweeps cover; the per-cell work runs as one dask task per cell chunk.
+
+What AllenSDK's ``LocallySparseNoise`` inherits from its base ``StimulusAnalysis`` comes from
+:mod:`abo_lake.vc2p_metrics` with LSN's windows (``sweeplength`` L the second sweep's length,
+``interlength`` 4 L, ``extralength`` L): ``sweep_response``, ``mean_sweep_response``, ``pval``
+and the running speed ``dx`` (a coordinate, also of ``mean_response``); and from
+:mod:`abo_lake.vc2p_speed_tuning` ``get_speed_tuning``, ``binned_*`` and ``peak_run``.
 """
 
 from __future__ import annotations
