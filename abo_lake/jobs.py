@@ -48,8 +48,9 @@ _SOURCE_SUFFIXES = (".nwb", ".nrrd", ".swc", ".json", ".h5")
 #: (3: Visual Behavior metadata attributes, Visual Coding 2P corrected fluorescence, units;
 #: 4: Visual Behavior behavior part read by sources._vb_behavior: templates, rig geometry,
 #: presentation columns a table lacks marked by absent_in; 5: a crc32c codec ends every
-#: array's codec chain, so every chunk's bytes change).
-CONVERTER_VERSION = 6
+#: array's codec chain, so every chunk's bytes change; 6: packed cell-major traces and
+#: spike chunks, inline index coordinates; 7: compact metadata documents in manifests).
+CONVERTER_VERSION = 7
 
 
 @dataclass
