@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dask
 
-__all__ = ["raise_if_dask_computes"]
+__all__ = ["raise_if_dask_computes", "recorded_chunk_reads"]
 
 
 class _CountingScheduler:
@@ -31,3 +32,29 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[_CountingScheduler
     scheduler = _CountingScheduler(max_computes)
     with dask.config.set(scheduler=scheduler):
         yield scheduler
+
+
+@contextmanager
+def recorded_chunk_reads(store: Any) -> Iterator[list[str]]:
+    """Within the block, the chunk keys a lake store (``release.store(path)``) serves through
+    Zarr, in order (metadata documents are not recorded).
+
+    Examples
+    --------
+    >>> ds = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)  # doctest: +SKIP
+    >>> with recorded_chunk_reads(store) as keys:  # doctest: +SKIP
+    ...     ds.dff.isel(cell_specimen_id=0).values
+    """
+    keys: list[str] = []
+    get = store.get
+
+    async def recording_get(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key in store._chunks:
+            keys.append(key)
+        return await get(key, *args, **kwargs)
+
+    store.get = recording_get
+    try:
+        yield keys
+    finally:
+        del store.get  # the class's method again

@@ -30,6 +30,7 @@ import abo_lake.accessors
 from abo_lake import sources, vc2p_metrics
 from abo_lake.errors import SchemaError
 from abo_lake.synthetic import vc2p_ophys
+from abo_lake.testing import recorded_chunk_reads
 
 REF = Path(__file__).parent / "reference"
 META = json.loads((REF / "vc2p_metrics_allensdk.json").read_text())
@@ -153,20 +154,11 @@ def test_stimulus_metrics_names_and_values(lakes, analyses):
 def test_two_cells_read_only_their_trace_chunks(lakes, analyses):
     release, _ = lakes["three_session_A"]
     store = release.store("ophys/experiment/1")
-    keys: list[str] = []
-    get = store.get
-
-    async def recording_get(key, *args, **kwargs):
-        if key in store._chunks:
-            keys.append(key)
-        return await get(key, *args, **kwargs)
-
-    store.get = recording_get
     ds = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
     ids = ds.indexes[CELL][:2]  # the first cell chunk (2 cells per chunk)
-    keys.clear()
-    a = vc2p_metrics.stimulus_analysis(ds, "drifting_gratings", cells=ids)
-    got = a.peak
+    with recorded_chunk_reads(store) as keys:
+        a = vc2p_metrics.stimulus_analysis(ds, "drifting_gratings", cells=ids)
+        got = a.peak
     traces = [k for k in keys if k.startswith(("corrected_fluorescence/", "dff/"))]
     assert traces
     assert all(k.startswith("corrected_fluorescence/c/0/") for k in traces)

@@ -45,6 +45,7 @@ import abo_lake
 import abo_lake.accessors
 from abo_lake import sources, vc2p_metrics, vc2p_receptive_fields, vc2p_speed_tuning
 from abo_lake.errors import SchemaError
+from abo_lake.testing import recorded_chunk_reads
 from abo_lake.vc2p_receptive_fields import PEAK_COLUMNS
 
 REF = Path(__file__).parent / "reference"
@@ -306,20 +307,11 @@ def test_stimulus_metrics_has_allensdk_rf_columns(lakes, analyses):
 def test_two_cells_read_only_their_dff_chunks(lakes, analyses):
     release, _ = lakes["three_session_C"]
     store = release.store("ophys/experiment/1")
-    keys: list[str] = []
-    get = store.get
-
-    async def recording_get(key, *args, **kwargs):
-        if key in store._chunks:
-            keys.append(key)
-        return await get(key, *args, **kwargs)
-
-    store.get = recording_get
     ds = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
     ids = ds.indexes[CELL][2:4]  # the second cell chunk
-    keys.clear()
-    a = vc2p_receptive_fields.locally_sparse_noise(ds, "locally_sparse_noise", cells=ids)
-    got = a.peak
+    with recorded_chunk_reads(store) as keys:
+        a = vc2p_receptive_fields.locally_sparse_noise(ds, "locally_sparse_noise", cells=ids)
+        got = a.peak
     traces = [k for k in keys if k.startswith(("corrected_fluorescence/", "dff/"))]
     assert traces
     assert all(k.startswith("dff/c/1/") for k in traces)

@@ -29,6 +29,7 @@ import abo_lake.accessors
 from abo_lake import sources, vc2p_metrics, vc2p_speed_tuning
 from abo_lake.errors import SchemaError
 from abo_lake.synthetic import vc2p_ophys
+from abo_lake.testing import recorded_chunk_reads
 
 REF = dict(np.load(Path(__file__).parent / "reference" / "vc2p_speed_allensdk.npz"))
 SESSIONS = {
@@ -124,19 +125,9 @@ def test_properties_are_allensdks_binsize_800(lakes):
 def test_a_cell_subset_reads_only_its_dff_chunks_and_the_running_speed(lakes):
     release, _ = lakes["three_session_A"]
     store = release.store("ophys/experiment/1")
-    keys: list[str] = []
-    get = store.get
-
-    async def recording_get(key, *args, **kwargs):
-        if key in store._chunks:
-            keys.append(key)
-        return await get(key, *args, **kwargs)
-
-    store.get = recording_get
     ds = xr.open_zarr(store, consolidated=True, chunks={}, zarr_format=3)
     ids = ds.indexes[CELL][2:4]  # the second cell chunk (2 cells per chunk)
-    keys.clear()
-    with dask.config.set(scheduler="synchronous"):
+    with recorded_chunk_reads(store) as keys, dask.config.set(scheduler="synchronous"):
         got = vc2p_speed_tuning.speed_tuning(ds, ids, seed=SEED)
     read = {k.split("/c/")[0] for k in keys}
     traces = {n for n, v in ds.data_vars.items() if v.dims == (CELL, "time")}
