@@ -79,10 +79,12 @@ def read_sweeps(path: str) -> list[dict]:
                     "sweep_number": int(name.split("_")[1]),
                     "stimulus_name": label.decode() if isinstance(label, bytes) else str(label),
                     "rate": float(stim["starting_time"].attrs["rate"]),
-                    "i": (stim["data"][()] * float(stim["data"].attrs["conversion"]) * 1e12)
-                    .astype(np.float64),
-                    "v": (resp["data"][()] * float(resp["data"].attrs["conversion"]) * 1e3)
-                    .astype(np.float64),
+                    "i": (stim["data"][()] * float(stim["data"].attrs["conversion"]) * 1e12).astype(
+                        np.float64
+                    ),
+                    "v": (resp["data"][()] * float(resp["data"].attrs["conversion"]) * 1e3).astype(
+                        np.float64
+                    ),
                 }
             )
     return sorted(out, key=lambda s: s["sweep_number"])
@@ -96,7 +98,11 @@ def qc_sweep(s: dict) -> dict:
     from ipfx.sweep import Sweep
 
     sweep = Sweep(
-        np.arange(s["v"].size) / s["rate"], s["v"], s["i"], "CurrentClamp", s["rate"],
+        np.arange(s["v"].size) / s["rate"],
+        s["v"],
+        s["i"],
+        "CurrentClamp",
+        s["rate"],
         s["sweep_number"],
     )
     is_ramp = s["stimulus_name"] == "Ramp"  # IPFX's ontology.ramp_names is {"Ramp"}
