@@ -33,6 +33,15 @@ def vbo_sources(tmp_path_factory):
     return root / "v1", root / "v2", v1, v2
 
 
+@pytest.fixture
+def scheduler(dask_cluster):
+    """The session cluster's address. Jobs share it instead of each starting a LocalCluster
+    of its own (seconds of a test's time each): a job sends its progress on a topic of its
+    own and submits its conversions with ``pure=False``, so nothing of one job reaches the
+    next. Tests about a job's own cluster (a kill, SIGTERM, one CLI convert) start one."""
+    return dask_cluster.scheduler_address
+
+
 @pytest.fixture(scope="module")
 def mixed_sources(tiny_sources):
     """One source of several kinds (the session's tiny sources)."""
@@ -63,7 +72,7 @@ def test_plan_follows_symlinked_folders(mixed_sources, tmp_path):
     assert names
 
 
-def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path):
+def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path, scheduler):
     folder = tmp_path / "ccf"
     shutil.copytree(tiny_sources["ccf"], folder)
     (folder / "notes.json").write_text('{"about": "not a source"}')
@@ -81,7 +90,7 @@ def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path):
     (folder / "structures.json").write_text(text[: len(text) // 2])
     assert "structures.json" in {Path(f).name for f in jobs.plan([folder])}
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([folder], lake, "r1", progress=False)
+    report = jobs.run([folder], lake, "r1", scheduler=scheduler, progress=False)
     assert not report.published
     assert lake.releases() == []
     (failure,) = report.failures
@@ -89,7 +98,7 @@ def test_plan_keeps_ontology_and_broken_json_in_folders(tiny_sources, tmp_path):
     assert "structures.json" in failure.error
 
 
-def test_bad_files_fail_with_what_is_wrong(vbo_sources, tmp_path, shared_data):
+def test_bad_files_fail_with_what_is_wrong(vbo_sources, tmp_path, shared_data, scheduler):
     _, _, files, _ = vbo_sources
     src = tmp_path / "src"
     src.mkdir()
@@ -106,7 +115,7 @@ def test_bad_files_fail_with_what_is_wrong(vbo_sources, tmp_path, shared_data):
         fh.seek(info.byte_offset + 16)
         fh.write(b"\xff" * 64)
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([src], lake, "r1", progress=False)
+    report = jobs.run([src], lake, "r1", scheduler=scheduler, progress=False)
     assert not report.published
     assert lake.releases() == []
     errors = {Path(f.source).name: f.error for f in report.failures}
@@ -123,9 +132,9 @@ def test_bad_files_fail_with_what_is_wrong(vbo_sources, tmp_path, shared_data):
     assert "files      4: 0 converted, 0 already converted before, 4 failed" in report.summary()
 
 
-def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_path):
+def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_path, scheduler):
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run(mixed_sources, lake, "r1", workers=2, progress=False)
+    report = jobs.run(mixed_sources, lake, "r1", scheduler=scheduler, progress=False)
     assert report.published, report.summary()
     rel = lake.release("r1")
     kinds = {rel.kind(p) for p in rel.datasets()}
@@ -150,7 +159,7 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
     raw = rel.open(ophys, group="raw/general")
     assert raw.sizes or raw.data_vars or raw.attrs
     objects = set(lake.storage.find("cas"))
-    again = jobs.run(mixed_sources, lake, "r2", workers=2, progress=False)
+    again = jobs.run(mixed_sources, lake, "r2", scheduler=scheduler, progress=False)
     assert again.published
     assert all(f.resumed for f in again.files)
     assert set(lake.storage.find("cas")) - objects == set()
@@ -162,12 +171,12 @@ def test_job_publishes_every_kind_and_rerun_converts_nothing(mixed_sources, tmp_
     assert "dedup      100% of the stored bytes" in again.summary()
 
 
-def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path):
+def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path, scheduler):
     v1, v2, _, _ = vbo_sources
     lake = abo_lake.open_lake(tmp_path / "lake")
-    assert jobs.run([v1], lake, "2026.1", progress=False).published
+    assert jobs.run([v1], lake, "2026.1", scheduler=scheduler, progress=False).published
     before = set(lake.storage.find("cas"))
-    second = jobs.run([v2], lake, "2026.2", progress=False)
+    second = jobs.run([v2], lake, "2026.2", scheduler=scheduler, progress=False)
     assert second.published
     new = set(lake.storage.find("cas")) - before
     diff = lake.diff("2026.1", "2026.2")
@@ -218,14 +227,14 @@ def test_event_detection_fix_stores_only_new_event_chunks(vbo_sources, tmp_path)
     assert not np.array_equal(rel1.open(path)["events"].values, rel2.open(path)["events"].values)
 
 
-def test_a_bad_file_fails_alone_and_blocks_the_release(vbo_sources, tmp_path):
+def test_a_bad_file_fails_alone_and_blocks_the_release(vbo_sources, tmp_path, scheduler):
     v1, _, files, _ = vbo_sources
     src = tmp_path / "src"
     shutil.copytree(v1, src)
     broken = src / "behavior_ophys_experiment_1.nwb"
     broken.write_bytes(files[0].read_bytes()[:50_000])  # a truncated download
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([src], lake, "r1", progress=False)
+    report = jobs.run([src], lake, "r1", scheduler=scheduler, progress=False)
     assert not report.published
     assert lake.releases() == []
     (failure,) = report.failures
@@ -234,14 +243,16 @@ def test_a_bad_file_fails_alone_and_blocks_the_release(vbo_sources, tmp_path):
     assert "FAILED" in report.summary()
     # the good files were converted and are remembered: a fixed rerun converts only the bad one
     broken.unlink()
-    again = jobs.run([src], lake, "r1", progress=False)
+    again = jobs.run([src], lake, "r1", scheduler=scheduler, progress=False)
     assert again.published
     assert all(f.resumed for f in again.files)
 
 
-def test_killed_job_resumes_to_the_identical_release(vbo_sources, tmp_path):
+def test_killed_job_resumes_to_the_identical_release(vbo_sources, tmp_path, scheduler):
     v1, *_ = vbo_sources
     lake_url = str(tmp_path / "lake")
+    # the killed job starts its own cluster: killing its process group kills its workers
+    # mid-file (a shared cluster's workers would finish its tasks after the kill)
     script = textwrap.dedent(
         f"""
         import abo_lake
@@ -263,11 +274,11 @@ def test_killed_job_resumes_to_the_identical_release(vbo_sources, tmp_path):
     assert lake.releases() == []
     done = len(lake.storage.glob("ledger/*.json"))
     assert done >= 1
-    report = jobs.run([v1], lake, "r1", workers=1, progress=False)
+    report = jobs.run([v1], lake, "r1", scheduler=scheduler, progress=False)
     assert report.published
     assert sum(f.resumed for f in report.files) >= done
     clean = abo_lake.open_lake(tmp_path / "clean")
-    assert jobs.run([v1], clean, "r1", progress=False).published
+    assert jobs.run([v1], clean, "r1", scheduler=scheduler, progress=False).published
     resumed, fresh = lake.release("r1"), clean.release("r1")
     assert resumed.datasets() == fresh.datasets()
     for path in fresh.datasets():  # identical content, chunk for chunk (lake URLs differ)
@@ -275,11 +286,12 @@ def test_killed_job_resumes_to_the_identical_release(vbo_sources, tmp_path):
         assert resumed.manifest(path).metadata == fresh.manifest(path).metadata
 
 
-def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
+def test_cli_convert_and_lake_commands(vbo_sources, tmp_path, scheduler):
     v1, v2, *_ = vbo_sources
     lake = str(tmp_path / "lake")
     cli = [sys.executable, "-m", "abo_lake.cli"]
-    out = subprocess.run(
+    shared = ["--scheduler", scheduler]  # all but the first convert: the session's cluster
+    out = subprocess.run(  # starts its own LocalCluster
         [*cli, "convert", str(v1), "--lake", lake, "--release", "a", "--json"],
         capture_output=True,
         text=True,
@@ -288,7 +300,7 @@ def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["published"] is True
     subprocess.run(
-        [*cli, "convert", str(v2), "--lake", lake, "--release", "b"],
+        [*cli, "convert", str(v2), "--lake", lake, "--release", "b", *shared],
         check=True,
         capture_output=True,
         timeout=300,
@@ -302,7 +314,7 @@ def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
     # the same job again (a retry after a crash just after publishing) succeeds, changing
     # nothing; the same name for other sources is refused, naming what differs
     again = subprocess.run(
-        [*cli, "convert", str(v1), "--lake", lake, "--release", "a"],
+        [*cli, "convert", str(v1), "--lake", lake, "--release", "a", *shared],
         capture_output=True,
         text=True,
         timeout=300,
@@ -310,7 +322,7 @@ def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "release a: already published with this content" in again.stdout
     other = subprocess.run(
-        [*cli, "convert", str(v2), "--lake", lake, "--release", "a"],
+        [*cli, "convert", str(v2), "--lake", lake, "--release", "a", *shared],
         capture_output=True,
         text=True,
         timeout=300,
@@ -358,7 +370,9 @@ def test_cli_convert_and_lake_commands(vbo_sources, tmp_path):
     assert "available: a, b" in unknown.stderr
 
 
-def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, shared_data):
+def test_tables_join_project_metadata_and_collect_units(
+    vbo_sources, tmp_path, shared_data, scheduler
+):
     v1, *_ = vbo_sources
     src = tmp_path / "src"
     shutil.copytree(v1, src / "vbo")
@@ -384,7 +398,7 @@ def test_tables_join_project_metadata_and_collect_units(vbo_sources, tmp_path, s
     pd.DataFrame({"donor_id": [1, 2], "age": [3, 4]}).to_csv(meta / "donors.csv", index=False)
     csvs = [csv, session_csv, *sorted(meta.glob("*.csv"))]
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([src], lake, "r1", metadata=csvs, progress=False)
+    report = jobs.run([src], lake, "r1", metadata=csvs, scheduler=scheduler, progress=False)
     assert report.published, report.summary()
     notes = dict(zip(csvs, report.notes, strict=True))  # one line per CSV, in order
     assert notes[meta / "donors.csv"] == (
@@ -515,7 +529,7 @@ def test_a_broken_metadata_csv_fails_the_job_before_converting(vbo_sources, tmp_
     assert not (tmp_path / "lake" / "cas").exists()
 
 
-def test_convert_from_a_job_specification(vbo_sources, tmp_path):
+def test_convert_from_a_job_specification(vbo_sources, tmp_path, scheduler):
     v1, *_ = vbo_sources
     spec = tmp_path / "spec" / "2026.1.yaml"
     spec.parent.mkdir()
@@ -533,6 +547,8 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path):
             "--lake",
             str(lake),
             "--json",
+            "--scheduler",
+            scheduler,
         ],
         capture_output=True,
         text=True,
@@ -547,6 +563,7 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path):
         "codec: {cname: lz4, clevel: 5, shuffle: bitshuffle}\nchunk_mb: 0.25\n"
     )
     cli = [sys.executable, "-m", "abo_lake.cli", "convert", "--spec", str(spec)]
+    cli += ["--scheduler", scheduler]
     out = subprocess.run(
         [*cli, "--lake", str(lake), "--json"], capture_output=True, text=True, timeout=300
     )
@@ -582,7 +599,9 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path):
 
 
 @pytest.mark.s3
-def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_options, tmp_path):
+def test_sources_on_s3_convert_like_local_ones(
+    tiny_sources, s3_bucket, s3_options, tmp_path, scheduler
+):
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_options)
@@ -600,14 +619,19 @@ def test_sources_on_s3_convert_like_local_ones(tiny_sources, s3_bucket, s3_optio
     assert jobs.plan([named], s3_options) == [named]
     remote = abo_lake.open_lake(tmp_path / "from_s3")
     report = jobs.run(
-        [f"s3://{s3_bucket}/raw/"], remote, "r1", progress=False, source_options=s3_options
+        [f"s3://{s3_bucket}/raw/"],
+        remote,
+        "r1",
+        progress=False,
+        source_options=s3_options,
+        scheduler=scheduler,
     )
     assert report.published, report.summary()
     assert all(f.source.startswith("s3://") for f in report.files)
     assert [f.bytes_fetched for f in report.files] == [f.bytes_in for f in report.files]
     assert f"({sum(f.bytes_in for f in report.files) / 1e6:.1f} MB downloaded)" in report.summary()
     here = abo_lake.open_lake(tmp_path / "from_disk")
-    assert jobs.run(local, here, "r1", progress=False).published
+    assert jobs.run(local, here, "r1", scheduler=scheduler, progress=False).published
     a, b = remote.release("r1"), here.release("r1")
     assert a.datasets() == b.datasets()
     assert any(p.startswith("connectivity/") for p in a.datasets())
@@ -676,13 +700,14 @@ def test_a_conversion_leaves_no_handle_open_on_its_source(vbo_sources, tmp_path)
     assert os.path.realpath(source) not in open_files
 
 
-def test_gc_keeps_what_resume_records_need(vbo_sources, tmp_path):
+def test_gc_keeps_what_resume_records_need(vbo_sources, tmp_path, scheduler):
     lake = abo_lake.open_lake(tmp_path / "lake")
     src = [vbo_sources[0]]  # two experiments: the cells table is built from two parts
-    assert jobs.run(src, lake, "r1", progress=False).published
+    assert jobs.run(src, lake, "r1", scheduler=scheduler, progress=False).published
     report = lake.gc(grace="0s", dry_run=False)
     assert report.chunks == []  # everything is referenced by r1 or by the ledger
-    again = jobs.run(src, lake, "r2", progress=False)  # resumes: reuses manifests and parts
+    # resumes: reuses manifests and parts
+    again = jobs.run(src, lake, "r2", scheduler=scheduler, progress=False)
     assert again.published
     assert all(f.resumed for f in again.files)
     assert lake.verify("r2").ok
@@ -709,7 +734,7 @@ def test_workers_get_the_malloc_settings_and_the_parent_environment_is_restored(
         os.environ.pop("MALLOC_TRIM_THRESHOLD_")
 
 
-def test_progress_moves_within_files_and_ends_at_all_bytes(vbo_sources, tmp_path):
+def test_progress_moves_within_files_and_ends_at_all_bytes(vbo_sources, tmp_path, scheduler):
     """Workers report the fraction of each file done (writes by chunk task, then the check),
     so the job's progress passes through values that are not whole files."""
     v1, *_ = vbo_sources
@@ -717,7 +742,13 @@ def test_progress_moves_within_files_and_ends_at_all_bytes(vbo_sources, tmp_path
     sizes = [Path(f).stat().st_size for f in files]
     seen: list[tuple[int, int]] = []
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([v1], lake, "r1", progress=lambda done, total: seen.append((done, total)))
+    report = jobs.run(
+        [v1],
+        lake,
+        "r1",
+        scheduler=scheduler,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert report.published, report.summary()
     done = [d for d, _ in seen]
     assert {t for _, t in seen} == {sum(sizes)}
@@ -774,13 +805,13 @@ def test_tables_keep_integer_ids_when_some_rows_lack_them():
     assert row["mouse_id"] == 4
 
 
-def test_two_files_making_one_dataset_differently_fail_the_job(vbo_sources, tmp_path):
+def test_two_files_making_one_dataset_differently_fail_the_job(vbo_sources, tmp_path, scheduler):
     """The same experiments from two different files (here: before and after an event
     detection fix) cannot share a release: the later file fails, naming the other, and
     nothing is published (a release keeps one version of a dataset, never silently)."""
     v1, v2, _, _ = vbo_sources
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([v1, v2], lake, "r1", progress=False)
+    report = jobs.run([v1, v2], lake, "r1", scheduler=scheduler, progress=False)
     assert not report.published
     failed = {Path(f.source).parent.name for f in report.failures}
     assert failed == {"v2"}
@@ -814,7 +845,7 @@ def test_job_on_a_running_scheduler_without_publishing_then_published(
     )
 
 
-def test_two_workers_writing_the_same_chunks_at_once(vbo_sources, tmp_path):
+def test_two_workers_writing_the_same_chunks_at_once(vbo_sources, tmp_path, scheduler):
     """Two copies of one file in two folders: two worker processes convert them at the same
     time and race to put the same chunk objects (put-if-absent). Both succeed with the same
     manifest, the release holds one dataset, and every object hashes to its name."""
@@ -823,7 +854,9 @@ def test_two_workers_writing_the_same_chunks_at_once(vbo_sources, tmp_path):
         (tmp_path / folder).mkdir()
         shutil.copy(first, tmp_path / folder / Path(first).name)
     lake = abo_lake.open_lake(tmp_path / "lake")
-    report = jobs.run([tmp_path / "a", tmp_path / "b"], lake, "r1", workers=2, progress=False)
+    report = jobs.run(
+        [tmp_path / "a", tmp_path / "b"], lake, "r1", scheduler=scheduler, progress=False
+    )
     assert report.published, report.summary()
     a, b = report.files
     assert a.datasets == b.datasets
@@ -834,7 +867,9 @@ def test_two_workers_writing_the_same_chunks_at_once(vbo_sources, tmp_path):
 
 
 @pytest.mark.parametrize("same", [True, False])
-def test_a_job_that_loses_its_name_to_another_job(same, vbo_sources, tmp_path, monkeypatch):
+def test_a_job_that_loses_its_name_to_another_job(
+    same, vbo_sources, tmp_path, monkeypatch, scheduler
+):
     """Two jobs publish one name at once. The loser succeeds when the winner published the
     same release (it used to fail), and is refused naming what differs otherwise; either way
     the catalog is the winner's (it used to be the loser's, written before the name was won).
@@ -855,7 +890,7 @@ def test_a_job_that_loses_its_name_to_another_job(same, vbo_sources, tmp_path, m
 
     monkeypatch.setattr(Stage, "_publish", another_job_wins)
     if same:
-        report = jobs.run([v1], lake, "r1", progress=False, workers=1)
+        report = jobs.run([v1], lake, "r1", progress=False, scheduler=scheduler)
         assert report.published
         assert report.already_published
         assert "already published with this content" in report.summary()
@@ -863,7 +898,7 @@ def test_a_job_that_loses_its_name_to_another_job(same, vbo_sources, tmp_path, m
         with pytest.raises(
             ReleaseExistsError, match="published by another job while this one ran.*ophys_exp"
         ):
-            jobs.run([v1], lake, "r1", progress=False, workers=1)
+            jobs.run([v1], lake, "r1", progress=False, scheduler=scheduler)
     record = lake.release("r1").record
     catalog = yaml.safe_load(lake.storage.read("releases/r1/catalog.yaml"))
     assert catalog["metadata"]["abo_lake_release_root"] == record.root
@@ -947,7 +982,7 @@ def test_cells_of_both_ophys_projects_share_one_rmse_column(vbo_sources, tiny_so
     assert (cells.loc[vc, "RMSE"] == cells.loc[vc, "rmse"]).all()
 
 
-def test_a_name_taken_before_the_job_opens_its_stage(vbo_sources, tmp_path, monkeypatch):
+def test_a_name_taken_before_the_job_opens_its_stage(vbo_sources, tmp_path, monkeypatch, scheduler):
     """Another job publishes the name while ours starts its cluster: ours says the release
     exists (it crashed with UnboundLocalError)."""
     from abo_lake.lake import Lake
@@ -962,20 +997,22 @@ def test_a_name_taken_before_the_job_opens_its_stage(vbo_sources, tmp_path, monk
 
     monkeypatch.setattr(Lake, "stage", taken_meanwhile)
     with pytest.raises(ReleaseExistsError, match="r1"):
-        jobs.run([vbo_sources[2][0]], lake, "r1", progress=False, workers=1)
+        jobs.run([vbo_sources[2][0]], lake, "r1", progress=False, scheduler=scheduler)
 
 
-def test_a_rerun_completes_a_release_published_without_its_catalog(vbo_sources, tmp_path):
+def test_a_rerun_completes_a_release_published_without_its_catalog(
+    vbo_sources, tmp_path, scheduler
+):
     """A kill between the record and the catalog (or a lost response to the record's PUT)
     left a published release without its catalog: a rerun of the same job completes it."""
     v1 = vbo_sources[2][0]
     lake = abo_lake.open_lake(tmp_path / "lake")
-    assert jobs.run([v1], lake, "r1", progress=False, workers=1).published
+    assert jobs.run([v1], lake, "r1", progress=False, scheduler=scheduler).published
     gone = ["releases/r1/catalog.yaml", "releases/r1/byid.json", "catalog.yaml"]
     lake.storage.delete(gone)
     report = lake.verify("r1")
     assert sorted(report.incomplete) == sorted((k, "missing") for k in gone)
-    again = jobs.run([v1], lake, "r1", progress=False, workers=1)
+    again = jobs.run([v1], lake, "r1", progress=False, scheduler=scheduler)
     assert again.already_published
     assert sorted(again.repaired) == sorted(gone)
     assert "already published with this content; completed releases/r1/" in again.summary()
