@@ -51,6 +51,7 @@ __all__ = [
     "motion_correction",
     "omission_responses",
     "ophys_timestamps",
+    "presentations_of",
     "running_speed",
     "segmentation_mask_image",
     "stimulus_presentations",
@@ -161,6 +162,27 @@ def stimulus_presentations(ds: xr.Dataset) -> pd.DataFrame:
     if "start_time" in table and "stop_time" in table and "duration" not in table:
         table["duration"] = table["stop_time"] - table["start_time"]
     return table
+
+
+def presentations_of(ds: xr.Dataset, stimulus: str, shown_in: str) -> pd.DataFrame:
+    """The rows of :func:`stimulus_presentations` of one ``stimulus`` (by ``stimulus_name``).
+
+    Raises
+    ------
+    ValueError
+        If there are none, naming the experiment's session type, the stimuli it has and
+        ``shown_in`` (where the stimulus is shown, e.g. "three_session_A experiments").
+    """
+    table = stimulus_presentations(ds)
+    names = table["stimulus_name"] if "stimulus_name" in table else pd.Series("", table.index)
+    rows = table[names == stimulus]
+    if rows.empty:
+        session_type = ds.attrs.get("session_type") or "unknown"
+        raise ValueError(
+            f"no {stimulus} presentations: this experiment's session_type is {session_type!r} "
+            f"and its stimuli are {sorted(set(names))!r}; {shown_in}"
+        )
+    return rows
 
 
 def trials(ds: xr.Dataset) -> pd.DataFrame:

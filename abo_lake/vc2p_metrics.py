@@ -136,16 +136,8 @@ def _design(ds: xr.Dataset, stimulus: str) -> _Design:
         raise ValueError(
             f"no AllenSDK stimulus analysis for {stimulus!r}; choose one of {sorted(ANALYSES)}"
         )
-    table = ophys.stimulus_presentations(ds)
-    names = table["stimulus_name"] if "stimulus_name" in table else pd.Series("", table.index)
-    rows = table[names == stimulus]
-    if rows.empty:
-        session_type = ds.attrs.get("session_type") or "unknown"
-        raise ValueError(
-            f"no {stimulus} presentations: this experiment's session_type is {session_type!r} "
-            f"and its stimuli are {sorted(set(names))!r}; {stimulus} is shown in "
-            f"{_SESSIONS_OF.get(stimulus, 'Visual Coding 2P three_session')} experiments"
-        )
+    shown = _SESSIONS_OF.get(stimulus, "Visual Coding 2P three_session")
+    rows = ophys.presentations_of(ds, stimulus, f"{stimulus} is shown in {shown} experiments")
     t = np.asarray(ds.indexes[TIME], dtype=np.float64)
     if len(t) < 2:
         raise ValueError(

@@ -376,16 +376,12 @@ def _design(ds: xr.Dataset, stimulus: str) -> _Design:
             f"{stimulus!r} is not a locally sparse noise stimulus; choose one of "
             f"{sorted(LSN_STIMULI)}"
         )
-    table = ophys.stimulus_presentations(ds)
-    names = table["stimulus_name"] if "stimulus_name" in table else pd.Series("", table.index)
-    rows = table[names == stimulus]
-    if rows.empty:
-        session_type = ds.attrs.get("session_type") or "unknown"
-        raise ValueError(
-            f"no {stimulus} presentations: this experiment's session_type is {session_type!r} "
-            f"and its stimuli are {sorted(set(names))!r}; locally_sparse_noise is shown in "
-            "three_session_C, the 4deg and 8deg variants in three_session_C2"
-        )
+    rows = ophys.presentations_of(
+        ds,
+        stimulus,
+        "locally_sparse_noise is shown in three_session_C, the 4deg and 8deg variants in "
+        "three_session_C2",
+    )
     var = template_variable(stimulus)
     if var not in ds.variables:
         raise ValueError(
