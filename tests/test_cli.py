@@ -37,15 +37,11 @@ def test_synth_every_kind(kind, tmp_path, capsys):
         assert item["bytes"] == Path(item["path"]).stat().st_size > 0
 
 
-def test_synth_unknown_kind_is_a_clear_error(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "abo_lake.cli", "synth", "vbo", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2
-    assert "unknown source kind 'vbo'" in out.stderr
-    assert "vbo-ophys" in out.stderr
+def test_synth_unknown_kind_is_a_clear_error(tmp_path, capsys):
+    assert main(["synth", "vbo", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown source kind 'vbo'" in err
+    assert "vbo-ophys" in err
 
 
 # -- bad input exits 2 with a message (argparse style) ---------------------------------------------
@@ -57,14 +53,13 @@ def _exit_code(argv, capsys) -> tuple[int, str]:
     return exc.value.code, capsys.readouterr().err
 
 
-def test_version_prints_the_package_version():
+def test_version_prints_the_package_version(capsys):
     import abo_lake
 
-    out = subprocess.run(
-        [sys.executable, "-m", "abo_lake.cli", "--version"], capture_output=True, text=True
-    )
-    assert out.returncode == 0
-    assert out.stdout.strip() == f"abo-lake {abo_lake.__version__}"
+    with pytest.raises(SystemExit) as exc:  # argparse's version action exits
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"abo-lake {abo_lake.__version__}"
 
 
 def test_convert_without_release_is_a_usage_error(tmp_path, capsys):

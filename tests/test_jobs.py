@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import abo_lake
-from abo_lake import cas, jobs, release_tables, sources
+from abo_lake import cas, cli, jobs, release_tables, sources
 from abo_lake.errors import ReleaseExistsError
 from abo_lake.synthetic import synthesize
 
@@ -286,88 +286,71 @@ def test_killed_job_resumes_to_the_identical_release(vbo_sources, tmp_path, sche
         assert resumed.manifest(path).metadata == fresh.manifest(path).metadata
 
 
-def test_cli_convert_and_lake_commands(vbo_sources, tmp_path, scheduler):
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``abo-lake ARGV`` in this process (a new interpreter costs seconds to import the
+    stack): its exit code, stdout and stderr."""
+    capsys.readouterr()  # drop what came before
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_convert_and_lake_commands(vbo_sources, tmp_path, scheduler, capsys):
     v1, v2, *_ = vbo_sources
     lake = str(tmp_path / "lake")
-    cli = [sys.executable, "-m", "abo_lake.cli"]
     shared = ["--scheduler", scheduler]  # all but the first convert: the session's cluster
-    out = subprocess.run(  # starts its own LocalCluster
-        [*cli, "convert", str(v1), "--lake", lake, "--release", "a", "--json"],
+    command = [sys.executable, "-m", "abo_lake.cli", "convert", str(v1), "--lake", lake]
+    out = subprocess.run(  # the installed command in a process of its own, own LocalCluster
+        [*command, "--release", "a", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["published"] is True
-    subprocess.run(
-        [*cli, "convert", str(v2), "--lake", lake, "--release", "b", *shared],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    releases = json.loads(
-        subprocess.run(
-            [*cli, "releases", "--lake", lake, "--json"], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    # the other commands in-process: the same main() the installed command runs
+    code, _, err = _cli(["convert", str(v2), "--lake", lake, "--release", "b", *shared], capsys)
+    assert code == 0, err
+    code, out, err = _cli(["releases", "--lake", lake, "--json"], capsys)
+    assert code == 0, err
+    releases = json.loads(out)
     assert [r["name"] for r in releases] == ["a", "b"]
     # the same job again (a retry after a crash just after publishing) succeeds, changing
     # nothing; the same name for other sources is refused, naming what differs
-    again = subprocess.run(
-        [*cli, "convert", str(v1), "--lake", lake, "--release", "a", *shared],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr
-    assert "release a: already published with this content" in again.stdout
-    other = subprocess.run(
-        [*cli, "convert", str(v2), "--lake", lake, "--release", "a", *shared],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert other.returncode == 2
-    assert "already exists" in other.stderr
-    assert "ophys/experiment/" in other.stderr
-    assert "ophys_experiments" in other.stderr
-    assert (
-        json.loads(
-            subprocess.run(
-                [*cli, "releases", "--lake", lake, "--json"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        == releases
-    )
-    diff = subprocess.run(
-        [*cli, "diff", "a", "b", "--lake", lake], capture_output=True, text=True, check=True
-    ).stdout
+    code, out, err = _cli(["convert", str(v1), "--lake", lake, "--release", "a", *shared], capsys)
+    assert code == 0, err
+    assert "release a: already published with this content" in out
+    code, _, err = _cli(["convert", str(v2), "--lake", lake, "--release", "a", *shared], capsys)
+    assert code == 2
+    assert "already exists" in err
+    assert "ophys/experiment/" in err
+    assert "ophys_experiments" in err
+    code, out, err = _cli(["releases", "--lake", lake, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == releases
+    code, diff, err = _cli(["diff", "a", "b", "--lake", lake], capsys)
+    assert code == 0, err
     assert "events" in diff
     assert "changed" in diff
-    stats = json.loads(
-        subprocess.run(
-            [*cli, "stats", "--lake", lake, "--json"], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    assert stats["dedup_ratio"] > 1.5
-    assert subprocess.run([*cli, "verify", "b", "--lake", lake]).returncode == 0
+    code, out, err = _cli(["stats", "--lake", lake, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["dedup_ratio"] > 1.5
+    assert _cli(["verify", "b", "--lake", lake], capsys)[0] == 0
     # corrupt one chunk: verify exits non-zero and names it
     obj = next(p for p in (tmp_path / "lake" / "cas").rglob("*") if p.is_file())
     data = bytearray(obj.read_bytes())
     data[0] ^= 0xFF
     obj.write_bytes(bytes(data))
-    bad = subprocess.run([*cli, "verify", "a", "--lake", lake], capture_output=True, text=True)
-    bad_b = subprocess.run([*cli, "verify", "b", "--lake", lake], capture_output=True, text=True)
-    assert 1 in (bad.returncode, bad_b.returncode)
-    assert "corrupt" in bad.stdout + bad_b.stdout
-    unknown = subprocess.run(
-        [*cli, "diff", "a", "zz", "--lake", lake], capture_output=True, text=True
-    )
-    assert unknown.returncode == 2
-    assert "available: a, b" in unknown.stderr
+    bad_code, bad_out, _ = _cli(["verify", "a", "--lake", lake], capsys)
+    bad_b_code, bad_b_out, _ = _cli(["verify", "b", "--lake", lake], capsys)
+    assert 1 in (bad_code, bad_b_code)
+    assert "corrupt" in bad_out + bad_b_out
+    code, _, err = _cli(["diff", "a", "zz", "--lake", lake], capsys)
+    assert code == 2
+    assert "available: a, b" in err
 
 
 def test_tables_join_project_metadata_and_collect_units(
@@ -529,32 +512,16 @@ def test_a_broken_metadata_csv_fails_the_job_before_converting(vbo_sources, tmp_
     assert not (tmp_path / "lake" / "cas").exists()
 
 
-def test_convert_from_a_job_specification(vbo_sources, tmp_path, scheduler):
+def test_convert_from_a_job_specification(vbo_sources, tmp_path, scheduler, capsys):
     v1, *_ = vbo_sources
     spec = tmp_path / "spec" / "2026.1.yaml"
     spec.parent.mkdir()
     shutil.copytree(v1, tmp_path / "spec" / "data")
     spec.write_text("release: '2026.1'\nsources: [data]\nmetadata: []\n")
     lake = tmp_path / "lake"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "abo_lake.cli",
-            "convert",
-            "--spec",
-            str(spec),
-            "--lake",
-            str(lake),
-            "--json",
-            "--scheduler",
-            scheduler,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    cli_args = ["convert", "--spec", str(spec), "--scheduler", scheduler]
+    code, out, err = _cli([*cli_args, "--lake", str(lake), "--json"], capsys)
+    assert code == 0, err
     assert abo_lake.open_lake(lake).releases() == ["2026.1"]
     assert len(abo_lake.open_lake(lake).release("2026.1").datasets("ophys/")) == 2
     # codec and chunk choices: stored with them, and not resumed from the default conversion
@@ -562,13 +529,9 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path, scheduler):
         "release: '2026.2'\nsources: [data]\n"
         "codec: {cname: lz4, clevel: 5, shuffle: bitshuffle}\nchunk_mb: 0.25\n"
     )
-    cli = [sys.executable, "-m", "abo_lake.cli", "convert", "--spec", str(spec)]
-    cli += ["--scheduler", scheduler]
-    out = subprocess.run(
-        [*cli, "--lake", str(lake), "--json"], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
-    assert not any(f["resumed"] for f in json.loads(out.stdout)["files"])
+    code, out, err = _cli([*cli_args, "--lake", str(lake), "--json"], capsys)
+    assert code == 0, err
+    assert not any(f["resumed"] for f in json.loads(out)["files"])
     rel = abo_lake.open_lake(lake).release("2026.2")
     path = rel.datasets("ophys/")[0]
     docs = {
@@ -593,9 +556,9 @@ def test_convert_from_a_job_specification(vbo_sources, tmp_path, scheduler):
     assert smaller  # arrays without a reader layout now have ~0.25 MB chunks
     assert all(chunk_bytes(docs["spec"][k]) <= 0.25 * 2**20 for k in smaller)
     spec.write_text("release: '2026.3'\nsources: [data]\ncodec: {cname: zstandard}\n")
-    bad = subprocess.run([*cli, "--lake", str(lake)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0
-    assert "2026.1.yaml: codec {'cname': 'zstandard'}" in bad.stderr
+    code, _, err = _cli([*cli_args, "--lake", str(lake)], capsys)
+    assert code != 0
+    assert "2026.1.yaml: codec {'cname': 'zstandard'}" in err
 
 
 @pytest.mark.s3
@@ -928,7 +891,7 @@ def test_a_running_job_keeps_its_stage_alive(vbo_sources, tmp_path, monkeypatch)
     assert beats[-1]["heartbeat"] > beats[0]["heartbeat"]
 
 
-def test_sigterm_discards_the_stage_and_a_rerun_resumes(vbo_sources, tmp_path):
+def test_sigterm_discards_the_stage_and_a_rerun_resumes(vbo_sources, tmp_path, scheduler, capsys):
     """SIGTERM (a batch scheduler's or Kubernetes' stop) ends a job like Ctrl-C: a short
     message and exit 130, the open stage discarded (it used to stay, holding GC back for the
     grace period), nothing published; the same command then publishes."""
@@ -947,8 +910,9 @@ def test_sigterm_discards_the_stage_and_a_rerun_resumes(vbo_sources, tmp_path):
     assert "interrupted; nothing unfinished was published" in err
     assert not list(lake.glob("stages/*"))
     assert abo_lake.open_lake(lake).releases() == []
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    # the same command again (in-process, on the session's cluster instead of its own)
+    code, _, err = _cli([*cmd[3:-2], "--scheduler", scheduler], capsys)
+    assert code == 0, err
     assert abo_lake.open_lake(lake).releases() == ["r1"]
 
 
