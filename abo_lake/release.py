@@ -16,7 +16,7 @@ from abo_lake.chunk_codec import chunked_as_stored, read_in_thread
 from abo_lake.errors import DatasetNotFoundError, IntegrityError
 from abo_lake.manifest import Manifest, manifest_key
 from abo_lake.record import ReleaseHead, ReleaseRecord, record_root
-from abo_lake.stores import ManifestStore
+from abo_lake.stores import ManifestStore, array_of
 
 if TYPE_CHECKING:
     from abo_lake.lake import Lake
@@ -143,30 +143,61 @@ class Release:
             ``["abo_lake_dataset"]`` recording exactly what was opened.
         """
         store = self.store(path, verify=verify)
-        # index coordinates too large to be inline: read together, not one after another
-        store.prefetch(store.index_chunks(group or ""))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
-            ds = xr.open_zarr(store, group=group, consolidated=True, chunks=chunks, zarr_format=3)
-        if chunks is None:  # one dask chunk per stored object, decoded in the task's thread
-            # (no event-loop hop per chunk; the store checked each chunk's CRC already)
-            read_in_thread(
-                ds,
-                store.read_chunk,
-                store.decode_error,
-                crc_checked=True,
-                get_many=store.read_chunks,
-            )
-            prefix = f"{group.strip('/')}/" if group and group.strip("/") else ""
-            packs = {
-                k[len(prefix) :]: v
-                for k, v in store.manifest.packs.items()
-                if k.startswith(prefix) and "/" not in k[len(prefix) :]
-            }
-            ds = chunked_as_stored(ds, packs)
+        if chunks is None:
+            ds = self._open_as_stored(store, path, group or "", verify)
+        else:
+            # index coordinates too large to be inline: read together, not one after another
+            store.prefetch(store.index_chunks(group or ""))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
+                ds = xr.open_zarr(
+                    store, group=group, consolidated=True, chunks=chunks, zarr_format=3
+                )
         # store.chunk_reads / .requests / .bytes_read: what was read from the lake so far
         ds.encoding["abo_lake_store"] = store
         return self._stamp(ds, path)
+
+    def _open_as_stored(
+        self, store: ManifestStore, path: str, group: str, verify: bool
+    ) -> xr.Dataset:
+        """``open``'s default: one dask chunk per stored object, decoded in the task's thread
+        (no event-loop hop per chunk; the store checked each chunk's CRC already).
+
+        What it costs is CPU (``tests/benchmarks/bench_cloud_reads.py``): Zarr parses
+        only the group's own members' metadata; index coordinates are read in one batch and
+        decoded in this thread before their indexes are made (as ``open_zarr`` makes them);
+        dask arrays are built directly, named from the manifest's hash.
+        """
+        with warnings.catch_warnings(), store.members_only(group):
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr\..*")
+            ds = xr.open_zarr(
+                store,
+                group=group or None,
+                consolidated=True,
+                chunks=None,
+                zarr_format=3,
+                create_default_indexes=False,
+            )
+        read_in_thread(
+            ds, store.read_chunk, store.decode_error, crc_checked=True, get_many=store.read_chunks
+        )
+        prefix = f"{group.strip('/')}/" if group.strip("/") else ""
+        indexed = [n for n, c in ds.coords.items() if c.dims == (n,)]
+        arrays = {f"{prefix}{n}" for n in indexed}
+        # index coordinates too large to be inline: read together, not one after another
+        store.prefetch([k for k in store.manifest.chunks if array_of(k) in arrays])
+        ds = ds.assign_coords(xr.Coordinates({n: ds.coords[n].variable for n in indexed}))
+        packs = {
+            k[len(prefix) :]: v
+            for k, v in store.manifest.packs.items()
+            if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        }
+        # dask names from the manifest's hash: equal names, equal values; nothing tokenized
+        h = self._entry(path)["manifest"]
+        name = (
+            f"abo_lake-{h}" + ("-verified" if verify else "") + (f"-{prefix[:-1]}" * bool(prefix))
+        )
+        return chunked_as_stored(ds, packs, name=name)
 
     def open_datatree(self, path: str, *, verify: bool = False) -> xr.DataTree:
         """Open a dataset with all its groups (multiscale levels, raw carry-over) lazily."""

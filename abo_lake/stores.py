@@ -13,7 +13,8 @@ import json
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import google_crc32c
@@ -288,7 +289,7 @@ class ManifestStore(_KeyMapStore):
         self._chunks = manifest.chunks
         self._inline = manifest.inline
         self._ranges = manifest.ranges
-        self._checksummed = checksummed_arrays(self._meta)
+        self._crc: dict[str, bool] = {}  # array -> written with crc32c (read when needed)
         self._token: str | None = None
         self._sizes_of_objects: dict[str, int] | None = None
         self._prefetched: dict[str, bytes | None] = {}
@@ -397,6 +398,9 @@ class ManifestStore(_KeyMapStore):
         for key in keys:
             if key in out:
                 continue
+            if key in self._prefetched:
+                out[key] = self._prefetched.pop(key)
+                continue
             if key in self._inline:
                 out[key] = self._checked(key, "", self._inline[key])
                 continue
@@ -489,9 +493,46 @@ class ManifestStore(_KeyMapStore):
     def _checked(self, key: str, h: str, data: bytes) -> bytes:
         """``data`` if its CRC-32C matches (for arrays written with one); else
         :class:`IntegrityError` naming the chunk."""
-        if array_of(key) in self._checksummed and not crc_ok(data):
+        if self._checksummed(array_of(key)) and not crc_ok(data):
             raise self._corrupt(key, h, "its CRC-32C does not match")
         return data
+
+    def _checksummed(self, array: str) -> bool:
+        """Whether ``array``'s last codec is ``crc32c`` (its document parsed on first use:
+        an open parses no more than Zarr does)."""
+        known = self._crc.get(array)
+        if known is None:
+            key = f"{array}/zarr.json" if array else "zarr.json"
+            doc = self._meta.get(key, b"")
+            known = self._crc[array] = array in checksummed_arrays({key: doc})
+        return known
+
+    @contextmanager
+    def members_only(self, group: str = "") -> Iterator[None]:
+        """While in this context, ``group``'s consolidated metadata lists only its own
+        members (what a Dataset of that group reads), not the whole hierarchy below it (a raw
+        copy's documents are over half a manifest's): Zarr parses no more than it needs.
+
+        For :meth:`abo_lake.release.Release.open` on the store it has just made; chunks,
+        counters and the other documents are the store's own throughout.
+        """
+        key = f"{group.strip('/')}/zarr.json" if group.strip("/") else "zarr.json"
+        doc = self._meta.get(key)
+        if doc is None or b'"consolidated_metadata"' not in doc:
+            yield
+            return
+        meta = json.loads(doc)
+        nodes = (meta.get("consolidated_metadata") or {}).get("metadata")
+        if not isinstance(nodes, dict):
+            yield
+            return
+        own = {name: node for name, node in nodes.items() if "/" not in name}
+        meta["consolidated_metadata"]["metadata"] = own
+        self._meta[key] = json.dumps(meta).encode()
+        try:
+            yield
+        finally:
+            self._meta[key] = doc
 
     def decode_error(self, key: str, err: Exception) -> IntegrityError:
         """The error to raise when chunk ``key`` read from this store fails to decode."""

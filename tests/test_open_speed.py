@@ -1,0 +1,122 @@
+"""``Release.open``'s fast default path (issue 18: open in < 0.3 s warm): what it builds is
+what users got before, built with less work.
+
+The default open (``chunks=None``) lets Zarr parse only the opened group's own members, reads
+index coordinates in one batch in the calling thread, and builds each variable's dask graph
+directly (one task per stored object, named from the manifest's hash). Each test compares it
+with Zarr's and dask's own path (``open(..., chunks={})`` / ``xr.open_zarr``) or checks the
+graph it must have. Timings are in ``tests/benchmarks/bench_cloud_reads.py``.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+N_CELLS, N_TIME = 40, 500
+PATH = "ophys/experiment/7"
+
+
+def experiment() -> xr.DataTree:
+    """Cells x frames packed 16 cells to an object, a 1-D variable on its own dimension, a
+    scalar, string and non-index coordinates, and a ``raw`` group below the root."""
+    rng = np.random.default_rng(3)
+    ds = xr.Dataset(
+        {
+            "dff": (("cell_specimen_id", "time"), rng.normal(size=(N_CELLS, N_TIME))),
+            "running_speed": ("running_time", rng.normal(size=3 * N_TIME)),
+            "frame_rate": ((), 30.0),
+            "cre_line": ((), "Sst-IRES-Cre"),
+        },
+        coords={
+            "cell_specimen_id": 5000 + np.arange(N_CELLS),
+            "time": np.arange(N_TIME) / 30.0,
+            "running_time": np.arange(3 * N_TIME) / 60.0,
+            "cell_roi_id": ("cell_specimen_id", 9000 + np.arange(N_CELLS)),
+        },
+        attrs={"ophys_experiment_id": 7},
+    )
+    ds["dff"].attrs["units"] = "1"
+    ds["dff"].encoding.update({"chunks": (1, N_TIME), "shards": (16, N_TIME)})
+    raw = xr.Dataset({"values": ("n", rng.integers(0, 9, 100))}, coords={"n": np.arange(100)})
+    return xr.DataTree.from_dict({"/": ds, "/raw": raw})
+
+
+@pytest.fixture
+def release(lake):
+    with lake.stage("r1") as stage:
+        stage.write(PATH, experiment())
+    return lake.release("r1")
+
+
+def test_default_open_equals_zarrs_own_path(release):
+    fast = release.open(PATH)
+    plain = release.open(PATH, chunks={})  # xarray's open_zarr and dask's from_array
+    xr.testing.assert_identical(fast, plain)
+    for name, var in fast.variables.items():
+        assert repr(var.encoding) == repr(plain[name].encoding), name  # NaN fill values
+    assert set(fast.xindexes) == {"cell_specimen_id", "time", "running_time"}
+    assert fast.dff.chunks == ((16, 16, 8), (N_TIME,))  # one dask chunk per pack
+    xr.testing.assert_identical(fast.compute(), experiment().to_dataset().assign_attrs(fast.attrs))
+
+
+def test_one_task_per_stored_object_named_from_the_manifest(release):
+    h = release.manifest_url(PATH).rsplit("/", 1)[1].removesuffix(".json")
+    opened = release.open(PATH)
+    graph = dict(opened.dff.data.__dask_graph__())
+    tasks = [k for k in graph if isinstance(k, tuple)]
+    assert sorted(tasks) == [(opened.dff.data.name, i, 0) for i in range(3)]
+    assert len(graph) == 3 + 1  # the three packs' tasks and the source array
+    assert opened.dff.data.name == f"abo_lake-{h}-dff"
+    # equal content, equal names (dask may share results); a verifying open is another graph
+    assert release.open(PATH).dff.data.name == opened.dff.data.name
+    assert release.open(PATH, verify=True).dff.data.name == f"abo_lake-{h}-verified-dff"
+    # a group's variables are named with the group
+    assert release.open(PATH, group="raw")["values"].data.name == f"abo_lake-{h}-raw-values"
+
+
+def test_open_reads_only_index_coordinates_and_leaves_the_store_whole(release):
+    opened = release.open(PATH)
+    store = opened.encoding["abo_lake_store"]
+    assert store.requests == 0  # index coordinates are inline in the manifest
+    # the store users get still lists the whole hierarchy (raw group included)
+    assert store._meta["zarr.json"] == release.manifest(PATH).metadata["zarr.json"].encode()
+    tree = xr.open_datatree(store, engine="zarr", consolidated=True, zarr_format=3)
+    assert "raw" in tree.children
+    with dask.config.set(scheduler="synchronous"):
+        opened.dff.isel(cell_specimen_id=20).values
+    assert store.requests == 1
+
+
+def test_a_group_opens_with_its_own_members(release):
+    raw = release.open(PATH, group="raw")
+    want = experiment()["raw"].to_dataset(inherit=False)
+    xr.testing.assert_identical(raw.compute().drop_attrs(), want.drop_attrs())
+    assert raw["values"].chunks == ((100,),)
+
+
+def test_opened_dataset_computes_on_a_distributed_cluster(release, dask_client):
+    opened = release.open(PATH)
+    pickle.loads(pickle.dumps(opened))  # the graph ships
+    total = dask_client.compute(opened.dff.sum()).result()
+    np.testing.assert_allclose(float(total), float(experiment()["dff"].sum()))
+
+
+def test_verify_open_checks_hashes(release):
+    opened = release.open(PATH, verify=True)
+    xr.testing.assert_identical(opened.compute(), release.open(PATH).compute())
+    assert opened.encoding["abo_lake_store"].verify
+
+
+def test_plain_open_zarr_still_sees_the_consolidated_hierarchy(release):
+    store = release.store(PATH)
+    ds = xr.open_zarr(store, consolidated=True, zarr_format=3)
+    assert "dff" in ds
+    with store.members_only(""):
+        inside = xr.open_zarr(store, consolidated=True, zarr_format=3)
+    xr.testing.assert_identical(inside, ds)
+    assert xr.open_datatree(store, engine="zarr", consolidated=True, zarr_format=3)["raw"]
