@@ -39,7 +39,8 @@ from abo_lake.errors import ManifestError
 __all__ = ["MANIFEST_PREFIX", "Manifest", "manifest_key", "root_hash"]
 
 MANIFEST_PREFIX = "manifests"
-_REF_RE = re.compile(r"^\{\{lake\}\}/cas/([0-9a-f]{2})/([0-9a-f]{64})$")
+#: A chunk reference: the CAS key of a sha256, its folder being the hash's first two digits.
+_REF_RE = re.compile(r"\{\{lake\}\}/cas/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 
 
 def manifest_key(h: str) -> str:
@@ -58,12 +59,19 @@ def root_hash(datasets: dict[str, str], tables: dict[str, str] | None = None) ->
 
 
 def _check_key(key: object, where: str) -> str:
-    if not isinstance(key, str) or not key:
+    if not isinstance(key, str) or not _plain_key(key):
+        if isinstance(key, str) and key:
+            raise ManifestError(f"{where}: key {key!r} is not a plain relative Zarr key")
         raise ManifestError(f"{where}: key {key!r} is not a non-empty string")
-    parts = key.split("/")
-    if key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
-        raise ManifestError(f"{where}: key {key!r} is not a plain relative Zarr key")
     return key
+
+
+def _plain_key(key: str) -> bool:
+    """Whether ``key`` is a non-empty relative key of non-empty segments, none ``.`` or
+    ``..`` and no backslash (string tests first: a manifest has thousands of keys)."""
+    if not key or key[0] == "/" or key[-1] == "/" or "//" in key or "\\" in key:
+        return False
+    return "." not in key or all(p not in (".", "..") for p in key.split("/"))
 
 
 @dataclass(frozen=True)
@@ -165,16 +173,17 @@ class Manifest:
         ranges: dict[str, tuple[int, int]] = {}
         inline: dict[str, bytes] = {}
         for key, value in refs.items():
-            _check_key(key, where)
-            if isinstance(value, str):
+            if type(key) is not str or not _plain_key(key):
+                _check_key(key, where)
+            if type(value) is str:
                 if key.endswith("zarr.json"):
                     metadata[key] = value
                 else:
                     inline[key] = _inline_chunk(key, value, where)
                 continue
-            ok = isinstance(value, list) and len(value) in (1, 3) and isinstance(value[0], str)
-            match = _REF_RE.match(value[0]) if ok else None
-            if not match or match.group(1) != match.group(2)[:2]:
+            ok = type(value) is list and len(value) in (1, 3) and type(value[0]) is str
+            match = _REF_RE.fullmatch(value[0]) if ok else None
+            if match is None:
                 raise ManifestError(
                     f"{where}: reference for {key!r} is {value!r}; every chunk must point "
                     "to an object under the lake's cas/ ('{{lake}}/cas/<2 hex>/<sha256>', "
@@ -183,7 +192,7 @@ class Manifest:
             chunks[key] = match.group(2)
             if len(value) == 3:
                 offset, length = value[1], value[2]
-                if not all(type(v) is int and v >= 0 for v in (offset, length)):
+                if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
                     raise ManifestError(
                         f"{where}: reference for {key!r} has byte range {value[1:]!r}; "
                         "offset and length must be non-negative integers"
