@@ -74,6 +74,7 @@ CATALOG_KEY = "catalog.yaml"
 BYID_KEY = "byid.json"
 _READER = "intake.readers.readers:XArrayDatasetReader"
 _OPTIONS_UP = "intake.readers.user_parameters:OptionsUserParameter"
+_SIMPLE_UP = "intake.readers.user_parameters:SimpleUserParameter"
 #: Storage options that may be written into a stored catalog: an allow-list, since a
 #: credential can hide under any name (``config_kwargs.proxies`` holds proxy passwords,
 #: ``s3_additional_kwargs.SSECustomerKey`` an encryption key). ``True`` allows a plain value
@@ -225,9 +226,60 @@ def _zarr(fo: str, ref_options: dict[str, Any], root: str = "") -> dict[str, Any
     }
 
 
-def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
-    """The intake V2 catalog of a release, as the plain dict that is stored as YAML."""
+def _route_template(template: str, digits: int) -> str:
+    """The record part a by-id template's datasets live in, as a template itself
+    (:func:`abo_lake.record.route_of` written with a format spec:
+    ``ophys/experiment/{ophys_experiment_id:.2}``)."""
+    seg = template.split("/")
+    if len(seg) <= 2:
+        return template
+    m = re.fullmatch(r"\{(\w+)\}", seg[2])
+    third = f"{{{m.group(1)}:.{digits}}}" if m else seg[2][:digits]
+    return "/".join([seg[0], seg[1], third])
+
+
+def _by_id_route(lake: Lake, record: ReleaseRecord, template: str) -> dict[str, Any]:
+    """How a by-id entry reaches a manifest: the ``fo`` ``<template>.json`` is read from the
+    dataset's record part, itself read as ``<route>.json`` from the release record; the
+    record and its parts are fsspec reference files, so plain intake follows the chain.
+    Format-1/2 records go through the release's by-id index instead."""
+    ref_options, plain = _options(lake)
+    remote = {"remote_protocol": ref_options["remote_protocol"], "remote_options": dict(plain)}
+    if record.format != 3:
+        return {
+            "target_protocol": "reference",
+            "target_options": {
+                "fo": lake.storage.url_of(_index_key(record)),
+                **remote,  # reads the manifests
+                **({"target_options": dict(plain)} if plain else {}),  # reads the index
+            },
+        }
+    record_fs = {
+        "fo": lake.storage.url_of(f"releases/{record.name}/release.json"),
+        **remote,  # reads the record's parts
+        **({"target_options": dict(plain)} if plain else {}),  # reads the record
+    }
+    part_fs = {
+        "fo": f"{_route_template(template, record.summary['route'])}.json",
+        **remote,  # reads the manifests
+        "target_protocol": "reference",
+        "target_options": record_fs,
+    }
+    return {"target_protocol": "reference", "target_options": part_fs}
+
+
+def catalog_dict(lake: Lake, record: ReleaseRecord, *, stored: bool = False) -> dict[str, Any]:
+    """The intake V2 catalog of a release, as a plain dict.
+
+    ``stored``: the one written as YAML. For a format-3 record it holds no line per dataset
+    a by-id entry reaches (its size does not grow with the release): the by-id entries,
+    whose id parameters name how many ids the release has (the ids are in its tables), the
+    tables, and an entry for each dataset whose path no kind's by-id template matches.
+    Otherwise (the catalog :func:`open_catalog` builds) it has one entry per dataset and the
+    ids as options.
+    """
     rel = Release(lake, record)
+    per_dataset = not (stored and record.format == 3)
     ref_options, plain = _options(lake)
     pin = {"abo_lake_release": record.name, "abo_lake_release_root": record.root}
     data: dict[str, Any] = {}
@@ -253,8 +305,9 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
             if res:
                 root = f"{res[0]}um"
                 meta["resolutions_um"] = res
-        data[f"{name}_zarr"] = _zarr(rel.manifest_url(path), ref_options, root)
-        entries[name] = _reader(f"{name}_zarr", meta)
+        if per_dataset or not match:  # by id, or else by name
+            data[f"{name}_zarr"] = _zarr(rel.manifest_url(path), ref_options, root)
+            entries[name] = _reader(f"{name}_zarr", meta)
         if match:
             found.setdefault(match[0], set()).add(path)
             for param, value in match[1].items():
@@ -263,13 +316,20 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
     for param, values in sorted(ids.items()):
         numeric = all(v.isdigit() for v in values)
         options = sorted(int(v) for v in values) if numeric else sorted(values)
+        description = f"{param} ({len(options)} in release {record.name})"
+        if record.format == 3:  # str: the by-id route takes its first digits
+            options = [str(v) for v in options]
         user_parameters[param] = {
             "cls": _OPTIONS_UP,
             "options": options,
-            "dtype": "int" if numeric else "str",
+            "dtype": "int" if numeric and record.format != 3 else "str",
             "default": options[0],
-            "description": f"{param} ({len(options)} in release {record.name})",
+            "description": description,
         }
+        if not per_dataset:  # the ids are in the release's tables, not in its catalog
+            del user_parameters[param]["options"]
+            user_parameters[param]["cls"] = _SIMPLE_UP
+            user_parameters[param]["description"] += "; its tables list them"
     if levels:
         user_parameters["resolution_um"] = {
             "cls": _OPTIONS_UP,
@@ -278,20 +338,12 @@ def catalog_dict(lake: Lake, record: ReleaseRecord) -> dict[str, Any]:
             "default": min(levels),
             "description": "CCF multiscale level (µm per voxel)",
         }
-    index = {  # how the by-id entries read the index (and, through it, the manifests)
-        "target_protocol": "reference",
-        "target_options": {
-            "fo": lake.storage.url_of(_index_key(record)),
-            "remote_protocol": ref_options["remote_protocol"],
-            "remote_options": dict(plain),  # reads the manifests
-            **({"target_options": dict(plain)} if plain else {}),  # reads the index
-        },
-    }
     for entry_name, (template, _) in PARAMETRISED.items():
         if entry_name not in found:
             continue
         root = "{resolution_um}um" if entry_name in _MULTISCALE and levels else ""
-        by_id = {k: v for k, v in ref_options.items() if k != "target_options"} | index
+        route = _by_id_route(lake, record, template)
+        by_id = {k: v for k, v in ref_options.items() if k != "target_options"} | route
         data[f"{entry_name}_by_id"] = _zarr(f"{template}.json", by_id, root)
         meta = {
             **pin,
@@ -340,8 +392,9 @@ def write_catalog(lake: Lake, record: ReleaseRecord) -> None:
     written by the writer that won the name, so a catalog never shows content that was not
     published; a release killed in between is completed by ``repair`` or a rerun.
     """
-    doc = catalog_dict(lake, record)
-    lake.storage.write(_index_key(record), index_bytes(lake, record))
+    doc = catalog_dict(lake, record, stored=True)
+    if record.format != 3:  # format 3: the record and its parts route by id themselves
+        lake.storage.write(_index_key(record), index_bytes(lake, record))
     lake.storage.write(f"releases/{record.name}/{CATALOG_KEY}", _dump(doc))
     names = lake.releases()  # oldest first, as verify derives it
     if record.name not in names:
@@ -412,12 +465,15 @@ def catalog_completeness(lake: Lake, record: ReleaseRecord) -> list[tuple[str, s
     or URL in them can differ from what the root hash covers. Registered in
     :data:`abo_lake.lake.COMPLETENESS_HOOKS` (for ``repair``)."""
     own, index = f"releases/{record.name}/{CATALOG_KEY}", _index_key(record)
-    got = lake.storage.read_many([index, own, CATALOG_KEY])
+    derived = {own: lambda: _dump(catalog_dict(lake, record, stored=True))}
+    if record.format != 3:
+        derived[index] = lambda: index_bytes(lake, record)
+    got = lake.storage.read_many([*derived, CATALOG_KEY])
     out = []
-    for key, want in ((index, index_bytes(lake, record)), (own, None)):
+    for key, derive in derived.items():
         if isinstance(got[key], Exception):
             out.append((key, "missing"))
-        elif got[key] != (want if want is not None else _dump(catalog_dict(lake, record))):
+        elif got[key] != derive():
             out.append((key, "altered"))
     if isinstance(got[CATALOG_KEY], Exception):
         out.append((CATALOG_KEY, "missing"))
@@ -439,7 +495,7 @@ def verify_catalog(lake: Lake, record: ReleaseRecord, report: VerifyReport) -> N
             report.corrupt.append(("catalog", key, ""))
         else:
             report.incomplete.append((key, state))
-    report.checked += 3
+    report.checked += 3 if record.format != 3 else 2
 
 
 PUBLISH_HOOKS.append(write_catalog)
@@ -501,18 +557,23 @@ def _with_credentials(doc: dict[str, Any], options: dict[str, Any]) -> dict[str,
         if isinstance(so, dict) and "fo" in so:
             so = dict(so)
             so["remote_options"] = {**so.get("remote_options", {}), **options}
-            target = dict(so.get("target_options", {}))
-            if so.get("target_protocol") == "reference":  # the by-id index, then manifests
-                for k in ("remote_options", "target_options"):
-                    target[k] = {**target.get(k, {}), **options}
-            else:
-                target.update(options)
-            so["target_options"] = target
+            so["target_options"] = _credentials_of_target(so, options)
             so["remote_options"]["asynchronous"] = True
         elif "url" in desc["kwargs"]:
             so = {**(so or {}), **options}
         desc["kwargs"] = {**desc["kwargs"], "storage_options": so}
     return doc
+
+
+def _credentials_of_target(so: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The ``target_options`` of reference-filesystem options ``so`` with ``options`` added
+    wherever storage is read: down a by-id chain (reference over reference) to the end."""
+    target = dict(so.get("target_options", {}))
+    if so.get("target_protocol") != "reference":
+        return {**target, **options}
+    target["remote_options"] = {**target.get("remote_options", {}), **options}
+    target["target_options"] = _credentials_of_target(target, options)
+    return target
 
 
 def open_catalog(

@@ -22,6 +22,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ import xarray as xr
 from abo_lake import cas
 from abo_lake.errors import ManifestError, ReleaseExistsError, ReleaseNotFoundError
 from abo_lake.manifest import MANIFEST_PREFIX, Manifest, manifest_key, root_hash
+from abo_lake.record import RECORDS_PREFIX, PartitionedDatasets, part_key
 from abo_lake.release import Release, ReleaseHead, ReleaseRecord
 from abo_lake.storage import Storage, default_lake_url
 from abo_lake.writer import write_dataset
@@ -154,6 +156,7 @@ class Lake:
         self._heads: dict[str, ReleaseHead] = {}
         self._listed: dict[str, bytes] = {}  # record bytes read by releases(), not yet parsed
         self._manifests: dict[str, Manifest] = {}
+        self._parts: dict[str, dict[str, dict[str, Any]]] = {}  # record part hash -> entries
 
     def __repr__(self) -> str:
         return f"<abo_lake.Lake {self.storage.url!r}>"
@@ -232,12 +235,18 @@ class Lake:
         """Parse the record stored under ``name`` and check its root and its name."""
         key = f"releases/{name}/release.json"
         record = ReleaseRecord.from_bytes(data, where=self.storage.url_of(key))
+        self._bind(record)
         if record.name != name:  # its catalog would be written under the other name
             raise ManifestError(
                 f"{self.storage.url_of(key)}: the record names release {record.name!r}, "
                 f"not {name!r}; it was moved or altered"
             )
         return record
+
+    def _bind(self, record: ReleaseRecord) -> None:
+        """Let a format-3 record read its parts from this lake (shared parse cache)."""
+        if isinstance(record.datasets, PartitionedDatasets):
+            record.datasets.bind(self.storage.read_many, self._parts)
 
     def _not_found(self, spec: str) -> ReleaseNotFoundError:
         names = [k.split("/")[1] for k in self.storage.glob("releases/*/release.json")]
@@ -344,6 +353,23 @@ class Lake:
             stage._discard()
             raise
         stage._publish()
+
+    def _put_parts(self, parts: Mapping[str, bytes]) -> None:
+        """Store record parts (content-addressed) that the lake does not hold yet: those of
+        the newest release are skipped without a request; the rest are written at once."""
+        known: set[str] = set()
+        names = self.releases()
+        if names:
+            try:
+                newest = self._record(names[-1]).datasets
+            except (ManifestError, ReleaseNotFoundError):
+                newest = {}
+            if isinstance(newest, PartitionedDatasets):
+                known = {part_key(h) for h in newest.hashes.values()}
+        todo = [k for k in parts if k not in known]
+        if todo:
+            with ThreadPoolExecutor(min(16, len(todo))) as pool:
+                list(pool.map(lambda k: self.storage.put_if_absent(k, parts[k]), todo))
 
     def put_manifest(self, manifest: Manifest) -> str:
         """Store a manifest (content-addressed, so idempotent); return its hash."""
@@ -546,7 +572,7 @@ class Lake:
         new = [size for h, size in objects.items() if h not in before]
         return {
             "datasets": len(record.datasets),
-            "logical_bytes": sum(int(d.get("nbytes", 0)) for d in record.datasets.values()),
+            "logical_bytes": record.logical_bytes,
             "objects": len(objects),
             "object_bytes": sum(objects.values()),
             "previous": previous.name if previous is not None else None,
@@ -564,17 +590,20 @@ class Lake:
         rel = self.release(spec)
         where: dict[str, tuple[str, str]] = {}
         bad_manifests: list[tuple[str, str, str, bool]] = []
+        datasets = rel.record.datasets
+        bad_parts = datasets.errors(fresh=True) if isinstance(datasets, PartitionedDatasets) else {}
+        paths = datasets.readable() if isinstance(datasets, PartitionedDatasets) else rel.datasets()
         places = {}
-        for path in rel.datasets():
-            places.setdefault(rel.record.datasets[path]["manifest"], []).append(path)
+        for path in paths:
+            places.setdefault(datasets[path]["manifest"], []).append(path)
         # read again from the lake (verify trusts nothing cached), many at once
         manifests, errors = self._manifests_of(
             places,
             where={h: f"release {rel.name}, dataset {ps[0]!r}" for h, ps in places.items()},
             fresh=True,
         )
-        for path in rel.datasets():
-            h = rel.record.datasets[path]["manifest"]
+        for path in paths:
+            h = datasets[path]["manifest"]
             if h in errors:
                 bad_manifests.append((path, manifest_key(h), h, "missing" in str(errors[h])))
                 continue
@@ -582,10 +611,12 @@ class Lake:
                 where.setdefault(c, (path, key))
         for name, table in rel.record.tables.items():
             where.setdefault(table["object"], (f"table {name}", "parquet"))
-        report = VerifyReport(rel.pin, checked=len(where) + len(rel.datasets()))
+        report = VerifyReport(rel.pin, checked=len(where) + len(paths) + len(bad_parts))
+        for route, (key, h, missing) in bad_parts.items():
+            (report.missing if missing else report.corrupt).append((f"record part {route}", key, h))
         for path, key, h, missing in bad_manifests:
             (report.missing if missing else report.corrupt).append((path, key, h))
-        for hook in VERIFY_HOOKS:
+        for hook in VERIFY_HOOKS if not bad_parts else ():  # they derive from every part
             hook(self, rel.record, report)
         if self._head_state(rel.record) == "altered":  # a missing head only costs speed
             report.incomplete.append((_head_key(rel.name), "altered"))
@@ -646,7 +677,7 @@ class Lake:
         local = self.storage.local  # a local writer killed mid-write leaves a temporary file
         listings = {
             prefix: self.storage.find(prefix) if local or not marks.live else {}
-            for prefix in (MANIFEST_PREFIX, cas.CAS_PREFIX)
+            for prefix in (MANIFEST_PREFIX, cas.CAS_PREFIX, RECORDS_PREFIX)
         }
         if local:
             listings |= {p: self.storage.find(p) for p in (LEDGER_PREFIX, "releases", "stages")}
@@ -664,6 +695,11 @@ class Lake:
                 and info["mtime"] < cutoff
                 and not _temporary(k)
             ]
+            report.parts = [
+                k
+                for k, info in listings[RECORDS_PREFIX].items()
+                if _hash_of(k) not in marks.parts and info["mtime"] < cutoff and not _temporary(k)
+            ]
             for key, info in listings[cas.CAS_PREFIX].items():
                 h = _hash_of(key)
                 if h not in keep_chunks and info["mtime"] < cutoff and cas.HASH_RE.match(h):
@@ -676,15 +712,20 @@ class Lake:
         if again.live:
             report.live_stages = again.live
             report.keep_only(set(), sizes)
-        elif again.manifests - marks.manifests or again.objects - marks.objects:
+        elif (
+            again.manifests - marks.manifests
+            or again.objects - marks.objects
+            or again.parts - marks.parts
+        ):
             keep_chunks = self._chunks_of(again)
             report.keep_only(
                 {k for k in report.manifests if _hash_of(k) not in again.manifests}
+                | {k for k in report.parts if _hash_of(k) not in again.parts}
                 | {k for k in report.chunks if _hash_of(k) not in keep_chunks}
                 | {k for k in report.ledger if k in again.stale_ledger},
                 sizes,
             )
-        doomed = [*report.ledger, *report.chunks, *report.manifests]
+        doomed = [*report.ledger, *report.chunks, *report.manifests, *report.parts]
         for i in range(0, len(doomed), GC_BATCH):
             if i and any(s not in again.live for s in self._stages(cutoff)[0]):
                 # a job started meanwhile may be re-using any of the rest
@@ -714,6 +755,8 @@ class Lake:
                     marks.manifests.update(json.loads(data).get("manifests", []))
         for name in self.releases():
             record = self._record(name)
+            if isinstance(record.datasets, PartitionedDatasets):
+                marks.parts.update(record.datasets.hashes.values())
             marks.manifests.update(d["manifest"] for d in record.datasets.values())
             marks.objects.update(t["object"] for t in record.tables.values())
         for key, info in self.storage.find(LEDGER_PREFIX).items():
@@ -788,6 +831,7 @@ class _Marks:
 
     manifests: set[str] = field(default_factory=set)
     objects: set[str] = field(default_factory=set)
+    parts: set[str] = field(default_factory=set)  # record parts
     live: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     stale_ledger: list[str] = field(default_factory=list)
@@ -924,17 +968,22 @@ class Stage:
     def _publish(self) -> ReleaseRecord:
         from abo_lake import __version__
 
-        record = ReleaseRecord.sealed(
+        key = f"releases/{self.name}/release.json"
+        record, parts = ReleaseRecord.partitioned(
             name=self.name,
             created=_now().isoformat(),
             abo_lake_version=__version__,
             notes=self.notes,
-            datasets=dict(sorted(self.datasets.items())),
+            datasets=self.datasets,
             tables=dict(sorted(self.tables.items())),
+            url_of=self.lake.storage.url_of,
+            where=self.lake.storage.url_of(key),
         )
+        self.lake._bind(record)
         data = record.to_bytes()
         try:
-            written = self.lake.storage.put_if_absent(f"releases/{self.name}/release.json", data)
+            self.lake._put_parts(parts)  # before the record that references them
+            written = self.lake.storage.put_if_absent(key, data)
             if written:  # only the writer that won the name writes its head and catalog
                 self.lake._records[self.name] = record
                 try:
@@ -1129,6 +1178,8 @@ class GCReport:
     stale_stages: list[str] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
+    #: Record parts no release references (left by a publish that lost its name or died).
+    parts: list[str] = field(default_factory=list)
     ledger: list[str] = field(default_factory=list)
     #: Temporary files of local writers killed mid-write (``*.partial``).
     temporary: list[str] = field(default_factory=list)
@@ -1140,6 +1191,7 @@ class GCReport:
         """Keep in the report only the chunks, manifests and resume records in ``deleted``."""
         self.ledger = [k for k in self.ledger if k in deleted]
         self.manifests = [k for k in self.manifests if k in deleted]
+        self.parts = [k for k in self.parts if k in deleted]
         self.chunks = [k for k in self.chunks if k in deleted]
         self.bytes = sum(sizes[k] for k in self.chunks)
 
@@ -1149,6 +1201,8 @@ class GCReport:
             f"gc {verb} {len(self.chunks)} chunk objects ({self.bytes / 1e6:.2f} MB), "
             f"{len(self.manifests)} manifests, {len(self.stale_stages)} stale stages"
         )
+        if self.parts:
+            text += f", {len(self.parts)} unreferenced record parts"
         if self.ledger:
             text += f", {len(self.ledger)} resume records of deleted work"
         if self.temporary:

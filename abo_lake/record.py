@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from abo_lake.errors import ManifestError
-from abo_lake.manifest import root_hash
+from abo_lake.manifest import manifest_key, root_hash
 
-__all__ = ["ReleaseHead", "ReleaseRecord", "record_root"]
+__all__ = [
+    "PART_INLINE_MAX",
+    "PART_MAX",
+    "RECORDS_PREFIX",
+    "PartitionedDatasets",
+    "ReleaseHead",
+    "ReleaseRecord",
+    "part_key",
+    "record_root",
+    "route_of",
+]
+
+#: Where the record parts of format-3 records are stored, content-addressed.
+RECORDS_PREFIX = "records"
+#: A record part holds at most this many datasets: the route grows a digit until it does.
+PART_MAX = 256
+#: A part whose JSON is at most this many bytes lives inside the record (no extra read).
+PART_INLINE_MAX = 8192
+_HEX = frozenset("0123456789abcdef")
 
 
 #: Fields of a release record; a record with any other field is refused.
@@ -24,12 +43,201 @@ _RECORD_FIELDS = {
     "datasets",
     "tables",
 }
+#: Format 3 adds the fsspec reference-file fields that route a dataset path to its part.
+_RECORD_FIELDS_3 = _RECORD_FIELDS | {"version", "refs"}
+
+
+def part_key(h: str) -> str:
+    """Storage key of the record part whose sha256 is ``h``."""
+    return f"{RECORDS_PREFIX}/{h[:2]}/{h}.json"
+
+
+def route_of(path: str, digits: int) -> str:
+    """The record part a dataset path lives in: its first two segments and the first
+    ``digits`` characters of its third (``ophys/experiment/95`` for
+    ``ophys/experiment/951980471`` at 2 digits); a path of one or two segments is its own."""
+    seg = path.split("/")
+    if len(seg) <= 2:
+        return path
+    return f"{seg[0]}/{seg[1]}/{seg[2][:digits]}"
+
+
+def route_digits(paths: list[str]) -> int:
+    """The fewest digits (at least 1) whose routes hold at most :data:`PART_MAX` paths each."""
+    longest = max((len(p.split("/")[2]) for p in paths if p.count("/") >= 2), default=1)
+    for digits in range(1, longest + 1):
+        sizes: dict[str, int] = {}
+        for p in paths:
+            r = route_of(p, digits)
+            sizes[r] = sizes.get(r, 0) + 1
+        if max(sizes.values(), default=0) <= PART_MAX:
+            return digits
+    return longest
+
+
+def _canonical(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def part_bytes(entries: dict[str, dict[str, Any]], url_of: Callable[[str], str]) -> bytes:
+    """A record part: ``datasets`` (path -> manifest, kind, nbytes), and the same as an fsspec
+    reference file (``<path>.json`` -> the manifest's URL), so plain fsspec and intake reach
+    a dataset's manifest through the record and its part without abo_lake."""
+    refs = {f"{p}.json": [url_of(manifest_key(e["manifest"]))] for p, e in entries.items()}
+    return _canonical({"version": 1, "refs": refs, "datasets": entries})
+
+
+class PartitionedDatasets(Mapping[str, dict[str, Any]]):
+    """The datasets of a format-3 record, read one part at a time as paths are asked for.
+
+    ``rec.datasets[path]`` reads the one part ``path`` routes to; iterating reads every part
+    (at once, concurrently on S3). Each part read is checked against the hash the record
+    (and so the root) holds for it, and every path in it must route to it. Parts are shared
+    by the releases that hold them (one parse per lake, through the cache given to
+    :meth:`bind`).
+    """
+
+    def __init__(self, refs: Mapping[str, Any], digits: int, count: int, where: str) -> None:
+        self.digits = digits
+        self.where = where
+        self._count = count
+        self._inline: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}  # route -> part hash (parts stored as objects)
+        for key, value in refs.items():
+            route = key.removesuffix(".json")
+            if isinstance(value, str):
+                self._inline[route] = value
+            else:
+                h = str(value[0]).rsplit("/", 1)[-1].removesuffix(".json")
+                if len(h) != 64 or not set(h) <= _HEX:
+                    raise ManifestError(f"{where}: record part reference {value!r} is not a part")
+                self.hashes[route] = h
+        self._loaded: dict[str, dict[str, dict[str, Any]]] = {}
+        self._read: Callable[[list[str]], Mapping[str, bytes | Exception]] | None = None
+        self._cache: dict[str, dict[str, dict[str, Any]]] = {}
+        self._why: dict[str, str] = {}  # route -> why its part was refused
+
+    def bind(
+        self,
+        read_many: Callable[[list[str]], Mapping[str, bytes | Exception]],
+        cache: dict[str, dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Read parts with ``read_many`` (keys -> bytes or exception), sharing ``cache``
+        (part hash -> checked entries) with the lake's other records."""
+        self._read = read_many
+        if cache is not None:
+            self._cache = cache
+            for route, h in self.hashes.items():  # what a publisher built, others reuse
+                if route in self._loaded:
+                    cache.setdefault(h, self._loaded[route])
+
+    def _preload(self, route: str, entries: dict[str, dict[str, Any]]) -> None:
+        self._loaded[route] = entries
+
+    @property
+    def routes(self) -> list[str]:
+        return sorted({*self._inline, *self.hashes})
+
+    def _check(self, route: str, data: bytes | str, place: str) -> dict[str, dict[str, Any]]:
+        try:
+            doc = json.loads(data)
+            entries = {str(p): dict(e) for p, e in doc["datasets"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ManifestError(f"{place}: unreadable record part ({err!r})") from err
+        for path, entry in entries.items():
+            if route_of(path, self.digits) != route:
+                raise ManifestError(f"{place}: holds {path!r}, which is not in part {route!r}")
+            h = str(entry.get("manifest", ""))
+            if len(h) != 64 or not set(h) <= _HEX:
+                raise ManifestError(f"{place}: dataset {path!r} has no manifest hash")
+        return entries
+
+    def errors(
+        self, routes: list[str] | None = None, *, fresh: bool = False
+    ) -> dict[str, tuple[str, str, bool]]:
+        """Read ``routes`` (default: all); return route -> (key, hash, missing) for the parts
+        that are missing or fail their checks, instead of raising. ``fresh``: read every
+        stored part again from the lake (what verify does), trusting nothing parsed before."""
+        wanted = self.routes if routes is None else routes
+        if fresh:
+            for r in wanted:
+                if r in self.hashes:
+                    self._loaded.pop(r, None)
+                    self._cache.pop(self.hashes[r], None)
+        wanted = [r for r in wanted if r not in self._loaded]
+        bad: dict[str, tuple[str, str, bool]] = {}
+        for route in [r for r in wanted if r in self._inline]:
+            try:
+                self._loaded[route] = self._check(route, self._inline[route], self.where)
+            except ManifestError as err:
+                bad[route] = ("release.json", "", False)
+                self._why[route] = str(err)
+        todo = [r for r in wanted if r in self.hashes]
+        for route in [r for r in todo if self.hashes[r] in self._cache]:
+            self._loaded[route] = self._cache[self.hashes[route]]
+        todo = [r for r in todo if r not in self._loaded]
+        if todo and self._read is None:
+            raise ManifestError(f"{self.where}: the record's parts cannot be read (unbound)")
+        got = self._read([part_key(self.hashes[r]) for r in todo]) if todo else {}
+        for route in todo:
+            h = self.hashes[route]
+            data = got[part_key(h)]
+            if isinstance(data, FileNotFoundError):
+                bad[route] = (part_key(h), h, True)
+            elif isinstance(data, Exception):
+                raise data
+            elif hashlib.sha256(data).hexdigest() != h:
+                bad[route] = (part_key(h), h, False)
+            else:
+                try:
+                    entries = self._check(route, data, f"{self.where}, part {part_key(h)}")
+                except ManifestError as err:
+                    bad[route] = (part_key(h), h, False)
+                    self._why[route] = str(err)
+                    continue
+                self._loaded[route] = self._cache[h] = entries
+        return bad
+
+    def readable(self) -> list[str]:
+        """The paths of every part that reads and checks (see :meth:`errors` for the rest)."""
+        self.errors()
+        return sorted(p for r in self.routes if r in self._loaded for p in self._loaded[r])
+
+    def _load(self, routes: list[str]) -> None:
+        bad = self.errors(routes)
+        if bad:
+            route, (key, _, missing) = next(iter(bad.items()))
+            if route in self._why:
+                raise ManifestError(self._why.pop(route))
+            what = "is missing from the lake" if missing else "does not match the record"
+            raise ManifestError(f"{self.where}: record part {key} ({route!r}) {what}")
+
+    def __getitem__(self, path: str) -> dict[str, Any]:
+        route = route_of(path, self.digits)
+        if route not in self._inline and route not in self.hashes:
+            raise KeyError(path)
+        self._load([route])
+        return self._loaded[route][path]
+
+    def __iter__(self) -> Iterator[str]:
+        self._load(self.routes)
+        return iter(sorted(p for r in self.routes for p in self._loaded[r]))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def under(self, prefix: str) -> list[str]:
+        """Paths starting with ``prefix``, reading only the parts that can hold them."""
+        routes = [r for r in self.routes if r.startswith(prefix) or prefix.startswith(r)]
+        self._load(routes)
+        return sorted(p for r in routes for p in self._loaded[r] if p.startswith(prefix))
 
 
 def record_root(doc: dict[str, Any]) -> str:
-    """The root hash of a format-2 release record: sha256 over its canonical JSON without
-    ``root`` itself, so it covers every published field (name, created, notes, each dataset's
-    manifest, kind and nbytes, each table's object, rows and columns)."""
+    """The root hash of a format-2 or 3 release record: sha256 over its canonical JSON
+    without ``root`` itself, so it covers every published field (name, created, notes, each
+    dataset's manifest, kind and nbytes, or in format 3 each part's hash or inline content,
+    each table's object, rows and columns)."""
     body = {k: v for k, v in doc.items() if k != "root"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -39,9 +247,17 @@ def record_root(doc: dict[str, Any]) -> str:
 class ReleaseRecord:
     """What ``releases/<name>/release.json`` holds (written last, never changed).
 
-    ``root`` is what ``name@root`` pins. Format 2 (every record published now): the hash of
-    the whole record (:func:`record_root`). Format 1 (older records): the hash of the content
-    only (:attr:`content_root`), leaving the other fields unprotected.
+    ``root`` is what ``name@root`` pins: the hash of the whole record (:func:`record_root`)
+    for formats 2 and 3, of the content only (:attr:`content_root`) for format 1.
+
+    Format 3 (every record published now) keeps its datasets in content-addressed parts
+    (``records/<2 hex>/<sha256>.json``, at most :data:`PART_MAX` datasets each, grouped by
+    :func:`route_of`); the record holds each part's hash, so the root covers them (a Merkle
+    tree), and a release that changes one dataset stores one new part and a record the size
+    of the part list, not of the release. The record and its parts are also fsspec reference
+    files (``refs``: ``<route>.json`` -> the part, inline when small), which the catalog's
+    by-id entries follow with plain intake. ``datasets`` is then a
+    :class:`PartitionedDatasets`, read part by part. Formats 1 and 2 hold every dataset inline.
     """
 
     name: str
@@ -49,9 +265,11 @@ class ReleaseRecord:
     created: str
     abo_lake_version: str
     notes: str
-    datasets: dict[str, dict[str, Any]]  # path -> {"manifest": hash, "kind": ..., "nbytes": ...}
+    datasets: Mapping[str, dict[str, Any]]  # path -> {"manifest": hash, "kind", "nbytes"}
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"object", "rows"}
     format: int = 1
+    refs: dict[str, Any] = field(default_factory=dict)  # format 3: <route>.json -> part
+    summary: dict[str, int] = field(default_factory=dict)  # format 3: count, nbytes, route
 
     @classmethod
     def sealed(cls, **fields: Any) -> ReleaseRecord:
@@ -59,10 +277,57 @@ class ReleaseRecord:
         record = cls(root="", format=2, **fields)
         return replace(record, root=record_root(record._doc()))
 
+    @classmethod
+    def partitioned(
+        cls,
+        *,
+        datasets: Mapping[str, dict[str, Any]],
+        url_of: Callable[[str], str],
+        where: str,
+        **fields: Any,
+    ) -> tuple[ReleaseRecord, dict[str, bytes]]:
+        """A format-3 record of ``datasets`` and ``fields`` (name, created, abo_lake_version,
+        notes, tables), and the part objects to store before it (key -> bytes).
+
+        ``url_of`` gives a storage key's URL (parts and manifests are referenced by URL, as
+        manifests reference chunks, so plain fsspec follows them).
+        """
+        digits = route_digits(list(datasets))
+        groups: dict[str, dict[str, dict[str, Any]]] = {}
+        for path in sorted(datasets):
+            groups.setdefault(route_of(path, digits), {})[path] = dict(datasets[path])
+        refs: dict[str, Any] = {}
+        objects: dict[str, bytes] = {}
+        for route, entries in groups.items():
+            data = part_bytes(entries, url_of)
+            if len(data) <= PART_INLINE_MAX:
+                refs[f"{route}.json"] = data.decode()
+            else:
+                key = part_key(hashlib.sha256(data).hexdigest())
+                objects[key] = data
+                refs[f"{route}.json"] = [url_of(key)]
+        summary = {
+            "count": len(datasets),
+            "nbytes": sum(int(e.get("nbytes", 0)) for e in datasets.values()),
+            "route": digits,
+        }
+        view = PartitionedDatasets(refs, digits, len(datasets), where)
+        for route, entries in groups.items():
+            view._preload(route, entries)
+        record = cls(root="", format=3, datasets=view, refs=refs, summary=summary, **fields)
+        return replace(record, root=record_root(record._doc())), objects
+
     @property
     def pin(self) -> str:
         """``name@root`` with a 12-hex root: enough to pin a study to this exact content."""
         return f"{self.name}@{self.root[:12]}"
+
+    @property
+    def logical_bytes(self) -> int:
+        """The sum of the datasets' ``nbytes`` (format 3: without reading any part)."""
+        if self.format == 3:
+            return int(self.summary["nbytes"])
+        return sum(int(d.get("nbytes", 0)) for d in self.datasets.values())
 
     @property
     def content_root(self) -> str:
@@ -74,20 +339,25 @@ class ReleaseRecord:
         )
 
     def _doc(self) -> dict[str, Any]:
-        doc = {
+        doc: dict[str, Any] = {
             "name": self.name,
             "root": self.root,
             "created": self.created,
             "abo_lake_version": self.abo_lake_version,
             "notes": self.notes,
-            "datasets": self.datasets,
+            "datasets": self.summary if self.format == 3 else self.datasets,
             "tables": self.tables,
         }
         if self.format != 1:
             doc["format"] = self.format
+        if self.format == 3:
+            doc["version"] = 1
+            doc["refs"] = self.refs
         return doc
 
     def to_bytes(self) -> bytes:
+        if self.format == 3:
+            return json.dumps(self._doc(), sort_keys=True, separators=(",", ":")).encode()
         return json.dumps(self._doc(), indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -95,20 +365,34 @@ class ReleaseRecord:
         """Parse and check a release record (its root hash must match what it covers)."""
         try:
             doc = json.loads(data)
-            record = cls(
-                name=str(doc["name"]),
-                root=str(doc["root"]),
-                created=str(doc["created"]),
-                abo_lake_version=str(doc.get("abo_lake_version", "")),
-                notes=str(doc.get("notes", "")),
-                datasets={str(k): dict(v) for k, v in doc["datasets"].items()},
-                tables={str(k): dict(v) for k, v in (doc.get("tables") or {}).items()},
-                format=int(doc.get("format", 1)),
-            )
+            fmt = int(doc.get("format", 1))
+            fields: dict[str, Any] = {
+                "name": str(doc["name"]),
+                "root": str(doc["root"]),
+                "created": str(doc["created"]),
+                "abo_lake_version": str(doc.get("abo_lake_version", "")),
+                "notes": str(doc.get("notes", "")),
+                "tables": {str(k): dict(v) for k, v in (doc.get("tables") or {}).items()},
+                "format": fmt,
+            }
+            if fmt == 3:
+                summary = {k: int(doc["datasets"][k]) for k in ("count", "nbytes", "route")}
+                refs = dict(doc["refs"])
+                fields |= {
+                    "refs": refs,
+                    "summary": summary,
+                    "datasets": PartitionedDatasets(
+                        refs, summary["route"], summary["count"], where
+                    ),
+                }
+            else:
+                fields["datasets"] = {str(k): dict(v) for k, v in doc["datasets"].items()}
+            record = cls(**fields)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
             raise ManifestError(f"{where}: unreadable release record ({err!r})") from err
-        if record.format == 2:
-            unknown = sorted(set(doc) - _RECORD_FIELDS)
+        if record.format in (2, 3):
+            allowed = _RECORD_FIELDS_3 if record.format == 3 else _RECORD_FIELDS
+            unknown = sorted(set(doc) - allowed)
             if unknown:
                 raise ManifestError(f"{where}: unknown release record field(s) {unknown}")
             expected, what = record_root(doc), "its fields"

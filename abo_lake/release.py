@@ -15,7 +15,7 @@ from abo_lake import cas
 from abo_lake.chunk_codec import chunked_as_stored, read_in_thread
 from abo_lake.errors import DatasetNotFoundError, IntegrityError
 from abo_lake.manifest import Manifest, manifest_key
-from abo_lake.record import ReleaseHead, ReleaseRecord, record_root
+from abo_lake.record import PartitionedDatasets, ReleaseHead, ReleaseRecord, record_root
 from abo_lake.stores import ManifestStore, array_of
 
 if TYPE_CHECKING:
@@ -68,8 +68,12 @@ class Release:
         return self.record.pin
 
     def datasets(self, prefix: str = "") -> list[str]:
-        """Dataset paths in this release, optionally only those under ``prefix``."""
-        return sorted(p for p in self.record.datasets if p.startswith(prefix))
+        """Dataset paths in this release, optionally only those under ``prefix`` (then only
+        the record parts that can hold them are read)."""
+        datasets = self.record.datasets
+        if isinstance(datasets, PartitionedDatasets):
+            return datasets.under(prefix)
+        return sorted(p for p in datasets if p.startswith(prefix))
 
     def tables(self) -> list[str]:
         """Names of the release's metadata tables (``ophys_experiments``, ``units``, ...)."""
@@ -225,7 +229,7 @@ class Release:
     @cached_property
     def nbytes(self) -> int:
         """Stored bytes of all datasets (what downloading the whole release would move)."""
-        return sum(int(d.get("nbytes", 0)) for d in self.record.datasets.values())
+        return self.record.logical_bytes
 
     def storage_options(self) -> dict[str, Any]:
         """``storage_options`` for opening a dataset with plain xarray + fsspec (no abo_lake).

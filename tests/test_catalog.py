@@ -105,13 +105,23 @@ class TestCatalog:
         assert doc["metadata"]["abo_lake_release"] == "r1"
         assert doc["metadata"]["abo_lake_release_root"] == rel.root
         assert doc["metadata"]["created"] == rel.record.created
-        names = set(doc["entries"])
-        assert {f"ophys_experiment_{i}" for i in ids} <= names
-        assert {"ophys_experiment", "ophys_experiments"} <= names
+        # stored: no line per dataset (its size does not grow with the release), the by-id
+        # entry and the table; the ids are in the table
+        assert set(doc["entries"]) == {"ophys_experiment", "ophys_experiments"}
         up = doc["user_parameters"]["ophys_experiment_id"]
-        assert up["options"] == sorted(ids)
-        # per-dataset entries reference the content-addressed manifest of this release
-        fo = doc["data"][f"ophys_experiment_{ids[0]}_zarr"]["kwargs"]["storage_options"]["fo"]
+        assert "options" not in up and up["dtype"] == "str"
+        assert f"{len(ids)} in release r1" in up["description"]
+        # by id: the dataset's path, in its record part, in the release record
+        so = doc["data"]["ophys_experiment_by_id"]["kwargs"]["storage_options"]
+        assert so["fo"] == "ophys/experiment/{ophys_experiment_id}.json"
+        route = rel.record.summary["route"]
+        assert so["target_options"]["fo"] == f"ophys/experiment/{{ophys_experiment_id:.{route}}}.json"
+        record_url = lake.storage.url_of("releases/r1/release.json")
+        assert so["target_options"]["target_options"]["fo"] == record_url
+        # the catalog open_catalog builds also has an entry per dataset, by its manifest
+        cat = open_catalog(lake.url, release="r1", **lake_options(lake))
+        assert {f"ophys_experiment_{i}" for i in ids} <= set(cat)
+        fo = cat.data[f"ophys_experiment_{ids[0]}_zarr"].kwargs["storage_options"]["fo"]
         assert fo == rel.manifest_url(f"ophys/experiment/{ids[0]}")
         root = yaml.safe_load(lake.storage.read("catalog.yaml"))
         assert set(root["entries"]) == {"r1", "latest", "release"}
@@ -181,9 +191,9 @@ class TestCatalog:
         assert root.latest.read().metadata["abo_lake_release"] == "r3"
         assert root(release="r2").release.read().metadata["abo_lake_release"] == "r2"
 
-    def test_verify_covers_tables_and_the_by_id_index(self, lake, vbo_table):
+    def test_verify_covers_tables_and_the_catalog(self, lake, vbo_table):
         """A release is more than its chunks: its tables' Parquet objects are re-hashed and
-        the catalog's by-id index is checked too (a corrupt table used to pass verify)."""
+        its catalog is checked too (a corrupt table used to pass verify)."""
         publish(lake, "r1", vbo_table, seed=0)
         rel = lake.release("r1")
         report = lake.verify("r1")
@@ -192,7 +202,7 @@ class TestCatalog:
         data = bytearray(lake.storage.read(cas.key_of(table)))
         data[len(data) // 2] ^= 0xFF
         lake.storage.write(cas.key_of(table), bytes(data))
-        index = "releases/r1/byid.json"  # how the by-id entries reach the manifests
+        index = "releases/r1/catalog.yaml"
         lake.storage.delete([index])
         report = lake.verify("r1")
         assert report.corrupt == [("table ophys_experiments", "parquet", table)]
@@ -258,12 +268,12 @@ def test_plain_intake_reads_the_stored_catalogs_without_abo_lake(local_lake, vbo
         import sys, intake
         root = intake.from_yaml_file({root_url!r})
         cat = root.latest.read()
-        ds = cat["ophys_experiment_{ids[1]}"].read()
-        by_id = cat(ophys_experiment_id={ids[2]}).ophys_experiment.read()
+        ds = cat(ophys_experiment_id={ids[1]}).ophys_experiment.read()
+        by_id = cat(ophys_experiment_id="{ids[2]}").ophys_experiment.read()
         table = cat.ophys_experiments.read()
-        meta = cat["ophys_experiment_{ids[1]}"].metadata
+        meta = cat.ophys_experiment.metadata
         cat2 = intake.open_catalog({release_url!r})
-        same = cat2["ophys_experiment_{ids[1]}"].read()
+        same = cat2(ophys_experiment_id={ids[1]}).ophys_experiment.read()
         assert "abo_lake" not in sys.modules, "plain intake imported abo_lake"
         print(float(ds["dff"].sum()), float(by_id["dff"].sum()), len(table),
               meta["abo_lake_release"], meta["abo_lake_release_root"],
@@ -296,7 +306,7 @@ def test_repository_root_catalog_opens_a_lake(local_lake, vbo_table):
     latest = lake_cat.latest.read()
     assert latest.metadata["abo_lake_release"] == "r2"
     r1 = cat(lake=local_lake.url, release="r1").release.read()
-    got = r1[f"ophys_experiment_{ids[0]}"].read()
+    got = r1(ophys_experiment_id=ids[0]).ophys_experiment.read()
     expected = local_lake.release("r1").open(f"ophys/experiment/{ids[0]}")
     np.testing.assert_array_equal(got["dff"].values, expected["dff"].values)
 

@@ -115,22 +115,31 @@ def _record_doc(lake, name="r1"):
     return json.loads(lake.storage.read(f"releases/{name}/release.json"))
 
 
+def _edit_entry(doc: dict, **changes) -> None:
+    """Change the dataset entry in the record's (inline) part."""
+    key = "ophys/experiment/1.json"
+    part = json.loads(doc["refs"][key])
+    part["datasets"]["ophys/experiment/1"].update(changes)
+    doc["refs"][key] = json.dumps(part)
+
+
 @pytest.mark.parametrize(
     "edit",
     [
         lambda d: d.update(created=d["created"].replace("20", "19", 1)),
         lambda d: d.update(notes=d["notes"] + "!"),
         lambda d: d.update(abo_lake_version="0.0.0"),
-        lambda d: d["datasets"]["ophys/experiment/1"].update(kind="ecephys_session"),
-        lambda d: d["datasets"]["ophys/experiment/1"].update(nbytes=1),
+        lambda d: _edit_entry(d, kind="ecephys_session"),
+        lambda d: _edit_entry(d, nbytes=1),
+        lambda d: d["datasets"].update(count=2),
         lambda d: d.update(extra="unprotected"),
     ],
-    ids=["created", "notes", "version", "kind", "nbytes", "extra-field"],
+    ids=["created", "notes", "version", "kind", "nbytes", "count", "extra-field"],
 )
 def test_every_field_of_a_release_record_is_covered_by_its_root(local_lake, edit):
     _published(local_lake)
     doc = _record_doc(local_lake)
-    assert doc["format"] == 2
+    assert doc["format"] == 3
     edit(doc)
     local_lake.storage.write("releases/r1/release.json", json.dumps(doc).encode())
     fresh = abo_lake.open_lake(local_lake.url)
@@ -138,6 +147,68 @@ def test_every_field_of_a_release_record_is_covered_by_its_root(local_lake, edit
         fresh.release("r1")
     with pytest.warns(UserWarning, match="not listed"):
         assert fresh.releases() == []
+
+
+def _partitioned(lake, n: int = 700):
+    """A release whose record keeps its datasets in stored parts (too many to be inline)."""
+    with lake.stage("r1") as stage:
+        h = stage.write("ophys/experiment/1", make_dataset(n_time=60))
+        stage.add_many(
+            (f"ophys/experiment/{2 + 7919 * i}", h, "ophys_experiment") for i in range(n)
+        )
+    rel = lake.release("r1")
+    assert rel.record.datasets.hashes  # stored parts
+    return rel
+
+
+def test_a_stored_record_part_is_checked_against_the_record(local_lake):
+    """The record holds each part's hash (its root covers them): a part altered in storage
+    is refused when read, naming it, and verify reports it; a lost part is missing."""
+    from abo_lake.record import part_key
+
+    rel = _partitioned(local_lake)
+    route, h = sorted(rel.record.datasets.hashes.items())[0]
+    other = next(p for p in rel.datasets() if not p.startswith(route))
+    key = part_key(h)
+    good = local_lake.storage.read(key)
+    doc = json.loads(good)
+    path = sorted(doc["datasets"])[0]
+    doc["datasets"][path]["manifest"] = "0" * 64  # same shape, another manifest
+    local_lake.storage.write(key, json.dumps(doc).encode())
+    fresh = abo_lake.open_lake(local_lake.url)
+    with pytest.raises(ManifestError, match=rf"record part {key}.*does not match the record"):
+        fresh.release("r1").open(path)
+    assert fresh.release("r1").open(other)["dff"].shape  # other parts still read
+    report = fresh.verify("r1")
+    assert (f"record part {route}", key, h) in report.corrupt
+    local_lake.storage.delete([key])
+    report = abo_lake.open_lake(local_lake.url).verify("r1")
+    assert (f"record part {route}", key, h) in report.missing
+    assert not report.ok
+    local_lake.storage.write(key, good)
+    assert abo_lake.open_lake(local_lake.url).verify("r1").ok
+
+
+def test_a_forged_part_cannot_move_a_dataset_into_another_part(local_lake):
+    """Each path must route to the part that holds it: a forged record (root recomputed)
+    whose part claims a path of another part is refused."""
+    from abo_lake.record import ReleaseRecord, part_bytes, route_of
+
+    rel = _partitioned(local_lake)
+    doc = _record_doc(local_lake)
+    own = route_of("ophys/experiment/1", doc["datasets"]["route"])
+    route = next(r for r in sorted(rel.record.datasets.hashes) if r != own)
+    entries = {"ophys/experiment/1": dict(rel.record.datasets["ophys/experiment/1"])}
+    doc["refs"][f"{route}.json"] = part_bytes(entries, local_lake.storage.url_of).decode()
+    doc["name"] = "forged"
+    from abo_lake.record import record_root
+
+    doc["root"] = record_root(doc)
+    local_lake.storage.write("releases/forged/release.json", json.dumps(doc).encode())
+    forged = abo_lake.open_lake(local_lake.url).release("forged")
+    assert isinstance(forged.record, ReleaseRecord)
+    with pytest.raises(ManifestError, match="which is not in part"):
+        forged.datasets()
 
 
 def test_table_rows_and_columns_are_covered(local_lake):

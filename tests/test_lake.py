@@ -28,6 +28,7 @@ from abo_lake.errors import (
 )
 from abo_lake.lake import MIN_GRACE
 from abo_lake.manifest import manifest_key
+from abo_lake.record import ReleaseRecord
 from abo_lake.testing import raise_if_dask_computes
 
 
@@ -261,13 +262,7 @@ class TestLakeErrors:
         bad = json.dumps(doc).encode()
         bad_hash = cas.digest(bad)
         local_lake.storage.write(manifest_key(bad_hash), bad)
-        record = json.loads(local_lake.storage.read("releases/r1/release.json"))
-        record["name"] = "evil"
-        record["datasets"]["a/1"]["manifest"] = bad_hash
-        from abo_lake.release import record_root
-
-        record["root"] = record_root(record)  # a forged record that checks
-        local_lake.storage.write("releases/evil/release.json", json.dumps(record).encode())
+        _forge(local_lake, "evil", {"a/1": {"manifest": bad_hash, "kind": None, "nbytes": 1}})
         with pytest.raises(ManifestError, match=message):
             local_lake.release("evil").open("a/1")
 
@@ -280,7 +275,10 @@ class TestLakeErrors:
         with local_lake.stage("r1") as stage:
             stage.write("a/1", make_dataset(n_time=100))
         record = json.loads(local_lake.storage.read("releases/r1/release.json"))
-        record["datasets"]["a/2"] = record["datasets"]["a/1"]
+        (key, text), = record["refs"].items()  # one small part, inline in the record
+        part = json.loads(text)
+        part["datasets"]["a/2"] = part["datasets"]["a/1"]
+        record["refs"][key] = json.dumps(part)
         local_lake.storage.write("releases/r1/release.json", json.dumps(record).encode())
         with pytest.raises(ManifestError, match="does not match its fields"):
             abo_lake.open_lake(local_lake.url).release("r1")
@@ -290,6 +288,25 @@ class TestLakeErrors:
             pass
         with local_lake.stage("ok") as stage, pytest.raises(ValueError, match="dataset path"):
             stage.write("a/../b", make_dataset(n_time=10))
+
+
+def _forge(lake: abo_lake.Lake, name: str, datasets: dict) -> ReleaseRecord:
+    """A forged record that checks (its parts stored, its root right): what someone with
+    write access could publish by hand."""
+    record, parts = ReleaseRecord.partitioned(
+        name=name,
+        created=datetime.now(UTC).isoformat(),
+        abo_lake_version="forged",
+        notes="",
+        tables={},
+        datasets=datasets,
+        url_of=lake.storage.url_of,
+        where=name,
+    )
+    for key, data in parts.items():
+        lake.storage.write(key, data)
+    lake.storage.write(f"releases/{name}/release.json", record.to_bytes())
+    return record
 
 
 def test_killed_stage_leaves_no_release_and_rerun_succeeds(local_lake, tmp_path):

@@ -48,15 +48,86 @@ def test_a_one_chunk_rerelease_adds_a_fixed_number_of_small_objects(local_lake, 
     assert len(chunks) == 1  # the changed dff chunk
     assert [k for k in added if k.startswith("manifests/")] == [manifest_key(changed)]
     assert sorted(k for k in added if k.startswith("releases/")) == [
-        "releases/r2/byid.json",
         "releases/r2/catalog.yaml",
         "releases/r2/head.json",
         "releases/r2/release.json",
     ]
-    assert len(added) == 6  # nothing else: no per-dataset copies, whatever n is
+    assert len(added) == 5  # nothing else: the few datasets' part is inline in the record
     assert set(rewritten) <= {"catalog.yaml"}  # the root catalog lists r2
-    assert added["releases/r2/byid.json"] < 64 + 250 * n  # small: a path and a URL each
     assert local_lake.verify("r2").ok
+
+
+def _plain_intake_by_id(lake, release: str, ids: list[str]) -> list[float]:
+    """``dff[0, 0]`` of each id, read by plain intake (no abo_lake) from the stored catalog."""
+    root = lake.storage.url_of("catalog.yaml")
+    script = textwrap.dedent(
+        f"""
+        import sys, intake
+        cat = intake.from_yaml_file({root!r})[{release!r}].read()
+        for ident in {ids!r}:
+            print(float(cat(ophys_experiment_id=ident).ophys_experiment.read()["dff"][0, 0]))
+        assert "abo_lake" not in sys.modules
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [float(v) for v in out.stdout.split()]
+
+
+def _stage_many(lake, name: str, n: int, changed: str | None = None) -> tuple[list[str], str]:
+    """Stage ``n`` experiment paths sharing one stored dataset (as a re-release of unchanged
+    data does: manifests are content-addressed); ``changed`` gets a dataset of its own."""
+    ids = [951_000_000 + 7919 * i for i in range(n)]  # spread like Allen ids
+    paths = [f"ophys/experiment/{i}" for i in ids]
+    with lake.stage(name) as stage:
+        h = stage.write(paths[0], make_dataset(seed=0, n_time=60))
+        stage.add_many((p, h, "ophys_experiment") for p in paths[1:])
+        if changed:
+            ds = make_dataset(seed=0, n_time=60)
+            ds["dff"].values[0, 0] += 1.0
+            stage.write(changed, ds)
+    return paths, h
+
+
+@pytest.mark.parametrize("n", [1_500, 6_000])
+def test_metadata_a_rerelease_adds_does_not_grow_with_the_release(local_lake, n):
+    """At Observatory-like sizes the record keeps its datasets in content-addressed parts of
+    at most PART_MAX: a re-release changing one dataset adds that part, a record the size
+    of the part list, a head and a catalog the size of the kinds, nothing per dataset."""
+    from abo_lake.record import PART_MAX
+
+    paths, _ = _stage_many(local_lake, "r1", n)
+    before = _keys(local_lake)
+    _stage_many(local_lake, "r2", n, changed=paths[n // 2])
+    after = _keys(local_lake)
+    added = {k: s for k, s in after.items() if k not in before}
+    rel = local_lake.release("r2")
+    parts = [k for k in added if k.startswith("records/")]
+    assert len(parts) == 1  # the one part holding the changed dataset
+    assert len([k for k in added if k.startswith("cas/")]) == 1
+    assert len([k for k in added if k.startswith("manifests/")]) == 1
+    assert sorted(k for k in added if k.startswith("releases/")) == [
+        "releases/r2/catalog.yaml",
+        "releases/r2/head.json",
+        "releases/r2/release.json",
+    ]
+    assert len(added) == 6
+    part = added[parts[0]]
+    assert part < PART_MAX * 400  # a path, its manifest URL, kind and size per dataset
+    record = added["releases/r2/release.json"]
+    n_parts = len(rel.record.refs)
+    assert record < 1_000 + 200 * n_parts and n_parts <= 4 * n / PART_MAX
+    assert added["releases/r2/catalog.yaml"] < 8_000  # kinds and tables, not datasets
+    # everything is still reachable, by path and by id, and checks
+    assert rel.datasets() == sorted(paths)
+    assert len(rel.datasets("ophys/experiment/951")) > 0
+    diff = local_lake.diff("r1", "r2")
+    assert [d.path for d in diff.datasets if d.status != "unchanged"] == [paths[n // 2]]
+    assert local_lake.verify("r2").ok
+    if n == 1_500:  # plain intake follows record -> stored part -> manifest, by id
+        want = float(make_dataset(seed=0, n_time=60)["dff"][0, 0])
+        ids = [paths[n // 2].rsplit("/", 1)[1], paths[-1].rsplit("/", 1)[1]]
+        assert _plain_intake_by_id(local_lake, "r2", ids) == [want + 1.0, want]
 
 
 def test_plain_intake_and_xarray_open_every_dataset_of_the_rerelease(local_lake):
@@ -70,7 +141,7 @@ def test_plain_intake_and_xarray_open_every_dataset_of_the_rerelease(local_lake)
         cat = intake.from_yaml_file({root!r}).r2.read()
         for ident, fo in zip({ids!r}, {manifests!r}):
             a = cat(ophys_experiment_id=ident).ophys_experiment.read()
-            b = cat[f"ophys_experiment_{{ident}}"].read()
+            b = cat(ophys_experiment_id=str(ident)).ophys_experiment.read()
             c = xr.open_dataset(
                 "reference://", engine="zarr", chunks={{}}, consolidated=True, zarr_format=3,
                 storage_options={{"fo": fo, "remote_protocol": "file",
