@@ -109,13 +109,15 @@ class TestCatalog:
         # entry and the table; the ids are in the table
         assert set(doc["entries"]) == {"ophys_experiment", "ophys_experiments"}
         up = doc["user_parameters"]["ophys_experiment_id"]
-        assert "options" not in up and up["dtype"] == "str"
+        assert "options" not in up
+        assert up["dtype"] == "str"
         assert f"{len(ids)} in release r1" in up["description"]
         # by id: the dataset's path, in its record part, in the release record
         so = doc["data"]["ophys_experiment_by_id"]["kwargs"]["storage_options"]
         assert so["fo"] == "ophys/experiment/{ophys_experiment_id}.json"
         route = rel.record.summary["route"]
-        assert so["target_options"]["fo"] == f"ophys/experiment/{{ophys_experiment_id:.{route}}}.json"
+        routed = f"ophys/experiment/{{ophys_experiment_id:.{route}}}.json"
+        assert so["target_options"]["fo"] == routed
         record_url = lake.storage.url_of("releases/r1/release.json")
         assert so["target_options"]["target_options"]["fo"] == record_url
         # the catalog open_catalog builds also has an entry per dataset, by its manifest
