@@ -275,7 +275,7 @@ class TestLakeErrors:
         with local_lake.stage("r1") as stage:
             stage.write("a/1", make_dataset(n_time=100))
         record = json.loads(local_lake.storage.read("releases/r1/release.json"))
-        (key, text), = record["refs"].items()  # one small part, inline in the record
+        ((key, text),) = record["refs"].items()  # one small part, inline in the record
         part = json.loads(text)
         part["datasets"]["a/2"] = part["datasets"]["a/1"]
         record["refs"][key] = json.dumps(part)
