@@ -19,10 +19,14 @@ catalogs too), do not check content against a hash and have no size bound; and t
 chunk reads go through a Zarr store, not the lake's filesystem object, so both paths need
 the same cache (:meth:`CachedStorage.read`, :meth:`CachedStorage.zarr_store`).
 
-``read_many`` (what :meth:`~abo_lake.lake.Lake.verify` reads chunks with) always reads the
-lake, so verify checks the lake's objects. Verify re-reads manifests with ``read``, so on a
-cached lake a manifest deleted from the lake but held in the cache goes unnoticed: verify a
-lake opened without a cache (the CLI does).
+:meth:`~abo_lake.lake.Lake.verify` checks the lake's own objects, never the cache's: it reads
+chunk objects, manifests and record parts through :attr:`CachedStorage.uncached`, a plain
+:class:`~abo_lake.storage.Storage` of the same lake (which neither reads from nor adds to the
+cache, so verifying a release does not evict a notebook's working set).
+:meth:`CachedStorage.read_many` is not served from the cache either (it reads the lake, then
+adds the good objects): its callers read records, heads, catalogs and stage parts (never
+cached), record parts (``records/``, content-addressed but not cached) and manifests in batches
+(:meth:`~abo_lake.lake.Lake.diff`, stats, GC marking, ``Stage.add_many``).
 
 Use::
 
@@ -33,6 +37,7 @@ Use::
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -283,10 +288,17 @@ class CachedStorage(Storage):
                     self.cache.put_range(key, start, end, data)
         return out  # type: ignore[return-value]
 
+    @functools.cached_property
+    def uncached(self) -> Storage:
+        """A plain :class:`~abo_lake.storage.Storage` of the same lake (the same filesystem
+        object, from fsspec's instance cache): its reads go to the lake and neither read from
+        nor add to the cache. What :meth:`~abo_lake.lake.Lake.verify` reads with."""
+        return Storage(self.url, **self.storage_options)
+
     def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
-        """As :meth:`Storage.read_many`, always from the lake (it is what
-        :meth:`~abo_lake.lake.Lake.verify` reads, which must see the lake's own objects, not
-        the cache's); the good objects are added to the cache."""
+        """As :meth:`Storage.read_many`, from the lake (not served from the cache: see the
+        module docstring for its callers); the good objects are added to the cache. Reads
+        that must bypass the cache use :attr:`uncached`."""
         got = super().read_many(keys)
         for key, data in got.items():
             if isinstance(data, bytes):

@@ -246,7 +246,9 @@ class Lake:
     def _bind(self, record: ReleaseRecord) -> None:
         """Let a format-3 record read its parts from this lake (shared parse cache)."""
         if isinstance(record.datasets, PartitionedDatasets):
-            record.datasets.bind(self.storage.read_many, self._parts)
+            record.datasets.bind(
+                self.storage.read_many, self._parts, read_fresh=self.storage.uncached.read_many
+            )
 
     def _not_found(self, spec: str) -> ReleaseNotFoundError:
         names = [k.split("/")[1] for k in self.storage.glob("releases/*/release.json")]
@@ -278,11 +280,9 @@ class Lake:
     def _manifest(self, h: str, *, where: str, fresh: bool = False) -> Manifest:
         if fresh or h not in self._manifests:
             key = manifest_key(h)
+            storage = self.storage.uncached if fresh else self.storage  # fresh: the lake's own
             try:
-                if fresh:  # from the lake itself, never from a local cache
-                    data: bytes | Exception = self.storage.read_many([key])[key]
-                else:
-                    data = self.storage.read(key)
+                data: bytes | Exception = storage.read(key)
             except FileNotFoundError as err:
                 data = err
             self._manifests[h] = self._parsed_manifest(h, data, where)
@@ -302,10 +302,11 @@ class Lake:
         """
         wanted = list(dict.fromkeys(hashes))
         todo = wanted if fresh else [h for h in wanted if h not in self._manifests]
+        storage = self.storage.uncached if fresh else self.storage  # fresh: the lake's own
         errors: dict[str, ManifestError] = {}
         for i in range(0, len(todo), MANIFEST_BATCH):
             part = todo[i : i + MANIFEST_BATCH]
-            got = self.storage.read_many([manifest_key(h) for h in part])
+            got = storage.read_many([manifest_key(h) for h in part])
             for h in part:
                 place = where if isinstance(where, str) else where.get(h, "manifest")
                 try:
@@ -623,7 +624,7 @@ class Lake:
         hashes = sorted(where)
         for i in range(0, len(hashes), batch):
             part = hashes[i : i + batch]
-            got = self.storage.read_many([cas.key_of(h) for h in part])
+            got = self.storage.uncached.read_many([cas.key_of(h) for h in part])
             for h in part:
                 data = got[cas.key_of(h)]
                 path, key = where[h]

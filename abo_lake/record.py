@@ -114,6 +114,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
                 self.hashes[route] = h
         self._loaded: dict[str, dict[str, dict[str, Any]]] = {}
         self._read: Callable[[list[str]], Mapping[str, bytes | Exception]] | None = None
+        self._read_fresh = self._read  # errors(fresh=True): the lake's own, never a cache
         self._cache: dict[str, dict[str, dict[str, Any]]] = {}
         self._why: dict[str, str] = {}  # route -> why its part was refused
 
@@ -121,10 +122,14 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         self,
         read_many: Callable[[list[str]], Mapping[str, bytes | Exception]],
         cache: dict[str, dict[str, dict[str, Any]]] | None = None,
+        read_fresh: Callable[[list[str]], Mapping[str, bytes | Exception]] | None = None,
     ) -> None:
         """Read parts with ``read_many`` (keys -> bytes or exception), sharing ``cache``
-        (part hash -> checked entries) with the lake's other records."""
+        (part hash -> checked entries) with the lake's other records; ``errors(fresh=True)``
+        reads with ``read_fresh`` (default ``read_many``): the lake's objects, bypassing any
+        local cache (:attr:`abo_lake.storage.Storage.uncached`)."""
         self._read = read_many
+        self._read_fresh = read_fresh or read_many
         if cache is not None:
             self._cache = cache
             for route, h in self.hashes.items():  # what a publisher built, others reuse
@@ -178,7 +183,8 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         todo = [r for r in todo if r not in self._loaded]
         if todo and self._read is None:
             raise ManifestError(f"{self.where}: the record's parts cannot be read (unbound)")
-        got = self._read([part_key(self.hashes[r]) for r in todo]) if todo else {}
+        read = self._read_fresh if fresh else self._read
+        got = read([part_key(self.hashes[r]) for r in todo]) if todo and read else {}
         for route in todo:
             h = self.hashes[route]
             data = got[part_key(h)]

@@ -102,6 +102,14 @@ class Storage:
             raise OSError(f"{self.url_of(key)}: {type(err).__name__}: {err}") from err
 
     # -- reads ---------------------------------------------------------------------------
+    @property
+    def uncached(self) -> Storage:
+        """This lake with every read going to the lake's own objects, never to a local cache
+        (what :meth:`~abo_lake.lake.Lake.verify` reads). A plain Storage caches nothing, so
+        it is its own uncached view; :class:`~abo_lake.cache.CachedStorage` gives a plain
+        Storage of the same lake."""
+        return self
+
     def read(self, key: str) -> bytes:
         """Return the bytes of ``key``; raise FileNotFoundError if absent, an OSError naming
         the object if the storage keeps failing."""
