@@ -188,8 +188,11 @@ class Release:
         prefix = f"{group.strip('/')}/" if group.strip("/") else ""
         indexed = [n for n, c in ds.coords.items() if c.dims == (n,)]
         arrays = {f"{prefix}{n}" for n in indexed}
+        starts = tuple(f"{a}/" for a in arrays)
         # index coordinates too large to be inline: read together, not one after another
-        store.prefetch([k for k in store.manifest.chunks if array_of(k) in arrays])
+        store.prefetch(
+            [k for k in store.manifest.chunks if k.startswith(starts) and array_of(k) in arrays]
+        )
         ds = ds.assign_coords(xr.Coordinates({n: ds.coords[n].variable for n in indexed}))
         packs = {
             k[len(prefix) :]: v

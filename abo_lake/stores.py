@@ -509,15 +509,15 @@ class ManifestStore(_KeyMapStore):
 
     @contextmanager
     def members_only(self, group: str = "") -> Iterator[None]:
-        """While in this context, ``group``'s consolidated metadata lists only its own
-        members (what a Dataset of that group reads), not the whole hierarchy below it (a raw
-        copy's documents are over half a manifest's): Zarr parses no more than it needs.
+        """While in this context, the consolidated metadata (in the root ``zarr.json``, which
+        xarray opens first for any group) lists only ``group``, the groups above it and its
+        own members: what a Dataset of that group reads. A raw copy's documents are over
+        half a manifest's, so Zarr parses no more than it needs.
 
         For :meth:`abo_lake.release.Release.open` on the store it has just made; chunks,
         counters and the other documents are the store's own throughout.
         """
-        key = f"{group.strip('/')}/zarr.json" if group.strip("/") else "zarr.json"
-        doc = self._meta.get(key)
+        doc = self._meta.get("zarr.json")
         if doc is None or b'"consolidated_metadata"' not in doc:
             yield
             return
@@ -526,13 +526,18 @@ class ManifestStore(_KeyMapStore):
         if not isinstance(nodes, dict):
             yield
             return
-        own = {name: node for name, node in nodes.items() if "/" not in name}
-        meta["consolidated_metadata"]["metadata"] = own
-        self._meta[key] = json.dumps(meta).encode()
+        group = group.strip("/")
+        above = {"/".join(group.split("/")[:i]) for i in range(1, group.count("/") + 2)}
+        meta["consolidated_metadata"]["metadata"] = {
+            name: node
+            for name, node in nodes.items()
+            if name in above or name.rpartition("/")[0] == group
+        }
+        self._meta["zarr.json"] = json.dumps(meta).encode()
         try:
             yield
         finally:
-            self._meta[key] = doc
+            self._meta["zarr.json"] = doc
 
     def decode_error(self, key: str, err: Exception) -> IntegrityError:
         """The error to raise when chunk ``key`` read from this store fails to decode."""

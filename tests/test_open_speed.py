@@ -43,7 +43,8 @@ def experiment() -> xr.DataTree:
     ds["dff"].attrs["units"] = "1"
     ds["dff"].encoding.update({"chunks": (1, N_TIME), "shards": (16, N_TIME)})
     raw = xr.Dataset({"values": ("n", rng.integers(0, 9, 100))}, coords={"n": np.arange(100)})
-    return xr.DataTree.from_dict({"/": ds, "/raw": raw})
+    sub = xr.Dataset({"w": ("k", np.arange(5.0))}, attrs={"source": "nested"})
+    return xr.DataTree.from_dict({"/": ds, "/raw": raw, "/raw/sub": sub})
 
 
 @pytest.fixture
@@ -92,11 +93,16 @@ def test_open_reads_only_index_coordinates_and_leaves_the_store_whole(release):
     assert store.requests == 1
 
 
-def test_a_group_opens_with_its_own_members(release):
-    raw = release.open(PATH, group="raw")
-    want = experiment()["raw"].to_dataset(inherit=False)
-    xr.testing.assert_identical(raw.compute().drop_attrs(), want.drop_attrs())
-    assert raw["values"].chunks == ((100,),)
+@pytest.mark.parametrize("group", ["raw", "raw/sub", "/raw/sub/"])
+def test_a_group_opens_with_its_own_members(release, group):
+    opened = release.open(PATH, group=group)
+    xr.testing.assert_identical(opened, release.open(PATH, group=group, chunks={}))
+    want = experiment()[group.strip("/")].to_dataset(inherit=False)
+    xr.testing.assert_identical(opened.compute().drop_attrs(), want.drop_attrs())
+    assert all(len(c) == 1 for c in opened.chunks.values())
+    # the store's root document is the manifest's again after the open
+    store = opened.encoding["abo_lake_store"]
+    assert store._meta["zarr.json"] == release.manifest(PATH).metadata["zarr.json"].encode()
 
 
 def test_opened_dataset_computes_on_a_distributed_cluster(release, dask_client):
@@ -120,3 +126,22 @@ def test_plain_open_zarr_still_sees_the_consolidated_hierarchy(release):
         inside = xr.open_zarr(store, consolidated=True, zarr_format=3)
     xr.testing.assert_identical(inside, ds)
     assert xr.open_datatree(store, engine="zarr", consolidated=True, zarr_format=3)["raw"]
+
+
+@pytest.mark.parametrize(
+    ("group", "nodes"),
+    [
+        ("", {*experiment().to_dataset().variables, "raw"}),
+        ("raw", {"raw", "raw/values", "raw/n", "raw/sub"}),
+        ("raw/sub", {"raw", "raw/sub", "raw/sub/w"}),
+    ],
+)
+def test_members_only_shows_zarr_the_group_and_its_members(release, group, nodes):
+    import zarr
+
+    store = release.store(PATH)
+    with store.members_only(group):
+        root = zarr.open_consolidated(store, mode="r", zarr_format=3)
+        assert set(root.metadata.consolidated_metadata.flattened_metadata) == nodes
+    root = zarr.open_consolidated(store, mode="r", zarr_format=3)
+    assert "raw/sub/w" in root.metadata.consolidated_metadata.flattened_metadata
