@@ -191,7 +191,7 @@ class TestReleaseNames:
             with pytest.raises(ReleaseNotFoundError, match="not a release name"):
                 catalog.open_catalog(lake.url, release=name, **lake.storage.storage_options)
 
-    def test_a_record_outside_the_lake_is_not_loaded(self, tmp_path):
+    def test_a_record_outside_the_lake_is_not_loaded(self, tmp_path, capsys):
         other = abo_lake.open_lake(str(tmp_path / "other"))
         _publish_tiny(other, "x")
         planted = tmp_path / "x" / "release.json"  # <lake>/releases/../../x/release.json
@@ -201,14 +201,10 @@ class TestReleaseNames:
         _publish_tiny(lake, "r1")
         with pytest.raises(ReleaseNotFoundError, match="not a release name"):
             lake.release("../../x")
-        out = subprocess.run(
-            [sys.executable, "-m", "abo_lake.cli", "verify", "../../x", "--lake", lake.url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode != 0
-        assert "not a release name" in out.stderr
+        from abo_lake.cli import main
+
+        assert main(["verify", "../../x", "--lake", lake.url]) != 0
+        assert "not a release name" in capsys.readouterr().err
 
     def test_a_record_moved_under_another_name_is_refused(self, local_lake):
         _publish_tiny(local_lake, "r1")
@@ -273,12 +269,8 @@ BAD_NAME = os.fsdecode(b"structures_\xff\xfe.json")  # not UTF-8: surrogates in 
 
 
 @pytest.fixture(scope="module")
-def structures_json(tmp_path_factory):
-    from abo_lake.synthetic import synthesize
-
-    folder = tmp_path_factory.mktemp("ccf_src")
-    synthesize("ccf", folder, scale="tiny", seed=1)
-    return folder / "structures.json"
+def structures_json(tiny_sources):
+    return tiny_sources["ccf"] / "structures.json"  # the session's tiny CCF (read, not changed)
 
 
 def _ledger(lake_url: str) -> list[Path]:
@@ -349,12 +341,9 @@ class TestFileNamesOfAnyBytes:
 
 # -- 8. corrupt NWB files, gc grace -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def vbo_nwb(tmp_path_factory):
-    from abo_lake.synthetic import synthesize
-
-    folder = tmp_path_factory.mktemp("vbo_src")
-    synthesize("vbo-ophys", folder, scale="tiny", seed=1)
-    return sorted(folder.rglob("*.nwb"))[0]
+def vbo_nwb(tiny_sources):
+    """The session's tiny VBO file (tests read it and change copies only)."""
+    return sorted(tiny_sources["vbo-ophys"].rglob("*.nwb"))[0]
 
 
 def _zeroed(src: Path, out: Path, lo: float, hi: float) -> Path:
