@@ -16,6 +16,8 @@ import abo_lake
 from abo_lake import cas
 from abo_lake.cache import CachedStorage, ChunkCache, content_hash, open_cached_lake
 from abo_lake.manifest import manifest_key
+from abo_lake.record import part_key
+from abo_lake.storage import Storage
 
 
 def make_dataset(seed: int = 0) -> xr.Dataset:
@@ -183,3 +185,54 @@ def test_open_lake_cache_option_and_verify_reads_manifests_from_the_lake(tmp_pat
     report = abo_lake.open_lake(url, cache=tmp_path / "cache").verify("r1")
     assert not report.ok  # ...but verify reads the lake's own manifest
     assert manifest_key(h) in str(report)
+
+
+def test_verify_reads_the_lake_itself_while_reads_stay_cached(
+    s3_bucket, s3_options, s3_gets, tmp_path
+):
+    """A chunk object and a record part corrupted in the lake after the cache (and the
+    lake's parsed parts) hold them are reported corrupt by verify on the same cached lake,
+    which reads them from S3 without touching the cache; ordinary reads are still served from
+    the cache (no chunk or manifest request)."""
+    url = f"s3://{s3_bucket}/lake"
+    with abo_lake.open_lake(url, **s3_options).stage("r1") as stage:
+        h = stage.write("ophys/experiment/2", make_dataset())  # an inline record part
+        # 60 paths routed to "ophys/experiment/1": a part too big to be inline, so stored
+        stage.add_many((f"ophys/experiment/1{i:04d}", h, "ophys_experiment") for i in range(60))
+    lake = open_cached_lake(url, cache=tmp_path / "cache", **s3_options)
+    assert isinstance(lake.storage.uncached, Storage)
+    assert not isinstance(lake.storage.uncached, CachedStorage)
+    assert lake.storage.uncached.fs is lake.storage.fs
+    assert Storage(url, **s3_options).uncached.url == lake.storage.uncached.url == lake.url
+    rel = lake.release("r1")
+    (route, part_hash), *_ = rel.record.datasets.hashes.items()
+    assert route == "ophys/experiment/1"
+    assert len(rel.datasets()) == 61  # every part read and parsed
+    manifest = rel.manifest("ophys/experiment/2")
+    chunks = sorted(set(manifest.chunks.values()))
+    chunk_key = next(k for k, c in manifest.chunks.items() if c == chunks[0])
+    rel.open("ophys/experiment/2").load()  # every chunk and the manifest now cached
+    assert lake.verify("r1").ok
+    writer = abo_lake.open_lake(url, **s3_options).storage  # the lake, not the cache
+    for key in (cas.key_of(chunks[0]), part_key(part_hash)):
+        writer.write(key, b"\x00" * len(writer.read(key)))  # same size, wrong bytes
+
+    s3_gets.clear()
+    hits, misses = lake.storage.cache.hits, lake.storage.cache.misses
+    report = lake.verify("r1")
+    assert report.corrupt == [
+        (f"record part {route}", part_key(part_hash), part_hash),
+        ("ophys/experiment/2", chunk_key, chunks[0]),
+    ]
+    assert not report.missing
+    # every chunk and the manifest were read from S3, the cache was not consulted
+    assert immutable_gets(s3_gets) == len(chunks) + 1, s3_gets
+    assert s3_gets[("get_object", f"lake/{part_key(part_hash)}")] >= 1  # 2: readable() again
+    assert (lake.storage.cache.hits, lake.storage.cache.misses) == (hits, misses)
+
+    s3_gets.clear()
+    ds = lake.release("r1").open("ophys/experiment/2").load()  # the cache's good copies
+    xr.testing.assert_equal(ds[["dff", "events"]], make_dataset()[["dff", "events"]])
+    assert immutable_gets(s3_gets) == 0, s3_gets
+    assert lake.storage.cache.hits >= hits + len(chunks)
+    assert cas.digest(lake.storage.read(cas.key_of(chunks[0]))) == chunks[0]
