@@ -72,13 +72,16 @@ def local_lake(tmp_path):
 
 @pytest.fixture(scope="session")
 def dask_cluster():
-    """A real distributed LocalCluster with two worker processes, for the whole session."""
+    """A real distributed LocalCluster with two worker processes, for the whole session.
+
+    Its scheduler and dashboard take free ports (``":0"``; the default dashboard port 8787
+    is taken by the second of two sessions at once, as under pytest-xdist)."""
     distributed = pytest.importorskip("distributed")
     from abo_lake.jobs import worker_malloc
 
     with worker_malloc():  # as jobs.run starts its workers
         cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
     with cluster:
         yield cluster
