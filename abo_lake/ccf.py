@@ -25,14 +25,14 @@ per-voxel work still runs on pieces of about a chunk, so memory is a few chunks 
 Schedulers. :func:`structure_at` from the lake uses no dask: a point query reads a few chunks,
 and building, scheduling and (in a fresh process) dask's import of ``distributed`` would cost
 more than decoding them. The eager analyses (:func:`unionize`, :func:`projection_matrix`,
-:func:`voxel_counts`) compute once, on the scheduler the caller chose (``dask.config`` or a
-distributed Client), else on the local threads (``_compute``). Masks and
+:func:`voxel_counts`) compute once, on the lake's rule for eager analyses
+(:func:`abo_lake.scheduling.eager_scheduler`: the caller's ``dask.config`` scheduler or
+distributed Client, else local threads without importing ``distributed``). Masks and
 :func:`direct_unionize` stay lazy dask arrays, computed however the caller computes them.
 """
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -54,6 +54,7 @@ from abo_lake.ontology import (
     rgb_triplet,
     structure_id,
 )
+from abo_lake.scheduling import compute
 from abo_lake.schema import validate
 
 __all__ = [
@@ -114,16 +115,6 @@ _SUMS = ("sum_pixels", "sum_projection_pixels", "sum_projection_pixel_intensity"
          "sum_pixel_intensity")  # fmt: skip
 _NSUM = 2 * len(_SUMS)
 _NSTAT = _NSUM + 4  # + (max density, flat index) of the injection and the projection record
-
-
-def _compute(*objs: Any) -> tuple:
-    """``dask.compute(*objs)`` on the scheduler chosen by the module's rule (module docstring):
-    the caller's (dask's ``scheduler`` setting, or a distributed Client, which exists only once
-    ``distributed`` is imported), else the local threads, without the import of
-    ``distributed`` dask makes to look for a Client (~0.25 s of CPU in a fresh process)."""
-    if "distributed" in sys.modules or dask.config.get("scheduler", None) is not None:
-        return dask.compute(*objs)
-    return dask.compute(*objs, scheduler="threads")
 
 
 # -- volumes -------------------------------------------------------------------------------------
@@ -505,7 +496,7 @@ def voxel_counts(
     ann = _annotation(volume)
     arr = ann.data[:, :, _side(ann.sizes["lr"], hemisphere_id)]
     parts = [dask.delayed(_unique_counts)(b) for b in arr.to_delayed().ravel()]
-    (counts,) = _compute(dask.delayed(_merge_counts)(parts))
+    (counts,) = compute(dask.delayed(_merge_counts)(parts))
     counts = counts.drop(0, errors="ignore")
     if not descendants:
         return counts
@@ -956,7 +947,7 @@ def unionize(
     """
     onto = _ontology(ontology)
     direct = direct_unionize(experiment, annotation=annotation, ontology=onto)
-    (direct,) = _compute(direct)
+    (direct,) = compute(direct)
     records = _records(direct, onto)
     return _filter(records, onto, structure_ids, include_descendants, hemisphere_ids, is_injection)
 
@@ -1016,7 +1007,7 @@ def projection_matrix(
         projection_structure_ids = [n["id"] for n in summary]
     sids = onto.structure_ids(projection_structure_ids)
     hemis = list(HEMISPHERE_IDS if hemisphere_ids is None else hemisphere_ids)
-    directs = _compute(*[direct_unionize(e, annotation=annotation, ontology=onto) for e in exps])
+    directs = compute(*[direct_unionize(e, annotation=annotation, ontology=onto) for e in exps])
     recs = [_filter(_records(d, onto), onto, sids, False, hemis, False) for d in directs]
     present = sorted({int(h) for rec in recs for h in rec.hemisphere_id})  # AllenSDK: a set
     columns = [

@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from abo_lake.errors import SchemaError, StructureNotFoundError
+from abo_lake.scheduling import eager_scheduler
 from abo_lake.schema import validate
 
 __all__ = [
@@ -56,7 +57,8 @@ class Ontology:
         validate(structures, "ccf_structures")
         if "structure_id_path" not in structures or "structure_id_path_index" not in structures:
             raise SchemaError("the ontology Dataset has no ragged 'structure_id_path' (+ _index)")
-        structures = structures.compute()  # one read of every variable (not one per variable)
+        # one read of every variable (not one per variable), on the eager analyses' scheduler
+        structures = structures.compute(scheduler=eager_scheduler())
         self.ids = np.asarray(structures["structure_id"].values, dtype=np.int64)
         self.acronyms = np.asarray(structures["acronym"].values).astype(str)
         self.names = np.asarray(structures["name"].values).astype(str)
