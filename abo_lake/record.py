@@ -220,10 +220,13 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
 
     def __getitem__(self, path: str) -> dict[str, Any]:
         route = route_of(path, self.digits)
-        if route not in self._inline and route not in self.hashes:
-            raise KeyError(path)
-        self._load([route])
-        return self._loaded[route][path]
+        entries = self._loaded.get(route)  # a part read and checked before: no other work
+        if entries is None:
+            if route not in self._inline and route not in self.hashes:
+                raise KeyError(path)
+            self._load([route])
+            entries = self._loaded[route]
+        return entries[path]
 
     def __iter__(self) -> Iterator[str]:
         self._load(self.routes)

@@ -305,3 +305,55 @@ def test_gc_reads_each_manifest_once(three_releases):
     assert listed["stored_bytes"] == fresh.stats()["stored_bytes"]
     assert listed["chunk_objects"] == fresh.stats()["chunk_objects"]
     assert listed["manifest_bytes"] > 0
+
+
+def test_format3_datasets_read_path_by_path_check_each_part_once(monkeypatch):
+    """``record.datasets[path]`` for every path of a format-3 record (what diff, GC's
+    marking, a head's summary and verify do): each stored part is read once and each part
+    (stored or inline) is parsed and checked once, however many paths are asked for; a path
+    not in the record is a KeyError, whether or not its part was read."""
+    from abo_lake.record import PartitionedDatasets, part_key
+
+    paths = [f"ophys/experiment/{9_000_000 + i}" for i in range(600)]  # 6 stored parts
+    paths += [f"behavior/session/{1_000_000 + i}" for i in range(5)]  # a small, inline part
+    entries = {
+        p: {"manifest": f"{i:064x}", "kind": "vbo_ophys", "nbytes": i} for i, p in enumerate(paths)
+    }
+    record, parts = ReleaseRecord.partitioned(
+        datasets=entries,
+        url_of=lambda key: f"file:///lake/{key}",
+        where="test",
+        name="r1",
+        created="2026-01-01T00:00:00+00:00",
+        abo_lake_version="0",
+        notes="",
+        tables={},
+    )
+    parsed = ReleaseRecord.from_bytes(record.to_bytes(), where="test")
+    view = parsed.datasets
+    assert len(view.hashes) >= 3  # stored parts
+    assert len(view.routes) > len(view.hashes)  # and an inline one
+    reads: Counter = Counter()
+
+    def read_many(keys):
+        reads.update(keys)
+        return {k: parts[k] for k in keys}
+
+    checks: Counter = Counter()
+    check = PartitionedDatasets._check
+
+    def counted_check(self, route, data, place):
+        checks[route] += 1
+        return check(self, route, data, place)
+
+    monkeypatch.setattr(PartitionedDatasets, "_check", counted_check)
+    view.bind(read_many, {})
+    assert {p: view[p] for p in reversed(paths)} == entries
+    assert dict(view.items()) == entries
+    assert reads == Counter({part_key(h): 1 for h in view.hashes.values()})
+    assert checks == Counter(dict.fromkeys(view.routes, 1))
+    with pytest.raises(KeyError):
+        view["ophys/experiment/90005999"]  # its part is read: not in it
+    with pytest.raises(KeyError):
+        view["connectivity/experiment/1"]  # no such part
+    assert view.get("ophys/experiment/90005999") is None
