@@ -968,3 +968,94 @@ def test_first_maxima_equal_a_brute_force_reference(negative):
             continue
         assert best[k] == dens[pos].max()
         assert at[k] == pos[np.argmax(dens[pos])]  # argmax: the first of the ties
+
+
+# -- schedulers (abo_lake.scheduling: the eager analyses' rule) -----------------------------------
+
+
+def _thread_name() -> str:
+    import threading
+
+    return threading.current_thread().name
+
+
+def test_eager_analyses_use_local_threads_without_a_client(tree, onto):
+    """No Client and no dask.config scheduler: dask's local threads, named by the function
+    (a string such as "threads" would make dask import distributed); a configured scheduler
+    is left to dask."""
+    import threading
+
+    from abo_lake.scheduling import compute, eager_scheduler
+
+    assert eager_scheduler() is dask.threaded.get
+    (name,) = compute(dask.delayed(_thread_name)())
+    assert name != threading.current_thread().name  # a pool thread, not the caller's
+    with dask.config.set(scheduler="synchronous"):
+        assert eager_scheduler() is None
+        assert compute(dask.delayed(_thread_name)()) == (threading.current_thread().name,)
+        with raise_if_dask_computes(max_computes=1) as sched:  # dask.config's scheduler
+            ccf.voxel_counts(tree)
+        assert sched.total == 1
+
+
+@pytest.mark.slow
+def test_eager_analyses_use_a_running_distributed_client(dask_client, local_release, exps):
+    """With a Client running, the rule gives that Client: voxel_counts and unionize of the
+    lake's volumes compute on its cluster (their tasks are in its task stream), with the
+    threaded results; a scheduler set in dask.config still wins."""
+    import distributed
+
+    from abo_lake.scheduling import eager_scheduler
+
+    ann = local_release.open(ANN, group="100um")
+    exp = local_release.open(f"connectivity/experiment/{exps[0].attrs['id']}")
+    onto = ccf.Ontology(local_release.open(STRUCT))
+    # the Client made itself dask's default ("dask.distributed" in dask.config)
+    assert dask.base.get_scheduler(scheduler=eager_scheduler()) == dask_client.get
+    with dask.config.set(scheduler="threads"):
+        assert dask.base.get_scheduler(scheduler=eager_scheduler()) is dask.threaded.get
+        counts = ccf.voxel_counts(ann)
+        rec = ccf.unionize(exp, annotation=ann, ontology=onto)
+    with distributed.get_task_stream(dask_client) as stream:
+        on_cluster = ccf.voxel_counts(ann)
+    assert any("_merge_counts" in str(t["key"]) for t in stream.data), stream.data
+    pd.testing.assert_series_equal(on_cluster, counts)
+    with distributed.get_task_stream(dask_client) as stream:
+        on_cluster = ccf.unionize(exp, annotation=ann, ontology=onto)
+    assert len(stream.data) > 0
+    pd.testing.assert_frame_equal(on_cluster, rec)
+    with dask.config.set(scheduler=None):  # a Client found only by looking for one
+        assert eager_scheduler() is dask_client
+
+
+def test_lake_analyses_do_not_import_distributed(local_release, exps):
+    """In a fresh process, a point query, voxel counts, the ontology and a unionize from the
+    lake run without importing ``distributed`` (dask imports it to look for a Client, or for
+    a scheduler named by a string: ~0.2 s of CPU) and give the in-process results."""
+    import subprocess
+    import sys
+
+    exp = f"connectivity/experiment/{exps[0].attrs['id']}"
+    code = f"""
+import json, sys
+import abo_lake
+from abo_lake import ccf
+rel = abo_lake.open_lake({local_release.lake.url!r}).release("r1")
+ann = rel.open({ANN!r}, group="100um")
+at = ann.ccf.structure_at([[6300.0, 6100.0, 6200.0]]).values.tolist()
+counts = int(ccf.voxel_counts(ann).sum())
+onto = ccf.Ontology(rel.open({STRUCT!r}))
+rec = rel.open({exp!r}).ccf.unionize(annotation=ann, ontology=onto)
+print(json.dumps([at, counts, len(rec), "distributed" in sys.modules]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    at, counts, n_records, imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not imported
+    ann = local_release.open(ANN, group="100um")
+    assert at == ann.ccf.structure_at([[6300.0, 6100.0, 6200.0]]).values.tolist()
+    assert counts == int(ccf.voxel_counts(ann).sum()) > 0
+    onto = ccf.Ontology(local_release.open(STRUCT))
+    rec = local_release.open(exp).ccf.unionize(annotation=ann, ontology=onto)
+    assert n_records == len(rec) > 100
