@@ -30,9 +30,12 @@ def eager_scheduler() -> Callable[..., Any] | Any | None:
     Returns
     -------
     None, a Client or dask.threaded.get
-        None when ``dask.config`` names a scheduler (dask then uses it); the running
-        ``distributed`` Client, if ``distributed`` is imported and one exists; else
-        :func:`dask.threaded.get` (local threads, without importing ``distributed``).
+        None when ``dask.config`` names a scheduler: dask then uses it (a Client made the
+        default, as ``distributed.Client()`` is, sets it to ``"dask.distributed"``, so dask
+        uses that Client). Else, if ``distributed`` is imported, the Client
+        ``distributed.get_client`` finds (as dask would look for one: on a worker, its
+        client). Else :func:`dask.threaded.get` (local threads, without importing
+        ``distributed``).
     """
     if dask.config.get("scheduler", None) is not None:
         return None
