@@ -10,6 +10,11 @@ scheduler by a string such as ``"threads"``) makes dask import ``distributed``, 
 in a fresh process, more than a small analysis or a point query costs. A Client can only exist
 once ``distributed`` is imported, so the rule looks for one only then: the choice is dask's
 own, without that import.
+
+Small values that decide the shape of a graph (table columns read by ``ophys`` and
+``behavior``) are computed in the calling thread instead (:func:`compute_here`), never on a
+cluster. Analyses that submit their own futures (``glif.simulate``: the stimulus is scattered
+once to every worker) find the Client with :func:`running_client`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import dask
+import dask.local
 import dask.threaded
 
-__all__ = ["compute", "eager_scheduler"]
+__all__ = ["compute", "compute_here", "eager_scheduler", "running_client"]
 
 
 def eager_scheduler() -> Callable[..., Any] | Any | None:
@@ -39,16 +45,31 @@ def eager_scheduler() -> Callable[..., Any] | Any | None:
     """
     if dask.config.get("scheduler", None) is not None:
         return None
-    if "distributed" in sys.modules:
-        from distributed import get_client
+    client = running_client()
+    return dask.threaded.get if client is None else client
 
-        try:
-            return get_client()
-        except ValueError:  # no Client running (nor a worker's)
-            pass
-    return dask.threaded.get
+
+def running_client() -> Any | None:
+    """The ``distributed`` Client dask would look for (``distributed.get_client``: the
+    default Client, or on a worker its client), or None. Never imports ``distributed``: a
+    Client exists only once it is imported."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:  # no Client running (nor a worker's)
+        return None
 
 
 def compute(*collections: Any, **kwargs: Any) -> tuple:
     """``dask.compute(*collections, **kwargs)`` on :func:`eager_scheduler`'s choice."""
     return dask.compute(*collections, scheduler=eager_scheduler(), **kwargs)
+
+
+def compute_here(*collections: Any, **kwargs: Any) -> tuple:
+    """``dask.compute`` in the calling thread, whatever the caller's scheduler: for small
+    values that decide the shape of a graph (table columns), never sent to a cluster. The
+    synchronous scheduler named by its function, so ``distributed`` is not imported."""
+    return dask.compute(*collections, scheduler=dask.local.get_sync, **kwargs)
