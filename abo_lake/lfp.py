@@ -15,11 +15,12 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
 from dask.base import is_dask_collection
+
+from abo_lake.scheduling import compute
 
 __all__ = ["csd", "lfp"]
 
@@ -30,7 +31,7 @@ __all__ = ["csd", "lfp"]
 def _load(ds: xr.Dataset, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Small variables as NumPy, with at most one dask compute for all of them."""
     lazy = {n: ds[n].data for n in names if is_dask_collection(ds[n].data)}
-    done = dask.compute(lazy)[0] if lazy else {}
+    done = compute(lazy)[0] if lazy else {}
     return {n: np.asarray(done[n]) if n in done else np.asarray(ds[n].values) for n in names}
 
 
