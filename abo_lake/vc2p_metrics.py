@@ -48,6 +48,7 @@ import xarray as xr
 
 from abo_lake import ophys, vc2p_receptive_fields, vc2p_speed_tuning
 from abo_lake.errors import SchemaError
+from abo_lake.scheduling import compute
 
 __all__ = [
     "ANALYSES",
@@ -611,7 +612,7 @@ class StimulusAnalysis(vc2p_speed_tuning.SpeedTuningMixin):
         raw = self._raw.rechunk({0: -1, 1: -1})
         dx = self._dx_graph()
         parts = [dask.delayed(_analyse)(d, blk, dx) for blk in raw.to_delayed().ravel()]
-        *done, (dx_windows, dx_mean) = dask.compute(*parts, dx)
+        *done, (dx_windows, dx_mean) = compute(*parts, dx)
         ids = self._ds.indexes[CELL]
         out: dict[str, Any] = {"dx": dx_windows, "dx_mean": dx_mean}
         peak = pd.concat([p["peak"] for p in done], ignore_index=True)
