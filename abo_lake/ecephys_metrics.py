@@ -53,6 +53,7 @@ from scipy.optimize import curve_fit, leastsq
 
 from abo_lake import ecephys
 from abo_lake.errors import SchemaError
+from abo_lake.scheduling import compute
 
 __all__ = [
     "ANALYSES",
@@ -559,7 +560,7 @@ def _analysis_metrics(
         arrays.append(ecephys.presentationwise_spike_counts(ds, _RF_EDGES, pres_ids, ids).data)
     # Arrays first, then the Delayed, all flat: dask 2026.8 returns a mix of arrays and lists
     # of Delayed out of order.
-    done = dask.compute(*arrays, *pref_parts, *rates)
+    done = compute(*arrays, *pref_parts, *rates)
     counts = np.asarray(done[0])[:, 0, :].astype(np.float64)  # (P, U)
     rf_counts = np.asarray(done[1]).sum(1) if spec.suffix == "rf" else None
     if fine_needed:
@@ -765,7 +766,7 @@ def receptive_fields(
     table = tables.stimulus(key)
     ids = _unit_ids(ds, unit_ids)
     counts = ecephys.presentationwise_spike_counts(ds, _RF_EDGES, table.index.to_numpy(), ids)
-    return _rf_matrix(counts.data.sum(1).compute(), table, ids)
+    return _rf_matrix(compute(counts.data.sum(1))[0], table, ids)
 
 
 def _categories(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -985,9 +986,7 @@ def optotagging_metrics(ds: xr.Dataset, unit_ids: Any = None) -> pd.DataFrame:
     onset = epochs["start_time"].to_numpy(np.float64)
     windows = np.concatenate([onset[:, None] + np.array(OPTO_BASELINE)[None, :],
                               onset[:, None] + np.array(OPTO_EVOKED)[None, :]])  # fmt: skip
-    counts = dask.compute(
-        [dask.delayed(_interval_counts)(s, windows) for s in _unit_spikes(ds, ids)]
-    )[0]
+    counts = compute([dask.delayed(_interval_counts)(s, windows) for s in _unit_spikes(ds, ids)])[0]
     counts = np.stack(counts, 1).astype(np.float64)  # (2 × trials, U)
     n = onset.size
     keys = ["stimulus_name", "duration", "level"]
