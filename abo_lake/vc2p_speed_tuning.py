@@ -38,6 +38,7 @@ import xarray as xr
 
 from abo_lake import ophys
 from abo_lake.errors import SchemaError
+from abo_lake.scheduling import compute
 
 __all__ = ["PEAK_RUN_COLUMNS", "SpeedTuning", "SpeedTuningMixin", "speed_tuning"]
 
@@ -268,7 +269,7 @@ def speed_tuning(
     traces = ophys._trace(ds, "dff").data.rechunk({1: -1})
     parts = [dask.delayed(_cell_block)(blk, speed, sp, binsize, seed)
              for blk in traces.to_delayed().ravel()]  # fmt: skip
-    *done, dx = dask.compute(*parts, speed)
+    *done, dx = compute(*parts, speed)
     dx = np.asarray(dx)[: min(np.asarray(dx).size, ds.sizes[TIME])]
     vis = np.ones(dx.size, bool)
     vis[sp] = False
