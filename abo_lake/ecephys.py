@@ -45,6 +45,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from abo_lake import behavior
 from abo_lake.lfp import _invalid_intervals, _load, _positions, _unknown, csd, lfp
+from abo_lake.scheduling import compute
 
 __all__ = [
     "conditionwise_spike_statistics",
@@ -1004,7 +1005,7 @@ def _compute_blocks(
     for i, (kernel, arg, unit_bytes) in enumerate(jobs):
         graph, name, keys, sizes = _block_graph(ds, sel, kernel, arg, f"ecephys-job{i}", unit_bytes)
         delayed.append([Delayed(k, graph, layer=name) for k in keys])
-    return [list(r) for r in dask.compute(*delayed)], np.r_[0, np.cumsum(sizes)[:-1]]
+    return [list(r) for r in compute(*delayed)], np.r_[0, np.cumsum(sizes)[:-1]]
 
 
 def _interval_counts(
