@@ -48,6 +48,7 @@ import xarray as xr
 from scipy import ndimage, optimize, sparse, stats
 
 from abo_lake import ophys, vc2p_speed_tuning
+from abo_lake.scheduling import compute
 
 __all__ = [
     "LSN_STIMULI",
@@ -671,7 +672,7 @@ class LocallySparseNoise(vc2p_speed_tuning.SpeedTuningMixin):
         dff = ophys._trace(self._ds, "dff").data
         raw = ophys._sample(dff, d.segments, np.zeros(d.segments.shape)).rechunk({0: -1, 1: -1})
         parts = [dask.delayed(_cells)(d, blk) for blk in raw.to_delayed().ravel()]
-        return [cell for part in dask.compute(*parts) for cell in part]
+        return [cell for part in compute(*parts) for cell in part]
 
     @property
     def interlength(self) -> int:
@@ -725,7 +726,7 @@ class LocallySparseNoise(vc2p_speed_tuning.SpeedTuningMixin):
         speed = ophys.running_speed(self._ds).data
         lo, hi = d.interlength, d.interlength + d.sweeplength + d.extralength
         windows = dask.delayed(vc2p_metrics._window_speed)(speed, self._sweep_idx, lo, hi)
-        return dask.compute(windows)[0]
+        return compute(windows)[0]
 
     @cached_property
     def _sweep_stats(self) -> tuple[np.ndarray, np.ndarray]:
@@ -736,7 +737,7 @@ class LocallySparseNoise(vc2p_speed_tuning.SpeedTuningMixin):
         d = self._sweep_design
         raw = self._raw_sweeps.rechunk({0: -1, 1: -1})
         parts = [dask.delayed(_sweep_stats)(d, blk) for blk in raw.to_delayed().ravel()]
-        done = dask.compute(*parts)
+        done = compute(*parts)
         return tuple(np.concatenate([p[k] for p in done], axis=0) for k in (0, 1))
 
     @property
