@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -32,6 +31,7 @@ import xarray as xr
 
 from abo_lake import behavior
 from abo_lake.errors import SchemaError
+from abo_lake.scheduling import compute, compute_here
 
 __all__ = [
     "VBO_METADATA_KEYS",
@@ -95,7 +95,7 @@ def _load(variables: Sequence[xr.Variable]) -> list[np.ndarray]:
     lazy = [i for i, v in enumerate(variables) if isinstance(v.data, da.Array)]
     values: list[Any] = [v.data for v in variables]
     if lazy:
-        done = dask.compute(*(values[i] for i in lazy), scheduler="synchronous")
+        done = compute_here(*(values[i] for i in lazy))
         for i, arr in zip(lazy, done):
             values[i] = arr
     return [np.asarray(v) for v in values]
@@ -410,7 +410,7 @@ def events(ds: xr.Dataset) -> pd.DataFrame:
     roi, lam, noise = _load(
         [ds.variables[v] for v in ("cell_roi_id", "event_lambda", "event_noise_std")]
     )
-    ev, filt = dask.compute(_trace(ds, "events").data, filtered_events(ds).data)
+    ev, filt = compute(_trace(ds, "events").data, filtered_events(ds).data)
     return pd.DataFrame(
         {
             "cell_roi_id": roi.astype(np.int64),
