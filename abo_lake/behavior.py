@@ -28,13 +28,13 @@ import datetime
 import uuid
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from abo_lake.errors import SchemaError
+from abo_lake.scheduling import compute_here
 
 __all__ = [
     "BEHAVIOR_METADATA_KEYS",
@@ -134,7 +134,7 @@ def _load(variables: list[xr.Variable]) -> list[np.ndarray]:
     values: list[Any] = [v.data for v in variables]
     lazy = [i for i, v in enumerate(values) if isinstance(v, da.Array)]
     if lazy:
-        done = dask.compute(*(values[i] for i in lazy), scheduler="synchronous")
+        done = compute_here(*(values[i] for i in lazy))
         for i, arr in zip(lazy, done):
             values[i] = arr
     return [np.asarray(v) for v in values]
