@@ -555,6 +555,8 @@ def simulate_many(
     """
     import dask
 
+    from abo_lake.scheduling import compute, running_client
+
     plain = []
     for c in configs:
         if isinstance(c, xr.Dataset):
@@ -564,18 +566,13 @@ def simulate_many(
         plain.append(validate_config(c))
     stim, dt = _stimulus(stimulus, dt)
     if client is None:
-        try:
-            from distributed import get_client
-
-            client = get_client()
-        except (ImportError, ValueError):
-            client = None
+        client = running_client()  # without importing distributed when there is none
     if client is not None:
         [stim_f] = client.scatter([stim], broadcast=True)
         futures = [client.submit(_simulate_kept, c, stim_f, dt, variables) for c in plain]
         return client.gather(futures)
     tasks = [dask.delayed(_simulate_kept)(c, stim, dt, variables) for c in plain]
-    return list(dask.compute(*tasks))
+    return list(compute(*tasks))
 
 
 def _simulate_kept(
