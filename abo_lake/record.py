@@ -117,6 +117,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         self._read_fresh = self._read  # errors(fresh=True): the lake's own, never a cache
         self._cache: dict[str, dict[str, dict[str, Any]]] = {}
         self._why: dict[str, str] = {}  # route -> why its part was refused
+        self._flat: dict[str, dict[str, Any]] = {}  # path -> entry, once iterated
 
     def bind(
         self,
@@ -165,6 +166,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         stored part again from the lake (what verify does), trusting nothing parsed before."""
         wanted = self.routes if routes is None else routes
         if fresh:
+            self._flat.clear()
             for r in wanted:
                 if r in self.hashes:
                     self._loaded.pop(r, None)
@@ -219,6 +221,9 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
             raise ManifestError(f"{self.where}: record part {key} ({route!r}) {what}")
 
     def __getitem__(self, path: str) -> dict[str, Any]:
+        entry = self._flat.get(path)  # after iterating: one dict lookup per path
+        if entry is not None:
+            return entry
         route = route_of(path, self.digits)
         entries = self._loaded.get(route)  # a part read and checked before: no other work
         if entries is None:
@@ -229,8 +234,12 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         return entries[path]
 
     def __iter__(self) -> Iterator[str]:
-        self._load(self.routes)
-        return iter(sorted(p for r in self.routes for p in self._loaded[r]))
+        routes = self.routes
+        self._load(routes)
+        if len(self._flat) != self._count:  # what diff, GC and a head look up path by path
+            for r in routes:
+                self._flat.update(self._loaded[r])
+        return iter(sorted(self._flat))
 
     def __len__(self) -> int:
         return self._count

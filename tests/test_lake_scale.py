@@ -357,3 +357,8 @@ def test_format3_datasets_read_path_by_path_check_each_part_once(monkeypatch):
     with pytest.raises(KeyError):
         view["connectivity/experiment/1"]  # no such part
     assert view.get("ophys/experiment/90005999") is None
+    assert list(view) == sorted(paths)
+    assert {p: view[p] for p in paths} == entries
+    assert view.errors(fresh=True) == {}  # verify: every stored part read again
+    assert reads == Counter({part_key(h): 2 for h in view.hashes.values()})
+    assert {p: view[p] for p in view} == entries
