@@ -355,14 +355,16 @@ def worker(cfg: dict) -> None:
     tool = TOOL_CLASSES[cfg["tool"]](cfg)
     kind, op = cfg["kind"], cfg["op"]
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # the process's CPU seconds (all its threads): load-independent
     digests: set[str] = set()
     own = 0
 
     def timed(label: str, fn: Any, *args: Any) -> Any:
         mark(f"{label}:begin")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args)
         seconds[label] = time.perf_counter() - t0
+        cpu[label] = time.process_time() - c0
         mark(f"{label}:end")
         return out
 
@@ -375,7 +377,8 @@ def worker(cfg: dict) -> None:
         handle = timed(f"{run}.open", tool.open, kind)
         digest, own = timed(f"{run}.op", getattr(tool, op), handle)
         digests.add(digest)
-    print("@@result " + json.dumps({"seconds": seconds, "digests": sorted(digests), "own": own}))
+    result = {"seconds": seconds, "cpu": cpu, "digests": sorted(digests), "own": own}
+    print("@@result " + json.dumps(result))
 
 
 # -- the parent: server, proxy, data, workers, tables ---------------------------------------------
@@ -503,6 +506,7 @@ def summary(res: dict, name: str) -> dict:
         "requests": median(res["tally"][k].requests for k in warm),
         "mib": median(res["tally"][k].wire_bytes for k in warm) / MIB,
         "s": median(res["seconds"][k] for k in warm),
+        "cpu": median(res["cpu"][k] for k in warm),
         "cold_requests": cold.requests,
         "cold_mib": cold.wire_bytes / MIB,
         "cold_s": res["seconds"][f"cold.{name}"],
@@ -525,7 +529,7 @@ def table(
         f"\n{kind} / {op}" + ("  (the read alone; +open: with the open's figures)" if read else "")
     )
     head = f"{'tool':<11}{'requests':>16}{'MiB wire':>10}{'own MiB':>9}{'wire/own':>9}"
-    head += f"{'cold s':>8}{'warm s':>8}"
+    head += f"{'cold s':>8}{'warm s':>8}{'cpu s':>7}"
     if read:
         head += f"{'+open req':>10}{'+open MiB':>10}{'+open s':>8}"
     print(head + f"{'x lake':>8}")
@@ -537,7 +541,7 @@ def table(
         reqs = f"{req:.0f}" if cold_req == req else f"{req:.0f} (cold {cold_req})"
         line = f"{tool:<11}{reqs:>16}{wire:>10.2f}"
         line += f"{own:>9.2f}{wire / own:>9.2f}" if own else f"{'-':>9}{'-':>9}"
-        line += f"{m['cold_s']:>8.2f}{m['s']:>8.2f}"
+        line += f"{m['cold_s']:>8.2f}{m['s']:>8.2f}{m['cpu']:>7.2f}"
         totals[tool] = m["s"]
         if read:
             o = opens.get(tool) or summary(res, "open")
@@ -551,6 +555,7 @@ def table(
             ok = max(req, cold_req) <= 2 and m["s"] < 0.3
             goals.append(
                 f"{kind} open: {req:.0f} requests, {wire:.2f} MiB, {m['s']:.2f} s warm "
+                f"(CPU {m['cpu']:.3f} s) "
                 f"({cold_note}) [goal <= 2 requests, < 0.3 s warm: {_verdict(ok)}]"
             )
         elif op in ("cell", "unit"):
