@@ -226,13 +226,19 @@ def _zarr(fo: str, ref_options: dict[str, Any], root: str = "") -> dict[str, Any
     }
 
 
-def _route_template(template: str, digits: int) -> str:
+def _route_template(template: str, widths: dict[str, int]) -> str:
     """The record part a by-id template's datasets live in, as a template itself
-    (:func:`abo_lake.record.route_of` written with a format spec:
-    ``ophys/experiment/{ophys_experiment_id:.2}``)."""
+    (:func:`abo_lake.record.route_of` at the family's width, written with a format spec:
+    ``ophys/experiment/{ophys_experiment_id:.2}``). A family with a parameter in it
+    (``ccf/{ccf_version}``) takes the widest of the families it matches (they are small:
+    width 0)."""
     seg = template.split("/")
     if len(seg) <= 2:
         return template
+    family = re.compile(
+        "^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(f"{seg[0]}/{seg[1]}")) + "$"
+    )
+    digits = max((w for f, w in widths.items() if family.match(f)), default=0)
     m = re.fullmatch(r"\{(\w+)\}", seg[2])
     third = f"{{{m.group(1)}:.{digits}}}" if m else seg[2][:digits]
     return "/".join([seg[0], seg[1], third])

@@ -27,8 +27,9 @@ __all__ = [
 RECORDS_PREFIX = "records"
 #: A record part holds at most this many datasets: the route grows a digit until it does.
 PART_MAX = 256
-#: A part whose JSON is at most this many bytes lives inside the record (no extra read).
-PART_INLINE_MAX = 8192
+#: When all its parts together are at most this many bytes, they live inside the record
+#: (a small lake reads no part object); otherwise every part is an object of its own.
+PART_INLINE_MAX = 65536
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -52,27 +53,40 @@ def part_key(h: str) -> str:
     return f"{RECORDS_PREFIX}/{h[:2]}/{h}.json"
 
 
+def family_of(path: str) -> str:
+    """A path's first two segments (``ophys/experiment``): what shares one route width."""
+    return "/".join(path.split("/")[:2])
+
+
 def route_of(path: str, digits: int) -> str:
     """The record part a dataset path lives in: its first two segments and the first
     ``digits`` characters of its third (``ophys/experiment/95`` for
-    ``ophys/experiment/951980471`` at 2 digits); a path of one or two segments is its own."""
+    ``ophys/experiment/951980471`` at 2 digits, ``ophys/experiment/`` at 0); a path of one
+    or two segments is its own."""
     seg = path.split("/")
     if len(seg) <= 2:
         return path
     return f"{seg[0]}/{seg[1]}/{seg[2][:digits]}"
 
 
-def route_digits(paths: list[str]) -> int:
-    """The fewest digits (at least 1) whose routes hold at most :data:`PART_MAX` paths each."""
-    longest = max((len(p.split("/")[2]) for p in paths if p.count("/") >= 2), default=1)
-    for digits in range(1, longest + 1):
-        sizes: dict[str, int] = {}
-        for p in paths:
-            r = route_of(p, digits)
-            sizes[r] = sizes.get(r, 0) + 1
-        if max(sizes.values(), default=0) <= PART_MAX:
-            return digits
-    return longest
+def route_widths(paths: list[str]) -> dict[str, int]:
+    """Per family (:func:`family_of`), the fewest digits (0 for a family of at most
+    :data:`PART_MAX` datasets) whose routes hold at most :data:`PART_MAX` paths each."""
+    families: dict[str, list[str]] = {}
+    for p in paths:
+        if p.count("/") >= 2:
+            families.setdefault(family_of(p), []).append(p.split("/")[2])
+    widths = {}
+    for family, ids in families.items():
+        longest = max(map(len, ids))
+        for digits in range(longest + 1):
+            sizes: dict[str, int] = {}
+            for i in ids:
+                sizes[i[:digits]] = sizes.get(i[:digits], 0) + 1
+            if max(sizes.values()) <= PART_MAX:
+                break
+        widths[family] = digits
+    return widths
 
 
 def _canonical(doc: Any) -> bytes:
@@ -97,8 +111,10 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
     :meth:`bind`).
     """
 
-    def __init__(self, refs: Mapping[str, Any], digits: int, count: int, where: str) -> None:
-        self.digits = digits
+    def __init__(
+        self, refs: Mapping[str, Any], widths: Mapping[str, int], count: int, where: str
+    ) -> None:
+        self.widths = dict(widths)
         self.where = where
         self._count = count
         self._inline: dict[str, str] = {}
@@ -137,6 +153,10 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
                 if route in self._loaded:
                     cache.setdefault(h, self._loaded[route])
 
+    def route(self, path: str) -> str:
+        """The part ``path`` lives in (:func:`route_of` at its family's width)."""
+        return route_of(path, self.widths.get(family_of(path), 0))
+
     def _preload(self, route: str, entries: dict[str, dict[str, Any]]) -> None:
         self._loaded[route] = entries
 
@@ -151,7 +171,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"{place}: unreadable record part ({err!r})") from err
         for path, entry in entries.items():
-            if route_of(path, self.digits) != route:
+            if self.route(path) != route:
                 raise ManifestError(f"{place}: holds {path!r}, which is not in part {route!r}")
             h = str(entry.get("manifest", ""))
             if len(h) != 64 or not set(h) <= _HEX:
@@ -224,7 +244,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         entry = self._flat.get(path)  # after iterating: one dict lookup per path
         if entry is not None:
             return entry
-        route = route_of(path, self.digits)
+        route = self.route(path)
         entries = self._loaded.get(route)  # a part read and checked before: no other work
         if entries is None:
             if route not in self._inline and route not in self.hashes:
@@ -270,10 +290,11 @@ class ReleaseRecord:
 
     Format 3 (every record published now) keeps its datasets in content-addressed parts
     (``records/<2 hex>/<sha256>.json``, at most :data:`PART_MAX` datasets each, grouped by
-    :func:`route_of`); the record holds each part's hash, so the root covers them (a Merkle
-    tree), and a release that changes one dataset stores one new part and a record the size
-    of the part list, not of the release. The record and its parts are also fsspec reference
-    files (``refs``: ``<route>.json`` -> the part, inline when small), which the catalog's
+    :func:`route_of` at a width per family, :func:`route_widths`); the record holds each
+    part's hash, so the root covers them (a Merkle tree), and a release that changes one
+    dataset stores one new part and a record the size of the part list, not of the release.
+    The record and its parts are also fsspec reference files (``refs``: ``<route>.json`` ->
+    the part; all parts inline when together small), which the catalog's
     by-id entries follow with plain intake. ``datasets`` is then a
     :class:`PartitionedDatasets`, read part by part. Formats 1 and 2 hold every dataset inline.
     """
@@ -287,7 +308,7 @@ class ReleaseRecord:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"object", "rows"}
     format: int = 1
     refs: dict[str, Any] = field(default_factory=dict)  # format 3: <route>.json -> part
-    summary: dict[str, int] = field(default_factory=dict)  # format 3: count, nbytes, route
+    summary: dict[str, Any] = field(default_factory=dict)  # format 3: count, nbytes, route
 
     @classmethod
     def sealed(cls, **fields: Any) -> ReleaseRecord:
@@ -310,26 +331,28 @@ class ReleaseRecord:
         ``url_of`` gives a storage key's URL (parts and manifests are referenced by URL, as
         manifests reference chunks, so plain fsspec follows them).
         """
-        digits = route_digits(list(datasets))
+        widths = route_widths(list(datasets))
         groups: dict[str, dict[str, dict[str, Any]]] = {}
         for path in sorted(datasets):
-            groups.setdefault(route_of(path, digits), {})[path] = dict(datasets[path])
+            route = route_of(path, widths.get(family_of(path), 0))
+            groups.setdefault(route, {})[path] = dict(datasets[path])
+        data = {route: part_bytes(entries, url_of) for route, entries in groups.items()}
+        inline = sum(map(len, data.values())) <= PART_INLINE_MAX
         refs: dict[str, Any] = {}
         objects: dict[str, bytes] = {}
-        for route, entries in groups.items():
-            data = part_bytes(entries, url_of)
-            if len(data) <= PART_INLINE_MAX:
-                refs[f"{route}.json"] = data.decode()
+        for route, part in data.items():
+            if inline:
+                refs[f"{route}.json"] = part.decode()
             else:
-                key = part_key(hashlib.sha256(data).hexdigest())
-                objects[key] = data
+                key = part_key(hashlib.sha256(part).hexdigest())
+                objects[key] = part
                 refs[f"{route}.json"] = [url_of(key)]
         summary = {
             "count": len(datasets),
             "nbytes": sum(int(e.get("nbytes", 0)) for e in datasets.values()),
-            "route": digits,
+            "route": widths,
         }
-        view = PartitionedDatasets(refs, digits, len(datasets), where)
+        view = PartitionedDatasets(refs, widths, len(datasets), where)
         for route, entries in groups.items():
             view._preload(route, entries)
         record = cls(root="", format=3, datasets=view, refs=refs, summary=summary, **fields)
@@ -394,7 +417,8 @@ class ReleaseRecord:
                 "format": fmt,
             }
             if fmt == 3:
-                summary = {k: int(doc["datasets"][k]) for k in ("count", "nbytes", "route")}
+                summary = {k: int(doc["datasets"][k]) for k in ("count", "nbytes")}
+                summary["route"] = {str(k): int(v) for k, v in doc["datasets"]["route"].items()}
                 refs = dict(doc["refs"])
                 fields |= {
                     "refs": refs,

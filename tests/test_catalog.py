@@ -115,7 +115,7 @@ class TestCatalog:
         # by id: the dataset's path, in its record part, in the release record
         so = doc["data"]["ophys_experiment_by_id"]["kwargs"]["storage_options"]
         assert so["fo"] == "ophys/experiment/{ophys_experiment_id}.json"
-        route = rel.record.summary["route"]
+        route = rel.record.summary["route"]["ophys/experiment"]
         routed = f"ophys/experiment/{{ophys_experiment_id:.{route}}}.json"
         assert so["target_options"]["fo"] == routed
         record_url = lake.storage.url_of("releases/r1/release.json")

@@ -117,7 +117,7 @@ def _record_doc(lake, name="r1"):
 
 def _edit_entry(doc: dict, **changes) -> None:
     """Change the dataset entry in the record's (inline) part."""
-    key = "ophys/experiment/1.json"
+    key = "ophys/experiment/.json"  # a family of one dataset: one part, route width 0
     part = json.loads(doc["refs"][key])
     part["datasets"]["ophys/experiment/1"].update(changes)
     doc["refs"][key] = json.dumps(part)
@@ -196,7 +196,7 @@ def test_a_forged_part_cannot_move_a_dataset_into_another_part(local_lake):
 
     rel = _partitioned(local_lake)
     doc = _record_doc(local_lake)
-    own = route_of("ophys/experiment/1", doc["datasets"]["route"])
+    own = route_of("ophys/experiment/1", doc["datasets"]["route"]["ophys/experiment"])
     route = next(r for r in sorted(rel.record.datasets.hashes) if r != own)
     entries = {"ophys/experiment/1": dict(rel.record.datasets["ophys/experiment/1"])}
     doc["refs"][f"{route}.json"] = part_bytes(entries, local_lake.storage.url_of).decode()

@@ -315,7 +315,7 @@ def test_format3_datasets_read_path_by_path_check_each_part_once(monkeypatch):
     from abo_lake.record import PartitionedDatasets, part_key
 
     paths = [f"ophys/experiment/{9_000_000 + i}" for i in range(600)]  # 6 stored parts
-    paths += [f"behavior/session/{1_000_000 + i}" for i in range(5)]  # a small, inline part
+    paths += [f"behavior/session/{1_000_000 + i}" for i in range(5)]  # a small family: 1 part
     entries = {
         p: {"manifest": f"{i:064x}", "kind": "vbo_ophys", "nbytes": i} for i, p in enumerate(paths)
     }
@@ -332,7 +332,7 @@ def test_format3_datasets_read_path_by_path_check_each_part_once(monkeypatch):
     parsed = ReleaseRecord.from_bytes(record.to_bytes(), where="test")
     view = parsed.datasets
     assert len(view.hashes) >= 3  # stored parts
-    assert len(view.routes) > len(view.hashes)  # and an inline one
+    assert len(view.routes) == len(view.hashes)  # together too big to be inline: all stored
     reads: Counter = Counter()
 
     def read_many(keys):
