@@ -99,6 +99,24 @@ Last run, 09:43-09:48 at addb923, load 5 falling to 0.3 (``--tools lake --kinds 
 ccde457 no longer inlines; which coordinates was not checked); one cell 1 request, 0.27 MiB,
 0.03 s warm. Moto's 100-byte range GET of the VB file: 0.29 s at that load.
 
+The open after the CPU cuts in ``Release.open`` (members-only Zarr metadata, index
+coordinates decoded in-thread, dask graphs built directly; DESIGN.md "Opening a dataset"),
+``--tools lake --ops open --repeat 7``, 7 warm runs, 12:24-12:30, before = 2fec12b run from a
+``git archive`` copy (``PYTHONPATH``) just before the tree at 60080e5; the ``cpu s`` column is
+the worker's CPU (all threads), which the machine's load does not inflate:
+
+=============  ====================================  ====================================
+open           before (2fec12b, load 4.0-5.1)        after (60080e5, load 5.1-9.9)
+=============  ====================================  ====================================
+VB             2 req, 3.15 MiB, 0.27 s, CPU 0.190 s  2 req, 3.15 MiB, 0.23 s, CPU 0.107 s
+Npx            2 req, 1.12 MiB, 0.30 s, CPU 0.262 s  2 req, 1.12 MiB, 0.34 s, CPU 0.119 s
+=============  ====================================  ====================================
+
+Whole-population reads with it (``--tools lake --repeat 3``, 12:09-12:14, load 5.6-6.4): VB
+all dF/F 17 requests, 54.0 MiB, 1.69 s; Npx all spikes 41 requests, 111.5 MiB, 2.38 s (no
+slower than the figures above); one cell 1 request, 0.27 MiB, 0.03 s; one unit 2 requests,
+0.27 MiB, 0.10 s; open 0.38 / 0.37 s warm at that load.
+
 The peers, same files, same proxy (their figures do not depend on the lake's format).
 Full run (all tools, ``--repeat 1``, load 23 falling to 7; the lake converted at ~09:11, a
 tree after 6c6c584 and before ccde457). Per read alone: requests / MiB on the wire / warm s;
