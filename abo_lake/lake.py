@@ -355,6 +355,20 @@ class Lake:
             raise
         stage._publish()
 
+    def _newest_entries(self) -> dict[str, dict[str, Any]]:
+        """Manifest hash -> its dataset entry (kind, nbytes) in the newest format-3 release
+        (its parts, read at once); empty if there is none or it does not read."""
+        names = self.releases()
+        if not names:
+            return {}
+        try:
+            datasets = self._record(names[-1]).datasets
+            if not isinstance(datasets, PartitionedDatasets):
+                return {}
+            return {e["manifest"]: e for e in (datasets[p] for p in datasets)}
+        except (ManifestError, ReleaseNotFoundError):
+            return {}
+
     def _put_parts(self, parts: Mapping[str, bytes]) -> None:
         """Store record parts (content-addressed) that the lake does not hold yet: those of
         the newest release are skipped without a request; the rest are written at once."""
@@ -910,22 +924,33 @@ class Stage:
         if kind is None:
             root = json.loads(m.metadata["zarr.json"])
             kind = (root.get("attributes") or {}).get("abo_lake_kind")
-        self.datasets[path] = {"manifest": manifest_hash, "kind": kind, "nbytes": m.nbytes}
+        self._put(path, manifest_hash, kind, m.nbytes)
+        return manifest_hash
+
+    def _put(self, path: str, manifest_hash: str, kind: str | None, nbytes: int) -> None:
+        self.datasets[path] = {"manifest": manifest_hash, "kind": kind, "nbytes": nbytes}
         self._unsent.append(manifest_hash)
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
             self._heartbeat()
-        return manifest_hash
 
     def add_many(self, entries: Iterable[tuple[str, str, str | None]]) -> None:
         """:meth:`add` for many ``(path, manifest hash, kind)``, their manifests read at once
-        (:data:`MANIFEST_BATCH` at a time, concurrently on S3) instead of one read per add."""
+        (:data:`MANIFEST_BATCH` at a time, concurrently on S3) instead of one read per add.
+        A manifest the newest release holds is not read at all: its size (and kind, if not
+        given) come from that release's record (same hash, same manifest; a published
+        release's manifests are never collected)."""
         entries = [(_check_path(p), h, kind) for p, h, kind in entries]
-        where = {h: f"stage {self.name!r}, dataset {p!r}" for p, h, _ in entries}
+        known = self.lake._newest_entries()
+        where = {h: f"stage {self.name!r}, dataset {p!r}" for p, h, _ in entries if h not in known}
         _, errors = self.lake._manifests_of(where, where=where)
         if errors:
             raise next(iter(errors.values()))
         for path, h, kind in entries:
-            self.add(path, h, kind=kind)
+            if h in known:
+                self._put(path, h, known[h].get("kind") if kind is None else kind,
+                          int(known[h].get("nbytes", 0)))  # fmt: skip
+            else:
+                self.add(path, h, kind=kind)
 
     @property
     def root(self) -> str:

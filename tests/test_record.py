@@ -53,3 +53,32 @@ def test_a_large_record_stores_its_parts_and_lists_only_them():
     assert len(parts) <= 4 * len(paths) / PART_MAX * 4  # well filled (mixed id lengths)
     assert len(record.to_bytes()) < 160 * len(parts) + 1_000
     assert sorted(record.datasets) == sorted(paths)  # preloaded: the publisher's view
+
+
+def test_a_rerelease_stages_known_manifests_without_reading_them(local_lake, monkeypatch):
+    """Stage.add_many takes a manifest's kind and size from the newest release when it holds
+    that manifest: re-releasing N unchanged datasets reads the record's parts, not N
+    manifests (a fresh publisher used to read every one)."""
+    from test_lake import make_dataset
+
+    import abo_lake
+
+    with local_lake.stage("r1") as stage:
+        h = stage.write("ophys/experiment/1", make_dataset(n_time=60))
+        stage.add_many((f"ophys/experiment/{2 + 7919 * i}", h, None) for i in range(600))
+    first = local_lake.release("r1").record.datasets
+    lake = abo_lake.open_lake(local_lake.url)  # a fresh publisher
+    read: list[str] = []
+    for name in ("read", "read_many"):
+        real = getattr(lake.storage, name)
+
+        def counted(keys, _real=real, _name=name):
+            read.extend([keys] if _name == "read" else keys)
+            return _real(keys)
+
+        monkeypatch.setattr(lake.storage, name, counted)
+    with lake.stage("r2") as stage:
+        stage.add_many((p, first[p]["manifest"], None) for p in first)
+        assert not [k for k in read if k.startswith("manifests/")]  # (the head reads some)
+    second = lake.release("r2").record.datasets
+    assert {p: second[p] for p in second} == {p: first[p] for p in first}  # kind, nbytes too
