@@ -21,8 +21,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# the tests on PYTEST_WORKERS processes (pytest-xdist; --dist loadfile keeps a file's tests on
+# one process, so its module fixtures are built once); PYTEST_WORKERS=0: all in this process
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then $(BIN)/pytest -q --nbmake notebooks; fi
 
 # every source format synthesized at realistic scale, converted, published and verified
