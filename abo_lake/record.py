@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -89,6 +90,39 @@ def route_widths(paths: list[str]) -> dict[str, int]:
     return widths
 
 
+def _shared_parts(groups: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """Consecutive routes of a family stored as one part, up to :data:`PART_MAX` datasets.
+
+    Where a part ends is decided by the routes themselves (content-defined: after a route
+    whose sha256 is 0 modulo ``k``, ``k`` the power of two that makes parts about half full
+    on average), not by counting from the family's first route, so adding or changing a
+    dataset rewrites its own part, not every part after it. Routes stay fine where ids are
+    dense (10-digit ids beside 9-digit ones need more digits), and parts stay full.
+    """
+    families: dict[str, list[str]] = {}
+    for route in sorted(groups):
+        families.setdefault(family_of(route), []).append(route)
+    out: list[list[str]] = []
+    for routes in families.values():
+        mean = sum(len(groups[r]) for r in routes) / len(routes)
+        k = 1 << max(0, int(math.log2(max(1.0, PART_MAX / 2 / mean))))
+        current: list[str] = []
+        size = 0
+        for route in routes:
+            n = len(groups[route])
+            if current and size + n > PART_MAX:
+                out.append(current)
+                current, size = [], 0
+            current.append(route)
+            size += n
+            if int(hashlib.sha256(route.encode()).hexdigest()[:8], 16) % k == 0:
+                out.append(current)
+                current, size = [], 0
+        if current:
+            out.append(current)
+    return out
+
+
 def _canonical(doc: Any) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -165,13 +199,17 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         return sorted({*self._inline, *self.hashes})
 
     def _check(self, route: str, data: bytes | str, place: str) -> dict[str, dict[str, Any]]:
+        """Parse the part ``route`` references; every path in it must route to ``route`` or
+        (a stored part shared by consecutive routes) to a route referencing the same part."""
         try:
             doc = json.loads(data)
             entries = {str(p): dict(e) for p, e in doc["datasets"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"{place}: unreadable record part ({err!r})") from err
+        part = self.hashes.get(route)
         for path, entry in entries.items():
-            if self.route(path) != route:
+            own = self.route(path)
+            if own != route and (part is None or self.hashes.get(own) != part):
                 raise ManifestError(f"{place}: holds {path!r}, which is not in part {route!r}")
             h = str(entry.get("manifest", ""))
             if len(h) != 64 or not set(h) <= _HEX:
@@ -206,9 +244,13 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         if todo and self._read is None:
             raise ManifestError(f"{self.where}: the record's parts cannot be read (unbound)")
         read = self._read_fresh if fresh else self._read
-        got = read([part_key(self.hashes[r]) for r in todo]) if todo and read else {}
+        keys = list(dict.fromkeys(part_key(self.hashes[r]) for r in todo))
+        got = read(keys) if keys and read else {}
         for route in todo:
             h = self.hashes[route]
+            if h in self._cache:  # a part shared with a route checked just before
+                self._loaded[route] = self._cache[h]
+                continue
             data = got[part_key(h)]
             if isinstance(data, FileNotFoundError):
                 bad[route] = (part_key(h), h, True)
@@ -229,7 +271,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
     def readable(self) -> list[str]:
         """The paths of every part that reads and checks (see :meth:`errors` for the rest)."""
         self.errors()
-        return sorted(p for r in self.routes if r in self._loaded for p in self._loaded[r])
+        return sorted({p for r in self.routes if r in self._loaded for p in self._loaded[r]})
 
     def _load(self, routes: list[str]) -> None:
         bad = self.errors(routes)
@@ -268,7 +310,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         """Paths starting with ``prefix``, reading only the parts that can hold them."""
         routes = [r for r in self.routes if r.startswith(prefix) or prefix.startswith(r)]
         self._load(routes)
-        return sorted(p for r in routes for p in self._loaded[r] if p.startswith(prefix))
+        return sorted({p for r in routes for p in self._loaded[r] if p.startswith(prefix)})
 
 
 def record_root(doc: dict[str, Any]) -> str:
@@ -337,24 +379,29 @@ class ReleaseRecord:
             route = route_of(path, widths.get(family_of(path), 0))
             groups.setdefault(route, {})[path] = dict(datasets[path])
         data = {route: part_bytes(entries, url_of) for route, entries in groups.items()}
-        inline = sum(map(len, data.values())) <= PART_INLINE_MAX
         refs: dict[str, Any] = {}
         objects: dict[str, bytes] = {}
-        for route, part in data.items():
-            if inline:
-                refs[f"{route}.json"] = part.decode()
-            else:
+        if sum(map(len, data.values())) <= PART_INLINE_MAX:
+            refs = {f"{route}.json": part.decode() for route, part in data.items()}
+        else:
+            for shared in _shared_parts(groups):
+                entries = {p: e for r in shared for p, e in groups[r].items()}
+                part = part_bytes(entries, url_of)
                 key = part_key(hashlib.sha256(part).hexdigest())
                 objects[key] = part
-                refs[f"{route}.json"] = [url_of(key)]
+                refs.update({f"{r}.json": [url_of(key)] for r in shared})
         summary = {
             "count": len(datasets),
             "nbytes": sum(int(e.get("nbytes", 0)) for e in datasets.values()),
             "route": widths,
         }
         view = PartitionedDatasets(refs, widths, len(datasets), where)
-        for route, entries in groups.items():
-            view._preload(route, entries)
+        by_part: dict[str, dict[str, dict[str, Any]]] = {}
+        for route, entries in groups.items():  # a shared part's routes see all its entries
+            h = view.hashes.get(route)
+            view._preload(route, by_part.setdefault(h, {}) if h else entries)
+            if h:
+                by_part[h].update(entries)
         record = cls(root="", format=3, datasets=view, refs=refs, summary=summary, **fields)
         return replace(record, root=record_root(record._doc())), objects
 
