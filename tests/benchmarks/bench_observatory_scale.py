@@ -26,35 +26,33 @@ the "req" column estimates S3 requests from them (1 per object read/written, 1 p
 Run: ``nice python tests/benchmarks/bench_observatory_scale.py --sizes 1500 15000``
 (``--chunks 65`` per dataset, the default, gives ~1 M chunk objects at 15,000 datasets).
 
-Measured 2026-12-07 11:51-12:08 UTC on the shared 2-core machine (load 9-13), local lake,
-``--sizes 1500 15000 --chunks 65``: 99 k / 990 k objects (generated in 89 / 537 s). N = 1.5k /
-15k (estimated S3 requests), growth 15k/1.5k in brackets:
+Measured 2026-12-07 12:52-13:05 UTC at commit 753e94f (route width per family, stored parts
+shared by consecutive routes), shared 2-core machine at load ~6-9, local lake, ``--sizes 1500
+15000 --chunks 65``: 99 k / 990 k objects (generated in 19 / 190 s). N = 1.5k / 15k
+(estimated S3 requests), growth 15k/1.5k in brackets:
 
-- Routes: 1 digit, 24 stored parts, none inline / 3 digits, 2,151 routes: 70 stored parts and
-  2,081 inline (median 5 datasets per route: the 10-digit ids of VB and Neuropixels force 3
-  digits, which leaves the 9-digit ids' routes tiny, and tiny parts are inlined in the record).
-- Bytes added by a 1% release (mean of r1-r3): chunks 6.7 / 67 kB (64-byte objects),
-  manifests 168 kB / 1.68 MB, record parts 280 / 823 kB (12 / 43 parts), release.json
-  3.9 kB / 3.61 MB, head 468 / 474 B, catalog.yaml 8.3 / 8.4 kB, root catalog 2.6 / 2.6 kB;
-  release metadata 295 kB / 4.44 MB (x15.1). A format-2 record would have added 1.94 /
-  19.4 MB (x10.0): release.json 254 kB / 2.53 MB, catalog.yaml 1.46 / 14.5 MB, byid.json
-  232 kB / 2.33 MB.
-- Notebook calls (s): releases() 0.00 / 0.02 (9 req both); release('r3') 0.00 / 0.08 (1 req:
-  the 3.6 MB record); release+datasets() 0.03 / 0.29 (25 / 71 req, x11); datasets(prefix=
-  'ecephys/session/') 0.00 / 0.14 (5 / 21 req); datasets(prefix=one path) 0.00 / 0.09 (2 / 1);
-  table search 0.05 / 0.20 (2 req); diff(r2, r3) 0.13 / 1.46 (68 / 415 req: 150 datasets'
-  two manifests and the parts of both records, x11); stats() 0.01 / 0.04 (9 req); verify of
-  one dataset 0.01 / 0.07 (68 / 67 req). None over 2 s at 15k.
-- Maintenance (s): GC dry run 5.8 / 63.8 and delete 5.5 / 73.1 (1.7 k / 16.7 k req: listings
-  of 1 M objects, every distinct manifest once; 990 / 9,900 objects found, x11-13); verify of
-  the release 15.9 / 261.5 s (99 k / 990 k req, one per object; the 15k one run separately
-  at load ~8 beside a test run); publishing a 1% release from a fresh Lake 1.4 / 24.5 s
-  (1.6 k / 15.6 k req: Stage.add_many and the head's summary read every manifest); from the
-  Lake that wrote the manifests 0.5-0.8 / 6.2-11.6 s. Building the format-2 catalog and
-  by-id index in memory (what format 2's publish hook did) took 1.4-2.2 / 18-34 s.
-- After this run, PartitionedDatasets looks a path up in one dict once its record was
-  iterated (commit 31b6429): diff(r2, r3) at 15k 0.95 / 2.23 s -> 0.34 / 1.01 s in alternating
-  runs of the old and new code (load 5-8), release+datasets() 0.10-0.27 s; same requests.
+- Routes: widths {behavior 1, celltypes 0, connectivity 1, ecephys 1, ophys 1} / {3, 2, 2, 3,
+  3}; 21 / 190 stored parts, 0 inline (parts together > 64 KiB).
+- Bytes added by a 1% release (mean of r1-r3): chunks 6.7 / 67 kB, manifests 168 kB / 1.68 MB,
+  record parts 339 kB / 3.85 MB (11 / 111 parts), release.json 3.6 / 187 kB, head 468 / 474 B,
+  catalog.yaml 8.4 kB, root catalog 2.6 kB; release metadata 354 kB / 4.05 MB (x11.4). A
+  format-2 record would have added 1.95 / 19.5 MB (x10.0): release.json 254 kB / 2.53 MB,
+  catalog.yaml 1.46 / 14.6 MB, byid.json 236 kB / 2.38 MB.
+- Notebook calls (s): releases() 0.00 / 0.00 (9 req); release('r3') 0.00 / 0.00 (1 req);
+  release+datasets() 0.01 / 0.10 (19 / 190 req); datasets(prefix='ecephys/session/') 0.00 /
+  0.02 (5 / 56 req); datasets(prefix=one path) 0.00 / 0.01 (2 req); table search 0.02 / 0.02
+  (2 req); diff(r2, r3) 0.03 / 0.36 (61 / 602 req); stats() 0.00 / 0.00 (9 req); verify of one
+  dataset 0.00 / 0.01 (68 req). None over 2 s.
+- Maintenance (s): GC dry run 2.4 / 24.1 and delete 2.4 / 23.9 (1.7 k / 17.0 k req; 990 / 9,900
+  objects found); verify of the release 6.6 s at 1.5k (99 k req; at 15k 262 s in an earlier
+  run at load ~8, 990 k req); publishing a 1% release from a fresh Lake 0.8 / 6.3 s (1.6 k /
+  15.8 k req: the head's summary reads both releases' manifests; add_many no longer reads a
+  manifest the newest release holds). Building the format-2 catalog and by-id index in memory
+  (what format 2's publish hook did) took 0.6-0.8 / 7.8-9.0 s.
+
+Earlier run (11:51-12:08, one route width for all families, parts <= 8 KiB inline): 2,151
+routes at 15k, 2,081 parts inline, release.json 3.61 MB per release, metadata 4.44 MB per 1%
+release; that is what the per-family widths and shared parts fixed.
 """
 
 from __future__ import annotations
