@@ -34,12 +34,8 @@ def test_each_family_gets_its_own_route_width():
     assert max(coarser.values()) > PART_MAX  # the fewest digits that fit
 
 
-def test_a_large_record_stores_its_parts_and_lists_only_them():
-    """6,000 Allen-like ids: the parts are objects, the record a list of part hashes whose
-    size is set by the number of parts, not of datasets."""
-    paths = [f"ophys/experiment/{i}" for i in _allen_like_ids(6_000)]
-    datasets = {p: {"manifest": "a" * 64, "kind": "ophys_experiment", "nbytes": 1} for p in paths}
-    record, parts = ReleaseRecord.partitioned(
+def _partitioned(datasets: dict) -> tuple[ReleaseRecord, dict[str, bytes]]:
+    return ReleaseRecord.partitioned(
         name="r",
         created="2026-12-07T00:00:00+00:00",
         abo_lake_version="x",
@@ -49,6 +45,14 @@ def test_a_large_record_stores_its_parts_and_lists_only_them():
         url_of=lambda key: f"s3://bucket/lake/{key}",
         where="test",
     )
+
+
+def test_a_large_record_stores_its_parts_and_lists_only_them():
+    """6,000 Allen-like ids: the parts are objects, the record a list of part hashes whose
+    size is set by the number of parts, not of datasets."""
+    paths = [f"ophys/experiment/{i}" for i in _allen_like_ids(6_000)]
+    datasets = {p: {"manifest": "a" * 64, "kind": "ophys_experiment", "nbytes": 1} for p in paths}
+    record, parts = _partitioned(datasets)
     assert all(isinstance(v, list) for v in record.refs.values())  # every part stored
     assert len(parts) <= 4 * len(paths) / PART_MAX  # full parts, though routes are fine
     assert len(record.refs) > 2 * len(parts)  # consecutive routes share a part
@@ -61,16 +65,7 @@ def test_a_large_record_stores_its_parts_and_lists_only_them():
     more = dict(datasets)
     more["ophys/experiment/955555555"] = datasets[paths[0]]
     more[paths[len(paths) // 2]] = {**datasets[paths[0]], "manifest": "b" * 64}
-    _, parts2 = ReleaseRecord.partitioned(
-        name="r2",
-        created="2026-12-07T00:00:00+00:00",
-        abo_lake_version="x",
-        notes="",
-        tables={},
-        datasets=more,
-        url_of=lambda key: f"s3://bucket/lake/{key}",
-        where="test",
-    )
+    _, parts2 = _partitioned(more)
     assert 1 <= len(set(parts2) - set(parts)) <= 3  # a part may split when it overflows
 
 
