@@ -75,7 +75,9 @@ class Rule:
         How many consecutive matching requests to fault from ``nth`` on.
     every
         If set, fault every ``every``-th matching request instead (``nth``/``times`` unused),
-        so that each retry of a faulted request gets through.
+        and let the next request for an object just faulted through uncounted, so that a
+        faulted request's retry gets through even when concurrent requests would otherwise
+        put it on the faulted beat again and again.
     """
 
     fault: str
@@ -85,6 +87,7 @@ class Rule:
     times: int = 1
     every: int = 0
     seen: int = field(default=0, init=False)
+    _faulted: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -96,9 +99,15 @@ class Rule:
             return False
         if not re.search(self.key, path):
             return False
+        if self.every and (method, path) in self._faulted:
+            self._faulted.discard((method, path))  # its retry
+            return False
         self.seen += 1
         if self.every:
-            return self.seen % self.every == 0
+            if self.seen % self.every:
+                return False
+            self._faulted.add((method, path))
+            return True
         return self.nth <= self.seen < self.nth + self.times
 
 
