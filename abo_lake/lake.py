@@ -607,7 +607,7 @@ class Lake:
         bad_manifests: list[tuple[str, str, str, bool]] = []
         datasets = rel.record.datasets
         bad_parts = datasets.errors(fresh=True) if isinstance(datasets, PartitionedDatasets) else {}
-        paths = datasets.readable() if isinstance(datasets, PartitionedDatasets) else rel.datasets()
+        paths = datasets.checked() if isinstance(datasets, PartitionedDatasets) else rel.datasets()
         places = {}
         for path in paths:
             places.setdefault(datasets[path]["manifest"], []).append(path)

@@ -268,9 +268,9 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
                 self._loaded[route] = self._cache[h] = entries
         return bad
 
-    def readable(self) -> list[str]:
-        """The paths of every part that reads and checks (see :meth:`errors` for the rest)."""
-        self.errors()
+    def checked(self) -> list[str]:
+        """The paths of the parts read and checked so far (after :meth:`errors`: every part
+        that reads and checks), without reading anything."""
         return sorted({p for r in self.routes if r in self._loaded for p in self._loaded[r]})
 
     def _load(self, routes: list[str]) -> None:

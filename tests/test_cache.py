@@ -226,7 +226,7 @@ def test_verify_reads_the_lake_itself_while_reads_stay_cached(
     assert not report.missing
     # every chunk and the manifest were read from S3, the cache was not consulted
     assert immutable_gets(s3_gets) == len(chunks) + 1, s3_gets
-    assert s3_gets[("get_object", f"lake/{part_key(part_hash)}")] >= 1  # 2: readable() again
+    assert s3_gets[("get_object", f"lake/{part_key(part_hash)}")] >= 1
     assert (lake.storage.cache.hits, lake.storage.cache.misses) == (hits, misses)
 
     s3_gets.clear()
