@@ -355,32 +355,29 @@ class Lake:
             raise
         stage._publish()
 
+    def _newest_datasets(self) -> PartitionedDatasets | None:
+        """The datasets of the newest release if it is format 3 and its record reads."""
+        names = self.releases()
+        try:
+            datasets = self._record(names[-1]).datasets if names else None
+        except (ManifestError, ReleaseNotFoundError):
+            return None
+        return datasets if isinstance(datasets, PartitionedDatasets) else None
+
     def _newest_entries(self) -> dict[str, dict[str, Any]]:
         """Manifest hash -> its dataset entry (kind, nbytes) in the newest format-3 release
         (its parts, read at once); empty if there is none or it does not read."""
-        names = self.releases()
-        if not names:
-            return {}
+        datasets = self._newest_datasets()
         try:
-            datasets = self._record(names[-1]).datasets
-            if not isinstance(datasets, PartitionedDatasets):
-                return {}
-            return {e["manifest"]: e for e in (datasets[p] for p in datasets)}
-        except (ManifestError, ReleaseNotFoundError):
+            return {e["manifest"]: e for e in (datasets[p] for p in datasets or {})}
+        except ManifestError:
             return {}
 
     def _put_parts(self, parts: Mapping[str, bytes]) -> None:
         """Store record parts (content-addressed) that the lake does not hold yet: those of
         the newest release are skipped without a request; the rest are written at once."""
-        known: set[str] = set()
-        names = self.releases()
-        if names:
-            try:
-                newest = self._record(names[-1]).datasets
-            except (ManifestError, ReleaseNotFoundError):
-                newest = {}
-            if isinstance(newest, PartitionedDatasets):
-                known = {part_key(h) for h in newest.hashes.values()}
+        newest = self._newest_datasets()
+        known = {part_key(h) for h in newest.hashes.values()} if newest else set()
         todo = [k for k in parts if k not in known]
         if todo:
             with ThreadPoolExecutor(min(16, len(todo))) as pool:
