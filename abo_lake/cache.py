@@ -1,10 +1,11 @@
 """An opt-in local cache of a lake's immutable objects, for notebooks on slow or metered links.
 
-Chunk objects (``cas/<2 hex>/<sha256>``) and manifests (``manifests/<2 hex>/<sha256>.json``)
-are named by the hash of their bytes and never change, so a local copy stored under the same
-key is valid forever and is checked against its name on every read: an altered or truncated
-entry is dropped and fetched again. Nothing else is cached: release records, catalogs,
-listings and stages are always read from the lake, so a new release is seen at once.
+Chunk objects (``cas/<2 hex>/<sha256>``), manifests (``manifests/<2 hex>/<sha256>.json``) and
+release record parts (``records/<2 hex>/<sha256>.json``) are named by the sha256 of their bytes
+and never change, so a local copy stored under the same key is valid forever and is checked
+against its name on every read: an altered or truncated entry is dropped and fetched again.
+Nothing else is cached: release records, heads, catalogs, listings and stages are always read
+from the lake, so a new release is seen at once.
 
 The cache is bounded: after each addition the least recently used entries (by file mtime,
 refreshed on each hit) are removed until the total is within ``max_bytes``. Several
@@ -13,6 +14,12 @@ processes may share one cache folder (entries are written to a temporary file an
 Chunks stored in packs are read as byte ranges of their object
 (:meth:`CachedStorage.read_ranges`): a range is cut from a cached whole object, or cached on
 its own (``<key>.<start>-<end>``, followed by its sha256, checked on read).
+
+Batch reads (:meth:`CachedStorage.read_many`: manifests and record parts for
+:meth:`~abo_lake.lake.Lake.diff`, stats, GC marking, ``Stage.add_many``, a record's parts)
+are served from the cache where it holds a good copy; the rest is fetched from the lake in
+one batch and the good objects are added. Their other keys (records, heads, catalogs, stage
+parts) always go to the lake.
 
 Why not fsspec's ``simplecache``/``filecache``: they cache every file by path (records and
 catalogs too), do not check content against a hash and have no size bound; and the lake's
@@ -23,10 +30,6 @@ the same cache (:meth:`CachedStorage.read`, :meth:`CachedStorage.zarr_store`).
 chunk objects, manifests and record parts through :attr:`CachedStorage.uncached`, a plain
 :class:`~abo_lake.storage.Storage` of the same lake (which neither reads from nor adds to the
 cache, so verifying a release does not evict a notebook's working set).
-:meth:`CachedStorage.read_many` is not served from the cache either (it reads the lake, then
-adds the good objects): its callers read records, heads, catalogs and stage parts (never
-cached), record parts (``records/``, content-addressed but not cached) and manifests in batches
-(:meth:`~abo_lake.lake.Lake.diff`, stats, GC marking, ``Stage.add_many``).
 
 Use::
 
@@ -51,6 +54,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from abo_lake import cas
+from abo_lake.record import RECORDS_PREFIX
 from abo_lake.storage import Storage
 
 __all__ = ["DEFAULT_CACHE", "DEFAULT_MAX_BYTES", "CachedStorage", "ChunkCache", "open_cached_lake"]
@@ -60,18 +64,22 @@ DEFAULT_CACHE = "~/.cache/abo-lake"
 #: Default bound on the cache's size: 10 GiB.
 DEFAULT_MAX_BYTES = 10 * 2**30
 
-#: Keys that are named by their content hash (the only ones cached).
+#: Keys that are named by the sha256 of their bytes (the only ones cached): chunk and table
+#: objects, manifests, record parts.
 _IMMUTABLE_RE = re.compile(
-    r"^(cas/[0-9a-f]{2}/([0-9a-f]{64})|manifests/[0-9a-f]{2}/([0-9a-f]{64})\.json)$"
+    rf"^(?:{cas.CAS_PREFIX}/([0-9a-f]{{2}})/([0-9a-f]{{64}})"
+    rf"|(?:manifests|{RECORDS_PREFIX})/([0-9a-f]{{2}})/([0-9a-f]{{64}})\.json)$"
 )
 
 
 def content_hash(key: str) -> str | None:
-    """The sha256 a lake key is named by, or None if ``key`` is not a CAS object or manifest."""
+    """The sha256 a lake key is named by, or None if ``key`` is not a CAS object, manifest or
+    record part."""
     m = _IMMUTABLE_RE.match(key)
-    if not m or key.split("/")[1] != (m.group(2) or m.group(3))[:2]:
+    if not m:
         return None
-    return m.group(2) or m.group(3)
+    folder, h = (m.group(1), m.group(2)) if m.group(2) else (m.group(3), m.group(4))
+    return h if h[:2] == folder else None
 
 
 class ChunkCache:
@@ -227,9 +235,9 @@ class ChunkCache:
 
 
 class CachedStorage(Storage):
-    """A :class:`~abo_lake.storage.Storage` whose reads of chunk objects and manifests go
-    through a :class:`ChunkCache`; everything else (records, catalogs, listings, writes) goes
-    to the lake as usual.
+    """A :class:`~abo_lake.storage.Storage` whose reads of chunk objects, manifests and record
+    parts go through a :class:`ChunkCache`; everything else (records, heads, catalogs,
+    listings, stages, writes) goes to the lake as usual.
 
     Parameters
     ----------
@@ -264,7 +272,7 @@ class CachedStorage(Storage):
         return f"CachedStorage({self.url!r}, cache={str(self.cache.directory)!r})"
 
     def read(self, key: str) -> bytes:
-        """As :meth:`Storage.read`, served from the cache for CAS objects and manifests."""
+        """As :meth:`Storage.read`, served from the cache for content-named objects."""
         data = self.cache.get(key)
         if data is None:
             data = super().read(key)
@@ -296,14 +304,16 @@ class CachedStorage(Storage):
         return Storage(self.url, **self.storage_options)
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
-        """As :meth:`Storage.read_many`, from the lake (not served from the cache: see the
-        module docstring for its callers); the good objects are added to the cache. Reads
-        that must bypass the cache use :attr:`uncached`."""
-        got = super().read_many(keys)
-        for key, data in got.items():
+        """As :meth:`Storage.read_many`: content-named objects the cache holds (and that
+        check against their name) come from the cache; the rest is read from the lake in
+        one batch, and its good objects are added. Reads that must bypass the cache use
+        :attr:`uncached`."""
+        held = {k: self.cache.get(k) for k in dict.fromkeys(keys)}
+        fetched = super().read_many([k for k, data in held.items() if data is None])
+        for key, data in fetched.items():
             if isinstance(data, bytes):
                 self.cache.put(key, data)
-        return got
+        return {k: fetched[k] if (data := held[k]) is None else data for k in held}
 
     def zarr_store(self, prefix: str) -> Store:
         """As :meth:`Storage.zarr_store`; for ``cas`` (the chunk reads of ``open``) the
@@ -364,7 +374,7 @@ def open_cached_lake(
     max_bytes: int = DEFAULT_MAX_BYTES,
     **storage_options: Any,
 ):
-    """Open a lake whose chunk objects and manifests are cached in ``cache``.
+    """Open a lake whose chunk objects, manifests and record parts are cached in ``cache``.
 
     Parameters
     ----------

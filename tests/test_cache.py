@@ -53,6 +53,15 @@ def s3_gets(monkeypatch):
     return calls
 
 
+def gets_under(calls: Counter, folder: str) -> int:
+    """GETs/HEADs of objects under ``<lake>/<folder>/``."""
+    return sum(
+        n
+        for (method, key), n in calls.items()
+        if method in ("get_object", "head_object") and f"/{folder}/" in key
+    )
+
+
 def immutable_gets(calls: Counter) -> int:
     """GETs/HEADs of chunk objects and manifests."""
     return sum(
@@ -100,7 +109,7 @@ def test_corrupt_cache_entry_is_refetched(s3_lake_url, s3_options, s3_gets, tmp_
     assert cas.digest(entry.read_bytes()) == h  # and the entry is good again
 
 
-def test_read_many_reads_the_lake_so_verify_sees_a_missing_object(tmp_path):
+def test_verify_sees_a_missing_object_the_cache_still_holds(tmp_path):
     url = str(tmp_path / "lake")
     with abo_lake.open_lake(url).stage("r1") as stage:
         stage.write("ophys/experiment/1", make_dataset())
@@ -113,8 +122,11 @@ def test_read_many_reads_the_lake_so_verify_sees_a_missing_object(tmp_path):
     report = open_cached_lake(url, cache=tmp_path / "cache").verify("r1")
     assert [m[2] for m in report.missing] == [h]  # ...but verify checks the lake itself
     missing = "cas/00/" + "0" * 64
-    got = lake.storage.read_many([cas.key_of(h), missing])
-    assert all(isinstance(v, Exception) for v in got.values())
+    got = lake.storage.read_many([cas.key_of(h), missing])  # batch reads use the cache too
+    assert cas.digest(got[cas.key_of(h)]) == h
+    assert isinstance(got[missing], FileNotFoundError)
+    got = lake.storage.uncached.read_many([cas.key_of(h), missing])
+    assert all(isinstance(v, FileNotFoundError) for v in got.values())
 
 
 def test_size_bound_evicts_least_recently_used(tmp_path):
@@ -235,3 +247,80 @@ def test_verify_reads_the_lake_itself_while_reads_stay_cached(
     assert immutable_gets(s3_gets) == 0, s3_gets
     assert lake.storage.cache.hits >= hits + len(chunks)
     assert cas.digest(lake.storage.read(cas.key_of(chunks[0]))) == chunks[0]
+
+
+@pytest.fixture
+def two_releases(s3_bucket, s3_options):
+    """r1 and r2 on S3, differing in two datasets (one changed, one added), with 300 more
+    paths sharing one manifest so that the records' parts are stored objects, not inline."""
+    url = f"s3://{s3_bucket}/lake"
+    lake = abo_lake.open_lake(url, **s3_options)
+    with lake.stage("r1") as stage:
+        h = stage.write("ophys/experiment/1", make_dataset())
+        stage.write("ophys/experiment/2", make_dataset(1))
+        stage.add_many((f"ophys/experiment/1{i:04d}", h, "ophys_experiment") for i in range(300))
+    with lake.stage("r2") as stage:
+        stage.add_many(
+            (p, d["manifest"], d["kind"]) for p, d in lake.release("r1").record.datasets.items()
+        )
+        stage.write("ophys/experiment/2", make_dataset(2))
+        stage.write("ophys/experiment/3", make_dataset(3))
+    return url
+
+
+def test_batch_reads_of_manifests_and_parts_come_from_the_cache(
+    two_releases, s3_options, s3_gets, tmp_path
+):
+    """A rerun's diff and exact stats (another session, nothing parsed in memory) read the
+    manifests and record parts from the cache: no manifest or part is fetched again, the
+    records are; results are equal. A corrupted entry is fetched again, and only it."""
+    cache = tmp_path / "cache"
+    first = open_cached_lake(two_releases, cache=cache, **s3_options)
+    parts = set(first.release("r1").record.datasets.hashes.values())
+    parts |= set(first.release("r2").record.datasets.hashes.values())
+    assert len(parts) >= 2  # stored parts, read in batches
+    diff, stats = first.diff("r1", "r2"), first.stats(exact=True)
+    assert [c.status for c in diff.datasets if c.status != "unchanged"] == ["changed", "added"]
+    assert gets_under(s3_gets, "manifests") >= 4
+    assert gets_under(s3_gets, "records") >= 2
+
+    s3_gets.clear()
+    rerun = open_cached_lake(two_releases, cache=cache, **s3_options)
+    assert rerun.diff("r1", "r2") == diff
+    assert rerun.stats(exact=True) == stats
+    assert gets_under(s3_gets, "manifests") == 0, s3_gets
+    assert gets_under(s3_gets, "records") == 0, s3_gets
+    assert s3_gets[("get_object", "lake/releases/r2/release.json")] >= 1  # records: the lake's
+    assert rerun.storage.cache.hits >= 4 + len(parts)
+
+    m2 = rerun.release("r2").record.datasets["ophys/experiment/2"]["manifest"]
+    part = sorted(parts)[0]
+    for key in (manifest_key(m2), part_key(part)):
+        entry = cache / key
+        entry.write_bytes(b"\x00" * entry.stat().st_size)  # same size, wrong bytes
+    s3_gets.clear()
+    again = open_cached_lake(two_releases, cache=cache, **s3_options)
+    assert again.diff("r1", "r2") == diff
+    assert again.storage.cache.corrupt == 2
+    assert gets_under(s3_gets, "manifests") == 1, s3_gets  # only the bad entries came again
+    assert gets_under(s3_gets, "records") == 1, s3_gets
+    assert s3_gets[("get_object", f"lake/{manifest_key(m2)}")] == 1
+    assert cas.digest((cache / manifest_key(m2)).read_bytes()) == m2  # good again
+    assert cas.digest((cache / part_key(part)).read_bytes()) == part
+
+
+def test_verify_reads_manifests_and_parts_from_the_lake_after_batch_reads_cached_them(
+    two_releases, s3_options, s3_gets, tmp_path
+):
+    lake = open_cached_lake(two_releases, cache=tmp_path / "cache", **s3_options)
+    lake.diff("r1", "r2")
+    lake.stats(exact=True)  # every manifest and part of both releases now cached
+    record = lake.release("r2").record
+    manifests = {d["manifest"] for d in record.datasets.values()}
+    parts = set(record.datasets.hashes.values())
+    s3_gets.clear()
+    hits, misses = lake.storage.cache.hits, lake.storage.cache.misses
+    assert lake.verify("r2").ok
+    assert gets_under(s3_gets, "manifests") == len(manifests), s3_gets
+    assert gets_under(s3_gets, "records") == len(parts), s3_gets
+    assert (lake.storage.cache.hits, lake.storage.cache.misses) == (hits, misses)
