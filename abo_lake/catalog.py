@@ -246,8 +246,10 @@ def _route_template(template: str, widths: dict[str, int]) -> str:
 
 def _by_id_route(lake: Lake, record: ReleaseRecord, template: str) -> dict[str, Any]:
     """How a by-id entry reaches a manifest: the ``fo`` ``<template>.json`` is read from the
-    dataset's record part, itself read as ``<route>.json`` from the release record; the
-    record and its parts are fsspec reference files, so plain intake follows the chain.
+    dataset's record part, itself read as ``<route>.json`` from the release record (or, in a
+    record with an index level, from the index object read as ``<index route>.json`` from
+    the record); the record, its index objects and parts are fsspec reference files, so plain
+    intake follows the chain.
     Format-1/2 records go through the release's by-id index instead."""
     ref_options, plain = _options(lake)
     remote = {"remote_protocol": ref_options["remote_protocol"], "remote_options": dict(plain)}
@@ -260,16 +262,23 @@ def _by_id_route(lake: Lake, record: ReleaseRecord, template: str) -> dict[str, 
                 **({"target_options": dict(plain)} if plain else {}),  # reads the index
             },
         }
-    record_fs = {
+    fs = {
         "fo": lake.storage.url_of(f"releases/{record.name}/release.json"),
-        **remote,  # reads the record's parts
+        **remote,  # reads the record's parts (or index objects)
         **({"target_options": dict(plain)} if plain else {}),  # reads the record
     }
+    if "index" in record.summary:  # record -> index object -> part
+        fs = {
+            "fo": f"{_route_template(template, record.summary['index'])}.json",
+            **remote,  # reads the parts
+            "target_protocol": "reference",
+            "target_options": fs,
+        }
     part_fs = {
         "fo": f"{_route_template(template, record.summary['route'])}.json",
         **remote,  # reads the manifests
         "target_protocol": "reference",
-        "target_options": record_fs,
+        "target_options": fs,
     }
     return {"target_protocol": "reference", "target_options": part_fs}
 

@@ -364,20 +364,25 @@ class Lake:
             return None
         return datasets if isinstance(datasets, PartitionedDatasets) else None
 
-    def _newest_entries(self) -> dict[str, dict[str, Any]]:
-        """Manifest hash -> its dataset entry (kind, nbytes) in the newest format-3 release
-        (its parts, read at once); empty if there is none or it does not read."""
-        datasets = self._newest_datasets()
+    @staticmethod
+    def _entries_of(datasets: PartitionedDatasets | None) -> dict[str, dict[str, Any]]:
+        """Manifest hash -> its dataset entry (kind, nbytes) in ``datasets`` (a format-3
+        release's, its parts read at once); empty if None or it does not read."""
         try:
             return {e["manifest"]: e for e in (datasets[p] for p in datasets or {})}
         except ManifestError:
             return {}
 
-    def _put_parts(self, parts: Mapping[str, bytes]) -> None:
-        """Store record parts (content-addressed) that the lake does not hold yet: those of
-        the newest release are skipped without a request; the rest are written at once."""
-        newest = self._newest_datasets()
-        known = {part_key(h) for h in newest.hashes.values()} if newest else set()
+    def _put_parts(
+        self, parts: Mapping[str, bytes], newest: PartitionedDatasets | None = None
+    ) -> None:
+        """Store record parts and index objects (content-addressed) that the lake does not
+        hold yet: those of ``newest`` (a published release's datasets) are skipped without
+        a request; the rest are written at once."""
+        try:
+            known = {part_key(h) for h in newest.objects()} if newest else set()
+        except ManifestError:  # an index object of it does not read: write them all
+            known = set()
         todo = [k for k in parts if k not in known]
         if todo:
             with ThreadPoolExecutor(min(16, len(todo))) as pool:
@@ -624,8 +629,8 @@ class Lake:
         for name, table in rel.record.tables.items():
             where.setdefault(table["object"], (f"table {name}", "parquet"))
         report = VerifyReport(rel.pin, checked=len(where) + len(paths) + len(bad_parts))
-        for route, (key, h, missing) in bad_parts.items():
-            (report.missing if missing else report.corrupt).append((f"record part {route}", key, h))
+        for label, (key, h, missing) in bad_parts.items():  # "record part|index <route>"
+            (report.missing if missing else report.corrupt).append((label, key, h))
         for path, key, h, missing in bad_manifests:
             (report.missing if missing else report.corrupt).append((path, key, h))
         for hook in VERIFY_HOOKS if not bad_parts else ():  # they derive from every part
@@ -768,7 +773,7 @@ class Lake:
         for name in self.releases():
             record = self._record(name)
             if isinstance(record.datasets, PartitionedDatasets):
-                marks.parts.update(record.datasets.hashes.values())
+                marks.parts.update(record.datasets.objects())
             marks.manifests.update(d["manifest"] for d in record.datasets.values())
             marks.objects.update(t["object"] for t in record.tables.values())
         for key, info in self.storage.find(LEDGER_PREFIX).items():
@@ -872,6 +877,8 @@ class Stage:
         self.created = _now().isoformat()
         self._unsent: list[str] = []  # manifests staged since the last heartbeat
         self._parts = 0
+        self._newest: list[PartitionedDatasets | None] = []  # looked up once: [] not yet
+        self._known: dict[str, dict[str, Any]] | None = None  # its entries by manifest hash
         self._last_beat = -math.inf
         self._lock = threading.Lock()  # a job's heartbeat thread beats too
 
@@ -924,6 +931,14 @@ class Stage:
         self._put(path, manifest_hash, kind, m.nbytes)
         return manifest_hash
 
+    def _newest_release(self) -> PartitionedDatasets | None:
+        """The newest release's datasets (format 3, else None), looked up once per stage (by
+        ``add_many`` and by publish). A release published meanwhile does not matter: any
+        published release's entries and parts are good to reuse."""
+        if not self._newest:
+            self._newest.append(self.lake._newest_datasets())
+        return self._newest[0]
+
     def _put(self, path: str, manifest_hash: str, kind: str | None, nbytes: int) -> None:
         self.datasets[path] = {"manifest": manifest_hash, "kind": kind, "nbytes": nbytes}
         self._unsent.append(manifest_hash)
@@ -937,7 +952,9 @@ class Stage:
         given) come from that release's record (same hash, same manifest; a published
         release's manifests are never collected)."""
         entries = [(_check_path(p), h, kind) for p, h, kind in entries]
-        known = self.lake._newest_entries()
+        if self._known is None:
+            self._known = self.lake._entries_of(self._newest_release())
+        known = self._known
         where = {h: f"stage {self.name!r}, dataset {p!r}" for p, h, _ in entries if h not in known}
         _, errors = self.lake._manifests_of(where, where=where)
         if errors:
@@ -1005,7 +1022,7 @@ class Stage:
         self.lake._bind(record)
         data = record.to_bytes()
         try:
-            self.lake._put_parts(parts)  # before the record that references them
+            self.lake._put_parts(parts, self._newest_release())  # before the record
             written = self.lake.storage.put_if_absent(key, data)
             if written:  # only the writer that won the name writes its head and catalog
                 self.lake._records[self.name] = record

@@ -13,6 +13,8 @@ from abo_lake.errors import ManifestError
 from abo_lake.manifest import manifest_key, root_hash
 
 __all__ = [
+    "INDEX_INLINE_MAX",
+    "INDEX_MAX",
     "PART_INLINE_MAX",
     "PART_MAX",
     "RECORDS_PREFIX",
@@ -31,6 +33,12 @@ PART_MAX = 256
 #: When all its parts together are at most this many bytes, they live inside the record
 #: (a small lake reads no part object); otherwise every part is an object of its own.
 PART_INLINE_MAX = 65536
+#: A record index object routes to at most this many parts' routes (its width, per family,
+#: grows a digit until it does).
+INDEX_MAX = 128
+#: When the index objects of a record with stored parts are together at most this many
+#: bytes, they live inside the record (one request less to reach a part).
+INDEX_INLINE_MAX = 16384
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -90,18 +98,42 @@ def route_widths(paths: list[str]) -> dict[str, int]:
     return widths
 
 
-def _shared_parts(groups: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
-    """Consecutive routes of a family stored as one part, up to :data:`PART_MAX` datasets.
+def index_widths(routes: list[str], widths: Mapping[str, int]) -> dict[str, int]:
+    """Per family, the fewest digits (at most its route width) whose index routes
+    (:func:`route_of` of a route) hold at most :data:`INDEX_MAX` routes each."""
+    families: dict[str, list[str]] = {}
+    for r in routes:
+        if r.count("/") >= 2:
+            families.setdefault(family_of(r), []).append(r)
+    out = {}
+    for family, rs in families.items():
+        for digits in range(widths.get(family, 0) + 1):
+            sizes: dict[str, int] = {}
+            for r in rs:
+                ir = route_of(r, digits)
+                sizes[ir] = sizes.get(ir, 0) + 1
+            if max(sizes.values()) <= INDEX_MAX:
+                break
+        out[family] = digits
+    return out
+
+
+def _shared_parts(
+    groups: Mapping[str, Mapping[str, Any]], unit: Callable[[str], str] = family_of
+) -> list[list[str]]:
+    """Consecutive routes of a ``unit`` (a family, or an index route) stored as one part,
+    up to :data:`PART_MAX` datasets.
 
     Where a part ends is decided by the routes themselves (content-defined: after a route
     whose sha256 is 0 modulo ``k``, ``k`` the power of two that makes parts about half full
-    on average), not by counting from the family's first route, so adding or changing a
+    on average), not by counting from the unit's first route, so adding or changing a
     dataset rewrites its own part, not every part after it. Routes stay fine where ids are
-    dense (10-digit ids beside 9-digit ones need more digits), and parts stay full.
+    dense (10-digit ids beside 9-digit ones need more digits), and parts stay full. A part
+    never spans two units, so an index object's parts are its own.
     """
     families: dict[str, list[str]] = {}
     for route in sorted(groups):
-        families.setdefault(family_of(route), []).append(route)
+        families.setdefault(unit(route), []).append(route)
     out: list[list[str]] = []
     for routes in families.values():
         mean = sum(len(groups[r]) for r in routes) / len(routes)
@@ -138,65 +170,100 @@ def part_bytes(entries: dict[str, dict[str, Any]], url_of: Callable[[str], str])
 class PartitionedDatasets(Mapping[str, dict[str, Any]]):
     """The datasets of a format-3 record, read one part at a time as paths are asked for.
 
-    ``rec.datasets[path]`` reads the one part ``path`` routes to; iterating reads every part
-    (at once, concurrently on S3). Each part read is checked against the hash the record
-    (and so the root) holds for it, and every path in it must route to it. Parts are shared
-    by the releases that hold them (one parse per lake, through the cache given to
-    :meth:`bind`).
+    ``rec.datasets[path]`` reads the one part ``path`` routes to (and, in a record with an
+    index level, the one index object that routes to the part); iterating reads every part
+    (at once, concurrently on S3). Each object read is checked against the hash the level
+    above holds for it (and so against the root), and every path in a part must route to
+    it, every route in an index object to that object. Parsed objects are shared by the
+    releases that hold them (one parse per lake, through the cache given to :meth:`bind`).
     """
 
     def __init__(
-        self, refs: Mapping[str, Any], widths: Mapping[str, int], count: int, where: str
+        self,
+        refs: Mapping[str, Any],
+        widths: Mapping[str, int],
+        count: int,
+        where: str,
+        index: Mapping[str, int] | None = None,
     ) -> None:
         self.widths = dict(widths)
+        self.index = None if index is None else dict(index)  # family -> index route width
         self.where = where
         self._count = count
-        self._inline: dict[str, str] = {}
-        self.hashes: dict[str, str] = {}  # route -> part hash (parts stored as objects)
+        self._inline: dict[str, str] = {}  # route -> inline part (no index level)
+        self._hashes: dict[str, str] = {}  # route -> stored part hash (as far as known)
+        self._index_inline: dict[str, str] = {}  # index route -> inline index document
+        self.index_hashes: dict[str, str] = {}  # index route -> stored index object hash
+        self._index_routes: dict[str, list[str]] = {}  # index route -> its routes, once read
+        top_inline, top_hashes = (
+            (self._inline, self._hashes)
+            if self.index is None
+            else (self._index_inline, self.index_hashes)
+        )
         for key, value in refs.items():
             route = key.removesuffix(".json")
             if isinstance(value, str):
-                self._inline[route] = value
+                top_inline[route] = value
             else:
-                h = str(value[0]).rsplit("/", 1)[-1].removesuffix(".json")
-                if len(h) != 64 or not set(h) <= _HEX:
-                    raise ManifestError(f"{where}: record part reference {value!r} is not a part")
-                self.hashes[route] = h
+                top_hashes[route] = _object_hash(value, f"{where}: record reference")
         self._loaded: dict[str, dict[str, dict[str, Any]]] = {}
         self._read: Callable[[list[str]], Mapping[str, bytes | Exception]] | None = None
         self._read_fresh = self._read  # errors(fresh=True): the lake's own, never a cache
-        self._cache: dict[str, dict[str, dict[str, Any]]] = {}
-        self._why: dict[str, str] = {}  # route -> why its part was refused
+        self._cache: dict[str, Any] = {}  # object hash -> its checked content
+        self._why: dict[str, str] = {}  # label -> why its object was refused
         self._flat: dict[str, dict[str, Any]] = {}  # path -> entry, once iterated
 
     def bind(
         self,
         read_many: Callable[[list[str]], Mapping[str, bytes | Exception]],
-        cache: dict[str, dict[str, dict[str, Any]]] | None = None,
+        cache: dict[str, Any] | None = None,
         read_fresh: Callable[[list[str]], Mapping[str, bytes | Exception]] | None = None,
     ) -> None:
-        """Read parts with ``read_many`` (keys -> bytes or exception), sharing ``cache``
-        (part hash -> checked entries) with the lake's other records; ``errors(fresh=True)``
-        reads with ``read_fresh`` (default ``read_many``): the lake's objects, bypassing any
-        local cache (:attr:`abo_lake.storage.Storage.uncached`)."""
+        """Read stored objects with ``read_many`` (keys -> bytes or exception), sharing
+        ``cache`` (object hash -> checked content) with the lake's other records;
+        ``errors(fresh=True)`` reads with ``read_fresh`` (default ``read_many``): the lake's
+        objects, bypassing any local cache (:attr:`abo_lake.storage.Storage.uncached`)."""
         self._read = read_many
         self._read_fresh = read_fresh or read_many
         if cache is not None:
             self._cache = cache
-            for route, h in self.hashes.items():  # what a publisher built, others reuse
+            for route, h in self._hashes.items():  # what a publisher built, others reuse
                 if route in self._loaded:
                     cache.setdefault(h, self._loaded[route])
+            for iroute, h in self.index_hashes.items():
+                if iroute in self._index_routes:
+                    cache.setdefault(h, {r: self._hashes[r] for r in self._index_routes[iroute]})
 
     def route(self, path: str) -> str:
         """The part ``path`` lives in (:func:`route_of` at its family's width)."""
         return route_of(path, self.widths.get(family_of(path), 0))
 
+    def index_route(self, route: str) -> str:
+        """The index object that routes to part ``route`` (a record with an index level)."""
+        return route_of(route, (self.index or {}).get(family_of(route), 0))
+
     def _preload(self, route: str, entries: dict[str, dict[str, Any]]) -> None:
         self._loaded[route] = entries
 
+    def _index_level(self) -> list[str]:
+        return sorted({*self._index_inline, *self.index_hashes})
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        """Route -> the hash of its stored part (in a record with an index level, reading
+        every index object not read yet)."""
+        if self.index is not None:
+            self._load_index(self._index_level())
+        return self._hashes
+
     @property
     def routes(self) -> list[str]:
+        """Every route (part) of the record."""
         return sorted({*self._inline, *self.hashes})
+
+    def objects(self) -> set[str]:
+        """The hashes of every stored object of the record: its parts and index objects."""
+        return {*self.hashes.values(), *self.index_hashes.values()}
 
     def _check(self, route: str, data: bytes | str, place: str) -> dict[str, dict[str, Any]]:
         """Parse the part ``route`` references; every path in it must route to ``route`` or
@@ -206,81 +273,180 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
             entries = {str(p): dict(e) for p, e in doc["datasets"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"{place}: unreadable record part ({err!r})") from err
-        part = self.hashes.get(route)
+        part = self._hashes.get(route)
         for path, entry in entries.items():
             own = self.route(path)
-            if own != route and (part is None or self.hashes.get(own) != part):
+            if own != route and (part is None or self._hashes.get(own) != part):
                 raise ManifestError(f"{place}: holds {path!r}, which is not in part {route!r}")
             h = str(entry.get("manifest", ""))
             if len(h) != 64 or not set(h) <= _HEX:
                 raise ManifestError(f"{place}: dataset {path!r} has no manifest hash")
         return entries
 
-    def errors(
-        self, routes: list[str] | None = None, *, fresh: bool = False
-    ) -> dict[str, tuple[str, str, bool]]:
-        """Read ``routes`` (default: all); return route -> (key, hash, missing) for the parts
-        that are missing or fail their checks, instead of raising. ``fresh``: read every
-        stored part again from the lake (what verify does), trusting nothing parsed before."""
-        wanted = self.routes if routes is None else routes
-        if fresh:
-            self._flat.clear()
-            for r in wanted:
-                if r in self.hashes:
-                    self._loaded.pop(r, None)
-                    self._cache.pop(self.hashes[r], None)
-        wanted = [r for r in wanted if r not in self._loaded]
-        bad: dict[str, tuple[str, str, bool]] = {}
-        for route in [r for r in wanted if r in self._inline]:
-            try:
-                self._loaded[route] = self._check(route, self._inline[route], self.where)
-            except ManifestError as err:
-                bad[route] = ("release.json", "", False)
-                self._why[route] = str(err)
-        todo = [r for r in wanted if r in self.hashes]
-        for route in [r for r in todo if self.hashes[r] in self._cache]:
-            self._loaded[route] = self._cache[self.hashes[route]]
-        todo = [r for r in todo if r not in self._loaded]
-        if todo and self._read is None:
+    def _check_index(self, iroute: str, data: bytes | str, place: str) -> dict[str, str]:
+        """Parse the index object ``iroute`` references: route -> stored part hash, every
+        route in it routing to ``iroute``."""
+        try:
+            refs = dict(json.loads(data)["refs"])
+            routes = {str(k).removesuffix(".json"): _object_hash(v, place) for k, v in refs.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ManifestError(f"{place}: unreadable record index ({err!r})") from err
+        for route in routes:
+            if self.index_route(route) != iroute:
+                raise ManifestError(f"{place}: routes {route!r}, which is not in {iroute!r}")
+        return routes
+
+    def _fetch(
+        self,
+        labels: dict[str, tuple[str, str | bytes]],
+        check: Callable[[str, bytes | str, str], Any],
+        kind: str,
+        fresh: bool,
+        bad: dict[str, tuple[str, str, bool]],
+    ) -> dict[str, Any]:
+        """Read and check objects: ``labels`` maps a name (route or index route) to
+        ("inline", document) or ("stored", hash). Returns name -> checked content; what is
+        missing, altered or refused goes to ``bad`` (label -> key, hash, missing)."""
+        out: dict[str, Any] = {}
+        stored: dict[str, str] = {}
+        for name, (how, value) in labels.items():
+            if how == "inline":
+                try:
+                    out[name] = check(name, value, self.where)
+                except ManifestError as err:
+                    bad[f"record {kind} {name}"] = ("release.json", "", False)
+                    self._why[f"record {kind} {name}"] = str(err)
+            elif not fresh and value in self._cache:
+                out[name] = self._cache[value]
+            else:
+                stored[name] = str(value)
+        if stored and self._read is None:
             raise ManifestError(f"{self.where}: the record's parts cannot be read (unbound)")
         read = self._read_fresh if fresh else self._read
-        keys = list(dict.fromkeys(part_key(self.hashes[r]) for r in todo))
+        keys = list(dict.fromkeys(part_key(h) for h in stored.values()))
         got = read(keys) if keys and read else {}
-        for route in todo:
-            h = self.hashes[route]
-            if h in self._cache:  # a part shared with a route checked just before
-                self._loaded[route] = self._cache[h]
-                continue
-            data = got[part_key(h)]
+        for name, h in stored.items():
+            label, key = f"record {kind} {name}", part_key(h)
+            data = got[key]
             if isinstance(data, FileNotFoundError):
-                bad[route] = (part_key(h), h, True)
+                bad[label] = (key, h, True)
             elif isinstance(data, Exception):
                 raise data
             elif hashlib.sha256(data).hexdigest() != h:
-                bad[route] = (part_key(h), h, False)
+                bad[label] = (key, h, False)
             else:
                 try:
-                    entries = self._check(route, data, f"{self.where}, part {part_key(h)}")
+                    out[name] = self._cache[h] = check(name, data, f"{self.where}, {key}")
                 except ManifestError as err:
-                    bad[route] = (part_key(h), h, False)
-                    self._why[route] = str(err)
-                    continue
-                self._loaded[route] = self._cache[h] = entries
+                    bad[label] = (key, h, False)
+                    self._why[label] = str(err)
+        return out
+
+    def _index_errors(
+        self, iroutes: list[str], fresh: bool, bad: dict[str, tuple[str, str, bool]]
+    ) -> None:
+        """Read the index objects ``iroutes`` not read yet (``fresh``: all of them again)."""
+        if fresh:
+            for ir in iroutes:
+                for route in self._index_routes.pop(ir, []):
+                    self._hashes.pop(route, None)
+                    self._loaded.pop(route, None)
+                self._cache.pop(self.index_hashes.get(ir, ""), None)
+        todo = {
+            ir: ("inline", self._index_inline[ir])
+            if ir in self._index_inline
+            else ("stored", self.index_hashes[ir])
+            for ir in iroutes
+            if ir not in self._index_routes
+            and (ir in self._index_inline or ir in self.index_hashes)
+        }
+        for ir, routes in self._fetch(todo, self._check_index, "index", fresh, bad).items():
+            self._hashes.update(routes)
+            self._index_routes[ir] = sorted(routes)
+
+    def _load_index(self, iroutes: list[str]) -> None:
+        bad: dict[str, tuple[str, str, bool]] = {}
+        self._index_errors(iroutes, False, bad)
+        self._raise(bad)
+
+    def errors(
+        self, routes: list[str] | None = None, *, fresh: bool = False
+    ) -> dict[str, tuple[str, str, bool]]:
+        """Read ``routes`` (default: all) and the index objects that route to them; return
+        ``"record part <route>"`` or ``"record index <index route>"`` -> (key, hash,
+        missing) for the objects that are missing or fail their checks, instead of raising.
+        ``fresh``: read every stored object again from the lake (what verify does), trusting
+        nothing parsed before."""
+        bad: dict[str, tuple[str, str, bool]] = {}
+        if fresh:
+            self._flat.clear()
+        if self.index is not None:
+            wanted_index = (
+                self._index_level()
+                if routes is None
+                else sorted({self.index_route(r) for r in routes})
+            )
+            self._index_errors(wanted_index, fresh, bad)
+            if routes is None:
+                routes = sorted({r for ir in wanted_index for r in self._index_routes.get(ir, [])})
+        wanted = self.routes if routes is None else routes
+        if fresh:
+            for r in wanted:
+                if r in self._hashes:
+                    self._loaded.pop(r, None)
+                    self._cache.pop(self._hashes[r], None)
+        todo: dict[str, tuple[str, str]] = {}
+        for r in wanted:
+            if r in self._loaded:
+                continue
+            if r in self._inline:
+                todo[r] = ("inline", self._inline[r])
+            elif r in self._hashes:
+                todo[r] = ("stored", self._hashes[r])
+        # a part shared by consecutive routes is read once: one name per hash
+        first: dict[str, str] = {}
+        for r, (how, value) in list(todo.items()):
+            if how == "stored":
+                if value in first:
+                    del todo[r]
+                else:
+                    first[value] = r
+        got = self._fetch(todo, self._check, "part", fresh, bad)
+        for r in wanted:
+            h = self._hashes.get(r)
+            if r in got:
+                self._loaded[r] = got[r]
+            elif h is not None and h in first and first[h] in got:
+                self._loaded[r] = got[first[h]]
+            elif h is not None and h in first and f"record part {first[h]}" in bad:
+                bad[f"record part {r}"] = bad[f"record part {first[h]}"]
         return bad
 
     def checked(self) -> list[str]:
         """The paths of the parts read and checked so far (after :meth:`errors`: every part
         that reads and checks), without reading anything."""
-        return sorted({p for r in self.routes if r in self._loaded for p in self._loaded[r]})
+        return sorted({p for entries in self._loaded.values() for p in entries})
+
+    def _raise(self, bad: dict[str, tuple[str, str, bool]]) -> None:
+        if bad:
+            label, (key, _, missing) = next(iter(bad.items()))
+            if label in self._why:
+                raise ManifestError(self._why.pop(label))
+            what = "is missing from the lake" if missing else "does not match the record"
+            name = label.split(" ", 2)[2]
+            raise ManifestError(f"{self.where}: {label.rsplit(' ', 1)[0]} {key} ({name!r}) {what}")
 
     def _load(self, routes: list[str]) -> None:
-        bad = self.errors(routes)
-        if bad:
-            route, (key, _, missing) = next(iter(bad.items()))
-            if route in self._why:
-                raise ManifestError(self._why.pop(route))
-            what = "is missing from the lake" if missing else "does not match the record"
-            raise ManifestError(f"{self.where}: record part {key} ({route!r}) {what}")
+        self._raise(self.errors(routes))
+
+    def _known(self, route: str) -> bool:
+        """Whether ``route`` is a part of the record (reading its index object if need be)."""
+        if self.index is not None and route not in self._hashes:
+            ir = self.index_route(route)
+            if ir not in self._index_inline and ir not in self.index_hashes:
+                return False
+            self._load_index([ir])
+        return route in self._inline or route in self._hashes
 
     def __getitem__(self, path: str) -> dict[str, Any]:
         entry = self._flat.get(path)  # after iterating: one dict lookup per path
@@ -289,7 +455,7 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         route = self.route(path)
         entries = self._loaded.get(route)  # a part read and checked before: no other work
         if entries is None:
-            if route not in self._inline and route not in self.hashes:
+            if not self._known(route):
                 raise KeyError(path)
             self._load([route])
             entries = self._loaded[route]
@@ -307,10 +473,24 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
         return self._count
 
     def under(self, prefix: str) -> list[str]:
-        """Paths starting with ``prefix``, reading only the parts that can hold them."""
-        routes = [r for r in self.routes if r.startswith(prefix) or prefix.startswith(r)]
+        """Paths starting with ``prefix``, reading only the objects that can hold them."""
+
+        def near(r: str) -> bool:
+            return r.startswith(prefix) or prefix.startswith(r)
+
+        if self.index is not None:
+            self._load_index([ir for ir in self._index_level() if near(ir)])
+        routes = [r for r in {*self._inline, *self._hashes} if near(r)]
         self._load(routes)
         return sorted({p for r in routes for p in self._loaded[r] if p.startswith(prefix)})
+
+
+def _object_hash(value: Any, place: str) -> str:
+    """The sha256 a stored-object reference (``[url]``, named ``<sha256>.json``) names."""
+    h = str(value[0]).rsplit("/", 1)[-1].removesuffix(".json") if isinstance(value, list) else ""
+    if len(h) != 64 or not set(h) <= _HEX:
+        raise ManifestError(f"{place}: reference {value!r} is not a stored record object")
+    return h
 
 
 def record_root(doc: dict[str, Any]) -> str:
@@ -381,24 +561,51 @@ class ReleaseRecord:
         data = {route: part_bytes(entries, url_of) for route, entries in groups.items()}
         refs: dict[str, Any] = {}
         objects: dict[str, bytes] = {}
+        index = None
         if sum(map(len, data.values())) <= PART_INLINE_MAX:
             refs = {f"{route}.json": part.decode() for route, part in data.items()}
         else:
-            for shared in _shared_parts(groups):
+            index = index_widths(list(groups), widths)
+
+            def index_route(route: str) -> str:
+                return route_of(route, index.get(family_of(route), 0))
+
+            docs: dict[str, dict[str, Any]] = {}
+            for shared in _shared_parts(groups, index_route):
                 entries = {p: e for r in shared for p, e in groups[r].items()}
                 part = part_bytes(entries, url_of)
                 key = part_key(hashlib.sha256(part).hexdigest())
                 objects[key] = part
-                refs.update({f"{r}.json": [url_of(key)] for r in shared})
+                doc = docs.setdefault(index_route(shared[0]), {})
+                doc.update({f"{r}.json": [url_of(key)] for r in shared})
+            index_data = {ir: _canonical({"version": 1, "refs": d}) for ir, d in docs.items()}
+            if sum(map(len, index_data.values())) <= INDEX_INLINE_MAX:
+                refs = {f"{ir}.json": doc.decode() for ir, doc in index_data.items()}
+            else:
+                for ir, doc in index_data.items():
+                    key = part_key(hashlib.sha256(doc).hexdigest())
+                    objects[key] = doc
+                    refs[f"{ir}.json"] = [url_of(key)]
         summary = {
             "count": len(datasets),
             "nbytes": sum(int(e.get("nbytes", 0)) for e in datasets.values()),
             "route": widths,
+            **({"index": index} if index is not None else {}),
         }
-        view = PartitionedDatasets(refs, widths, len(datasets), where)
+        view = PartitionedDatasets(refs, widths, len(datasets), where, index)
+        if index is not None:  # the publisher knows every index object's content
+            for route in sorted(groups):
+                view._index_routes.setdefault(view.index_route(route), []).append(route)
+            view._hashes.update(
+                {
+                    r.removesuffix(".json"): _object_hash(v, where)
+                    for d in docs.values()
+                    for r, v in d.items()
+                }
+            )
         by_part: dict[str, dict[str, dict[str, Any]]] = {}
         for route, entries in groups.items():  # a shared part's routes see all its entries
-            h = view.hashes.get(route)
+            h = view._hashes.get(route)
             view._preload(route, by_part.setdefault(h, {}) if h else entries)
             if h:
                 by_part[h].update(entries)
@@ -466,12 +673,15 @@ class ReleaseRecord:
             if fmt == 3:
                 summary = {k: int(doc["datasets"][k]) for k in ("count", "nbytes")}
                 summary["route"] = {str(k): int(v) for k, v in doc["datasets"]["route"].items()}
+                index = doc["datasets"].get("index")
+                if index is not None:
+                    summary["index"] = {str(k): int(v) for k, v in index.items()}
                 refs = dict(doc["refs"])
                 fields |= {
                     "refs": refs,
                     "summary": summary,
                     "datasets": PartitionedDatasets(
-                        refs, summary["route"], summary["count"], where
+                        refs, summary["route"], summary["count"], where, summary.get("index")
                     ),
                 }
             else:

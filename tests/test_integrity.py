@@ -191,24 +191,86 @@ def test_a_stored_record_part_is_checked_against_the_record(local_lake):
 
 def test_a_forged_part_cannot_move_a_dataset_into_another_part(local_lake):
     """Each path must route to the part that holds it: a forged record (root recomputed)
-    whose part claims a path of another part is refused."""
-    from abo_lake.record import ReleaseRecord, part_bytes, route_of
+    whose index routes a part to a stored part claiming a path of another part is refused."""
+    import hashlib
+
+    from abo_lake.record import ReleaseRecord, part_bytes, part_key, record_root
 
     rel = _partitioned(local_lake)
     doc = _record_doc(local_lake)
-    own = route_of("ophys/experiment/1", doc["datasets"]["route"]["ophys/experiment"])
-    route = next(r for r in sorted(rel.record.datasets.hashes) if r != own)
-    entries = {"ophys/experiment/1": dict(rel.record.datasets["ophys/experiment/1"])}
-    doc["refs"][f"{route}.json"] = part_bytes(entries, local_lake.storage.url_of).decode()
+    view = rel.record.datasets
+    assert "index" in doc["datasets"]  # record -> index (inline here) -> part
+    route = next(r for r in sorted(view.hashes) if r != view.route("ophys/experiment/1"))
+    entries = {"ophys/experiment/1": dict(view["ophys/experiment/1"])}
+    part = part_bytes(entries, local_lake.storage.url_of)
+    key = part_key(hashlib.sha256(part).hexdigest())
+    local_lake.storage.write(key, part)
+    iroute = f"{view.index_route(route)}.json"
+    index = json.loads(doc["refs"][iroute])
+    index["refs"][f"{route}.json"] = [local_lake.storage.url_of(key)]
+    doc["refs"][iroute] = json.dumps(index)
     doc["name"] = "forged"
-    from abo_lake.record import record_root
-
     doc["root"] = record_root(doc)
     local_lake.storage.write("releases/forged/release.json", json.dumps(doc).encode())
     forged = abo_lake.open_lake(local_lake.url).release("forged")
     assert isinstance(forged.record, ReleaseRecord)
     with pytest.raises(ManifestError, match="which is not in part"):
         forged.datasets()
+
+
+def test_stored_index_objects_are_verified_and_collected(local_lake, monkeypatch):
+    """A record whose index objects are stored (forced here: INDEX_INLINE_MAX 0, and one
+    route each: INDEX_MAX 1): a lost or
+    altered index object is refused naming it and reported by verify; the paths it does not
+    route still open. GC keeps every index object and part of a release, and deletes those a
+    publish left behind when it lost its name (after the grace)."""
+    from datetime import UTC, datetime, timedelta
+
+    from abo_lake.lake import MIN_GRACE
+    from abo_lake.record import ReleaseRecord, part_key
+
+    monkeypatch.setattr("abo_lake.record.INDEX_INLINE_MAX", 0)
+    monkeypatch.setattr("abo_lake.record.INDEX_MAX", 1)
+    rel = _partitioned(local_lake)
+    view = rel.record.datasets
+    assert len(view.index_hashes) >= 2
+    iroute, h = sorted(view.index_hashes.items())[0]
+    key = part_key(h)
+    inside = next(p for p in rel.datasets() if view.index_route(view.route(p)) == iroute)
+    outside = next(p for p in rel.datasets() if view.index_route(view.route(p)) != iroute)
+    good = local_lake.storage.read(key)
+    local_lake.storage.write(key, good.replace(b'"version":1', b'"version":2'))
+    fresh = abo_lake.open_lake(local_lake.url)
+    with pytest.raises(ManifestError, match=rf"record index {key}.*does not match the record"):
+        fresh.release("r1").open(inside)
+    assert fresh.release("r1").open(outside)["dff"].shape
+    assert (f"record index {iroute}", key, h) in fresh.verify("r1").corrupt
+    local_lake.storage.delete([key])
+    assert (f"record index {iroute}", key, h) in abo_lake.open_lake(local_lake.url).verify(
+        "r1"
+    ).missing
+    local_lake.storage.write(key, good)
+    assert abo_lake.open_lake(local_lake.url).verify("r1").ok
+    # a publish that lost its name: its index objects and parts reference nothing
+    _, objects = ReleaseRecord.partitioned(
+        name="lost",
+        created="2026-12-07T00:00:00+00:00",
+        abo_lake_version="x",
+        notes="",
+        tables={},
+        datasets={p: view[p] for p in rel.datasets()[:300]},
+        url_of=local_lake.storage.url_of,
+        where="lost",
+    )
+    local_lake._put_parts(objects)
+    orphans = set(objects) - {part_key(o) for o in view.objects()}
+    assert orphans
+    later = datetime.now(UTC) + timedelta(hours=2)
+    report = local_lake.gc(grace=MIN_GRACE, dry_run=False, now=later)
+    assert set(report.parts) == orphans
+    kept = set(local_lake.storage.glob("records/*/*.json"))
+    assert kept == {part_key(o) for o in view.objects()}
+    assert abo_lake.open_lake(local_lake.url).verify("r1").ok
 
 
 def test_table_rows_and_columns_are_covered(local_lake):

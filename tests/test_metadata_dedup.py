@@ -74,10 +74,17 @@ def _plain_intake_by_id(lake, release: str, ids: list[str]) -> list[float]:
     return [float(v) for v in out.stdout.split()]
 
 
-def _stage_many(lake, name: str, n: int, changed: str | None = None) -> tuple[list[str], str]:
+def _stage_many(
+    lake, name: str, n: int, changed: str | None = None, wide: bool = False
+) -> tuple[list[str], str]:
     """Stage ``n`` experiment paths sharing one stored dataset (as a re-release of unchanged
-    data does: manifests are content-addressed); ``changed`` gets a dataset of its own."""
-    ids = [951_000_000 + 7919 * i for i in range(n)]  # spread like Allen ids
+    data does: manifests are content-addressed); ``changed`` gets a dataset of its own.
+    Ids go from 951,000,000 by 7919, like a few years of Allen ids; ``wide``: half of them
+    9-digit from 780,000,000 and half 10-digit from 1,000,000,000, like the Observatory's."""
+    ids = [951_000_000 + 7919 * i for i in range(n)]
+    if wide:
+        ids = [780_000_000 + 73_000 * i for i in range(n // 2)]
+        ids += [1_000_000_000 + 100_000 * i for i in range(n - n // 2)]
     paths = [f"ophys/experiment/{i}" for i in ids]
     with lake.stage(name) as stage:
         h = stage.write(paths[0], make_dataset(seed=0, n_time=60))
@@ -92,18 +99,25 @@ def _stage_many(lake, name: str, n: int, changed: str | None = None) -> tuple[li
 @pytest.mark.parametrize("n", [1_500, 6_000])
 def test_metadata_a_rerelease_adds_does_not_grow_with_the_release(local_lake, n):
     """At Observatory-like sizes the record keeps its datasets in content-addressed parts of
-    at most PART_MAX: a re-release changing one dataset adds that part, a record the size
-    of the part list, a head and a catalog the size of the kinds, nothing per dataset."""
-    from abo_lake.record import PART_MAX
+    at most PART_MAX, reached through index objects: a re-release changing one dataset adds
+    that part, the index object routing to it (inline in the record while the index is
+    small), a record the size of the index, a head and a catalog the size of the kinds,
+    nothing per dataset."""
+    from abo_lake.record import INDEX_INLINE_MAX, PART_MAX
 
-    paths, _ = _stage_many(local_lake, "r1", n)
+    wide = n == 6_000
+    paths, _ = _stage_many(local_lake, "r1", n, wide=wide)
     before = _keys(local_lake)
-    _stage_many(local_lake, "r2", n, changed=paths[n // 2])
+    _stage_many(local_lake, "r2", n, changed=paths[n // 2], wide=wide)
     after = _keys(local_lake)
     added = {k: s for k, s in after.items() if k not in before}
     rel = local_lake.release("r2")
-    parts = [k for k in added if k.startswith("records/")]
+    stored_index = bool(rel.record.datasets.index_hashes)
+    assert stored_index == (n == 6_000)  # the index outgrows the record between the two
+    records = [k for k in added if k.startswith("records/")]
+    parts = [k for k in records if b'"datasets"' in local_lake.storage.read(k)]
     assert len(parts) == 1  # the one part holding the changed dataset
+    assert len(records) == 1 + stored_index  # and the one index object routing to it
     assert len([k for k in added if k.startswith("cas/")]) == 1
     assert len([k for k in added if k.startswith("manifests/")]) == 1
     assert sorted(k for k in added if k.startswith("releases/")) == [
@@ -111,24 +125,25 @@ def test_metadata_a_rerelease_adds_does_not_grow_with_the_release(local_lake, n)
         "releases/r2/head.json",
         "releases/r2/release.json",
     ]
-    assert len(added) == 6
-    part = added[parts[0]]
-    assert part < PART_MAX * 400  # a path, its manifest URL, kind and size per dataset
+    assert len(added) == 6 + stored_index
+    assert added[parts[0]] < PART_MAX * 400  # a path, its manifest URL, kind and size each
     record = added["releases/r2/release.json"]
-    n_parts = len(rel.record.refs)
-    assert record < 1_000 + 200 * n_parts
-    assert n_parts <= 4 * n / PART_MAX
+    assert record < INDEX_INLINE_MAX + 2_000  # bounded: neither datasets nor parts
+    if stored_index:
+        assert record < 1_000 + 200 * len(rel.record.refs)  # a reference per index object
+        assert len(rel.record.refs) <= 10
+        assert added[records[records[0] in parts]] < 128 * 150  # route -> part URL each
     assert added["releases/r2/catalog.yaml"] < 8_000  # kinds and tables, not datasets
     # everything is still reachable, by path and by id, and checks
     assert rel.datasets() == sorted(paths)
-    assert len(rel.datasets("ophys/experiment/951")) > 0
+    assert len(rel.datasets("ophys/experiment/951")) == len([p for p in paths if "/951" in p])
     diff = local_lake.diff("r1", "r2")
     assert [d.path for d in diff.datasets if d.status != "unchanged"] == [paths[n // 2]]
     assert local_lake.verify("r2").ok
-    if n == 1_500:  # plain intake follows record -> stored part -> manifest, by id
-        want = float(make_dataset(seed=0, n_time=60)["dff"][0, 0])
-        ids = [paths[n // 2].rsplit("/", 1)[1], paths[-1].rsplit("/", 1)[1]]
-        assert _plain_intake_by_id(local_lake, "r2", ids) == [want + 1.0, want]
+    # plain intake follows record -> (stored) index -> stored part -> manifest, by id
+    want = float(make_dataset(seed=0, n_time=60)["dff"][0, 0])
+    ids = [paths[n // 2].rsplit("/", 1)[1], paths[-1].rsplit("/", 1)[1]]
+    assert _plain_intake_by_id(local_lake, "r2", ids) == [want + 1.0, want]
 
 
 def test_plain_intake_and_xarray_open_every_dataset_of_the_rerelease(local_lake):

@@ -112,7 +112,7 @@ NOTEBOOK_CALLS = (
     "verify 1 dataset (store)",
 )
 #: Object classes of the bytes a release adds, by key.
-CLASSES = ("chunks", "manifests", "record parts", "release.json", "head.json", "catalog.yaml")
+CLASSES = ("chunks", "manifests", "record objects", "release.json", "head.json", "catalog.yaml")
 
 
 def dataset_paths(n: int, seed: int = 18) -> list[str]:
@@ -211,7 +211,7 @@ def metadata_files(lake: Lake) -> dict[str, int]:
 
 def class_of(key: str) -> str:
     if key.startswith(RECORDS_PREFIX + "/"):
-        return "record parts"
+        return "record objects"
     if key == "catalog.yaml":
         return "root catalog.yaml"
     if key.startswith("stages/"):
@@ -310,9 +310,13 @@ def simulate(n: int, n_chunks: int, workdir: Path, verify_release_max: int) -> d
     datasets = {p: w.manifest(p, n_chunks, versions[p]) for p in paths}
     out["generate r0 s"] = time.perf_counter() - t0
     record, out["publish r0 s"] = publish(lake, w, "r0", datasets, table)
-    out["record parts"] = len(record.datasets.hashes)
+    out["stored parts"] = len(set(record.datasets.hashes.values()))
     out["inline parts"] = len(record.datasets.routes) - len(record.datasets.hashes)
+    out["routes"] = len(record.datasets.routes)
+    out["stored index objects"] = len(record.datasets.index_hashes)
+    out["index routes"] = len(record.refs)
     out["route digits"] = record.summary["route"]
+    out["index digits"] = record.summary.get("index")
     out["r0 objects"] = sum(v for k, v in w.added.items() if k.endswith("objects"))
     out["r0 bytes"] = sum(v for k, v in w.added.items() if k.endswith("bytes"))
     per_release = []
@@ -332,7 +336,7 @@ def simulate(n: int, n_chunks: int, workdir: Path, verify_release_max: int) -> d
         for unit in ("objects", "bytes"):
             values = [added.get(f"{cls} {unit}", 0) for added, _ in per_release]
             out[f"1% release: {cls} {unit}"] = sum(values) / len(values)
-    meta = ("record parts", "release.json", "head.json", "catalog.yaml", "root catalog.yaml")
+    meta = ("record objects", "release.json", "head.json", "catalog.yaml", "root catalog.yaml")
     out["1% release: metadata bytes (format 3)"] = sum(out[f"1% release: {c} bytes"] for c in meta)
     for cls in ("release.json", "catalog.yaml", "byid.json"):
         out[f"1% release: format-2 {cls} bytes"] = sum(o[cls] for _, o in per_release) / 3
