@@ -212,3 +212,23 @@ def test_a_rerelease_stages_known_manifests_without_reading_them(local_lake, mon
     assert read.count("releases/r1/release.json") == 3
     second = lake.release("r2").record.datasets
     assert {p: second[p] for p in second} == {p: first[p] for p in first}  # kind, nbytes too
+
+
+def test_a_record_of_stop_24_without_an_index_level_still_reads():
+    """Format-3 records published before the index level reference stored parts from the
+    record itself (``<route>.json`` -> part); they read, check and route as before."""
+    paths = [f"ophys/experiment/{i}" for i in _allen_like_ids(6_000)]
+    datasets = {p: {"manifest": "a" * 64, "kind": "ophys_experiment", "nbytes": 1} for p in paths}
+    record, objects = _partitioned(datasets)
+    parts, index = _objects(objects)
+    doc = json.loads(record.to_bytes())
+    doc["refs"] = {r: v for i in index.values() for r, v in json.loads(i)["refs"].items()}
+    del doc["datasets"]["index"]
+    doc["root"] = record_root(doc)
+    old = ReleaseRecord.from_bytes(json.dumps(doc).encode(), where="test")
+    reads: list[str] = []
+    old.datasets.bind(lambda keys: reads.extend(keys) or {k: parts[k] for k in keys})
+    assert old.datasets[paths[7]] == datasets[paths[7]]
+    assert len(reads) == 1  # the part, straight from the record
+    assert {p: old.datasets[p] for p in old.datasets} == datasets
+    assert {part_key(h) for h in old.datasets.objects()} == set(parts)
