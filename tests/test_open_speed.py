@@ -145,3 +145,46 @@ def test_members_only_shows_zarr_the_group_and_its_members(release, group, nodes
         assert set(root.metadata.consolidated_metadata.flattened_metadata) == nodes
     root = zarr.open_consolidated(store, mode="r", zarr_format=3)
     assert "raw/sub/w" in root.metadata.consolidated_metadata.flattened_metadata
+
+
+def test_datatree_nodes_are_what_open_gives_per_group(release):
+    tree = release.open_datatree(PATH)
+    assert set(tree.groups) == {"/", "/raw", "/raw/sub"}
+    for group in tree.groups:
+        node = tree[group].to_dataset(inherit=False)
+        opened = release.open(PATH, group=group.strip("/") or None)
+        xr.testing.assert_identical(node, opened)
+        for name, var in node.variables.items():  # same graphs: same names, same chunks
+            assert getattr(var.data, "name", None) == getattr(opened[name].data, "name", None)
+            assert var.chunks == opened[name].chunks, name
+    assert tree.dff.chunks == ((16, 16, 8), (N_TIME,))  # one dask chunk per pack
+    plain = release.open_datatree(PATH, chunks={})  # xarray's open_datatree, chunked as stored
+    xr.testing.assert_identical(tree, plain)
+    xr.testing.assert_identical(tree.compute(), plain.compute())
+    want = experiment()
+    for group in want.groups:
+        xr.testing.assert_identical(
+            tree[group].to_dataset(inherit=False).compute().drop_attrs(),
+            want[group].to_dataset(inherit=False).drop_attrs(),
+        )
+
+
+def test_datatree_reads_one_request_per_pack(release, monkeypatch):
+    storage = release.lake.storage
+    spans: list[tuple[str, int, int]] = []  # every request for chunk data
+    read_ranges = storage.read_ranges
+    monkeypatch.setattr(storage, "read_ranges", lambda s: spans.extend(s) or read_ranges(s))
+    monkeypatch.setattr(
+        storage, "read", lambda key: spans.append((key, 0, 0)) or type(storage).read(storage, key)
+    )
+    tree = release.open_datatree(PATH)
+    assert spans == []  # index coordinates are inline in the manifest
+    with dask.config.set(scheduler="synchronous"):
+        tree.dff.values
+    assert len(spans) == 3  # the three packs
+    assert tree.encoding["abo_lake_store"].requests == 3
+    spans.clear()
+    plain = release.open_datatree(PATH, chunks={})  # xarray's own path: a request per chunk
+    with dask.config.set(scheduler="synchronous"):
+        plain.dff.values
+    assert len(spans) == N_CELLS
