@@ -26,29 +26,28 @@ the "req" column estimates S3 requests from them (1 per object read/written, 1 p
 Run: ``nice python tests/benchmarks/bench_observatory_scale.py --sizes 1500 15000``
 (``--chunks 65`` per dataset, the default, gives ~1 M chunk objects at 15,000 datasets).
 
-Measured 2026-12-07 12:52-13:05 UTC at commit 753e94f (route width per family, stored parts
-shared by consecutive routes), shared 2-core machine at load ~6-9, local lake, ``--sizes 1500
-15000 --chunks 65``: 99 k / 990 k objects (generated in 19 / 190 s). N = 1.5k / 15k
-(estimated S3 requests), growth 15k/1.5k in brackets:
+Measured 2026-12-07 14:57-15:09 UTC at commit f30c2ff (the record's index level), shared
+2-core machine at load ~3-7, local lake, ``--sizes 1500 15000 --chunks 65``: 99 k / 990 k
+objects. N = 1.5k / 15k (estimated S3 requests):
 
-- Routes: widths {behavior 1, celltypes 0, connectivity 1, ecephys 1, ophys 1} / {3, 2, 2, 3,
-  3}; 21 / 190 stored parts, 0 inline (parts together > 64 KiB).
+- Routes: 21 / 1,260 (widths {behavior 1, celltypes 0, connectivity 1, ecephys 1, ophys 1} /
+  {3, 2, 2, 3, 3}); 18 / 176 stored parts; index routes 5 (inline) / 16 (stored objects,
+  widths 0-1).
 - Bytes added by a 1% release (mean of r1-r3): chunks 6.7 / 67 kB, manifests 168 kB / 1.68 MB,
-  record parts 339 kB / 3.85 MB (11 / 111 parts), release.json 3.6 / 187 kB, head 468 / 474 B,
-  catalog.yaml 8.4 kB, root catalog 2.6 kB; release metadata 354 kB / 4.05 MB (x11.4). A
-  format-2 record would have added 1.95 / 19.5 MB (x10.0): release.json 254 kB / 2.53 MB,
-  catalog.yaml 1.46 / 14.6 MB, byid.json 236 kB / 2.38 MB.
+  record objects 339 kB / 4.08 MB (11 / 136 parts and index objects), release.json 4.1 / 3.0
+  kB, head 468 / 474 B, catalog.yaml 9.4 kB, root catalog 2.6 kB; release metadata 356 kB /
+  4.10 MB. A format-2 record would have added 1.95 / 19.5 MB.
 - Notebook calls (s): releases() 0.00 / 0.00 (9 req); release('r3') 0.00 / 0.00 (1 req);
-  release+datasets() 0.01 / 0.10 (19 / 190 req); datasets(prefix='ecephys/session/') 0.00 /
-  0.02 (5 / 56 req); datasets(prefix=one path) 0.00 / 0.01 (2 req); table search 0.02 / 0.02
-  (2 req); diff(r2, r3) 0.03 / 0.36 (61 / 602 req); stats() 0.00 / 0.00 (9 req); verify of one
-  dataset 0.00 / 0.01 (68 req). None over 2 s.
-- Maintenance (s): GC dry run 2.4 / 24.1 and delete 2.4 / 23.9 (1.7 k / 17.0 k req; 990 / 9,900
-  objects found); verify of the release 6.6 s at 1.5k (99 k req; at 15k 262 s in an earlier
-  run at load ~8, 990 k req); publishing a 1% release from a fresh Lake 0.8 / 6.3 s (1.6 k /
-  15.8 k req: the head's summary reads both releases' manifests; add_many no longer reads a
-  manifest the newest release holds). Building the format-2 catalog and by-id index in memory
-  (what format 2's publish hook did) took 0.6-0.8 / 7.8-9.0 s.
+  release+datasets() 0.02 / 0.11 (19 / 193 req); datasets(prefix='ecephys/session/') 0.00 /
+  0.02 (5 / 37 req); datasets(prefix=one path) 0.00 / 0.00 (2 / 3 req); table search 0.02 /
+  0.01 (2 req); diff(r2, r3) 0.04 / 0.32 (61 / 630 req); stats() 0.00 / 0.00 (9 req); verify
+  of one dataset 0.01 / 0.01 (68 / 69 req). None over 2 s.
+- Maintenance (s): GC dry run 6.9 / 25.4 and delete 6.7 / 43.4 (1.7 k / 17.1 k req; 990 /
+  9,900 objects found); verify of the release 17.4 s at 1.5k (99 k req); publishing a 1%
+  release from a fresh Lake 2.3 / 7.3 s (1.6 k / 15.8 k req).
+
+At commit 753e94f (12:52-13:05, before the index level) release.json was 3.6 / 187 kB: one
+reference per route.
 
 Earlier run (11:51-12:08, one route width for all families, parts <= 8 KiB inline): 2,151
 routes at 15k, 2,081 parts inline, release.json 3.61 MB per release, metadata 4.44 MB per 1%
