@@ -513,12 +513,15 @@ class ReleaseRecord:
     Format 3 (every record published now) keeps its datasets in content-addressed parts
     (``records/<2 hex>/<sha256>.json``, at most :data:`PART_MAX` datasets each, grouped by
     :func:`route_of` at a width per family, :func:`route_widths`); the record holds each
-    part's hash, so the root covers them (a Merkle tree), and a release that changes one
-    dataset stores one new part and a record the size of the part list, not of the release.
-    The record and its parts are also fsspec reference files (``refs``: ``<route>.json`` ->
-    the part; all parts inline when together small), which the catalog's
-    by-id entries follow with plain intake. ``datasets`` is then a
-    :class:`PartitionedDatasets`, read part by part. Formats 1 and 2 hold every dataset inline.
+    part's hash, so the root covers them (a Merkle tree). When the parts are stored, the
+    record routes to them through index objects (``<index route>.json`` -> an object
+    mapping ``<route>.json`` to parts, at most :data:`INDEX_MAX` routes each, inline while
+    together small; :func:`index_widths`), so a release that changes one dataset stores one
+    new part, one index object and a record of a few kB, not the size of the release. The
+    record, its index objects and parts are also fsspec reference files (``refs``; all parts
+    inline when together small), which the catalog's by-id entries follow with plain intake.
+    ``datasets`` is then a :class:`PartitionedDatasets`, read part by part. Formats 1 and 2
+    hold every dataset inline.
     """
 
     name: str
