@@ -24,6 +24,21 @@ Run::
 
     nice .venv/bin/python tests/benchmarks/bench_open_datatree.py [--scale realistic|tiny]
         [--repeat 5] [--kinds ophys,ecephys] [--work DIR]
+
+Measured 2026-12-07 at eb7d53b (realistic scale, 5 warm runs, load 7 -> 2; "datatree-before"
+is the former ``open_datatree``, run in the same process type)::
+
+    ophys: ophys/experiment/1110928070 (read: all of 'dff')
+    way               groups open req open MiB  open s open cpu cold req read req read MiB  read s
+    open                   1        2     3.15    0.20    0.074        2       16    54.00    0.38
+    datatree              77        2     3.15    0.46    0.218        2       16    54.00    0.43
+    datatree-before       77        2     3.15    0.94    0.459        2      200    54.26    2.20
+
+    ecephys: ecephys/session/715093703 (read: all of 'spike_times')
+    way               groups open req open MiB  open s open cpu cold req read req read MiB  read s
+    open                   1        2     1.12    0.17    0.079        2       40   111.44    1.36
+    datatree              79        2     1.12    0.41    0.205        2       40   111.44    1.32
+    datatree-before       79        2     1.12    0.67    0.555        2     2557   115.03   71.43
 """
 
 from __future__ import annotations
