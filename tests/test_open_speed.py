@@ -188,3 +188,29 @@ def test_datatree_reads_one_request_per_pack(release, monkeypatch):
     with dask.config.set(scheduler="synchronous"):
         plain.dff.values
     assert len(spans) == N_CELLS
+
+
+def test_datatree_reads_every_groups_stored_index_coordinates_in_one_batch(lake, monkeypatch):
+    monkeypatch.setattr("abo_lake.stores.INLINE_CHUNK_MAX_BYTES", 0)  # none inline
+    with lake.stage("r1") as stage:
+        stage.write(PATH, experiment())
+    release = lake.release("r1")
+    monkeypatch.undo()
+    indexed = {"cell_specimen_id", "time", "running_time", "raw/n"}
+    keys = {k for k in release.manifest(PATH).chunks if k.rpartition("/c/")[0] in indexed}
+    assert {k.rpartition("/c/")[0] for k in keys} == indexed  # stored as objects
+    storage = release.lake.storage
+    calls: list[list[str]] = []
+    read_ranges = storage.read_ranges
+    monkeypatch.setattr(
+        storage, "read_ranges", lambda s: calls.append([k for k, *_ in s]) or read_ranges(s)
+    )
+    monkeypatch.setattr(
+        storage, "read", lambda key: calls.append([key]) or type(storage).read(storage, key)
+    )
+    tree = release.open_datatree(PATH)
+    assert len(calls) == 1  # one batch for every group's index coordinates
+    assert len(calls[0]) == len({release.manifest(PATH).chunks[k] for k in keys})
+    np.testing.assert_array_equal(tree["raw"].n.values, np.arange(100))
+    np.testing.assert_array_equal(tree.time.values, np.arange(N_TIME) / 30.0)
+    assert len(calls) == 1  # loaded at open
