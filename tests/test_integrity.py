@@ -383,19 +383,13 @@ def test_a_publish_that_raised_after_storing_its_record_is_repaired(lake, monkey
     assert lake.verify("r1").ok
 
 
-def test_repair_cli(local_lake):
-    import subprocess
-    import sys
+def test_repair_cli(local_lake, capsys):
+    from abo_lake.cli import main
 
     _published(local_lake)
     local_lake.storage.delete(["releases/r1/catalog.yaml"])
-    cli = [sys.executable, "-m", "abo_lake.cli"]
-    bad = subprocess.run([*cli, "verify", "r1", "--lake", local_lake.url], capture_output=True)
-    assert bad.returncode == 1
-    out = subprocess.run(
-        [*cli, "repair", "r1", "--lake", local_lake.url], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert "releases/r1/catalog.yaml" in out.stdout
-    good = subprocess.run([*cli, "verify", "r1", "--lake", local_lake.url], capture_output=True)
-    assert good.returncode == 0
+    assert main(["verify", "r1", "--lake", local_lake.url]) == 1
+    capsys.readouterr()
+    assert main(["repair", "r1", "--lake", local_lake.url]) == 0
+    assert "releases/r1/catalog.yaml" in capsys.readouterr().out
+    assert main(["verify", "r1", "--lake", local_lake.url]) == 0
