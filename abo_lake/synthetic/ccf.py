@@ -373,8 +373,11 @@ class _Atlas:
         self.resolution = resolution
         self.annotation = annotation_volume(resolution)
         self.nodes = {n["acronym"]: n for n in load_ontology()}
-        self.labels, inv = np.unique(self.annotation, return_inverse=True)
-        self.inv = inv.reshape(self.annotation.shape)
+        # every voxel holds 0 or a rule's id: those ids sorted, and each voxel's index among
+        # them (np.unique(return_inverse=True) sorts every voxel: 14 s instead of 1 s at 25 µm)
+        ids = sorted({0, *(sid for sid, _, _ in _rules())})
+        self.labels = np.array(ids, dtype=self.annotation.dtype)
+        self.inv = np.searchsorted(self.labels, self.annotation)
         self.right = np.arange(self.annotation.shape[2]) >= round(self.annotation.shape[2] / 2)
 
     def mask(self, acronym: str) -> np.ndarray:
