@@ -158,6 +158,13 @@ def test_datatree_nodes_are_what_open_gives_per_group(release):
             assert getattr(var.data, "name", None) == getattr(opened[name].data, "name", None)
             assert var.chunks == opened[name].chunks, name
     assert tree.dff.chunks == ((16, 16, 8), (N_TIME,))  # one dask chunk per pack
+    verified = release.open_datatree(PATH, verify=True)
+    assert (
+        verified["raw"]["values"].data.name
+        == release.open(PATH, group="raw", verify=True)["values"].data.name
+    )
+    assert verified.encoding["abo_lake_store"].verify
+    xr.testing.assert_identical(verified.compute(), tree.compute())
     plain = release.open_datatree(PATH, chunks={})  # xarray's open_datatree, chunked as stored
     xr.testing.assert_identical(tree, plain)
     xr.testing.assert_identical(tree.compute(), plain.compute())
