@@ -277,10 +277,14 @@ class Lake:
             )
         return Release(self, record)
 
-    def _manifest(self, h: str, *, where: str, fresh: bool = False) -> Manifest:
+    def _manifest(
+        self, h: str, *, where: str, fresh: bool = False, lake_only: bool = False
+    ) -> Manifest:
+        """A manifest, parsed and checked: from memory, else read (``fresh``: read again;
+        ``fresh`` or ``lake_only``: from the lake's own objects, never a local cache)."""
         if fresh or h not in self._manifests:
             key = manifest_key(h)
-            storage = self.storage.uncached if fresh else self.storage  # fresh: the lake's own
+            storage = self.storage.uncached if fresh or lake_only else self.storage
             try:
                 data: bytes | Exception = storage.read(key)
             except FileNotFoundError as err:
@@ -289,10 +293,18 @@ class Lake:
         return self._manifests[h]
 
     def _manifests_of(
-        self, hashes: Iterable[str], *, where: str | Mapping[str, str], fresh: bool = False
+        self,
+        hashes: Iterable[str],
+        *,
+        where: str | Mapping[str, str],
+        fresh: bool = False,
+        lake_only: bool = False,
     ) -> tuple[dict[str, Manifest], dict[str, ManifestError]]:
-        """Many manifests: those not cached (all, if ``fresh``) read :data:`MANIFEST_BATCH`
-        at a time with :meth:`Storage.read_many` (concurrent GETs on S3), each checked.
+        """Many manifests: those not in memory (all, if ``fresh``) read
+        :data:`MANIFEST_BATCH` at a time with :meth:`Storage.read_many` (concurrent GETs on
+        S3), each checked; ``fresh`` or ``lake_only``: from the lake's own objects, never a
+        local cache (what staging needs: a cached copy of a manifest GC has since removed
+        must not be published).
 
         Returns
         -------
@@ -302,7 +314,7 @@ class Lake:
         """
         wanted = list(dict.fromkeys(hashes))
         todo = wanted if fresh else [h for h in wanted if h not in self._manifests]
-        storage = self.storage.uncached if fresh else self.storage  # fresh: the lake's own
+        storage = self.storage.uncached if fresh or lake_only else self.storage
         errors: dict[str, ManifestError] = {}
         for i in range(0, len(todo), MANIFEST_BATCH):
             part = todo[i : i + MANIFEST_BATCH]
@@ -924,7 +936,8 @@ class Stage:
         dataset already staged at ``path`` is replaced (jobs refuse two sources for one path).
         """
         path = _check_path(path)
-        m = self.lake._manifest(manifest_hash, where=f"stage {self.name!r}, dataset {path!r}")
+        where = f"stage {self.name!r}, dataset {path!r}"
+        m = self.lake._manifest(manifest_hash, where=where, lake_only=True)
         if kind is None:
             root = json.loads(m.metadata["zarr.json"])
             kind = (root.get("attributes") or {}).get("abo_lake_kind")
@@ -956,7 +969,7 @@ class Stage:
             self._known = self.lake._entries_of(self._newest_release())
         known = self._known
         where = {h: f"stage {self.name!r}, dataset {p!r}" for p, h, _ in entries if h not in known}
-        _, errors = self.lake._manifests_of(where, where=where)
+        _, errors = self.lake._manifests_of(where, where=where, lake_only=True)
         if errors:
             raise next(iter(errors.values()))
         for path, h, kind in entries:

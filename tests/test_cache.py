@@ -129,6 +129,31 @@ def test_verify_sees_a_missing_object_the_cache_still_holds(tmp_path):
     assert all(isinstance(v, FileNotFoundError) for v in got.values())
 
 
+def test_staging_never_publishes_a_manifest_only_the_cache_still_holds(tmp_path):
+    """A manifest GC removed from the lake (an abandoned run's) may still be in a local cache:
+    ``Stage.add`` and ``add_many`` check the lake itself, so no release references it."""
+    from abo_lake.errors import ManifestError
+
+    url = str(tmp_path / "lake")
+    with abo_lake.open_lake(url).stage("r1") as stage:
+        stage.write("ophys/experiment/1", make_dataset())
+    with pytest.raises(RuntimeError), abo_lake.open_lake(url).stage("r0") as stage:
+        lost = stage.write("ophys/experiment/2", make_dataset(seed=1))
+        raise RuntimeError("abandoned")  # its manifest stays, referenced by no release
+    key = manifest_key(lost)
+    assert open_cached_lake(url, cache=tmp_path / "cache").storage.read_many([key])[key]
+    (tmp_path / "lake" / key).unlink()  # what GC does to it after the grace
+    for add in (
+        lambda stage: stage.add("ophys/experiment/2", lost),
+        lambda stage: stage.add_many([("ophys/experiment/2", lost, None)]),
+    ):
+        lake = open_cached_lake(url, cache=tmp_path / "cache")
+        assert lake.storage.read(key)  # the cache still serves it to readers
+        with pytest.raises(ManifestError, match="missing from the lake"), lake.stage("r2") as s:
+            add(s)
+        assert lake.releases() == ["r1"]
+
+
 def test_size_bound_evicts_least_recently_used(tmp_path):
     cache = ChunkCache(tmp_path / "cache", max_bytes=1000)
     blobs = [bytes([i]) * 300 for i in range(5)]
