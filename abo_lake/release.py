@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import warnings
 from functools import cached_property
@@ -193,17 +194,35 @@ class Release:
         store.prefetch(
             [k for k in store.manifest.chunks if k.startswith(starts) and array_of(k) in arrays]
         )
+        return self._chunked_as_stored(ds, store, path, group, indexed, verify)
+
+    def _chunked_as_stored(
+        self,
+        ds: xr.Dataset,
+        store: ManifestStore,
+        path: str,
+        group: str,
+        indexed: list[str],
+        verify: bool,
+    ) -> xr.Dataset:
+        """Group ``group`` of dataset ``path`` (opened by Zarr without default indexes, its
+        index coordinates read) with its indexes and one dask chunk per stored object.
+
+        Dask names come from the manifest's hash (equal names, equal values: nothing is
+        tokenized) and the lake's URL: the same dataset opened from two lakes (a copy being
+        checked against its source) makes two graphs, so dask reads both.
+        """
+        group = group.strip("/")
+        prefix = f"{group}/" if group else ""
         ds = ds.assign_coords(xr.Coordinates({n: ds.coords[n].variable for n in indexed}))
         packs = {
             k[len(prefix) :]: v
             for k, v in store.manifest.packs.items()
             if k.startswith(prefix) and "/" not in k[len(prefix) :]
         }
-        # dask names from the manifest's hash: equal names, equal values; nothing tokenized
-        h = self._entry(path)["manifest"]
-        name = (
-            f"abo_lake-{h}" + ("-verified" if verify else "") + (f"-{prefix[:-1]}" * bool(prefix))
-        )
+        lake = hashlib.sha256(self.lake.storage.url.encode()).hexdigest()[:8]
+        name = f"abo_lake-{self._entry(path)['manifest']}-{lake}"
+        name += ("-verified" if verify else "") + (f"-{group}" if group else "")
         return chunked_as_stored(ds, packs, name=name)
 
     def open_datatree(self, path: str, *, verify: bool = False, chunks: Any = None) -> xr.DataTree:
@@ -268,19 +287,10 @@ class Release:
             indexed[name] = [n for n, c in ds.coords.items() if c.dims == (n,)]
             arrays |= {f"{prefix}{n}" for n in indexed[name]}
         store.prefetch([k for k in store.manifest.chunks if array_of(k) in arrays])
-        h = self._entry(path)["manifest"]
-        out = {}
-        for name, ds in groups.items():
-            group = name.strip("/")
-            prefix = f"{group}/" if group else ""
-            ds = ds.assign_coords(xr.Coordinates({n: ds.coords[n].variable for n in indexed[name]}))
-            packs = {
-                k[len(prefix) :]: v
-                for k, v in store.manifest.packs.items()
-                if k.startswith(prefix) and "/" not in k[len(prefix) :]
-            }
-            label = f"abo_lake-{h}" + ("-verified" if verify else "") + (f"-{group}" * bool(group))
-            out[name] = chunked_as_stored(ds, packs, name=label)
+        out = {
+            name: self._chunked_as_stored(ds, store, path, name, indexed[name], verify)
+            for name, ds in groups.items()
+        }
         return xr.DataTree.from_dict(out)
 
     def _stamp_attrs(self, path: str) -> dict[str, str]:

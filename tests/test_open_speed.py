@@ -10,6 +10,7 @@ graph it must have. Timings are in ``tests/benchmarks/bench_cloud_reads.py``.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import dask
@@ -72,12 +73,37 @@ def test_one_task_per_stored_object_named_from_the_manifest(release):
     tasks = [k for k in graph if isinstance(k, tuple)]
     assert sorted(tasks) == [(opened.dff.data.name, i, 0) for i in range(3)]
     assert len(graph) == 3 + 1  # the three packs' tasks and the source array
-    assert opened.dff.data.name == f"abo_lake-{h}-dff"
+    lake = hashlib.sha256(release.lake.storage.url.encode()).hexdigest()[:8]
+    assert opened.dff.data.name == f"abo_lake-{h}-{lake}-dff"
     # equal content, equal names (dask may share results); a verifying open is another graph
     assert release.open(PATH).dff.data.name == opened.dff.data.name
-    assert release.open(PATH, verify=True).dff.data.name == f"abo_lake-{h}-verified-dff"
+    assert release.open(PATH, verify=True).dff.data.name == f"abo_lake-{h}-{lake}-verified-dff"
     # a group's variables are named with the group
-    assert release.open(PATH, group="raw")["values"].data.name == f"abo_lake-{h}-raw-values"
+    raw = release.open(PATH, group="raw")["values"]
+    assert raw.data.name == f"abo_lake-{h}-{lake}-raw-values"
+
+
+def test_a_copy_of_a_lake_is_read_on_its_own_when_compared_with_its_source(local_lake, tmp_path):
+    """The same dataset opened from a lake and from its copy makes two graphs (names carry
+    the lake): comparing them reads both, so a chunk missing from the copy is found instead
+    of dask reading one side for both."""
+    import shutil
+
+    import abo_lake
+    from abo_lake import cas
+
+    with local_lake.stage("r1") as stage:
+        stage.write(PATH, experiment())
+    shutil.copytree(tmp_path / "lake", tmp_path / "copy")
+    copy = abo_lake.open_lake(str(tmp_path / "copy"))
+    a, b = local_lake.release("r1").open(PATH), copy.release("r1").open(PATH)
+    assert a.dff.data.name != b.dff.data.name
+    xr.testing.assert_identical(*dask.compute(a, b))  # an intact copy: equal
+    h = next(iter(copy.release("r1").manifest(PATH).chunks.values()))
+    (tmp_path / "copy" / cas.key_of(h)).unlink()
+    a, b = local_lake.release("r1").open(PATH), copy.release("r1").open(PATH)
+    with pytest.raises(Exception, match=h[:12]):
+        dask.compute(a, b)
 
 
 def test_open_reads_only_index_coordinates_and_leaves_the_store_whole(release):
