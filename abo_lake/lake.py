@@ -156,7 +156,7 @@ class Lake:
         self._heads: dict[str, ReleaseHead] = {}
         self._listed: dict[str, bytes] = {}  # record bytes read by releases(), not yet parsed
         self._manifests: dict[str, Manifest] = {}
-        self._parts: dict[str, dict[str, dict[str, Any]]] = {}  # record part hash -> entries
+        self._parts: dict[str, Any] = {}  # record part or index object hash -> its content
 
     def __repr__(self) -> str:
         return f"<abo_lake.Lake {self.storage.url!r}>"
