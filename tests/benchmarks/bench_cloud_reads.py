@@ -408,9 +408,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(cfg: dict, proxy: Any) -> dict:
-    """Run one worker process, taking the proxy's marks when it asks; its result and tallies."""
-    cmd = [sys.executable, __file__, "--worker", json.dumps(cfg)]
+def run_worker(cfg: dict, proxy: Any, script: str = __file__) -> dict:
+    """Run one worker process (``script --worker cfg``), taking the proxy's marks when it
+    asks; its result and tallies."""
+    cmd = [sys.executable, script, "--worker", json.dumps(cfg)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     marks: dict[str, int] = {}
     result = None
@@ -422,7 +423,8 @@ def run_worker(cfg: dict, proxy: Any) -> dict:
         elif line.startswith("@@result "):
             result = json.loads(line[len("@@result ") :])
     if proc.wait() != 0 or result is None:
-        raise RuntimeError(f"{cfg['tool']} {cfg['kind']} {cfg['op']} failed (see stderr)")
+        what = " ".join(str(cfg[k]) for k in ("tool", "kind", "op", "way") if k in cfg)
+        raise RuntimeError(f"{what} failed (see stderr)")
     result["tally"] = {
         label: proxy.tally(marks[f"{label}:begin"], marks[f"{label}:end"])
         for label in result["seconds"]

@@ -119,27 +119,6 @@ def worker(cfg: dict) -> None:
                                     "groups": groups}))  # fmt: skip
 
 
-def run_worker(cfg: dict, proxy: Any) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(cfg)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    marks: dict[str, int] = {}
-    result = None
-    for line in proc.stdout:
-        if line.startswith("@@mark "):
-            marks[line.split()[1]] = proxy.mark()
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-        elif line.startswith("@@result "):
-            result = json.loads(line[len("@@result ") :])
-    if proc.wait() != 0 or result is None:
-        raise RuntimeError(f"{cfg['kind']} {cfg['way']} failed (see stderr)")
-    result["tally"] = {
-        label: proxy.tally(marks[f"{label}:begin"], marks[f"{label}:end"])
-        for label in result["seconds"]
-    }
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="realistic", choices=("tiny", "realistic"))
@@ -154,7 +133,7 @@ def main() -> int:
     args.kinds = args.kinds.split(",")
     import logging
 
-    from bench_cloud_reads import CREDENTIALS, _free_port, prepare
+    from bench_cloud_reads import CREDENTIALS, _free_port, prepare, run_worker
     from faultproxy import FaultProxy
     from moto.server import ThreadedMotoServer
 
@@ -171,7 +150,9 @@ def main() -> int:
             cfg = prepare(args, Path(tmp_name), moto_url, f"abo-{uuid.uuid4().hex[:12]}")
             cfg.update(proxied={"endpoint_url": proxy.url, **CREDENTIALS}, repeat=args.repeat)
             for kind in args.kinds:
-                rows = {w: run_worker({**cfg, "kind": kind, "way": w}, proxy) for w in WAYS}
+                rows = {
+                    w: run_worker({**cfg, "kind": kind, "way": w}, proxy, __file__) for w in WAYS
+                }
                 seen = {w: r["digests"] for w, r in rows.items()}
                 if len({d for ds in seen.values() for d in ds}) != 1:
                     problems.append(f"{kind}: values differ: {seen}")
