@@ -408,6 +408,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def provenance(load_at_start: float, run: str) -> str:
+    """What a run's figures come from: the tree and commit, the machine and its load."""
+    import abo_lake
+
+    here = Path(abo_lake.__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=here).stdout.strip() or "not a git tree"  # fmt: skip
+    return (f"(abo_lake from {here}, commit {commit}; {os.cpu_count()} cores, load "
+            f"{load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; {run})")  # fmt: skip
+
+
 def run_worker(cfg: dict, proxy: Any, script: str = __file__) -> dict:
     """Run one worker process (``script --worker cfg``), taking the proxy's marks when it
     asks; its result and tallies."""
@@ -679,14 +690,7 @@ def main() -> int:
     print("\nthe lake's goals (issue 18):")
     for line in goals:
         print("  " + line)
-    import abo_lake
-
-    here = Path(abo_lake.__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=here).stdout.strip() or "not a git tree"  # fmt: skip
-    print(f"(abo_lake from {here}, commit {commit}; {os.cpu_count()} cores, load "
-          f"{load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; scale {args.scale}, "
-          f"{args.repeat} warm runs)")  # fmt: skip
+    print(provenance(load0[0], f"scale {args.scale}, {args.repeat} warm runs"))
     for problem in problems:
         print("FAILED:", problem)
     return 1 if problems else 0

@@ -47,7 +47,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -133,7 +132,7 @@ def main() -> int:
     args.kinds = args.kinds.split(",")
     import logging
 
-    from bench_cloud_reads import CREDENTIALS, _free_port, prepare, run_worker
+    from bench_cloud_reads import CREDENTIALS, _free_port, prepare, provenance, run_worker
     from faultproxy import FaultProxy
     from moto.server import ThreadedMotoServer
 
@@ -178,14 +177,7 @@ def main() -> int:
         finally:
             proxy.stop()
             moto.stop()
-    import abo_lake
-
-    here = Path(abo_lake.__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=here).stdout.strip() or "not a git tree"  # fmt: skip
-    print(f"\n(abo_lake from {here}, commit {commit}; {os.cpu_count()} cores, load "
-          f"{load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
-          f"scale {args.scale})")  # fmt: skip
+    print("\n" + provenance(load0[0], f"scale {args.scale}"))
     for problem in problems:
         print("FAILED:", problem)
     return 1 if problems else 0
