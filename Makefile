@@ -29,7 +29,7 @@ PYTEST_WORKERS ?= 2
 NOTEBOOK_LAKE  := $(BIN)/python -c 'from abo_lake.demo import demo_lake; demo_lake("notebooks/_work")'
 
 test: lint
-	if ls notebooks/*.ipynb >/dev/null 2>&1; then $(NOTEBOOK_LAKE) & lake=$$!; fi; \
+	if ls notebooks/*.ipynb >/dev/null 2>&1; then $(NOTEBOOK_LAKE) >/dev/null & lake=$$!; fi; \
 	  $(BIN)/pytest -q -p no:nbmake -n $(PYTEST_WORKERS) --dist loadfile tests; tests=$$?; \
 	  if [ -n "$${lake-}" ]; then wait $$lake || exit 1; fi; exit $$tests
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
