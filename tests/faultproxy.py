@@ -306,6 +306,7 @@ class _Counted:
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY: headers then body, each sent at once
     proxy: FaultProxy
     _hit: Hit | None = None
 
