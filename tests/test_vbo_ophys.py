@@ -338,10 +338,12 @@ def test_event_detection_version_2_changes_only_events(files, files_v2):
 
 
 def test_nwbinspector_finds_no_errors(files):
+    """One file of each layout: a Mesoscope active session (rows 0-2 share it) and the
+    passive CAM2P.4 one."""
     from nwbinspector import Importance, inspect_nwbfile
 
     bad = {Importance.CRITICAL, Importance.PYNWB_VALIDATION, Importance.ERROR}
-    for path in files:
+    for path in (files[0], files[3]):
         messages = [
             m
             for m in inspect_nwbfile(nwbfile_path=path)
