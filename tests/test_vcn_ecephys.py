@@ -28,6 +28,16 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def seed_1(tmp_path_factory):
+    """The tiny session with seed 1 and seed 0's session id (so only the seed differs),
+    written through :func:`abo_lake.synthetic.synthesize`; shared by the tests that need one."""
+    from abo_lake.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("vcn_seed_1")
+    return synthesize("vcn-ecephys", out, scale="tiny", seed=1, session_id=SID)
+
+
+@pytest.fixture(scope="module")
 def session(tiny):
     return reader.read(tiny[0])[f"ecephys/session/{SID}"]
 
@@ -76,9 +86,8 @@ def test_writer_layout_and_sizes(tiny, truth):
         assert f["general/extracellular_ephys/electrodes/id"].shape == (96,)
 
 
-def test_same_seed_gives_identical_arrays(tiny, tmp_path):
+def test_same_seed_gives_identical_arrays(tiny, seed_1, tmp_path):
     again = writer.write(tmp_path / "a", scale="tiny", seed=0)
-    other = writer.write(tmp_path / "b", scale="tiny", seed=1, session_id=SID)
 
     def arrays(path):
         out = {}
@@ -99,7 +108,7 @@ def test_same_seed_gives_identical_arrays(tiny, tmp_path):
     for k in lfp_a:
         np.testing.assert_array_equal(lfp_a[k], lfp_b[k], err_msg=k)
     assert not np.array_equal(
-        first["units/spike_times"][:100], arrays(other[0])["units/spike_times"][:100]
+        first["units/spike_times"][:100], arrays(seed_1[0])["units/spike_times"][:100]
     )
 
 
@@ -419,14 +428,13 @@ def test_mapped_hdf5_globs_cover_the_read_datasets(tiny):
     assert sum(map(mapped, names)) > 50
 
 
-def test_time_and_position_columns_carry_units(tmp_path):
+def test_time_and_position_columns_carry_units(seed_1):
     """The schema: time in s and space in µm, each with ``attrs["units"]``, on every table's
     time and position columns (invalid times, optotagging, LFP channels had none)."""
     from abo_lake import sources
-    from abo_lake.synthetic import synthesize
 
     checked = 0
-    for path in synthesize("vcn-ecephys", tmp_path, scale="tiny", seed=1):
+    for path in seed_1:
         for ds in sources.read(path).values():
             for name, var in ds.variables.items():
                 column = str(name).rsplit(".", 1)[-1]
