@@ -78,6 +78,11 @@ def route_of(path: str, digits: int) -> str:
     return f"{seg[0]}/{seg[1]}/{seg[2][:digits]}"
 
 
+def route_at(path: str, widths: Mapping[str, int]) -> str:
+    """:func:`route_of` at the width ``widths`` gives ``path``'s family (0 if none)."""
+    return route_of(path, widths.get(family_of(path), 0))
+
+
 def route_widths(paths: list[str]) -> dict[str, int]:
     """Per family (:func:`family_of`), the fewest digits (0 for a family of at most
     :data:`PART_MAX` datasets) whose routes hold at most :data:`PART_MAX` paths each."""
@@ -236,11 +241,11 @@ class PartitionedDatasets(Mapping[str, dict[str, Any]]):
 
     def route(self, path: str) -> str:
         """The part ``path`` lives in (:func:`route_of` at its family's width)."""
-        return route_of(path, self.widths.get(family_of(path), 0))
+        return route_at(path, self.widths)
 
     def index_route(self, route: str) -> str:
         """The index object that routes to part ``route`` (a record with an index level)."""
-        return route_of(route, (self.index or {}).get(family_of(route), 0))
+        return route_at(route, self.index or {})
 
     def _preload(self, route: str, entries: dict[str, dict[str, Any]]) -> None:
         self._loaded[route] = entries
@@ -559,7 +564,7 @@ class ReleaseRecord:
         widths = route_widths(list(datasets))
         groups: dict[str, dict[str, dict[str, Any]]] = {}
         for path in sorted(datasets):
-            route = route_of(path, widths.get(family_of(path), 0))
+            route = route_at(path, widths)
             groups.setdefault(route, {})[path] = dict(datasets[path])
         data = {route: part_bytes(entries, url_of) for route, entries in groups.items()}
         refs: dict[str, Any] = {}
@@ -569,18 +574,16 @@ class ReleaseRecord:
             refs = {f"{route}.json": part.decode() for route, part in data.items()}
         else:
             index = index_widths(list(groups), widths)
-
-            def index_route(route: str) -> str:
-                return route_of(route, index.get(family_of(route), 0))
-
             docs: dict[str, dict[str, Any]] = {}
-            for shared in _shared_parts(groups, index_route):
+            part_of: dict[str, str] = {}  # route -> its stored part's hash
+            for shared in _shared_parts(groups, lambda r: route_at(r, index)):
                 entries = {p: e for r in shared for p, e in groups[r].items()}
                 part = part_bytes(entries, url_of)
-                key = part_key(hashlib.sha256(part).hexdigest())
-                objects[key] = part
-                doc = docs.setdefault(index_route(shared[0]), {})
-                doc.update({f"{r}.json": [url_of(key)] for r in shared})
+                h = hashlib.sha256(part).hexdigest()
+                objects[part_key(h)] = part
+                part_of |= dict.fromkeys(shared, h)
+                doc = docs.setdefault(route_at(shared[0], index), {})
+                doc.update({f"{r}.json": [url_of(part_key(h))] for r in shared})
             index_data = {ir: _canonical({"version": 1, "refs": d}) for ir, d in docs.items()}
             if sum(map(len, index_data.values())) <= INDEX_INLINE_MAX:
                 refs = {f"{ir}.json": doc.decode() for ir, doc in index_data.items()}
@@ -599,13 +602,7 @@ class ReleaseRecord:
         if index is not None:  # the publisher knows every index object's content
             for route in sorted(groups):
                 view._index_routes.setdefault(view.index_route(route), []).append(route)
-            view._hashes.update(
-                {
-                    r.removesuffix(".json"): _object_hash(v, where)
-                    for d in docs.values()
-                    for r, v in d.items()
-                }
-            )
+            view._hashes.update(part_of)
         by_part: dict[str, dict[str, dict[str, Any]]] = {}
         for route, entries in groups.items():  # a shared part's routes see all its entries
             h = view._hashes.get(route)
