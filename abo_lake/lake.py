@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -889,8 +890,6 @@ class Stage:
         self.created = _now().isoformat()
         self._unsent: list[str] = []  # manifests staged since the last heartbeat
         self._parts = 0
-        self._newest: list[PartitionedDatasets | None] = []  # looked up once: [] not yet
-        self._known: dict[str, dict[str, Any]] | None = None  # its entries by manifest hash
         self._last_beat = -math.inf
         self._lock = threading.Lock()  # a job's heartbeat thread beats too
 
@@ -944,13 +943,17 @@ class Stage:
         self._put(path, manifest_hash, kind, m.nbytes)
         return manifest_hash
 
+    @cached_property
     def _newest_release(self) -> PartitionedDatasets | None:
         """The newest release's datasets (format 3, else None), looked up once per stage (by
         ``add_many`` and by publish). A release published meanwhile does not matter: any
         published release's entries and parts are good to reuse."""
-        if not self._newest:
-            self._newest.append(self.lake._newest_datasets())
-        return self._newest[0]
+        return self.lake._newest_datasets()
+
+    @cached_property
+    def _known(self) -> dict[str, dict[str, Any]]:
+        """The newest release's entries by manifest hash (its parts read once, at first use)."""
+        return self.lake._entries_of(self._newest_release)
 
     def _put(self, path: str, manifest_hash: str, kind: str | None, nbytes: int) -> None:
         self.datasets[path] = {"manifest": manifest_hash, "kind": kind, "nbytes": nbytes}
@@ -965,8 +968,6 @@ class Stage:
         given) come from that release's record (same hash, same manifest; a published
         release's manifests are never collected)."""
         entries = [(_check_path(p), h, kind) for p, h, kind in entries]
-        if self._known is None:
-            self._known = self.lake._entries_of(self._newest_release())
         known = self._known
         where = {h: f"stage {self.name!r}, dataset {p!r}" for p, h, _ in entries if h not in known}
         _, errors = self.lake._manifests_of(where, where=where, lake_only=True)
@@ -1035,7 +1036,7 @@ class Stage:
         self.lake._bind(record)
         data = record.to_bytes()
         try:
-            self.lake._put_parts(parts, self._newest_release())  # before the record
+            self.lake._put_parts(parts, self._newest_release)  # before the record
             written = self.lake.storage.put_if_absent(key, data)
             if written:  # only the writer that won the name writes its head and catalog
                 self.lake._records[self.name] = record
